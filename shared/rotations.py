@@ -1,0 +1,149 @@
+"""Rotation helpers written once for numpy arrays and torch tensors.
+
+Each function picks its array namespace from its input (`_xp`), using only names that
+numpy and torch share (`stack`, `concatenate`, `einsum`, `arctan2`, ...), so the two
+backends cannot drift apart. Matrices act on column vectors: `p_world = R @ p_local`.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+Array = Any  # np.ndarray or torch.Tensor
+
+_EPS = 1e-12
+
+
+def _xp(x: Array) -> ModuleType:
+    """numpy or torch, whichever `x` belongs to (torch is imported only if x is a tensor)."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
+
+
+def as_like(value: Any, like: Array) -> Array:
+    """`value` as an array of the same backend, dtype (and device) as `like`."""
+    xp = _xp(like)
+    if xp is np:
+        return np.asarray(value, dtype=like.dtype)
+    return xp.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def transpose(R: Array) -> Array:
+    """Swap the last two axes (the inverse of a batch of rotations)."""
+    return R.swapaxes(-1, -2)
+
+
+def _normalize(v: Array) -> Array:
+    return v / ((v * v).sum(-1)[..., None] ** 0.5).clip(_EPS)
+
+
+def cross(a: Array, b: Array) -> Array:
+    xp = _xp(a)
+    ax, ay, az = a[..., 0], a[..., 1], a[..., 2]
+    bx, by, bz = b[..., 0], b[..., 1], b[..., 2]
+    return xp.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], -1)
+
+
+def matrix_to_6d(R: Array) -> Array:
+    """(..., 3, 3) -> (..., 6): first two columns, `[R00, R10, R20, R01, R11, R21]`."""
+    return _xp(R).concatenate([R[..., :, 0], R[..., :, 1]], -1)
+
+
+def rot6d_to_matrix(d6: Array) -> Array:
+    """(..., 6) -> (..., 3, 3) by Gram-Schmidt on the two stored columns."""
+    xp = _xp(d6)
+    a1, a2 = d6[..., 0:3], d6[..., 3:6]
+    b1 = _normalize(a1)
+    b2 = _normalize(a2 - (b1 * a2).sum(-1)[..., None] * b1)
+    b3 = cross(b1, b2)
+    return xp.stack([b1, b2, b3], -1)  # columns
+
+
+def identity_6d(like: Array, shape: tuple[int, ...] = ()) -> Array:
+    """6D of the identity, `[1,0,0,0,1,0]`, broadcast to `shape + (6,)` (a fresh array)."""
+    eye6 = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    return as_like(np.broadcast_to(eye6, shape + (6,)).copy(), like)
+
+
+def relative(R_a: Array, R_b: Array) -> Array:
+    """`R_a^T @ R_b`: rotation of frame b expressed in frame a."""
+    return transpose(R_a) @ R_b
+
+
+def axis_angle_to_matrix(axis: Array, angle: Array) -> Array:
+    """Rodrigues. `axis` (..., 3) (normalised here), `angle` (...) radians -> (..., 3, 3)."""
+    xp = _xp(angle)
+    u = _normalize(as_like(axis, angle) + xp.zeros_like(angle)[..., None])
+    c, s = xp.cos(angle)[..., None, None], xp.sin(angle)[..., None, None]
+    ux, uy, uz = u[..., 0], u[..., 1], u[..., 2]
+    zero = xp.zeros_like(ux)
+    K = xp.stack(
+        [
+            xp.stack([zero, -uz, uy], -1),
+            xp.stack([uz, zero, -ux], -1),
+            xp.stack([-uy, ux, zero], -1),
+        ],
+        -2,
+    )
+    uuT = u[..., :, None] * u[..., None, :]
+    eye = as_like(np.eye(3), angle)
+    return c * eye + s * K + (1 - c) * uuT
+
+
+def horizontal_basis(up_axis: Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-handed world basis (e1, e2, up) with e1 the world axis least aligned with up.
+
+    Heading (yaw) is measured in the (e1, e2) plane from e1 towards e2; for Nymeria's
+    Z-up world this is the usual `atan2(y, x)`.
+    """
+    up = np.asarray(up_axis, dtype=np.float64)
+    norm = np.linalg.norm(up)
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f"up_axis must be a non-zero 3-vector, found {up_axis!r}")
+    up = up / norm
+    e1 = np.eye(3)[int(np.argmin(np.abs(up)))]
+    e1 = e1 - (e1 @ up) * up
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    return e1, e2, up
+
+
+def yaw_of(R: Array, forward_axis: Array, up_axis: Array) -> Array:
+    """Heading angle (radians) of a body whose local `forward_axis` is rotated by R (..., 3, 3)."""
+    xp = _xp(R)
+    e1, e2, _ = horizontal_basis(up_axis)
+    fwd_world = R @ as_like(forward_axis, R)  # (..., 3)
+    return xp.arctan2(fwd_world @ as_like(e2, R), fwd_world @ as_like(e1, R))
+
+
+def yaw_matrix(angle: Array, up_axis: Array) -> Array:
+    """Rotation by `angle` (...) about the world up axis -> (..., 3, 3)."""
+    _, _, up = horizontal_basis(up_axis)
+    return axis_angle_to_matrix(up, angle)
+
+
+def is_rotation(R: np.ndarray, atol: float = 1e-3) -> np.ndarray:
+    """Per-matrix check (..., 3, 3) -> (...,) bool: orthonormal and det +1 within `atol`."""
+    eye = np.eye(3, dtype=R.dtype)
+    ortho_err = np.abs(R.swapaxes(-1, -2) @ R - eye).max(axis=(-1, -2))
+    det_err = np.abs(np.linalg.det(R) - 1.0)
+    return (ortho_err <= atol) & (det_err <= atol)
+
+
+def geodesic_angle(R_a: Array, R_b: Array) -> Array:
+    """Angle (radians) of `R_a^T R_b`, robust near 0 and pi."""
+    xp = _xp(R_a)
+    R = relative(R_a, R_b)
+    cos = (R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1) / 2
+    # atan2 of (|axis * sin|, cos) keeps precision near 0 where arccos does not.
+    skew = xp.stack(
+        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
+    )
+    sin = ((skew * skew).sum(-1)) ** 0.5 / 2
+    return xp.arctan2(sin, cos)

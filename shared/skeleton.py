@@ -1,0 +1,38 @@
+"""The 23-segment XSens MVN skeleton as stored in Nymeria (`joint_translation`, `joint_orientation`)."""
+
+from __future__ import annotations
+
+JOINT_NAMES: tuple[str, ...] = (
+    "Pelvis", "L5", "L3", "T12", "T8", "Neck", "Head",
+    "RightShoulder", "RightUpperArm", "RightForeArm", "RightHand",
+    "LeftShoulder", "LeftUpperArm", "LeftForeArm", "LeftHand",
+    "RightUpperLeg", "RightLowerLeg", "RightFoot", "RightToe",
+    "LeftUpperLeg", "LeftLowerLeg", "LeftFoot", "LeftToe",
+)  # fmt: skip
+NUM_JOINTS: int = len(JOINT_NAMES)
+JOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(JOINT_NAMES)}
+
+_PARENT_NAMES: dict[str, str | None] = {
+    "Pelvis": None, "L5": "Pelvis", "L3": "L5", "T12": "L3", "T8": "T12", "Neck": "T8",
+    "Head": "Neck",
+    "RightShoulder": "T8", "RightUpperArm": "RightShoulder", "RightForeArm": "RightUpperArm",
+    "RightHand": "RightForeArm",
+    "LeftShoulder": "T8", "LeftUpperArm": "LeftShoulder", "LeftForeArm": "LeftUpperArm",
+    "LeftHand": "LeftForeArm",
+    "RightUpperLeg": "Pelvis", "RightLowerLeg": "RightUpperLeg", "RightFoot": "RightLowerLeg",
+    "RightToe": "RightFoot",
+    "LeftUpperLeg": "Pelvis", "LeftLowerLeg": "LeftUpperLeg", "LeftFoot": "LeftLowerLeg",
+    "LeftToe": "LeftFoot",
+}  # fmt: skip
+# Parent index per joint, -1 for the root; parents always precede children.
+PARENTS: tuple[int, ...] = tuple(
+    -1 if _PARENT_NAMES[n] is None else JOINT_INDEX[_PARENT_NAMES[n]] for n in JOINT_NAMES
+)
+
+ROOT: int = JOINT_INDEX["Pelvis"]
+HEAD: int = JOINT_INDEX["Head"]
+FOOT_JOINTS: tuple[int, ...] = tuple(
+    JOINT_INDEX[n] for n in ("RightFoot", "RightToe", "LeftFoot", "LeftToe")
+)
+# Bones (child, parent) for drawing.
+BONES: tuple[tuple[int, int], ...] = tuple((j, p) for j, p in enumerate(PARENTS) if p >= 0)

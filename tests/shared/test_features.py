@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.features import (
+    HEAD_FORWARD_AXIS,
+    WORLD_UP_AXIS,
+    apply_rigid,
+    canonicalize,
+    features_to_world,
+    integrate_head_deltas,
+    uncanonicalize,
+    world_to_features,
+)
+from shared.layout import FEATURE_DIM, FEATURE_SLICES, HP, HR, LOSS_GROUPS
+from shared.rotations import axis_angle_to_matrix, rot6d_to_matrix, yaw_of
+from shared.skeleton import NUM_JOINTS
+
+
+def random_motion(seed: int, T: int = 12):
+    """Smooth-ish random world motion: head pose and 23 joints, float64."""
+    rng = np.random.default_rng(seed)
+
+    def rotations(*shape):
+        axis = rng.normal(size=shape + (3,))
+        angle = np.cumsum(rng.uniform(-0.2, 0.2, size=shape), axis=0) + rng.uniform(-3, 3)
+        return axis_angle_to_matrix(axis, angle)
+
+    t_head = np.cumsum(rng.normal(scale=0.05, size=(T, 3)), 0) + rng.uniform(-5, 5, 3)
+    R_head = rotations(T)
+    p_joints = t_head[:, None] + rng.normal(scale=0.5, size=(T, NUM_JOINTS, 3))
+    R_joints = rotations(T, NUM_JOINTS)
+    return t_head, R_head, p_joints, R_joints
+
+
+def six_d(R):
+    return np.array([R[0, 0], R[1, 0], R[2, 0], R[0, 1], R[1, 1], R[2, 1]])
+
+
+def test_layout_is_contiguous_and_named():
+    assert FEATURE_DIM == 294
+    starts = [s.start for s in FEATURE_SLICES.values()]
+    stops = [s.stop for s in FEATURE_SLICES.values()]
+    assert starts == [0] + stops[:-1]
+    spans = [(s.start, s.stop) for s in LOSS_GROUPS.values()]
+    assert spans == [(0, 12), (12, 18), (18, 156), (156, 294)]
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_each_slice_matches_direct_per_frame_computation(seed):
+    t_h, R_h, p_j, R_j = random_motion(seed)
+    f = world_to_features(t_h, R_h, p_j, R_j)
+    assert f.shape == (len(t_h), FEATURE_DIM)
+    for t in range(len(t_h)):
+        expect = {
+            "hr": six_d(R_h[t]),
+            "hr_dot": six_d(np.eye(3) if t == 0 else R_h[t - 1].T @ R_h[t]),
+            "hp": t_h[t],
+            "hp_dot": np.zeros(3) if t == 0 else t_h[t] - t_h[t - 1],
+            "jp": np.concatenate([R_h[t].T @ (p_j[t, j] - t_h[t]) for j in range(NUM_JOINTS)]),
+            "jr": np.concatenate([six_d(R_j[t, j]) for j in range(NUM_JOINTS)]),
+        }
+        jp_prev = (
+            np.zeros(3 * NUM_JOINTS)
+            if t == 0
+            else np.concatenate(
+                [R_h[t - 1].T @ (p_j[t - 1, j] - t_h[t - 1]) for j in range(NUM_JOINTS)]
+            )
+        )
+        expect["jv"] = np.zeros(3 * NUM_JOINTS) if t == 0 else expect["jp"] - jp_prev
+        for name, value in expect.items():
+            np.testing.assert_allclose(f[t, FEATURE_SLICES[name]], value, atol=1e-12, err_msg=name)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_inverse_recovers_world_motion(seed):
+    t_h, R_h, p_j, R_j = random_motion(seed)
+    world = features_to_world(world_to_features(t_h, R_h, p_j, R_j))
+    np.testing.assert_allclose(world.joint_translation, p_j, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(world.joint_orientation, R_j, atol=1e-9)
+    np.testing.assert_allclose(world.cpf_translation, t_h, atol=1e-12)
+    np.testing.assert_allclose(world.cpf_orientation, R_h, atol=1e-9)
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(-np.pi, np.pi))
+def test_relative_fields_invariant_under_rigid_world_motion(seed, angle):
+    t_h, R_h, p_j, R_j = random_motion(seed)
+    rng = np.random.default_rng(seed + 1)
+    R = axis_angle_to_matrix(rng.normal(size=3), np.asarray(angle))  # any rotation, not only yaw
+    d = rng.normal(size=3) * 10
+    f = world_to_features(t_h, R_h, p_j, R_j)
+    g = world_to_features(t_h @ R.T + d, R @ R_h, p_j @ R.T + d, R @ R_j)
+    for name in ("hr_dot", "jp", "jv"):
+        np.testing.assert_allclose(g[:, FEATURE_SLICES[name]], f[:, FEATURE_SLICES[name]], atol=1e-9)
+    # apply_rigid on features is the same map as moving the world.
+    np.testing.assert_allclose(apply_rigid(f, R, -R.T @ d), g, atol=1e-9)
+
+
+def test_integrated_deltas_reproduce_absolute_head_pose():
+    t_h, R_h, p_j, R_j = random_motion(3, T=30)
+    t, R = integrate_head_deltas(world_to_features(t_h, R_h, p_j, R_j))
+    np.testing.assert_allclose(t, t_h, atol=1e-9)
+    np.testing.assert_allclose(R, R_h, atol=1e-9)
+
+
+def _windows(B=4, T=16):
+    return np.stack([world_to_features(*random_motion(s, T)) for s in range(B)])
+
+
+def test_canonical_window_starts_above_origin_with_zero_heading():
+    f = _windows()
+    canon, frame = canonicalize(f)
+    hp0 = canon[:, 0, HP]
+    np.testing.assert_allclose(hp0[:, :2], 0, atol=1e-12)
+    np.testing.assert_allclose(hp0[:, 2], f[:, 0, HP][:, 2], atol=1e-12)  # height kept
+    R0 = rot6d_to_matrix(canon[:, 0, HR])
+    np.testing.assert_allclose(yaw_of(R0, HEAD_FORWARD_AXIS, WORLD_UP_AXIS), 0, atol=1e-9)
+    for name in ("hr_dot", "jp", "jv"):
+        np.testing.assert_allclose(canon[..., FEATURE_SLICES[name]], f[..., FEATURE_SLICES[name]], atol=1e-12)
+    # Canonicalising twice changes nothing more.
+    np.testing.assert_allclose(canonicalize(canon)[0], canon, atol=1e-9)
+
+
+def test_canonicalize_inverse_is_identity_numpy_and_torch():
+    f = _windows()
+    canon, frame = canonicalize(f)
+    np.testing.assert_allclose(uncanonicalize(canon, frame), f, atol=1e-9)
+    f_t = torch.as_tensor(f, dtype=torch.float32)
+    canon_t, frame_t = canonicalize(f_t)
+    assert canon_t.dtype == torch.float32 and canon_t.shape == f_t.shape
+    torch.testing.assert_close(canon_t, torch.as_tensor(canon, dtype=torch.float32), atol=2e-5, rtol=0)
+    torch.testing.assert_close(uncanonicalize(canon_t, frame_t), f_t, atol=5e-5, rtol=0)
+
+
+def test_torch_batched_features_equal_numpy():
+    motions = [random_motion(s) for s in range(3)]
+    batched = [torch.as_tensor(np.stack(parts)) for parts in zip(*motions)]
+    f_t = world_to_features(*batched)
+    np.testing.assert_allclose(f_t.numpy(), np.stack([world_to_features(*m) for m in motions]), atol=1e-12)
+
+
+def test_wrong_width_is_a_clear_error():
+    with pytest.raises(ValueError, match="294 channels"):
+        features_to_world(np.zeros((3, 290)))
+    with pytest.raises(ValueError, match="joint_translation"):
+        world_to_features(np.zeros((3, 3)), np.zeros((3, 3, 3)), np.zeros((3, 22, 3)), np.zeros((3, 22, 3, 3)))
