@@ -1,0 +1,163 @@
+"""vae_loss: per-group masked MSE, KL over valid latents, exact indifference to padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.layout import FEATURE_DIM, LOSS_GROUPS
+from train.loss import KL, RECON, TOTAL, latent_mask, mse_key, vae_loss
+
+L = 5  # latent channels: small, the loss does not care
+
+
+def _batch(B: int, T: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    N = -(-T // 4)
+    return (
+        torch.randn(B, T, FEATURE_DIM, generator=g),
+        torch.randn(B, T, FEATURE_DIM, generator=g),
+        torch.randn(B, N, L, generator=g),
+        torch.randn(B, N, L, generator=g),
+    )
+
+
+def _hand_loss(recon, target, mean, logvar, mask, lambda_kl):
+    """The definition, written out with loops in float64 numpy."""
+    recon, target, mean, logvar, mask = (np.asarray(a, dtype=np.float64)
+                                         for a in (recon, target, mean, logvar, mask))  # fmt: skip
+    B, T, _ = target.shape
+    N = mean.shape[1]
+    out = {}
+    for name, dims in LOSS_GROUPS.items():
+        total, count = 0.0, 0
+        for b in range(B):
+            for t in range(T):
+                if mask[b, t]:
+                    err = recon[b, t, dims] - target[b, t, dims]
+                    total += float(np.sum(err**2))
+                    count += dims.stop - dims.start
+        out[mse_key(name)] = total / count
+    out[RECON] = sum(out[mse_key(n)] for n in LOSS_GROUPS) / len(LOSS_GROUPS)
+    total, count = 0.0, 0
+    for b in range(B):
+        for k in range(N):
+            if mask[b, 4 * k : 4 * k + 4].any():
+                m, lv = mean[b, k], logvar[b, k]
+                total += float(np.sum(0.5 * (m**2 + np.exp(lv) - 1 - lv)))
+                count += m.size
+    out[KL] = total / count
+    out[TOTAL] = out[RECON] + lambda_kl * out[KL]
+    return out
+
+
+def test_matches_hand_computation() -> None:
+    recon, target, mean, logvar = _batch(2, 12)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, 7:] = False  # latent 1 half valid, latent 2 invalid
+    mask[1, :3] = False
+    losses = vae_loss(recon, target, mean, logvar, mask, lambda_kl=0.3)
+    expected = _hand_loss(recon, target, mean, logvar, mask, 0.3)
+    assert set(losses) == set(expected)
+    for key, value in expected.items():
+        assert losses[key].dtype == torch.float32
+        assert losses[key].item() == pytest.approx(value, rel=1e-5), key
+
+
+def test_keys_and_defaults() -> None:
+    recon, target, mean, logvar = _batch(2, 8)
+    losses = vae_loss(recon, target, mean, logvar)
+    assert set(losses) == {"mse/head_6D", "mse/head_3D", "mse/joint_3D", "mse/joint_6D",
+                           "recon", "kl", "total"}  # fmt: skip
+    all_valid = vae_loss(recon, target, mean, logvar, torch.ones(2, 8, dtype=torch.bool))
+    for key in losses:
+        assert torch.equal(losses[key], all_valid[key])
+    torch.testing.assert_close(losses[TOTAL], losses[RECON] + 1e-4 * losses[KL])
+
+
+def test_perfect_recon_and_prior_posterior_give_zero() -> None:
+    _, target, mean, _ = _batch(2, 8)
+    losses = vae_loss(target, target, torch.zeros_like(mean), torch.zeros_like(mean))
+    assert all(v.item() == 0.0 for v in losses.values())
+
+
+def test_latent_mask_any_of_four_frames() -> None:
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, 3] = True  # the last frame of latent 0 alone makes it valid
+    mask[0, 8] = True
+    assert latent_mask(mask, 3).tolist() == [[True, False, True]]
+    # A sequence padded by encode_sequence: 10 frames over 3 latents.
+    assert latent_mask(torch.ones(1, 10, dtype=torch.bool), 3).tolist() == [[True, True, True]]
+    with pytest.raises(ValueError, match="does not match"):
+        latent_mask(mask, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    valid=st.lists(st.lists(st.booleans(), min_size=16, max_size=16), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_padding_is_ignored_exactly(valid: list[list[bool]], seed: int) -> None:
+    """Any values in padded frames and invalid latents, inf and nan included, change nothing."""
+    mask = torch.tensor(valid)
+    B, T = mask.shape
+    recon, target, mean, logvar = _batch(B, T, seed)
+    lmask = latent_mask(mask, mean.shape[1])
+
+    def losses_and_grads(r, t, m, lv):
+        r, m, lv = (a.clone().requires_grad_() for a in (r, m, lv))
+        losses = vae_loss(r, t, m, lv, mask)
+        losses[TOTAL].backward()
+        return losses, (r.grad, m.grad, lv.grad)
+
+    base, base_grads = losses_and_grads(recon, target, mean, logvar)
+    g = torch.Generator().manual_seed(seed + 1)
+    junk = {"inf": float("inf"), "nan": float("nan"), "big": 1e30}
+    for fill in junk.values():
+        r, t, m, lv = recon.clone(), target.clone(), mean.clone(), logvar.clone()
+        r[~mask] = fill
+        t[~mask] = torch.randn(int((~mask).sum()), FEATURE_DIM, generator=g)
+        m[~lmask] = fill
+        lv[~lmask] = fill
+        changed, grads = losses_and_grads(r, t, m, lv)
+        for key in base:
+            assert torch.equal(base[key], changed[key]), key
+        for got, want in zip(grads, base_grads):
+            assert torch.equal(got, want)
+    assert all(torch.isfinite(v) for v in base.values())
+    assert torch.all(base_grads[0][~mask] == 0)
+
+
+def test_all_padded_batch_gives_zero_not_nan() -> None:
+    recon, target, mean, logvar = _batch(1, 8)
+    losses = vae_loss(recon, target, mean, logvar, torch.zeros(1, 8, dtype=torch.bool))
+    assert all(v.item() == 0.0 for v in losses.values())
+
+
+def test_bf16_inputs_are_summed_in_float32() -> None:
+    recon, target, mean, logvar = _batch(2, 8)
+    losses = vae_loss(recon.bfloat16(), target, mean.bfloat16(), logvar.bfloat16())
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [("recon", "recon .* and target"), ("mean", "mean .* and logvar"), ("mask", "mask must be"),
+     ("dim", "294-D")],
+)  # fmt: skip
+def test_rejects_mismatched_shapes(change: str, message: str) -> None:
+    recon, target, mean, logvar = _batch(2, 8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    if change == "recon":
+        recon = recon[:, :4]
+    elif change == "mean":
+        mean = mean[:, :1]
+    elif change == "mask":
+        mask = mask.float()
+    else:
+        recon, target = recon[..., :10], target[..., :10]
+    with pytest.raises(ValueError, match=message):
+        vae_loss(recon, target, mean, logvar, mask)

@@ -1,0 +1,412 @@
+"""Causal 1D-convolutional motion VAE: (B, T, 294) frames <-> (B, T/4, latent) Gaussians.
+
+Causality contract (DESIGN.md "Model"), with F = FRAMES_PER_LATENT = 4:
+
+* latent k depends only on input frames < F * (k + 1);
+* output frame t depends only on latents <= t // F;
+* every input frame, the last ones included, reaches some latent;
+* no layer pools statistics over time: norms are per frame, over channels.
+
+Every temporal layer is a `CausalConv1d`: its left context is zeros at the start of a
+sequence, and there is no right context. The left context can instead come from a
+`ConvCache` holding the end of the previous chunk, which is how `StreamingEncoder` and
+`StreamingDecoder` continue a sequence chunk by chunk and get the numbers of a
+whole-sequence pass.
+
+Layout: the API, like all data code, speaks (B, T, D); Conv1d wants (B, C, T). The
+switch happens only in `_channels_first` / `_channels_last`, called at the edges of
+`MotionEncoder` and `MotionDecoder`; everything in between is (B, C, T).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import TypedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.layout import FEATURE_DIM
+
+logger = logging.getLogger(__name__)
+
+NUM_DOWNSAMPLES = 2
+FRAMES_PER_LATENT = 2**NUM_DOWNSAMPLES  # 4: each stride-2 stage halves the frame rate
+
+# Left context of each CausalConv1d while streaming, keyed by the conv module itself.
+ConvCache = dict[nn.Module, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MotionVAEConfig:
+    """Architecture and KL weight of `MotionVAE`; stored in checkpoints via `dataclasses.asdict`."""
+
+    input_dim: int = FEATURE_DIM
+    """Features per frame: the 294-D head-centric vector of `shared.layout`."""
+    hidden_dim: int = 512
+    """Channels of every ResNet stage, in the encoder and the decoder."""
+    latent_dim: int = 768
+    """Channels of a latent step; one step summarises FRAMES_PER_LATENT = 4 frames."""
+    blocks_per_stage: int = 2
+    """ResNet blocks at each of the three frame rates (T, T/2, T/4)."""
+    kernel_size: int = 3
+    """Temporal kernel of the ResNet convs and the input projections (causal: sees k-1 past steps)."""
+    seq_len: int = 152
+    """Training window in frames; a multiple of 4. Default latents per window for `sample`."""
+    lambda_kl: float = 1e-4
+    """Weight of the KL term in the training loss."""
+    logvar_clamp: float = 10.0
+    """The encoder's log-variance is clamped to [-logvar_clamp, logvar_clamp]."""
+
+    def __post_init__(self) -> None:
+        for name in ("input_dim", "hidden_dim", "latent_dim", "blocks_per_stage", "kernel_size",
+                     "seq_len"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"MotionVAEConfig.{name} must be a positive int, found {value!r}")
+        if self.seq_len % FRAMES_PER_LATENT:
+            raise ValueError(
+                f"MotionVAEConfig.seq_len must be a multiple of {FRAMES_PER_LATENT} "
+                f"(frames per latent), found {self.seq_len}"
+            )
+        if self.lambda_kl < 0:
+            raise ValueError(f"MotionVAEConfig.lambda_kl must be >= 0, found {self.lambda_kl}")
+        if self.logvar_clamp <= 0:
+            raise ValueError(
+                f"MotionVAEConfig.logvar_clamp must be > 0, found {self.logvar_clamp}"
+            )
+
+    @property
+    def num_latents(self) -> int:
+        """Latent steps per training window."""
+        return self.seq_len // FRAMES_PER_LATENT
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, D, T): the one place the model enters Conv1d layout."""
+    return x.transpose(1, 2)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T) -> (B, T, C): the one place the model leaves Conv1d layout."""
+    return x.transpose(1, 2)
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d that sees only the present and the past.
+
+    Output step i of a stride-s conv ends its receptive field at input frame s*i + s - 1,
+    the last frame of its own stride window, and needs `context` = kernel - s frames
+    before that window. Those come from zeros at the start of a sequence or, when a
+    `cache` is passed, from the end of the previous chunk; so chunked and whole passes
+    agree whenever chunk lengths are multiples of the stride.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        if kernel_size < stride:
+            raise ValueError(
+                f"CausalConv1d needs kernel_size >= stride so every frame is read, "
+                f"found kernel_size={kernel_size}, stride={stride}"
+            )
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride)
+        self.context = kernel_size - stride
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        T = x.shape[2]
+        stride = self.stride[0]
+        if T % stride:
+            raise ValueError(f"CausalConv1d with stride {stride} needs T % {stride} == 0, found T={T}")
+        if self.context:  # kernel == stride reads only its own window: nothing to carry
+            x = self._prepend_context(x, cache)  # (B, C, context + T)
+        return super().forward(x)
+
+    def _prepend_context(self, x: torch.Tensor, cache: ConvCache | None) -> torch.Tensor:
+        if cache is None:
+            return F.pad(x, (self.context, 0))
+        past = cache.get(self)
+        if past is None:  # start of the stream: the same zeros as the whole-sequence pad
+            past = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        x = torch.cat([past, x], dim=2)
+        cache[self] = x[:, :, x.shape[2] - self.context :]
+        return x
+
+
+class FrameLayerNorm(nn.LayerNorm):
+    """LayerNorm over channels, for each frame on its own: no statistic crosses time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T)
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ResNetBlock1D(nn.Module):
+    """Pre-activation residual block: x + conv(act(norm(conv(act(norm(x)))))), all causal."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.norm1 = FrameLayerNorm(channels)
+        self.conv1 = CausalConv1d(channels, channels, kernel_size)
+        self.norm2 = FrameLayerNorm(channels)
+        self.conv2 = CausalConv1d(channels, channels, kernel_size)
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), cache)
+        h = self.conv2(F.silu(self.norm2(h)), cache)
+        return x + h
+
+
+class CausalDownsample(nn.Module):
+    """Halve the frame rate: step i reads frames 2i-2 .. 2i+1, never a later frame.
+
+    Kernel 4, stride 2, 2 frames of left context: the pair (2i, 2i+1) always lands in
+    step i, so the last frame of an even-length sequence is read too.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = CausalConv1d(channels, channels, kernel_size=4, stride=2)
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        return self.conv(x, cache)  # (B, C, T/2)
+
+
+class CausalUpsample(nn.Module):
+    """Double the frame rate: frames 2i and 2i+1 are both computed from steps <= i.
+
+    A causal conv at the low rate emits two frames' worth of channels per step, which
+    are interleaved into time (sub-pixel / polyphase upsampling). This is the general
+    form of "repeat each step twice, then causal conv" without the wasted work on
+    repeated frames: at equal size it costs what the old transposed conv cost, but
+    never looks ahead. Both phases start with the same weights, so at init the layer
+    is exactly a nearest-neighbour repeat of a causal conv (no checkerboard pattern).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 2):
+        super().__init__()
+        self.conv = CausalConv1d(channels, 2 * channels, kernel_size)
+        with torch.no_grad():
+            # Output channel 2c + p is channel c of phase p (matches the view in forward).
+            weight = self.conv.weight.view(channels, 2, channels, kernel_size)
+            weight[:, 1] = weight[:, 0]
+            bias = self.conv.bias.view(channels, 2)
+            bias[:, 1] = bias[:, 0]
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        B, C, T = x.shape
+        y = self.conv(x, cache)  # (B, 2C, T)
+        return y.view(B, C, 2, T).transpose(2, 3).reshape(B, C, 2 * T)  # frame 2i+p = phase p
+
+
+def _init_output_projection(conv: nn.Conv1d) -> None:
+    # Small outputs at init: the posterior starts at N(~0, ~1) (KL ~ 0), the recon at ~0.
+    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(conv.bias)
+
+
+def _stages(channels: int, blocks: int, kernel_size: int, resample: type[nn.Module]) -> nn.ModuleList:
+    """Blocks at rate 1, resample, blocks, resample, blocks: three rates, NUM_DOWNSAMPLES steps."""
+    layers: list[nn.Module] = []
+    for stage in range(NUM_DOWNSAMPLES + 1):
+        if stage:
+            layers.append(resample(channels))
+        layers.extend(ResNetBlock1D(channels, kernel_size) for _ in range(blocks))
+    return nn.ModuleList(layers)
+
+
+class MotionEncoder(nn.Module):
+    """(B, T, input_dim) frames -> (B, T/4, 2 * latent_dim): mean and logvar per latent step."""
+
+    def __init__(self, config: MotionVAEConfig):
+        super().__init__()
+        C = config.hidden_dim
+        self.in_proj = CausalConv1d(config.input_dim, C, config.kernel_size)
+        self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, CausalDownsample)
+        self.norm_out = FrameLayerNorm(C)
+        self.out_proj = CausalConv1d(C, 2 * config.latent_dim, kernel_size=1)
+        _init_output_projection(self.out_proj)
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        h = self.in_proj(_channels_first(x), cache)  # (B, C, T)
+        for layer in self.layers:
+            h = layer(h, cache)  # (B, C, T / 4) after the last downsample
+        h = self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, 2L, T/4)
+        return _channels_last(h)  # (B, T/4, 2L)
+
+
+class MotionDecoder(nn.Module):
+    """(B, N, latent_dim) latents -> (B, 4N, input_dim) frames."""
+
+    def __init__(self, config: MotionVAEConfig):
+        super().__init__()
+        C = config.hidden_dim
+        self.in_proj = CausalConv1d(config.latent_dim, C, config.kernel_size)
+        self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, CausalUpsample)
+        self.norm_out = FrameLayerNorm(C)
+        self.out_proj = CausalConv1d(C, config.input_dim, kernel_size=1)
+        _init_output_projection(self.out_proj)
+
+    def forward(self, z: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        h = self.in_proj(_channels_first(z), cache)  # (B, C, N)
+        for layer in self.layers:
+            h = layer(h, cache)  # (B, C, 4N) after the last upsample
+        h = self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, D, 4N)
+        return _channels_last(h)  # (B, 4N, D)
+
+
+class VAEOutput(TypedDict):
+    recon: torch.Tensor  # (B, T, D)
+    mean: torch.Tensor  # (B, T/4, L)
+    logvar: torch.Tensor  # (B, T/4, L)
+    z: torch.Tensor  # (B, T/4, L)
+
+
+class MotionVAE(nn.Module):
+    """Causal motion VAE. `model(x)` on (B, T, D) frames, T a multiple of 4, returns `VAEOutput`.
+
+    In training mode z is sampled by reparameterisation; in eval mode z is the mean, so
+    evaluation and encoding are deterministic.
+    """
+
+    def __init__(self, config: MotionVAEConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else MotionVAEConfig()
+        self.encoder = MotionEncoder(self.config)
+        self.decoder = MotionDecoder(self.config)
+        logger.debug("MotionVAE %s: %d parameters", dataclasses.asdict(self.config),
+                     self.num_parameters())  # fmt: skip
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_frames(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or x.shape[2] != self.config.input_dim:
+            raise ValueError(
+                f"expected frames of shape (B, T, {self.config.input_dim}), found {tuple(x.shape)}"
+            )
+        if x.shape[1] % FRAMES_PER_LATENT:
+            raise ValueError(
+                f"T must be a multiple of {FRAMES_PER_LATENT} frames per latent, found "
+                f"T={x.shape[1]}; use encode_sequence for other lengths"
+            )
+
+    def _check_latents(self, z: torch.Tensor) -> None:
+        if z.ndim != 3 or z.shape[2] != self.config.latent_dim:
+            raise ValueError(
+                f"expected latents of shape (B, N, {self.config.latent_dim}), found {tuple(z.shape)}"
+            )
+
+    def _split_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = h.chunk(2, dim=-1)  # (B, N, L) each
+        c = self.config.logvar_clamp
+        return mean, logvar.clamp(-c, c)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) frames, T % 4 == 0 -> (mean, logvar), each (B, T/4, L)."""
+        self._check_frames(x)
+        return self._split_moments(self.encoder(x))
+
+    def reparameterize(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return mean
+        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, N, L) latents -> (B, 4N, D) frames."""
+        self._check_latents(z)
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> VAEOutput:
+        mean, logvar = self.encode(x)
+        z = self.reparameterize(mean, logvar)
+        return VAEOutput(recon=self.decode(z), mean=mean, logvar=logvar, z=z)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, num_latents: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Decode n draws from the N(0, I) prior: (n, 4 * num_latents, D) frames.
+
+        num_latents defaults to one training window (config.seq_len / 4). A generator,
+        if given, must live on the model's device.
+        """
+        num_latents = self.config.num_latents if num_latents is None else num_latents
+        p = next(self.parameters())
+        z = torch.randn(n, num_latents, self.config.latent_dim, generator=generator,
+                        device=p.device, dtype=p.dtype)  # fmt: skip
+        return self.decode(z)
+
+    def encode_sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode (B, T, D) frames of any length T >= 1 -> (mean, logvar), each (B, ceil(T/4), L).
+
+        The tail is right-padded to a multiple of 4 by repeating the last frame. Only the
+        last latent reads padded frames; causality keeps every earlier latent exactly what
+        `encode` gives on the unpadded prefix.
+        """
+        B, T, D = x.shape
+        if T < 1:
+            raise ValueError("encode_sequence needs at least one frame, found T=0")
+        pad = -T % FRAMES_PER_LATENT
+        if pad:
+            x = torch.cat([x, x[:, -1:].expand(B, pad, D)], dim=1)  # (B, T + pad, D)
+        return self.encode(x)
+
+    def decode_sequence(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Decode (B, N, L) latents to (B, num_frames, D), with 4(N-1) < num_frames <= 4N.
+
+        The inverse of `encode_sequence`: decodes 4N frames and drops the padded tail.
+        """
+        N = z.shape[1]
+        if not FRAMES_PER_LATENT * (N - 1) < num_frames <= FRAMES_PER_LATENT * N:
+            raise ValueError(
+                f"{N} latents decode to {FRAMES_PER_LATENT * (N - 1) + 1}.."
+                f"{FRAMES_PER_LATENT * N} frames, asked for num_frames={num_frames}"
+            )
+        return self.decode(z)[:, :num_frames]
+
+    def stream_encoder(self) -> StreamingEncoder:
+        return StreamingEncoder(self)
+
+    def stream_decoder(self) -> StreamingDecoder:
+        return StreamingDecoder(self)
+
+
+class StreamingEncoder:
+    """Encode a sequence chunk by chunk, chunks of 4m frames -> m latents each.
+
+    Each causal conv's left context is carried in a `ConvCache`, so the concatenated
+    outputs equal `MotionVAE.encode` on the whole sequence (up to float rounding).
+    Meant for inference: wrap calls in `torch.no_grad()`, or the cache keeps the graph
+    of every chunk alive.
+    """
+
+    def __init__(self, model: MotionVAE):
+        self.model = model
+        self.cache: ConvCache = {}
+
+    def reset(self) -> None:
+        """Forget the past: the next chunk starts a new sequence."""
+        self.cache = {}
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 4m, D) frames -> (mean, logvar), each (B, m, L)."""
+        self.model._check_frames(x)
+        return self.model._split_moments(self.model.encoder(x, self.cache))
+
+
+class StreamingDecoder:
+    """Decode latents chunk by chunk, m latents -> 4m frames each; see `StreamingEncoder`."""
+
+    def __init__(self, model: MotionVAE):
+        self.model = model
+        self.cache: ConvCache = {}
+
+    def reset(self) -> None:
+        """Forget the past: the next chunk starts a new sequence."""
+        self.cache = {}
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, m, L) latents -> (B, 4m, D) frames."""
+        self.model._check_latents(z)
+        return self.model.decoder(z, self.cache)
