@@ -1,0 +1,705 @@
+"""Synthetic Nymeria-format clips: plausible human motion by forward kinematics (XSens skeleton).
+
+Used for tests, demos and benchmarks where the real dataset is not at hand. Everything here is
+pure and deterministic given a `numpy.random.Generator` (or a seed); only `write_clip` and
+`generate_dataset` touch the disk.
+
+Conventions
+-----------
+- World: Z up, metres, ground plane at z = 0. Frame rate 30 fps by default.
+- Rotation matrices map local to world: `p_world = R @ p_local + t`.
+- XSens segment frames in the rest pose (standing, arms hanging) are aligned with the body:
+  X forward, Y left, Z up. `joint_orientation[:, j]` is `R_world_segment`,
+  `joint_translation[:, j]` the segment origin in world. Joint angles below are
+  `R_parent_child = Rz(yaw) @ Ry(pitch) @ Rx(roll)`; with these axes a positive pitch tilts a
+  forward vector down and swings a hanging limb backward (so hip and shoulder flexion are
+  negative pitches, knee flexion positive), a positive yaw turns left.
+- `root_translation` / `root_orientation` are the Pelvis segment pose.
+- `cpf_translation` / `cpf_orientation` are the Aria central pupil frame (CPF), rigidly attached
+  to the Head segment: origin `CPF_OFFSET_IN_HEAD_M` = 0.08 m forward and 0.10 m above the Head
+  segment origin, axes X left, Y up, Z forward (as in projectaria_tools, where a gaze direction
+  in CPF is `(tan(yaw), tan(pitch), 1)` normalised, left eye at +X). Hence
+  `R_world_cpf = R_world_head @ R_HEAD_CPF` with `R_HEAD_CPF` columns (left, up, forward) in
+  head coordinates.
+- `contact_information` channels are `CONTACT_CHANNELS` = (right heel, right toe tip, left heel,
+  left toe tip), the same foot order as `shared.skeleton.FOOT_JOINTS`; the heel is a point on
+  the Foot segment, the toe tip a point on the Toe segment. A channel is 1.0 when its point is
+  within `CONTACT_HEIGHT_M` of the ground and moves slower than `CONTACT_SPEED_MPS`, else 0.0.
+- `timestamp_ns = t0_ns + round(i * 1e9 / fps)` over the whole recording, so consecutive clips of
+  a recording are contiguous in time.
+
+Motion: each recording is a sequence of activities (`Activity`): walking on curved paths, each
+walking bout starting with a turn of 100-170 degrees; standing pauses; sitting down on an
+(invisible) chair and standing up; bending down to pick something up. Walking has a
+stance/swing gait solved by two-link leg IK (stance feet stay planted; they slip only while the
+path turns), knee lift, heel rise, pelvis bob and rotation with thorax counter-rotation, and arm
+swing in antiphase with the legs; the head looks around (yaw/pitch split over Neck and Head)
+throughout. The pelvis height is set every frame so that the lowest foot point touches the
+ground, and during sitting/bending the pelvis shifts so that the feet stay in place. A clip's
+`atomic_action` describes the activity filling most of its frames.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import string
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from preprocess import nymeria_format as nf
+from shared.rotations import axis_angle_to_matrix, yaw_matrix
+from shared.skeleton import FOOT_JOINTS, JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 30.0
+UP_AXIS = np.array([0.0, 0.0, 1.0])
+
+# CPF pose in the Head segment frame.
+CPF_OFFSET_IN_HEAD_M = np.array([0.08, 0.0, 0.10])
+R_HEAD_CPF = np.array(
+    [
+        [0.0, 0.0, 1.0],
+        [1.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+    ]
+)  # columns: CPF x = head left (+Y), CPF y = head up (+Z), CPF z = head forward (+X)
+
+CONTACT_CHANNELS: tuple[str, ...] = ("RightHeel", "RightToeTip", "LeftHeel", "LeftToeTip")
+CONTACT_HEIGHT_M = 0.03
+CONTACT_SPEED_MPS = 0.3
+# Contact points in their segment frames, for bone_scale 1 (they scale with the body).
+_HEEL_IN_FOOT_M = np.array([-0.05, 0.0, -0.08])
+_TOE_TIP_IN_TOE_M = np.array([0.05, 0.0, -0.02])
+
+CLIP_FRAMES_RANGE = (140, 160)  # inclusive range of clip lengths written by generate_dataset
+
+# Rest-pose segment origins relative to their parent, for bone_scale 1 (a ~1.75 m adult,
+# pelvis 0.94 m and eyes ~1.66 m above the ground). Left side mirrors the right.
+_RIGHT_AND_CENTRE_OFFSETS_M: dict[str, tuple[float, float, float]] = {
+    "Pelvis": (0.0, 0.0, 0.0),
+    "L5": (0.0, 0.0, 0.10),
+    "L3": (0.0, 0.0, 0.10),
+    "T12": (0.0, 0.0, 0.09),
+    "T8": (0.0, 0.0, 0.10),
+    "Neck": (0.0, 0.0, 0.14),
+    "Head": (0.0, 0.0, 0.09),
+    "RightShoulder": (0.0, -0.03, 0.11),
+    "RightUpperArm": (0.0, -0.15, 0.0),
+    "RightForeArm": (0.0, 0.0, -0.29),
+    "RightHand": (0.0, 0.0, -0.26),
+    "RightUpperLeg": (0.0, -0.09, 0.0),
+    "RightLowerLeg": (0.0, 0.0, -0.43),
+    "RightFoot": (0.0, 0.0, -0.43),
+    "RightToe": (0.14, 0.0, -0.06),
+}
+_THIGH_M = 0.43
+_SHANK_M = 0.43
+
+
+def _rest_offsets_m(bone_scale: float) -> np.ndarray:
+    """(23, 3) segment origin in its parent's frame, rest pose."""
+    offsets = np.zeros((NUM_JOINTS, 3))
+    for name in JOINT_NAMES:
+        if name.startswith("Left"):
+            x, y, z = _RIGHT_AND_CENTRE_OFFSETS_M["Right" + name.removeprefix("Left")]
+            offsets[JOINT_INDEX[name]] = (x, -y, z)
+        else:
+            offsets[JOINT_INDEX[name]] = _RIGHT_AND_CENTRE_OFFSETS_M[name]
+    return offsets * bone_scale
+
+
+# --- participants -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParticipantSpec:
+    """One synthetic person."""
+
+    first_name: str
+    last_name: str
+    bone_scale: float = 1.0
+    """Multiplies every bone length (1.0: a ~1.75 m adult)."""
+    walk_speed_mps: float = 1.2
+    """Cruising walking speed."""
+
+    def __post_init__(self) -> None:
+        for label, value in (("first_name", self.first_name), ("last_name", self.last_name)):
+            if not (value.isascii() and value.isalpha() and value.islower()):
+                raise ValueError(f"{label} must be lowercase ASCII letters, found {value!r}")
+        if not 0.5 <= self.bone_scale <= 1.5:
+            raise ValueError(f"bone_scale must be in [0.5, 1.5], found {self.bone_scale}")
+        if not 0.3 <= self.walk_speed_mps <= 2.5:
+            raise ValueError(f"walk_speed_mps must be in [0.3, 2.5], found {self.walk_speed_mps}")
+
+    @property
+    def name(self) -> str:
+        """As it appears in sequence names: `first_last`."""
+        return f"{self.first_name}_{self.last_name}"
+
+
+_NAME_POOL: tuple[tuple[str, str], ...] = (
+    ("james", "johnson"),
+    ("maria", "garcia"),
+    ("wei", "chen"),
+    ("aisha", "okafor"),
+    ("lars", "nielsen"),
+    ("priya", "sharma"),
+    ("tom", "becker"),
+    ("yuki", "tanaka"),
+    ("sofia", "rossi"),
+    ("omar", "haddad"),
+)
+MAX_PARTICIPANTS = len(_NAME_POOL)
+_BONE_SCALE_RANGE = (0.88, 1.12)
+
+
+def default_participants(count: int, rng: np.random.Generator) -> tuple[ParticipantSpec, ...]:
+    """`count` distinct people with body sizes spread over `_BONE_SCALE_RANGE`."""
+    if not 1 <= count <= MAX_PARTICIPANTS:
+        raise ValueError(f"participant count must be in [1, {MAX_PARTICIPANTS}], found {count}")
+    name_ids = rng.choice(MAX_PARTICIPANTS, size=count, replace=False)
+    scales = rng.permutation(np.linspace(*_BONE_SCALE_RANGE, count))
+    scales += rng.uniform(-0.01, 0.01, count)
+    speeds = rng.uniform(1.0, 1.35, count)
+    return tuple(
+        ParticipantSpec(
+            *_NAME_POOL[i], bone_scale=round(float(s), 3), walk_speed_mps=round(float(v), 2)
+        )
+        for i, s, v in zip(name_ids, scales, speeds, strict=True)
+    )
+
+
+# --- activity plan ----------------------------------------------------------------------------
+
+
+class Activity(enum.IntEnum):
+    WALK = 0
+    STAND = 1
+    SIT = 2
+    BEND = 3
+
+
+# Duration range (seconds) of one bout, and the ramp in/out (seconds) of its weight.
+_BOUT_DURATION_S: dict[Activity, tuple[float, float]] = {
+    Activity.WALK: (3.0, 6.0),
+    Activity.STAND: (1.0, 2.5),
+    Activity.SIT: (5.0, 8.0),
+    Activity.BEND: (2.5, 4.0),
+}
+_RAMP_S: dict[Activity, float] = {Activity.WALK: 1.0, Activity.SIT: 1.5, Activity.BEND: 1.0}
+_AFTER_WALK: tuple[Activity, ...] = (Activity.STAND, Activity.SIT, Activity.BEND)
+_AFTER_WALK_P = (0.4, 0.3, 0.3)
+_TURN_DEG_RANGE = (100.0, 170.0)  # turn at the start of every walking bout
+_TURN_S = 1.2
+_CURVE_RAD_S_RANGE = (0.2, 0.5)  # mean yaw rate of a walking bout
+
+ACTION_PHRASES: dict[Activity, tuple[str, ...]] = {
+    Activity.WALK: (
+        "walking around the living room",
+        "walking through the hallway",
+        "walking around the kitchen",
+        "wandering around the backyard",
+    ),
+    Activity.STAND: ("standing and looking around", "standing still, looking around the room"),
+    Activity.SIT: ("sitting down on a chair and standing up again", "sitting on the sofa"),
+    Activity.BEND: (
+        "bending down to pick up a box",
+        "bending over to reach something on a low table",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ActivityPlan:
+    """What the body does at each frame: the control signals `animate` turns into poses."""
+
+    fps: float
+    activity: np.ndarray  # (N,) int8 Activity per frame
+    walk_weight: np.ndarray  # (N,) in [0, 1]: fraction of cruising speed and gait amplitude
+    sit_weight: np.ndarray  # (N,) in [0, 1]: 1 = seated
+    bend_weight: np.ndarray  # (N,) in [0, 1]: 1 = bent forward, hands low
+    yaw_rate_rad_s: np.ndarray  # (N,) heading rate of the body
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.activity)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _bout_envelope(num_frames: int, ramp_frames: float) -> np.ndarray:
+    """(num_frames,) 0 -> 1 -> 0 with smooth ramps of `ramp_frames` at both ends."""
+    i = np.arange(num_frames)
+    return _smoothstep(np.minimum(i, num_frames - 1 - i) / max(ramp_frames, 1.0))
+
+
+def plan_activities(
+    rng: np.random.Generator, num_frames: int, fps: float = DEFAULT_FPS
+) -> ActivityPlan:
+    """Random sequence of activity bouts covering `num_frames`, starting with a walk."""
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be >= 2 (for velocities), found {num_frames}")
+    activity = np.empty(num_frames, np.int8)
+    walk, sit, bend, yaw_rate = (np.zeros(num_frames) for _ in range(4))
+    current, start = Activity.WALK, 0
+    while start < num_frames:
+        bout_frames = max(2, round(rng.uniform(*_BOUT_DURATION_S[current]) * fps))
+        stop = min(start + bout_frames, num_frames)
+        kept = slice(0, stop - start)  # the last bout is cut at the end of the recording
+        activity[start:stop] = current
+        envelope = _bout_envelope(bout_frames, _RAMP_S.get(current, 0.0) * fps)
+        if current == Activity.WALK:
+            walk[start:stop] = envelope[kept]
+            t_s = np.arange(bout_frames) / fps
+            turn_rad = np.deg2rad(rng.uniform(*_TURN_DEG_RANGE)) * rng.choice([-1.0, 1.0])
+            turn_window = np.where(t_s < _TURN_S, np.sin(np.pi * t_s / _TURN_S) ** 2, 0.0)
+            turn_rate = turn_rad * turn_window / (turn_window.sum() / fps)
+            wobble_hz, wobble_phase = rng.uniform(0.1, 0.3), rng.uniform(0, 2 * np.pi)
+            wobble = 0.15 * np.sin(2 * np.pi * wobble_hz * t_s + wobble_phase)
+            curve_rate = rng.uniform(*_CURVE_RAD_S_RANGE) * rng.choice([-1.0, 1.0]) + wobble
+            yaw_rate[start:stop] = (turn_rate + curve_rate * envelope)[kept]
+            current = Activity(rng.choice(_AFTER_WALK, p=_AFTER_WALK_P))
+        else:
+            if current == Activity.SIT:
+                sit[start:stop] = envelope[kept]
+            elif current == Activity.BEND:
+                bend[start:stop] = envelope[kept]
+            current = Activity.WALK
+        start = stop
+    return ActivityPlan(fps, activity, walk, sit, bend, yaw_rate)
+
+
+# --- motion -----------------------------------------------------------------------------------
+
+_STANCE_FRACTION = 0.6
+_STRIDE_LENGTH_M = 1.3  # at bone_scale 1 and cruising speed
+_MAX_LEG_EXTENSION = 0.995  # hip-ankle distance over leg length when the leg is straightest
+
+
+def _smooth_noise(
+    rng: np.random.Generator, num_frames: int, fps: float, max_hz: float
+) -> np.ndarray:
+    """(num_frames,) smooth random signal in [-1, 1]: a few random sinusoids below `max_hz`."""
+    t_s = np.arange(num_frames) / fps
+    freqs_hz = rng.uniform(0.25 * max_hz, max_hz, 4)
+    phases = rng.uniform(0.0, 2 * np.pi, 4)
+    weights = rng.uniform(0.5, 1.0, 4)
+    waves = weights[:, None] * np.sin(2 * np.pi * freqs_hz[:, None] * t_s + phases[:, None])
+    return waves.sum(0) / weights.sum()
+
+
+def _euler_to_matrix(angles_rad: np.ndarray) -> np.ndarray:
+    """(..., 3) (roll_x, pitch_y, yaw_z) -> (..., 3, 3) `Rz(yaw) @ Ry(pitch) @ Rx(roll)`."""
+    R_x = axis_angle_to_matrix(np.array([1.0, 0.0, 0.0]), angles_rad[..., 0])
+    R_y = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), angles_rad[..., 1])
+    R_z = axis_angle_to_matrix(np.array([0.0, 0.0, 1.0]), angles_rad[..., 2])
+    return R_z @ R_y @ R_x
+
+
+def forward_kinematics(
+    R_parent_segment: np.ndarray, offsets_m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local rotations (N, 23, 3, 3) (root entry: root orientation) and rest offsets (23, 3) ->
+    (R_world_segment (N, 23, 3, 3), segment origin (N, 23, 3)) with the root at the origin."""
+    N = R_parent_segment.shape[0]
+    R_world = np.empty_like(R_parent_segment)
+    pos_m = np.zeros((N, NUM_JOINTS, 3))
+    for j, parent in enumerate(PARENTS):
+        if parent < 0:
+            R_world[:, j] = R_parent_segment[:, j]
+            continue
+        R_world[:, j] = R_world[:, parent] @ R_parent_segment[:, j]
+        pos_m[:, j] = pos_m[:, parent] + R_world[:, parent] @ offsets_m[j]
+    return R_world, pos_m
+
+
+def _pivot_shift_m(
+    pitch_rad: np.ndarray, pivot_in_foot_m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, up) displacement of the ankle when the foot pitches by `pitch_rad` about a point
+    of the foot (Foot segment frame) that stays on the ground."""
+    x, _, z = -pivot_in_foot_m  # ankle relative to the pivot
+    c, s = np.cos(pitch_rad), np.sin(pitch_rad)
+    return c * x + s * z - x, -s * x + c * z - z
+
+
+def _foot_targets(
+    u: np.ndarray, stride_m: np.ndarray, gait: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gait cycle phase u in [0, 1) (0 = heel strike) -> (ankle forward of the hip (m), ankle
+    height above the ground (m), sagittal foot pitch in the body frame (rad)).
+
+    Stance (`_STANCE_FRACTION` of the cycle): the foot stays put while the hip passes over it, so
+    the ankle moves back linearly by the distance the body travels; it lands toes up and rolls
+    off the toes at the end. Swing: the ankle eases forward, lifted mid-way.
+    """
+    beta = _STANCE_FRACTION
+    stance = u < beta
+    stance_progress = np.where(stance, u / beta, 1.0)
+    swing_progress = np.where(stance, 0.0, (u - beta) / (1 - beta))
+    excursion_m = beta * stride_m
+    heel_strike_m, toe_off_m = 0.4 * excursion_m, -0.6 * excursion_m
+    forward_m = np.where(
+        stance,
+        heel_strike_m + (toe_off_m - heel_strike_m) * stance_progress,
+        toe_off_m + (heel_strike_m - toe_off_m) * 0.5 * (1.0 - np.cos(np.pi * swing_progress)),
+    )
+    heel_rise = np.where(
+        stance, _smoothstep((stance_progress - 0.6) / 0.4), 1.0 - _smoothstep(swing_progress / 0.35)
+    )
+    toes_up = np.where(
+        stance, 1.0 - _smoothstep(stance_progress / 0.12), _smoothstep((swing_progress - 0.3) / 0.5)
+    )
+    pitch_rad = gait * (0.5 * heel_rise - 0.2 * toes_up)
+    # Heel rise pivots about the toe joint, toes-up about the heel.
+    toe_joint_m = np.array(_RIGHT_AND_CENTRE_OFFSETS_M["RightToe"]) * scale
+    dx_toe, dz_toe = _pivot_shift_m(np.maximum(pitch_rad, 0.0), toe_joint_m)
+    dx_heel, dz_heel = _pivot_shift_m(np.minimum(pitch_rad, 0.0), _HEEL_IN_FOOT_M * scale)
+    clearance_m = 0.09 * scale * gait * np.sin(np.pi * swing_progress)
+    height_m = -_HEEL_IN_FOOT_M[2] * scale + dz_toe + dz_heel + clearance_m
+    return forward_m + dx_toe + dx_heel, height_m, pitch_rad
+
+
+def _two_link_ik(
+    forward_m: np.ndarray, drop_m: np.ndarray, thigh_m: float, shank_m: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sagittal leg IK: ankle `forward_m` ahead of and `drop_m` below the hip -> (thigh angle
+    forward of straight down, knee flexion), both radians, knee bending forward."""
+    reach_m = np.clip(np.hypot(forward_m, drop_m), 1e-6, thigh_m + shank_m)
+    line_rad = np.arctan2(forward_m, drop_m)
+    cos_hip = (thigh_m**2 + reach_m**2 - shank_m**2) / (2 * thigh_m * reach_m)
+    cos_knee = (thigh_m**2 + shank_m**2 - reach_m**2) / (2 * thigh_m * shank_m)
+    thigh_rad = line_rad + np.arccos(np.clip(cos_hip, -1.0, 1.0))
+    return thigh_rad, np.pi - np.arccos(np.clip(cos_knee, -1.0, 1.0))
+
+
+def _contact_points_m(R_world: np.ndarray, pos_m: np.ndarray, bone_scale: float) -> np.ndarray:
+    """(N, 4, 3) heel and toe-tip points in CONTACT_CHANNELS order."""
+    right_foot, right_toe, left_foot, left_toe = FOOT_JOINTS
+    points = []
+    for foot, toe in ((right_foot, right_toe), (left_foot, left_toe)):
+        points.append(pos_m[:, foot] + R_world[:, foot] @ (_HEEL_IN_FOOT_M * bone_scale))
+        points.append(pos_m[:, toe] + R_world[:, toe] @ (_TOE_TIP_IN_TOE_M * bone_scale))
+    return np.stack(points, axis=1)
+
+
+def animate(
+    plan: ActivityPlan, participant: ParticipantSpec, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Poses for every frame of `plan`, as full-recording arrays under the HDF5 key names."""
+    N, fps = plan.num_frames, plan.fps
+    scale = participant.bone_scale
+    J = JOINT_INDEX
+
+    # Path of the body on the ground.
+    speed_mps = participant.walk_speed_mps * plan.walk_weight
+    heading_rad = rng.uniform(-np.pi, np.pi) + np.cumsum(plan.yaw_rate_rad_s) / fps
+    step_m = speed_mps[:, None] * np.stack([np.cos(heading_rad), np.sin(heading_rad)], -1) / fps
+    path_xy_m = rng.uniform(-2.0, 2.0, 2) + np.cumsum(step_m, axis=0) - step_m[0]
+
+    # Gait: stride length scales with speed at a fixed cadence, so legs stop when the body does.
+    stride_hz = participant.walk_speed_mps / (_STRIDE_LENGTH_M * scale)
+    u_right = (rng.uniform() + np.arange(N) * stride_hz / fps) % 1.0
+    stride_m = speed_mps / stride_hz
+    walk, sit, bend = plan.walk_weight, plan.sit_weight, plan.bend_weight
+    sit_transition = 4.0 * sit * (1.0 - sit)  # 1 halfway through sitting down / standing up
+
+    angles = np.zeros((N, NUM_JOINTS, 3))  # (roll_x, pitch_y, yaw_z) of R_parent_segment
+    ROLL, PITCH, YAW = 0, 1, 2
+    cos_right = np.cos(2 * np.pi * u_right)  # +1 when the right foot is furthest forward
+
+    pelvis_pitch = 0.05 * walk - 0.1 * sit + 0.5 * sit_transition + 0.75 * bend
+    pelvis_yaw = 0.08 * walk * cos_right
+    angles[:, J["Pelvis"], PITCH] = pelvis_pitch
+    angles[:, J["Pelvis"], YAW] = pelvis_yaw
+    angles[:, J["Pelvis"], ROLL] = 0.03 * walk * np.sin(2 * np.pi * u_right)
+
+    # Legs: foot targets along the gait cycle; the pelvis as high as the stiffer leg allows
+    # (giving the vertical bob); IK for hip and knee; then sitting and bending on top.
+    offsets_m = _rest_offsets_m(scale)
+    thigh_m, shank_m = _THIGH_M * scale, _SHANK_M * scale
+    R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
+    sides = (("Right", 0.0), ("Left", 0.5))
+    targets, root_height_limits_m = {}, []
+    for side, phase_shift in sides:
+        u_side = (u_right + phase_shift) % 1.0
+        forward_m, ankle_height_m, foot_pitch = _foot_targets(u_side, stride_m, walk, scale)
+        hip_body_m = R_body_pelvis @ offsets_m[J[f"{side}UpperLeg"]]  # root at the origin
+        forward_of_hip_m = forward_m - hip_body_m[:, 0]  # the foot ignores the pelvis' sway
+        vertical_reach_m = np.sqrt(
+            np.maximum((_MAX_LEG_EXTENSION * (thigh_m + shank_m)) ** 2 - forward_of_hip_m**2, 0.0)
+        )
+        root_height_limits_m.append(ankle_height_m + vertical_reach_m - hip_body_m[:, 2])
+        targets[side] = (u_side, forward_of_hip_m, ankle_height_m, foot_pitch, hip_body_m[:, 2])
+    root_height_m = np.minimum(*root_height_limits_m)
+
+    thigh_pitch_body = {}
+    for side, _ in sides:
+        u_side, forward_of_hip_m, ankle_height_m, foot_pitch, hip_height_m = targets[side]
+        thigh_forward, knee_flex = _two_link_ik(
+            forward_of_hip_m, root_height_m + hip_height_m - ankle_height_m, thigh_m, shank_m
+        )
+        # Sagittal pitches of thigh, shank and foot in the body frame; joints take differences.
+        thigh_pitch_body[side] = -thigh_forward - 1.5 * sit - 0.5 * bend
+        knee_flex = knee_flex + 1.5 * sit + 0.9 * bend
+        angles[:, J[f"{side}LowerLeg"], PITCH] = knee_flex
+        angles[:, J[f"{side}Foot"], PITCH] = foot_pitch - (thigh_pitch_body[side] + knee_flex)
+        angles[:, J[f"{side}Toe"], PITCH] = -np.maximum(foot_pitch, 0.0)  # toes flat on heel rise
+
+        # Arms swing against the same-side leg; rest on the thighs when seated; reach when bent.
+        outward = -1.0 if side == "Right" else 1.0
+        arm_forward = -np.cos(2 * np.pi * u_side)
+        angles[:, J[f"{side}UpperArm"], PITCH] = -0.35 * walk * arm_forward - 0.5 * sit - 1.4 * bend
+        angles[:, J[f"{side}UpperArm"], ROLL] = outward * 0.1
+        angles[:, J[f"{side}ForeArm"], PITCH] = (
+            -0.3 - 0.25 * walk * np.clip(arm_forward, 0, None) - 0.9 * sit - 0.2 * bend
+        )
+
+    thorax_counter_yaw = -0.06 * walk * cos_right
+    for segment in ("L5", "L3", "T12", "T8"):
+        angles[:, J[segment], PITCH] = 0.02 * walk + 0.17 * bend
+    for segment in ("T12", "T8"):
+        angles[:, J[segment], YAW] = thorax_counter_yaw
+
+    # Look around; the neck also cancels the thorax's gait oscillation to steady the head.
+    look_yaw = 0.9 * _smooth_noise(rng, N, fps, max_hz=0.35)
+    look_pitch = 0.1 + 0.3 * _smooth_noise(rng, N, fps, max_hz=0.3) - 0.4 * bend
+    thorax_yaw = pelvis_yaw + 2 * thorax_counter_yaw
+    angles[:, J["Neck"], YAW] = 0.4 * look_yaw - thorax_yaw
+    angles[:, J["Head"], YAW] = 0.6 * look_yaw
+    angles[:, J["Neck"], PITCH] = 0.4 * look_pitch
+    angles[:, J["Head"], PITCH] = 0.6 * look_pitch
+
+    R_parent_segment = _euler_to_matrix(angles)
+    for side, _ in sides:
+        # Thighs are set in the body frame, undoing the pelvis' own rotation.
+        R_body_thigh = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), thigh_pitch_body[side])
+        R_parent_segment[:, J[f"{side}UpperLeg"]] = R_body_pelvis.swapaxes(-1, -2) @ R_body_thigh
+    R_body_segment, pos_body_m = forward_kinematics(R_parent_segment, offsets_m)
+
+    # Ground the lowest foot point; keep the feet in place while sitting or bending.
+    contact_body_m = _contact_points_m(R_body_segment, pos_body_m, scale)
+    ankle_mid_xy_m = 0.5 * (pos_body_m[:, J["RightFoot"], :2] + pos_body_m[:, J["LeftFoot"], :2])
+    root_body_m = np.zeros((N, 3))
+    root_body_m[:, :2] = -ankle_mid_xy_m * np.clip(sit + bend, 0.0, 1.0)[:, None]
+    root_body_m[:, 2] = -contact_body_m[..., 2].min(axis=1)
+    pos_body_m += root_body_m[:, None]
+    contact_body_m += root_body_m[:, None]
+
+    # Body frame -> world: rotate by the heading, move along the path.
+    R_world_body = yaw_matrix(heading_rad, UP_AXIS)  # (N, 3, 3)
+    offset_world_m = np.concatenate([path_xy_m, np.zeros((N, 1))], axis=1)
+    R_world_segment = R_world_body[:, None] @ R_body_segment
+    pos_world_m = np.einsum("nab,njb->nja", R_world_body, pos_body_m) + offset_world_m[:, None]
+    contact_world_m = np.einsum("nab,njb->nja", R_world_body, contact_body_m)
+    contact_world_m += offset_world_m[:, None]
+
+    R_world_head = R_world_segment[:, J["Head"]]
+    cpf_world_m = pos_world_m[:, J["Head"]] + R_world_head @ CPF_OFFSET_IN_HEAD_M
+    R_world_cpf = R_world_head @ R_HEAD_CPF
+
+    speed_contact_mps = np.linalg.norm(np.gradient(contact_world_m[..., :2], axis=0), axis=-1) * fps
+    contact = (contact_world_m[..., 2] < CONTACT_HEIGHT_M) & (speed_contact_mps < CONTACT_SPEED_MPS)
+
+    t0_ns = int(rng.integers(10**12, 10**14))
+    timestamp_ns = t0_ns + np.rint(np.arange(N) * (1e9 / fps)).astype(np.int64)
+
+    f32 = np.float32
+    return {
+        nf.KEY_TIMESTAMP_NS: timestamp_ns,
+        nf.KEY_ROOT_TRANSLATION: pos_world_m[:, J["Pelvis"]].astype(f32),
+        nf.KEY_ROOT_ORIENTATION: R_world_segment[:, J["Pelvis"]].astype(f32),
+        nf.KEY_CPF_TRANSLATION: cpf_world_m.astype(f32),
+        nf.KEY_CPF_ORIENTATION: R_world_cpf.astype(f32),
+        nf.KEY_JOINT_TRANSLATION: pos_world_m.astype(f32),
+        nf.KEY_JOINT_ORIENTATION: R_world_segment.astype(f32),
+        nf.KEY_CONTACT_INFORMATION: contact.astype(f32),
+    }
+
+
+def synthesize_recording(
+    rng: np.random.Generator,
+    participant: ParticipantSpec,
+    num_frames: int,
+    fps: float = DEFAULT_FPS,
+) -> dict[str, np.ndarray]:
+    """A whole recording of `num_frames` frames: arrays keyed by the HDF5 dataset names
+    (`nymeria_format.MOTION_DATASETS`), float32 except int64 `timestamp_ns`, world frame."""
+    return animate(plan_activities(rng, num_frames, fps), participant, rng)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _egoview_frames(R_world_cpf: np.ndarray, video_size: int) -> np.ndarray:
+    """(N, 3, V, V) uint8 stand-in video: colour bands that pan with the head's heading."""
+    forward = R_world_cpf[:, :, 2]
+    heading_rad = np.arctan2(forward[:, 1], forward[:, 0])
+    grid = np.linspace(0.0, 1.0, video_size)
+    channel_shift = np.arange(nf.EGOVIEW_CHANNELS) * (2 * np.pi / 3)
+    wave = np.sin(
+        2 * np.pi * (grid[None, None, None, :] + 0.5 * grid[None, None, :, None])
+        - heading_rad[:, None, None, None]
+        + channel_shift[None, :, None, None]
+    )
+    return np.rint(127.5 + 127.5 * wave).astype(nf.EGOVIEW_DTYPE)
+
+
+def _check_clip(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
+    """Raise ValueError unless `arrays` and `attrs` form a valid clip."""
+    missing = [key for key in nf.MOTION_DATASETS if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: arrays lack datasets {missing}")
+    num_frames = len(arrays[nf.KEY_TIMESTAMP_NS])
+    if num_frames < 1:
+        raise ValueError(f"{path}: a clip needs at least one frame, found {num_frames}")
+    for key, spec in nf.MOTION_DATASETS.items():
+        array = arrays[key]
+        expected = (num_frames, *spec.frame_shape)
+        if array.shape != expected or not spec.accepts_dtype(array.dtype):
+            raise ValueError(
+                f"{path}: dataset {key!r} must be {spec.dtype_kind} with shape {expected}, "
+                f"found {array.dtype} {array.shape}"
+            )
+    for key in (*nf.STRING_ATTRS, *nf.INT_ATTRS):
+        if key not in attrs:
+            raise ValueError(f"{path}: attribute {key!r} missing")
+    start, end, count = (attrs[k] for k in nf.INT_ATTRS)
+    if not (count == num_frames == end - start and start >= 0):
+        raise ValueError(
+            f"{path}: attributes must satisfy 0 <= start_idx and num_frames == end_idx - start_idx"
+            f" == {num_frames} frames, found start_idx={start}, end_idx={end}, num_frames={count}"
+        )
+
+
+def write_clip(
+    path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object], video_size: int = 16
+) -> None:
+    """Write one clip file atomically (temp file in the same directory, then rename).
+
+    `arrays` holds the clip's frames of every `nymeria_format.MOTION_DATASETS` key; `attrs` the
+    string and int attributes. Floats are stored as float32; every dataset is LZ4-compressed;
+    `egoview_RGB` is a small (N, 3, video_size, video_size) stand-in video.
+    """
+    path = Path(path)
+    _check_clip(path, arrays, attrs)
+    if video_size < 1:
+        raise ValueError(f"video_size must be >= 1, found {video_size}")
+    # A hidden name without the .h5 suffix, so globs never pick up a half-written file.
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with h5py.File(tmp_path, "x") as f:
+            for key in nf.STRING_ATTRS:
+                f.attrs[key] = str(attrs[key])
+            for key in nf.INT_ATTRS:
+                f.attrs[key] = int(attrs[key])
+            for key, spec in nf.MOTION_DATASETS.items():
+                dtype = np.int64 if spec.dtype_kind == "int64" else np.float32
+                f.create_dataset(key, data=np.asarray(arrays[key], dtype=dtype), **hdf5plugin.LZ4())
+            video = _egoview_frames(np.asarray(arrays[nf.KEY_CPF_ORIENTATION]), video_size)
+            f.create_dataset(
+                nf.KEY_EGOVIEW,
+                data=video,
+                chunks=(1, nf.EGOVIEW_CHANNELS, video_size, video_size),
+                **hdf5plugin.LZ4(),
+            )
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+_UID_ALPHABET = np.array(list(string.ascii_lowercase + string.digits))
+_FIRST_RECORDING_DATE = date(2023, 6, 7)
+
+
+def _resolve_participants(
+    participants: int | Sequence[ParticipantSpec] | None, recordings: int, seed: int
+) -> tuple[ParticipantSpec, ...]:
+    if participants is None or isinstance(participants, int):
+        count = min(recordings, 4) if participants is None else participants
+        if count > recordings:
+            raise ValueError(f"participants ({count}) must not exceed recordings ({recordings})")
+        return default_participants(count, np.random.default_rng([seed, 0]))
+    specs = tuple(participants)
+    if not 1 <= len(specs) <= recordings:
+        raise ValueError(f"need between 1 and {recordings} participants, found {len(specs)}")
+    if len({p.name for p in specs}) != len(specs):
+        raise ValueError(f"participant names must be distinct, found {[p.name for p in specs]}")
+    return specs
+
+
+def generate_dataset(
+    out_dir: Path,
+    recordings: int = 6,
+    seed: int = 0,
+    participants: int | Sequence[ParticipantSpec] | None = None,
+    clips_per_recording: int = 4,
+    fps: float = DEFAULT_FPS,
+    video_size: int = 16,
+) -> list[Path]:
+    """Write `recordings` x `clips_per_recording` clip files into `out_dir`; return their paths.
+
+    `participants`: a count of default people (default `min(recordings, 4)`) or explicit specs.
+    Recording i belongs to participant `i % P` (its act number is `i // P`); each recording is
+    cut into clips of 140-160 frames. Recording i depends only on (seed, i, its participant).
+    """
+    if recordings < 1 or clips_per_recording < 1:
+        raise ValueError(
+            "recordings and clips_per_recording must be >= 1, "
+            f"found {recordings} and {clips_per_recording}"
+        )
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, found {seed}")
+    specs = _resolve_participants(participants, recordings, seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i in range(recordings):
+        rng = np.random.default_rng([seed, 1, i])
+        participant_idx, act = i % len(specs), i // len(specs)
+        participant = specs[participant_idx]
+        day = _FIRST_RECORDING_DATE + timedelta(days=3 * participant_idx)
+        uid = "".join(rng.choice(_UID_ALPHABET, size=6))
+        sequence_name = f"{day:%Y%m%d}_s0_{participant.name}_act{act}_{uid}"
+
+        shortest, longest = CLIP_FRAMES_RANGE
+        clip_frames = rng.integers(shortest, longest + 1, clips_per_recording)
+        plan = plan_activities(rng, int(clip_frames.sum()), fps)
+        arrays = animate(plan, participant, rng)
+        bounds = np.concatenate([[0], np.cumsum(clip_frames)])
+        for datapoint_id, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            counts = np.bincount(plan.activity[start:end], minlength=len(Activity))
+            majority = Activity(counts.argmax())
+            attrs = {
+                nf.ATTR_SEQUENCE_NAME: sequence_name,
+                nf.ATTR_ATOMIC_ACTION: str(rng.choice(ACTION_PHRASES[majority])),
+                nf.ATTR_START_IDX: int(start),
+                nf.ATTR_END_IDX: int(end),
+                nf.ATTR_NUM_FRAMES: int(end - start),
+            }
+            path = out_dir / nf.clip_file_name(sequence_name, datapoint_id)
+            clip_arrays = {key: value[start:end] for key, value in arrays.items()}
+            write_clip(path, clip_arrays, attrs, video_size)
+            paths.append(path)
+        logger.info(
+            "synthesized %s (bone scale %.3f): %d frames in %d clips",
+            sequence_name,
+            participant.bone_scale,
+            bounds[-1],
+            clips_per_recording,
+        )
+    return paths
