@@ -1,0 +1,271 @@
+"""The feature-store reader: validation, memory-mapped access, fsspec URLs.
+
+Stores are written here directly with zarr (the schema is the contract), so these tests do not
+depend on the preprocessing code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given
+from hypothesis import strategies as hst
+
+from shared import store as st
+from shared.layout import FEATURE_DIM, layout_description
+from shared.store import ChunkMemmapArray, StoreError, open_store
+
+CHUNK_FRAMES = 16
+LENGTHS = (20, 7, 30)  # 57 frames: chunks of 16, last one partial
+SPLIT_OF = ("train", "val", "test")
+
+
+def write_store(
+    path: Path,
+    compressors: tuple | None = None,
+    complete: bool = True,
+    lengths: tuple[int, ...] = LENGTHS,
+) -> np.ndarray:
+    """A small valid store; returns its features."""
+    rng = np.random.default_rng(0)
+    num_frames = sum(lengths)
+    features = rng.normal(size=(num_frames, FEATURE_DIM)).astype(np.float32)
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    arrays = {
+        st.FEATURES: (features, (CHUNK_FRAMES, FEATURE_DIM)),
+        st.TIMESTAMP_NS: (np.arange(num_frames, dtype=np.int64) * 33_333_333, (CHUNK_FRAMES,)),
+        st.CONTACT: (np.ones((num_frames, 4), np.float32), (CHUNK_FRAMES, 4)),
+    }
+    for name, (values, chunks) in arrays.items():
+        array = root.create_array(
+            name, shape=values.shape, chunks=chunks, dtype=values.dtype,
+            compressors=compressors, fill_value=0,
+        )  # fmt: skip
+        array[:] = values
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    records = [
+        st.SequenceRecord(f"seq{i}", f"person{i}", int(starts[i]), n, SPLIT_OF[i % 3], (f"seq{i}_00000.h5",))
+        for i, n in enumerate(lengths)
+    ]
+    table = st.table_to_json(records)
+    root.create_group(st.SEQUENCES_GROUP).attrs[st.ATTR_TABLE] = table
+    mean, std = features.mean(0).astype(np.float64), features.std(0).astype(np.float64)
+    stats = root.create_group(st.STATS_GROUP)
+    for name, values in ((st.STATS_MEAN, mean), (st.STATS_STD, std)):
+        stats.create_array(name, shape=(FEATURE_DIM,), dtype="float64", compressors=None)[:] = values
+    stats.attrs.update({st.STATS_ATTR_COUNT: num_frames, st.STATS_ATTR_WINDOW_FRAMES: 152})
+    root.attrs.update(
+        {
+            st.ATTR_SCHEMA: {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION},
+            st.ATTR_LAYOUT: layout_description(),
+            st.ATTR_FPS: 30.0,
+            st.ATTR_FINGERPRINT: st.compute_fingerprint(
+                layout_description(), table, mean, std, num_frames, 152
+            ),
+            st.ATTR_BUILD_CONFIG: {"out": str(path)},
+            st.ATTR_COMPLETE: complete,
+        }
+    )
+    return features
+
+
+def set_root_attrs(path: Path, **updates: object) -> None:
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"].update(updates)
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    path = tmp_path / "store.zarr"
+    return path, write_store(path)
+
+
+def test_open_reads_everything(store_path):
+    path, features = store_path
+    store = open_store(path)
+    assert store.is_memory_mapped
+    assert isinstance(store.features, ChunkMemmapArray)
+    assert store.num_frames == sum(LENGTHS) and store.fps == 30.0
+    assert [r.length for r in store.sequences] == list(LENGTHS)
+    assert store.sequences[1].start == 20 and store.sequences[1].stop == 27
+    assert store.split("val") == (store.sequences[1],)
+    assert store.stats.mean.dtype == np.float32 and store.stats.mean.shape == (FEATURE_DIM,)
+    np.testing.assert_allclose(store.stats.mean, features.mean(0), rtol=1e-6)
+    assert store.stats.count == sum(LENGTHS) and store.stats.window_frames == 152
+    np.testing.assert_array_equal(store.features[:], features)
+    np.testing.assert_array_equal(store.timestamp_ns[3:5], [99_999_999, 133_333_332])
+    assert store.layout == layout_description()
+    with pytest.raises(ValueError, match="split must be one of"):
+        store.split("training")
+
+
+def test_read_features_view_inside_chunk_copy_across(store_path):
+    path, features = store_path
+    store = open_store(path)
+    inside = store.read_features(17, 30)  # chunk 1 = frames [16, 32)
+    np.testing.assert_array_equal(inside, features[17:30])
+    assert isinstance(inside.base, np.memmap) or isinstance(inside, np.memmap)
+    assert not inside.flags.writeable
+    across = store.read_features(10, 50)
+    np.testing.assert_array_equal(across, features[10:50])
+    assert across.flags.owndata
+    np.testing.assert_array_equal(store.read_features(48, 57), features[48:57])  # edge chunk
+    assert store.read_features(5, 5).shape == (0, FEATURE_DIM)
+    with pytest.raises(IndexError, match="not within"):
+        store.read_features(50, 58)
+
+
+def test_edge_chunk_is_stored_full_size(store_path):
+    path, _ = store_path
+    last = path / st.FEATURES / "c" / "3" / "0"
+    assert last.stat().st_size == CHUNK_FRAMES * FEATURE_DIM * 4
+
+
+@given(
+    start=hst.integers(-70, 70),
+    stop=hst.integers(-70, 70) | hst.none(),
+    step=hst.sampled_from([None, 1, 2, 5]),
+    cols=hst.sampled_from([None, slice(0, 6), 3]),
+)
+def test_memmap_slicing_matches_numpy(tmp_path_factory, start, stop, step, cols):
+    path = tmp_path_factory.getbasetemp() / "hypothesis_store.zarr"
+    if not path.exists():
+        write_store(path)
+    store = open_store(path)
+    expected = np.asarray(store.zarr_arrays[st.FEATURES][:])
+    rows = slice(start, stop, step)
+    key = rows if cols is None else (rows, cols)
+    np.testing.assert_array_equal(store.features[key], expected[key])
+
+
+def test_integer_row_and_array_protocol(store_path):
+    path, features = store_path
+    store = open_store(path)
+    np.testing.assert_array_equal(store.features[-1], features[-1])
+    np.testing.assert_array_equal(np.asarray(store.features), features)
+    with pytest.raises(IndexError):
+        store.features[len(features)]
+
+
+def test_missing_chunk_reads_as_fill_value(store_path):
+    path, features = store_path
+    (path / st.FEATURES / "c" / "1" / "0").unlink()  # as zarr does for an all-fill chunk
+    store = open_store(path)
+    np.testing.assert_array_equal(store.read_features(16, 32), 0)
+    np.testing.assert_array_equal(store.read_features(10, 20)[:6], features[10:16])
+    np.testing.assert_array_equal(store.read_features(10, 20)[6:], 0)
+
+
+def test_damaged_chunk_is_refused(store_path):
+    path, _ = store_path
+    chunk = path / st.FEATURES / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    store = open_store(path)
+    with pytest.raises(StoreError, match="has 100 bytes, expected"):
+        store.read_features(0, 4)
+
+
+def test_compressed_store_reads_through_zarr(tmp_path):
+    path = tmp_path / "zstd.zarr"
+    features = write_store(path, compressors=(zarr.codecs.ZstdCodec(level=3),))
+    store = open_store(path)
+    assert not store.is_memory_mapped
+    assert isinstance(store.features, zarr.Array)
+    np.testing.assert_array_equal(store.read_features(10, 50), features[10:50])
+    np.testing.assert_array_equal(store.features[3:9], features[3:9])
+
+
+def test_file_url_through_fsspec(store_path):
+    path, features = store_path
+    url = path.resolve().as_uri()
+    assert url.startswith("file://")
+    remote = open_store(url, memory_map=False)
+    assert not remote.is_memory_mapped
+    assert isinstance(remote.zarr_arrays[st.FEATURES].store, zarr.storage.FsspecStore)
+    np.testing.assert_array_equal(remote.read_features(5, 40), features[5:40])
+    assert remote.url == url
+    # A file:// URL is still local: memory mapping resolves it to the directory.
+    mapped = open_store(url)
+    assert mapped.is_memory_mapped
+    np.testing.assert_array_equal(mapped.read_features(5, 40), features[5:40])
+    assert remote.fingerprint == mapped.fingerprint == open_store(path).fingerprint
+
+
+def test_fingerprint_is_content_based(tmp_path):
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    write_store(a), write_store(b)
+    assert open_store(a).fingerprint == open_store(b).fingerprint
+    c = tmp_path / "c.zarr"
+    write_store(c, lengths=(20, 8, 29))
+    assert open_store(c).fingerprint != open_store(a).fingerprint
+
+
+def test_pickles_by_reopening(store_path):
+    path, features = store_path
+    store = open_store(path)
+    store.read_features(0, 5)
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.is_memory_mapped and clone.fingerprint == store.fingerprint
+    np.testing.assert_array_equal(clone.read_features(0, 40), features[:40])
+    mm = pickle.loads(pickle.dumps(store.features))
+    np.testing.assert_array_equal(mm[30:40], features[30:40])
+
+
+def test_refuses_incomplete_store(tmp_path):
+    path = tmp_path / "partial.zarr"
+    write_store(path, complete=False)
+    with pytest.raises(StoreError, match=r"incomplete.*--resume"):
+        open_store(path)
+
+
+def test_refuses_unknown_schema_version(store_path):
+    path, _ = store_path
+    set_root_attrs(path, schema={"name": st.SCHEMA_NAME, "version": 2})
+    with pytest.raises(StoreError, match=r"schema version 2, this code reads version 1.*rebuild"):
+        open_store(path)
+
+
+def test_refuses_layout_mismatch(store_path):
+    path, _ = store_path
+    layout = layout_description()
+    layout["fields"]["jr"] = [156, 295]
+    set_root_attrs(path, feature_layout=layout)
+    with pytest.raises(StoreError, match=r"feature layout.*shared\.layout.*rebuild"):
+        open_store(path)
+
+
+def test_refuses_other_zarr_group_and_missing_path(tmp_path):
+    zarr.open_group(tmp_path / "other.zarr", mode="w")
+    with pytest.raises(StoreError, match="is not a 'nymeria-motion-features' store"):
+        open_store(tmp_path / "other.zarr")
+    with pytest.raises(StoreError, match="no Zarr store at"):
+        open_store(tmp_path / "missing.zarr")
+
+
+def test_refuses_tampered_sequence_table(store_path):
+    path, _ = store_path
+    meta_path = path / st.SEQUENCES_GROUP / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"][st.ATTR_TABLE]["split"][0] = "val"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="fingerprint"):
+        open_store(path)
+
+
+def test_reader_imports_no_hdf5():
+    import subprocess
+
+    code = (
+        "import sys; import shared.store; "
+        "bad = [m for m in ('h5py', 'hdf5plugin') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
