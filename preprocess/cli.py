@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -10,6 +13,21 @@ import h5py
 
 from preprocess import nymeria_format as nf
 from preprocess import synth
+from preprocess.build import (
+    COMPRESSIONS,
+    DEFAULT_CHUNK_FRAMES,
+    BuildConfig,
+    BuildError,
+    BuildSummary,
+    build,
+    describe_executor,
+)
+from preprocess.info import format_info, store_info, verify_sequences, verify_stats
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem
+from preprocess.split import parse_fractions
+from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES
+from preprocess.stitch import DEFAULT_TOLERANCE
+from shared.store import StoreError, open_store
 
 
 @click.group()
@@ -20,6 +38,9 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Dask configures its own loggers (INFO) when `distributed` is first imported, in this
+    # process and in its workers; it reads this setting from the environment then.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
 
 
 @main.command("synth")
@@ -65,3 +86,132 @@ def synth_command(
         f"wrote {len(paths)} clip files ({recordings} recordings, {num_frames} frames, "
         f"{len(people)} participants) to {out_dir}"
     )
+
+
+def _split_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        return parse_fractions(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
+
+
+def _echo_problems(problems: tuple[Problem, ...]) -> None:
+    for problem in problems:
+        click.echo(f"  skipped [{problem.kind}] {problem.reason}", err=True)
+
+
+def _echo_summary(summary: BuildSummary) -> None:
+    hours = summary.frames / summary.fps / 3600
+    splits = ", ".join(
+        f"{name} {summary.split_participants[name]} participants / "
+        f"{summary.split_frames[name]} frames"
+        for name in summary.split_participants
+    )
+    stitch = summary.stitch
+    click.echo(
+        f"wrote {summary.store}: {summary.frames} frames ({hours:.3f} h at {summary.fps:g} fps, "
+        f"source {summary.source_fps:g} fps), {summary.sequences} sequences from "
+        f"{stitch.recordings} recordings ({stitch.gaps} gaps, {stitch.dropped_frames} "
+        f"overlapping frames dropped)\n"
+        f"files: {summary.files_found} found, {summary.files_reused} reused from an interrupted "
+        f"build, {summary.files_used} used, {len(summary.problems)} skipped\n"
+        f"splits: {splits}\n"
+        f"took {summary.seconds:.1f} s"
+        + (f" (read {summary.read_frames_per_s:.0f} frames/s)" if summary.read_frames_per_s else "")
+    )
+    _echo_problems(summary.problems)
+
+
+@main.command("build")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Store to write (local directory), e.g. data/nymeria.zarr.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local Dask cluster [default: CPU cores].")
+@click.option("--scheduler", default=None, metavar="ADDRESS|synchronous",
+              help="Dask scheduler address to use an existing cluster, or 'synchronous' for a "
+                   "plain loop in this process [default: start a local cluster].")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Resample to this frame rate (slerp rotations, linear positions) "
+                   "[default: keep the source rate].")
+@click.option("--split", "split", default="0.8,0.1,0.1", show_default=True, callback=_split_option,
+              help="Fractions of participants in train,val,test.")
+@click.option("--split-seed", type=int, default=0, show_default=True,
+              help="Seed of the participant shuffle behind the split.")
+@click.option("--chunk-frames", type=click.IntRange(min=1), default=DEFAULT_CHUNK_FRAMES,
+              show_default=True, help="Frames per chunk of the frame arrays.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True,
+              help="'none': raw chunks the trainer memory-maps; 'zstd' to share over a network.")
+@click.option("--window-frames", type=click.IntRange(min=2), default=DEFAULT_WINDOW_FRAMES,
+              show_default=True, help="Canonical window length for the statistics (the training window).")
+@click.option("--stats-stride", type=click.IntRange(min=1), default=None,
+              help="Frames between statistics windows [default: window-frames // 4].")
+@click.option("--std-floor", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_STD_FLOOR,
+              show_default=True, help="Smallest stored std (near-constant dimensions).")
+@click.option("--stitch-tolerance", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=DEFAULT_TOLERANCE, show_default=True,
+              help="Timestamp slack, in frame periods, for stitching clips and dropping overlaps.")
+@click.option("--rotation-tolerance", "rotation_atol", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_ROTATION_ATOL, show_default=True,
+              help="Accepted |R^T R - I| and |det R - 1| of rotation matrices.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted build of --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing store at --out (and discard an interrupted build).")
+@click.option("--strict", is_flag=True, help="Fail, publishing nothing, if any file is unusable.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show progress bars on stderr.")
+def build_command(progress: bool, **options: object) -> None:
+    """Build the feature store --out from the clip files (*.h5, searched recursively) in DATA.
+
+    Exit status 1 when no file is usable, or with --strict when any file is not.
+    """
+    if options["resume"] and options["overwrite"]:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    config = BuildConfig(**options)
+    click.echo(f"building {config.out} from {config.data} ({describe_executor(config)})", err=True)
+    try:
+        summary = build(config, progress=progress)
+    except BuildError as error:
+        _echo_problems(error.problems)
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    _echo_summary(summary)
+
+
+@main.command("info")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info_command(store: str, as_json: bool) -> None:
+    """Describe the feature store STORE (a path or an fsspec URL)."""
+    try:
+        opened = open_store(store)
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
+    info = store_info(opened)
+    click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
+
+
+@main.command("verify")
+@click.argument("store")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="The clip files the store was built from.")
+@click.option("--sample", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Sequences to recompute from the source files.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sequence sample.")
+def verify_command(store: str, data: Path, sample: int, seed: int) -> None:
+    """Recompute sampled sequences from DATA and the stats from STORE; exit 1 on any mismatch."""
+    try:
+        opened = open_store(store)
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
+    report = verify_sequences(opened, data, sample, seed)
+    stats_problems = verify_stats(opened)
+    click.echo(f"recomputed {len(report.checked)} sequences: {', '.join(report.checked)}")
+    click.echo(f"recomputed stats over {len(opened.split('train'))} train sequences")
+    mismatches = report.mismatches + stats_problems
+    for mismatch in mismatches:
+        click.echo(f"MISMATCH {mismatch}", err=True)
+    if mismatches:
+        click.echo(f"verify failed: {len(mismatches)} mismatches", err=True)
+        sys.exit(1)
+    click.echo("verify passed: store matches its sources")

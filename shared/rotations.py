@@ -147,3 +147,65 @@ def geodesic_angle(R_a: Array, R_b: Array) -> Array:
     )
     sin = ((skew * skew).sum(-1)) ** 0.5 / 2
     return xp.arctan2(sin, cos)
+
+
+def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotations -> (..., 4) unit quaternions `(w, x, y, z)` with w >= 0 (numpy).
+
+    Shepperd's method: of the four algebraically equal formulas, each matrix uses the one with
+    the largest square root, so the result stays accurate near 180-degree rotations.
+    """
+    R = np.asarray(R, dtype=np.float64)
+    r00, r11, r22 = R[..., 0, 0], R[..., 1, 1], R[..., 2, 2]
+    diag = np.stack(
+        [1 + r00 + r11 + r22, 1 + r00 - r11 - r22, 1 - r00 + r11 - r22, 1 - r00 - r11 + r22], -1
+    )  # (..., 4): 4 w^2, 4 x^2, 4 y^2, 4 z^2
+    k = np.argmax(diag, -1)
+    s = np.sqrt(np.maximum(np.take_along_axis(diag, k[..., None], -1)[..., 0], _EPS))  # 4 |q_k| / 2
+    d21, d02, d10 = R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]
+    s01, s02, s12 = R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1]
+    candidates = np.stack(
+        [
+            np.stack([s * s, d21, d02, d10], -1),
+            np.stack([d21, s * s, s01, s02], -1),
+            np.stack([d02, s01, s * s, s12], -1),
+            np.stack([d10, s02, s12, s * s], -1),
+        ],
+        -2,
+    )  # (..., 4 formulas, 4 components), each = 2 s * q
+    q = np.take_along_axis(candidates, k[..., None, None], -2)[..., 0, :] / (2 * s[..., None])
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[..., :1] < 0, -q, q)
+
+
+def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
+    """(..., 4) quaternions `(w, x, y, z)` (normalised here) -> (..., 3, 3) rotations (numpy)."""
+    q = np.asarray(q, dtype=np.float64)
+    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
+
+
+def slerp_matrix(R_a: np.ndarray, R_b: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Spherical linear interpolation from R_a (weight 0) to R_b (weight 1), shortest arc (numpy).
+
+    `R_a`, `R_b` (..., 3, 3); `weight` broadcastable to their batch shape `(...)`.
+    """
+    q_a, q_b = matrix_to_quaternion(R_a), matrix_to_quaternion(R_b)
+    dot = (q_a * q_b).sum(-1)
+    q_b = np.where(dot[..., None] < 0, -q_b, q_b)  # shortest arc
+    dot = np.abs(dot).clip(max=1.0)
+    w = np.asarray(weight, dtype=np.float64)
+    theta = np.arccos(dot)
+    sin_theta = np.sin(theta)
+    near = sin_theta < 1e-6  # (almost) equal rotations: linear blend, renormalised below
+    safe = np.where(near, 1.0, sin_theta)
+    c_a = np.where(near, 1 - w, np.sin((1 - w) * theta) / safe)
+    c_b = np.where(near, w, np.sin(w * theta) / safe)
+    return quaternion_to_matrix(c_a[..., None] * q_a + c_b[..., None] * q_b)

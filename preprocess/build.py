@@ -1,0 +1,595 @@
+"""Build a feature store (schema v1, see shared/store.py) from a tree of Nymeria clip files.
+
+Stages, each restartable:
+1. read: every `*.h5` under DATA (sorted) -> `read_clip` on the executor (a pure function of
+   the file); each result is persisted in the build directory as it arrives.
+2. plan: detect the frame period (median over all clips), stitch clips into sequences
+   (preprocess.stitch), assign splits by participant (preprocess.split).
+3. compute: per sequence on the executor, `compute_sequence` (resample, features on the
+   stitched motion, moments of canonical windows for train sequences); results are written in
+   sequence order, whole chunks at a time, and the moments merged in that fixed order.
+4. publish: stats, sequence table and attributes are written, `complete=True` last, and the
+   finished store is renamed into place.
+
+Where things are, for `--out STORE`:
+    STORE.lock            the lock (pid + host); one build per STORE at a time
+    STORE.build/clips/    per-file results (`preprocess.workdir`)
+    STORE.build/work.json settings the per-file results depend on
+    STORE.build/store.zarr the store being written (complete=False until the end)
+    STORE                 the published store; replaced only with --overwrite, by renaming the
+                          new store into place after it is complete
+
+A killed build therefore never leaves anything at STORE that looks complete; `--resume` reuses
+every finished per-file result and redoes stages 2-4, which are deterministic (sorted inputs,
+fixed merge order), so the result is byte-identical to an uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from preprocess.executor import SYNCHRONOUS, Executor, default_workers, open_executor
+from preprocess.lock import BuildLock, LockError
+from preprocess.motion import Motion, concatenate
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem, read_clip
+from preprocess.resample import resample_timestamps
+from preprocess.sequence import SequenceArrays, StatsWindows, compute_sequence
+from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
+from preprocess.stats import (
+    DEFAULT_STD_FLOOR,
+    DEFAULT_WINDOW_FRAMES,
+    Moments,
+    default_stride,
+)
+from preprocess.stitch import (
+    DEFAULT_TOLERANCE,
+    ClipTimes,
+    SequencePlan,
+    StitchReport,
+    detect_frame_period_ns,
+    plan_sequences,
+)
+from preprocess.workdir import ClipEntry, ClipResults, entry_of
+from shared import store as st
+from shared.layout import FEATURE_DIM, layout_description
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_NAME = "nymeria-mvae"
+CLIP_GLOB = "*.h5"
+
+DEFAULT_CHUNK_FRAMES = 8192
+"""Frames per chunk of every frame array (features: 8192 x 294 x 4 B = 9.6 MB per chunk file).
+Chosen with benchmarks/bench_preprocess.py: large enough that few 152-frame windows straddle a
+chunk boundary (1.8%, the only windows the memory-mapped reader must copy) and that a remote
+store moves ~10 MB objects; small enough that a write buffer and a chunk of a sequence stay
+small. Build speed is flat over 2k-32k frames."""
+Compression = Literal["none", "zstd"]
+COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
+ZSTD_LEVEL = 3
+FPS_DECIMALS = 4
+
+DELAY_ENV = "NYMERIA_PREPROCESS_TEST_DELAY_S"
+"""Test hook: seconds to sleep after persisting each per-file result, so a test can kill a build
+deterministically part-way through stage 1. Unset in normal use."""
+
+
+class BuildError(RuntimeError):
+    """The build cannot go on (or, with --strict, must not publish); says what to do."""
+
+    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every option of a build; recorded in the store's `build_config` attribute."""
+
+    data: Path
+    """Folder searched recursively for `*.h5` clip files."""
+    out: Path
+    """Store to write (a local directory)."""
+    workers: int | None = None
+    """Worker processes of the local Dask cluster (default: CPU cores)."""
+    scheduler: str | None = None
+    """None: local cluster; "synchronous": plain loop; else the address of a Dask scheduler."""
+    fps: float | None = None
+    """Resample every sequence to this rate; None keeps the source rate (detected)."""
+    split: tuple[float, float, float] = DEFAULT_FRACTIONS
+    """Fractions of participants in train, val, test."""
+    split_seed: int = 0
+    """Seed of the participant shuffle behind the split."""
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES
+    """Frames per chunk of `features`, `timestamp_ns`, `contact`."""
+    compression: Compression = "none"
+    """"none": raw chunks the trainer memory-maps; "zstd" (level 3) to share over a network."""
+    window_frames: int = DEFAULT_WINDOW_FRAMES
+    """Length of the canonical windows the stats are taken over (the training window)."""
+    stats_stride: int | None = None
+    """Frames between statistics windows (default window_frames // 4; see preprocess.stats)."""
+    std_floor: float = DEFAULT_STD_FLOOR
+    """Smallest std stored, for near-constant dimensions."""
+    stitch_tolerance: float = DEFAULT_TOLERANCE
+    """Timestamp slack, in frame periods, when deciding contiguity and overlap."""
+    rotation_atol: float = DEFAULT_ROTATION_ATOL
+    """Tolerance on |R^T R - I| and |det R - 1| for a rotation matrix to be accepted."""
+    resume: bool = False
+    """Continue an interrupted build of `out`, reusing its finished per-file results."""
+    overwrite: bool = False
+    """Replace an existing store at `out` (and discard a partial build)."""
+    strict: bool = False
+    """Fail (publish nothing) if any file is unusable."""
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, found {self.workers}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be positive, found {self.fps}")
+        check_fractions(self.split)
+        if self.chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, found {self.chunk_frames}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, found {self.compression!r}")
+        if self.window_frames < 2:
+            raise ValueError(f"window_frames must be >= 2, found {self.window_frames}")
+        if self.stats_stride is not None and self.stats_stride < 1:
+            raise ValueError(f"stats_stride must be >= 1, found {self.stats_stride}")
+        if not self.std_floor > 0:
+            raise ValueError(f"std_floor must be positive, found {self.std_floor}")
+        if not 0 < self.stitch_tolerance < 1:
+            raise ValueError(f"stitch_tolerance must be in (0, 1), found {self.stitch_tolerance}")
+        if not self.rotation_atol > 0:
+            raise ValueError(f"rotation_atol must be positive, found {self.rotation_atol}")
+
+    @property
+    def stride_frames(self) -> int:
+        return self.stats_stride or default_stride(self.window_frames)
+
+    def to_json(self) -> dict:
+        values = asdict(self)
+        values["data"], values["out"] = str(self.data), str(self.out)
+        values["split"] = list(self.split)
+        values["stats_stride"] = self.stride_frames
+        return values
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    out: Path
+
+    @property
+    def lock(self) -> Path:
+        return self.out.with_name(self.out.name + ".lock")
+
+    @property
+    def build_dir(self) -> Path:
+        return self.out.with_name(self.out.name + ".build")
+
+    @property
+    def clips(self) -> Path:
+        return self.build_dir / "clips"
+
+    @property
+    def work_json(self) -> Path:
+        return self.build_dir / "work.json"
+
+    @property
+    def staging(self) -> Path:
+        return self.build_dir / "store.zarr"
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    store: Path
+    files_found: int
+    files_reused: int  # per-file results taken over from an interrupted build
+    files_used: int
+    problems: tuple[Problem, ...]
+    sequences: int
+    frames: int
+    fps: float
+    source_fps: float
+    stitch: StitchReport
+    split_participants: Mapping[str, int]
+    split_frames: Mapping[str, int]
+    seconds: float
+    read_frames_per_s: float = field(default=0.0)
+
+
+def package_version() -> str:
+    try:
+        return metadata.version(PACKAGE_NAME)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def discover_clip_files(data: Path) -> list[str]:
+    """Paths of all `*.h5` files under `data`, relative and POSIX, sorted."""
+    return sorted(p.relative_to(data).as_posix() for p in data.rglob(CLIP_GLOB) if p.is_file())
+
+
+def is_zarr_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
+    """Run a whole build (see module doc). Raises BuildError when it cannot or must not publish."""
+    started = time.perf_counter()
+    data, out = Path(config.data).resolve(), Path(config.out).absolute()
+    if not data.is_dir():
+        raise BuildError(f"DATA must be a directory of clip files, found {data}")
+    paths = BuildPaths(out)
+    lock = BuildLock(paths.lock, take_over_stale=config.resume or config.overwrite)
+    try:
+        lock.acquire()
+    except LockError as error:
+        raise BuildError(str(error)) from None
+    try:
+        _prepare(paths, config)
+        files = discover_clip_files(data)
+        if not files:
+            raise BuildError(f"no {CLIP_GLOB} files under {data}")
+        results = ClipResults(paths.clips)
+        with open_executor(config.scheduler, config.workers) as executor:
+            entries, reused, read_fps = _read_stage(data, files, results, executor, config, progress)
+            problems = tuple(e.problem for f, e in sorted(entries.items()) if e.problem is not None)
+            usable = [entries[f] for f in files if entries[f].ok]
+            if not usable:
+                raise BuildError(
+                    f"no usable clip file among the {len(files)} under {data}", problems
+                )
+            if config.strict and problems:
+                raise BuildError(
+                    f"--strict: {len(problems)} of {len(files)} files are unusable; nothing was "
+                    f"published (fix or remove them, then rerun with --resume)",
+                    problems,
+                )
+            summary = _write_store(
+                paths, config, data, files, usable, problems, results, executor, progress
+            )
+        _publish(paths, config)
+    finally:
+        lock.release()
+    return BuildSummary(
+        store=out,
+        files_found=len(files),
+        files_reused=reused,
+        problems=problems,
+        seconds=time.perf_counter() - started,
+        read_frames_per_s=read_fps,
+        **summary,
+    )
+
+
+def _prepare(paths: BuildPaths, config: BuildConfig) -> None:
+    """Check what exists at STORE and in the build directory against the options."""
+    out = paths.out
+    if out.exists():
+        if not is_zarr_store(out):
+            raise BuildError(
+                f"{out} exists and is not a Zarr store; refusing to replace it: choose another --out"
+            )
+        if not config.overwrite:
+            raise BuildError(
+                f"a store already exists at {out}; pass --overwrite to replace it (it stays "
+                f"readable until the new one is complete)"
+            )
+    work = {
+        "data": str(Path(config.data).resolve()),
+        "rotation_atol": config.rotation_atol,
+    }
+    if paths.build_dir.exists():
+        if config.resume:
+            recorded = _read_json(paths.work_json)
+            if recorded is not None and recorded != work:
+                raise BuildError(
+                    f"the interrupted build in {paths.build_dir} used {recorded}, this one "
+                    f"{work}: rerun with the same DATA and --rotation-tolerance, or pass "
+                    f"--overwrite instead of --resume to start over"
+                )
+            logger.info("resuming the build in %s", paths.build_dir)
+        elif config.overwrite:
+            logger.info("discarding the partial build in %s", paths.build_dir)
+            shutil.rmtree(paths.build_dir)
+        else:
+            raise BuildError(
+                f"an interrupted build of {out} exists in {paths.build_dir}; pass --resume to "
+                f"continue it or --overwrite to discard it"
+            )
+    elif config.resume:
+        logger.info("nothing to resume in %s: starting a fresh build", paths.build_dir)
+    paths.build_dir.mkdir(parents=True, exist_ok=True)
+    paths.work_json.write_text(json.dumps(work, sort_keys=True))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _read_stage(
+    data: Path,
+    files: list[str],
+    results: ClipResults,
+    executor: Executor,
+    config: BuildConfig,
+    progress: bool,
+) -> tuple[dict[str, ClipEntry], int, float]:
+    """Stage 1: per-file results for every file (reused or read now)."""
+    entries = results.load_entries(data, files)
+    reused = len(entries)
+    if reused:
+        logger.info("reusing %d of %d per-file results from the interrupted build", reused, len(files))
+    todo = [f for f in files if f not in entries]
+    delay_s = float(os.environ.get(DELAY_ENV, "0") or 0)
+    problems = sum(1 for e in entries.values() if not e.ok)
+    frames, started = 0, time.perf_counter()
+    with tqdm(
+        total=len(files), initial=reused, unit="file", desc="read clips", disable=not progress
+    ) as bar:
+        bar.set_postfix(frames_per_s=0, problems=problems)
+        for result in executor.map_unordered(
+            read_clip, ((data, f, config.rotation_atol) for f in todo)
+        ):
+            results.save(result)
+            entry = entry_of(result)
+            entries[result.file] = entry
+            frames += entry.num_frames
+            problems += 0 if entry.ok else 1
+            if not entry.ok:
+                logger.warning("skipping %s", entry.problem.reason)
+            rate = frames / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(frames_per_s=f"{rate:.0f}", problems=problems)
+            bar.update()
+            if delay_s:
+                time.sleep(delay_s)
+    read_fps = frames / max(time.perf_counter() - started, 1e-9) if todo else 0.0
+    return entries, reused, read_fps
+
+
+def _compressors(compression: str) -> tuple | None:
+    if compression == "none":
+        return None
+    return (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
+
+
+class _FrameWriter:
+    """Appends frames to the frame arrays in order, writing whole chunks only (the array's
+    last, partial chunk once at the end), so no chunk is ever read back and rewritten."""
+
+    def __init__(self, arrays: Mapping[str, zarr.Array], chunk_frames: int) -> None:
+        self.arrays = arrays
+        self.chunk_frames = chunk_frames
+        self.position = 0
+        self.pending: dict[str, list[np.ndarray]] = {name: [] for name in arrays}
+        self.pending_frames = 0
+
+    def append(self, blocks: Mapping[str, np.ndarray]) -> None:
+        for name, block in blocks.items():
+            self.pending[name].append(block)
+        self.pending_frames += len(next(iter(blocks.values())))
+        whole = self.pending_frames // self.chunk_frames * self.chunk_frames
+        if whole:
+            self._flush(whole)
+
+    def close(self) -> None:
+        if self.pending_frames:
+            self._flush(self.pending_frames)
+
+    def _flush(self, frames: int) -> None:
+        for name, parts in self.pending.items():
+            joined = np.concatenate(parts)
+            self.arrays[name][self.position : self.position + frames] = joined[:frames]
+            self.pending[name] = [joined[frames:]] if frames < len(joined) else []
+        self.position += frames
+        self.pending_frames -= frames
+
+
+def _sequence_tasks(
+    plans: Sequence[SequencePlan],
+    splits: Mapping[str, str],
+    results: ClipResults,
+    config: BuildConfig,
+) -> Iterator[tuple[Motion, float | None, StatsWindows | None]]:
+    """Arguments of `compute_sequence` per sequence, loaded lazily from the per-file results."""
+    windows = StatsWindows(config.window_frames, config.stride_frames)
+    for plan in plans:
+        parts = [results.load_motion(p.file).slice(p.start, p.stop) for p in plan.pieces]
+        is_train = splits[plan.participant] == "train"
+        yield concatenate(parts), config.fps, windows if is_train else None
+
+
+def _write_store(
+    paths: BuildPaths,
+    config: BuildConfig,
+    data: Path,
+    files: list[str],
+    usable: list[ClipEntry],
+    problems: tuple[Problem, ...],
+    results: ClipResults,
+    executor: Executor,
+    progress: bool,
+) -> dict:
+    """Stages 2-4 up to a complete store in the staging directory; returns summary fields."""
+    clips = [ClipTimes(e.file, e.sequence_name, e.participant, e.timestamp_ns) for e in usable]
+    period_ns = detect_frame_period_ns([c.timestamp_ns for c in clips])
+    # Integer-ns timestamps of a 30 fps clock give 30.0000003; the period itself is recorded too.
+    source_fps = round(1e9 / period_ns, FPS_DECIMALS)
+    plans, stitch = plan_sequences(clips, period_ns, config.stitch_tolerance)
+    splits = assign_splits((p.participant for p in plans), config.split, config.split_seed)
+    lengths = [
+        plan.length if config.fps is None else len(resample_timestamps(plan.timestamp_ns, config.fps))
+        for plan in plans
+    ]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    num_frames = int(starts[-1])
+    fps = config.fps or source_fps
+    logger.info(
+        "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
+        "%d overlapping frames dropped",
+        len(usable), len(plans), num_frames, fps, source_fps, stitch.gaps, stitch.dropped_frames,
+    )  # fmt: skip
+
+    root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
+    base_attrs = {
+        st.ATTR_SCHEMA: {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION},
+        st.ATTR_LAYOUT: layout_description(),
+        st.ATTR_BUILD_CONFIG: config.to_json(),
+        st.ATTR_COMPLETE: False,
+    }
+    root.attrs.update(base_attrs)
+    C = config.chunk_frames
+    compressors = _compressors(config.compression)
+    frame_arrays = {
+        st.FEATURES: root.create_array(
+            st.FEATURES, shape=(num_frames, FEATURE_DIM), chunks=(C, FEATURE_DIM),
+            dtype="float32", compressors=compressors, fill_value=0.0,
+            dimension_names=("frame", "feature"),
+        ),
+        st.TIMESTAMP_NS: root.create_array(
+            st.TIMESTAMP_NS, shape=(num_frames,), chunks=(C,), dtype="int64",
+            compressors=compressors, fill_value=0, dimension_names=("frame",),
+        ),
+        st.CONTACT: root.create_array(
+            st.CONTACT, shape=(num_frames, st.NUM_CONTACTS), chunks=(C, st.NUM_CONTACTS),
+            dtype="float32", compressors=compressors, fill_value=0.0,
+            dimension_names=("frame", "contact"),
+        ),
+    }  # fmt: skip
+
+    writer = _FrameWriter(frame_arrays, C)
+    moments = Moments.empty(FEATURE_DIM)
+    split_frames = dict.fromkeys(st.SPLITS, 0)
+    tasks = _sequence_tasks(plans, splits, results, config)
+    with tqdm(total=num_frames, unit="frame", desc="features", disable=not progress) as bar:
+        for plan, length, out in zip(
+            plans, lengths, executor.map_ordered(compute_sequence, tasks), strict=True
+        ):
+            out: SequenceArrays
+            if len(out) != length:
+                raise RuntimeError(
+                    f"sequence {plan.name}: computed {len(out)} frames, planned {length}"
+                )
+            writer.append(
+                {st.FEATURES: out.features, st.TIMESTAMP_NS: out.timestamp_ns, st.CONTACT: out.contact}
+            )
+            if out.moments is not None:
+                moments = moments.merge(out.moments)
+            split_frames[splits[plan.participant]] += length
+            bar.update(length)
+    writer.close()
+
+    if moments.count == 0:
+        raise BuildError("the train split has no frames; cannot compute normalisation stats")
+    mean, std = moments.mean_std(config.std_floor)
+    stats = root.create_group(st.STATS_GROUP)
+    for name, values in ((st.STATS_MEAN, mean), (st.STATS_STD, std)):
+        array = stats.create_array(
+            name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
+            compressors=None, fill_value=0.0, dimension_names=("feature",),
+        )  # fmt: skip
+        array[:] = values
+    stats.attrs.update(
+        {
+            st.STATS_ATTR_COUNT: int(moments.count),
+            st.STATS_ATTR_WINDOW_FRAMES: config.window_frames,
+            st.STATS_ATTR_STRIDE_FRAMES: config.stride_frames,
+            st.STATS_ATTR_STD_FLOOR: config.std_floor,
+            st.STATS_ATTR_SPLIT: "train",
+        }
+    )
+    records = [
+        st.SequenceRecord(
+            name=plan.name,
+            participant=plan.participant,
+            start=int(start),
+            length=int(length),
+            split=splits[plan.participant],
+            source_files=plan.source_files,
+        )
+        for plan, start, length in zip(plans, starts[:-1], lengths, strict=True)
+    ]
+    table = st.table_to_json(records)
+    root.create_group(st.SEQUENCES_GROUP).attrs.update({st.ATTR_TABLE: table})
+
+    fingerprint = st.compute_fingerprint(
+        layout_description(), table, mean, std, moments.count, config.window_frames
+    )
+    root.attrs.update(
+        {
+            **base_attrs,
+            st.ATTR_FPS: fps,
+            st.ATTR_SOURCE_FPS: source_fps,
+            st.ATTR_PACKAGE_VERSION: package_version(),
+            st.ATTR_SOURCE: {
+                "root": str(data),
+                "file_count": len(files),
+                "files_used": len(usable),
+            },
+            st.ATTR_PROBLEMS: [p.to_json() for p in problems],
+            st.ATTR_STITCHING: {
+                **stitch.to_json(),
+                "frame_period_ns": period_ns,
+                "tolerance_periods": config.stitch_tolerance,
+            },
+            st.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            st.ATTR_FINGERPRINT: fingerprint,
+        }
+    )
+    root.attrs.update({st.ATTR_COMPLETE: True})  # last: the store is now usable
+
+    participants_per_split = dict.fromkeys(st.SPLITS, 0)
+    for split in splits.values():
+        participants_per_split[split] += 1
+    return {
+        "files_used": len(usable),
+        "sequences": len(plans),
+        "frames": num_frames,
+        "fps": fps,
+        "source_fps": source_fps,
+        "stitch": stitch,
+        "split_participants": participants_per_split,
+        "split_frames": split_frames,
+    }
+
+
+def _publish(paths: BuildPaths, config: BuildConfig) -> None:
+    """Rename the complete staging store to STORE (replacing the old one) and clean up."""
+    out = paths.out
+    if out.exists():
+        if not (config.overwrite and is_zarr_store(out)):
+            raise BuildError(f"{out} appeared during the build; the new store is left in {paths.staging}")
+        replaced = out.with_name(f"{out.name}.replaced-{os.getpid()}")
+        os.rename(out, replaced)
+        os.rename(paths.staging, out)
+        shutil.rmtree(replaced)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(paths.staging, out)
+    shutil.rmtree(paths.build_dir)
+    logger.info("published %s", out)
+
+
+def describe_executor(config: BuildConfig) -> str:
+    if config.scheduler == SYNCHRONOUS:
+        return "synchronous (plain loop)"
+    if config.scheduler is None:
+        return f"local Dask cluster, {config.workers or default_workers()} processes x 1 thread"
+    return f"Dask scheduler {config.scheduler}"

@@ -1,0 +1,56 @@
+"""Per-sequence work of a build: stitched world motion -> stored arrays (+ stats moments).
+
+Pure: the build runs it on Dask workers, `verify` and the tests run it in-process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from preprocess.motion import Motion, motion_features
+from preprocess.resample import resample_motion
+from preprocess.stats import Moments, sequence_moments
+
+
+@dataclass(frozen=True)
+class StatsWindows:
+    """How statistics windows are taken (see preprocess.stats)."""
+
+    window_frames: int
+    stride_frames: int
+
+
+@dataclass(frozen=True)
+class SequenceArrays:
+    """What the store keeps of one sequence."""
+
+    features: np.ndarray  # (T, 294) float32
+    timestamp_ns: np.ndarray  # (T,) int64
+    contact: np.ndarray  # (T, 4) float32
+    moments: Moments | None  # over its canonical windows, for train sequences
+
+    def __len__(self) -> int:
+        return len(self.timestamp_ns)
+
+
+def compute_sequence(
+    motion: Motion, fps: float | None, stats_windows: StatsWindows | None
+) -> SequenceArrays:
+    """Resample (if `fps`), compute features on the whole sequence, and (if `stats_windows`)
+    the moments of its canonical windows, taken from the float32 features as stored."""
+    if fps is not None:
+        motion = resample_motion(motion, fps)
+    features = motion_features(motion)
+    moments = None
+    if stats_windows is not None:
+        moments = sequence_moments(
+            features, stats_windows.window_frames, stats_windows.stride_frames
+        )
+    return SequenceArrays(
+        features=features,
+        timestamp_ns=motion.timestamp_ns.astype(np.int64),
+        contact=motion.contact.astype(np.float32),
+        moments=moments,
+    )

@@ -1,0 +1,219 @@
+"""End-to-end builds on synthetic clips: the real command into a temp store, reopened and checked
+against features, stats and splits recomputed independently (h5py + numpy) in the test."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from store_testing import (
+    content_files,
+    feature_chunk_files,
+    raw_recordings,
+    reference_features,
+    stitched,
+    synchronous_build,
+)
+
+from preprocess import nymeria_format as nf
+from preprocess.cli import main
+from shared import store as st
+from shared.features import canonicalize
+from shared.layout import FEATURE_DIM, HP, layout_description
+from shared.store import open_store
+
+CHUNK_FRAMES = 500
+WINDOW, STRIDE, STD_FLOOR = 152, 38, 1e-3
+
+
+def numpy_stats(store: st.FeatureStore) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean/std over canonical train windows, all stacked in one numpy array."""
+    windows = []
+    for record in store.split("train"):
+        features = np.asarray(store.zarr_arrays[st.FEATURES][record.start : record.stop])
+        if record.length < WINDOW:
+            starts, width = [0], record.length
+        else:
+            starts, width = range(0, record.length - WINDOW + 1, STRIDE), WINDOW
+        for start in starts:
+            canonical, _ = canonicalize(features[start : start + width].astype(np.float64))
+            windows.append(canonical)
+    samples = np.concatenate(windows)
+    return samples.mean(0), np.maximum(samples.std(0), STD_FLOOR), len(samples)
+
+
+@pytest.fixture(scope="module")
+def cluster_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real command on a real 2-worker `distributed.LocalCluster`."""
+    out = tmp_path_factory.mktemp("cluster") / "nymeria.zarr"
+    result = CliRunner().invoke(
+        main,
+        ["build", str(synthetic_dataset), "--out", str(out), "--workers", "2",
+         "--chunk-frames", str(CHUNK_FRAMES), "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "18 used, 0 skipped" in result.output
+    return out
+
+
+@pytest.mark.slow
+def test_cluster_build_sizes_chunks_and_attributes(cluster_store: Path, synthetic_dataset: Path):
+    recordings = raw_recordings(synthetic_dataset)
+    total_frames = sum(len(c[nf.KEY_TIMESTAMP_NS]) for clips in recordings.values() for c in clips)
+    store = open_store(cluster_store)
+    assert store.num_frames == total_frames
+    assert store.is_memory_mapped
+    assert len(store.sequences) == len(recordings) == 6
+    for name in st.FRAME_ARRAYS:
+        assert store.zarr_arrays[name].chunks[0] == CHUNK_FRAMES
+    assert store.zarr_arrays[st.FEATURES].chunks == (CHUNK_FRAMES, FEATURE_DIM)
+    assert store.zarr_arrays[st.FEATURES].dtype == np.float32
+    assert store.zarr_arrays[st.TIMESTAMP_NS].dtype == np.int64
+    chunk_files = feature_chunk_files(cluster_store)
+    assert len(chunk_files) == -(-total_frames // CHUNK_FRAMES)
+    assert {p.stat().st_size for p in chunk_files} == {CHUNK_FRAMES * FEATURE_DIM * 4}  # raw
+
+    attrs = store.attrs
+    assert attrs[st.ATTR_SCHEMA] == {"name": "nymeria-motion-features", "version": 1}
+    assert attrs[st.ATTR_LAYOUT] == layout_description()
+    assert attrs[st.ATTR_COMPLETE] is True
+    assert store.fps == attrs[st.ATTR_SOURCE_FPS] == pytest.approx(30.0)
+    assert attrs[st.ATTR_PACKAGE_VERSION] == metadata.version("nymeria-mvae")
+    assert attrs[st.ATTR_SOURCE] == {
+        "root": str(synthetic_dataset.resolve()), "file_count": 18, "files_used": 18
+    }  # fmt: skip
+    assert attrs[st.ATTR_PROBLEMS] == []
+    assert attrs[st.ATTR_STITCHING]["gaps"] == attrs[st.ATTR_STITCHING]["dropped_frames"] == 0
+    config = attrs[st.ATTR_BUILD_CONFIG]
+    assert config["workers"] == 2 and config["chunk_frames"] == CHUNK_FRAMES
+    assert config["compression"] == "none" and config["scheduler"] is None
+    assert config["split"] == [0.8, 0.1, 0.1] and config["stats_stride"] == STRIDE
+    assert datetime.fromisoformat(attrs[st.ATTR_CREATED]).tzinfo is not None
+    assert attrs[st.ATTR_FINGERPRINT] == store.fingerprint
+
+
+@pytest.mark.slow
+def test_cluster_build_features_match_stitched_raw_clips(cluster_store: Path, synthetic_dataset: Path):
+    store = open_store(cluster_store)
+    recordings = raw_recordings(synthetic_dataset)
+    for record in store.sequences:
+        clips = recordings[record.name]
+        assert record.source_files == tuple(c["file"] for c in clips)
+        raw = stitched(clips)
+        expected = reference_features(raw)
+        stored = store.read_features(record.start, record.stop)
+        np.testing.assert_allclose(stored, expected, atol=2e-6, rtol=1e-6)
+        np.testing.assert_array_equal(store.timestamp_ns[record.start : record.stop], raw[nf.KEY_TIMESTAMP_NS])
+        np.testing.assert_array_equal(store.contact[record.start : record.stop], raw[nf.KEY_CONTACT_INFORMATION])
+    # Velocities are continuous across clip seams: the first frame of the second clip has the
+    # real head displacement, not the zero of a sequence start.
+    record = store.sequences[0]
+    seam = len(recordings[record.name][0][nf.KEY_TIMESTAMP_NS])
+    hp = store.read_features(record.start, record.stop)[:, HP]
+    hp_dot = store.read_features(record.start, record.stop)[seam, 15:18]
+    np.testing.assert_allclose(hp_dot, hp[seam] - hp[seam - 1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cluster_build_stats_equal_numpy(cluster_store: Path):
+    store = open_store(cluster_store)
+    mean, std, count = numpy_stats(store)
+    assert store.stats.count == count
+    assert store.stats.window_frames == WINDOW
+    np.testing.assert_allclose(store.stats_mean_f64, mean, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(store.stats_std_f64, std, rtol=1e-9, atol=1e-9)
+    assert store.stats.std.min() >= STD_FLOOR * (1 - 1e-6)
+    assert store.stats.mean.dtype == np.float32
+
+
+@pytest.mark.slow
+def test_cluster_build_splits_by_participant(cluster_store: Path):
+    store = open_store(cluster_store)
+    people = {split: {r.participant for r in store.split(split)} for split in st.SPLITS}
+    assert all(people[s] for s in st.SPLITS)  # 4 participants: every split gets one
+    assert not people["train"] & people["val"]
+    assert not people["train"] & people["test"]
+    assert not people["val"] & people["test"]
+    for record in store.sequences:
+        assert record.participant == nf.participant_from_sequence_name(record.name)
+
+
+@pytest.mark.slow
+def test_synchronous_build_is_byte_identical_to_cluster_build(cluster_store: Path, synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "sync.zarr"
+    synchronous_build(synthetic_dataset, out, chunk_frames=CHUNK_FRAMES)
+    assert content_files(out) == content_files(cluster_store)
+    assert open_store(out).fingerprint == open_store(cluster_store).fingerprint
+
+
+def test_zstd_store_has_the_same_content(synthetic_dataset: Path, tmp_path: Path):
+    raw_store, zstd_store = tmp_path / "raw.zarr", tmp_path / "zstd.zarr"
+    synchronous_build(synthetic_dataset, raw_store, chunk_frames=CHUNK_FRAMES)
+    synchronous_build(synthetic_dataset, zstd_store, chunk_frames=CHUNK_FRAMES, compression="zstd")
+    raw, compressed = open_store(raw_store), open_store(zstd_store)
+    assert not compressed.is_memory_mapped
+    np.testing.assert_array_equal(compressed.read_features(0, compressed.num_frames), raw.read_features(0, raw.num_frames))
+    assert compressed.fingerprint == raw.fingerprint
+    assert sum(p.stat().st_size for p in feature_chunk_files(zstd_store)) < sum(
+        p.stat().st_size for p in feature_chunk_files(raw_store)
+    )
+
+
+def test_resampling_to_15_fps(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "15fps.zarr"
+    summary = synchronous_build(synthetic_dataset, out, fps=15.0)
+    store = open_store(out)
+    assert store.fps == 15.0 and store.attrs[st.ATTR_SOURCE_FPS] == pytest.approx(30.0)
+    assert summary.frames == store.num_frames
+    recordings = raw_recordings(synthetic_dataset)
+    for record in store.sequences:
+        raw = stitched(recordings[record.name])
+        source_ns = raw[nf.KEY_TIMESTAMP_NS]
+        assert record.length == (len(source_ns) - 1) // 2 + 1
+        ts = np.asarray(store.timestamp_ns[record.start : record.stop])
+        assert np.abs(np.diff(ts) - 1e9 / 15).max() <= 1
+        # Every 15 fps frame falls (to the ns) on an even 30 fps frame: same pose there.
+        np.testing.assert_allclose(ts, source_ns[::2], atol=1)
+        features = store.read_features(record.start, record.stop)
+        expected = reference_features({k: v[::2] for k, v in raw.items()})
+        np.testing.assert_allclose(features, expected, atol=1e-5)
+
+
+def test_existing_store_is_replaced_only_with_overwrite(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "store.zarr"
+    runner = CliRunner()
+    args = ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
+    assert runner.invoke(main, args).exit_code == 0
+    before = open_store(out).attrs[st.ATTR_CREATED]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 1
+    assert "already exists" in refused.output and "--overwrite" in refused.output
+    replaced = runner.invoke(main, [*args, "--overwrite", "--chunk-frames", "1000"])
+    assert replaced.exit_code == 0, replaced.output
+    store = open_store(out)
+    assert store.chunk_frames == 1000 and store.attrs[st.ATTR_CREATED] >= before
+    assert not list(tmp_path.glob("store.zarr.*"))  # no lock, build dir or replaced copy left
+
+
+def test_refuses_to_replace_something_that_is_not_a_store(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not delete")
+    result = CliRunner().invoke(
+        main, ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--overwrite"]
+    )
+    assert result.exit_code == 1 and "is not a Zarr store" in result.output
+    assert (out / "thesis.tex").exists()
+
+
+def test_bad_options_are_usage_errors(synthetic_dataset: Path, tmp_path: Path):
+    runner = CliRunner()
+    base = ["build", str(synthetic_dataset), "--out", str(tmp_path / "s.zarr")]
+    result = runner.invoke(main, [*base, "--split", "0.5,0.6,0.1"])
+    assert result.exit_code == 2 and "sum to 1" in result.output
+    result = runner.invoke(main, [*base, "--resume", "--overwrite"])
+    assert result.exit_code == 2 and "exclude each other" in result.output
