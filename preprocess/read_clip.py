@@ -195,7 +195,7 @@ def _dataset(handle: h5py.File, key: str, file: str) -> h5py.Dataset:
         raise _ClipProblem(
             "missing_key", f"{file}: {key!r} is a {type(ds).__name__}, expected a dataset"
         )
-    expected_shape = ("N", *spec.frame_shape)
+    expected_shape = "(" + ", ".join(["N", *map(str, spec.frame_shape)]) + ")"
     if ds.ndim != 1 + len(spec.frame_shape) or tuple(ds.shape[1:]) != spec.frame_shape:
         raise _ClipProblem(
             "bad_shape",

@@ -1,0 +1,187 @@
+"""Bad input: every kind of unusable file is skipped with a precise reason, the rest proceed;
+the video is never read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from store_testing import raw_recordings, read_raw, synchronous_build, write_variant
+
+from preprocess import nymeria_format as nf
+from preprocess.cli import main
+from preprocess.read_clip import PROBLEM_KINDS, read_clip
+from shared import store as st
+from shared.store import open_store
+
+GOOD_RECORDINGS = 2
+
+
+def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, ...]]]:
+    """kind -> (datasets, attrs, unreadable datasets) applied to a copy of `clip`."""
+    n = len(raw[nf.KEY_TIMESTAMP_NS])
+    nan_cpf = raw[nf.KEY_CPF_TRANSLATION].copy()
+    nan_cpf[7, 1] = np.nan
+    scaled = raw[nf.KEY_JOINT_ORIENTATION].copy()
+    scaled[5, 3] *= 1.5
+    stalled = raw[nf.KEY_TIMESTAMP_NS].copy()
+    stalled[9] = stalled[8]
+    empty = {key: raw[key][:0] for key in (
+        nf.KEY_TIMESTAMP_NS, nf.KEY_CPF_TRANSLATION, nf.KEY_CPF_ORIENTATION,
+        nf.KEY_JOINT_TRANSLATION, nf.KEY_JOINT_ORIENTATION, nf.KEY_CONTACT_INFORMATION,
+    )}  # fmt: skip
+    return {
+        "missing_key": ({nf.KEY_JOINT_TRANSLATION: None}, {}, ()),
+        "bad_shape": ({nf.KEY_JOINT_TRANSLATION: np.zeros((n, 22, 3), np.float32)}, {}, ()),
+        "bad_dtype": ({nf.KEY_TIMESTAMP_NS: raw[nf.KEY_TIMESTAMP_NS].astype(np.float64)}, {}, ()),
+        "non_finite": ({nf.KEY_CPF_TRANSLATION: nan_cpf}, {}, ()),
+        "not_rotation": ({nf.KEY_JOINT_ORIENTATION: scaled}, {}, ()),
+        "timestamps_not_increasing": ({nf.KEY_TIMESTAMP_NS: stalled}, {}, ()),
+        "empty_clip": (empty, {nf.ATTR_NUM_FRAMES: 0}, ()),
+        "frame_count_mismatch": (
+            {nf.KEY_CONTACT_INFORMATION: raw[nf.KEY_CONTACT_INFORMATION][:-1]}, {}, ()
+        ),
+        "filter_unavailable": ({}, {}, (nf.KEY_JOINT_ORIENTATION,)),
+        "missing_attribute": ({}, {nf.ATTR_SEQUENCE_NAME: None}, ()),
+        "bad_sequence_name": ({}, {nf.ATTR_SEQUENCE_NAME: "not-a-nymeria-recording"}, ()),
+    }
+
+
+# What each kind's reason must say (besides the file name).
+EXPECTED_DETAIL = {
+    "not_hdf5": "not an HDF5 file",
+    "unreadable": "unreadable or truncated",
+    "missing_key": "missing dataset 'joint_translation'",
+    "bad_shape": "dataset 'joint_translation' has shape (",
+    "bad_dtype": "dataset 'timestamp_ns' has dtype float64, expected int64",
+    "non_finite": "dataset 'cpf_translation', frame 7: NaN or Inf",
+    "not_rotation": "dataset 'joint_orientation', frame 5, joint 3: not a rotation matrix",
+    "timestamps_not_increasing": "dataset 'timestamp_ns', frame 9:",
+    "empty_clip": "0 frames",
+    "frame_count_mismatch": "disagree on the number of frames",
+    "filter_unavailable": "dataset 'joint_orientation' is compressed with HDF5 filter 32099",
+    "missing_attribute": "missing file attribute 'sequence_name'",
+    "bad_sequence_name": "does not match the Nymeria pattern",
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_dataset(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Good clips of two recordings (one of them with an unreadable video) plus one bad file
+    per problem kind, each made from a good clip with h5py. Returns (root, kind -> file)."""
+    root = tmp_path_factory.mktemp("mixed")
+    recordings = raw_recordings(synthetic_dataset)
+    good_names = list(recordings)[:GOOD_RECORDINGS]
+    for index, name in enumerate(good_names):
+        for clip in recordings[name]:
+            source = synthetic_dataset / clip["file"]
+            # The video of the first recording uses a filter nobody has: reading it would fail.
+            trap = (nf.KEY_EGOVIEW,) if index == 0 else ()
+            write_variant(source, root / "good" / clip["file"], filtered=trap)
+    donor_name = list(recordings)[GOOD_RECORDINGS]
+    donor = synthetic_dataset / recordings[donor_name][0]["file"]
+    raw = read_raw(donor)
+    files = {}
+    for kind, (datasets, attrs, filtered) in _variants(donor, raw).items():
+        files[kind] = f"bad/{kind}/{donor_name}_00000.h5"
+        write_variant(donor, root / files[kind], datasets, attrs, filtered)
+    files["not_hdf5"] = "bad/not_hdf5_00000.h5"
+    (root / files["not_hdf5"]).write_text("this is a CSV, not HDF5\n1,2,3\n")
+    files["unreadable"] = "bad/truncated_00000.h5"
+    (root / files["unreadable"]).write_bytes(donor.read_bytes()[:3000])
+    assert set(files) == set(PROBLEM_KINDS)
+    return root, files
+
+
+def test_the_video_trap_would_fire(mixed_dataset):
+    root, _ = mixed_dataset
+    trapped = sorted((root / "good").glob("*.h5"))[0]
+    with h5py.File(trapped, "r") as f, pytest.raises(OSError):
+        f[nf.KEY_EGOVIEW][0]
+
+
+@pytest.mark.parametrize("kind", PROBLEM_KINDS)
+def test_read_clip_reports_each_kind(mixed_dataset, kind):
+    root, files = mixed_dataset
+    result = read_clip(root, files[kind])
+    assert not result.ok and result.motion is None
+    assert result.problem.kind == kind
+    assert files[kind] in result.problem.reason
+    assert EXPECTED_DETAIL[kind] in result.problem.reason, result.problem.reason
+
+
+def test_missing_filter_says_install_hdf5plugin(mixed_dataset):
+    root, files = mixed_dataset
+    reason = read_clip(root, files["filter_unavailable"]).problem.reason
+    assert "HDF5 filter not available; is hdf5plugin installed?" in reason
+
+
+def test_good_clip_with_unreadable_video_is_used(mixed_dataset):
+    root, _ = mixed_dataset
+    for path in sorted((root / "good").glob("*.h5")):
+        result = read_clip(root, path.relative_to(root).as_posix())
+        assert result.ok, result.problem
+
+
+def test_build_skips_bad_files_and_records_them(mixed_dataset, tmp_path: Path):
+    root, files = mixed_dataset
+    out = tmp_path / "store.zarr"
+    result = CliRunner().invoke(
+        main, ["build", str(root), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    good_files = 3 * GOOD_RECORDINGS
+    total = good_files + len(PROBLEM_KINDS)
+    assert f"{total} found, 0 reused from an interrupted build, {good_files} used, {len(PROBLEM_KINDS)} skipped" in result.output
+    for kind, file in files.items():
+        assert f"skipped [{kind}] {file}" in result.output
+
+    store = open_store(out)
+    problems = store.attrs[st.ATTR_PROBLEMS]
+    assert [p["file"] for p in problems] == sorted(files.values())
+    assert {p["file"]: p["kind"] for p in problems} == {f: k for k, f in files.items()}
+    assert store.attrs[st.ATTR_SOURCE]["file_count"] == total
+    assert store.attrs[st.ATTR_SOURCE]["files_used"] == good_files
+    assert len(store.sequences) == GOOD_RECORDINGS
+    used = {f for r in store.sequences for f in r.source_files}
+    assert used == {p.relative_to(root).as_posix() for p in (root / "good").glob("*.h5")}
+
+
+def test_strict_publishes_nothing(mixed_dataset, tmp_path: Path):
+    root, _ = mixed_dataset
+    out = tmp_path / "strict.zarr"
+    result = CliRunner().invoke(
+        main, ["build", str(root), "--out", str(out), "--scheduler", "synchronous", "--strict", "--no-progress"]
+    )
+    assert result.exit_code == 1
+    assert f"--strict: {len(PROBLEM_KINDS)} of" in result.output
+    assert not out.exists()
+
+
+def test_no_usable_file_fails(mixed_dataset, tmp_path: Path):
+    root, _ = mixed_dataset
+    out = tmp_path / "none.zarr"
+    result = CliRunner().invoke(
+        main, ["build", str(root / "bad"), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
+    )
+    assert result.exit_code == 1
+    assert "no usable clip file among the 13" in result.output
+    assert not out.exists()
+
+
+def test_empty_folder_fails(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        main, ["build", str(tmp_path / "empty"), "--out", str(tmp_path / "s.zarr"), "--scheduler", "synchronous"]
+    )
+    assert result.exit_code == 1 and "no *.h5 files under" in result.output
+
+
+def test_api_build_reports_problems(mixed_dataset, tmp_path: Path):
+    root, files = mixed_dataset
+    summary = synchronous_build(root, tmp_path / "api.zarr")
+    assert {p.kind for p in summary.problems} == set(PROBLEM_KINDS)
+    assert summary.files_used == 3 * GOOD_RECORDINGS

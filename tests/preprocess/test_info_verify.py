@@ -1,0 +1,134 @@
+"""`info` and `verify` on real builds of synthetic data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from store_testing import feature_chunk_files, synchronous_build
+
+from preprocess import nymeria_format as nf
+from preprocess.cli import main
+from shared import store as st
+from shared.layout import FEATURE_DIM
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHUNK_FRAMES = 1000
+
+
+@pytest.fixture(scope="module")
+def built(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data copy, store built from it): tests that modify either take their own copies."""
+    base = tmp_path_factory.mktemp("info")
+    data = base / "data"
+    shutil.copytree(synthetic_dataset, data)
+    out = base / "store.zarr"
+    synchronous_build(data, out, chunk_frames=CHUNK_FRAMES)
+    return data, out
+
+
+def test_info_json(built):
+    _, out = built
+    result = CliRunner().invoke(main, ["info", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["schema"] == {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION}
+    assert info["frames"] == sum(s["frames"] for s in info["splits"].values()) > 0
+    assert info["fps"] == pytest.approx(30.0)
+    assert info["hours"] == pytest.approx(info["frames"] / 30.0 / 3600)
+    assert info["sequences"] == 6 and info["participants"] == 4
+    assert set(info["splits"]) == set(st.SPLITS)
+    for split in info["splits"].values():
+        assert split["sequences"] >= 1 and split["frames"] > 0 and len(split["participants"]) >= 1
+    assert info["problems"] == []
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert info["size_bytes"] == size
+    assert info["bytes_per_frame"] == pytest.approx(size / info["frames"])
+    # Raw chunks: each frame costs at least its 294 float32 features.
+    assert info["bytes_per_frame"] >= FEATURE_DIM * 4
+    assert info["codecs"] == ["bytes"] and info["chunk_frames"] == CHUNK_FRAMES
+
+
+def test_info_text_through_subprocess(built):
+    _, out = built
+    result = subprocess.run(
+        [sys.executable, "-m", "preprocess", "info", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "nymeria-motion-features v1" in result.stdout
+    assert "6 from 4 participants" in result.stdout and "bytes/frame" in result.stdout
+
+
+def test_info_refuses_incomplete_store(built, tmp_path: Path):
+    _, out = built
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / "zarr.json").read_text())
+    meta["attributes"][st.ATTR_COMPLETE] = False
+    (copy / "zarr.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["info", str(copy)])
+    assert result.exit_code == 1 and "incomplete" in result.output and "--resume" in result.output
+
+
+def test_verify_passes_on_a_faithful_store(built):
+    data, out = built
+    result = CliRunner().invoke(main, ["verify", str(out), "--data", str(data), "--sample", "3", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "recomputed 3 sequences" in result.output and "verify passed" in result.output
+
+
+def test_verify_detects_tampered_features(built, tmp_path: Path):
+    data, out = built
+    copy = tmp_path / "tampered.zarr"
+    shutil.copytree(out, copy)
+    chunk = feature_chunk_files(copy)[0]
+    features = np.fromfile(chunk, dtype="<f4").reshape(CHUNK_FRAMES, FEATURE_DIM)
+    features[3, 14] += 0.5  # hp z of frame 3
+    features.tofile(chunk)
+    result = CliRunner().invoke(main, ["verify", str(copy), "--data", str(data), "--sample", "6"])
+    assert result.exit_code == 1
+    assert "features differ at 1 values" in result.output
+    assert "frame 3 (store frame 3), dim 14 (hp[2])" in result.output
+
+
+def test_verify_detects_changed_sources(built, tmp_path: Path):
+    data, out = built
+    changed = tmp_path / "data"
+    shutil.copytree(data, changed)
+    victim = sorted(changed.glob("*.h5"))[0]
+    with h5py.File(victim, "r+") as f:
+        cpf = f[nf.KEY_CPF_TRANSLATION][()]
+        del f[nf.KEY_CPF_TRANSLATION]
+        f.create_dataset(nf.KEY_CPF_TRANSLATION, data=cpf + np.float32(0.01))
+    result = CliRunner().invoke(main, ["verify", str(out), "--data", str(changed), "--sample", "6"])
+    assert result.exit_code == 1
+    assert "MISMATCH" in result.output and "features differ" in result.output
+
+
+def test_verify_detects_wrong_stats(built, tmp_path: Path):
+    data, out = built
+    copy = tmp_path / "stats.zarr"
+    shutil.copytree(out, copy)
+    # Rewrite mean (and the fingerprint, so the store still opens): a plausible-looking lie.
+    root = zarr.open_group(copy, mode="r+")
+    mean = root[st.STATS_GROUP][st.STATS_MEAN][:]
+    mean[20] += 0.1
+    root[st.STATS_GROUP][st.STATS_MEAN][:] = mean
+    std = root[st.STATS_GROUP][st.STATS_STD][:]
+    stats_attrs = root[st.STATS_GROUP].attrs
+    fingerprint = st.compute_fingerprint(
+        root.attrs[st.ATTR_LAYOUT], root[st.SEQUENCES_GROUP].attrs[st.ATTR_TABLE], mean, std,
+        stats_attrs[st.STATS_ATTR_COUNT], stats_attrs[st.STATS_ATTR_WINDOW_FRAMES],
+    )  # fmt: skip
+    root.attrs[st.ATTR_FINGERPRINT] = fingerprint
+    result = CliRunner().invoke(main, ["verify", str(copy), "--data", str(data), "--sample", "1"])
+    assert result.exit_code == 1
+    assert "stats: mean differs" in result.output and "dim 20 (jp[2])" in result.output

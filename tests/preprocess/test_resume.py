@@ -1,0 +1,187 @@
+"""Restart and safety: a SIGKILLed build resumes to a byte-identical store; one build per store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from store_testing import content_files, root_attrs, synchronous_build
+
+from preprocess.build import DELAY_ENV, BuildPaths
+from preprocess.cli import main
+from preprocess.read_clip import read_clip
+from preprocess.workdir import ClipResults
+from shared import store as st
+from shared.store import open_store
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FILES_BEFORE_KILL = 5
+POLL_TIMEOUT_S = 60
+
+
+def start_build(data: Path, out: Path, delay_s: float, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, DELAY_ENV: str(delay_s)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "preprocess", "build", str(data), "--out", str(out),
+         "--scheduler", "synchronous", "--no-progress", *extra],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def finished_results(out: Path) -> dict[Path, int]:
+    clips = BuildPaths(out).clips
+    return {p: p.stat().st_mtime_ns for p in clips.glob("*.npz")} if clips.exists() else {}
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=POLL_TIMEOUT_S)
+
+
+@pytest.mark.slow
+def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "resumed.zarr"
+    process = start_build(synthetic_dataset, out, 0.3)
+    wait_for(lambda: len(finished_results(out)) >= FILES_BEFORE_KILL, "per-file results")
+    kill(process)
+    assert process.returncode == -signal.SIGKILL
+    done = finished_results(out)
+    assert FILES_BEFORE_KILL <= len(done) < 18
+    assert not out.exists()  # nothing that looks like a store
+    paths = BuildPaths(out)
+    assert paths.lock.exists()  # the dead build's lock is still there
+
+    refused = start_build(synthetic_dataset, out, 0)
+    _, stderr = refused.communicate(timeout=POLL_TIMEOUT_S)
+    assert refused.returncode == 1 and "pass --resume to take it over" in stderr
+
+    resumed = start_build(synthetic_dataset, out, 0, "--resume")
+    stdout, stderr = resumed.communicate(timeout=POLL_TIMEOUT_S)
+    assert resumed.returncode == 0, stderr
+    assert "took over the stale lock" in stderr
+    assert f"18 found, {len(done)} reused from an interrupted build, 18 used" in stdout
+    # Finished files were not read again.
+    for path, mtime_ns in done.items():
+        assert not path.exists() or path.stat().st_mtime_ns == mtime_ns
+    assert not paths.build_dir.exists() and not paths.lock.exists()
+
+    reference = tmp_path / "uninterrupted.zarr"
+    synchronous_build(synthetic_dataset, reference)
+    assert content_files(out) == content_files(reference)
+    resumed_attrs, reference_attrs = root_attrs(out), root_attrs(reference)
+    for attrs in (resumed_attrs, reference_attrs):
+        del attrs[st.ATTR_CREATED]
+        attrs[st.ATTR_BUILD_CONFIG].pop("resume"), attrs[st.ATTR_BUILD_CONFIG].pop("out")
+    assert resumed_attrs == reference_attrs
+    assert open_store(out).fingerprint == open_store(reference).fingerprint
+
+
+@pytest.mark.slow
+def test_concurrent_build_is_refused(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "store.zarr"
+    first = start_build(synthetic_dataset, out, 0.2)
+    try:
+        wait_for(lambda: len(finished_results(out)) >= 1, "the first build to start")
+        second = CliRunner().invoke(
+            main, ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--resume"]
+        )
+        assert second.exit_code == 1
+        assert f"another build holds the lock {BuildPaths(out).lock}: pid {first.pid}" in second.output
+        assert first.poll() is None  # the first build is unharmed
+    finally:
+        kill(first)
+
+
+def write_lock(out: Path, pid: int, host: str) -> Path:
+    lock = BuildPaths(out).lock
+    lock.write_text(json.dumps({"pid": pid, "host": host, "started": "earlier"}))
+    return lock
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_lock_is_taken_over_only_when_asked(synthetic_dataset: Path, tmp_path: Path, caplog):
+    out = tmp_path / "store.zarr"
+    lock = write_lock(out, dead_pid(), socket.gethostname())
+    runner = CliRunner()
+    args = ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 1 and "died and left the lock" in refused.output
+    assert lock.exists()
+    taken = runner.invoke(main, [*args, "--resume"])
+    assert taken.exit_code == 0, taken.output
+    assert "took over the stale lock" in caplog.text
+    assert not lock.exists()
+    open_store(out)
+
+
+def test_lock_of_another_host_is_never_taken_over(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "store.zarr"
+    write_lock(out, 1, "some-other-host.example")
+    result = CliRunner().invoke(
+        main, ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--resume"]
+    )
+    assert result.exit_code == 1
+    assert "host 'some-other-host.example'" in result.output and "delete" in result.output
+
+
+def test_partial_build_needs_resume_or_overwrite(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "store.zarr"
+    BuildPaths(out).clips.mkdir(parents=True)
+    runner = CliRunner()
+    args = ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code == 1
+    assert "pass --resume to continue it or --overwrite to discard it" in refused.output
+    assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0
+    open_store(out)
+
+
+def test_resume_with_other_settings_is_refused(synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "store.zarr"
+    paths = BuildPaths(out)
+    paths.build_dir.mkdir()
+    paths.work_json.write_text(json.dumps({"data": "/elsewhere", "rotation_atol": 0.001}))
+    result = CliRunner().invoke(
+        main, ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--resume"]
+    )
+    assert result.exit_code == 1 and "rerun with the same DATA" in result.output
+
+
+def test_changed_source_file_is_read_again(synthetic_dataset: Path, tmp_path: Path):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    out = tmp_path / "store.zarr"
+    paths = BuildPaths(out)
+    # A partial build that has read every file (as if killed right after stage 1) ...
+    results = ClipResults(paths.clips)
+    files = sorted(p.name for p in data.glob("*.h5"))
+    for file in files:
+        results.save(read_clip(data, file))
+    paths.work_json.write_text(json.dumps({"data": str(data.resolve()), "rotation_atol": 0.001}))
+    # ... then one source file changes.
+    touched = data / files[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    summary = synchronous_build(data, out, resume=True)
+    assert summary.files_reused == len(files) - 1
