@@ -34,9 +34,11 @@ def _table_rows(model: MotionVAE) -> Iterator[tuple[str, nn.Module]]:
 @click.option("--hidden", type=click.IntRange(min=1), help="Channels of the ResNet stages.")
 @click.option("--latent", type=click.IntRange(min=1), help="Channels of a latent step.")
 @click.option("--blocks", type=click.IntRange(min=1), help="ResNet blocks per stage.")
-@click.option("--seq-len", type=click.IntRange(min=4), help="Window length in frames (multiple of 4).")
-def describe(hidden: int | None, latent: int | None, blocks: int | None, seq_len: int | None) -> None:
-    """Print the layer table and parameter count of a MotionVAE config (defaults unless overridden)."""
+@click.option("--seq-len", type=click.IntRange(min=4), help="Window in frames, a multiple of 4.")
+def describe(
+    hidden: int | None, latent: int | None, blocks: int | None, seq_len: int | None
+) -> None:
+    """Print the layer table and parameter count of a MotionVAE (defaults unless overridden)."""
     overrides = {"hidden_dim": hidden, "latent_dim": latent, "blocks_per_stage": blocks,
                  "seq_len": seq_len}  # fmt: skip
     try:
@@ -51,7 +53,7 @@ def describe(hidden: int | None, latent: int | None, blocks: int | None, seq_len
     shapes: dict[nn.Module, str] = {}
 
     def record(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        _, C, T = output.shape  # inside the model everything is (B, C, T)
+        _, T, C = output.shape
         shapes[module] = f"{T} x {C}"
 
     hooks = [module.register_forward_hook(record) for _, module in rows]

@@ -70,7 +70,9 @@ def vae_loss(
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=target.device)
     if mask.shape != (B, T) or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be bool of shape {(B, T)}, found {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be bool of shape {(B, T)}, found {mask.dtype} {tuple(mask.shape)}"
+        )
 
     # float32 even under autocast: the squared errors are summed over ~1e6 elements.
     frame_valid = mask[:, :, None]  # (B, T, 1)
@@ -81,7 +83,8 @@ def vae_loss(
 
     losses: dict[str, torch.Tensor] = {}
     for group, dims in LOSS_GROUPS.items():
-        losses[mse_key(group)] = sq_err_per_dim[dims].sum() / (num_frames * (dims.stop - dims.start))
+        width = dims.stop - dims.start
+        losses[mse_key(group)] = sq_err_per_dim[dims].sum() / (num_frames * width)
     losses[RECON] = torch.stack([losses[mse_key(g)] for g in LOSS_GROUPS]).mean()
 
     latent_valid = latent_mask(mask, N)[:, :, None]  # (B, N, 1)

@@ -8,14 +8,16 @@ Causality contract (DESIGN.md "Model"), with F = FRAMES_PER_LATENT = 4:
 * no layer pools statistics over time: norms are per frame, over channels.
 
 Every temporal layer is a `CausalConv1d`: its left context is zeros at the start of a
-sequence, and there is no right context. The left context can instead come from a
+sequence, and there is no right context. Downsampling is a stride-2 causal conv whose
+step i ends at frame 2i+1; upsampling is a causal conv at the low rate that emits both
+frames of a step (frames 2i, 2i+1 from steps <= i). The left context can instead come from a
 `ConvCache` holding the end of the previous chunk, which is how `StreamingEncoder` and
 `StreamingDecoder` continue a sequence chunk by chunk and get the numbers of a
 whole-sequence pass.
 
-Layout: the API, like all data code, speaks (B, T, D); Conv1d wants (B, C, T). The
-switch happens only in `_channels_first` / `_channels_last`, called at the edges of
-`MotionEncoder` and `MotionDecoder`; everything in between is (B, C, T).
+Layout: activations are (B, T, C) throughout, like the data code, so LayerNorm, the
+residual adds and the upsampler's interleave work on contiguous memory. The one switch
+to convolution layout is inside `CausalConv1d.forward`, and it is free: see there.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class MotionVAEConfig:
     blocks_per_stage: int = 2
     """ResNet blocks at each of the three frame rates (T, T/2, T/4)."""
     kernel_size: int = 3
-    """Temporal kernel of the ResNet convs and the input projections (causal: sees k-1 past steps)."""
+    """Temporal kernel of the ResNet convs and input projections (reads kernel_size - 1 past)."""
     seq_len: int = 152
     """Training window in frames; a multiple of 4. Default latents per window for `sample`."""
     lambda_kl: float = 1e-4
@@ -85,18 +87,8 @@ class MotionVAEConfig:
         return self.seq_len // FRAMES_PER_LATENT
 
 
-def _channels_first(x: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) -> (B, D, T): the one place the model enters Conv1d layout."""
-    return x.transpose(1, 2)
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, T) -> (B, T, C): the one place the model leaves Conv1d layout."""
-    return x.transpose(1, 2)
-
-
 class CausalConv1d(nn.Conv1d):
-    """Conv1d that sees only the present and the past.
+    """Conv1d on (B, T, C) frames that sees only the present and the past.
 
     Output step i of a stride-s conv ends its receptive field at input frame s*i + s - 1,
     the last frame of its own stride window, and needs `context` = kernel - s frames
@@ -115,40 +107,43 @@ class CausalConv1d(nn.Conv1d):
         self.context = kernel_size - stride
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
-        T = x.shape[2]
+        T = x.shape[1]
         stride = self.stride[0]
         if T % stride:
-            raise ValueError(f"CausalConv1d with stride {stride} needs T % {stride} == 0, found T={T}")
+            raise ValueError(
+                f"CausalConv1d with stride {stride} needs T % {stride} == 0, found T={T}"
+            )
         if self.context:  # kernel == stride reads only its own window: nothing to carry
-            x = self._prepend_context(x, cache)  # (B, C, context + T)
-        return super().forward(x)
+            x = self._prepend_context(x, cache)  # (B, context + T, C)
+        # The model's one layout switch. (B, T, C) memory *is* a channels-last (B, C, 1, T)
+        # tensor, so conv2d with a (1, K) kernel reads and writes it in place; Conv1d on a
+        # transposed view would copy every activation twice per layer.
+        x = x.transpose(1, 2).unsqueeze(2)  # (B, C, 1, T), same memory
+        y = F.conv2d(x, self.weight.unsqueeze(2), self.bias, stride=(1, stride))
+        return y.squeeze(2).transpose(1, 2)  # (B, T / stride, C_out)
 
     def _prepend_context(self, x: torch.Tensor, cache: ConvCache | None) -> torch.Tensor:
         if cache is None:
-            return F.pad(x, (self.context, 0))
+            return F.pad(x, (0, 0, self.context, 0))
         past = cache.get(self)
         if past is None:  # start of the stream: the same zeros as the whole-sequence pad
-            past = x.new_zeros(x.shape[0], x.shape[1], self.context)
-        x = torch.cat([past, x], dim=2)
-        cache[self] = x[:, :, x.shape[2] - self.context :]
+            past = x.new_zeros(x.shape[0], self.context, x.shape[2])
+        x = torch.cat([past, x], dim=1)
+        cache[self] = x[:, x.shape[1] - self.context :]
         return x
 
 
-class FrameLayerNorm(nn.LayerNorm):
-    """LayerNorm over channels, for each frame on its own: no statistic crosses time."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T)
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
-
-
 class ResNetBlock1D(nn.Module):
-    """Pre-activation residual block: x + conv(act(norm(conv(act(norm(x)))))), all causal."""
+    """Pre-activation residual block: x + conv(act(norm(conv(act(norm(x)))))), all causal.
+
+    LayerNorm over the channels of each frame: unlike GroupNorm it pools nothing over time.
+    """
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__()
-        self.norm1 = FrameLayerNorm(channels)
+        self.norm1 = nn.LayerNorm(channels)
         self.conv1 = CausalConv1d(channels, channels, kernel_size)
-        self.norm2 = FrameLayerNorm(channels)
+        self.norm2 = nn.LayerNorm(channels)
         self.conv2 = CausalConv1d(channels, channels, kernel_size)
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
@@ -169,7 +164,7 @@ class CausalDownsample(nn.Module):
         self.conv = CausalConv1d(channels, channels, kernel_size=4, stride=2)
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
-        return self.conv(x, cache)  # (B, C, T/2)
+        return self.conv(x, cache)  # (B, T/2, C)
 
 
 class CausalUpsample(nn.Module):
@@ -187,16 +182,16 @@ class CausalUpsample(nn.Module):
         super().__init__()
         self.conv = CausalConv1d(channels, 2 * channels, kernel_size)
         with torch.no_grad():
-            # Output channel 2c + p is channel c of phase p (matches the view in forward).
-            weight = self.conv.weight.view(channels, 2, channels, kernel_size)
-            weight[:, 1] = weight[:, 0]
-            bias = self.conv.bias.view(channels, 2)
-            bias[:, 1] = bias[:, 0]
+            # Output channel p*C + c is channel c of phase p (matches the reshape in forward).
+            weight = self.conv.weight.view(2, channels, channels, kernel_size)
+            weight[1] = weight[0]
+            bias = self.conv.bias.view(2, channels)
+            bias[1] = bias[0]
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
-        B, C, T = x.shape
-        y = self.conv(x, cache)  # (B, 2C, T)
-        return y.view(B, C, 2, T).transpose(2, 3).reshape(B, C, 2 * T)  # frame 2i+p = phase p
+        B, T, C = x.shape
+        y = self.conv(x, cache)  # (B, T, 2C)
+        return y.reshape(B, 2 * T, C)  # frame 2i + p = phase p of step i
 
 
 def _init_output_projection(conv: nn.Conv1d) -> None:
@@ -205,7 +200,9 @@ def _init_output_projection(conv: nn.Conv1d) -> None:
     nn.init.zeros_(conv.bias)
 
 
-def _stages(channels: int, blocks: int, kernel_size: int, resample: type[nn.Module]) -> nn.ModuleList:
+def _stages(
+    channels: int, blocks: int, kernel_size: int, resample: type[nn.Module]
+) -> nn.ModuleList:
     """Blocks at rate 1, resample, blocks, resample, blocks: three rates, NUM_DOWNSAMPLES steps."""
     layers: list[nn.Module] = []
     for stage in range(NUM_DOWNSAMPLES + 1):
@@ -223,16 +220,15 @@ class MotionEncoder(nn.Module):
         C = config.hidden_dim
         self.in_proj = CausalConv1d(config.input_dim, C, config.kernel_size)
         self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, CausalDownsample)
-        self.norm_out = FrameLayerNorm(C)
+        self.norm_out = nn.LayerNorm(C)
         self.out_proj = CausalConv1d(C, 2 * config.latent_dim, kernel_size=1)
         _init_output_projection(self.out_proj)
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
-        h = self.in_proj(_channels_first(x), cache)  # (B, C, T)
+        h = self.in_proj(x, cache)  # (B, T, C)
         for layer in self.layers:
-            h = layer(h, cache)  # (B, C, T / 4) after the last downsample
-        h = self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, 2L, T/4)
-        return _channels_last(h)  # (B, T/4, 2L)
+            h = layer(h, cache)  # (B, T/4, C) after the last downsample
+        return self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, T/4, 2L)
 
 
 class MotionDecoder(nn.Module):
@@ -243,16 +239,15 @@ class MotionDecoder(nn.Module):
         C = config.hidden_dim
         self.in_proj = CausalConv1d(config.latent_dim, C, config.kernel_size)
         self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, CausalUpsample)
-        self.norm_out = FrameLayerNorm(C)
+        self.norm_out = nn.LayerNorm(C)
         self.out_proj = CausalConv1d(C, config.input_dim, kernel_size=1)
         _init_output_projection(self.out_proj)
 
     def forward(self, z: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
-        h = self.in_proj(_channels_first(z), cache)  # (B, C, N)
+        h = self.in_proj(z, cache)  # (B, N, C)
         for layer in self.layers:
-            h = layer(h, cache)  # (B, C, 4N) after the last upsample
-        h = self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, D, 4N)
-        return _channels_last(h)  # (B, 4N, D)
+            h = layer(h, cache)  # (B, 4N, C) after the last upsample
+        return self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, 4N, D)
 
 
 class VAEOutput(TypedDict):
@@ -294,7 +289,8 @@ class MotionVAE(nn.Module):
     def _check_latents(self, z: torch.Tensor) -> None:
         if z.ndim != 3 or z.shape[2] != self.config.latent_dim:
             raise ValueError(
-                f"expected latents of shape (B, N, {self.config.latent_dim}), found {tuple(z.shape)}"
+                f"expected latents of shape (B, N, {self.config.latent_dim}), "
+                f"found {tuple(z.shape)}"
             )
 
     def _split_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

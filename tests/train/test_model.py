@@ -122,7 +122,7 @@ def test_rejects_bad_shapes(small_model: MotionVAE) -> None:
 
 @pytest.mark.parametrize("t0", [0, 1, 3, 4, 6, 13, 16, 29, 31])
 def test_encoder_is_causal(small_model: MotionVAE, t0: int) -> None:
-    """Changing frames >= t0 leaves latents k < t0 // 4 bit-identical, and changes latent t0 // 4."""
+    """Changing frames >= t0 leaves latents k < t0 // 4 bit-identical and changes latent t0 // 4."""
     g = torch.Generator().manual_seed(t0)
     x = torch.randn(2, T_SMALL, FEATURE_DIM, generator=g)
     x2 = x.clone()
@@ -133,7 +133,7 @@ def test_encoder_is_causal(small_model: MotionVAE, t0: int) -> None:
     k0 = t0 // FRAMES_PER_LATENT
     assert torch.equal(mean[:, :k0], mean2[:, :k0])
     assert torch.equal(logvar[:, :k0], logvar2[:, :k0])
-    assert not torch.equal(mean[:, k0], mean2[:, k0])  # latent k0 reads frame t0: the bound is tight
+    assert not torch.equal(mean[:, k0], mean2[:, k0])  # latent k0 reads frame t0: bound is tight
 
 
 @pytest.mark.parametrize("k0", [0, 1, 3, 7])
@@ -275,9 +275,9 @@ def test_streaming_rejects_unaligned_chunks(small_model: MotionVAE) -> None:
 
 def test_upsampler_starts_as_nearest_repeat() -> None:
     up = CausalUpsample(8)
-    y = up(torch.randn(2, 8, 5))  # (B, C, 10)
-    assert y.shape == (2, 8, 10)
-    assert torch.equal(y[..., 0::2], y[..., 1::2])
+    y = up(torch.randn(2, 5, 8))  # (B, 2T, C)
+    assert y.shape == (2, 10, 8)
+    assert torch.equal(y[:, 0::2], y[:, 1::2])
 
 
 def test_init_kl_and_output_near_zero(default_model: MotionVAE) -> None:
@@ -316,7 +316,7 @@ def test_bf16_autocast_forward(small_model: MotionVAE) -> None:
 
 
 def test_default_model_overfits_one_batch() -> None:
-    """25.7M default model, AdamW lr 1e-3: the loss on one 2 x 32 batch falls 10x in <= 150 steps."""
+    """Default 25.7M model, AdamW lr 1e-3: loss on one 2 x 32 batch falls 10x in <= 150 steps."""
     torch.manual_seed(0)
     model = MotionVAE().train()
     x = torch.randn(2, 32, FEATURE_DIM)
