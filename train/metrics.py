@@ -203,22 +203,25 @@ def masked_sum(values: torch.Tensor, valid: torch.Tensor, keep: tuple[int, ...] 
 def reconstruction_errors(
     recon: torch.Tensor,
     target: torch.Tensor,
-    frame: CanonicalFrame,
     mask: torch.Tensor,
     contact_speed_m_per_frame: float,
     contact_height_m: float = CONTACT_HEIGHT_M,
 ) -> dict[str, MaskedSum]:
     """Every reconstruction metric of one batch, pooled over its valid frames.
 
-    recon, target: (B, T, 294) canonical features in physical units (denormalised);
-    frame: the windows' canonical frames (world joints go through the absolute head pose);
-    mask: (B, T) bool; contact_speed_m_per_frame: the contact speed threshold at the store's
-    frame rate (`CONTACT_SPEED_M_S / fps`). Keys carry units; `*_by_frame_*` keep the frame index (T,),
-    `*_per_joint_*` the joint index (23,). Foot contact comes from the target only.
+    recon, target: (B, T, 294) canonical features of the same windows in physical units
+    (denormalised); mask: (B, T) bool; contact_speed_m_per_frame: the contact speed
+    threshold at the store's frame rate (`CONTACT_SPEED_M_S / fps`). Keys carry units;
+    `*_by_frame_*` keep the frame index (T,), `*_per_joint_*` the joint index (23,).
+    Foot contact comes from the target only.
+
+    World-frame metrics are computed in the window's canonical frame: it differs from the
+    world by one rotation about the vertical and a horizontal shift, shared by recon and
+    target, which changes no distance, geodesic angle, height or horizontal length; and
+    coordinates near the origin keep float32 precision that room coordinates would lose.
     """
     joints_head_pred, joints_head_gt = joints_in_head_frame(recon), joints_in_head_frame(target)
-    world_pred = features_to_world(uncanonicalize(recon, frame))
-    world_gt = features_to_world(uncanonicalize(target, frame))
+    world_pred, world_gt = features_to_world(recon), features_to_world(target)
     joints_pred, joints_gt = world_pred.joint_translation, world_gt.joint_translation  # (B, T, J, 3)
 
     head_err_mm = joint_distance_m(joints_head_pred, joints_head_gt) * MM_PER_M  # (B, T, J)

@@ -108,7 +108,8 @@ def plot_skeleton_frames(
         ax.set_title(f"reconstruction, frame {t}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    # tight_layout measures every 3D tick label: slow, and the fixed grid needs no fitting.
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=0.9, wspace=0.05, hspace=0.12)
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

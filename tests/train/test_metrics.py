@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.features import CanonicalFrame, apply_rigid, canonicalize, world_to_features
+from shared.features import apply_rigid, canonicalize, world_to_features
 from shared.layout import HP_DOT
 from shared.rotations import axis_angle_to_matrix
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
@@ -60,7 +60,7 @@ def errors(recon_world_motion, target_world_motion, mask=None):
     # The reconstruction lives in the target's canonical frame, as in evaluation.
     recon = apply_rigid(world_to_features(*recon_world_motion), frame.R_canon_world, frame.offset_world)
     mask = torch.ones(target.shape[:2], dtype=torch.bool) if mask is None else mask
-    sums = reconstruction_errors(recon, target, frame, mask, SPEED_M_PER_FRAME)
+    sums = reconstruction_errors(recon, target, mask, SPEED_M_PER_FRAME)
     return {k: v.mean() for k, v in sums.items()}
 
 
@@ -232,12 +232,11 @@ def test_masked_frames_are_ignored_and_batches_pool_exactly():
     mask[1, 15:] = False
     corrupted = recon.clone()
     corrupted[1, 15:] = 1e6  # padding holds anything
-    whole = reconstruction_errors(recon, target, frame, mask, SPEED_M_PER_FRAME)
-    whole_corrupted = reconstruction_errors(corrupted, target, frame, mask, SPEED_M_PER_FRAME)
+    whole = reconstruction_errors(recon, target, mask, SPEED_M_PER_FRAME)
+    whole_corrupted = reconstruction_errors(corrupted, target, mask, SPEED_M_PER_FRAME)
 
     def sub(b):
-        f = CanonicalFrame(frame.R_canon_world[b], frame.offset_world[b])
-        return reconstruction_errors(recon[b], target[b], f, mask[b], SPEED_M_PER_FRAME)
+        return reconstruction_errors(recon[b], target[b], mask[b], SPEED_M_PER_FRAME)
 
     pooled = pool([sub(slice(0, 1)), sub(slice(1, 4))])
     for key in whole:
@@ -253,3 +252,19 @@ def test_masked_sum_mean_is_nan_without_entries():
     assert math.isnan(float(s.mean()))
     with pytest.raises(ValueError, match="at least one batch"):
         pool([])
+
+
+def test_canonical_frame_metrics_equal_world_frame_metrics():
+    t_head, R_head, p_joints, R_joints = walking_motion(seed=5, B=3)
+    p_joints[:, :, list(FOOT_JOINTS)] = p_joints[:, :1, list(FOOT_JOINTS)]  # planted feet
+    target_world = world_to_features(t_head, R_head, p_joints, R_joints)
+    noise = torch.randn(target_world.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    recon_world = target_world + 0.02 * noise
+    target, frame = canonicalize(target_world)
+    recon = apply_rigid(recon_world, frame.R_canon_world, frame.offset_world)
+    mask = torch.ones(target.shape[:2], dtype=torch.bool)
+    in_world = reconstruction_errors(recon_world, target_world, mask, SPEED_M_PER_FRAME)
+    in_canonical = reconstruction_errors(recon, target, mask, SPEED_M_PER_FRAME)
+    assert float(in_world["foot_contact_fraction"].mean()) == 1.0
+    for key in in_world:
+        torch.testing.assert_close(in_world[key].mean(), in_canonical[key].mean(), atol=1e-6, rtol=1e-6)
