@@ -1,0 +1,238 @@
+"""Evaluate a checkpoint on fixed windows of a split: metrics.json, a printed table, pictures.
+
+Windows are those of validation during training (`WindowIndex.evenly_spaced`), canonicalised
+and normalised exactly as in training (`prepare_batch` with the checkpoint's statistics), the
+model in eval mode (z = posterior mean). Metric definitions and units: docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shared.features import features_to_world
+from shared.skeleton import JOINT_NAMES
+from shared.store import open_store
+from train.data import WindowIndex, prepare_batch, read_windows
+from train.export import load_for_inference, warn_if_other_store
+from train.fit import resolve_device
+from train.loss import KL, RECON, latent_mask, mse_key, vae_loss
+from train.metrics import (
+    CONTACT_HEIGHT_M,
+    CONTACT_SPEED_M_S,
+    MPJPE_HEAD_BY_FRAME,
+    MPJPE_WORLD_BY_FRAME,
+    MPJPE_WORLD_PER_JOINT,
+    MaskedSum,
+    masked_sum,
+    pool,
+    reconstruction_errors,
+)
+from train.model import FRAMES_PER_LATENT
+from train.plots import (
+    animate_skeletons,
+    plot_error_by_frame,
+    plot_loss_curves,
+    plot_per_joint_error,
+    plot_skeleton_frames,
+)
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+META = "meta"
+RECON_LOSS = "recon_loss"  # mean of the per-group MSEs: the training reconstruction loss
+
+NUM_EXAMPLE_WINDOWS = 3
+FRAMES_PER_EXAMPLE = 4
+
+# Scalar metrics in table order, with the label printed for each (units are in the keys).
+TABLE_ROWS: dict[str, str] = {
+    mse_key("head_6D"): "MSE head_6D (normalised)",
+    mse_key("head_3D"): "MSE head_3D (normalised)",
+    mse_key("joint_3D"): "MSE joint_3D (normalised)",
+    mse_key("joint_6D"): "MSE joint_6D (normalised)",
+    RECON_LOSS: "reconstruction loss (mean of groups)",
+    KL: "KL per latent dim (nats)",
+    "mpjpe_head_mm": "MPJPE, head frame (mm)",
+    "mpjpe_world_mm": "MPJPE, world via predicted head pose (mm)",
+    "pa_mpjpe_mm": "PA-MPJPE, per-frame similarity (mm)",
+    "head_pos_error_mm": "head position error (mm)",
+    "head_rot_error_deg": "head rotation error (deg)",
+    "mpjre_deg": "MPJRE, 23 segment rotations (deg)",
+    "accel_error_mm_per_frame2": "acceleration error (mm/frame^2)",
+    "jitter_pred_mm_per_frame3": "jitter, reconstruction (mm/frame^3)",
+    "jitter_gt_mm_per_frame3": "jitter, ground truth (mm/frame^3)",
+    "foot_skating_pred_mm_per_frame": "foot skating, reconstruction (mm/frame)",
+    "foot_skating_gt_mm_per_frame": "foot skating, ground truth (mm/frame)",
+    "foot_contact_fraction": "foot contact fraction (ground truth)",
+    "head_drift_pos_mm": "head drift at window end, position (mm)",
+    "head_drift_rot_deg": "head drift at window end, rotation (deg)",
+}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def summarize(sums: dict[str, MaskedSum]) -> dict:
+    """Pooled sums -> JSON-ready metrics: scalars, per-frame lists and a per-joint dict.
+
+    A metric with nothing to average (e.g. no foot contact at all) is None.
+    """
+    metrics: dict = {}
+    for key, value in sums.items():
+        mean = value.mean().tolist()
+        if key == MPJPE_WORLD_PER_JOINT:
+            metrics[key] = {name: _finite_or_none(v) for name, v in zip(JOINT_NAMES, mean, strict=True)}
+        elif isinstance(mean, list):
+            metrics[key] = [_finite_or_none(v) for v in mean]
+        else:
+            metrics[key] = _finite_or_none(mean)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """The scalar metrics as an aligned two-column table, plus the boundary effect and worst joints."""
+    width = max(len(label) for label in TABLE_ROWS.values()) + 2
+    lines = []
+    meta = metrics.get(META)
+    if meta:
+        lines.append(
+            f"{meta['split']} split: {meta['num_windows']} windows of {meta['window_frames']} frames "
+            f"({meta['fps']:g} fps), checkpoint step {meta['checkpoint_step']}"
+        )
+    for key, label in TABLE_ROWS.items():
+        if key in metrics:
+            value = metrics[key]
+            lines.append(f"{label:<{width}}{'n/a' if value is None else f'{value:12.4f}'}")
+    by_frame = [v for v in metrics.get(MPJPE_WORLD_BY_FRAME, []) if v is not None]
+    if len(by_frame) >= 2 * FRAMES_PER_LATENT:
+        first, last = np.mean(by_frame[:FRAMES_PER_LATENT]), np.mean(by_frame[-FRAMES_PER_LATENT:])
+        lines.append(f"{'world MPJPE, first / last 4 frames (mm)':<{width}}{first:12.4f} / {last:.4f}")
+    per_joint = {k: v for k, v in metrics.get(MPJPE_WORLD_PER_JOINT, {}).items() if v is not None}
+    if per_joint:
+        worst = sorted(per_joint.items(), key=lambda kv: -kv[1])[:3]
+        lines.append(f"{'worst joints, world MPJPE (mm)':<{width}}" + ", ".join(f"{k} {v:.1f}" for k, v in worst))
+    return "\n".join(lines)
+
+
+def _loss_sums(terms: dict[str, torch.Tensor], num_frames: int, num_latents: int) -> dict[str, MaskedSum]:
+    """Batch-mean loss terms -> sums weighted by the frames (MSE) or latents (KL) they averaged."""
+    frames = torch.tensor(float(num_frames), dtype=torch.float64)
+    latents = torch.tensor(float(num_latents), dtype=torch.float64)
+    sums = {key: MaskedSum(terms[key].double().cpu() * frames, frames) for key in terms if key.startswith("mse/")}
+    sums[RECON_LOSS] = MaskedSum(terms[RECON].double().cpu() * frames, frames)
+    sums[KL] = MaskedSum(terms[KL].double().cpu() * latents, latents)
+    return sums
+
+
+@torch.no_grad()
+def evaluate(
+    ckpt_path: Path,
+    store_url: str,
+    split: str,
+    out_dir: Path,
+    max_windows: int = 256,
+    animate: bool = False,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> dict:
+    """Metrics of the checkpoint on up to `max_windows` evenly spaced windows of `split`.
+
+    Writes `out_dir/metrics.json` and the pictures (skeletons_window*.png, error_by_frame.png,
+    per_joint_error.png, loss_curves.png when the run's metrics.jsonl is next to the
+    checkpoints folder, reconstruction.gif with `animate`); returns the metrics dict.
+    """
+    if max_windows < 1:
+        raise ValueError(f"max_windows must be >= 1, found {max_windows}")
+    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    torch_device = resolve_device(device)
+    ckpt, model, normalizer = load_for_inference(ckpt_path, torch_device)
+    store = open_store(store_url)
+    warn_if_other_store(ckpt, store)
+    records = store.split(split)
+    if not records:
+        raise ValueError(f"store {store.url} has no sequences in split {split!r}")
+    T = model.config.seq_len
+    index = WindowIndex(records, T)
+    windows = index.evenly_spaced(max_windows)
+    examples = set(windows[np.linspace(0, len(windows) - 1, NUM_EXAMPLE_WINDOWS).round().astype(int)].tolist())
+    speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
+
+    batches: list[dict[str, MaskedSum]] = []
+    example_joints: list[tuple[int, np.ndarray, np.ndarray]] = []  # (window, gt, recon) canonical
+    for start in tqdm(range(0, len(windows), batch_size), desc=f"eval {split}", unit="batch"):
+        chunk = windows[start : start + batch_size]
+        prep = prepare_batch(read_windows(store, index, chunk).to(torch_device), normalizer)
+        out = model(prep.x)
+        terms = vae_loss(out["recon"], prep.x, out["mean"], out["logvar"], prep.mask, model.config.lambda_kl)
+        num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
+        recon = normalizer.denormalize(out["recon"].float())
+        sums = reconstruction_errors(recon, prep.canonical, prep.mask, speed_m_per_frame)
+        batches.append(sums | _loss_sums(terms, int(prep.mask.sum()), num_latents))
+        for b, k in enumerate(chunk.tolist()):
+            if k in examples:
+                valid = int(prep.mask[b].sum())
+                gt = features_to_world(prep.canonical[b, :valid]).joint_translation
+                pred = features_to_world(recon[b, :valid]).joint_translation
+                example_joints.append((k, gt.cpu().numpy(), pred.cpu().numpy()))
+
+    metrics = summarize(pool(batches))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures = _write_pictures(metrics, example_joints, ckpt_path, out_dir, store.fps, animate)
+    metrics[META] = {
+        "checkpoint": str(ckpt_path),
+        "checkpoint_step": ckpt.step,
+        "store_url": store.url,
+        "store_fingerprint": store.fingerprint,
+        "split": split,
+        "num_windows": len(windows),
+        "window_frames": T,
+        "fps": store.fps,
+        "contact_height_m": CONTACT_HEIGHT_M,
+        "contact_speed_m_s": CONTACT_SPEED_M_S,
+        "pictures": [p.name for p in pictures],
+    }
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    logger.info("evaluated %d windows of %s: metrics in %s", len(windows), split, out_dir / METRICS_FILE)
+    return metrics
+
+
+def _write_pictures(
+    metrics: dict,
+    example_joints: list[tuple[int, np.ndarray, np.ndarray]],
+    ckpt_path: Path,
+    out_dir: Path,
+    fps: float,
+    animate: bool,
+) -> list[Path]:
+    pictures = []
+    for i, (k, gt, pred) in enumerate(example_joints):
+        frames = np.linspace(0, len(gt) - 1, FRAMES_PER_EXAMPLE).round().astype(int).tolist()
+        pictures.append(
+            plot_skeleton_frames(gt, pred, frames, out_dir / f"skeletons_window{i}.png", title=f"window {k}")
+        )
+    curves = {
+        "world MPJPE": np.array(metrics[MPJPE_WORLD_BY_FRAME], dtype=float),
+        "head-frame MPJPE": np.array(metrics[MPJPE_HEAD_BY_FRAME], dtype=float),
+    }
+    pictures.append(plot_error_by_frame(curves, out_dir / "error_by_frame.png", FRAMES_PER_LATENT))
+    per_joint = np.array([metrics[MPJPE_WORLD_PER_JOINT][name] for name in JOINT_NAMES], dtype=float)
+    pictures.append(plot_per_joint_error(per_joint, out_dir / "per_joint_error.png"))
+    run_metrics = ckpt_path.parent.parent / "metrics.jsonl"
+    loss_curves = plot_loss_curves(run_metrics, out_dir / "loss_curves.png")
+    if loss_curves is not None:
+        pictures.append(loss_curves)
+    else:
+        logger.info("no training metrics at %s: no loss curves", run_metrics)
+    if animate:
+        _, gt, pred = example_joints[0]
+        pictures.append(animate_skeletons(gt, pred, out_dir / "reconstruction.gif", fps))
+    return pictures

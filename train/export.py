@@ -1,0 +1,413 @@
+"""Whole sequences <-> latents: the latent store a downstream (diffusion) model trains on.
+
+Encoding is causal over each *whole* sequence: the sequence is canonicalised relative to its
+own first frame, normalised with the checkpoint's statistics and passed through
+`MotionVAE.encode_sequence`, which right-pads the tail to a multiple of 4 frames by
+repeating the last frame (only a sequence's last latent reads padded frames). Decoding runs
+`decode_sequence` on the mean latents, drops the padded frames, denormalises and undoes the
+canonicalisation with the stored frame, giving world features again.
+
+Latent store (Zarr v3 group, schema `LATENT_SCHEMA` version 1):
+
+    <latents>/
+      zarr.json     root attributes (ATTR_* below); `complete` is written last
+      mean          (N_latents, latent_dim) float32: posterior means, all sequences concatenated
+      logvar        (N_latents, latent_dim) float32: posterior log-variances (only with --logvar)
+      sequences/    one row per sequence: name, participant, split (str); first_latent,
+                    num_latents, num_frames, store_start_frame (int64); R_canon_world (S, 3, 3)
+                    and offset_world (S, 3) float32, the canonical frame of the sequence
+                    (p_canon = R_canon_world @ (p_world - offset_world))
+      latent_stats/ mean, std (latent_dim,) float64 per-channel moments of `mean` over the
+                    sequences of split attribute `split` (train when encoded, else all)
+
+Decoded store (schema `DECODED_SCHEMA`): `features` (N_frames, 294) world features, or with
+`world=True` the world motion arrays `cpf_translation` (N, 3), `cpf_orientation` (N, 3, 3),
+`joint_translation` (N, 23, 3), `joint_orientation` (N, 23, 3, 3); and `sequences/` with name,
+participant, split, first_frame, num_frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from shared.features import CanonicalFrame, canonicalize, features_to_world, uncanonicalize
+from shared.layout import FEATURE_DIM, layout_description
+from shared.provenance import git_revision, package_version
+from shared.skeleton import NUM_JOINTS
+from shared.store import FeatureStore, open_store
+from train.checkpoint import Checkpoint, load_checkpoint
+from train.data import Normalizer
+from train.fit import config_from_checkpoint, resolve_device
+from train.model import FRAMES_PER_LATENT, MotionVAE
+
+logger = logging.getLogger(__name__)
+
+LATENT_SCHEMA = "nymeria-motion-latents"
+DECODED_SCHEMA = "nymeria-motion-decoded"
+SCHEMA_VERSION = 1
+
+# --- node names -------------------------------------------------------------------------------
+MEAN = "mean"
+LOGVAR = "logvar"
+SEQUENCES = "sequences"
+LATENT_STATS = "latent_stats"
+FEATURES = "features"
+WORLD_ARRAYS = ("cpf_translation", "cpf_orientation", "joint_translation", "joint_orientation")
+
+# --- root attributes --------------------------------------------------------------------------
+ATTR_SCHEMA = "schema"  # {"name": ..., "version": SCHEMA_VERSION}
+ATTR_LATENT_DIM = "latent_dim"
+ATTR_FRAMES_PER_LATENT = "frames_per_latent"
+ATTR_FPS = "fps"  # latents per second (latents) / frames per second (decoded)
+ATTR_FRAME_FPS = "frame_fps"  # frame rate of the feature store
+ATTR_CHECKPOINT = "checkpoint"  # {"path", "sha256", "step"}
+ATTR_FEATURE_STORE = "feature_store"  # {"url", "fingerprint"}
+ATTR_SPLIT = "split"  # all | train | val | test: which sequences were encoded
+ATTR_HAS_LOGVAR = "has_logvar"
+ATTR_TAIL = "tail"
+ATTR_LATENTS = "latents"  # decoded store: {"url", "checkpoint_sha256"}
+ATTR_KIND = "kind"  # decoded store: "features" | "world"
+ATTR_PACKAGE_VERSION = "package_version"
+ATTR_GIT_REVISION = "git_revision"
+ATTR_COMPLETE = "complete"
+
+TAIL_TREATMENT = (
+    "encode_sequence right-pads each sequence to a multiple of 4 frames by repeating its last "
+    "frame; only the last latent of a sequence reads padded frames; decode drops them"
+)
+
+LATENT_CHUNK_ROWS = 1024
+FRAME_CHUNK_ROWS = 4096
+
+Split = Literal["all", "train", "val", "test"]
+
+
+# --- model and checkpoint ---------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_for_inference(ckpt_path: Path, device: torch.device) -> tuple[Checkpoint, MotionVAE, Normalizer]:
+    """Checkpoint, its model in eval mode on `device`, and its normalisation statistics."""
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    if ckpt.layout != layout_description():
+        raise ValueError(
+            f"{ckpt_path}: trained on feature layout {ckpt.layout!r}, but shared.layout defines "
+            f"{layout_description()!r}"
+        )
+    model = MotionVAE(config_from_checkpoint(ckpt).model)
+    model.load_state_dict(ckpt.model)
+    return ckpt, model.to(device).eval(), Normalizer(ckpt.stats, device)
+
+
+def warn_if_other_store(ckpt: Checkpoint, store: FeatureStore) -> None:
+    if ckpt.store_fingerprint != store.fingerprint:
+        logger.warning(
+            "checkpoint was trained on store %s (fingerprint %s), running on %s (fingerprint %s); "
+            "normalisation uses the checkpoint's statistics",
+            ckpt.store_url, ckpt.store_fingerprint[:12], store.url, store.fingerprint[:12],
+        )  # fmt: skip
+
+
+# --- pure encode / decode of one sequence -----------------------------------------------------
+
+
+@torch.no_grad()
+def encode_world_features(
+    model: MotionVAE, normalizer: Normalizer, features_world: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, CanonicalFrame]:
+    """(T, 294) world features of a whole sequence -> mean, logvar (ceil(T/4), L) and the
+    sequence's canonical frame (relative to its first frame)."""
+    canonical, frame = canonicalize(features_world[None])  # (1, T, 294)
+    mean, logvar = model.encode_sequence(normalizer.normalize(canonical))
+    return mean[0], logvar[0], CanonicalFrame(frame.R_canon_world[0], frame.offset_world[0])
+
+
+@torch.no_grad()
+def decode_world_features(
+    model: MotionVAE, normalizer: Normalizer, mean: torch.Tensor, frame: CanonicalFrame, num_frames: int
+) -> torch.Tensor:
+    """Latents (N, L) of one sequence -> (num_frames, 294) world features."""
+    recon = normalizer.denormalize(model.decode_sequence(mean[None], num_frames))  # (1, T, 294)
+    return uncanonicalize(recon, CanonicalFrame(frame.R_canon_world[None], frame.offset_world[None]))[0]
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+class _RowWriter:
+    """Append rows to a Zarr array whose first axis is chunked, writing whole chunks at a time."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.rows = int(array.chunks[0])
+        self.written = 0
+        self.buffer: list[np.ndarray] = []
+        self.buffered = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        self.buffer.append(rows)
+        self.buffered += len(rows)
+        if self.buffered >= self.rows:
+            self._write(self.buffered // self.rows * self.rows)
+
+    def close(self) -> None:
+        self._write(self.buffered)
+        if self.written != self.array.shape[0]:
+            raise RuntimeError(f"{self.array.name}: wrote {self.written} rows of {self.array.shape[0]}")
+
+    def _write(self, n: int) -> None:
+        if n == 0:
+            return
+        block = np.concatenate(self.buffer)
+        self.array[self.written : self.written + n] = block[:n]
+        self.written += n
+        self.buffer = [block[n:]]
+        self.buffered = len(block) - n
+
+
+def _create_output_group(out: str | Path) -> zarr.Group:
+    """A new Zarr v3 group at `out`; an existing store there is never overwritten."""
+    try:
+        return zarr.open_group(str(out), mode="w-", zarr_format=3)
+    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+        raise FileExistsError(f"{out} already exists; remove it or choose another output path") from None
+
+
+def _write_table(group: zarr.Group, columns: dict[str, np.ndarray]) -> None:
+    for name, values in columns.items():
+        array = group.create_array(name, shape=values.shape, dtype=values.dtype if values.dtype.kind != "U" else str)
+        if values.size:
+            array[...] = values
+
+
+@dataclass(frozen=True)
+class LatentSequence:
+    """One row of a latent store's sequence table."""
+
+    name: str
+    participant: str
+    split: str
+    first_latent: int
+    num_latents: int
+    num_frames: int
+    store_start_frame: int
+
+
+def encode_store(
+    ckpt_path: Path,
+    store_url: str,
+    out: str | Path,
+    split: Split = "all",
+    logvar: bool = False,
+    device: str = "auto",
+) -> zarr.Group:
+    """Encode every sequence of `split` of the store into a new latent store at `out`."""
+    torch_device = resolve_device(device)
+    ckpt, model, normalizer = load_for_inference(ckpt_path, torch_device)
+    store = open_store(store_url)
+    warn_if_other_store(ckpt, store)
+    records = store.sequences if split == "all" else store.split(split)
+    if not records:
+        raise ValueError(f"store {store.url} has no sequences in split {split!r}")
+    num_latents = np.array([math.ceil(r.length / FRAMES_PER_LATENT) for r in records], dtype=np.int64)
+    first_latent = np.concatenate([[0], np.cumsum(num_latents)[:-1]]).astype(np.int64)
+    total, L = int(num_latents.sum()), model.config.latent_dim
+
+    root = _create_output_group(out)
+    chunks = (min(LATENT_CHUNK_ROWS, total), L)
+    writers = {MEAN: _RowWriter(root.create_array(MEAN, shape=(total, L), dtype="float32", chunks=chunks))}
+    if logvar:
+        writers[LOGVAR] = _RowWriter(root.create_array(LOGVAR, shape=(total, L), dtype="float32", chunks=chunks))
+
+    stats_split = "train" if any(r.split == "train" for r in records) else split
+    moment_sum, moment_sq, moment_count = np.zeros(L), np.zeros(L), 0
+    R_canon_world = np.empty((len(records), 3, 3), dtype=np.float32)
+    offset_world = np.empty((len(records), 3), dtype=np.float32)
+    for i, record in enumerate(tqdm(records, desc="encode", unit="seq")):
+        features = torch.as_tensor(np.array(store.read_features(record.start, record.stop)), device=torch_device)
+        mean, log_var, frame = encode_world_features(model, normalizer, features)
+        mean_np = mean.float().cpu().numpy()
+        writers[MEAN].append(mean_np)
+        if logvar:
+            writers[LOGVAR].append(log_var.float().cpu().numpy())
+        R_canon_world[i] = frame.R_canon_world.cpu().numpy()
+        offset_world[i] = frame.offset_world.cpu().numpy()
+        if stats_split in ("all", record.split):
+            moment_sum += mean_np.sum(0, dtype=np.float64)
+            moment_sq += np.square(mean_np, dtype=np.float64).sum(0)
+            moment_count += len(mean_np)
+    for writer in writers.values():
+        writer.close()
+
+    _write_table(
+        root.create_group(SEQUENCES),
+        {
+            "name": np.array([r.name for r in records], dtype=str),
+            "participant": np.array([r.participant for r in records], dtype=str),
+            "split": np.array([r.split for r in records], dtype=str),
+            "first_latent": first_latent,
+            "num_latents": num_latents,
+            "num_frames": np.array([r.length for r in records], dtype=np.int64),
+            "store_start_frame": np.array([r.start for r in records], dtype=np.int64),
+            "R_canon_world": R_canon_world,
+            "offset_world": offset_world,
+        },
+    )
+    channel_mean = moment_sum / moment_count
+    channel_std = np.sqrt(np.maximum(moment_sq / moment_count - channel_mean**2, 0.0))
+    stats = root.create_group(LATENT_STATS, attributes={"count": moment_count, "split": stats_split})
+    _write_table(stats, {"mean": channel_mean, "std": channel_std})
+
+    root.attrs.update(
+        {
+            ATTR_SCHEMA: {"name": LATENT_SCHEMA, "version": SCHEMA_VERSION},
+            ATTR_LATENT_DIM: L,
+            ATTR_FRAMES_PER_LATENT: FRAMES_PER_LATENT,
+            ATTR_FPS: store.fps / FRAMES_PER_LATENT,
+            ATTR_FRAME_FPS: store.fps,
+            ATTR_CHECKPOINT: {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path), "step": ckpt.step},
+            ATTR_FEATURE_STORE: {"url": store.url, "fingerprint": store.fingerprint},
+            ATTR_SPLIT: split,
+            ATTR_HAS_LOGVAR: logvar,
+            ATTR_TAIL: TAIL_TREATMENT,
+            ATTR_PACKAGE_VERSION: package_version(),
+            ATTR_GIT_REVISION: git_revision(),
+        }
+    )
+    root.attrs[ATTR_COMPLETE] = True
+    logger.info("encoded %d sequences into %d latents at %s", len(records), total, out)
+    return root
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _open_complete(url: str | Path, schema: str) -> zarr.Group:
+    try:
+        group = zarr.open_group(str(url), mode="r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no Zarr store at {url}") from None
+    attrs = group.attrs.asdict()
+    found = attrs.get(ATTR_SCHEMA)
+    if found != {"name": schema, "version": SCHEMA_VERSION}:
+        raise ValueError(f"{url}: expected a {schema!r} store of version {SCHEMA_VERSION}, found schema {found!r}")
+    if attrs.get(ATTR_COMPLETE) is not True:
+        raise ValueError(f"{url} is incomplete (the run that wrote it was interrupted); write it again")
+    return group
+
+
+def open_latents(url: str | Path) -> zarr.Group:
+    """A complete latent store, or a ValueError saying what is wrong with it."""
+    return _open_complete(url, LATENT_SCHEMA)
+
+
+def open_decoded(url: str | Path) -> zarr.Group:
+    """A complete decoded store, or a ValueError saying what is wrong with it."""
+    return _open_complete(url, DECODED_SCHEMA)
+
+
+def read_latent_table(group: zarr.Group) -> list[LatentSequence]:
+    table = group[SEQUENCES]
+    columns = {name: table[name][:] for name in ("name", "participant", "split", "first_latent",
+                                                 "num_latents", "num_frames", "store_start_frame")}  # fmt: skip
+    return [
+        LatentSequence(str(n), str(p), str(s), int(f), int(k), int(t), int(a))
+        for n, p, s, f, k, t, a in zip(*columns.values(), strict=True)
+    ]
+
+
+def decode_store(
+    ckpt_path: Path, latents_url: str | Path, out: str | Path, world: bool = False, device: str = "auto"
+) -> zarr.Group:
+    """Decode the mean latents of a latent store into world features (or world motion) at `out`."""
+    torch_device = resolve_device(device)
+    latents = open_latents(latents_url)
+    recorded = latents.attrs[ATTR_CHECKPOINT]["sha256"]
+    found = file_sha256(ckpt_path)
+    if recorded != found:
+        raise ValueError(
+            f"{latents_url} was encoded with checkpoint {latents.attrs[ATTR_CHECKPOINT]['path']} "
+            f"(sha256 {recorded[:12]}), but {ckpt_path} has sha256 {found[:12]}; decode with the "
+            f"checkpoint that encoded it"
+        )
+    _, model, normalizer = load_for_inference(ckpt_path, torch_device)
+    sequences = read_latent_table(latents)
+    R_canon_world = latents[SEQUENCES]["R_canon_world"][:]
+    offset_world = latents[SEQUENCES]["offset_world"][:]
+    num_frames = np.array([s.num_frames for s in sequences], dtype=np.int64)
+    total = int(num_frames.sum())
+
+    root = _create_output_group(out)
+    chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
+    if world:
+        shapes = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
+                  "joint_translation": (NUM_JOINTS, 3), "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
+        writers = {
+            name: _RowWriter(root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s)))
+            for name, s in shapes.items()
+        }
+    else:
+        writers = {
+            FEATURES: _RowWriter(
+                root.create_array(FEATURES, shape=(total, FEATURE_DIM), dtype="float32", chunks=(chunk, FEATURE_DIM))
+            )
+        }
+    mean_array = latents[MEAN]
+    for i, seq in enumerate(tqdm(sequences, desc="decode", unit="seq")):
+        z = torch.as_tensor(mean_array[seq.first_latent : seq.first_latent + seq.num_latents], device=torch_device)
+        frame = CanonicalFrame(
+            torch.as_tensor(R_canon_world[i], device=torch_device),
+            torch.as_tensor(offset_world[i], device=torch_device),
+        )
+        features = decode_world_features(model, normalizer, z, frame, seq.num_frames)
+        if world:
+            motion = features_to_world(features)
+            for name in WORLD_ARRAYS:
+                writers[name].append(getattr(motion, name).cpu().numpy())
+        else:
+            writers[FEATURES].append(features.cpu().numpy())
+    for writer in writers.values():
+        writer.close()
+
+    _write_table(
+        root.create_group(SEQUENCES),
+        {
+            "name": np.array([s.name for s in sequences], dtype=str),
+            "participant": np.array([s.participant for s in sequences], dtype=str),
+            "split": np.array([s.split for s in sequences], dtype=str),
+            "first_frame": np.concatenate([[0], np.cumsum(num_frames)[:-1]]).astype(np.int64),
+            "num_frames": num_frames,
+        },
+    )
+    root.attrs.update(
+        {
+            ATTR_SCHEMA: {"name": DECODED_SCHEMA, "version": SCHEMA_VERSION},
+            ATTR_KIND: "world" if world else "features",
+            ATTR_FPS: latents.attrs[ATTR_FRAME_FPS],
+            ATTR_LATENTS: {"url": str(latents_url), "checkpoint_sha256": found},
+            ATTR_TAIL: TAIL_TREATMENT,
+            ATTR_PACKAGE_VERSION: package_version(),
+            ATTR_GIT_REVISION: git_revision(),
+        }
+    )
+    root.attrs[ATTR_COMPLETE] = True
+    logger.info("decoded %d sequences (%d frames) to %s", len(sequences), total, out)
+    return root
+
