@@ -1,0 +1,197 @@
+"""Training-step time and memory: the causal MotionVAE vs the non-causal seed design.
+
+    python -m benchmarks.bench_train_step [--batch 32 --frames 152 --steps 10 --warmup 2]
+
+One step = forward + `vae_loss` + backward + AdamW step, on random (batch, frames, 294)
+data. Both models are built from the same `MotionVAEConfig` and have (almost) the same
+parameter count; their steps are interleaved in one process, alternating which goes
+first, so drift in machine load hits both alike; on a shared machine the per-round
+ratio (ours / reference within one round) and the fastest steps are the steadier
+numbers. Peak memory is the rise of the process's peak RSS (Linux VmHWM) over its
+post-import baseline, measured for each model in a fresh subprocess over 2 steps
+(weights, gradients, AdamW state and activations all count).
+
+DESIGN.md target: ours / reference <= 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.loss import TOTAL, vae_loss
+from train.model import MotionVAE, MotionVAEConfig
+
+
+class _RefBlock(nn.Module):
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(32, channels)
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.norm2 = nn.GroupNorm(32, channels)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class _RefDownsample(nn.Module):
+    """The seed's downsampler: left pad 3, kernel 4, stride 2 (drops the last frame)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size=4, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (3, 0)))
+
+
+def _ref_upsample(channels: int) -> nn.Module:
+    # The seed's upsampler: output frame 2i+1 reads step i+1, i.e. it looks ahead.
+    return nn.ConvTranspose1d(channels, channels, kernel_size=4, stride=2, padding=1)
+
+
+def _ref_stack(config: MotionVAEConfig, in_dim: int, out_dim: int, resample) -> nn.Sequential:
+    C, K = config.hidden_dim, config.kernel_size
+    layers: list[nn.Module] = [nn.Conv1d(in_dim, C, K, padding=K // 2)]
+    for stage in range(3):
+        if stage:
+            layers.append(resample(C))
+        layers.extend(_RefBlock(C, K) for _ in range(config.blocks_per_stage))
+    layers += [nn.GroupNorm(32, C), nn.SiLU(), nn.Conv1d(C, out_dim, kernel_size=1)]
+    return nn.Sequential(*layers)
+
+
+class ReferenceMotionVAE(nn.Module):
+    """The non-causal seed architecture at the size of MotionVAE, for timing only.
+
+    GroupNorm (statistics over time), symmetric-padded convs, a left-pad-3 stride-2
+    downsampler and a ConvTranspose1d upsampler; same widths, blocks and heads as ours.
+    """
+
+    def __init__(self, config: MotionVAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = _ref_stack(config, config.input_dim, 2 * config.latent_dim, _RefDownsample)
+        self.decoder = _ref_stack(config, config.latent_dim, config.input_dim, _ref_upsample)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, T/4, 2L)
+        mean, logvar = h.chunk(2, dim=-1)
+        c = self.config.logvar_clamp
+        logvar = logvar.clamp(-c, c)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        recon = self.decoder(z.transpose(1, 2)).transpose(1, 2)  # (B, T, D)
+        return {"recon": recon, "mean": mean, "logvar": logvar, "z": z}
+
+
+MODELS: dict[str, Callable[[MotionVAEConfig], nn.Module]] = {
+    "ours": MotionVAE,
+    "reference": ReferenceMotionVAE,
+}
+
+
+def _make_step(model: nn.Module, x: torch.Tensor) -> Callable[[], float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        out = model(x)
+        loss = vae_loss(out["recon"], x, out["mean"], out["logvar"])[TOTAL]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def _peak_rss_mib() -> float:
+    # VmHWM, not getrusage's ru_maxrss: a child inherits the parent's ru_maxrss across
+    # fork + exec, which would hide the child's own peak below the parent's.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status: peak-memory measurement needs Linux")
+
+
+def _measure_memory(name: str, batch: int, frames: int, steps: int) -> float:
+    """Peak RSS rise (MiB) of `steps` training steps of one model, in this process."""
+    baseline = _peak_rss_mib()
+    torch.manual_seed(0)
+    config = MotionVAEConfig()
+    model = MODELS[name](config).train()
+    step = _make_step(model, torch.randn(batch, frames, config.input_dim))
+    for _ in range(steps):
+        step()
+    return _peak_rss_mib() - baseline
+
+
+def _memory_in_subprocess(name: str, args: argparse.Namespace) -> float:
+    cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--memory-of", name,
+           "--batch", str(args.batch), "--frames", str(args.frames)]  # fmt: skip
+    result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=152)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    parser.add_argument(
+        "--memory-of", choices=sorted(MODELS), help="internal: print one model's peak RSS rise, MiB"
+    )
+    args = parser.parse_args(argv)
+    if args.frames % 4:
+        parser.error(f"--frames must be a multiple of 4, found {args.frames}")
+
+    if args.memory_of:
+        print(f"{_measure_memory(args.memory_of, args.batch, args.frames, steps=2):.1f}")
+        return
+
+    config = MotionVAEConfig()
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, args.frames, config.input_dim)
+    models = {name: build(config).train() for name, build in MODELS.items()}
+    steps = {name: _make_step(model, x) for name, model in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    for i in range(args.warmup + args.steps):
+        order = names if i % 2 == 0 else names[::-1]
+        for name in order:
+            elapsed = steps[name]()
+            if i >= args.warmup:
+                times[name].append(elapsed)
+
+    memory = {name: _memory_in_subprocess(name, args) for name in models}
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"train step: batch {args.batch} x {args.frames} frames, forward + vae_loss + backward "
+          f"+ AdamW, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.steps} timed steps each after {args.warmup} warm-up, interleaved")  # fmt: skip
+    print(f"{'model':<10} {'params':>12} {'median step s':>14} {'min s':>8} {'max s':>8} "
+          f"{'peak RSS rise MiB':>18}")  # fmt: skip
+    for name, model in models.items():
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{name:<10} {params:>12,} {median[name]:>14.3f} {min(times[name]):>8.3f} "
+              f"{max(times[name]):>8.3f} {memory[name]:>18.0f}")  # fmt: skip
+    ours, ref = times["ours"], times["reference"]
+    paired = statistics.median(o / r for o, r in zip(ours, ref))
+    print(f"ratio ours / reference: {median['ours'] / median['reference']:.3f} of median step "
+          f"times, {min(ours) / min(ref):.3f} of fastest steps, {paired:.3f} median of "
+          f"per-round ratios")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
