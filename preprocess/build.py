@@ -2,7 +2,8 @@
 
 Stages, each restartable:
 1. read: every `*.h5` under DATA (sorted) -> `read_clip` on the executor (a pure function of
-   the file); each result is persisted in the build directory as it arrives.
+   the file; on Dask, a few files per task); each result is persisted in the build directory
+   as it arrives.
 2. plan: detect the frame period (median over all clips), stitch clips into sequences
    (preprocess.stitch), assign splits by participant (preprocess.split).
 3. compute: per sequence on the executor, `compute_sequence` (resample, features on the
@@ -45,9 +46,9 @@ from tqdm import tqdm
 from preprocess.executor import SYNCHRONOUS, Executor, default_workers, open_executor
 from preprocess.lock import BuildLock, LockError
 from preprocess.motion import Motion, concatenate
-from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem, read_clip
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem, read_clips
 from preprocess.resample import resample_timestamps
-from preprocess.sequence import SequenceArrays, StatsWindows, compute_sequence
+from preprocess.sequence import StatsWindows, compute_sequence
 from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
 from preprocess.stats import (
     DEFAULT_STD_FLOOR,
@@ -144,7 +145,9 @@ class BuildConfig:
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, found {self.chunk_frames}")
         if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}, found {self.compression!r}")
+            raise ValueError(
+                f"compression must be one of {COMPRESSIONS}, found {self.compression!r}"
+            )
         if self.window_frames < 2:
             raise ValueError(f"window_frames must be >= 2, found {self.window_frames}")
         if self.stats_stride is not None and self.stats_stride < 1:
@@ -246,7 +249,9 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
             raise BuildError(f"no {CLIP_GLOB} files under {data}")
         results = ClipResults(paths.clips)
         with open_executor(config.scheduler, config.workers) as executor:
-            entries, reused, read_fps = _read_stage(data, files, results, executor, config, progress)
+            entries, reused, read_fps = _read_stage(
+                data, files, results, executor, config, progress
+            )
             problems = tuple(e.problem for f, e in sorted(entries.items()) if e.problem is not None)
             usable = [entries[f] for f in files if entries[f].ok]
             if not usable:
@@ -282,7 +287,8 @@ def _prepare(paths: BuildPaths, config: BuildConfig) -> None:
     if out.exists():
         if not is_zarr_store(out):
             raise BuildError(
-                f"{out} exists and is not a Zarr store; refusing to replace it: choose another --out"
+                f"{out} exists and is not a Zarr store; refusing to replace it: choose "
+                f"another --out"
             )
         if not config.overwrite:
             raise BuildError(
@@ -336,30 +342,35 @@ def _read_stage(
     entries = results.load_entries(data, files)
     reused = len(entries)
     if reused:
-        logger.info("reusing %d of %d per-file results from the interrupted build", reused, len(files))
+        logger.info(
+            "reusing %d of %d per-file results from the interrupted build", reused, len(files)
+        )
     todo = [f for f in files if f not in entries]
     delay_s = float(os.environ.get(DELAY_ENV, "0") or 0)
     problems = sum(1 for e in entries.values() if not e.ok)
     frames, started = 0, time.perf_counter()
+    per_task = executor.items_per_task(len(todo))
+    batches = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
     with tqdm(
         total=len(files), initial=reused, unit="file", desc="read clips", disable=not progress
     ) as bar:
         bar.set_postfix(frames_per_s=0, problems=problems)
-        for result in executor.map_unordered(
-            read_clip, ((data, f, config.rotation_atol) for f in todo)
+        for batch in executor.map_unordered(
+            read_clips, ((data, b, config.rotation_atol) for b in batches)
         ):
-            results.save(result)
-            entry = entry_of(result)
-            entries[result.file] = entry
-            frames += entry.num_frames
-            problems += 0 if entry.ok else 1
-            if not entry.ok:
-                logger.warning("skipping %s", entry.problem.reason)
+            for result in batch:
+                results.save(result)
+                entry = entry_of(result)
+                entries[result.file] = entry
+                frames += entry.num_frames
+                problems += 0 if entry.ok else 1
+                if not entry.ok:
+                    logger.warning("skipping %s", entry.problem.reason)
+                if delay_s:
+                    time.sleep(delay_s)
             rate = frames / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(frames_per_s=f"{rate:.0f}", problems=problems)
-            bar.update()
-            if delay_s:
-                time.sleep(delay_s)
+            bar.update(len(batch))
     read_fps = frames / max(time.perf_counter() - started, 1e-9) if todo else 0.0
     return entries, reused, read_fps
 
@@ -402,100 +413,107 @@ class _FrameWriter:
         self.pending_frames -= frames
 
 
-def _sequence_tasks(
-    plans: Sequence[SequencePlan],
-    splits: Mapping[str, str],
-    results: ClipResults,
-    config: BuildConfig,
-) -> Iterator[tuple[Motion, float | None, StatsWindows | None]]:
-    """Arguments of `compute_sequence` per sequence, loaded lazily from the per-file results."""
-    windows = StatsWindows(config.window_frames, config.stride_frames)
-    for plan in plans:
-        parts = [results.load_motion(p.file).slice(p.start, p.stop) for p in plan.pieces]
-        is_train = splits[plan.participant] == "train"
-        yield concatenate(parts), config.fps, windows if is_train else None
+@dataclass(frozen=True)
+class _Plan:
+    """Stage 2: what the store will hold, decided before any feature is computed."""
+
+    period_ns: float  # detected source frame period
+    source_fps: float
+    fps: float  # of the stored frames
+    sequences: list[SequencePlan]
+    stitch: StitchReport
+    splits: Mapping[str, str]  # participant -> split
+    lengths: list[int]  # stored frames per sequence (after resampling)
+
+    @property
+    def starts(self) -> list[int]:
+        return [int(s) for s in np.concatenate([[0], np.cumsum(self.lengths)])[:-1]]
+
+    @property
+    def num_frames(self) -> int:
+        return int(sum(self.lengths))
 
 
-def _write_store(
-    paths: BuildPaths,
-    config: BuildConfig,
-    data: Path,
-    files: list[str],
-    usable: list[ClipEntry],
-    problems: tuple[Problem, ...],
-    results: ClipResults,
-    executor: Executor,
-    progress: bool,
-) -> dict:
-    """Stages 2-4 up to a complete store in the staging directory; returns summary fields."""
+def _plan(usable: list[ClipEntry], config: BuildConfig) -> _Plan:
     clips = [ClipTimes(e.file, e.sequence_name, e.participant, e.timestamp_ns) for e in usable]
     period_ns = detect_frame_period_ns([c.timestamp_ns for c in clips])
     # Integer-ns timestamps of a 30 fps clock give 30.0000003; the period itself is recorded too.
     source_fps = round(1e9 / period_ns, FPS_DECIMALS)
-    plans, stitch = plan_sequences(clips, period_ns, config.stitch_tolerance)
-    splits = assign_splits((p.participant for p in plans), config.split, config.split_seed)
+    sequences, stitch = plan_sequences(clips, period_ns, config.stitch_tolerance)
+    splits = assign_splits((p.participant for p in sequences), config.split, config.split_seed)
     lengths = [
-        plan.length if config.fps is None else len(resample_timestamps(plan.timestamp_ns, config.fps))
-        for plan in plans
+        p.length if config.fps is None else len(resample_timestamps(p.timestamp_ns, config.fps))
+        for p in sequences
     ]
-    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
-    num_frames = int(starts[-1])
     fps = config.fps or source_fps
-    logger.info(
-        "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
-        "%d overlapping frames dropped",
-        len(usable), len(plans), num_frames, fps, source_fps, stitch.gaps, stitch.dropped_frames,
-    )  # fmt: skip
+    return _Plan(period_ns, source_fps, fps, sequences, stitch, splits, lengths)
 
-    root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
-    base_attrs = {
-        st.ATTR_SCHEMA: {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION},
-        st.ATTR_LAYOUT: layout_description(),
-        st.ATTR_BUILD_CONFIG: config.to_json(),
-        st.ATTR_COMPLETE: False,
-    }
-    root.attrs.update(base_attrs)
+
+def _sequence_tasks(
+    plan: _Plan, results: ClipResults, config: BuildConfig
+) -> Iterator[tuple[Motion, float | None, StatsWindows | None]]:
+    """Arguments of `compute_sequence` per sequence, loaded lazily from the per-file results."""
+    windows = StatsWindows(config.window_frames, config.stride_frames)
+    for sequence in plan.sequences:
+        parts = [results.load_motion(p.file).slice(p.start, p.stop) for p in sequence.pieces]
+        is_train = plan.splits[sequence.participant] == "train"
+        yield concatenate(parts), config.fps, windows if is_train else None
+
+
+def _create_frame_arrays(
+    root: zarr.Group, num_frames: int, config: BuildConfig
+) -> dict[str, zarr.Array]:
     C = config.chunk_frames
     compressors = _compressors(config.compression)
-    frame_arrays = {
-        st.FEATURES: root.create_array(
-            st.FEATURES, shape=(num_frames, FEATURE_DIM), chunks=(C, FEATURE_DIM),
-            dtype="float32", compressors=compressors, fill_value=0.0,
-            dimension_names=("frame", "feature"),
-        ),
-        st.TIMESTAMP_NS: root.create_array(
-            st.TIMESTAMP_NS, shape=(num_frames,), chunks=(C,), dtype="int64",
-            compressors=compressors, fill_value=0, dimension_names=("frame",),
-        ),
-        st.CONTACT: root.create_array(
-            st.CONTACT, shape=(num_frames, st.NUM_CONTACTS), chunks=(C, st.NUM_CONTACTS),
-            dtype="float32", compressors=compressors, fill_value=0.0,
-            dimension_names=("frame", "contact"),
-        ),
-    }  # fmt: skip
+    specs = {
+        st.FEATURES: ((FEATURE_DIM,), "float32", ("frame", "feature")),
+        st.TIMESTAMP_NS: ((), "int64", ("frame",)),
+        st.CONTACT: ((st.NUM_CONTACTS,), "float32", ("frame", "contact")),
+    }
+    return {
+        name: root.create_array(
+            name, shape=(num_frames, *row), chunks=(C, *row), dtype=dtype,
+            compressors=compressors, fill_value=0, dimension_names=dims,
+        )  # fmt: skip
+        for name, (row, dtype, dims) in specs.items()
+    }
 
-    writer = _FrameWriter(frame_arrays, C)
+
+def _write_frames(
+    plan: _Plan,
+    frame_arrays: Mapping[str, zarr.Array],
+    results: ClipResults,
+    executor: Executor,
+    config: BuildConfig,
+    progress: bool,
+) -> Moments:
+    """Stage 3: features of every sequence, written in order; returns the merged train moments."""
+    writer = _FrameWriter(frame_arrays, config.chunk_frames)
     moments = Moments.empty(FEATURE_DIM)
-    split_frames = dict.fromkeys(st.SPLITS, 0)
-    tasks = _sequence_tasks(plans, splits, results, config)
-    with tqdm(total=num_frames, unit="frame", desc="features", disable=not progress) as bar:
-        for plan, length, out in zip(
-            plans, lengths, executor.map_ordered(compute_sequence, tasks), strict=True
-        ):
-            out: SequenceArrays
-            if len(out) != length:
+    computed = executor.map_ordered(compute_sequence, _sequence_tasks(plan, results, config))
+    with tqdm(total=plan.num_frames, unit="frame", desc="features", disable=not progress) as bar:
+        for sequence, length, arrays in zip(plan.sequences, plan.lengths, computed, strict=True):
+            if len(arrays) != length:
                 raise RuntimeError(
-                    f"sequence {plan.name}: computed {len(out)} frames, planned {length}"
+                    f"sequence {sequence.name}: computed {len(arrays)} frames, planned {length}"
                 )
             writer.append(
-                {st.FEATURES: out.features, st.TIMESTAMP_NS: out.timestamp_ns, st.CONTACT: out.contact}
+                {
+                    st.FEATURES: arrays.features,
+                    st.TIMESTAMP_NS: arrays.timestamp_ns,
+                    st.CONTACT: arrays.contact,
+                }
             )
-            if out.moments is not None:
-                moments = moments.merge(out.moments)
-            split_frames[splits[plan.participant]] += length
+            if arrays.moments is not None:  # merged in sequence order: deterministic
+                moments = moments.merge(arrays.moments)
             bar.update(length)
     writer.close()
+    return moments
 
+
+def _write_stats(
+    root: zarr.Group, moments: Moments, config: BuildConfig
+) -> tuple[np.ndarray, np.ndarray]:
     if moments.count == 0:
         raise BuildError("the train split has no frames; cannot compute normalisation stats")
     mean, std = moments.mean_std(config.std_floor)
@@ -515,28 +533,57 @@ def _write_store(
             st.STATS_ATTR_SPLIT: "train",
         }
     )
+    return mean, std
+
+
+def _write_store(
+    paths: BuildPaths,
+    config: BuildConfig,
+    data: Path,
+    files: list[str],
+    usable: list[ClipEntry],
+    problems: tuple[Problem, ...],
+    results: ClipResults,
+    executor: Executor,
+    progress: bool,
+) -> dict:
+    """Stages 2-4 up to a complete store in the staging directory; returns summary fields."""
+    plan = _plan(usable, config)
+    logger.info(
+        "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
+        "%d overlapping frames dropped",
+        len(usable), len(plan.sequences), plan.num_frames, plan.fps, plan.source_fps,
+        plan.stitch.gaps, plan.stitch.dropped_frames,
+    )  # fmt: skip
+    root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
+    base_attrs = {
+        st.ATTR_SCHEMA: {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION},
+        st.ATTR_LAYOUT: layout_description(),
+        st.ATTR_BUILD_CONFIG: config.to_json(),
+        st.ATTR_COMPLETE: False,
+    }
+    root.attrs.update(base_attrs)
+    frame_arrays = _create_frame_arrays(root, plan.num_frames, config)
+    moments = _write_frames(plan, frame_arrays, results, executor, config, progress)
+    mean, std = _write_stats(root, moments, config)
     records = [
         st.SequenceRecord(
-            name=plan.name,
-            participant=plan.participant,
-            start=int(start),
-            length=int(length),
-            split=splits[plan.participant],
-            source_files=plan.source_files,
+            name=sequence.name,
+            participant=sequence.participant,
+            start=start,
+            length=length,
+            split=plan.splits[sequence.participant],
+            source_files=sequence.source_files,
         )
-        for plan, start, length in zip(plans, starts[:-1], lengths, strict=True)
+        for sequence, start, length in zip(plan.sequences, plan.starts, plan.lengths, strict=True)
     ]
     table = st.table_to_json(records)
     root.create_group(st.SEQUENCES_GROUP).attrs.update({st.ATTR_TABLE: table})
-
-    fingerprint = st.compute_fingerprint(
-        layout_description(), table, mean, std, moments.count, config.window_frames
-    )
     root.attrs.update(
         {
             **base_attrs,
-            st.ATTR_FPS: fps,
-            st.ATTR_SOURCE_FPS: source_fps,
+            st.ATTR_FPS: plan.fps,
+            st.ATTR_SOURCE_FPS: plan.source_fps,
             st.ATTR_PACKAGE_VERSION: package_version(),
             st.ATTR_SOURCE: {
                 "root": str(data),
@@ -545,27 +592,32 @@ def _write_store(
             },
             st.ATTR_PROBLEMS: [p.to_json() for p in problems],
             st.ATTR_STITCHING: {
-                **stitch.to_json(),
-                "frame_period_ns": period_ns,
+                **plan.stitch.to_json(),
+                "frame_period_ns": plan.period_ns,
                 "tolerance_periods": config.stitch_tolerance,
             },
             st.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            st.ATTR_FINGERPRINT: fingerprint,
+            st.ATTR_FINGERPRINT: st.compute_fingerprint(
+                layout_description(), table, mean, std, moments.count, config.window_frames
+            ),
         }
     )
     root.attrs.update({st.ATTR_COMPLETE: True})  # last: the store is now usable
 
-    participants_per_split = dict.fromkeys(st.SPLITS, 0)
-    for split in splits.values():
-        participants_per_split[split] += 1
+    split_participants = dict.fromkeys(st.SPLITS, 0)
+    for split in plan.splits.values():
+        split_participants[split] += 1
+    split_frames = dict.fromkeys(st.SPLITS, 0)
+    for record in records:
+        split_frames[record.split] += record.length
     return {
         "files_used": len(usable),
-        "sequences": len(plans),
-        "frames": num_frames,
-        "fps": fps,
-        "source_fps": source_fps,
-        "stitch": stitch,
-        "split_participants": participants_per_split,
+        "sequences": len(records),
+        "frames": plan.num_frames,
+        "fps": plan.fps,
+        "source_fps": plan.source_fps,
+        "stitch": plan.stitch,
+        "split_participants": split_participants,
         "split_frames": split_frames,
     }
 
@@ -575,7 +627,9 @@ def _publish(paths: BuildPaths, config: BuildConfig) -> None:
     out = paths.out
     if out.exists():
         if not (config.overwrite and is_zarr_store(out)):
-            raise BuildError(f"{out} appeared during the build; the new store is left in {paths.staging}")
+            raise BuildError(
+                f"{out} appeared during the build; the new store is left in {paths.staging}"
+            )
         replaced = out.with_name(f"{out.name}.replaced-{os.getpid()}")
         os.rename(out, replaced)
         os.rename(paths.staging, out)

@@ -143,7 +143,8 @@ def _echo_summary(summary: BuildSummary) -> None:
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True,
               help="'none': raw chunks the trainer memory-maps; 'zstd' to share over a network.")
 @click.option("--window-frames", type=click.IntRange(min=2), default=DEFAULT_WINDOW_FRAMES,
-              show_default=True, help="Canonical window length for the statistics (the training window).")
+              show_default=True,
+              help="Canonical window length for the statistics (the training window).")
 @click.option("--stats-stride", type=click.IntRange(min=1), default=None,
               help="Frames between statistics windows [default: window-frames // 4].")
 @click.option("--std-floor", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_STD_FLOOR,
@@ -193,8 +194,8 @@ def info_command(store: str, as_json: bool) -> None:
 
 @main.command("verify")
 @click.argument("store")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="The clip files the store was built from.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="The clip files the store was built from.")
 @click.option("--sample", type=click.IntRange(min=0), default=5, show_default=True,
               help="Sequences to recompute from the source files.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sequence sample.")

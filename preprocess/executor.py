@@ -20,10 +20,17 @@ logger = logging.getLogger(__name__)
 SYNCHRONOUS = "synchronous"
 # Tasks in flight per worker: enough to keep workers busy, few enough to bound memory.
 IN_FLIGHT_PER_WORKER = 4
+# Items per task when items are small (a clip file takes ~3 ms, a Dask task ~1 ms of overhead).
+MAX_ITEMS_PER_TASK = 16
+TASKS_PER_WORKER = 8  # at least this many tasks per worker, for load balance
 
 
 class Executor(Protocol):
     workers: int
+
+    def items_per_task(self, num_items: int) -> int:
+        """How many small items to group into one task."""
+        ...
 
     def map_unordered(self, fn: Callable, args: Iterable[tuple]) -> Iterator[Any]:
         """fn(*a) for every a in `args`, yielded as they finish."""
@@ -38,6 +45,9 @@ class SynchronousExecutor:
     """A plain loop in this process."""
 
     workers = 1
+
+    def items_per_task(self, num_items: int) -> int:
+        return 1  # no per-task overhead to amortise
 
     def map_unordered(self, fn: Callable, args: Iterable[tuple]) -> Iterator[Any]:
         for a in args:
@@ -54,6 +64,9 @@ class DaskExecutor:
         self.client = client
         self.workers = max(1, len(client.scheduler_info()["workers"]))
         self.max_in_flight = IN_FLIGHT_PER_WORKER * self.workers
+
+    def items_per_task(self, num_items: int) -> int:
+        return max(1, min(MAX_ITEMS_PER_TASK, num_items // (TASKS_PER_WORKER * self.workers)))
 
     def map_unordered(self, fn: Callable, args: Iterable[tuple]) -> Iterator[Any]:
         from distributed import as_completed

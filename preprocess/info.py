@@ -95,7 +95,8 @@ def format_info(info: dict) -> str:
     lines += [
         f"source       {source.get('root')}: {source.get('files_used')} of "
         f"{source.get('file_count')} files used",
-        f"on disk      {info['size_bytes'] / 1e6:.2f} MB, {info['bytes_per_frame']:.0f} bytes/frame; "
+        f"on disk      {info['size_bytes'] / 1e6:.2f} MB, "
+        f"{info['bytes_per_frame']:.0f} bytes/frame; "
         f"chunks of {info['chunk_frames']} frames, codecs {info['codecs']}",
         f"stats        {info['stats']['count']} frame vectors of "
         f"{info['stats']['window_frames']}-frame canonical train windows",
@@ -149,9 +150,8 @@ def verify_sequences(store: FeatureStore, data: Path, sample: int, seed: int) ->
                 report.mismatches.append(f"{record.name}: source {result.problem.reason}")
                 failed = True
                 continue
-            clips.append(
-                ClipTimes(file, result.sequence_name, result.participant, result.motion.timestamp_ns)
-            )
+            times = result.motion.timestamp_ns
+            clips.append(ClipTimes(file, result.sequence_name, result.participant, times))
             motions[file] = result.motion
         if failed:
             continue
@@ -184,7 +184,8 @@ def _compare_sequence(
         frame = int(np.argmax(stored_ts != expected.timestamp_ns))
         report.mismatches.append(
             f"{name}: timestamp_ns differs first at frame {frame} (store frame "
-            f"{record.start + frame}): {int(stored_ts[frame])} vs source {int(expected.timestamp_ns[frame])}"
+            f"{record.start + frame}): {int(stored_ts[frame])} vs source "
+            f"{int(expected.timestamp_ns[frame])}"
         )
     stored_contact = np.asarray(store.contact[record.start : record.stop])
     if not np.array_equal(stored_contact, expected.contact):
@@ -214,7 +215,9 @@ def verify_stats(store: FeatureStore) -> list[str]:
         moments = moments.merge(sequence_moments(features, window, stride))
     problems = []
     if moments.count != store.stats.count:
-        problems.append(f"stats: count {store.stats.count} in the store, {moments.count} recomputed")
+        problems.append(
+            f"stats: count {store.stats.count} in the store, {moments.count} recomputed"
+        )
         return problems
     mean, std = moments.mean_std(floor)
     for label, stored, recomputed in (

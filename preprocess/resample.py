@@ -38,7 +38,8 @@ def resample_motion(motion: Motion, fps: float) -> Motion:
         w = weight.reshape(-1, *([1] * (x.ndim - 1)))
         return (1 - w) * x[lower].astype(np.float64) + w * x[upper].astype(np.float64)
 
-    joint_weight = np.broadcast_to(weight[:, None], (len(target_ns), motion.joint_orientation.shape[1]))
+    num_joints = motion.joint_orientation.shape[1]
+    joint_weight = np.broadcast_to(weight[:, None], (len(target_ns), num_joints))
     return Motion(
         timestamp_ns=target_ns,
         cpf_translation=lerp(motion.cpf_translation),

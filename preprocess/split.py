@@ -24,7 +24,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"split must be three numbers like '0.8,0.1,0.1', found {text!r}") from None
+        raise ValueError(
+            f"split must be three numbers like '0.8,0.1,0.1', found {text!r}"
+        ) from None
     if len(values) != len(SPLITS):
         raise ValueError(f"split needs {len(SPLITS)} fractions {SPLITS}, found {text!r}")
     check_fractions(values)
@@ -40,7 +42,9 @@ def check_fractions(fractions: tuple[float, ...]) -> None:
         raise ValueError(f"split fractions must sum to 1, found {fractions} (sum {sum(fractions)})")
 
 
-def split_counts(num_participants: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+def split_counts(
+    num_participants: int, fractions: tuple[float, float, float]
+) -> tuple[int, int, int]:
     """Participants per split."""
     check_fractions(fractions)
     quotas = [f * num_participants for f in fractions]

@@ -132,7 +132,9 @@ def plan_recording(
         if start == len(ts):
             fully_dropped.append(clip.file)
             continue
-        contiguous = last_ns is not None and ts[start] <= last_ns + (1 + tolerance) * frame_period_ns
+        contiguous = (
+            last_ns is not None and ts[start] <= last_ns + (1 + tolerance) * frame_period_ns
+        )
         if not contiguous:
             segments.append([])
         segments[-1].append((clip, start, len(ts)))

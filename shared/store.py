@@ -142,7 +142,9 @@ def table_from_json(table: Mapping[str, Any], where: str) -> tuple[SequenceRecor
         raise StoreError(f"{where}: sequence table lacks columns {missing}; {REBUILD_HINT}")
     lengths = {c: len(table[c]) for c in TABLE_COLUMNS}
     if len(set(lengths.values())) != 1:
-        raise StoreError(f"{where}: sequence table columns differ in length {lengths}; {REBUILD_HINT}")
+        raise StoreError(
+            f"{where}: sequence table columns differ in length {lengths}; {REBUILD_HINT}"
+        )
     records = tuple(
         SequenceRecord(
             name=str(name),
@@ -537,7 +539,9 @@ def _read_stats(group: zarr.Group, url: str) -> tuple[NormStats, np.ndarray, np.
             f"store {url}: stats have shapes {mean.shape}/{std.shape}, expected ({FEATURE_DIM},)"
         )
     if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-        raise StoreError(f"store {url}: stats are not finite or std is not positive; {REBUILD_HINT}")
+        raise StoreError(
+            f"store {url}: stats are not finite or std is not positive; {REBUILD_HINT}"
+        )
     stats = NormStats(mean.astype(np.float32), std.astype(np.float32), count, window_frames)
     return stats, mean, std
 

@@ -47,7 +47,7 @@ def wait_for(condition, what: str) -> None:
 
 def finished_results(out: Path) -> dict[Path, int]:
     clips = BuildPaths(out).clips
-    return {p: p.stat().st_mtime_ns for p in clips.glob("*.npz")} if clips.exists() else {}
+    return {p: p.stat().st_mtime_ns for p in clips.glob("*.clip")} if clips.exists() else {}
 
 
 def kill(process: subprocess.Popen) -> None:
