@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-from collections.abc import Iterator
+import os
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import click
 import torch
 from torch import nn
 
+from shared.store import StoreError
+from train.config import RunConfig, TrainConfig, field_docs, load_config_file
+from train.fit import TrainingDiverged
+from train.fit import fit as run_fit
 from train.model import MotionVAE, MotionVAEConfig
 
 
@@ -72,3 +81,79 @@ def describe(
         params = sum(p.numel() for p in getattr(model, part_name).parameters())
         click.echo(f"{part_name + ' total':<20} {'':<16} {'':>14} {params:>12,}")
     click.echo(f"total parameters: {model.num_parameters():,}")
+
+
+def _config_options(func: Callable) -> Callable:
+    """One `--option` per field of MotionVAEConfig and TrainConfig, help from the field docs.
+
+    Defaults are None here so that only options given on the command line override the
+    --config file (or, with --resume, the run's saved config).
+    """
+    for section, cls in (("train", TrainConfig), ("model", MotionVAEConfig)):
+        docs = field_docs(cls)
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in _FIXED_MODEL_FIELDS:
+                continue
+            flag = f"--{f.name.replace('_', '-')}"
+            dest = f"{section}__{f.name}"
+            help_text = f"{docs.get(f.name, '')} [default: {f.default}]"
+            if f.type in ("bool", bool):
+                func = click.option(f"{flag}/--no-{flag[2:]}", dest, default=None, help=help_text)(func)
+            elif typing.get_origin(_resolve(cls, f)) is typing.Literal:
+                choices = click.Choice(typing.get_args(_resolve(cls, f)))
+                func = click.option(flag, dest, type=choices, default=None, help=help_text)(func)
+            else:
+                func = click.option(flag, dest, type=type(f.default), default=None, help=help_text)(func)
+    return func
+
+
+_FIXED_MODEL_FIELDS = {"input_dim"}  # set by the feature layout, not by the user
+
+
+def _resolve(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+@main.command()
+@click.option("--store", "store_url", default="data/nymeria.zarr", show_default=True,
+              help="Feature store (local path or fsspec URL) built by `python -m preprocess build`.")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory: config, metrics, checkpoints, pictures.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON or TOML file with `model` and `train` sections; options given here win.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@_config_options
+def fit(store_url: str, run_dir: Path, config_file: Path | None, resume: bool, **options: Any) -> None:
+    """Train the motion VAE on the store's train split (also under `torchrun --nproc_per_node=N`)."""
+    if "://" not in store_url and not Path(store_url).exists():
+        raise click.UsageError(
+            f"no feature store at {store_url}. Build one first: `make preprocess DATA=/path/to/hdf5 "
+            f"STORE={store_url}` (or `python -m preprocess build DATA --out {store_url}`); "
+            "`make demo` builds one from synthetic data."
+        )
+    base: dict = {}
+    if resume and (run_dir / "config.json").exists():
+        base = json.loads((run_dir / "config.json").read_text())
+    if config_file is not None:
+        base = load_config_file(config_file)
+    for key, value in options.items():
+        if value is not None:
+            section, name = key.split("__")
+            base.setdefault(section, {})[name] = value
+    try:
+        config = RunConfig.from_dict(base, source=str(config_file or "options"))
+    except (ValueError, TypeError) as e:
+        raise click.UsageError(str(e)) from e
+    try:
+        metrics = run_fit(config, store_url, run_dir, resume=resume)
+    except (StoreError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports
+    if metrics:
+        click.echo(
+            f"validation after {config.train.steps} steps: loss {metrics['val/total']:.4f}, "
+            f"MPJPE head frame {metrics['val/mpjpe_head_mm']:.1f} mm, "
+            f"world {metrics['val/mpjpe_world_mm']:.1f} mm"
+        )
+    click.echo(f"run written to {run_dir}")

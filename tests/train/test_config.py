@@ -1,0 +1,50 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from train.config import RunConfig, TrainConfig, diff_configs, field_docs, load_config_file
+from train.fit import lr_factor
+
+
+def test_every_config_field_is_documented():
+    from train.model import MotionVAEConfig
+
+    for cls in (TrainConfig, MotionVAEConfig):
+        import dataclasses
+
+        missing = {f.name for f in dataclasses.fields(cls)} - set(field_docs(cls))
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_config_round_trip_and_unknown_keys(tmp_path):
+    cfg = RunConfig.from_dict({"train": {"steps": 7, "lr": 3e-4}, "model": {"hidden_dim": 64}})
+    assert cfg.train.steps == 7 and cfg.model.hidden_dim == 64
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert RunConfig.from_dict(load_config_file(path)) == cfg
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nsteps = 9\n[model]\nlatent_dim = 32\n")
+    assert RunConfig.from_dict(load_config_file(toml)).model.latent_dim == 32
+    with pytest.raises(ValueError, match="unknown keys \\['stepz'\\]"):
+        RunConfig.from_dict({"train": {"stepz": 1}})
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0)
+    assert diff_configs(cfg.to_dict(), RunConfig().to_dict())[0].startswith("model.hidden_dim: 64 -> 512")
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    f = [lr_factor(s, warmup_steps=10, total_steps=110, min_ratio=0.01) for s in range(111)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10]))  # rising during warm-up
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # then never rising
+    assert f[60] == pytest.approx(0.01 + 0.99 * 0.5)  # half-way through the cosine
+    assert f[110] == pytest.approx(0.01)
+
+
+def test_import_train_does_not_import_hdf5_libraries():
+    code = "import sys, train, train.fit, train.data, train.cli; print(sorted(m for m in ('h5py', 'hdf5plugin') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,137 @@
+"""End-to-end training on a real synthetic store: CLI, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.train.conftest import TINY_MODEL
+from train.checkpoint import load_checkpoint
+from train.cli import main
+from train.model import MotionVAE, MotionVAEConfig
+
+
+def _fit_args(store: Path, run: Path, *extra: str) -> list[str]:
+    return ["fit", "--store", str(store), "--out", str(run), "--num-workers", "0", "--val-windows", "8",
+            *TINY_MODEL, *extra]  # fmt: skip
+
+
+def _train_losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/total"] for r in rows if "train/total" in r}
+
+
+def test_short_fit_lowers_the_loss_and_writes_a_loadable_checkpoint(feature_store, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        _fit_args(feature_store, run, "--steps", "300", "--batch-size", "16", "--lr", "5e-3",
+                  "--hidden-dim", "64", "--seq-len", "32", "--warmup-steps", "10", "--log-every", "10",
+                  "--val-every", "150"),  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert "MPJPE head frame" in result.output
+    losses = list(_train_losses(run).values())
+    assert len(losses) == 30
+    assert sum(losses[-3:]) < 0.75 * sum(losses[:3]), losses
+    for name in ("config.json", "run_info.json", "loss_curve.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).exists(), name
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt.step == 300 and ckpt.config["model"]["hidden_dim"] == 64
+    assert ckpt.stats_mean.shape == (294,) and ckpt.layout["dim"] == 294
+    model = MotionVAE(MotionVAEConfig(**ckpt.config["model"]))
+    model.load_state_dict(ckpt.model)
+    run_info = json.loads((run / "run_info.json").read_text())
+    assert run_info["store"]["fingerprint"] == ckpt.store_fingerprint
+    assert run_info["git_revision"]
+
+
+def test_missing_store_says_how_to_build_one(tmp_path):
+    result = CliRunner().invoke(main, ["fit", "--store", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert "make preprocess DATA=" in result.output
+
+
+def test_existing_run_needs_resume_and_incompatible_resume_says_what_differs(feature_store, tmp_path):
+    run = tmp_path / "run"
+    args = _fit_args(feature_store, run, "--steps", "2", "--val-every", "2")
+    assert CliRunner().invoke(main, args).exit_code == 0
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code != 0 and "--resume" in again.output
+    changed = CliRunner().invoke(main, [*args, "--resume", "--lr", "0.5", "--steps", "4"])
+    assert changed.exit_code != 0
+    assert "train.lr: 0.0001 -> 0.5" in changed.output
+
+
+def test_non_finite_loss_stops_with_checkpoint_and_names_step(feature_store, tmp_path, monkeypatch):
+    import train.fit as fit_module
+
+    real_loss = fit_module.vae_loss
+
+    def loss_that_explodes_at_step_3(recon, *args, **kwargs):
+        terms = real_loss(recon, *args, **kwargs)
+        if loss_that_explodes_at_step_3.calls == 3:
+            terms["mse/head_3D"] = terms["mse/head_3D"] * float("nan")
+            terms["total"] = terms["total"] + terms["mse/head_3D"]
+        loss_that_explodes_at_step_3.calls += 1
+        return terms
+
+    loss_that_explodes_at_step_3.calls = 0
+    monkeypatch.setattr(fit_module, "vae_loss", loss_that_explodes_at_step_3)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, _fit_args(feature_store, run, "--steps", "10", "--val-every", "100"))
+    assert result.exit_code != 0
+    assert "non-finite loss at step 3" in result.output and "mse/head_3D=nan" in result.output
+    assert load_checkpoint(run / "checkpoints" / "last.pt").step == 3
+
+
+def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
+    common = ["--steps", "150", "--val-every", "15", "--log-every", "1", "--batch-size", "4", "--warmup-steps", "10"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "train"]
+    reference = tmp_path / "reference"
+    subprocess.run([*cmd, *_fit_args(feature_store, reference, *common)], check=True, capture_output=True, env=env)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, *_fit_args(feature_store, killed, *common)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    last = killed / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_checkpoint(last).step
+    assert stopped_at < 150, "the run finished before it could be killed; make it longer"
+    subprocess.run([*cmd, *_fit_args(feature_store, killed, *common), "--resume"], check=True, capture_output=True, env=env)
+
+    expected, resumed = _train_losses(reference), _train_losses(killed)
+    assert sorted(resumed) == list(range(1, 151))
+    for step in range(1, 151):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), step
+    final_a = load_checkpoint(reference / "checkpoints" / "last.pt").model
+    final_b = load_checkpoint(killed / "checkpoints" / "last.pt").model
+    for key in final_a:
+        torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_ddp_two_processes_on_cpu(feature_store, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "train", *_fit_args(feature_store, run, "--steps", "6", "--val-every", "3", "--log-every", "1",
+                                     "--batch-size", "4", "--device", "cpu")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run / "run_info.json").read_text())["world_size"] == 2
+    losses = _train_losses(run)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes metrics: one line per step
+    assert load_checkpoint(run / "checkpoints" / "last.pt").step == 6

@@ -1,0 +1,130 @@
+"""Training configuration: frozen dataclasses whose field docs are the CLI help.
+
+`python -m train fit` turns every field of `TrainConfig` and of the model's
+`MotionVAEConfig` into a `--option`; `--config FILE` (JSON or TOML, sections `model`
+and `train`) sets them in bulk, and explicit options win over the file.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from train.model import MotionVAEConfig
+
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, data and logging settings of one training run (DESIGN.md "Training")."""
+
+    steps: int = 20_000
+    """Optimizer steps to run in total."""
+    batch_size: int = 32
+    """Windows per step (per rank under DDP)."""
+    lr: float = 1e-4
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 500
+    """Linear warm-up steps before the cosine decay."""
+    min_lr_ratio: float = 0.01
+    """Cosine decay floor, as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    seed: int = 0
+    """Seed for weights, windows and sampling noise."""
+    val_every: int = 500
+    """Validate and write checkpoints every N steps (and at the end)."""
+    val_windows: int = 256
+    """Size of the fixed validation window set."""
+    log_every: int = 50
+    """Write a metrics line every N steps."""
+    num_workers: int = 2
+    """DataLoader worker processes (0 loads in the main process)."""
+    device: Device = "auto"
+    """Training device; auto picks CUDA, then MPS, then CPU."""
+    compile: bool = False
+    """torch.compile the model."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (CPU always trains in float32)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "val_windows", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)!r}")
+        for name in ("warmup_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal under each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: MotionVAEConfig = field(default_factory=MotionVAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> RunConfig:
+        unknown = set(data) - {"model", "train"}
+        if unknown:
+            raise ValueError(f"{source}: unknown sections {sorted(unknown)}; expected 'model' and 'train'")
+        return cls(
+            model=_build(MotionVAEConfig, data.get("model", {}), f"{source} [model]"),
+            train=_build(TrainConfig, data.get("train", {}), f"{source} [train]"),
+        )
+
+
+def _build(cls: type, values: dict, source: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {sorted(unknown)}; valid keys: {sorted(names)}")
+    return cls(**values)
+
+
+def load_config_file(path: Path) -> dict:
+    """A JSON or TOML file with optional `model` and `train` tables."""
+    text = Path(path).read_text()
+    if Path(path).suffix == ".toml":
+        return tomllib.loads(text)
+    return json.loads(text)
+
+
+def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out

@@ -1,0 +1,168 @@
+"""Training windows from the feature store: uniform over valid starts, memory-mapped, stateless.
+
+Batch `i` of rank `r` is a pure function of `(seed, r, i)`, so a resumed run draws
+exactly the windows an uninterrupted run would have drawn, DataLoader workers split
+batch indices round-robin without coordinating, and there is no sampler state to save
+beyond the step.
+
+Windows are read as world features; canonicalisation and normalisation happen batched
+on the training device (`prepare_batch`), never in the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import count
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shared.features import CanonicalFrame, canonicalize
+from shared.layout import FEATURE_DIM
+from shared.store import FeatureStore, NormStats, SequenceRecord, open_store
+
+logger = logging.getLogger(__name__)
+
+
+class WindowBatch(NamedTuple):
+    """A batch of world-feature windows; a NamedTuple so DataLoader collation and pinning keep it."""
+
+    features: torch.Tensor  # (B, T, 294) float32, world frame; padded frames repeat the last valid one
+    mask: torch.Tensor  # (B, T) bool, True on real frames
+    start_frame: torch.Tensor  # (B,) int64, first frame in the store's concatenated frame axis
+    sequence: torch.Tensor  # (B,) int64, index into the split's sequence list
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> WindowBatch:
+        return WindowBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+
+@dataclass(frozen=True)
+class WindowIndex:
+    """Every valid window start of a set of sequences, addressable by one integer.
+
+    A sequence of length L >= T has L - T + 1 starts; a shorter one has a single start
+    whose window is padded and masked.
+    """
+
+    sequences: tuple[SequenceRecord, ...]
+    window_frames: int
+
+    def __post_init__(self) -> None:
+        if not self.sequences:
+            raise ValueError("WindowIndex needs at least one sequence; the split is empty")
+
+    @property
+    def starts_per_sequence(self) -> np.ndarray:
+        lengths = np.array([s.length for s in self.sequences], dtype=np.int64)
+        return np.maximum(lengths - self.window_frames + 1, 1)
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.starts_per_sequence.sum())
+
+    def locate(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Window numbers (N,) -> (sequence index, first store frame, valid frames), each (N,)."""
+        cum = np.cumsum(self.starts_per_sequence)
+        if np.any((k < 0) | (k >= cum[-1])):
+            raise IndexError(f"window numbers must be in [0, {cum[-1]}), found {k.min()}..{k.max()}")
+        seq = np.searchsorted(cum, k, side="right")
+        offset = k - (cum[seq] - self.starts_per_sequence[seq])
+        seq_start = np.array([s.start for s in self.sequences], dtype=np.int64)[seq]
+        seq_len = np.array([s.length for s in self.sequences], dtype=np.int64)[seq]
+        return seq, seq_start + offset, np.minimum(seq_len, self.window_frames)
+
+    def sample(self, seed: int, rank: int, batch_index: int, batch_size: int) -> np.ndarray:
+        """Uniform window numbers of batch `batch_index` for `rank`: a pure function of its args."""
+        rng = np.random.default_rng([seed, rank, batch_index])
+        return rng.integers(0, self.num_windows, size=batch_size)
+
+    def evenly_spaced(self, max_windows: int) -> np.ndarray:
+        """A fixed, spread-out set of at most `max_windows` window numbers (for validation)."""
+        n = min(max_windows, self.num_windows)
+        return np.unique(np.linspace(0, self.num_windows - 1, n).round().astype(np.int64))
+
+
+def read_windows(store: FeatureStore, index: WindowIndex, k: np.ndarray) -> WindowBatch:
+    """Copy the windows numbered `k` out of the store (one memcpy per window when memory-mapped)."""
+    T = index.window_frames
+    seq, first, valid = index.locate(k)
+    features = np.empty((len(k), T, FEATURE_DIM), dtype=np.float32)
+    mask = np.zeros((len(k), T), dtype=bool)
+    for b, (start, n) in enumerate(zip(first.tolist(), valid.tolist())):
+        features[b, :n] = store.features[start : start + n]
+        features[b, n:] = features[b, n - 1]  # edge padding keeps rotations valid for canonicalize
+        mask[b, :n] = True
+    return WindowBatch(
+        torch.from_numpy(features), torch.from_numpy(mask), torch.from_numpy(first), torch.from_numpy(seq)
+    )
+
+
+class TrainWindows(IterableDataset):
+    """Endless stream of batches from one split; each worker takes every `num_workers`-th batch.
+
+    The store is opened inside each worker (memory maps are per process), from its URL.
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        split: str,
+        window_frames: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        first_batch: int = 0,
+    ) -> None:
+        self.store_url, self.split = store_url, split
+        self.window_frames, self.batch_size = window_frames, batch_size
+        self.seed, self.rank, self.first_batch = seed, rank, first_batch
+
+    def __iter__(self) -> Iterator[WindowBatch]:
+        store = open_store(self.store_url)
+        index = WindowIndex(store.split(self.split), self.window_frames)
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in count(self.first_batch + worker, num_workers):
+            yield read_windows(store, index, index.sample(self.seed, self.rank, i, self.batch_size))
+
+
+def make_loader(dataset: TrainWindows, num_workers: int, pin_memory: bool) -> DataLoader:
+    """DataLoader over pre-batched windows; worker order keeps batch indices in sequence."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+
+
+class Normalizer:
+    """Per-dimension standardisation with the store's statistics, on the training device."""
+
+    def __init__(self, stats: NormStats, device: torch.device | str) -> None:
+        self.mean = torch.as_tensor(stats.mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(stats.std, dtype=torch.float32, device=device)
+
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+    def denormalize(self, features: torch.Tensor) -> torch.Tensor:
+        return features * self.std + self.mean
+
+
+class PreparedBatch(NamedTuple):
+    x: torch.Tensor  # (B, T, 294) normalised canonical features: the model's input and target
+    mask: torch.Tensor  # (B, T) bool
+    canonical: torch.Tensor  # (B, T, 294) canonical features, physical units
+    frame: CanonicalFrame  # per-window transform back to the world
+
+
+def prepare_batch(batch: WindowBatch, normalizer: Normalizer) -> PreparedBatch:
+    """World windows (already on the device) -> canonical, normalised model input."""
+    canonical, frame = canonicalize(batch.features)
+    return PreparedBatch(normalizer.normalize(canonical), batch.mask, canonical, frame)
