@@ -157,3 +157,118 @@ def fit(store_url: str, run_dir: Path, config_file: Path | None, resume: bool, *
             f"world {metrics['val/mpjpe_world_mm']:.1f} mm"
         )
     click.echo(f"run written to {run_dir}")
+
+
+# --- eval, encode, decode ---------------------------------------------------------------------
+# Imported here, not at the top, so this block stays one appended section of a shared file.
+from shared.store import SPLITS  # noqa: E402
+from train.config import Device  # noqa: E402
+from train.evaluate import META, METRICS_FILE, evaluate, format_table  # noqa: E402
+from train.export import (  # noqa: E402
+    ATTR_FPS,
+    FEATURES,
+    MEAN,
+    SEQUENCES,
+    WORLD_ARRAYS,
+    decode_store,
+    encode_store,
+)
+
+_DEVICE_OPTION = click.option(
+    "--device", type=click.Choice(typing.get_args(Device)), default="auto", show_default=True,
+    help="Where the model runs; auto picks CUDA, then MPS, then CPU.",
+)  # fmt: skip
+_CKPT_OPTION = click.option(
+    "--ckpt", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Checkpoint file, e.g. runs/NAME/checkpoints/best.pt.",
+)  # fmt: skip
+# Problems with the inputs (missing, incomplete or mismatched stores and checkpoints) are
+# reported as one-line errors; anything else keeps its traceback.
+_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+@main.command("eval")
+@_CKPT_OPTION
+@click.option("--store", "store_url", required=True, help="Feature store: a path or an fsspec URL.")
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
+              help="Split whose windows are evaluated.")  # fmt: skip
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for metrics.json and the pictures (created if missing).")  # fmt: skip
+@click.option("--max-windows", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Evaluate at most this many evenly spaced windows of the split.")  # fmt: skip
+@click.option("--animate", is_flag=True, help="Also write reconstruction.gif (ground truth vs reconstruction).")
+@_DEVICE_OPTION
+def eval_command(
+    ckpt: Path, store_url: str, split: str, out_dir: Path, max_windows: int, animate: bool, device: str
+) -> None:
+    """Reconstruction metrics and pictures of a checkpoint on fixed windows of a split.
+
+    Windows are canonicalised and normalised as in training, the model runs in eval mode
+    (mean latents). Prints a table and writes OUT/metrics.json; every metric is defined,
+    with its unit, in docs/metrics.md.
+    """
+    try:
+        metrics = evaluate(ckpt, store_url, split, out_dir, max_windows, animate, device=device)
+    except _INPUT_ERRORS as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(format_table(metrics))
+    pictures = ", ".join(metrics[META]["pictures"])
+    click.echo(f"wrote {out_dir / METRICS_FILE} and {pictures}")
+
+
+@main.command("encode")
+@_CKPT_OPTION
+@click.option("--store", "store_url", required=True, help="Feature store: a path or an fsspec URL.")
+@click.option("--out", required=True, help="Latent store to create (Zarr v3, path or URL); must not exist.")
+@click.option("--logvar", is_flag=True, help="Also store the posterior log-variances.")
+@click.option("--split", type=click.Choice(("all", *SPLITS)), default="all", show_default=True,
+              help="Which sequences to encode.")  # fmt: skip
+@_DEVICE_OPTION
+def encode_command(ckpt: Path, store_url: str, out: str, logvar: bool, split: str, device: str) -> None:
+    """Encode every sequence of a store, whole and causally, into a latent store.
+
+    Each sequence is canonicalised relative to its own first frame, normalised with the
+    checkpoint's statistics and encoded in one causal pass: latent k summarises frames
+    4k..4k+3 and everything before them. The latent store holds the posterior means
+    (N_latents, latent_dim), a sequence table with each sequence's first latent, latent
+    and frame counts and canonical frame (so decode can return to the world), per-channel
+    latent mean/std (over the train sequences when encoded) and provenance; see
+    train/export.py.
+
+    Tail: a sequence whose length is not a multiple of 4 is right-padded by repeating its
+    last frame. Only its last latent reads padded frames; every earlier latent is exactly
+    what the unpadded frames give. decode returns exactly the original number of frames.
+    """
+    try:
+        root = encode_store(ckpt, store_url, out, split, logvar, device)
+    except _INPUT_ERRORS as e:
+        raise click.ClickException(str(e)) from e
+    mean = root[MEAN]
+    click.echo(
+        f"wrote {out}: {root[SEQUENCES]['name'].shape[0]} sequences, {mean.shape[0]} latents x "
+        f"{mean.shape[1]} channels at {root.attrs[ATTR_FPS]:g} latents/s"
+    )
+
+
+@main.command("decode")
+@_CKPT_OPTION
+@click.option("--latents", required=True, help="Latent store written by `encode` (path or URL).")
+@click.option("--out", required=True, help="Zarr store to create (path or URL); must not exist.")
+@click.option("--world", is_flag=True,
+              help="Write world motion (cpf_translation, cpf_orientation, joint_translation, "
+                   "joint_orientation) instead of 294-D world features.")  # fmt: skip
+@_DEVICE_OPTION
+def decode_command(ckpt: Path, latents: str, out: str, world: bool, device: str) -> None:
+    """Decode the mean latents of a latent store back to world features or world motion.
+
+    Each sequence is decoded in one causal pass, the padded tail frames that encode added
+    are dropped (exactly the original frame count is returned), the result is denormalised
+    and moved back to the world with the sequence's stored canonical frame. CKPT must be the
+    checkpoint that encoded the latents (checked by sha256).
+    """
+    try:
+        root = decode_store(ckpt, latents, out, world, device)
+    except _INPUT_ERRORS as e:
+        raise click.ClickException(str(e)) from e
+    arrays = ", ".join(f"{name} {root[name].shape}" for name in (WORLD_ARRAYS if world else (FEATURES,)))
+    click.echo(f"wrote {out}: {root[SEQUENCES]['name'].shape[0]} sequences; {arrays}")
