@@ -35,7 +35,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -45,10 +44,9 @@ from tqdm import tqdm
 
 from preprocess.executor import SYNCHRONOUS, Executor, default_workers, open_executor
 from preprocess.lock import BuildLock, LockError
-from preprocess.motion import Motion, concatenate
-from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem, read_clips
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem
 from preprocess.resample import resample_timestamps
-from preprocess.sequence import StatsWindows, compute_sequence
+from preprocess.sequence import StatsWindows, compute_planned_sequence
 from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
 from preprocess.stats import (
     DEFAULT_STD_FLOOR,
@@ -59,18 +57,19 @@ from preprocess.stats import (
 from preprocess.stitch import (
     DEFAULT_TOLERANCE,
     ClipTimes,
+    Piece,
     SequencePlan,
     StitchReport,
     detect_frame_period_ns,
     plan_sequences,
 )
-from preprocess.workdir import ClipEntry, ClipResults, entry_of
+from preprocess.workdir import ClipEntry, ClipResults, read_and_persist
 from shared import store as st
+from shared.provenance import git_revision, package_version
 from shared.layout import FEATURE_DIM, layout_description
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_NAME = "nymeria-mvae"
 CLIP_GLOB = "*.h5"
 
 DEFAULT_CHUNK_FRAMES = 8192
@@ -164,8 +163,11 @@ class BuildConfig:
         return self.stats_stride or default_stride(self.window_frames)
 
     def to_json(self) -> dict:
+        """Every option by name, with defaults resolved to the values used."""
         values = asdict(self)
         values["data"], values["out"] = str(self.data), str(self.out)
+        if self.scheduler is None:
+            values["workers"] = self.workers or default_workers()
         values["split"] = list(self.split)
         values["stats_stride"] = self.stride_frames
         return values
@@ -212,13 +214,6 @@ class BuildSummary:
     split_frames: Mapping[str, int]
     seconds: float
     read_frames_per_s: float = field(default=0.0)
-
-
-def package_version() -> str:
-    try:
-        return metadata.version(PACKAGE_NAME)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def discover_clip_files(data: Path) -> list[str]:
@@ -351,17 +346,14 @@ def _read_stage(
     frames, started = 0, time.perf_counter()
     per_task = executor.items_per_task(len(todo))
     batches = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
+    tasks = ((data, batch, results.directory, config.rotation_atol) for batch in batches)
     with tqdm(
         total=len(files), initial=reused, unit="file", desc="read clips", disable=not progress
     ) as bar:
         bar.set_postfix(frames_per_s=0, problems=problems)
-        for batch in executor.map_unordered(
-            read_clips, ((data, b, config.rotation_atol) for b in batches)
-        ):
-            for result in batch:
-                results.save(result)
-                entry = entry_of(result)
-                entries[result.file] = entry
+        for batch in executor.map_unordered(read_and_persist, tasks):
+            for entry in batch:
+                entries[entry.file] = entry
                 frames += entry.num_frames
                 problems += 0 if entry.ok else 1
                 if not entry.ok:
@@ -451,13 +443,12 @@ def _plan(usable: list[ClipEntry], config: BuildConfig) -> _Plan:
 
 def _sequence_tasks(
     plan: _Plan, results: ClipResults, config: BuildConfig
-) -> Iterator[tuple[Motion, float | None, StatsWindows | None]]:
-    """Arguments of `compute_sequence` per sequence, loaded lazily from the per-file results."""
+) -> Iterator[tuple[Path, tuple[Piece, ...], float | None, StatsWindows | None]]:
+    """Arguments of `compute_planned_sequence` per sequence."""
     windows = StatsWindows(config.window_frames, config.stride_frames)
     for sequence in plan.sequences:
-        parts = [results.load_motion(p.file).slice(p.start, p.stop) for p in sequence.pieces]
         is_train = plan.splits[sequence.participant] == "train"
-        yield concatenate(parts), config.fps, windows if is_train else None
+        yield results.directory, sequence.pieces, config.fps, windows if is_train else None
 
 
 def _create_frame_arrays(
@@ -490,7 +481,9 @@ def _write_frames(
     """Stage 3: features of every sequence, written in order; returns the merged train moments."""
     writer = _FrameWriter(frame_arrays, config.chunk_frames)
     moments = Moments.empty(FEATURE_DIM)
-    computed = executor.map_ordered(compute_sequence, _sequence_tasks(plan, results, config))
+    computed = executor.map_ordered(
+        compute_planned_sequence, _sequence_tasks(plan, results, config)
+    )
     with tqdm(total=plan.num_frames, unit="frame", desc="features", disable=not progress) as bar:
         for sequence, length, arrays in zip(plan.sequences, plan.lengths, computed, strict=True):
             if len(arrays) != length:
@@ -585,6 +578,7 @@ def _write_store(
             st.ATTR_FPS: plan.fps,
             st.ATTR_SOURCE_FPS: plan.source_fps,
             st.ATTR_PACKAGE_VERSION: package_version(),
+            st.ATTR_GIT_REVISION: git_revision(),
             st.ATTR_SOURCE: {
                 "root": str(data),
                 "file_count": len(files),

@@ -18,8 +18,10 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 SYNCHRONOUS = "synchronous"
-# Tasks in flight per worker: enough to keep workers busy, few enough to bound memory.
+# Tasks in flight per worker: enough to keep workers busy, few enough to bound memory (in
+# order-preserving maps, finished results wait in memory until all earlier ones are consumed).
 IN_FLIGHT_PER_WORKER = 4
+ORDERED_IN_FLIGHT_PER_WORKER = 2
 # Items per task when items are small (a clip file takes ~3 ms, a Dask task ~1 ms of overhead).
 MAX_ITEMS_PER_TASK = 16
 TASKS_PER_WORKER = 8  # at least this many tasks per worker, for load balance
@@ -84,9 +86,8 @@ class DaskExecutor:
 
     def map_ordered(self, fn: Callable, args: Iterable[tuple]) -> Iterator[Any]:
         pending = iter(args)
-        running: deque = deque(
-            self.client.submit(fn, *a, pure=False) for a in _take(pending, self.max_in_flight)
-        )
+        first = _take(pending, ORDERED_IN_FLIGHT_PER_WORKER * self.workers)
+        running: deque = deque(self.client.submit(fn, *a, pure=False) for a in first)
         while running:
             future = running.popleft()
             result = future.result()

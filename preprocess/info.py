@@ -55,6 +55,7 @@ def store_info(store: FeatureStore) -> dict:
         "fingerprint": store.fingerprint,
         "created": attrs.get(st.ATTR_CREATED),
         "package_version": attrs.get(st.ATTR_PACKAGE_VERSION),
+        "git_revision": attrs.get(st.ATTR_GIT_REVISION),
         "frames": store.num_frames,
         "fps": store.fps,
         "source_fps": attrs.get(st.ATTR_SOURCE_FPS),
@@ -80,7 +81,7 @@ def format_info(info: dict) -> str:
     lines = [
         f"store        {info['url']}",
         f"schema       {schema['name']} v{schema['version']} (package {info['package_version']}, "
-        f"created {info['created']})",
+        f"git {info['git_revision']}, created {info['created']})",
         f"fingerprint  {info['fingerprint']}",
         f"frames       {info['frames']} at {info['fps']:g} fps = {info['hours']:.3f} h "
         f"(source {info['source_fps']} fps)",

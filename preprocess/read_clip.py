@@ -113,13 +113,6 @@ def read_clip(root: Path, file: str, rotation_atol: float = DEFAULT_ROTATION_ATO
     return ClipResult(file, size, mtime, sequence_name, participant, motion, None)
 
 
-def read_clips(
-    root: Path, files: list[str], rotation_atol: float = DEFAULT_ROTATION_ATOL
-) -> list[ClipResult]:
-    """`read_clip` for several files: one task for an executor, amortising its overhead."""
-    return [read_clip(root, file, rotation_atol) for file in files]
-
-
 def _has_hdf5_signature(path: Path, size: int) -> bool:
     offsets = [0] + [512 * 2**k for k in range(32) if 512 * 2**k + 8 <= size]
     with open(path, "rb") as handle:

@@ -9,9 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from preprocess.motion import Motion, motion_features
+from pathlib import Path
+
+from preprocess.motion import Motion, concatenate, motion_features
 from preprocess.resample import resample_motion
 from preprocess.stats import Moments, sequence_moments
+from preprocess.stitch import Piece
+from preprocess.workdir import ClipResults
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,16 @@ def compute_sequence(
         contact=motion.contact.astype(np.float32),
         moments=moments,
     )
+
+
+def compute_planned_sequence(
+    results_dir: Path,
+    pieces: tuple[Piece, ...],
+    fps: float | None,
+    stats_windows: StatsWindows | None,
+) -> SequenceArrays:
+    """Stage-3 task: join the pieces from the persisted per-file results, then
+    `compute_sequence`. Only the stored arrays travel back to the build process."""
+    results = ClipResults(results_dir)
+    motion = concatenate([results.load_motion(p.file).slice(p.start, p.stop) for p in pieces])
+    return compute_sequence(motion, fps, stats_windows)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.motion import MOTION_FIELDS, Motion
-from preprocess.read_clip import RETRY_KINDS, ClipResult, Problem
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, RETRY_KINDS, ClipResult, Problem, read_clip
 
 logger = logging.getLogger(__name__)
 
@@ -175,3 +175,21 @@ class ClipResults:
             arrays.get("timestamp_ns") if problem is None else None,
             problem,
         )
+
+
+def read_and_persist(
+    root: Path, files: list[str], results_dir: Path, rotation_atol: float = DEFAULT_ROTATION_ATOL
+) -> list[ClipEntry]:
+    """Stage-1 task: read clips, persist each result, return only the small entries.
+
+    Runs on the workers, so the motion arrays go to disk there and never through the
+    scheduler (with `--scheduler ADDRESS`, the build directory must be on a file system the
+    workers share, as DATA must be).
+    """
+    results = ClipResults(results_dir)
+    entries = []
+    for file in files:
+        result = read_clip(root, file, rotation_atol)
+        results.save(result)
+        entries.append(entry_of(result))
+    return entries

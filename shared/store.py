@@ -66,6 +66,7 @@ ATTR_FPS = "fps"  # frame rate of the stored frames
 ATTR_SOURCE_FPS = "source_fps"  # frame rate detected in the source timestamps
 ATTR_BUILD_CONFIG = "build_config"  # every build option, by name
 ATTR_PACKAGE_VERSION = "package_version"
+ATTR_GIT_REVISION = "git_revision"  # of the code that built the store
 ATTR_SOURCE = "source"  # {"root": str, "file_count": int, "files_used": int}
 ATTR_PROBLEMS = "problems"  # [{"file", "kind", "reason"}], one per skipped file
 ATTR_STITCHING = "stitching"  # counts of gaps and dropped (overlapping/duplicate) frames

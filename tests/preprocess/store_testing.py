@@ -11,9 +11,11 @@ from pathlib import Path
 import h5py
 import hdf5plugin  # noqa: F401  (the synthetic clips are LZ4-compressed)
 import numpy as np
+from click.testing import CliRunner, Result
 
 from preprocess import nymeria_format as nf
 from preprocess.build import BuildConfig, BuildSummary, build
+from preprocess.cli import main
 from shared import store as st
 from shared.features import world_to_features
 
@@ -108,7 +110,14 @@ def copy_dataset(source: Path, target: Path) -> Path:
 
 
 def synchronous_build(data: Path, out: Path, **options: object) -> BuildSummary:
-    return build(BuildConfig(data=data, out=out, scheduler="synchronous", **options), progress=False)
+    config = BuildConfig(data=data, out=out, scheduler="synchronous", **options)
+    return build(config, progress=False)
+
+
+def cli_build(data: Path, out: Path, *extra: str) -> Result:
+    """`preprocess build DATA --out OUT --scheduler synchronous --no-progress EXTRA...`."""
+    args = ["build", str(data), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
+    return CliRunner().invoke(main, [*args, *extra])
 
 
 def content_files(store: Path) -> dict[str, bytes]:

@@ -8,11 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from store_testing import raw_recordings, read_raw, synchronous_build, write_variant
+from store_testing import cli_build, raw_recordings, read_raw, synchronous_build, write_variant
 
 from preprocess import nymeria_format as nf
-from preprocess.cli import main
 from preprocess.read_clip import PROBLEM_KINDS, read_clip
 from shared import store as st
 from shared.store import open_store
@@ -69,7 +67,9 @@ EXPECTED_DETAIL = {
 
 
 @pytest.fixture(scope="module")
-def mixed_dataset(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def mixed_dataset(
+    synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, str]]:
     """Good clips of two recordings (one of them with an unreadable video) plus one bad file
     per problem kind, each made from a good clip with h5py. Returns (root, kind -> file)."""
     root = tmp_path_factory.mktemp("mixed")
@@ -129,13 +129,12 @@ def test_good_clip_with_unreadable_video_is_used(mixed_dataset):
 def test_build_skips_bad_files_and_records_them(mixed_dataset, tmp_path: Path):
     root, files = mixed_dataset
     out = tmp_path / "store.zarr"
-    result = CliRunner().invoke(
-        main, ["build", str(root), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
-    )
+    result = cli_build(root, out)
     assert result.exit_code == 0, result.output
-    good_files = 3 * GOOD_RECORDINGS
-    total = good_files + len(PROBLEM_KINDS)
-    assert f"{total} found, 0 reused from an interrupted build, {good_files} used, {len(PROBLEM_KINDS)} skipped" in result.output
+    good_files, bad_files = 3 * GOOD_RECORDINGS, len(PROBLEM_KINDS)
+    total = good_files + bad_files
+    expected = f"{total} found, 0 reused from an interrupted build, {good_files} used"
+    assert f"{expected}, {bad_files} skipped" in result.output
     for kind, file in files.items():
         assert f"skipped [{kind}] {file}" in result.output
 
@@ -153,9 +152,7 @@ def test_build_skips_bad_files_and_records_them(mixed_dataset, tmp_path: Path):
 def test_strict_publishes_nothing(mixed_dataset, tmp_path: Path):
     root, _ = mixed_dataset
     out = tmp_path / "strict.zarr"
-    result = CliRunner().invoke(
-        main, ["build", str(root), "--out", str(out), "--scheduler", "synchronous", "--strict", "--no-progress"]
-    )
+    result = cli_build(root, out, "--strict")
     assert result.exit_code == 1
     assert f"--strict: {len(PROBLEM_KINDS)} of" in result.output
     assert not out.exists()
@@ -164,9 +161,7 @@ def test_strict_publishes_nothing(mixed_dataset, tmp_path: Path):
 def test_no_usable_file_fails(mixed_dataset, tmp_path: Path):
     root, _ = mixed_dataset
     out = tmp_path / "none.zarr"
-    result = CliRunner().invoke(
-        main, ["build", str(root / "bad"), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
-    )
+    result = cli_build(root / "bad", out)
     assert result.exit_code == 1
     assert "no usable clip file among the 13" in result.output
     assert not out.exists()
@@ -174,9 +169,7 @@ def test_no_usable_file_fails(mixed_dataset, tmp_path: Path):
 
 def test_empty_folder_fails(tmp_path: Path):
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(
-        main, ["build", str(tmp_path / "empty"), "--out", str(tmp_path / "s.zarr"), "--scheduler", "synchronous"]
-    )
+    result = cli_build(tmp_path / "empty", tmp_path / "s.zarr")
     assert result.exit_code == 1 and "no *.h5 files under" in result.output
 
 

@@ -80,7 +80,8 @@ def test_info_refuses_incomplete_store(built, tmp_path: Path):
 
 def test_verify_passes_on_a_faithful_store(built):
     data, out = built
-    result = CliRunner().invoke(main, ["verify", str(out), "--data", str(data), "--sample", "3", "--seed", "1"])
+    args = ["verify", str(out), "--data", str(data), "--sample", "3", "--seed", "1"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "recomputed 3 sequences" in result.output and "verify passed" in result.output
 

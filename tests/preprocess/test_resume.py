@@ -13,11 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from store_testing import content_files, root_attrs, synchronous_build
+from store_testing import cli_build, content_files, root_attrs, synchronous_build
 
 from preprocess.build import DELAY_ENV, BuildPaths
-from preprocess.cli import main
 from preprocess.read_clip import read_clip
 from preprocess.workdir import ClipResults
 from shared import store as st
@@ -87,7 +85,7 @@ def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: 
     assert content_files(out) == content_files(reference)
     resumed_attrs, reference_attrs = root_attrs(out), root_attrs(reference)
     for attrs in (resumed_attrs, reference_attrs):
-        del attrs[st.ATTR_CREATED]
+        del attrs[st.ATTR_CREATED], attrs[st.ATTR_GIT_REVISION]  # when, not what
         attrs[st.ATTR_BUILD_CONFIG].pop("resume"), attrs[st.ATTR_BUILD_CONFIG].pop("out")
     assert resumed_attrs == reference_attrs
     assert open_store(out).fingerprint == open_store(reference).fingerprint
@@ -99,11 +97,10 @@ def test_concurrent_build_is_refused(synthetic_dataset: Path, tmp_path: Path):
     first = start_build(synthetic_dataset, out, 0.2)
     try:
         wait_for(lambda: len(finished_results(out)) >= 1, "the first build to start")
-        second = CliRunner().invoke(
-            main, ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--resume"]
-        )
+        second = cli_build(synthetic_dataset, out, "--resume")
         assert second.exit_code == 1
-        assert f"another build holds the lock {BuildPaths(out).lock}: pid {first.pid}" in second.output
+        lock = BuildPaths(out).lock
+        assert f"another build holds the lock {lock}: pid {first.pid}" in second.output
         assert first.poll() is None  # the first build is unharmed
     finally:
         kill(first)
@@ -124,12 +121,10 @@ def dead_pid() -> int:
 def test_stale_lock_is_taken_over_only_when_asked(synthetic_dataset: Path, tmp_path: Path, caplog):
     out = tmp_path / "store.zarr"
     lock = write_lock(out, dead_pid(), socket.gethostname())
-    runner = CliRunner()
-    args = ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
-    refused = runner.invoke(main, args)
+    refused = cli_build(synthetic_dataset, out)
     assert refused.exit_code == 1 and "died and left the lock" in refused.output
     assert lock.exists()
-    taken = runner.invoke(main, [*args, "--resume"])
+    taken = cli_build(synthetic_dataset, out, "--resume")
     assert taken.exit_code == 0, taken.output
     assert "took over the stale lock" in caplog.text
     assert not lock.exists()
@@ -139,9 +134,7 @@ def test_stale_lock_is_taken_over_only_when_asked(synthetic_dataset: Path, tmp_p
 def test_lock_of_another_host_is_never_taken_over(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "store.zarr"
     write_lock(out, 1, "some-other-host.example")
-    result = CliRunner().invoke(
-        main, ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--resume"]
-    )
+    result = cli_build(synthetic_dataset, out, "--resume")
     assert result.exit_code == 1
     assert "host 'some-other-host.example'" in result.output and "delete" in result.output
 
@@ -149,12 +142,10 @@ def test_lock_of_another_host_is_never_taken_over(synthetic_dataset: Path, tmp_p
 def test_partial_build_needs_resume_or_overwrite(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "store.zarr"
     BuildPaths(out).clips.mkdir(parents=True)
-    runner = CliRunner()
-    args = ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--no-progress"]
-    refused = runner.invoke(main, args)
+    refused = cli_build(synthetic_dataset, out)
     assert refused.exit_code == 1
     assert "pass --resume to continue it or --overwrite to discard it" in refused.output
-    assert runner.invoke(main, [*args, "--overwrite"]).exit_code == 0
+    assert cli_build(synthetic_dataset, out, "--overwrite").exit_code == 0
     open_store(out)
 
 
@@ -163,9 +154,7 @@ def test_resume_with_other_settings_is_refused(synthetic_dataset: Path, tmp_path
     paths = BuildPaths(out)
     paths.build_dir.mkdir()
     paths.work_json.write_text(json.dumps({"data": "/elsewhere", "rotation_atol": 0.001}))
-    result = CliRunner().invoke(
-        main, ["build", str(synthetic_dataset), "--out", str(out), "--scheduler", "synchronous", "--resume"]
-    )
+    result = cli_build(synthetic_dataset, out, "--resume")
     assert result.exit_code == 1 and "rerun with the same DATA" in result.output
 
 

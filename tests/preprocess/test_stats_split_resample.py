@@ -120,7 +120,9 @@ def test_resample_to_double_rate_interpolates_midpoints():
     step = geodesic_angle(source.cpf_orientation[0], source.cpf_orientation[1])
     halves = geodesic_angle(fine.cpf_orientation[:-1], fine.cpf_orientation[1:])
     np.testing.assert_allclose(halves, step / 2, atol=1e-9)
-    np.testing.assert_allclose(fine.joint_orientation[1::2, 5], fine.cpf_orientation[1::2], atol=1e-12)
+    np.testing.assert_allclose(
+        fine.joint_orientation[1::2, 5], fine.cpf_orientation[1::2], atol=1e-12
+    )
     assert set(np.unique(fine.contact)) <= {0.0, 1.0}
 
 

@@ -1,4 +1,5 @@
-"""Clips -> sequences: contiguous clips stitched, gaps split, overlapping/duplicate frames dropped."""
+"""Clips -> sequences: contiguous clips stitched, gaps split, overlapping/duplicate frames
+dropped."""
 
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ def test_duplicate_clip_contributes_nothing():
 
 def test_plan_sequences_orders_recordings_and_counts():
     other = "20230608_s0_maria_garcia_act0_abcdef"
-    clips = [clip("x.h5", 0, 5, other), clip("a.h5", 0, 10), clip("c.h5", 20, 5), clip("d.h5", 22, 5)]
+    clips = [
+        clip("x.h5", 0, 5, other), clip("a.h5", 0, 10), clip("c.h5", 20, 5), clip("d.h5", 22, 5)
+    ]  # fmt: skip
     plans, report = plan_sequences(clips, P)
     assert [p.name for p in plans] == [REC, f"{REC}#1", other]
     assert (report.recordings, report.sequences, report.gaps, report.dropped_frames) == (2, 3, 1, 3)
@@ -124,7 +127,9 @@ def test_deleted_middle_clip_splits_the_recording(data_copy, tmp_path: Path):
         np.testing.assert_array_equal(features[0, HR_DOT], [1, 0, 0, 0, 1, 0])
 
 
-def test_overlapping_and_duplicate_clips_drop_frames(data_copy, synthetic_dataset: Path, tmp_path: Path):
+def test_overlapping_and_duplicate_clips_drop_frames(
+    data_copy, synthetic_dataset: Path, tmp_path: Path
+):
     root, recordings = data_copy
     name, clips = next(iter(recordings.items()))
     # Clip 1 rewritten to start 20 frames early (overlapping clip 0), and clip 2 duplicated.
@@ -152,7 +157,7 @@ def test_overlapping_and_duplicate_clips_drop_frames(data_copy, synthetic_datase
     assert record.source_files == tuple(c["file"] for c in clips)
     raw = stitched(clips)
     assert record.length == len(raw[nf.KEY_TIMESTAMP_NS])
-    np.testing.assert_array_equal(store.timestamp_ns[record.start : record.stop], raw[nf.KEY_TIMESTAMP_NS])
-    np.testing.assert_allclose(
-        store.read_features(record.start, record.stop), reference_features(raw), atol=2e-6, rtol=1e-6
-    )
+    frames = slice(record.start, record.stop)
+    np.testing.assert_array_equal(store.timestamp_ns[frames], raw[nf.KEY_TIMESTAMP_NS])
+    features = store.read_features(record.start, record.stop)
+    np.testing.assert_allclose(features, reference_features(raw), atol=2e-6, rtol=1e-6)

@@ -50,7 +50,9 @@ def write_store(
         array[:] = values
     starts = np.concatenate([[0], np.cumsum(lengths)])
     records = [
-        st.SequenceRecord(f"seq{i}", f"person{i}", int(starts[i]), n, SPLIT_OF[i % 3], (f"seq{i}_00000.h5",))
+        st.SequenceRecord(
+            f"seq{i}", f"person{i}", int(starts[i]), n, SPLIT_OF[i % 3], (f"seq{i}_00000.h5",)
+        )
         for i, n in enumerate(lengths)
     ]
     table = st.table_to_json(records)
@@ -58,7 +60,8 @@ def write_store(
     mean, std = features.mean(0).astype(np.float64), features.std(0).astype(np.float64)
     stats = root.create_group(st.STATS_GROUP)
     for name, values in ((st.STATS_MEAN, mean), (st.STATS_STD, std)):
-        stats.create_array(name, shape=(FEATURE_DIM,), dtype="float64", compressors=None)[:] = values
+        array = stats.create_array(name, shape=(FEATURE_DIM,), dtype="float64", compressors=None)
+        array[:] = values
     stats.attrs.update({st.STATS_ATTR_COUNT: num_frames, st.STATS_ATTR_WINDOW_FRAMES: 152})
     root.attrs.update(
         {
