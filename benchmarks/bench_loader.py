@@ -1,0 +1,137 @@
+"""Loader throughput: training windows/s from a page-cached store, one process, one core.
+
+    python -m benchmarks.bench_loader [--recordings 24 --clips-per-recording 8 --seconds 3
+                                       --train-steps 12]
+
+Side by side in one run, each a median over repeats:
+- memcpy: copying the same bytes out of one in-memory array (the ceiling);
+- ours: `train.data.read_windows` (uniform starts, memory-mapped uncompressed chunks);
+- zarr: the same windows sliced through `zarr.Array` (what a plain zarr reader gets);
+- reference: the old path, per clip: h5py read of every dataset, video included, and the
+  per-batch torch feature code (`bench_preprocess.reference_pass`), counted as one
+  window per clip (generous to it: a clip is ~150 frames, about one window). The
+  synthetic video is 256 px square by default; the real one is 1408, so on real files
+  the reference is slower still.
+DESIGN.md target: >= 30,000 windows/s of 152 x 294 float32 on one core.
+
+Then the data-wait share of CPU training (`train fit`, default 25.7M model, batch 32,
+DataLoader workers), as reported by the trainer itself. Target: < 2% of step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_preprocess import reference_pass
+from preprocess import synth
+from preprocess.build import BuildConfig, build, discover_clip_files
+from shared.store import open_store
+from train.data import WindowIndex, read_windows
+
+WINDOW_FRAMES = 152
+BATCH = 32
+TARGET_WINDOWS_PER_S = 30_000
+
+
+def windows_per_s(read_batch: Callable[[int], object], seconds: float, repeats: int = 5) -> float:
+    """Median windows/s over `repeats` timed bursts of about `seconds / repeats` each."""
+    rates = []
+    for r in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / repeats:
+            read_batch(r * 1_000_000 + n)
+            n += 1
+        rates.append(n * BATCH / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recordings", type=int, default=24)
+    parser.add_argument("--clips-per-recording", type=int, default=8)
+    parser.add_argument("--video-size", type=int, default=256,
+                        help="synthetic video side in pixels (real Nymeria: 1408)")  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per contender")
+    parser.add_argument("--train-steps", type=int, default=12, help="steps of the data-wait measurement (0 skips)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, workdir: Path) -> None:
+    data, store_path = workdir / "hdf5", workdir / "store.zarr"
+    synth.generate_dataset(
+        data, recordings=args.recordings, seed=0, clips_per_recording=args.clips_per_recording,
+        video_size=args.video_size,
+    )  # fmt: skip
+    build(BuildConfig(data=data, out=store_path, scheduler="synchronous"), progress=False)
+    store = open_store(store_path)
+    zarr_store = open_store(store_path, memory_map=False)
+    index = WindowIndex(store.split("train"), WINDOW_FRAMES)
+    np.asarray(store.features[: store.num_frames])  # page-cache the store
+    print(f"store: {store.num_frames} frames, {len(index.sequences)} train sequences, "
+          f"{index.num_windows} train windows; memory-mapped: {store.is_memory_mapped}")  # fmt: skip
+
+    source = np.asarray(store.features[: store.num_frames]).copy()
+    out = np.empty((BATCH, WINDOW_FRAMES, source.shape[1]), np.float32)
+
+    def memcpy(i: int) -> None:
+        _, first, _ = index.locate(index.sample(0, 0, i, BATCH))
+        for b, s in enumerate(first.tolist()):
+            out[b] = source[s : s + WINDOW_FRAMES]
+
+    def ours(i: int) -> None:
+        read_windows(store, index, index.sample(0, 0, i, BATCH))
+
+    def via_zarr(i: int) -> None:
+        read_windows(zarr_store, index, index.sample(0, 0, i, BATCH))
+
+    files = discover_clip_files(data)
+
+    def reference(i: int) -> None:
+        k = i % max(1, len(files) - BATCH)
+        reference_pass(data, files[k : k + BATCH])
+
+    rates = {
+        "memcpy (ceiling)": windows_per_s(memcpy, args.seconds),
+        "ours: read_windows (memmap)": windows_per_s(ours, args.seconds),
+        "zarr.Array slicing": windows_per_s(via_zarr, min(args.seconds, 2.0), repeats=3),
+        "reference: h5py clip + torch features": windows_per_s(reference, min(args.seconds, 3.0), repeats=3),
+    }
+    ours_rate = rates["ours: read_windows (memmap)"]
+    print(f"\n{'loader (1 process, batch 32 x 152 x 294 float32)':<46} {'windows/s':>11} {'ours is':>10}")
+    for name, rate in rates.items():
+        print(f"{name:<46} {rate:>11,.0f} {ours_rate / rate:>9.2f}x")
+    verdict = "meets" if ours_rate >= TARGET_WINDOWS_PER_S else "MISSES"
+    print(f"target {TARGET_WINDOWS_PER_S:,} windows/s: ours {verdict} it ({ours_rate / TARGET_WINDOWS_PER_S:.2f}x)")
+    if args.train_steps:
+        _data_wait(store_path, workdir / "run", args.train_steps)
+
+
+def _data_wait(store_path: Path, run: Path, steps: int) -> None:
+    """Train the default model for `steps` steps and report the trainer's own data-wait share."""
+    cmd = [sys.executable, "-m", "train", "fit", "--store", str(store_path), "--out", str(run),
+           "--steps", str(steps), "--log-every", "1", "--val-every", str(10 * steps), "--val-windows", "8",
+           "--num-workers", "1", "--batch-size", str(BATCH)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "perf/data_wait_share" in r][2:]  # skip start-up steps
+    wait = statistics.median(r["perf/data_wait_share"] for r in rows)
+    rate = statistics.median(r["perf/windows_per_s"] for r in rows)
+    print(f"\ntraining on CPU (default model, batch {BATCH}, 1 loader worker, steps 3..{steps}):")
+    print(f"  median data-wait share {100 * wait:.2f}% of step time (target < 2%), {rate:.1f} windows/s trained")
+
+
+if __name__ == "__main__":
+    main()
