@@ -368,7 +368,19 @@ def _display_path(url: str) -> str:
 
 
 class FeatureStore:
-    """An opened, validated feature store. Build it with `open_store`."""
+    """An opened, validated feature store. Build it with `open_store`.
+
+    Attributes:
+        url: local path (resolved) or fsspec URL the store was opened from.
+        attrs: root attributes; layout: the feature layout it was built with; fps: frame rate.
+        fingerprint: sha256 over schema, layout, sequence table and stats (`compute_fingerprint`).
+        features (N, 294) float32, timestamp_ns (N,) int64, contact (N, 4) float32: slicing rows
+            gives an np.ndarray; `ChunkMemmapArray`s when `is_memory_mapped`, else `zarr.Array`s.
+        zarr_arrays: the same three as `zarr.Array`s, always.
+        sequences: the sequence table; stats: train-split `NormStats` (float32), with the stored
+            float64 values in `stats_mean_f64`, `stats_std_f64`.
+        num_frames: N; chunk_frames: frames per chunk.
+    """
 
     def __init__(
         self,
@@ -397,11 +409,13 @@ class FeatureStore:
             TIMESTAMP_NS: (self.num_frames,),
             CONTACT: (self.num_frames, NUM_CONTACTS),
         }
+        expected_dtypes = {FEATURES: "float32", TIMESTAMP_NS: "int64", CONTACT: "float32"}
         for name, shape in expected_shapes.items():
-            if tuple(arrays[name].shape) != shape:
+            found = (tuple(arrays[name].shape), str(arrays[name].dtype))
+            if found != (shape, expected_dtypes[name]):
                 raise StoreError(
-                    f"store {url}: `{name}` has shape {tuple(arrays[name].shape)}, expected "
-                    f"{shape}; {REBUILD_HINT}"
+                    f"store {url}: `{name}` is {found[1]} of shape {found[0]}, expected "
+                    f"{expected_dtypes[name]} of shape {shape}; {REBUILD_HINT}"
                 )
         self.zarr_arrays: dict[str, zarr.Array] = arrays
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from distributed import LocalCluster
 from store_testing import (
     cli_build,
     content_files,
@@ -223,3 +224,19 @@ def test_bad_options_are_usage_errors(synthetic_dataset: Path, tmp_path: Path):
     assert result.exit_code == 2 and "sum to 1" in result.output
     result = runner.invoke(main, [*base, "--resume", "--overwrite"])
     assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+@pytest.mark.slow
+def test_build_on_an_existing_cluster(cluster_store: Path, synthetic_dataset: Path, tmp_path: Path):
+    out = tmp_path / "existing.zarr"
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        result = CliRunner().invoke(
+            main,
+            ["build", str(synthetic_dataset), "--out", str(out), "--scheduler",
+             cluster.scheduler_address, "--chunk-frames", str(CHUNK_FRAMES), "--no-progress"],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert content_files(out) == content_files(cluster_store)
+    assert open_store(out).attrs[st.ATTR_BUILD_CONFIG]["scheduler"] == cluster.scheduler_address
