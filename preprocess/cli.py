@@ -164,7 +164,10 @@ def _echo_summary(summary: BuildSummary) -> None:
 def build_command(progress: bool, **options: object) -> None:
     """Build the feature store --out from the clip files (*.h5, searched recursively) in DATA.
 
-    Exit status 1 when no file is usable, or with --strict when any file is not.
+    While it runs, STORE.lock holds the build's pid and host and STORE.build/ its per-file
+    results and the store being written; the finished store is renamed to STORE. A killed
+    build continues with --resume. Exit status 1 when no file is usable, or with --strict
+    when any file is not.
     """
     if options["resume"] and options["overwrite"]:
         raise click.UsageError("--resume and --overwrite exclude each other")
