@@ -28,8 +28,20 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The main job end to end on synthetic data: clips -> store -> a few minutes of CPU
+# training of the default 25.7M model -> evaluation table and pictures.
+DEMO_DIR    ?= data/demo
+DEMO_RUN    ?= runs/demo
+DEMO_STEPS  ?= 240
 demo: $(STAMP)
-	$(BIN)/python -m preprocess demo --workdir data/demo
+	rm -rf $(DEMO_DIR) $(DEMO_RUN)
+	$(BIN)/python -m preprocess synth $(DEMO_DIR)/hdf5 --recordings 16 --participants 8 --seed 0
+	$(BIN)/python -m preprocess build $(DEMO_DIR)/hdf5 --out $(DEMO_DIR)/nymeria.zarr
+	$(BIN)/python -m preprocess info $(DEMO_DIR)/nymeria.zarr
+	$(BIN)/python -m train fit --store $(DEMO_DIR)/nymeria.zarr --out $(DEMO_RUN) --steps $(DEMO_STEPS) \
+		--batch-size 16 --lr 5e-4 --warmup-steps 20 --val-every 80 --log-every 10 --val-windows 64
+	$(BIN)/python -m train eval --ckpt $(DEMO_RUN)/checkpoints/best.pt --store $(DEMO_DIR)/nymeria.zarr \
+		--out $(DEMO_RUN)/eval --max-windows 64
 
 preprocess: $(STAMP)
 	$(BIN)/python -m preprocess build $(DATA) --out $(STORE) $(if $(WORKERS),--workers $(WORKERS),)
@@ -41,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf data/demo runs/demo .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_RUN) .pytest_cache
