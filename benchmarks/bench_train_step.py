@@ -5,11 +5,13 @@
 One step = forward + `vae_loss` + backward + AdamW step, on random (batch, frames, 294)
 data. Both models are built from the same `MotionVAEConfig` and have (almost) the same
 parameter count; their steps are interleaved in one process, alternating which goes
-first, so drift in machine load hits both alike; on a shared machine the per-round
-ratio (ours / reference within one round) and the fastest steps are the steadier
-numbers. Peak memory is the rise of the process's peak RSS (Linux VmHWM) over its
-post-import baseline, measured for each model in a fresh subprocess over 2 steps
-(weights, gradients, AdamW state and activations all count).
+first, so drift in machine load hits both alike. On a shared machine the fastest steps,
+the per-round ratio (ours / reference within one round) and process CPU time are the
+steadier numbers; the load average is printed so a contended run shows itself.
+
+Peak memory is the rise of the process's peak RSS (Linux VmHWM) over its post-import
+baseline, measured for each model in a fresh subprocess over 2 steps (weights,
+gradients, AdamW state and activations all count).
 
 DESIGN.md target: ours / reference <= 1.0.
 """
@@ -17,6 +19,7 @@ DESIGN.md target: ours / reference <= 1.0.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -100,17 +103,18 @@ MODELS: dict[str, Callable[[MotionVAEConfig], nn.Module]] = {
 }
 
 
-def _make_step(model: nn.Module, x: torch.Tensor) -> Callable[[], float]:
+def _make_step(model: nn.Module, x: torch.Tensor) -> Callable[[], tuple[float, float]]:
+    """One training step as a closure returning (wall seconds, process CPU seconds)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
 
-    def step() -> float:
-        t0 = time.perf_counter()
+    def step() -> tuple[float, float]:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         out = model(x)
         loss = vae_loss(out["recon"], x, out["mean"], out["logvar"])[TOTAL]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return time.perf_counter() - t0
+        return time.perf_counter() - wall0, time.process_time() - cpu0
 
     return step
 
@@ -140,6 +144,8 @@ def _measure_memory(name: str, batch: int, frames: int, steps: int) -> float:
 def _memory_in_subprocess(name: str, args: argparse.Namespace) -> float:
     cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--memory-of", name,
            "--batch", str(args.batch), "--frames", str(args.frames)]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     result = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=152)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--memory-of", choices=sorted(MODELS), help="internal: print one model's peak RSS rise, MiB"
     )
@@ -157,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.frames % 4:
         parser.error(f"--frames must be a multiple of 4, found {args.frames}")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_of:
         print(f"{_measure_memory(args.memory_of, args.batch, args.frames, steps=2):.1f}")
         return
@@ -166,31 +175,37 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.batch, args.frames, config.input_dim)
     models = {name: build(config).train() for name, build in MODELS.items()}
     steps = {name: _make_step(model, x) for name, model in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
+    load_before = os.getloadavg()[0]
     for i in range(args.warmup + args.steps):
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
-            elapsed = steps[name]()
+            wall_s, cpu_s = steps[name]()
             if i >= args.warmup:
-                times[name].append(elapsed)
-
+                wall[name].append(wall_s)
+                cpu[name].append(cpu_s)
+    load_after = os.getloadavg()[0]
     memory = {name: _memory_in_subprocess(name, args) for name in models}
-    median = {name: statistics.median(t) for name, t in times.items()}
+
+    med = statistics.median
     print(f"train step: batch {args.batch} x {args.frames} frames, forward + vae_loss + backward "
           f"+ AdamW, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps each after {args.warmup} warm-up, interleaved")  # fmt: skip
-    print(f"{'model':<10} {'params':>12} {'median step s':>14} {'min s':>8} {'max s':>8} "
-          f"{'peak RSS rise MiB':>18}")  # fmt: skip
+          f"{args.steps} timed steps each after {args.warmup} warm-up, interleaved; "
+          f"1-min load average {load_before:.1f} before, {load_after:.1f} after")  # fmt: skip
+    print(f"{'model':<10} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
+          f"{'median CPU s':>13} {'peak RSS rise MiB':>18}")  # fmt: skip
     for name, model in models.items():
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name:<10} {params:>12,} {median[name]:>14.3f} {min(times[name]):>8.3f} "
-              f"{max(times[name]):>8.3f} {memory[name]:>18.0f}")  # fmt: skip
-    ours, ref = times["ours"], times["reference"]
-    paired = statistics.median(o / r for o, r in zip(ours, ref))
-    print(f"ratio ours / reference: {median['ours'] / median['reference']:.3f} of median step "
-          f"times, {min(ours) / min(ref):.3f} of fastest steps, {paired:.3f} median of "
-          f"per-round ratios")  # fmt: skip
+        print(f"{name:<10} {params:>12,} {med(wall[name]):>14.3f} {min(wall[name]):>11.3f} "
+              f"{med(cpu[name]):>13.3f} {memory[name]:>18.0f}")  # fmt: skip
+    ours, ref = wall["ours"], wall["reference"]
+    print("ratio ours / reference:")
+    print(f"  median wall time       {med(ours) / med(ref):.3f}")
+    print(f"  fastest wall time      {min(ours) / min(ref):.3f}")
+    print(f"  median per-round ratio {med(o / r for o, r in zip(ours, ref)):.3f}")
+    print(f"  median CPU time        {med(cpu['ours']) / med(cpu['reference']):.3f}")
 
 
 if __name__ == "__main__":
