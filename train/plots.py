@@ -23,6 +23,15 @@ GT_COLOR = "tab:blue"
 PRED_COLOR = "tab:red"
 
 
+def _save(fig: plt.Figure, out_path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure; returns the path."""
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -48,11 +57,7 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path | None:
     ax_mm.set(xlabel="step", ylabel="mm", title="validation MPJPE")
     if ax_mm.lines:
         ax_mm.legend(fontsize=7)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
 
 def _check_joints(name: str, joints_m: np.ndarray) -> np.ndarray:
@@ -133,11 +138,7 @@ def plot_error_by_frame(
     ax.set_xlim(-0.5, T - 0.5)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
 
 def plot_per_joint_error(
@@ -153,11 +154,7 @@ def plot_per_joint_error(
     ax.set_yticks(y, names, fontsize=7)
     ax.invert_yaxis()
     ax.set(xlabel="mm", title=f"{label} per joint")
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path)
 
 
 def animate_skeletons(
