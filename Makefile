@@ -8,8 +8,8 @@ STAMP       := $(VENV)/.installed
 
 DATA        ?= data/synthetic
 STORE       ?= data/nymeria.zarr
-RUN         ?= runs/default
-STEPS       ?= 2000
+RUN         ?= runs/$(shell date +%Y%m%d-%H%M%S)
+STEPS       ?=
 WORKERS     ?=
 PYTEST_ARGS ?=
 
@@ -47,7 +47,7 @@ preprocess: $(STAMP)
 	$(BIN)/python -m preprocess build $(DATA) --out $(STORE) $(if $(WORKERS),--workers $(WORKERS),)
 
 train: $(STAMP)
-	$(BIN)/python -m train fit --store $(STORE) --out $(RUN) --steps $(STEPS)
+	$(BIN)/python -m train fit --store $(STORE) --out $(RUN) $(if $(STEPS),--steps $(STEPS),)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

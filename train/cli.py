@@ -15,8 +15,10 @@ import click
 import torch
 from torch import nn
 
-from shared.store import StoreError
-from train.config import RunConfig, TrainConfig, field_docs, load_config_file
+from shared.store import SPLITS, StoreError
+from train.config import Device, RunConfig, TrainConfig, field_docs, load_config_file
+from train.evaluate import META, METRICS_FILE, evaluate, format_table
+from train.export import ATTR_FPS, FEATURES, MEAN, SEQUENCES, WORLD_ARRAYS, decode_store, encode_store
 from train.fit import TrainingDiverged
 from train.fit import fit as run_fit
 from train.model import MotionVAE, MotionVAEConfig
@@ -160,19 +162,6 @@ def fit(store_url: str, run_dir: Path, config_file: Path | None, resume: bool, *
 
 
 # --- eval, encode, decode ---------------------------------------------------------------------
-# Imported here, not at the top, so this block stays one appended section of a shared file.
-from shared.store import SPLITS  # noqa: E402
-from train.config import Device  # noqa: E402
-from train.evaluate import META, METRICS_FILE, evaluate, format_table  # noqa: E402
-from train.export import (  # noqa: E402
-    ATTR_FPS,
-    FEATURES,
-    MEAN,
-    SEQUENCES,
-    WORLD_ARRAYS,
-    decode_store,
-    encode_store,
-)
 
 _DEVICE_OPTION = click.option(
     "--device", type=click.Choice(typing.get_args(Device)), default="auto", show_default=True,
