@@ -74,7 +74,7 @@ CLIP_GLOB = "*.h5"
 
 DEFAULT_CHUNK_FRAMES = 8192
 """Frames per chunk of every frame array (features: 8192 x 294 x 4 B = 9.6 MB per chunk file).
-From benchmarks/bench_preprocess.py (results_preprocess.txt): memory-mapped 152-frame window
+From benchmarks/bench_preprocess.py (BENCHMARKS.md): memory-mapped 152-frame window
 reads run at the same speed (within noise) for 1k-32k-frame chunks, build time is flat up to 8k
 and grows at 32k; 8192 keeps the windows that straddle a chunk boundary (the only ones the
 reader must copy) at 1.8%, moves ~10 MB objects when the store is shared remotely, and keeps
