@@ -72,8 +72,8 @@ class Checkpoint:
     @property
     def stats(self) -> NormStats:
         return NormStats(
-            mean=self.stats_mean.numpy(),
-            std=self.stats_std.numpy(),
+            mean=self.stats_mean.cpu().numpy(),
+            std=self.stats_std.cpu().numpy(),
             count=self.stats_count,
             window_frames=self.stats_window_frames,
         )

@@ -29,8 +29,9 @@ from train.metrics import (
     MPJPE_HEAD_BY_FRAME,
     MPJPE_WORLD_BY_FRAME,
     MPJPE_WORLD_PER_JOINT,
+    RECON_LOSS,
     MaskedSum,
-    masked_sum,
+    loss_sums,
     pool,
     reconstruction_errors,
 )
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 META = "meta"
-RECON_LOSS = "recon_loss"  # mean of the per-group MSEs: the training reconstruction loss
 
 NUM_EXAMPLE_WINDOWS = 3
 FRAMES_PER_EXAMPLE = 4
@@ -123,16 +123,6 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _loss_sums(terms: dict[str, torch.Tensor], num_frames: int, num_latents: int) -> dict[str, MaskedSum]:
-    """Batch-mean loss terms -> sums weighted by the frames (MSE) or latents (KL) they averaged."""
-    frames = torch.tensor(float(num_frames), dtype=torch.float64)
-    latents = torch.tensor(float(num_latents), dtype=torch.float64)
-    sums = {key: MaskedSum(terms[key].double().cpu() * frames, frames) for key in terms if key.startswith("mse/")}
-    sums[RECON_LOSS] = MaskedSum(terms[RECON].double().cpu() * frames, frames)
-    sums[KL] = MaskedSum(terms[KL].double().cpu() * latents, latents)
-    return sums
-
-
 @torch.no_grad()
 def evaluate(
     ckpt_path: Path,
@@ -176,7 +166,7 @@ def evaluate(
         num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
         recon = normalizer.denormalize(out["recon"].float())
         sums = reconstruction_errors(recon, prep.canonical, prep.mask, speed_m_per_frame)
-        batches.append(sums | _loss_sums(terms, int(prep.mask.sum()), num_latents))
+        batches.append(sums | loss_sums(terms, int(prep.mask.sum()), num_latents))
         for b, k in enumerate(chunk.tolist()):
             if k in examples:
                 valid = int(prep.mask[b].sum())

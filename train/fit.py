@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -35,13 +36,15 @@ from train.data import (
     prepare_batch,
     read_windows,
 )
-from train.loss import vae_loss
-from train.metrics import mpjpe_head_mm, mpjpe_world_mm
+from train.loss import KL, RECON, TOTAL, latent_mask, vae_loss
+from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, loss_sums, pool, reconstruction_errors
 from train.model import MotionVAE
 
 logger = logging.getLogger(__name__)
 
 # Fields that may change when a run is resumed: they do not alter what the run computes.
+# Errors logged at validation (the full set is `train eval`'s job).
+VAL_ERRORS = ("mpjpe_head_mm", "mpjpe_world_mm")
 RESUMABLE_CHANGES = {"train.steps", "train.num_workers", "train.device", "train.log_every", "train.val_every", "train.compile"}
 
 
@@ -105,7 +108,8 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
-    return (seed * 1_000_003 + rank * 10_007 + step) % (2**63)
+    """Independent seeds for every (seed, rank, step), as the window sampler draws them."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
 @torch.no_grad()
@@ -119,25 +123,29 @@ def validate(
     batch_size: int,
     lambda_kl: float,
 ) -> dict[str, float]:
-    """Mean loss terms and MPJPE (mm) over the fixed validation windows, model in eval mode."""
+    """Loss terms and MPJPE (mm) over the fixed validation windows, model in eval mode.
+
+    Pooled exactly as `train eval` pools them (MSE over valid frames, KL over valid latents).
+    """
     was_training = model.training
     model.eval()
-    sums: dict[str, float] = {}
-    total_frames = 0
+    speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
+    batches = []
     for chunk in windows.split(batch_size):
-        batch = read_windows(store, index, chunk.numpy()).to(device)
-        prep = prepare_batch(batch, normalizer)
+        prep = prepare_batch(read_windows(store, index, chunk.numpy()).to(device), normalizer)
         out = model(prep.x)
-        terms = vae_loss(out["recon"], prep.x, out["mean"], out["logvar"], prep.mask, lambda_kl)
-        recon = normalizer.denormalize(out["recon"].float())
-        terms["mpjpe_head_mm"] = mpjpe_head_mm(recon, prep.canonical, prep.mask)
-        terms["mpjpe_world_mm"] = mpjpe_world_mm(recon, prep.canonical, prep.frame, prep.mask)
-        frames = int(prep.mask.sum())
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value) * frames
-        total_frames += frames
+        terms = vae_loss(out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask, lambda_kl)
+        num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
+        errors = reconstruction_errors(
+            normalizer.denormalize(out["recon"].float()), prep.canonical, prep.mask, speed_m_per_frame
+        )
+        batches.append(
+            loss_sums(terms, int(prep.mask.sum()), num_latents) | {k: errors[k] for k in VAL_ERRORS}
+        )
     model.train(was_training)
-    return {f"val/{k}": v / total_frames for k, v in sums.items()}
+    means = {key: float(value.mean()) for key, value in pool(batches).items()}
+    means[TOTAL] = means[RECON_LOSS] + lambda_kl * means[KL]
+    return {f"val/{RECON if key == RECON_LOSS else key}": value for key, value in means.items()}
 
 
 class MetricsLog:
@@ -195,7 +203,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
         resumed = load_checkpoint(ckpt_path)
         _check_resumable(resumed, config, store)
-    elif info.is_main and ckpt_path.exists():
+    elif ckpt_path.exists():  # every rank stops here, not only rank 0
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
 
     torch.manual_seed(cfg.seed)
@@ -264,7 +272,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         terms = vae_loss(
             out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask, config.model.lambda_kl
         )
-        if not torch.isfinite(terms["total"]):
+        if _any_rank(~torch.isfinite(terms["total"]), info):
             checkpoint(step)
             described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingDiverged(
@@ -321,6 +329,14 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
     return last_val
 
 
+def _any_rank(flag: torch.Tensor, info: DistInfo) -> bool:
+    """True when `flag` is true on any rank, so that all ranks take the same branch."""
+    if info.world_size > 1:
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
+
+
 def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -> None:
     differences = [
         d for d in diff_configs(ckpt.config, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES
@@ -328,6 +344,12 @@ def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -
     if ckpt.store_fingerprint != store.fingerprint:
         differences.append(
             f"store fingerprint: {ckpt.store_fingerprint} ({ckpt.store_url}) -> {store.fingerprint} ({store.url})"
+        )
+    if ckpt.config["train"]["steps"] != config.train.steps:
+        logger.warning(
+            "resuming with steps %d instead of %d: the cosine schedule is stretched from here on, "
+            "so this run will not match one started with the new step count",
+            config.train.steps, ckpt.config["train"]["steps"],
         )
     if differences:
         raise ValueError(

@@ -7,9 +7,8 @@ Three layers, all pure torch functions (definitions and units: docs/metrics.md):
 * `MaskedSum`: the sum of an error over valid entries and their count, which adds across
   batches exactly, so a metric over many batches is the mean over all its entries;
 * `reconstruction_errors`: every metric of `train.evaluate` for one batch of canonical
-  features, as `MaskedSum`s keyed by a name that carries the unit.
-
-`mpjpe_head_mm` and `mpjpe_world_mm` are the scalar shortcuts used by validation in training.
+  features, as `MaskedSum`s keyed by a name that carries the unit; `loss_sums` does the
+  same for the loss terms. Training validation and `train eval` both pool these.
 """
 
 from __future__ import annotations
@@ -19,10 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.features import WORLD_UP_AXIS, CanonicalFrame, features_to_world, integrate_head_deltas, uncanonicalize
+from shared.features import WORLD_UP_AXIS, features_to_world, integrate_head_deltas
 from shared.layout import HP, HR, JP
 from shared.rotations import geodesic_angle, horizontal_basis, rot6d_to_matrix
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
+from train.loss import KL, RECON
 
 MM_PER_M = 1000.0
 DEG_PER_RAD = 180.0 / math.pi
@@ -33,44 +33,19 @@ CONTACT_SPEED_M_S = 0.2
 """... and moves slower than this between two frames (ground truth); divide by fps for m/frame."""
 
 # Keys of `reconstruction_errors` whose value is a vector rather than a scalar.
+RECON_LOSS = "recon_loss"  # mean of the per-group MSEs: the training reconstruction loss
 MPJPE_WORLD_BY_FRAME = "mpjpe_world_by_frame_mm"  # (T,) frame index inside the window
 MPJPE_HEAD_BY_FRAME = "mpjpe_head_by_frame_mm"  # (T,)
 MPJPE_WORLD_PER_JOINT = "mpjpe_world_per_joint_mm"  # (23,) in skeleton.JOINT_NAMES order
 
 
-# --- scalar shortcuts (training validation) ---------------------------------------------------
+# --- joint views ------------------------------------------------------------------------------
 
 
 def joints_in_head_frame(features: torch.Tensor) -> torch.Tensor:
     """(B, T, 294) -> (B, T, 23, 3) joint positions in the head (CPF) frame, metres."""
     B, T, _ = features.shape
     return features[..., JP].reshape(B, T, NUM_JOINTS, 3)
-
-
-def mean_joint_error_mm(pred_m: torch.Tensor, target_m: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean Euclidean distance (mm) between (B, T, J, 3) positions over valid frames and joints."""
-    dist = (pred_m - target_m).norm(dim=-1)  # (B, T, J)
-    weight = mask[..., None].to(dist.dtype).expand_as(dist)
-    return (dist * weight).sum() / weight.sum().clamp_min(1) * MM_PER_M
-
-
-def mpjpe_head_mm(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MPJPE (mm) of joints expressed in the head frame (`jp`)."""
-    return mean_joint_error_mm(joints_in_head_frame(recon), joints_in_head_frame(target), mask)
-
-
-def world_joints(canonical: torch.Tensor, frame: CanonicalFrame) -> torch.Tensor:
-    """Canonical features -> (B, T, 23, 3) world joints through the absolute head pose."""
-    return features_to_world(uncanonicalize(canonical, frame)).joint_translation
-
-
-def mpjpe_world_mm(
-    recon_canonical: torch.Tensor, target_canonical: torch.Tensor, frame: CanonicalFrame, mask: torch.Tensor
-) -> torch.Tensor:
-    """MPJPE (mm) in the world, using the reconstruction's own head pose (`hr`, `hp`)."""
-    return mean_joint_error_mm(
-        world_joints(recon_canonical, frame), world_joints(target_canonical, frame), mask
-    )
 
 
 # --- per-element errors -----------------------------------------------------------------------
@@ -85,9 +60,10 @@ def procrustes_align(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`pred` (..., J, 3) moved by the similarity s R p + t that best fits it to `target`.
 
     Least squares over the J points of each leading index (Umeyama 1991), with reflections
-    excluded; solved in float64 and returned in `pred`'s dtype.
+    excluded; solved in float64 on the CPU (MPS has no float64) and returned in `pred`'s
+    dtype and device.
     """
-    p, q = pred.double(), target.double()
+    p, q = pred.detach().cpu().double(), target.detach().cpu().double()
     mu_p, mu_q = p.mean(-2, keepdim=True), q.mean(-2, keepdim=True)
     p0, q0 = p - mu_p, q - mu_q  # (..., J, 3)
     cov = q0.transpose(-1, -2) @ p0 / p.shape[-2]  # (..., 3, 3)
@@ -98,7 +74,7 @@ def procrustes_align(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     var_p = p0.square().sum((-1, -2)) / p.shape[-2]  # (...)
     scale = (S * sign).sum(-1) / var_p.clamp_min(1e-12)
     aligned = scale[..., None, None] * p0 @ R.transpose(-1, -2) + mu_q
-    return aligned.to(pred.dtype)
+    return aligned.to(device=pred.device, dtype=pred.dtype)
 
 
 def finite_difference(x: torch.Tensor, mask: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,9 +171,10 @@ def masked_sum(values: torch.Tensor, valid: torch.Tensor, keep: tuple[int, ...] 
         valid = valid[..., None]
     valid = valid.expand_as(values)
     reduce = tuple(d for d in range(values.ndim) if d not in keep)
-    total = torch.where(valid, values.double(), 0.0).sum(reduce)
+    values, valid = values.detach().cpu().double(), valid.cpu()  # float64: CPU only on MPS
+    total = torch.where(valid, values, 0.0).sum(reduce)
     count = valid.double().sum(reduce)
-    return MaskedSum(total.cpu(), count.cpu())
+    return MaskedSum(total, count)
 
 
 def reconstruction_errors(
@@ -258,13 +235,24 @@ def reconstruction_errors(
         "jitter_gt_mm_per_frame3": masked_sum(jerk_gt.norm(dim=-1) * MM_PER_M, jerk_valid),
         "foot_skating_pred_mm_per_frame": masked_sum(skate_pred_mm, contact),
         "foot_skating_gt_mm_per_frame": masked_sum(skate_gt_mm, contact),
-        "foot_contact_fraction": masked_sum(contact.double(), step_valid),
+        "foot_contact_fraction": masked_sum(contact.float(), step_valid),
         "head_drift_pos_mm": masked_sum(drift_pos_m * MM_PER_M, window_valid),
         "head_drift_rot_deg": masked_sum(drift_rot_rad * DEG_PER_RAD, window_valid),
         MPJPE_WORLD_BY_FRAME: masked_sum(world_err_mm, mask, keep=(1,)),
         MPJPE_HEAD_BY_FRAME: masked_sum(head_err_mm, mask, keep=(1,)),
         MPJPE_WORLD_PER_JOINT: masked_sum(world_err_mm, mask, keep=(2,)),
     }
+
+
+def loss_sums(terms: dict[str, torch.Tensor], num_frames: int, num_latents: int) -> dict[str, MaskedSum]:
+    """Batch-mean loss terms (`train.loss.vae_loss`) -> sums weighted by the frames (MSE) or
+    latents (KL) each term averaged over, so batches pool exactly."""
+    frames = torch.tensor(float(num_frames), dtype=torch.float64)
+    latents = torch.tensor(float(num_latents), dtype=torch.float64)
+    sums = {key: MaskedSum(terms[key].detach().cpu().double() * frames, frames) for key in terms if key.startswith("mse/")}
+    sums[RECON_LOSS] = MaskedSum(terms[RECON].detach().cpu().double() * frames, frames)
+    sums[KL] = MaskedSum(terms[KL].detach().cpu().double() * latents, latents)
+    return sums
 
 
 def pool(batches: list[dict[str, MaskedSum]]) -> dict[str, MaskedSum]:
