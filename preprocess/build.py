@@ -48,12 +48,7 @@ from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem
 from preprocess.resample import resample_timestamps
 from preprocess.sequence import StatsWindows, compute_planned_sequence
 from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
-from preprocess.stats import (
-    DEFAULT_STD_FLOOR,
-    DEFAULT_WINDOW_FRAMES,
-    Moments,
-    default_stride,
-)
+from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES, default_stride
 from preprocess.stitch import (
     DEFAULT_TOLERANCE,
     ClipTimes,
@@ -65,6 +60,8 @@ from preprocess.stitch import (
 )
 from preprocess.workdir import ClipEntry, ClipResults, read_and_persist
 from shared import store as st
+from shared.chunked_writer import ChunkedRowWriter
+from shared.moments import Moments
 from shared.provenance import git_revision, package_version
 from shared.layout import FEATURE_DIM, layout_description
 
@@ -374,38 +371,6 @@ def _compressors(compression: str) -> tuple | None:
     return (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
 
 
-class _FrameWriter:
-    """Appends frames to the frame arrays in order, writing whole chunks only (the array's
-    last, partial chunk once at the end), so no chunk is ever read back and rewritten."""
-
-    def __init__(self, arrays: Mapping[str, zarr.Array], chunk_frames: int) -> None:
-        self.arrays = arrays
-        self.chunk_frames = chunk_frames
-        self.position = 0
-        self.pending: dict[str, list[np.ndarray]] = {name: [] for name in arrays}
-        self.pending_frames = 0
-
-    def append(self, blocks: Mapping[str, np.ndarray]) -> None:
-        for name, block in blocks.items():
-            self.pending[name].append(block)
-        self.pending_frames += len(next(iter(blocks.values())))
-        whole = self.pending_frames // self.chunk_frames * self.chunk_frames
-        if whole:
-            self._flush(whole)
-
-    def close(self) -> None:
-        if self.pending_frames:
-            self._flush(self.pending_frames)
-
-    def _flush(self, frames: int) -> None:
-        for name, parts in self.pending.items():
-            joined = np.concatenate(parts)
-            self.arrays[name][self.position : self.position + frames] = joined[:frames]
-            self.pending[name] = [joined[frames:]] if frames < len(joined) else []
-        self.position += frames
-        self.pending_frames -= frames
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Stage 2: what the store will hold, decided before any feature is computed."""
@@ -480,7 +445,7 @@ def _write_frames(
     progress: bool,
 ) -> Moments:
     """Stage 3: features of every sequence, written in order; returns the merged train moments."""
-    writer = _FrameWriter(frame_arrays, config.chunk_frames)
+    writer = ChunkedRowWriter(frame_arrays)
     moments = Moments.empty(FEATURE_DIM)
     computed = executor.map_ordered(
         compute_planned_sequence, _sequence_tasks(plan, results, config)

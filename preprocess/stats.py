@@ -1,8 +1,8 @@
 """Normalisation statistics over canonical windows, as mergeable moments.
 
-Each task reduces its windows to `Moments` (count, mean, M2) in float64; the build merges them
-in a fixed order (Chan et al., "Updating formulae and a pairwise algorithm for computing sample
-variances", 1979), so the result does not depend on which worker finished first.
+Each task reduces its windows to `shared.moments.Moments` (count, mean, M2) in float64; the
+build merges them in a fixed order, so the result does not depend on which worker finished
+first.
 
 Windows: `window_frames` long (the training window), starting every `stride_frames` frames of
 a sequence; each window is canonicalised (`shared.features.canonicalize`) as in training. A
@@ -18,12 +18,10 @@ difference to stride 1 on synthetic data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-
 import numpy as np
 
 from shared.features import canonicalize
+from shared.moments import Moments
 
 DEFAULT_WINDOW_FRAMES = 152
 DEFAULT_STD_FLOOR = 1e-3
@@ -32,54 +30,6 @@ WINDOWS_PER_BATCH = 64  # bounds memory: 64 x 152 x 294 float64 = 23 MB per batc
 
 def default_stride(window_frames: int) -> int:
     return max(1, window_frames // 4)
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Count, mean and sum of squared deviations (M2) per dimension, float64."""
-
-    count: int
-    mean: np.ndarray  # (D,)
-    m2: np.ndarray  # (D,)
-
-    @staticmethod
-    def empty(dim: int) -> Moments:
-        return Moments(0, np.zeros(dim), np.zeros(dim))
-
-    @staticmethod
-    def of(samples: np.ndarray) -> Moments:
-        """Moments of the rows of `samples` (N, D)."""
-        x = np.asarray(samples, dtype=np.float64)
-        if len(x) == 0:
-            return Moments.empty(x.shape[-1])
-        mean = x.mean(axis=0)
-        return Moments(len(x), mean, ((x - mean) ** 2).sum(axis=0))
-
-    def merge(self, other: Moments) -> Moments:
-        """Moments of the union (Chan et al.); `a.merge(b)` is the fixed-order combination."""
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
-        return Moments(n, mean, m2)
-
-    def mean_std(self, std_floor: float) -> tuple[np.ndarray, np.ndarray]:
-        """Population mean and std (ddof 0), std floored at `std_floor`."""
-        if self.count == 0:
-            raise ValueError("no samples: cannot compute statistics of an empty set")
-        return self.mean.copy(), np.maximum(np.sqrt(self.m2 / self.count), std_floor)
-
-
-def merge_all(parts: Iterable[Moments], dim: int) -> Moments:
-    """Left fold in the given order."""
-    total = Moments.empty(dim)
-    for part in parts:
-        total = total.merge(part)
-    return total
 
 
 def window_starts(length: int, window_frames: int, stride_frames: int) -> np.ndarray:

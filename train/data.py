@@ -11,7 +11,6 @@ on the training device (`prepare_batch`), never in the workers.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from itertools import count
 from typing import Iterator, NamedTuple
@@ -23,8 +22,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shared.features import CanonicalFrame, canonicalize
 from shared.layout import FEATURE_DIM
 from shared.store import FeatureStore, NormStats, SequenceRecord, open_store
-
-logger = logging.getLogger(__name__)
 
 
 class WindowBatch(NamedTuple):

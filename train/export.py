@@ -24,6 +24,13 @@ Decoded store (schema `DECODED_SCHEMA`): `features` (N_frames, 294) world featur
 `world=True` the world motion arrays `cpf_translation` (N, 3), `cpf_orientation` (N, 3, 3),
 `joint_translation` (N, 23, 3), `joint_orientation` (N, 23, 3, 3); and `sequences/` with name,
 participant, split, first_frame, num_frames.
+
+Both stores are written so that a failed run leaves nothing that looks usable at `out`
+(`_new_output_group`): a local `out` is written in a sibling `<out>.partial-<pid>-<token>`
+directory and renamed into place once `complete` is set, and removed on any error, so the next
+run starts clean. A remote fsspec URL (object stores have no atomic directory rename) is written
+in place with `complete` last; a failed run leaves an incomplete store there, which readers
+refuse and which must be removed before writing `out` again.
 """
 
 from __future__ import annotations
@@ -31,17 +38,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import zarr
 from tqdm import tqdm
 
+from shared.chunked_writer import ChunkedRowWriter
 from shared.features import CanonicalFrame, canonicalize, features_to_world, uncanonicalize
 from shared.layout import FEATURE_DIM, layout_description
+from shared.moments import Moments
 from shared.provenance import git_revision, package_version
 from shared.skeleton import NUM_JOINTS
 from shared.store import FeatureStore, open_store
@@ -151,43 +165,47 @@ def decode_world_features(
 # --- writing ----------------------------------------------------------------------------------
 
 
-class _RowWriter:
-    """Append rows to a Zarr array whose first axis is chunked, writing whole chunks at a time."""
-
-    def __init__(self, array: zarr.Array) -> None:
-        self.array = array
-        self.rows = int(array.chunks[0])
-        self.written = 0
-        self.buffer: list[np.ndarray] = []
-        self.buffered = 0
-
-    def append(self, rows: np.ndarray) -> None:
-        self.buffer.append(rows)
-        self.buffered += len(rows)
-        if self.buffered >= self.rows:
-            self._write(self.buffered // self.rows * self.rows)
-
-    def close(self) -> None:
-        self._write(self.buffered)
-        if self.written != self.array.shape[0]:
-            raise RuntimeError(f"{self.array.name}: wrote {self.written} rows of {self.array.shape[0]}")
-
-    def _write(self, n: int) -> None:
-        if n == 0:
-            return
-        block = np.concatenate(self.buffer)
-        self.array[self.written : self.written + n] = block[:n]
-        self.written += n
-        self.buffer = [block[n:]]
-        self.buffered = len(block) - n
+def _local_path(out: str | Path) -> Path | None:
+    """`out` as a local path, or None for a remote fsspec URL (`scheme://...`, not file://)."""
+    text = str(out)
+    if text.startswith("file://"):
+        return Path(text.removeprefix("file://"))
+    return None if "://" in text else Path(text)
 
 
-def _create_output_group(out: str | Path) -> zarr.Group:
-    """A new Zarr v3 group at `out`; an existing store there is never overwritten."""
+def _refuse_existing(out: str | Path) -> FileExistsError:
+    return FileExistsError(f"{out} already exists; remove it or choose another output path")
+
+
+@contextmanager
+def _new_output_group(out: str | Path) -> Iterator[zarr.Group]:
+    """A new Zarr v3 group that becomes `out` when the block ends without an error; an existing
+    store at `out` is never overwritten.
+
+    Local `out`: the group lives in a sibling `<out>.partial-<pid>-<token>` directory, renamed
+    to `out` after the block (which writes `complete` last); on any error, interrupts included,
+    the directory is removed and `out` is left untouched. Remote URL: written in place (no
+    atomic rename on object stores), so a failed run leaves an incomplete store at `out`.
+    """
+    local = _local_path(out)
+    if local is None:
+        try:
+            root = zarr.open_group(str(out), mode="w-", zarr_format=3)
+        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+            raise _refuse_existing(out) from None
+        yield root
+        return
+    if local.exists():
+        raise _refuse_existing(out)
+    staging = local.with_name(f"{local.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        return zarr.open_group(str(out), mode="w-", zarr_format=3)
-    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
-        raise FileExistsError(f"{out} already exists; remove it or choose another output path") from None
+        yield zarr.open_group(str(staging), mode="w-", zarr_format=3)
+        if local.exists():  # created by someone else while we were writing
+            raise _refuse_existing(out)
+        os.rename(staging, local)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _write_table(group: zarr.Group, columns: dict[str, np.ndarray]) -> None:
@@ -230,97 +248,99 @@ def encode_store(
     first_latent = np.concatenate([[0], np.cumsum(num_latents)[:-1]]).astype(np.int64)
     total, L = int(num_latents.sum()), model.config.latent_dim
 
-    root = _create_output_group(out)
-    chunks = (min(LATENT_CHUNK_ROWS, total), L)
-    writers = {MEAN: _RowWriter(root.create_array(MEAN, shape=(total, L), dtype="float32", chunks=chunks))}
-    if logvar:
-        writers[LOGVAR] = _RowWriter(root.create_array(LOGVAR, shape=(total, L), dtype="float32", chunks=chunks))
+    with _new_output_group(out) as root:
+        chunks = (min(LATENT_CHUNK_ROWS, total), L)
+        writer = ChunkedRowWriter(
+            {name: root.create_array(name, shape=(total, L), dtype="float32", chunks=chunks)
+             for name in ((MEAN, LOGVAR) if logvar else (MEAN,))}
+        )  # fmt: skip
 
-    stats_split = "train" if any(r.split == "train" for r in records) else split
-    moment_sum, moment_sq, moment_count = np.zeros(L), np.zeros(L), 0
-    R_canon_world = np.empty((len(records), 3, 3), dtype=np.float32)
-    offset_world = np.empty((len(records), 3), dtype=np.float32)
-    for i, record in enumerate(tqdm(records, desc="encode", unit="seq")):
-        features = torch.as_tensor(np.array(store.read_features(record.start, record.stop)), device=torch_device)
-        mean, log_var, frame = encode_world_features(model, normalizer, features)
-        mean_np = mean.float().cpu().numpy()
-        writers[MEAN].append(mean_np)
-        if logvar:
-            writers[LOGVAR].append(log_var.float().cpu().numpy())
-        R_canon_world[i] = frame.R_canon_world.cpu().numpy()
-        offset_world[i] = frame.offset_world.cpu().numpy()
-        if stats_split in ("all", record.split):
-            moment_sum += mean_np.sum(0, dtype=np.float64)
-            moment_sq += np.square(mean_np, dtype=np.float64).sum(0)
-            moment_count += len(mean_np)
-    for writer in writers.values():
+        stats_split = "train" if any(r.split == "train" for r in records) else split
+        moments = Moments.empty(L)
+        R_canon_world = np.empty((len(records), 3, 3), dtype=np.float32)
+        offset_world = np.empty((len(records), 3), dtype=np.float32)
+        for i, record in enumerate(tqdm(records, desc="encode", unit="seq")):
+            features = torch.as_tensor(np.array(store.read_features(record.start, record.stop)), device=torch_device)
+            mean, log_var, frame = encode_world_features(model, normalizer, features)
+            mean_np = mean.float().cpu().numpy()
+            writer.append({MEAN: mean_np, LOGVAR: log_var.float().cpu().numpy()} if logvar else {MEAN: mean_np})
+            R_canon_world[i] = frame.R_canon_world.cpu().numpy()
+            offset_world[i] = frame.offset_world.cpu().numpy()
+            if stats_split in ("all", record.split):
+                moments = moments.merge(Moments.of(mean_np))  # Chan merge: no sum-of-squares cancellation
         writer.close()
 
-    _write_table(
-        root.create_group(SEQUENCES),
-        {
-            "name": np.array([r.name for r in records], dtype=str),
-            "participant": np.array([r.participant for r in records], dtype=str),
-            "split": np.array([r.split for r in records], dtype=str),
-            "first_latent": first_latent,
-            "num_latents": num_latents,
-            "num_frames": np.array([r.length for r in records], dtype=np.int64),
-            "store_start_frame": np.array([r.start for r in records], dtype=np.int64),
-            "R_canon_world": R_canon_world,
-            "offset_world": offset_world,
-        },
-    )
-    channel_mean = moment_sum / moment_count
-    channel_std = np.sqrt(np.maximum(moment_sq / moment_count - channel_mean**2, 0.0))
-    stats = root.create_group(LATENT_STATS, attributes={"count": moment_count, "split": stats_split})
-    _write_table(stats, {"mean": channel_mean, "std": channel_std})
+        _write_table(
+            root.create_group(SEQUENCES),
+            {
+                "name": np.array([r.name for r in records], dtype=str),
+                "participant": np.array([r.participant for r in records], dtype=str),
+                "split": np.array([r.split for r in records], dtype=str),
+                "first_latent": first_latent,
+                "num_latents": num_latents,
+                "num_frames": np.array([r.length for r in records], dtype=np.int64),
+                "store_start_frame": np.array([r.start for r in records], dtype=np.int64),
+                "R_canon_world": R_canon_world,
+                "offset_world": offset_world,
+            },
+        )
+        channel_mean, channel_std = moments.mean_std(std_floor=0.0)
+        stats = root.create_group(LATENT_STATS, attributes={"count": moments.count, "split": stats_split})
+        _write_table(stats, {"mean": channel_mean, "std": channel_std})
 
-    root.attrs.update(
-        {
-            ATTR_SCHEMA: {"name": LATENT_SCHEMA, "version": SCHEMA_VERSION},
-            ATTR_LATENT_DIM: L,
-            ATTR_FRAMES_PER_LATENT: FRAMES_PER_LATENT,
-            ATTR_FPS: store.fps / FRAMES_PER_LATENT,
-            ATTR_FRAME_FPS: store.fps,
-            ATTR_CHECKPOINT: {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path), "step": ckpt.step},
-            ATTR_FEATURE_STORE: {"url": store.url, "fingerprint": store.fingerprint},
-            ATTR_SPLIT: split,
-            ATTR_HAS_LOGVAR: logvar,
-            ATTR_TAIL: TAIL_TREATMENT,
-            ATTR_PACKAGE_VERSION: package_version(),
-            ATTR_GIT_REVISION: git_revision(),
-        }
-    )
-    root.attrs[ATTR_COMPLETE] = True
+        root.attrs.update(
+            {
+                ATTR_SCHEMA: {"name": LATENT_SCHEMA, "version": SCHEMA_VERSION},
+                ATTR_LATENT_DIM: L,
+                ATTR_FRAMES_PER_LATENT: FRAMES_PER_LATENT,
+                ATTR_FPS: store.fps / FRAMES_PER_LATENT,
+                ATTR_FRAME_FPS: store.fps,
+                ATTR_CHECKPOINT: {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path), "step": ckpt.step},
+                ATTR_FEATURE_STORE: {"url": store.url, "fingerprint": store.fingerprint},
+                ATTR_SPLIT: split,
+                ATTR_HAS_LOGVAR: logvar,
+                ATTR_TAIL: TAIL_TREATMENT,
+                ATTR_PACKAGE_VERSION: package_version(),
+                ATTR_GIT_REVISION: git_revision(),
+            }
+        )
+        root.attrs[ATTR_COMPLETE] = True
     logger.info("encoded %d sequences into %d latents at %s", len(records), total, out)
-    return root
+    return zarr.open_group(str(out), mode="r")
 
 
 # --- reading ----------------------------------------------------------------------------------
 
 
-def _open_complete(url: str | Path, schema: str) -> zarr.Group:
-    try:
-        group = zarr.open_group(str(url), mode="r")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no Zarr store at {url}") from None
-    attrs = group.attrs.asdict()
-    found = attrs.get(ATTR_SCHEMA)
-    if found != {"name": schema, "version": SCHEMA_VERSION}:
-        raise ValueError(f"{url}: expected a {schema!r} store of version {SCHEMA_VERSION}, found schema {found!r}")
+def check_latent_attrs(attrs: Mapping[str, Any], url: str | Path) -> None:
+    """Raise a ValueError unless `attrs` are the root attributes of a complete latent store.
+
+    The feature store has its own checker (`shared.store`); its messages tell how to build a
+    feature store, these tell how to encode one.
+    """
+    schema = attrs.get(ATTR_SCHEMA)
+    if not isinstance(schema, Mapping) or schema.get("name") != LATENT_SCHEMA:
+        raise ValueError(
+            f"{url}: expected a {LATENT_SCHEMA!r} store of version {SCHEMA_VERSION}, found schema "
+            f"{schema!r}; write one with `train encode`"
+        )
+    if schema.get("version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{url}: latent store of schema version {schema.get('version')!r}, this code reads "
+            f"version {SCHEMA_VERSION}; encode it again with this code"
+        )
     if attrs.get(ATTR_COMPLETE) is not True:
         raise ValueError(f"{url} is incomplete (the run that wrote it was interrupted); write it again")
-    return group
 
 
 def open_latents(url: str | Path) -> zarr.Group:
     """A complete latent store, or a ValueError saying what is wrong with it."""
-    return _open_complete(url, LATENT_SCHEMA)
-
-
-def open_decoded(url: str | Path) -> zarr.Group:
-    """A complete decoded store, or a ValueError saying what is wrong with it."""
-    return _open_complete(url, DECODED_SCHEMA)
+    try:
+        group = zarr.open_group(str(url), mode="r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no Zarr store at {url}") from None
+    check_latent_attrs(group.attrs.asdict(), url)
+    return group
 
 
 def read_latent_table(group: zarr.Group) -> list[LatentSequence]:
@@ -354,60 +374,54 @@ def decode_store(
     num_frames = np.array([s.num_frames for s in sequences], dtype=np.int64)
     total = int(num_frames.sum())
 
-    root = _create_output_group(out)
-    chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
-    if world:
-        shapes = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
-                  "joint_translation": (NUM_JOINTS, 3), "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
-        writers = {
-            name: _RowWriter(root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s)))
-            for name, s in shapes.items()
-        }
-    else:
-        writers = {
-            FEATURES: _RowWriter(
-                root.create_array(FEATURES, shape=(total, FEATURE_DIM), dtype="float32", chunks=(chunk, FEATURE_DIM))
-            )
-        }
-    mean_array = latents[MEAN]
-    for i, seq in enumerate(tqdm(sequences, desc="decode", unit="seq")):
-        z = torch.as_tensor(mean_array[seq.first_latent : seq.first_latent + seq.num_latents], device=torch_device)
-        frame = CanonicalFrame(
-            torch.as_tensor(R_canon_world[i], device=torch_device),
-            torch.as_tensor(offset_world[i], device=torch_device),
-        )
-        features = decode_world_features(model, normalizer, z, frame, seq.num_frames)
+    with _new_output_group(out) as root:
+        chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
         if world:
-            motion = features_to_world(features)
-            for name in WORLD_ARRAYS:
-                writers[name].append(getattr(motion, name).cpu().numpy())
+            shapes = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
+                      "joint_translation": (NUM_JOINTS, 3), "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
         else:
-            writers[FEATURES].append(features.cpu().numpy())
-    for writer in writers.values():
+            shapes = {FEATURES: (FEATURE_DIM,)}
+        writer = ChunkedRowWriter(
+            {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s))
+             for name, s in shapes.items()}
+        )  # fmt: skip
+        mean_array = latents[MEAN]
+        for i, seq in enumerate(tqdm(sequences, desc="decode", unit="seq")):
+            z = torch.as_tensor(mean_array[seq.first_latent : seq.first_latent + seq.num_latents], device=torch_device)
+            frame = CanonicalFrame(
+                torch.as_tensor(R_canon_world[i], device=torch_device),
+                torch.as_tensor(offset_world[i], device=torch_device),
+            )
+            features = decode_world_features(model, normalizer, z, frame, seq.num_frames)
+            if world:
+                motion = features_to_world(features)
+                writer.append({name: getattr(motion, name).cpu().numpy() for name in WORLD_ARRAYS})
+            else:
+                writer.append({FEATURES: features.cpu().numpy()})
         writer.close()
 
-    _write_table(
-        root.create_group(SEQUENCES),
-        {
-            "name": np.array([s.name for s in sequences], dtype=str),
-            "participant": np.array([s.participant for s in sequences], dtype=str),
-            "split": np.array([s.split for s in sequences], dtype=str),
-            "first_frame": np.concatenate([[0], np.cumsum(num_frames)[:-1]]).astype(np.int64),
-            "num_frames": num_frames,
-        },
-    )
-    root.attrs.update(
-        {
-            ATTR_SCHEMA: {"name": DECODED_SCHEMA, "version": SCHEMA_VERSION},
-            ATTR_KIND: "world" if world else "features",
-            ATTR_FPS: latents.attrs[ATTR_FRAME_FPS],
-            ATTR_LATENTS: {"url": str(latents_url), "checkpoint_sha256": found},
-            ATTR_TAIL: TAIL_TREATMENT,
-            ATTR_PACKAGE_VERSION: package_version(),
-            ATTR_GIT_REVISION: git_revision(),
-        }
-    )
-    root.attrs[ATTR_COMPLETE] = True
+        _write_table(
+            root.create_group(SEQUENCES),
+            {
+                "name": np.array([s.name for s in sequences], dtype=str),
+                "participant": np.array([s.participant for s in sequences], dtype=str),
+                "split": np.array([s.split for s in sequences], dtype=str),
+                "first_frame": np.concatenate([[0], np.cumsum(num_frames)[:-1]]).astype(np.int64),
+                "num_frames": num_frames,
+            },
+        )
+        root.attrs.update(
+            {
+                ATTR_SCHEMA: {"name": DECODED_SCHEMA, "version": SCHEMA_VERSION},
+                ATTR_KIND: "world" if world else "features",
+                ATTR_FPS: latents.attrs[ATTR_FRAME_FPS],
+                ATTR_LATENTS: {"url": str(latents_url), "checkpoint_sha256": found},
+                ATTR_TAIL: TAIL_TREATMENT,
+                ATTR_PACKAGE_VERSION: package_version(),
+                ATTR_GIT_REVISION: git_revision(),
+            }
+        )
+        root.attrs[ATTR_COMPLETE] = True
     logger.info("decoded %d sequences (%d frames) to %s", len(sequences), total, out)
-    return root
+    return zarr.open_group(str(out), mode="r")
 

@@ -1,4 +1,4 @@
-"""Pure pieces of the build: mergeable moments, participant split, resampling."""
+"""Pure pieces of the build: statistics windows, participant split, resampling."""
 
 from __future__ import annotations
 
@@ -10,32 +10,11 @@ from hypothesis import strategies as hst
 from preprocess.motion import Motion
 from preprocess.resample import resample_motion, resample_timestamps
 from preprocess.split import assign_splits, parse_fractions, split_counts
-from preprocess.stats import Moments, merge_all, sequence_moments, window_starts
+from preprocess.stats import sequence_moments, window_starts
 from shared.features import canonicalize
 from shared.rotations import axis_angle_to_matrix, geodesic_angle, matrix_to_6d
 
-# --- moments ----------------------------------------------------------------------------------
-
-
-@given(sizes=hst.lists(hst.integers(0, 40), min_size=1, max_size=6), seed=hst.integers(0, 99))
-def test_chan_merge_equals_numpy_on_the_union(sizes, seed):
-    rng = np.random.default_rng(seed)
-    parts = [rng.normal(3.0, 2.0, size=(n, 5)) for n in sizes]
-    merged = merge_all([Moments.of(p) for p in parts], 5)
-    union = np.concatenate(parts)
-    assert merged.count == len(union)
-    if len(union):
-        mean, std = merged.mean_std(std_floor=1e-12)
-        np.testing.assert_allclose(mean, union.mean(0), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(std, np.maximum(union.std(0), 1e-12), rtol=1e-10, atol=1e-12)
-
-
-def test_std_floor_and_empty():
-    mean, std = Moments.of(np.ones((10, 3))).mean_std(std_floor=1e-3)
-    np.testing.assert_array_equal(mean, 1)
-    np.testing.assert_array_equal(std, 1e-3)
-    with pytest.raises(ValueError, match="no samples"):
-        Moments.empty(3).mean_std(1e-3)
+# --- statistics windows -----------------------------------------------------------------------
 
 
 def test_window_starts():

@@ -21,6 +21,7 @@ from shared.skeleton import JOINT_NAMES, NUM_JOINTS
 from shared.store import open_store
 from train.cli import main as train_main
 from train.evaluate import META, TABLE_ROWS
+from train import export
 from train.export import decode_world_features, encode_world_features, load_for_inference
 from train.metrics import MPJPE_HEAD_BY_FRAME, MPJPE_WORLD_BY_FRAME, MPJPE_WORLD_PER_JOINT
 
@@ -127,6 +128,7 @@ def test_encode_writes_latents_table_stats_and_provenance(run, latents):
         if s == "train"
     ])  # fmt: skip
     np.testing.assert_allclose(stats["mean"][:], train_rows.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["std"][:], train_rows.astype(np.float64).std(0), rtol=1e-6)
 
     attrs = group.attrs
     assert attrs["complete"] is True
@@ -182,3 +184,41 @@ def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path)
     result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]), "--latents",
                                              str(run["store"]), "--out", str(tmp_path / "y.zarr")])  # fmt: skip
     assert result.exit_code != 0 and "nymeria-motion-latents" in result.output
+
+
+def _fail_on_second_call(monkeypatch, name: str) -> None:
+    """Make `train.export.<name>` raise on its second call (after one sequence went through)."""
+    original, calls = getattr(export, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(export, name, flaky)
+
+
+def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, latents, tmp_path, monkeypatch):
+    out = tmp_path / "latents.zarr"
+    with monkeypatch.context() as patch:
+        _fail_on_second_call(patch, "encode_world_features")
+        with pytest.raises(RuntimeError, match="injected failure"):
+            export.encode_store(run["ckpt"], str(run["store"]), out, device="cpu")
+    assert list(tmp_path.iterdir()) == []  # neither `out` nor its partial directory
+    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out, "--logvar",
+                        "--device", "cpu"])  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latents.zarr"]
+    rerun, first = zarr.open_group(str(out), mode="r"), zarr.open_group(str(latents), mode="r")
+    assert rerun.attrs["complete"] is True
+    np.testing.assert_array_equal(rerun["mean"][:], first["mean"][:])
+    np.testing.assert_array_equal(rerun["latent_stats"]["std"][:], first["latent_stats"]["std"][:])
+
+    decoded = tmp_path / "decoded.zarr"
+    with monkeypatch.context() as patch:
+        _fail_on_second_call(patch, "decode_world_features")
+        with pytest.raises(RuntimeError, match="injected failure"):
+            export.decode_store(run["ckpt"], latents, decoded, device="cpu")
+    assert not decoded.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["latents.zarr"]
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", decoded, "--device", "cpu"])
+    assert zarr.open_group(str(decoded), mode="r").attrs["complete"] is True

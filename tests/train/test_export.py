@@ -1,4 +1,5 @@
-"""Encode -> decode of whole sequences: equals the model's own reconstruction, returns to the world."""
+"""Encode -> decode of whole sequences: equals the model's own reconstruction, returns to the world;
+the latent store's root-attribute check."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from shared.features import apply_rigid, canonicalize, uncanonicalize, world_to_features
 from shared.layout import FEATURE_DIM
@@ -15,7 +15,13 @@ from shared.rotations import axis_angle_to_matrix, yaw_matrix
 from shared.skeleton import NUM_JOINTS
 from shared.store import NormStats
 from train.data import Normalizer
-from train.export import _RowWriter, decode_world_features, encode_world_features
+from train.export import (
+    LATENT_SCHEMA,
+    SCHEMA_VERSION,
+    check_latent_attrs,
+    decode_world_features,
+    encode_world_features,
+)
 from train.model import MotionVAE, MotionVAEConfig
 
 CONFIG = MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32)
@@ -91,15 +97,12 @@ def test_latents_do_not_depend_on_where_the_sequence_is_in_the_world():
     )
 
 
-def test_row_writer_writes_whole_chunks_in_order(tmp_path):
-    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(23, 2), chunks=(5, 2), dtype="float32")
-    writer = _RowWriter(array)
-    rows = np.arange(46, dtype=np.float32).reshape(23, 2)
-    for lo, hi in [(0, 3), (3, 4), (4, 16), (16, 23)]:
-        writer.append(rows[lo:hi])
-    writer.close()
-    np.testing.assert_array_equal(array[:], rows)
-    short = _RowWriter(zarr.create_array(str(tmp_path / "b.zarr"), shape=(4, 2), chunks=(5, 2), dtype="float32"))
-    short.append(rows[:3])
-    with pytest.raises(RuntimeError, match="wrote 3 rows of 4"):
-        short.close()
+def test_latent_attrs_check_names_what_is_wrong():
+    good = {"schema": {"name": LATENT_SCHEMA, "version": SCHEMA_VERSION}, "complete": True}
+    check_latent_attrs(good, "l.zarr")
+    with pytest.raises(ValueError, match="expected a 'nymeria-motion-latents' store"):
+        check_latent_attrs({**good, "schema": {"name": "nymeria-feature-store", "version": 1}}, "l.zarr")
+    with pytest.raises(ValueError, match="schema version 99, this code reads version 1"):
+        check_latent_attrs({**good, "schema": {"name": LATENT_SCHEMA, "version": 99}}, "l.zarr")
+    with pytest.raises(ValueError, match="l.zarr is incomplete"):
+        check_latent_attrs({**good, "complete": False}, "l.zarr")
