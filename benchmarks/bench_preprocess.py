@@ -43,6 +43,7 @@ from preprocess import nymeria_format as nf
 from preprocess import synth
 from preprocess.build import BuildConfig, build, discover_clip_files
 from preprocess.executor import default_workers
+from preprocess.info import store_size_bytes
 from preprocess.stats import Moments, default_stride, sequence_moments
 from shared.features import world_to_features
 from shared.layout import FEATURE_DIM
@@ -95,10 +96,6 @@ def subset(data: Path, files: list[str], target: Path) -> Path:
     for file in files:
         (target / file).symlink_to(data / file)
     return target
-
-
-def store_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def window_reads_per_s(features: ChunkMemmapArray | zarr.Array, count: int, seed: int = 0) -> float:
@@ -223,7 +220,7 @@ def _bytes_per_frame(data: Path, out: Path) -> None:
     sizes = {}
     for compression in ("none", "zstd"):
         build_once(data, out, scheduler="synchronous", compression=compression, chunk_frames=1024)
-        sizes[compression] = store_bytes(out) / open_store(out).num_frames
+        sizes[compression] = store_size_bytes(str(out)) / open_store(out).num_frames
     ratio = sizes["zstd"] / sizes["none"]
     payload = FEATURE_DIM * 4 + 8 + 4 * 4
     print(f"{'none (default, memory-mapped)':<32}{sizes['none']:>7.0f} B/frame")

@@ -1,4 +1,7 @@
-"""One build per store at a time: an O_EXCL lock file holding the owner's pid and host.
+"""One build per store at a time: a lock file holding the owner's pid and host.
+
+The lock is created with its content in place (a hard link to a filled temp file), so whoever
+finds it can always tell who holds it.
 
 A lock left by a dead process on this host is stale; the build takes it over only when asked
 (`--resume`/`--overwrite`), logging that it did. A lock from a live process, or from another
@@ -14,6 +17,8 @@ import socket
 import time
 from pathlib import Path
 from types import TracebackType
+
+from shared.atomic import temp_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +51,27 @@ class BuildLock:
         )
 
     def _try_create(self) -> bool:
+        # Write the owner to a temp file, then hard-link it to the lock name: the lock appears
+        # with its content in one step (creating it empty and filling it afterwards would let a
+        # concurrent build read no owner), and the link fails if the lock exists.
+        tmp = temp_path_for(self.path)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self._content())
+            os.link(tmp, self.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self._content())
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
 
-    def _read(self) -> tuple[str, dict]:
+    def _read(self) -> tuple[str | None, dict]:
+        """(text, holder) of the lock; text is None when there is no lock."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return "", {}
+            return None, {}
         try:
             holder = json.loads(text)
         except json.JSONDecodeError:
@@ -71,7 +84,7 @@ class BuildLock:
             if self._try_create():
                 return
             text, holder = self._read()
-            if not text:
+            if text is None:
                 continue  # released between our two calls
             pid, host = holder.get("pid"), holder.get("host")
             described = f"pid {pid} on host {host!r} (since {holder.get('started')})"

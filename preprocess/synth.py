@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import string
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -56,6 +54,7 @@ import hdf5plugin
 import numpy as np
 
 from preprocess import nymeria_format as nf
+from shared.atomic import atomic_path
 from shared.rotations import axis_angle_to_matrix, yaw_matrix
 from shared.skeleton import FOOT_JOINTS, JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
 
@@ -588,7 +587,7 @@ def _check_clip(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str
 def write_clip(
     path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object], video_size: int = 16
 ) -> None:
-    """Write one clip file atomically (temp file in the same directory, then rename).
+    """Write one clip file atomically (`shared.atomic`: a glob for `*.h5` never sees half a file).
 
     `arrays` holds the clip's frames of every `nymeria_format.MOTION_DATASETS` key; `attrs` the
     string and int attributes. Floats are stored as float32; every dataset is LZ4-compressed;
@@ -598,28 +597,21 @@ def write_clip(
     _check_clip(path, arrays, attrs)
     if video_size < 1:
         raise ValueError(f"video_size must be >= 1, found {video_size}")
-    # A hidden name without the .h5 suffix, so globs never pick up a half-written file.
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with h5py.File(tmp_path, "x") as f:
-            for key in nf.STRING_ATTRS:
-                f.attrs[key] = str(attrs[key])
-            for key in nf.INT_ATTRS:
-                f.attrs[key] = int(attrs[key])
-            for key, spec in nf.MOTION_DATASETS.items():
-                dtype = np.int64 if spec.dtype_kind == "int64" else np.float32
-                f.create_dataset(key, data=np.asarray(arrays[key], dtype=dtype), **hdf5plugin.LZ4())
-            video = _egoview_frames(np.asarray(arrays[nf.KEY_CPF_ORIENTATION]), video_size)
-            f.create_dataset(
-                nf.KEY_EGOVIEW,
-                data=video,
-                chunks=(1, nf.EGOVIEW_CHANNELS, video_size, video_size),
-                **hdf5plugin.LZ4(),
-            )
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp_path, h5py.File(tmp_path, "x") as f:
+        for key in nf.STRING_ATTRS:
+            f.attrs[key] = str(attrs[key])
+        for key in nf.INT_ATTRS:
+            f.attrs[key] = int(attrs[key])
+        for key, spec in nf.MOTION_DATASETS.items():
+            dtype = np.int64 if spec.dtype_kind == "int64" else np.float32
+            f.create_dataset(key, data=np.asarray(arrays[key], dtype=dtype), **hdf5plugin.LZ4())
+        video = _egoview_frames(np.asarray(arrays[nf.KEY_CPF_ORIENTATION]), video_size)
+        f.create_dataset(
+            nf.KEY_EGOVIEW,
+            data=video,
+            chunks=(1, nf.EGOVIEW_CHANNELS, video_size, video_size),
+            **hdf5plugin.LZ4(),
+        )
 
 
 _UID_ALPHABET = np.array(list(string.ascii_lowercase + string.digits))

@@ -1,13 +1,13 @@
 """Per-file results persisted as they finish, so an interrupted build resumes where it stopped.
 
 One `.clip` file per source file in `<build dir>/clips/`, named by a hash of the file's path
-relative to the source root, written to a temporary name and renamed into place (a killed build
-leaves either a whole result or none). Each holds a JSON header (a `meta` record: path, size and
-mtime of the source file when read, sequence name, participant, problem; and the name, dtype and
-shape of each array) followed by the clip's motion arrays as raw C-order bytes. (`.npz` would do,
-but costs ~10x more to load, which the build does twice per file.) A result is reused only
-while the source file's size and mtime are unchanged; problems that depend on the machine rather
-than on the file (`RETRY_KINDS`) are retried.
+relative to the source root, written atomically (`shared.atomic`: a killed build leaves either a
+whole result or none). Each holds a JSON header (a `meta` record: path, size and mtime of the
+source file when read, sequence name, participant, problem; and the name, dtype and shape of each
+array) followed by the clip's motion arrays as raw C-order bytes. (`.npz` would do, but costs ~10x
+more to load, which the build does twice per file.) A result is reused only while the source
+file's size and mtime are unchanged; problems that depend on the machine rather than on the file
+(`RETRY_KINDS`) are retried.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,9 @@ import numpy as np
 
 from preprocess.motion import MOTION_FIELDS, Motion
 from preprocess.read_clip import DEFAULT_ROTATION_ATOL, RETRY_KINDS, ClipResult, Problem, read_clip
+from shared.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -124,11 +123,9 @@ class ClipResults:
             "problem": None if result.problem is None else result.problem.to_json(),
         }
         arrays = {} if result.motion is None else result.motion.arrays()
-        final = self.path_of(result.file)
-        partial = final.with_suffix(".partial")
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(_encode(meta, arrays))
-        os.replace(partial, final)
+        with atomic_path(self.path_of(result.file)) as tmp:
+            tmp.write_bytes(_encode(meta, arrays))
 
     def load_motion(self, file: str) -> Motion:
         _, arrays = _decode(self.path_of(file).read_bytes(), MOTION_FIELDS)

@@ -43,9 +43,6 @@ JP = FEATURE_SLICES["jp"]
 JV = FEATURE_SLICES["jv"]
 JR = FEATURE_SLICES["jr"]
 
-# Features that carry world coordinates and change under canonicalisation.
-WORLD_ANCHORED: tuple[str, ...] = ("hr", "hp", "hp_dot", "jr")
-
 # Loss groups: contiguous spans of fields, each weighted equally in the VAE loss.
 LOSS_GROUPS: MappingProxyType[str, slice] = MappingProxyType(
     {

@@ -85,7 +85,8 @@ STATS_ATTR_SPLIT = "split"
 TABLE_COLUMNS: tuple[str, ...] = ("name", "participant", "start", "length", "split", "source_files")
 
 REBUILD_HINT = "rebuild it with `python -m preprocess build DATA --out STORE --overwrite`"
-RESUME_HINT = "finish it with `python -m preprocess build DATA --out STORE --resume`"
+RESUME_HINT = "finish it with `python -m preprocess build DATA --out {out} --resume`"
+"""`.format(out=...)` with the store path the build was given (`STORE` when unknown)."""
 
 # Open chunk maps per array; each holds a file descriptor (mmap dups it), so keep them bounded.
 MAX_OPEN_CHUNK_MAPS = 256
@@ -504,7 +505,7 @@ def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
         out = attrs.get(ATTR_BUILD_CONFIG, {}).get("out", "STORE")
         raise StoreError(
             f"store {url} is incomplete (its build was interrupted or is still running): "
-            f"finish it with `python -m preprocess build DATA --out {out} --resume`"
+            f"{RESUME_HINT.format(out=out)}"
         )
     expected_layout = json.loads(json.dumps(layout_description()))
     if attrs.get(ATTR_LAYOUT) != expected_layout:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from store_testing import cli_build, content_files, root_attrs, synchronous_build
 
-from preprocess.build import DELAY_ENV, BuildPaths
+from preprocess.build import BuildPaths
 from preprocess.read_clip import read_clip
 from preprocess.workdir import ClipResults
 from shared import store as st
@@ -25,19 +25,48 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FILES_BEFORE_KILL = 5
 POLL_TIMEOUT_S = 60
 
+# The real CLI, except that the build stalls right after persisting its `stop_after`-th per-file
+# result, so the test kills it at a known point whatever the machine's speed (a clip takes a few
+# ms, too fast to catch part-way by polling). The stall is bounded in case the test dies first.
+STALLING_BUILD = """
+import sys, time
+from preprocess.cli import main
+from preprocess.workdir import ClipResults
 
-def start_build(data: Path, out: Path, delay_s: float, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, DELAY_ENV: str(delay_s)}
+stop_after, save, saved = int(sys.argv[1]), ClipResults.save, []
+
+def stalling_save(self, result):
+    save(self, result)
+    saved.append(result.file)
+    if len(saved) == stop_after:
+        time.sleep(600)
+        sys.exit("stalled build was not killed")
+
+ClipResults.save = stalling_save
+main(sys.argv[2:], prog_name="preprocess")
+"""
+
+
+def start_build(
+    data: Path, out: Path, *extra: str, stop_after: int | None = None
+) -> subprocess.Popen:
+    """`python -m preprocess build` in a subprocess; with `stop_after`, one that stalls."""
+    if stop_after is None:
+        launcher = ["-m", "preprocess"]
+    else:
+        launcher = ["-c", STALLING_BUILD, str(stop_after)]
     return subprocess.Popen(
-        [sys.executable, "-m", "preprocess", "build", str(data), "--out", str(out),
+        [sys.executable, *launcher, "build", str(data), "--out", str(out),
          "--scheduler", "synchronous", "--no-progress", *extra],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
-def wait_for(condition, what: str) -> None:
+def wait_for(condition, what: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + POLL_TIMEOUT_S
     while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the build exited ({process.returncode}) before {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up waiting for {what}")
         time.sleep(0.05)
@@ -56,21 +85,23 @@ def kill(process: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "resumed.zarr"
-    process = start_build(synthetic_dataset, out, 0.3)
-    wait_for(lambda: len(finished_results(out)) >= FILES_BEFORE_KILL, "per-file results")
-    kill(process)
+    process = start_build(synthetic_dataset, out, stop_after=FILES_BEFORE_KILL)
+    try:
+        wait_for(lambda: len(finished_results(out)) >= FILES_BEFORE_KILL, "results", process)
+    finally:
+        kill(process)
     assert process.returncode == -signal.SIGKILL
     done = finished_results(out)
-    assert FILES_BEFORE_KILL <= len(done) < 18
+    assert len(done) == FILES_BEFORE_KILL
     assert not out.exists()  # nothing that looks like a store
     paths = BuildPaths(out)
     assert paths.lock.exists()  # the dead build's lock is still there
 
-    refused = start_build(synthetic_dataset, out, 0)
+    refused = start_build(synthetic_dataset, out)
     _, stderr = refused.communicate(timeout=POLL_TIMEOUT_S)
     assert refused.returncode == 1 and "pass --resume to take it over" in stderr
 
-    resumed = start_build(synthetic_dataset, out, 0, "--resume")
+    resumed = start_build(synthetic_dataset, out, "--resume")
     stdout, stderr = resumed.communicate(timeout=POLL_TIMEOUT_S)
     assert resumed.returncode == 0, stderr
     assert "took over the stale lock" in stderr
@@ -94,9 +125,9 @@ def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: 
 @pytest.mark.slow
 def test_concurrent_build_is_refused(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "store.zarr"
-    first = start_build(synthetic_dataset, out, 0.2)
+    first = start_build(synthetic_dataset, out, stop_after=1)
     try:
-        wait_for(lambda: len(finished_results(out)) >= 1, "the first build to start")
+        wait_for(lambda: len(finished_results(out)) >= 1, "the first build to start", first)
         second = cli_build(synthetic_dataset, out, "--resume")
         assert second.exit_code == 1
         lock = BuildPaths(out).lock
