@@ -81,11 +81,6 @@ COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
 ZSTD_LEVEL = 3
 FPS_DECIMALS = 4
 
-DELAY_ENV = "NYMERIA_PREPROCESS_TEST_DELAY_S"
-"""Test hook: seconds to sleep after persisting each per-file result, so a test can kill a build
-deterministically part-way through stage 1. Unset in normal use."""
-
-
 class BuildError(RuntimeError):
     """The build cannot go on (or, with --strict, must not publish); says what to do."""
 
@@ -339,7 +334,6 @@ def _read_stage(
             "reusing %d of %d per-file results from the interrupted build", reused, len(files)
         )
     todo = [f for f in files if f not in entries]
-    delay_s = float(os.environ.get(DELAY_ENV, "0") or 0)
     problems = sum(1 for e in entries.values() if not e.ok)
     frames, started = 0, time.perf_counter()
     per_task = executor.items_per_task(len(todo))
@@ -356,8 +350,6 @@ def _read_stage(
                 problems += 0 if entry.ok else 1
                 if not entry.ok:
                     logger.warning("skipping %s", entry.problem.reason)
-                if delay_s:
-                    time.sleep(delay_s)
             rate = frames / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(frames_per_s=f"{rate:.0f}", problems=problems)
             bar.update(len(batch))
