@@ -22,7 +22,7 @@ from shared.store import open_store
 from train.data import WindowIndex, prepare_batch, read_windows
 from train.export import load_for_inference, warn_if_other_store
 from train.fit import resolve_device
-from train.loss import KL, RECON, latent_mask, mse_key, vae_loss
+from train.loss import KL, latent_mask, mse_key, vae_loss
 from train.metrics import (
     CONTACT_HEIGHT_M,
     CONTACT_SPEED_M_S,
