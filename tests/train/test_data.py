@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +80,24 @@ def test_prepared_batch_is_canonical_and_normalised(feature_store):
     heading = yaw_of(rot6d_to_matrix(prep.canonical[:, 0, HR]), HEAD_FORWARD_AXIS, WORLD_UP_AXIS)
     torch.testing.assert_close(heading, torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(norm.denormalize(prep.x), prep.canonical, atol=1e-4, rtol=1e-5)
+
+
+def test_compressed_store_over_a_url_gives_the_same_windows(feature_store, tmp_path):
+    """A zstd store opened through an fsspec URL is read with zarr, not memory maps, and
+    yields exactly the windows of the memory-mapped uncompressed store."""
+    local = open_store(feature_store)
+    source = local.attrs["source"]["root"]
+    compressed = tmp_path / "zstd.zarr"
+    subprocess.run(
+        [sys.executable, "-m", "preprocess", "build", source, "--out", str(compressed),
+         "--compression", "zstd", "--scheduler", "synchronous", "--no-progress"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    remote = open_store(compressed.as_uri())
+    assert not remote.is_memory_mapped and local.is_memory_mapped
+    assert remote.fingerprint == local.fingerprint
+    index = WindowIndex(local.split("train"), 152)
+    k = index.sample(seed=0, rank=0, batch_index=0, batch_size=6)
+    a, b = read_windows(local, index, k), read_windows(remote, index, k)
+    torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
+    torch.testing.assert_close(a.mask, b.mask, rtol=0, atol=0)
