@@ -212,42 +212,41 @@ def _stages(
     return nn.ModuleList(layers)
 
 
-class MotionEncoder(nn.Module):
-    """(B, T, input_dim) frames -> (B, T/4, 2 * latent_dim): mean and logvar per latent step."""
+class _CausalConvStack(nn.Module):
+    """in_proj -> three-rate ResNet stages with `resample` between them -> norm, SiLU -> out_proj.
 
-    def __init__(self, config: MotionVAEConfig):
+    The encoder and the decoder are this stack with opposite resampling; out_proj starts
+    near zero (`_init_output_projection`).
+    """
+
+    def __init__(self, config: MotionVAEConfig, in_dim: int, out_dim: int, resample: type[nn.Module]):
         super().__init__()
         C = config.hidden_dim
-        self.in_proj = CausalConv1d(config.input_dim, C, config.kernel_size)
-        self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, CausalDownsample)
+        self.in_proj = CausalConv1d(in_dim, C, config.kernel_size)
+        self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, resample)
         self.norm_out = nn.LayerNorm(C)
-        self.out_proj = CausalConv1d(C, 2 * config.latent_dim, kernel_size=1)
+        self.out_proj = CausalConv1d(C, out_dim, kernel_size=1)
         _init_output_projection(self.out_proj)
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
-        h = self.in_proj(x, cache)  # (B, T, C)
+        h = self.in_proj(x, cache)  # (B, T_in, C)
         for layer in self.layers:
-            h = layer(h, cache)  # (B, T/4, C) after the last downsample
-        return self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, T/4, 2L)
+            h = layer(h, cache)  # (B, T_out, C): T/4 in the encoder, 4N in the decoder
+        return self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, T_out, out_dim)
 
 
-class MotionDecoder(nn.Module):
+class MotionEncoder(_CausalConvStack):
+    """(B, T, input_dim) frames -> (B, T/4, 2 * latent_dim): mean and logvar per latent step."""
+
+    def __init__(self, config: MotionVAEConfig):
+        super().__init__(config, config.input_dim, 2 * config.latent_dim, CausalDownsample)
+
+
+class MotionDecoder(_CausalConvStack):
     """(B, N, latent_dim) latents -> (B, 4N, input_dim) frames."""
 
     def __init__(self, config: MotionVAEConfig):
-        super().__init__()
-        C = config.hidden_dim
-        self.in_proj = CausalConv1d(config.latent_dim, C, config.kernel_size)
-        self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, CausalUpsample)
-        self.norm_out = nn.LayerNorm(C)
-        self.out_proj = CausalConv1d(C, config.input_dim, kernel_size=1)
-        _init_output_projection(self.out_proj)
-
-    def forward(self, z: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
-        h = self.in_proj(z, cache)  # (B, N, C)
-        for layer in self.layers:
-            h = layer(h, cache)  # (B, 4N, C) after the last upsample
-        return self.out_proj(F.silu(self.norm_out(h)), cache)  # (B, 4N, D)
+        super().__init__(config, config.latent_dim, config.input_dim, CausalUpsample)
 
 
 class VAEOutput(TypedDict):
