@@ -12,6 +12,7 @@ on the training device (`prepare_batch`), never in the workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import count
 from typing import Iterator, NamedTuple
 
@@ -51,25 +52,36 @@ class WindowIndex:
         if not self.sequences:
             raise ValueError("WindowIndex needs at least one sequence; the split is empty")
 
-    @property
-    def starts_per_sequence(self) -> np.ndarray:
-        lengths = np.array([s.length for s in self.sequences], dtype=np.int64)
-        return np.maximum(lengths - self.window_frames + 1, 1)
+    # Per-sequence arrays, derived once: locate() runs for every batch, and a real dataset
+    # has thousands of sequences.
+    @cached_property
+    def _seq_start(self) -> np.ndarray:
+        return np.array([s.start for s in self.sequences], dtype=np.int64)
 
-    @property
+    @cached_property
+    def _seq_length(self) -> np.ndarray:
+        return np.array([s.length for s in self.sequences], dtype=np.int64)
+
+    @cached_property
+    def starts_per_sequence(self) -> np.ndarray:
+        return np.maximum(self._seq_length - self.window_frames + 1, 1)
+
+    @cached_property
+    def _cum_starts(self) -> np.ndarray:
+        return np.cumsum(self.starts_per_sequence)
+
+    @cached_property
     def num_windows(self) -> int:
-        return int(self.starts_per_sequence.sum())
+        return int(self._cum_starts[-1])
 
     def locate(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Window numbers (N,) -> (sequence index, first store frame, valid frames), each (N,)."""
-        cum = np.cumsum(self.starts_per_sequence)
+        cum = self._cum_starts
         if np.any((k < 0) | (k >= cum[-1])):
             raise IndexError(f"window numbers must be in [0, {cum[-1]}), found {k.min()}..{k.max()}")
         seq = np.searchsorted(cum, k, side="right")
         offset = k - (cum[seq] - self.starts_per_sequence[seq])
-        seq_start = np.array([s.start for s in self.sequences], dtype=np.int64)[seq]
-        seq_len = np.array([s.length for s in self.sequences], dtype=np.int64)[seq]
-        return seq, seq_start + offset, np.minimum(seq_len, self.window_frames)
+        return seq, self._seq_start[seq] + offset, np.minimum(self._seq_length[seq], self.window_frames)
 
     def sample(self, seed: int, rank: int, batch_index: int, batch_size: int) -> np.ndarray:
         """Uniform window numbers of batch `batch_index` for `rank`: a pure function of its args."""
