@@ -39,14 +39,14 @@ import torch
 import zarr
 from distributed import LocalCluster
 
-from preprocess import nymeria_format as nf
-from preprocess import synth
+from preprocess import nymeria_format, synth
 from preprocess.build import BuildConfig, build, discover_clip_files
 from preprocess.executor import default_workers
 from preprocess.info import store_size_bytes
-from preprocess.stats import Moments, default_stride, sequence_moments
+from preprocess.stats import default_stride, sequence_moments
 from shared.features import world_to_features
 from shared.layout import FEATURE_DIM
+from shared.moments import Moments
 from shared.store import ChunkMemmapArray, memmap_array, open_store
 
 WINDOW_FRAMES = 152
@@ -62,12 +62,12 @@ def reference_pass(data: Path, files: list[str], with_video: bool = True) -> int
     frames = 0
     for file in files:
         with h5py.File(data / file, "r") as f:
-            arrays = {key: f[key][()] for key in f if with_video or key != nf.KEY_EGOVIEW}
+            arrays = {key: f[key][()] for key in f if with_video or key != nymeria_format.KEY_EGOVIEW}
         features = world_to_features(
-            torch.from_numpy(arrays[nf.KEY_CPF_TRANSLATION]),
-            torch.from_numpy(arrays[nf.KEY_CPF_ORIENTATION]),
-            torch.from_numpy(arrays[nf.KEY_JOINT_TRANSLATION]),
-            torch.from_numpy(arrays[nf.KEY_JOINT_ORIENTATION]),
+            torch.from_numpy(arrays[nymeria_format.KEY_CPF_TRANSLATION]),
+            torch.from_numpy(arrays[nymeria_format.KEY_CPF_ORIENTATION]),
+            torch.from_numpy(arrays[nymeria_format.KEY_JOINT_TRANSLATION]),
+            torch.from_numpy(arrays[nymeria_format.KEY_JOINT_ORIENTATION]),
         )
         frames += features.shape[0]
     return frames

@@ -14,7 +14,7 @@ Stages, each restartable:
 
 Where things are, for `--out STORE`:
     STORE.lock            the lock (pid + host); one build per STORE at a time
-    STORE.build/clips/    per-file results (`preprocess.workdir`)
+    STORE.build/clips/    per-file results (`preprocess.clip_cache`)
     STORE.build/work.json settings the per-file results depend on
     STORE.build/store.zarr the store being written (complete=False until the end)
     STORE                 the published store; replaced only with --overwrite, by renaming the
@@ -42,6 +42,8 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
+import shared.store
+from preprocess.clip_cache import CachedClip, ClipCache, read_and_persist
 from preprocess.executor import SYNCHRONOUS, Executor, default_workers, open_executor
 from preprocess.lock import BuildLock, LockError
 from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem
@@ -50,20 +52,18 @@ from preprocess.sequence import StatsWindows, compute_planned_sequence
 from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
 from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES, default_stride
 from preprocess.stitch import (
-    DEFAULT_TOLERANCE,
-    ClipTimes,
+    STITCH_TOLERANCE_PERIODS,
+    ClipTimeline,
     Piece,
     SequencePlan,
     StitchReport,
     detect_frame_period_ns,
     plan_sequences,
 )
-from preprocess.workdir import ClipEntry, ClipResults, read_and_persist
-from shared import store as st
 from shared.chunked_writer import ChunkedRowWriter
+from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
 from shared.provenance import git_revision, package_version
-from shared.layout import FEATURE_DIM, layout_description
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class BuildConfig:
     """Frames between statistics windows (default window_frames // 4; see preprocess.stats)."""
     std_floor: float = DEFAULT_STD_FLOOR
     """Smallest std stored, for near-constant dimensions."""
-    stitch_tolerance: float = DEFAULT_TOLERANCE
+    stitch_tolerance: float = STITCH_TOLERANCE_PERIODS
     """Timestamp slack, in frame periods, when deciding contiguity and overlap."""
     rotation_atol: float = DEFAULT_ROTATION_ATOL
     """Tolerance on |R^T R - I| and |det R - 1| for a rotation matrix to be accepted."""
@@ -235,7 +235,7 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
         files = discover_clip_files(data)
         if not files:
             raise BuildError(f"no {CLIP_GLOB} files under {data}")
-        results = ClipResults(paths.clips)
+        results = ClipCache(paths.clips)
         with open_executor(config.scheduler, config.workers) as executor:
             entries, reused, read_fps = _read_stage(
                 data, files, results, executor, config, progress
@@ -321,11 +321,11 @@ def _read_json(path: Path) -> dict | None:
 def _read_stage(
     data: Path,
     files: list[str],
-    results: ClipResults,
+    results: ClipCache,
     executor: Executor,
     config: BuildConfig,
     progress: bool,
-) -> tuple[dict[str, ClipEntry], int, float]:
+) -> tuple[dict[str, CachedClip], int, float]:
     """Stage 1: per-file results for every file (reused or read now)."""
     entries = results.load_entries(data, files)
     reused = len(entries)
@@ -384,8 +384,8 @@ class _Plan:
         return int(sum(self.lengths))
 
 
-def _plan(usable: list[ClipEntry], config: BuildConfig) -> _Plan:
-    clips = [ClipTimes(e.file, e.sequence_name, e.participant, e.timestamp_ns) for e in usable]
+def _plan(usable: list[CachedClip], config: BuildConfig) -> _Plan:
+    clips = [ClipTimeline(e.file, e.sequence_name, e.participant, e.timestamp_ns) for e in usable]
     period_ns = detect_frame_period_ns([c.timestamp_ns for c in clips])
     # Integer-ns timestamps of a 30 fps clock give 30.0000003; the period itself is recorded too.
     source_fps = round(1e9 / period_ns, FPS_DECIMALS)
@@ -400,7 +400,7 @@ def _plan(usable: list[ClipEntry], config: BuildConfig) -> _Plan:
 
 
 def _sequence_tasks(
-    plan: _Plan, results: ClipResults, config: BuildConfig
+    plan: _Plan, results: ClipCache, config: BuildConfig
 ) -> Iterator[tuple[Path, tuple[Piece, ...], float | None, StatsWindows | None]]:
     """Arguments of `compute_planned_sequence` per sequence."""
     windows = StatsWindows(config.window_frames, config.stride_frames)
@@ -415,9 +415,9 @@ def _create_frame_arrays(
     C = config.chunk_frames
     compressors = _compressors(config.compression)
     specs = {
-        st.FEATURES: ((FEATURE_DIM,), "float32", ("frame", "feature")),
-        st.TIMESTAMP_NS: ((), "int64", ("frame",)),
-        st.CONTACT: ((st.NUM_CONTACTS,), "float32", ("frame", "contact")),
+        shared.store.FEATURES: ((FEATURE_DIM,), "float32", ("frame", "feature")),
+        shared.store.TIMESTAMP_NS: ((), "int64", ("frame",)),
+        shared.store.CONTACT: ((shared.store.NUM_CONTACTS,), "float32", ("frame", "contact")),
     }
     return {
         name: root.create_array(
@@ -431,7 +431,7 @@ def _create_frame_arrays(
 def _write_frames(
     plan: _Plan,
     frame_arrays: Mapping[str, zarr.Array],
-    results: ClipResults,
+    results: ClipCache,
     executor: Executor,
     config: BuildConfig,
     progress: bool,
@@ -450,9 +450,9 @@ def _write_frames(
                 )
             writer.append(
                 {
-                    st.FEATURES: arrays.features,
-                    st.TIMESTAMP_NS: arrays.timestamp_ns,
-                    st.CONTACT: arrays.contact,
+                    shared.store.FEATURES: arrays.features,
+                    shared.store.TIMESTAMP_NS: arrays.timestamp_ns,
+                    shared.store.CONTACT: arrays.contact,
                 }
             )
             if arrays.moments is not None:  # merged in sequence order: deterministic
@@ -468,8 +468,8 @@ def _write_stats(
     if moments.count == 0:
         raise BuildError("the train split has no frames; cannot compute normalisation stats")
     mean, std = moments.mean_std(config.std_floor)
-    stats = root.create_group(st.STATS_GROUP)
-    for name, values in ((st.STATS_MEAN, mean), (st.STATS_STD, std)):
+    stats = root.create_group(shared.store.STATS_GROUP)
+    for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
         array = stats.create_array(
             name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
             compressors=None, fill_value=0.0, dimension_names=("feature",),
@@ -477,11 +477,11 @@ def _write_stats(
         array[:] = values
     stats.attrs.update(
         {
-            st.STATS_ATTR_COUNT: int(moments.count),
-            st.STATS_ATTR_WINDOW_FRAMES: config.window_frames,
-            st.STATS_ATTR_STRIDE_FRAMES: config.stride_frames,
-            st.STATS_ATTR_STD_FLOOR: config.std_floor,
-            st.STATS_ATTR_SPLIT: "train",
+            shared.store.STATS_ATTR_COUNT: int(moments.count),
+            shared.store.STATS_ATTR_WINDOW_FRAMES: config.window_frames,
+            shared.store.STATS_ATTR_STRIDE_FRAMES: config.stride_frames,
+            shared.store.STATS_ATTR_STD_FLOOR: config.std_floor,
+            shared.store.STATS_ATTR_SPLIT: "train",
         }
     )
     return mean, std
@@ -492,9 +492,9 @@ def _write_store(
     config: BuildConfig,
     data: Path,
     files: list[str],
-    usable: list[ClipEntry],
+    usable: list[CachedClip],
     problems: tuple[Problem, ...],
-    results: ClipResults,
+    results: ClipCache,
     executor: Executor,
     progress: bool,
 ) -> dict:
@@ -508,17 +508,17 @@ def _write_store(
     )  # fmt: skip
     root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
     base_attrs = {
-        st.ATTR_SCHEMA: {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION},
-        st.ATTR_LAYOUT: layout_description(),
-        st.ATTR_BUILD_CONFIG: config.to_json(),
-        st.ATTR_COMPLETE: False,
+        shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
+        shared.store.ATTR_LAYOUT: layout_description(),
+        shared.store.ATTR_BUILD_CONFIG: config.to_json(),
+        shared.store.ATTR_COMPLETE: False,
     }
     root.attrs.update(base_attrs)
     frame_arrays = _create_frame_arrays(root, plan.num_frames, config)
     moments = _write_frames(plan, frame_arrays, results, executor, config, progress)
     mean, std = _write_stats(root, moments, config)
     records = [
-        st.SequenceRecord(
+        shared.store.SequenceRecord(
             name=sequence.name,
             participant=sequence.participant,
             start=start,
@@ -528,38 +528,38 @@ def _write_store(
         )
         for sequence, start, length in zip(plan.sequences, plan.starts, plan.lengths, strict=True)
     ]
-    table = st.table_to_json(records)
-    root.create_group(st.SEQUENCES_GROUP).attrs.update({st.ATTR_TABLE: table})
+    table = shared.store.table_to_json(records)
+    root.create_group(shared.store.SEQUENCES_GROUP).attrs.update({shared.store.ATTR_TABLE: table})
     root.attrs.update(
         {
             **base_attrs,
-            st.ATTR_FPS: plan.fps,
-            st.ATTR_SOURCE_FPS: plan.source_fps,
-            st.ATTR_PACKAGE_VERSION: package_version(),
-            st.ATTR_GIT_REVISION: git_revision(),
-            st.ATTR_SOURCE: {
+            shared.store.ATTR_FPS: plan.fps,
+            shared.store.ATTR_SOURCE_FPS: plan.source_fps,
+            shared.store.ATTR_PACKAGE_VERSION: package_version(),
+            shared.store.ATTR_GIT_REVISION: git_revision(),
+            shared.store.ATTR_SOURCE: {
                 "root": str(data),
                 "file_count": len(files),
                 "files_used": len(usable),
             },
-            st.ATTR_PROBLEMS: [p.to_json() for p in problems],
-            st.ATTR_STITCHING: {
+            shared.store.ATTR_PROBLEMS: [p.to_json() for p in problems],
+            shared.store.ATTR_STITCHING: {
                 **plan.stitch.to_json(),
                 "frame_period_ns": plan.period_ns,
                 "tolerance_periods": config.stitch_tolerance,
             },
-            st.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            st.ATTR_FINGERPRINT: st.compute_fingerprint(
+            shared.store.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            shared.store.ATTR_FINGERPRINT: shared.store.compute_fingerprint(
                 layout_description(), table, mean, std, moments.count, config.window_frames
             ),
         }
     )
-    root.attrs.update({st.ATTR_COMPLETE: True})  # last: the store is now usable
+    root.attrs.update({shared.store.ATTR_COMPLETE: True})  # last: the store is now usable
 
-    split_participants = dict.fromkeys(st.SPLITS, 0)
+    split_participants = dict.fromkeys(shared.store.SPLITS, 0)
     for split in plan.splits.values():
         split_participants[split] += 1
-    split_frames = dict.fromkeys(st.SPLITS, 0)
+    split_frames = dict.fromkeys(shared.store.SPLITS, 0)
     for record in records:
         split_frames[record.split] += record.length
     return {

@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 import h5py
 
-from preprocess import nymeria_format as nf
-from preprocess import synth
+from preprocess import nymeria_format, synth
 from preprocess.build import (
     COMPRESSIONS,
     DEFAULT_CHUNK_FRAMES,
@@ -22,11 +21,12 @@ from preprocess.build import (
     build,
     describe_executor,
 )
-from preprocess.info import format_info, store_info, verify_sequences, verify_stats
+from preprocess.info import format_info, store_info
 from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem
 from preprocess.split import parse_fractions
 from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES
-from preprocess.stitch import DEFAULT_TOLERANCE
+from preprocess.stitch import STITCH_TOLERANCE_PERIODS
+from preprocess.verify import verify_sequences, verify_stats
 from shared.store import StoreError, open_store
 
 
@@ -80,8 +80,8 @@ def synth_command(
     num_frames = 0
     for path in paths:
         with h5py.File(path, "r") as f:
-            num_frames += int(f.attrs[nf.ATTR_NUM_FRAMES])
-    people = {nf.participant_from_sequence_name(nf.parse_clip_file_name(p)[0]) for p in paths}
+            num_frames += int(f.attrs[nymeria_format.ATTR_NUM_FRAMES])
+    people = {nymeria_format.participant_from_sequence_name(nymeria_format.parse_clip_file_name(p)[0]) for p in paths}
     click.echo(
         f"wrote {len(paths)} clip files ({recordings} recordings, {num_frames} frames, "
         f"{len(people)} participants) to {out_dir}"
@@ -150,7 +150,7 @@ def _echo_summary(summary: BuildSummary) -> None:
 @click.option("--std-floor", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_STD_FLOOR,
               show_default=True, help="Smallest stored std (near-constant dimensions).")
 @click.option("--stitch-tolerance", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=DEFAULT_TOLERANCE, show_default=True,
+              default=STITCH_TOLERANCE_PERIODS, show_default=True,
               help="Timestamp slack, in frame periods, for stitching clips and dropping overlaps.")
 @click.option("--rotation-tolerance", "rotation_atol", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_ROTATION_ATOL, show_default=True,

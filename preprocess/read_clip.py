@@ -18,22 +18,22 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the LZ4 filter the clips are written with)
 import numpy as np
 
-from preprocess import nymeria_format as nf
+from preprocess import nymeria_format
 from preprocess.motion import Motion
 from shared.rotations import is_rotation
 
 # Motion field -> dataset key in the clip file (the datasets read, in this order).
 DATASET_OF_FIELD: MappingProxyType[str, str] = MappingProxyType(
     {
-        "timestamp_ns": nf.KEY_TIMESTAMP_NS,
-        "cpf_translation": nf.KEY_CPF_TRANSLATION,
-        "cpf_orientation": nf.KEY_CPF_ORIENTATION,
-        "joint_translation": nf.KEY_JOINT_TRANSLATION,
-        "joint_orientation": nf.KEY_JOINT_ORIENTATION,
-        "contact": nf.KEY_CONTACT_INFORMATION,
+        "timestamp_ns": nymeria_format.KEY_TIMESTAMP_NS,
+        "cpf_translation": nymeria_format.KEY_CPF_TRANSLATION,
+        "cpf_orientation": nymeria_format.KEY_CPF_ORIENTATION,
+        "joint_translation": nymeria_format.KEY_JOINT_TRANSLATION,
+        "joint_orientation": nymeria_format.KEY_JOINT_ORIENTATION,
+        "contact": nymeria_format.KEY_CONTACT_INFORMATION,
     }
 )
-ROTATION_KEYS: tuple[str, ...] = (nf.KEY_CPF_ORIENTATION, nf.KEY_JOINT_ORIENTATION)
+ROTATION_KEYS: tuple[str, ...] = (nymeria_format.KEY_CPF_ORIENTATION, nymeria_format.KEY_JOINT_ORIENTATION)
 DEFAULT_ROTATION_ATOL = 1e-3
 """Largest |R^T R - I| entry and |det R - 1| accepted for a rotation matrix."""
 
@@ -72,7 +72,7 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class ClipResult:
+class ClipOutcome:
     """Outcome of reading one clip: its motion, or the problem that made it unusable."""
 
     file: str  # path relative to the source root, POSIX separators
@@ -95,22 +95,22 @@ class _ClipProblem(Exception):
         self.reason = reason
 
 
-def read_clip(root: Path, file: str, rotation_atol: float = DEFAULT_ROTATION_ATOL) -> ClipResult:
+def read_clip(root: Path, file: str, rotation_atol: float = DEFAULT_ROTATION_ATOL) -> ClipOutcome:
     """Read and validate `root / file`; never raises for a bad file, returns its problem."""
     path = Path(root) / file
     try:
         stat = path.stat()
     except OSError as error:
         problem = Problem(file, "unreadable", f"{file}: cannot stat file: {error}")
-        return ClipResult(file, -1, -1, None, None, None, problem)
+        return ClipOutcome(file, -1, -1, None, None, None, problem)
     size, mtime = stat.st_size, stat.st_mtime_ns
     try:
         sequence_name, participant, motion = _read_validated(path, file, rotation_atol)
     except _ClipProblem as problem:
-        return ClipResult(
+        return ClipOutcome(
             file, size, mtime, None, None, None, Problem(file, problem.kind, problem.reason)
         )
-    return ClipResult(file, size, mtime, sequence_name, participant, motion, None)
+    return ClipOutcome(file, size, mtime, sequence_name, participant, motion, None)
 
 
 def _has_hdf5_signature(path: Path, size: int) -> bool:
@@ -157,21 +157,21 @@ def _read_validated(path: Path, file: str, rotation_atol: float) -> tuple[str, s
 
 def _participant(sequence_name: str, file: str) -> str:
     try:
-        return nf.participant_from_sequence_name(sequence_name)
+        return nymeria_format.participant_from_sequence_name(sequence_name)
     except ValueError as error:
         raise _ClipProblem(
             "bad_sequence_name",
-            f"{file}: attribute {nf.ATTR_SEQUENCE_NAME!r}: {error}; the participant (and so "
+            f"{file}: attribute {nymeria_format.ATTR_SEQUENCE_NAME!r}: {error}; the participant (and so "
             f"the split) cannot be assigned",
         ) from None
 
 
 def _sequence_name(handle: h5py.File, file: str) -> str:
-    if nf.ATTR_SEQUENCE_NAME not in handle.attrs:
+    if nymeria_format.ATTR_SEQUENCE_NAME not in handle.attrs:
         raise _ClipProblem(
-            "missing_attribute", f"{file}: missing file attribute {nf.ATTR_SEQUENCE_NAME!r}"
+            "missing_attribute", f"{file}: missing file attribute {nymeria_format.ATTR_SEQUENCE_NAME!r}"
         )
-    value = handle.attrs[nf.ATTR_SEQUENCE_NAME]
+    value = handle.attrs[nymeria_format.ATTR_SEQUENCE_NAME]
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
     if isinstance(value, bytes):
@@ -179,7 +179,7 @@ def _sequence_name(handle: h5py.File, file: str) -> str:
     if not isinstance(value, str):
         raise _ClipProblem(
             "missing_attribute",
-            f"{file}: attribute {nf.ATTR_SEQUENCE_NAME!r} must be a string, found "
+            f"{file}: attribute {nymeria_format.ATTR_SEQUENCE_NAME!r} must be a string, found "
             f"{type(value).__name__} {value!r}",
         )
     return value
@@ -187,7 +187,7 @@ def _sequence_name(handle: h5py.File, file: str) -> str:
 
 def _dataset(handle: h5py.File, key: str, file: str) -> h5py.Dataset:
     """The dataset `key`, with its shape, dtype and filters checked (no data read)."""
-    spec = nf.MOTION_DATASETS[key]
+    spec = nymeria_format.MOTION_DATASETS[key]
     if key not in handle:
         raise _ClipProblem("missing_key", f"{file}: missing dataset {key!r}")
     ds = handle[key]
@@ -227,12 +227,12 @@ def _check_frame_counts(handle: h5py.File, datasets: dict[str, h5py.Dataset], fi
             f"{file}: datasets disagree on the number of frames: {counts}",
         )
     num_frames = next(iter(counts.values()))
-    if nf.ATTR_NUM_FRAMES in handle.attrs:
-        declared = int(np.asarray(handle.attrs[nf.ATTR_NUM_FRAMES]))
+    if nymeria_format.ATTR_NUM_FRAMES in handle.attrs:
+        declared = int(np.asarray(handle.attrs[nymeria_format.ATTR_NUM_FRAMES]))
         if declared != num_frames:
             raise _ClipProblem(
                 "frame_count_mismatch",
-                f"{file}: attribute {nf.ATTR_NUM_FRAMES!r} is {declared}, but the datasets "
+                f"{file}: attribute {nymeria_format.ATTR_NUM_FRAMES!r} is {declared}, but the datasets "
                 f"have {num_frames} frames",
             )
     if num_frames == 0:
@@ -258,13 +258,13 @@ def _check_values(arrays: dict[str, np.ndarray], file: str, rotation_atol: float
                 f"{file}: dataset {key!r}, frame {frame}: NaN or Inf "
                 f"({int((~finite).sum())} of {len(values)} frames affected)",
             )
-    timestamp_ns = arrays[nf.KEY_TIMESTAMP_NS]
+    timestamp_ns = arrays[nymeria_format.KEY_TIMESTAMP_NS]
     steps = np.diff(timestamp_ns)
     if (steps <= 0).any():
         frame = int(np.argmax(steps <= 0)) + 1
         raise _ClipProblem(
             "timestamps_not_increasing",
-            f"{file}: dataset {nf.KEY_TIMESTAMP_NS!r}, frame {frame}: timestamp "
+            f"{file}: dataset {nymeria_format.KEY_TIMESTAMP_NS!r}, frame {frame}: timestamp "
             f"{int(timestamp_ns[frame])} ns does not increase on frame {frame - 1} "
             f"({int(timestamp_ns[frame - 1])} ns)",
         )

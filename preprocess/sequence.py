@@ -6,16 +6,16 @@ Pure: the build runs it on Dask workers, `verify` and the tests run it in-proces
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from pathlib import Path
-
+from preprocess.clip_cache import ClipCache
 from preprocess.motion import Motion, concatenate, motion_features
 from preprocess.resample import resample_motion
-from preprocess.stats import Moments, sequence_moments
+from preprocess.stats import sequence_moments
 from preprocess.stitch import Piece
-from preprocess.workdir import ClipResults
+from shared.moments import Moments
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,6 @@ def compute_planned_sequence(
 ) -> SequenceArrays:
     """Stage-3 task: join the pieces from the persisted per-file results, then
     `compute_sequence`. Only the stored arrays travel back to the build process."""
-    results = ClipResults(results_dir)
+    results = ClipCache(results_dir)
     motion = concatenate([results.load_motion(p.file).slice(p.start, p.stop) for p in pieces])
     return compute_sequence(motion, fps, stats_windows)

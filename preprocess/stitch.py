@@ -19,12 +19,12 @@ from itertools import groupby
 
 import numpy as np
 
-DEFAULT_TOLERANCE = 0.5
+STITCH_TOLERANCE_PERIODS = 0.5
 SEGMENT_SEPARATOR = "#"
 
 
 @dataclass(frozen=True)
-class ClipTimes:
+class ClipTimeline:
     """What the planner needs to know about one usable clip."""
 
     file: str
@@ -107,7 +107,7 @@ def recording_of(sequence: str) -> str:
 
 
 def plan_recording(
-    clips: Sequence[ClipTimes], frame_period_ns: float, tolerance: float = DEFAULT_TOLERANCE
+    clips: Sequence[ClipTimeline], frame_period_ns: float, tolerance: float = STITCH_TOLERANCE_PERIODS
 ) -> tuple[list[SequencePlan], int, list[str]]:
     """Stitch the clips of one recording.
 
@@ -120,7 +120,7 @@ def plan_recording(
     if len(recordings) != 1:
         raise ValueError(f"plan_recording needs clips of one recording, found {sorted(recordings)}")
     ordered = sorted(clips, key=lambda c: (int(c.timestamp_ns[0]), c.file))
-    segments: list[list[tuple[ClipTimes, int, int]]] = []
+    segments: list[list[tuple[ClipTimeline, int, int]]] = []
     dropped, fully_dropped = 0, []
     last_ns: int | None = None
     for clip in ordered:
@@ -156,7 +156,7 @@ def plan_recording(
 
 
 def plan_sequences(
-    clips: Sequence[ClipTimes], frame_period_ns: float, tolerance: float = DEFAULT_TOLERANCE
+    clips: Sequence[ClipTimeline], frame_period_ns: float, tolerance: float = STITCH_TOLERANCE_PERIODS
 ) -> tuple[list[SequencePlan], StitchReport]:
     """All sequences of all recordings, ordered by recording name then time."""
     by_recording = sorted(clips, key=lambda c: c.sequence_name)

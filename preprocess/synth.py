@@ -53,7 +53,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from preprocess import nymeria_format as nf
+from preprocess import nymeria_format
 from shared.atomic import atomic_path
 from shared.rotations import axis_angle_to_matrix, yaw_matrix
 from shared.skeleton import FOOT_JOINTS, JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS
@@ -518,14 +518,14 @@ def animate(
 
     f32 = np.float32
     return {
-        nf.KEY_TIMESTAMP_NS: timestamp_ns,
-        nf.KEY_ROOT_TRANSLATION: pos_world_m[:, J["Pelvis"]].astype(f32),
-        nf.KEY_ROOT_ORIENTATION: R_world_segment[:, J["Pelvis"]].astype(f32),
-        nf.KEY_CPF_TRANSLATION: cpf_world_m.astype(f32),
-        nf.KEY_CPF_ORIENTATION: R_world_cpf.astype(f32),
-        nf.KEY_JOINT_TRANSLATION: pos_world_m.astype(f32),
-        nf.KEY_JOINT_ORIENTATION: R_world_segment.astype(f32),
-        nf.KEY_CONTACT_INFORMATION: contact.astype(f32),
+        nymeria_format.KEY_TIMESTAMP_NS: timestamp_ns,
+        nymeria_format.KEY_ROOT_TRANSLATION: pos_world_m[:, J["Pelvis"]].astype(f32),
+        nymeria_format.KEY_ROOT_ORIENTATION: R_world_segment[:, J["Pelvis"]].astype(f32),
+        nymeria_format.KEY_CPF_TRANSLATION: cpf_world_m.astype(f32),
+        nymeria_format.KEY_CPF_ORIENTATION: R_world_cpf.astype(f32),
+        nymeria_format.KEY_JOINT_TRANSLATION: pos_world_m.astype(f32),
+        nymeria_format.KEY_JOINT_ORIENTATION: R_world_segment.astype(f32),
+        nymeria_format.KEY_CONTACT_INFORMATION: contact.astype(f32),
     }
 
 
@@ -548,24 +548,24 @@ def _egoview_frames(R_world_cpf: np.ndarray, video_size: int) -> np.ndarray:
     forward = R_world_cpf[:, :, 2]
     heading_rad = np.arctan2(forward[:, 1], forward[:, 0])
     grid = np.linspace(0.0, 1.0, video_size)
-    channel_shift = np.arange(nf.EGOVIEW_CHANNELS) * (2 * np.pi / 3)
+    channel_shift = np.arange(nymeria_format.EGOVIEW_CHANNELS) * (2 * np.pi / 3)
     wave = np.sin(
         2 * np.pi * (grid[None, None, None, :] + 0.5 * grid[None, None, :, None])
         - heading_rad[:, None, None, None]
         + channel_shift[None, :, None, None]
     )
-    return np.rint(127.5 + 127.5 * wave).astype(nf.EGOVIEW_DTYPE)
+    return np.rint(127.5 + 127.5 * wave).astype(nymeria_format.EGOVIEW_DTYPE)
 
 
 def _check_clip(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> None:
     """Raise ValueError unless `arrays` and `attrs` form a valid clip."""
-    missing = [key for key in nf.MOTION_DATASETS if key not in arrays]
+    missing = [key for key in nymeria_format.MOTION_DATASETS if key not in arrays]
     if missing:
         raise ValueError(f"{path}: arrays lack datasets {missing}")
-    num_frames = len(arrays[nf.KEY_TIMESTAMP_NS])
+    num_frames = len(arrays[nymeria_format.KEY_TIMESTAMP_NS])
     if num_frames < 1:
         raise ValueError(f"{path}: a clip needs at least one frame, found {num_frames}")
-    for key, spec in nf.MOTION_DATASETS.items():
+    for key, spec in nymeria_format.MOTION_DATASETS.items():
         array = arrays[key]
         expected = (num_frames, *spec.frame_shape)
         if array.shape != expected or not spec.accepts_dtype(array.dtype):
@@ -573,10 +573,10 @@ def _check_clip(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str
                 f"{path}: dataset {key!r} must be {spec.dtype_kind} with shape {expected}, "
                 f"found {array.dtype} {array.shape}"
             )
-    for key in (*nf.STRING_ATTRS, *nf.INT_ATTRS):
+    for key in (*nymeria_format.STRING_ATTRS, *nymeria_format.INT_ATTRS):
         if key not in attrs:
             raise ValueError(f"{path}: attribute {key!r} missing")
-    start, end, count = (attrs[k] for k in nf.INT_ATTRS)
+    start, end, count = (attrs[k] for k in nymeria_format.INT_ATTRS)
     if not (count == num_frames == end - start and start >= 0):
         raise ValueError(
             f"{path}: attributes must satisfy 0 <= start_idx and num_frames == end_idx - start_idx"
@@ -598,18 +598,18 @@ def write_clip(
     if video_size < 1:
         raise ValueError(f"video_size must be >= 1, found {video_size}")
     with atomic_path(path) as tmp_path, h5py.File(tmp_path, "x") as f:
-        for key in nf.STRING_ATTRS:
+        for key in nymeria_format.STRING_ATTRS:
             f.attrs[key] = str(attrs[key])
-        for key in nf.INT_ATTRS:
+        for key in nymeria_format.INT_ATTRS:
             f.attrs[key] = int(attrs[key])
-        for key, spec in nf.MOTION_DATASETS.items():
+        for key, spec in nymeria_format.MOTION_DATASETS.items():
             dtype = np.int64 if spec.dtype_kind == "int64" else np.float32
             f.create_dataset(key, data=np.asarray(arrays[key], dtype=dtype), **hdf5plugin.LZ4())
-        video = _egoview_frames(np.asarray(arrays[nf.KEY_CPF_ORIENTATION]), video_size)
+        video = _egoview_frames(np.asarray(arrays[nymeria_format.KEY_CPF_ORIENTATION]), video_size)
         f.create_dataset(
-            nf.KEY_EGOVIEW,
+            nymeria_format.KEY_EGOVIEW,
             data=video,
-            chunks=(1, nf.EGOVIEW_CHANNELS, video_size, video_size),
+            chunks=(1, nymeria_format.EGOVIEW_CHANNELS, video_size, video_size),
             **hdf5plugin.LZ4(),
         )
 
@@ -677,13 +677,13 @@ def generate_dataset(
             counts = np.bincount(plan.activity[start:end], minlength=len(Activity))
             majority = Activity(counts.argmax())
             attrs = {
-                nf.ATTR_SEQUENCE_NAME: sequence_name,
-                nf.ATTR_ATOMIC_ACTION: str(rng.choice(ACTION_PHRASES[majority])),
-                nf.ATTR_START_IDX: int(start),
-                nf.ATTR_END_IDX: int(end),
-                nf.ATTR_NUM_FRAMES: int(end - start),
+                nymeria_format.ATTR_SEQUENCE_NAME: sequence_name,
+                nymeria_format.ATTR_ATOMIC_ACTION: str(rng.choice(ACTION_PHRASES[majority])),
+                nymeria_format.ATTR_START_IDX: int(start),
+                nymeria_format.ATTR_END_IDX: int(end),
+                nymeria_format.ATTR_NUM_FRAMES: int(end - start),
             }
-            path = out_dir / nf.clip_file_name(sequence_name, datapoint_id)
+            path = out_dir / nymeria_format.clip_file_name(sequence_name, datapoint_id)
             clip_arrays = {key: value[start:end] for key, value in arrays.items()}
             write_clip(path, clip_arrays, attrs, video_size)
             paths.append(path)

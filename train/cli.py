@@ -18,9 +18,17 @@ from torch import nn
 from shared.store import SPLITS, StoreError
 from train.config import Device, RunConfig, TrainConfig, field_docs, load_config_file
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
-from train.export import ATTR_FPS, FEATURES, MEAN, SEQUENCES, WORLD_ARRAYS, decode_store, encode_store
 from train.fit import TrainingDiverged
 from train.fit import fit as run_fit
+from train.latents import (
+    ATTR_FPS,
+    FEATURES,
+    MEAN,
+    SEQUENCES,
+    WORLD_ARRAYS,
+    decode_store,
+    encode_store,
+)
 from train.model import MotionVAE, MotionVAEConfig
 
 
@@ -222,7 +230,7 @@ def encode_command(ckpt: Path, store_url: str, out: str, logvar: bool, split: st
     (N_latents, latent_dim), a sequence table with each sequence's first latent, latent
     and frame counts and canonical frame (so decode can return to the world), per-channel
     latent mean/std (over the train sequences when encoded) and provenance; see
-    train/export.py.
+    train/latents.py.
 
     Tail: a sequence whose length is not a multiple of 4 is right-padded by repeating its
     last frame. Only its last latent reads padded frames; every earlier latent is exactly

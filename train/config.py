@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from train.model import MotionVAEConfig
 
-
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 

@@ -20,8 +20,7 @@ from shared.features import features_to_world
 from shared.skeleton import JOINT_NAMES
 from shared.store import open_store
 from train.data import WindowIndex, prepare_batch, read_windows
-from train.export import load_for_inference, warn_if_other_store
-from train.fit import resolve_device
+from train.inference import load_for_inference, resolve_device, warn_if_other_store
 from train.loss import KL, latent_mask, mse_key, vae_loss
 from train.metrics import (
     CONTACT_HEIGHT_M,

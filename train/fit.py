@@ -36,6 +36,7 @@ from train.data import (
     prepare_batch,
     read_windows,
 )
+from train.inference import resolve_device
 from train.loss import KL, RECON, TOTAL, latent_mask, vae_loss
 from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, loss_sums, pool, reconstruction_errors
 from train.model import MotionVAE
@@ -61,21 +62,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> CUDA, then MPS, then CPU; an explicit name must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but MPS is not available")
-    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
 
 
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
@@ -371,7 +357,4 @@ def _write_run_files(run_dir: Path, config: RunConfig, store: FeatureStore, info
     }
     (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
 
-
-def config_from_checkpoint(ckpt: Checkpoint) -> RunConfig:
-    return RunConfig.from_dict(ckpt.config, source="checkpoint")
 

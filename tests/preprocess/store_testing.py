@@ -13,19 +13,19 @@ import hdf5plugin  # noqa: F401  (the synthetic clips are LZ4-compressed)
 import numpy as np
 from click.testing import CliRunner, Result
 
-from preprocess import nymeria_format as nf
+import shared.store
+from preprocess import nymeria_format
 from preprocess.build import BuildConfig, BuildSummary, build
 from preprocess.cli import main
-from shared import store as st
 from shared.features import world_to_features
 
 MOTION_KEYS = (
-    nf.KEY_TIMESTAMP_NS,
-    nf.KEY_CPF_TRANSLATION,
-    nf.KEY_CPF_ORIENTATION,
-    nf.KEY_JOINT_TRANSLATION,
-    nf.KEY_JOINT_ORIENTATION,
-    nf.KEY_CONTACT_INFORMATION,
+    nymeria_format.KEY_TIMESTAMP_NS,
+    nymeria_format.KEY_CPF_TRANSLATION,
+    nymeria_format.KEY_CPF_ORIENTATION,
+    nymeria_format.KEY_JOINT_TRANSLATION,
+    nymeria_format.KEY_JOINT_ORIENTATION,
+    nymeria_format.KEY_CONTACT_INFORMATION,
 )
 UNREGISTERED_FILTER_ID = 32099  # no HDF5 filter is registered under this id
 
@@ -34,7 +34,7 @@ def read_raw(path: Path) -> dict:
     """Motion datasets and the sequence name of one clip, straight from h5py."""
     with h5py.File(path, "r") as f:
         raw = {key: f[key][()] for key in MOTION_KEYS}
-        raw["sequence_name"] = str(f.attrs[nf.ATTR_SEQUENCE_NAME])
+        raw["sequence_name"] = str(f.attrs[nymeria_format.ATTR_SEQUENCE_NAME])
     return raw
 
 
@@ -46,7 +46,7 @@ def raw_recordings(data: Path) -> dict[str, list[dict]]:
         raw["file"] = path.relative_to(data).as_posix()
         recordings[raw["sequence_name"]].append(raw)
     return {
-        name: sorted(clips, key=lambda c: int(c[nf.KEY_TIMESTAMP_NS][0]))
+        name: sorted(clips, key=lambda c: int(c[nymeria_format.KEY_TIMESTAMP_NS][0]))
         for name, clips in sorted(recordings.items())
     }
 
@@ -58,10 +58,10 @@ def stitched(clips: list[dict]) -> dict[str, np.ndarray]:
 def reference_features(raw: Mapping[str, np.ndarray]) -> np.ndarray:
     """world_to_features of stitched raw arrays, float64."""
     return world_to_features(
-        raw[nf.KEY_CPF_TRANSLATION].astype(np.float64),
-        raw[nf.KEY_CPF_ORIENTATION].astype(np.float64),
-        raw[nf.KEY_JOINT_TRANSLATION].astype(np.float64),
-        raw[nf.KEY_JOINT_ORIENTATION].astype(np.float64),
+        raw[nymeria_format.KEY_CPF_TRANSLATION].astype(np.float64),
+        raw[nymeria_format.KEY_CPF_ORIENTATION].astype(np.float64),
+        raw[nymeria_format.KEY_JOINT_TRANSLATION].astype(np.float64),
+        raw[nymeria_format.KEY_JOINT_ORIENTATION].astype(np.float64),
     )
 
 
@@ -89,7 +89,7 @@ def write_variant(
                 _write_unreadable(dst, key, shape, dtype)
             elif key in datasets:
                 dst.create_dataset(key, data=datasets[key])
-            elif key == nf.KEY_EGOVIEW:
+            elif key == nymeria_format.KEY_EGOVIEW:
                 dst.create_dataset(key, shape=shape, dtype=dtype, chunks=(1, *shape[1:]))
             else:
                 dst.create_dataset(key, data=src[key][()])
@@ -137,5 +137,5 @@ def root_attrs(store: Path) -> dict:
 
 
 def feature_chunk_files(store: Path) -> list[Path]:
-    files = [p for p in (store / st.FEATURES / "c").rglob("*") if p.is_file()]
+    files = [p for p in (store / shared.store.FEATURES / "c").rglob("*") if p.is_file()]
     return sorted(files, key=lambda p: int(p.parent.name))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from store_testing import cli_build, raw_recordings, read_raw, synchronous_build, write_variant
 
-from preprocess import nymeria_format as nf
+import shared.store
+from preprocess import nymeria_format
 from preprocess.read_clip import PROBLEM_KINDS, read_clip
-from shared import store as st
 from shared.store import open_store
 
 GOOD_RECORDINGS = 2
@@ -20,31 +20,31 @@ GOOD_RECORDINGS = 2
 
 def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, ...]]]:
     """kind -> (datasets, attrs, unreadable datasets) applied to a copy of `clip`."""
-    n = len(raw[nf.KEY_TIMESTAMP_NS])
-    nan_cpf = raw[nf.KEY_CPF_TRANSLATION].copy()
+    n = len(raw[nymeria_format.KEY_TIMESTAMP_NS])
+    nan_cpf = raw[nymeria_format.KEY_CPF_TRANSLATION].copy()
     nan_cpf[7, 1] = np.nan
-    scaled = raw[nf.KEY_JOINT_ORIENTATION].copy()
+    scaled = raw[nymeria_format.KEY_JOINT_ORIENTATION].copy()
     scaled[5, 3] *= 1.5
-    stalled = raw[nf.KEY_TIMESTAMP_NS].copy()
+    stalled = raw[nymeria_format.KEY_TIMESTAMP_NS].copy()
     stalled[9] = stalled[8]
     empty = {key: raw[key][:0] for key in (
-        nf.KEY_TIMESTAMP_NS, nf.KEY_CPF_TRANSLATION, nf.KEY_CPF_ORIENTATION,
-        nf.KEY_JOINT_TRANSLATION, nf.KEY_JOINT_ORIENTATION, nf.KEY_CONTACT_INFORMATION,
+        nymeria_format.KEY_TIMESTAMP_NS, nymeria_format.KEY_CPF_TRANSLATION, nymeria_format.KEY_CPF_ORIENTATION,
+        nymeria_format.KEY_JOINT_TRANSLATION, nymeria_format.KEY_JOINT_ORIENTATION, nymeria_format.KEY_CONTACT_INFORMATION,
     )}  # fmt: skip
     return {
-        "missing_key": ({nf.KEY_JOINT_TRANSLATION: None}, {}, ()),
-        "bad_shape": ({nf.KEY_JOINT_TRANSLATION: np.zeros((n, 22, 3), np.float32)}, {}, ()),
-        "bad_dtype": ({nf.KEY_TIMESTAMP_NS: raw[nf.KEY_TIMESTAMP_NS].astype(np.float64)}, {}, ()),
-        "non_finite": ({nf.KEY_CPF_TRANSLATION: nan_cpf}, {}, ()),
-        "not_rotation": ({nf.KEY_JOINT_ORIENTATION: scaled}, {}, ()),
-        "timestamps_not_increasing": ({nf.KEY_TIMESTAMP_NS: stalled}, {}, ()),
-        "empty_clip": (empty, {nf.ATTR_NUM_FRAMES: 0}, ()),
+        "missing_key": ({nymeria_format.KEY_JOINT_TRANSLATION: None}, {}, ()),
+        "bad_shape": ({nymeria_format.KEY_JOINT_TRANSLATION: np.zeros((n, 22, 3), np.float32)}, {}, ()),
+        "bad_dtype": ({nymeria_format.KEY_TIMESTAMP_NS: raw[nymeria_format.KEY_TIMESTAMP_NS].astype(np.float64)}, {}, ()),
+        "non_finite": ({nymeria_format.KEY_CPF_TRANSLATION: nan_cpf}, {}, ()),
+        "not_rotation": ({nymeria_format.KEY_JOINT_ORIENTATION: scaled}, {}, ()),
+        "timestamps_not_increasing": ({nymeria_format.KEY_TIMESTAMP_NS: stalled}, {}, ()),
+        "empty_clip": (empty, {nymeria_format.ATTR_NUM_FRAMES: 0}, ()),
         "frame_count_mismatch": (
-            {nf.KEY_CONTACT_INFORMATION: raw[nf.KEY_CONTACT_INFORMATION][:-1]}, {}, ()
+            {nymeria_format.KEY_CONTACT_INFORMATION: raw[nymeria_format.KEY_CONTACT_INFORMATION][:-1]}, {}, ()
         ),
-        "filter_unavailable": ({}, {}, (nf.KEY_JOINT_ORIENTATION,)),
-        "missing_attribute": ({}, {nf.ATTR_SEQUENCE_NAME: None}, ()),
-        "bad_sequence_name": ({}, {nf.ATTR_SEQUENCE_NAME: "not-a-nymeria-recording"}, ()),
+        "filter_unavailable": ({}, {}, (nymeria_format.KEY_JOINT_ORIENTATION,)),
+        "missing_attribute": ({}, {nymeria_format.ATTR_SEQUENCE_NAME: None}, ()),
+        "bad_sequence_name": ({}, {nymeria_format.ATTR_SEQUENCE_NAME: "not-a-nymeria-recording"}, ()),
     }
 
 
@@ -79,7 +79,7 @@ def mixed_dataset(
         for clip in recordings[name]:
             source = synthetic_dataset / clip["file"]
             # The video of the first recording uses a filter nobody has: reading it would fail.
-            trap = (nf.KEY_EGOVIEW,) if index == 0 else ()
+            trap = (nymeria_format.KEY_EGOVIEW,) if index == 0 else ()
             write_variant(source, root / "good" / clip["file"], filtered=trap)
     donor_name = list(recordings)[GOOD_RECORDINGS]
     donor = synthetic_dataset / recordings[donor_name][0]["file"]
@@ -100,7 +100,7 @@ def test_the_video_trap_would_fire(mixed_dataset):
     root, _ = mixed_dataset
     trapped = sorted((root / "good").glob("*.h5"))[0]
     with h5py.File(trapped, "r") as f, pytest.raises(OSError):
-        f[nf.KEY_EGOVIEW][0]
+        f[nymeria_format.KEY_EGOVIEW][0]
 
 
 @pytest.mark.parametrize("kind", PROBLEM_KINDS)
@@ -139,11 +139,11 @@ def test_build_skips_bad_files_and_records_them(mixed_dataset, tmp_path: Path):
         assert f"skipped [{kind}] {file}" in result.output
 
     store = open_store(out)
-    problems = store.attrs[st.ATTR_PROBLEMS]
+    problems = store.attrs[shared.store.ATTR_PROBLEMS]
     assert [p["file"] for p in problems] == sorted(files.values())
     assert {p["file"]: p["kind"] for p in problems} == {f: k for k, f in files.items()}
-    assert store.attrs[st.ATTR_SOURCE]["file_count"] == total
-    assert store.attrs[st.ATTR_SOURCE]["files_used"] == good_files
+    assert store.attrs[shared.store.ATTR_SOURCE]["file_count"] == total
+    assert store.attrs[shared.store.ATTR_SOURCE]["files_used"] == good_files
     assert len(store.sequences) == GOOD_RECORDINGS
     used = {f for r in store.sequences for f in r.source_files}
     assert used == {p.relative_to(root).as_posix() for p in (root / "good").glob("*.h5")}

@@ -21,9 +21,9 @@ from store_testing import (
     synchronous_build,
 )
 
-from preprocess import nymeria_format as nf
+import shared.store
+from preprocess import nymeria_format
 from preprocess.cli import main
-from shared import store as st
 from shared.features import canonicalize
 from shared.layout import FEATURE_DIM, HP, HP_DOT, layout_description
 from shared.store import open_store
@@ -32,11 +32,11 @@ CHUNK_FRAMES = 500
 WINDOW, STRIDE, STD_FLOOR = 152, 38, 1e-3
 
 
-def numpy_stats(store: st.FeatureStore) -> tuple[np.ndarray, np.ndarray, int]:
+def numpy_stats(store: shared.store.FeatureStore) -> tuple[np.ndarray, np.ndarray, int]:
     """Mean/std over canonical train windows, all stacked in one numpy array."""
     windows = []
     for record in store.split("train"):
-        features = np.asarray(store.zarr_arrays[st.FEATURES][record.start : record.stop])
+        features = np.asarray(store.zarr_arrays[shared.store.FEATURES][record.start : record.stop])
         if record.length < WINDOW:
             starts, width = [0], record.length
         else:
@@ -65,38 +65,38 @@ def cluster_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.mark.slow
 def test_cluster_build_sizes_chunks_and_attributes(cluster_store: Path, synthetic_dataset: Path):
     recordings = raw_recordings(synthetic_dataset)
-    total_frames = sum(len(c[nf.KEY_TIMESTAMP_NS]) for clips in recordings.values() for c in clips)
+    total_frames = sum(len(c[nymeria_format.KEY_TIMESTAMP_NS]) for clips in recordings.values() for c in clips)
     store = open_store(cluster_store)
     assert store.num_frames == total_frames
     assert store.is_memory_mapped
     assert len(store.sequences) == len(recordings) == 6
-    for name in st.FRAME_ARRAYS:
+    for name in shared.store.FRAME_ARRAYS:
         assert store.zarr_arrays[name].chunks[0] == CHUNK_FRAMES
-    assert store.zarr_arrays[st.FEATURES].chunks == (CHUNK_FRAMES, FEATURE_DIM)
-    assert store.zarr_arrays[st.FEATURES].dtype == np.float32
-    assert store.zarr_arrays[st.TIMESTAMP_NS].dtype == np.int64
+    assert store.zarr_arrays[shared.store.FEATURES].chunks == (CHUNK_FRAMES, FEATURE_DIM)
+    assert store.zarr_arrays[shared.store.FEATURES].dtype == np.float32
+    assert store.zarr_arrays[shared.store.TIMESTAMP_NS].dtype == np.int64
     chunk_files = feature_chunk_files(cluster_store)
     assert len(chunk_files) == -(-total_frames // CHUNK_FRAMES)
     assert {p.stat().st_size for p in chunk_files} == {CHUNK_FRAMES * FEATURE_DIM * 4}  # raw
 
     attrs = store.attrs
-    assert attrs[st.ATTR_SCHEMA] == {"name": "nymeria-motion-features", "version": 1}
-    assert attrs[st.ATTR_LAYOUT] == layout_description()
-    assert attrs[st.ATTR_COMPLETE] is True
-    assert store.fps == attrs[st.ATTR_SOURCE_FPS] == pytest.approx(30.0)
-    assert attrs[st.ATTR_PACKAGE_VERSION] == metadata.version("nymeria-mvae")
-    assert attrs[st.ATTR_GIT_REVISION]
-    assert attrs[st.ATTR_SOURCE] == {
+    assert attrs[shared.store.ATTR_SCHEMA] == {"name": "nymeria-motion-features", "version": 1}
+    assert attrs[shared.store.ATTR_LAYOUT] == layout_description()
+    assert attrs[shared.store.ATTR_COMPLETE] is True
+    assert store.fps == attrs[shared.store.ATTR_SOURCE_FPS] == pytest.approx(30.0)
+    assert attrs[shared.store.ATTR_PACKAGE_VERSION] == metadata.version("nymeria-mvae")
+    assert attrs[shared.store.ATTR_GIT_REVISION]
+    assert attrs[shared.store.ATTR_SOURCE] == {
         "root": str(synthetic_dataset.resolve()), "file_count": 18, "files_used": 18
     }  # fmt: skip
-    assert attrs[st.ATTR_PROBLEMS] == []
-    assert attrs[st.ATTR_STITCHING]["gaps"] == attrs[st.ATTR_STITCHING]["dropped_frames"] == 0
-    config = attrs[st.ATTR_BUILD_CONFIG]
+    assert attrs[shared.store.ATTR_PROBLEMS] == []
+    assert attrs[shared.store.ATTR_STITCHING]["gaps"] == attrs[shared.store.ATTR_STITCHING]["dropped_frames"] == 0
+    config = attrs[shared.store.ATTR_BUILD_CONFIG]
     assert config["workers"] == 2 and config["chunk_frames"] == CHUNK_FRAMES
     assert config["compression"] == "none" and config["scheduler"] is None
     assert config["split"] == [0.8, 0.1, 0.1] and config["stats_stride"] == STRIDE
-    assert datetime.fromisoformat(attrs[st.ATTR_CREATED]).tzinfo is not None
-    assert attrs[st.ATTR_FINGERPRINT] == store.fingerprint
+    assert datetime.fromisoformat(attrs[shared.store.ATTR_CREATED]).tzinfo is not None
+    assert attrs[shared.store.ATTR_FINGERPRINT] == store.fingerprint
 
 
 @pytest.mark.slow
@@ -113,12 +113,12 @@ def test_cluster_build_features_match_stitched_raw_clips(
         stored = store.read_features(record.start, record.stop)
         np.testing.assert_allclose(stored, expected, atol=2e-6, rtol=1e-6)
         frames = slice(record.start, record.stop)
-        np.testing.assert_array_equal(store.timestamp_ns[frames], raw[nf.KEY_TIMESTAMP_NS])
-        np.testing.assert_array_equal(store.contact[frames], raw[nf.KEY_CONTACT_INFORMATION])
+        np.testing.assert_array_equal(store.timestamp_ns[frames], raw[nymeria_format.KEY_TIMESTAMP_NS])
+        np.testing.assert_array_equal(store.contact[frames], raw[nymeria_format.KEY_CONTACT_INFORMATION])
     # Velocities are continuous across clip seams: the first frame of the second clip has the
     # real head displacement, not the zero of a sequence start.
     record = store.sequences[0]
-    seam = len(recordings[record.name][0][nf.KEY_TIMESTAMP_NS])
+    seam = len(recordings[record.name][0][nymeria_format.KEY_TIMESTAMP_NS])
     features = store.read_features(record.start, record.stop)
     hp, hp_dot = features[:, HP], features[:, HP_DOT]
     np.testing.assert_allclose(hp_dot[seam], hp[seam] - hp[seam - 1], atol=1e-6)
@@ -140,13 +140,13 @@ def test_cluster_build_stats_equal_numpy(cluster_store: Path):
 @pytest.mark.slow
 def test_cluster_build_splits_by_participant(cluster_store: Path):
     store = open_store(cluster_store)
-    people = {split: {r.participant for r in store.split(split)} for split in st.SPLITS}
-    assert all(people[s] for s in st.SPLITS)  # 4 participants: every split gets one
+    people = {split: {r.participant for r in store.split(split)} for split in shared.store.SPLITS}
+    assert all(people[s] for s in shared.store.SPLITS)  # 4 participants: every split gets one
     assert not people["train"] & people["val"]
     assert not people["train"] & people["test"]
     assert not people["val"] & people["test"]
     for record in store.sequences:
-        assert record.participant == nf.participant_from_sequence_name(record.name)
+        assert record.participant == nymeria_format.participant_from_sequence_name(record.name)
 
 
 @pytest.mark.slow
@@ -178,12 +178,12 @@ def test_resampling_to_15_fps(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "15fps.zarr"
     summary = synchronous_build(synthetic_dataset, out, fps=15.0)
     store = open_store(out)
-    assert store.fps == 15.0 and store.attrs[st.ATTR_SOURCE_FPS] == pytest.approx(30.0)
+    assert store.fps == 15.0 and store.attrs[shared.store.ATTR_SOURCE_FPS] == pytest.approx(30.0)
     assert summary.frames == store.num_frames
     recordings = raw_recordings(synthetic_dataset)
     for record in store.sequences:
         raw = stitched(recordings[record.name])
-        source_ns = raw[nf.KEY_TIMESTAMP_NS]
+        source_ns = raw[nymeria_format.KEY_TIMESTAMP_NS]
         assert record.length == (len(source_ns) - 1) // 2 + 1
         ts = np.asarray(store.timestamp_ns[record.start : record.stop])
         assert np.abs(np.diff(ts) - 1e9 / 15).max() <= 1
@@ -197,14 +197,14 @@ def test_resampling_to_15_fps(synthetic_dataset: Path, tmp_path: Path):
 def test_existing_store_is_replaced_only_with_overwrite(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "store.zarr"
     assert cli_build(synthetic_dataset, out).exit_code == 0
-    before = open_store(out).attrs[st.ATTR_CREATED]
+    before = open_store(out).attrs[shared.store.ATTR_CREATED]
     refused = cli_build(synthetic_dataset, out)
     assert refused.exit_code == 1
     assert "already exists" in refused.output and "--overwrite" in refused.output
     replaced = cli_build(synthetic_dataset, out, "--overwrite", "--chunk-frames", "1000")
     assert replaced.exit_code == 0, replaced.output
     store = open_store(out)
-    assert store.chunk_frames == 1000 and store.attrs[st.ATTR_CREATED] >= before
+    assert store.chunk_frames == 1000 and store.attrs[shared.store.ATTR_CREATED] >= before
     assert not list(tmp_path.glob("store.zarr.*"))  # no lock, build dir or replaced copy left
 
 
@@ -239,4 +239,4 @@ def test_build_on_an_existing_cluster(cluster_store: Path, synthetic_dataset: Pa
         )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert content_files(out) == content_files(cluster_store)
-    assert open_store(out).attrs[st.ATTR_BUILD_CONFIG]["scheduler"] == cluster.scheduler_address
+    assert open_store(out).attrs[shared.store.ATTR_BUILD_CONFIG]["scheduler"] == cluster.scheduler_address

@@ -15,9 +15,9 @@ import zarr
 from click.testing import CliRunner
 from store_testing import feature_chunk_files, synchronous_build
 
-from preprocess import nymeria_format as nf
+import shared.store
+from preprocess import nymeria_format
 from preprocess.cli import main
-from shared import store as st
 from shared.layout import FEATURE_DIM
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,12 +40,12 @@ def test_info_json(built):
     result = CliRunner().invoke(main, ["info", str(out), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["schema"] == {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION}
+    assert info["schema"] == {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION}
     assert info["frames"] == sum(s["frames"] for s in info["splits"].values()) > 0
     assert info["fps"] == pytest.approx(30.0)
     assert info["hours"] == pytest.approx(info["frames"] / 30.0 / 3600)
     assert info["sequences"] == 6 and info["participants"] == 4
-    assert set(info["splits"]) == set(st.SPLITS)
+    assert set(info["splits"]) == set(shared.store.SPLITS)
     for split in info["splits"].values():
         assert split["sequences"] >= 1 and split["frames"] > 0 and len(split["participants"]) >= 1
     assert info["problems"] == []
@@ -72,7 +72,7 @@ def test_info_refuses_incomplete_store(built, tmp_path: Path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(out, copy)
     meta = json.loads((copy / "zarr.json").read_text())
-    meta["attributes"][st.ATTR_COMPLETE] = False
+    meta["attributes"][shared.store.ATTR_COMPLETE] = False
     (copy / "zarr.json").write_text(json.dumps(meta))
     result = CliRunner().invoke(main, ["info", str(copy)])
     assert result.exit_code == 1 and "incomplete" in result.output and "--resume" in result.output
@@ -106,9 +106,9 @@ def test_verify_detects_changed_sources(built, tmp_path: Path):
     shutil.copytree(data, changed)
     victim = sorted(changed.glob("*.h5"))[0]
     with h5py.File(victim, "r+") as f:
-        cpf = f[nf.KEY_CPF_TRANSLATION][()]
-        del f[nf.KEY_CPF_TRANSLATION]
-        f.create_dataset(nf.KEY_CPF_TRANSLATION, data=cpf + np.float32(0.01))
+        cpf = f[nymeria_format.KEY_CPF_TRANSLATION][()]
+        del f[nymeria_format.KEY_CPF_TRANSLATION]
+        f.create_dataset(nymeria_format.KEY_CPF_TRANSLATION, data=cpf + np.float32(0.01))
     result = CliRunner().invoke(main, ["verify", str(out), "--data", str(changed), "--sample", "6"])
     assert result.exit_code == 1
     assert "MISMATCH" in result.output and "features differ" in result.output
@@ -120,16 +120,16 @@ def test_verify_detects_wrong_stats(built, tmp_path: Path):
     shutil.copytree(out, copy)
     # Rewrite mean (and the fingerprint, so the store still opens): a plausible-looking lie.
     root = zarr.open_group(copy, mode="r+")
-    mean = root[st.STATS_GROUP][st.STATS_MEAN][:]
+    mean = root[shared.store.STATS_GROUP][shared.store.STATS_MEAN][:]
     mean[20] += 0.1
-    root[st.STATS_GROUP][st.STATS_MEAN][:] = mean
-    std = root[st.STATS_GROUP][st.STATS_STD][:]
-    stats_attrs = root[st.STATS_GROUP].attrs
-    fingerprint = st.compute_fingerprint(
-        root.attrs[st.ATTR_LAYOUT], root[st.SEQUENCES_GROUP].attrs[st.ATTR_TABLE], mean, std,
-        stats_attrs[st.STATS_ATTR_COUNT], stats_attrs[st.STATS_ATTR_WINDOW_FRAMES],
+    root[shared.store.STATS_GROUP][shared.store.STATS_MEAN][:] = mean
+    std = root[shared.store.STATS_GROUP][shared.store.STATS_STD][:]
+    stats_attrs = root[shared.store.STATS_GROUP].attrs
+    fingerprint = shared.store.compute_fingerprint(
+        root.attrs[shared.store.ATTR_LAYOUT], root[shared.store.SEQUENCES_GROUP].attrs[shared.store.ATTR_TABLE], mean, std,
+        stats_attrs[shared.store.STATS_ATTR_COUNT], stats_attrs[shared.store.STATS_ATTR_WINDOW_FRAMES],
     )  # fmt: skip
-    root.attrs[st.ATTR_FINGERPRINT] = fingerprint
+    root.attrs[shared.store.ATTR_FINGERPRINT] = fingerprint
     result = CliRunner().invoke(main, ["verify", str(copy), "--data", str(data), "--sample", "1"])
     assert result.exit_code == 1
     assert "stats: mean differs" in result.output and "dim 20 (jp[2])" in result.output

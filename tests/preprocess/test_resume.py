@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from store_testing import cli_build, content_files, root_attrs, synchronous_build
 
+import shared.store
 from preprocess.build import BuildPaths
+from preprocess.clip_cache import ClipCache
 from preprocess.read_clip import read_clip
-from preprocess.workdir import ClipResults
-from shared import store as st
 from shared.store import open_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +31,9 @@ POLL_TIMEOUT_S = 60
 STALLING_BUILD = """
 import sys, time
 from preprocess.cli import main
-from preprocess.workdir import ClipResults
+from preprocess.clip_cache import ClipCache
 
-stop_after, save, saved = int(sys.argv[1]), ClipResults.save, []
+stop_after, save, saved = int(sys.argv[1]), ClipCache.save, []
 
 def stalling_save(self, result):
     save(self, result)
@@ -42,7 +42,7 @@ def stalling_save(self, result):
         time.sleep(600)
         sys.exit("stalled build was not killed")
 
-ClipResults.save = stalling_save
+ClipCache.save = stalling_save
 main(sys.argv[2:], prog_name="preprocess")
 """
 
@@ -116,8 +116,8 @@ def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: 
     assert content_files(out) == content_files(reference)
     resumed_attrs, reference_attrs = root_attrs(out), root_attrs(reference)
     for attrs in (resumed_attrs, reference_attrs):
-        del attrs[st.ATTR_CREATED], attrs[st.ATTR_GIT_REVISION]  # when, not what
-        attrs[st.ATTR_BUILD_CONFIG].pop("resume"), attrs[st.ATTR_BUILD_CONFIG].pop("out")
+        del attrs[shared.store.ATTR_CREATED], attrs[shared.store.ATTR_GIT_REVISION]  # when, not what
+        attrs[shared.store.ATTR_BUILD_CONFIG].pop("resume"), attrs[shared.store.ATTR_BUILD_CONFIG].pop("out")
     assert resumed_attrs == reference_attrs
     assert open_store(out).fingerprint == open_store(reference).fingerprint
 
@@ -195,7 +195,7 @@ def test_changed_source_file_is_read_again(synthetic_dataset: Path, tmp_path: Pa
     out = tmp_path / "store.zarr"
     paths = BuildPaths(out)
     # A partial build that has read every file (as if killed right after stage 1) ...
-    results = ClipResults(paths.clips)
+    results = ClipCache(paths.clips)
     files = sorted(p.name for p in data.glob("*.h5"))
     for file in files:
         results.save(read_clip(data, file))

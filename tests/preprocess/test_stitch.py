@@ -17,16 +17,16 @@ from store_testing import (
     write_variant,
 )
 
-from preprocess import nymeria_format as nf
+import shared.store
+from preprocess import nymeria_format
 from preprocess.stitch import (
-    ClipTimes,
+    ClipTimeline,
     detect_frame_period_ns,
     plan_recording,
     plan_sequences,
     recording_of,
     segment_name,
 )
-from shared import store as st
 from shared.layout import HP_DOT, HR_DOT, JV
 from shared.store import open_store
 
@@ -34,9 +34,9 @@ P = 33_333_333  # frame period, ns
 REC = "20230607_s0_james_johnson_act0_e72nhq"
 
 
-def clip(file: str, first_frame: int, frames: int, recording: str = REC) -> ClipTimes:
+def clip(file: str, first_frame: int, frames: int, recording: str = REC) -> ClipTimeline:
     ts = (np.arange(first_frame, first_frame + frames) * P).astype(np.int64)
-    return ClipTimes(file, recording, "james_johnson", ts)
+    return ClipTimeline(file, recording, "james_johnson", ts)
 
 
 def test_contiguous_clips_are_stitched_in_time_order():
@@ -58,9 +58,9 @@ def test_gap_starts_a_new_sequence():
 
 def test_tolerance_decides_contiguity():
     jittered = clip("b.h5", 10, 5)
-    late = ClipTimes("b.h5", REC, "james_johnson", jittered.timestamp_ns + int(0.4 * P))
+    late = ClipTimeline("b.h5", REC, "james_johnson", jittered.timestamp_ns + int(0.4 * P))
     assert len(plan_recording([clip("a.h5", 0, 10), late], P)[0]) == 1
-    later = ClipTimes("b.h5", REC, "james_johnson", jittered.timestamp_ns + int(0.6 * P))
+    later = ClipTimeline("b.h5", REC, "james_johnson", jittered.timestamp_ns + int(0.6 * P))
     assert len(plan_recording([clip("a.h5", 0, 10), later], P)[0]) == 2
     assert len(plan_recording([clip("a.h5", 0, 10), later], P, tolerance=0.7)[0]) == 1
 
@@ -137,27 +137,27 @@ def test_overlapping_and_duplicate_clips_drop_frames(
     first, second = (synthetic_dataset / c["file"] for c in clips[:2])
     with h5py.File(first, "r") as f0, h5py.File(second, "r") as f1:
         overlapped = {
-            key: np.concatenate([f0[key][-early:], f1[key][()]]) for key in nf.MOTION_DATASETS
+            key: np.concatenate([f0[key][-early:], f1[key][()]]) for key in nymeria_format.MOTION_DATASETS
         }
-    n = len(overlapped[nf.KEY_TIMESTAMP_NS])
+    n = len(overlapped[nymeria_format.KEY_TIMESTAMP_NS])
     (root / clips[1]["file"]).unlink()
-    write_variant(second, root / clips[1]["file"], overlapped, {nf.ATTR_NUM_FRAMES: n})
+    write_variant(second, root / clips[1]["file"], overlapped, {nymeria_format.ATTR_NUM_FRAMES: n})
     (root / "duplicate").mkdir()
     shutil.copy(root / clips[2]["file"], root / "duplicate" / clips[2]["file"])
 
     summary = synchronous_build(root, tmp_path / "overlap.zarr")
-    duplicate_frames = len(clips[2][nf.KEY_TIMESTAMP_NS])
+    duplicate_frames = len(clips[2][nymeria_format.KEY_TIMESTAMP_NS])
     assert summary.stitch.dropped_frames == early + duplicate_frames
     assert summary.stitch.fully_dropped_files == (f"duplicate/{clips[2]['file']}",)
     assert summary.stitch.gaps == 0
     store = open_store(tmp_path / "overlap.zarr")
-    attrs = store.attrs[st.ATTR_STITCHING]
+    attrs = store.attrs[shared.store.ATTR_STITCHING]
     assert attrs["dropped_frames"] == early + duplicate_frames
     record = next(r for r in store.sequences if r.name == name)
     assert record.source_files == tuple(c["file"] for c in clips)
     raw = stitched(clips)
-    assert record.length == len(raw[nf.KEY_TIMESTAMP_NS])
+    assert record.length == len(raw[nymeria_format.KEY_TIMESTAMP_NS])
     frames = slice(record.start, record.stop)
-    np.testing.assert_array_equal(store.timestamp_ns[frames], raw[nf.KEY_TIMESTAMP_NS])
+    np.testing.assert_array_equal(store.timestamp_ns[frames], raw[nymeria_format.KEY_TIMESTAMP_NS])
     features = store.read_features(record.start, record.stop)
     np.testing.assert_allclose(features, reference_features(raw), atol=2e-6, rtol=1e-6)

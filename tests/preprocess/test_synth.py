@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from preprocess import nymeria_format as nf
-from preprocess import synth
+from preprocess import nymeria_format, synth
 from preprocess.cli import main
 from shared.rotations import is_rotation, yaw_of
 from shared.skeleton import FOOT_JOINTS, HEAD, JOINT_INDEX, PARENTS, ROOT
@@ -31,7 +30,7 @@ Clip = tuple[dict, Arrays]
 def read_clip(path: Path) -> Clip:
     with h5py.File(path, "r") as f:
         attrs = dict(f.attrs)
-        arrays = {key: f[key][()] for key in nf.MOTION_DATASETS}
+        arrays = {key: f[key][()] for key in nymeria_format.MOTION_DATASETS}
     return attrs, arrays
 
 
@@ -39,17 +38,17 @@ def read_recordings(root: Path) -> dict[str, list[Clip]]:
     """sequence name -> its clips in datapoint order."""
     by_sequence = defaultdict(list)
     for path in sorted(root.glob("*.h5")):
-        sequence_name, datapoint_id = nf.parse_clip_file_name(path)
+        sequence_name, datapoint_id = nymeria_format.parse_clip_file_name(path)
         by_sequence[sequence_name].append((datapoint_id, read_clip(path)))
     return {name: [clip for _, clip in sorted(clips)] for name, clips in by_sequence.items()}
 
 
 def stitch(clips: list[Clip]) -> Arrays:
-    return {key: np.concatenate([arrays[key] for _, arrays in clips]) for key in nf.MOTION_DATASETS}
+    return {key: np.concatenate([arrays[key] for _, arrays in clips]) for key in nymeria_format.MOTION_DATASETS}
 
 
 def heading_rad(arrays: Arrays) -> np.ndarray:
-    return np.unwrap(yaw_of(arrays[nf.KEY_ROOT_ORIENTATION].astype(np.float64), FORWARD, UP))
+    return np.unwrap(yaw_of(arrays[nymeria_format.KEY_ROOT_ORIENTATION].astype(np.float64), FORWARD, UP))
 
 
 def horizontal_speed_mps(pos_m: np.ndarray, fps: float = 30.0) -> np.ndarray:
@@ -77,29 +76,29 @@ def test_files_conform_to_the_input_table(synthetic_dataset: Path) -> None:
     assert len(paths) == 6 * 3
     assert not [p for p in synthetic_dataset.iterdir() if p.suffix != ".h5"]  # no temp files left
     for path in paths:
-        sequence_name, _ = nf.parse_clip_file_name(path)
+        sequence_name, _ = nymeria_format.parse_clip_file_name(path)
         with h5py.File(path, "r") as f:
-            assert set(f.keys()) == {*nf.MOTION_DATASETS, nf.KEY_EGOVIEW}
-            for key in nf.STRING_ATTRS:
+            assert set(f.keys()) == {*nymeria_format.MOTION_DATASETS, nymeria_format.KEY_EGOVIEW}
+            for key in nymeria_format.STRING_ATTRS:
                 assert isinstance(f.attrs[key], str) and f.attrs[key]
-            for key in nf.INT_ATTRS:
+            for key in nymeria_format.INT_ATTRS:
                 assert isinstance(f.attrs[key], np.integer)
-            assert f.attrs[nf.ATTR_SEQUENCE_NAME] == sequence_name
-            n = int(f.attrs[nf.ATTR_NUM_FRAMES])
-            assert n == f.attrs[nf.ATTR_END_IDX] - f.attrs[nf.ATTR_START_IDX]
+            assert f.attrs[nymeria_format.ATTR_SEQUENCE_NAME] == sequence_name
+            n = int(f.attrs[nymeria_format.ATTR_NUM_FRAMES])
+            assert n == f.attrs[nymeria_format.ATTR_END_IDX] - f.attrs[nymeria_format.ATTR_START_IDX]
             assert synth.CLIP_FRAMES_RANGE[0] <= n <= synth.CLIP_FRAMES_RANGE[1]
-            for key, spec in nf.MOTION_DATASETS.items():
+            for key, spec in nymeria_format.MOTION_DATASETS.items():
                 expected_dtype = np.int64 if spec.dtype_kind == "int64" else np.float32
                 assert f[key].shape == (n, *spec.frame_shape), key
                 assert f[key].dtype == expected_dtype, key
-            assert f[nf.KEY_EGOVIEW].shape == (n, 3, 16, 16)
-            assert f[nf.KEY_EGOVIEW].dtype == np.uint8
+            assert f[nymeria_format.KEY_EGOVIEW].shape == (n, 3, 16, 16)
+            assert f[nymeria_format.KEY_EGOVIEW].dtype == np.uint8
             for key in f:
                 plist = f[key].id.get_create_plist()
                 filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-                assert filters == [nf.LZ4_FILTER_ID], key
+                assert filters == [nymeria_format.LZ4_FILTER_ID], key
                 assert np.all(np.isfinite(f[key][()])), key  # decompresses
-            contact = f[nf.KEY_CONTACT_INFORMATION][()]
+            contact = f[nymeria_format.KEY_CONTACT_INFORMATION][()]
             assert set(np.unique(contact)) <= {0.0, 1.0}
 
 
@@ -108,9 +107,9 @@ def test_dataset_has_several_participants_with_different_bodies(
 ) -> None:
     femur_m: dict[str, float] = {}
     for name, arrays in recordings.items():
-        joints_m = arrays[nf.KEY_JOINT_TRANSLATION]
+        joints_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION]
         hip, knee = JOINT_INDEX["RightUpperLeg"], JOINT_INDEX["RightLowerLeg"]
-        femur_m[nf.participant_from_sequence_name(name)] = float(
+        femur_m[nymeria_format.participant_from_sequence_name(name)] = float(
             np.linalg.norm(joints_m[0, knee] - joints_m[0, hip])
         )
     assert len(femur_m) == 4  # min(recordings, 4)
@@ -119,14 +118,14 @@ def test_dataset_has_several_participants_with_different_bodies(
 
 def test_consecutive_clips_are_contiguous(synthetic_dataset: Path) -> None:
     for name, clips in read_recordings(synthetic_dataset).items():
-        assert [a[nf.ATTR_START_IDX] for a, _ in clips][0] == 0
+        assert [a[nymeria_format.ATTR_START_IDX] for a, _ in clips][0] == 0
         for (attrs_a, a), (attrs_b, b) in zip(clips[:-1], clips[1:]):
-            assert attrs_b[nf.ATTR_START_IDX] == attrs_a[nf.ATTR_END_IDX], name
-            gap_ns = b[nf.KEY_TIMESTAMP_NS][0] - a[nf.KEY_TIMESTAMP_NS][-1]
+            assert attrs_b[nymeria_format.ATTR_START_IDX] == attrs_a[nymeria_format.ATTR_END_IDX], name
+            gap_ns = b[nymeria_format.KEY_TIMESTAMP_NS][0] - a[nymeria_format.KEY_TIMESTAMP_NS][-1]
             assert abs(gap_ns - FRAME_PERIOD_NS) <= 1, name
-            jump_m = np.abs(b[nf.KEY_JOINT_TRANSLATION][0] - a[nf.KEY_JOINT_TRANSLATION][-1]).max()
+            jump_m = np.abs(b[nymeria_format.KEY_JOINT_TRANSLATION][0] - a[nymeria_format.KEY_JOINT_TRANSLATION][-1]).max()
             assert jump_m < 0.15, name  # one frame of motion, not a restart
-        timestamp_ns = np.concatenate([arrays[nf.KEY_TIMESTAMP_NS] for _, arrays in clips])
+        timestamp_ns = np.concatenate([arrays[nymeria_format.KEY_TIMESTAMP_NS] for _, arrays in clips])
         assert np.all(np.abs(np.diff(timestamp_ns) - FRAME_PERIOD_NS) <= 1)
 
 
@@ -134,11 +133,11 @@ def small_clip(num_frames: int) -> Clip:
     person = synth.ParticipantSpec("james", "johnson")
     arrays = synth.synthesize_recording(np.random.default_rng(0), person, num_frames)
     attrs = {
-        nf.ATTR_SEQUENCE_NAME: SEQUENCE_NAME,
-        nf.ATTR_ATOMIC_ACTION: "walking",
-        nf.ATTR_START_IDX: 0,
-        nf.ATTR_END_IDX: num_frames,
-        nf.ATTR_NUM_FRAMES: num_frames,
+        nymeria_format.ATTR_SEQUENCE_NAME: SEQUENCE_NAME,
+        nymeria_format.ATTR_ATOMIC_ACTION: "walking",
+        nymeria_format.ATTR_START_IDX: 0,
+        nymeria_format.ATTR_END_IDX: num_frames,
+        nymeria_format.ATTR_NUM_FRAMES: num_frames,
     }
     return attrs, arrays
 
@@ -146,11 +145,11 @@ def small_clip(num_frames: int) -> Clip:
 def test_write_clip_rejects_bad_input_and_leaves_no_file(tmp_path: Path) -> None:
     attrs, arrays = small_clip(10)
     path = tmp_path / "clip_00000.h5"
-    bad = {**arrays, nf.KEY_JOINT_TRANSLATION: arrays[nf.KEY_JOINT_TRANSLATION][:, :22]}
+    bad = {**arrays, nymeria_format.KEY_JOINT_TRANSLATION: arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, :22]}
     with pytest.raises(ValueError, match=r"joint_translation.*\(10, 23, 3\).*\(10, 22, 3\)"):
         synth.write_clip(path, bad, attrs)
     with pytest.raises(ValueError, match="num_frames"):
-        synth.write_clip(path, arrays, {**attrs, nf.ATTR_NUM_FRAMES: 9})
+        synth.write_clip(path, arrays, {**attrs, nymeria_format.ATTR_NUM_FRAMES: 9})
     assert list(tmp_path.iterdir()) == []
 
     synth.write_clip(path, arrays, attrs)
@@ -182,10 +181,10 @@ def test_same_seed_same_arrays_different_seed_different() -> None:
     first = synth.synthesize_recording(np.random.default_rng(5), person, 300)
     again = synth.synthesize_recording(np.random.default_rng(5), person, 300)
     other = synth.synthesize_recording(np.random.default_rng(6), person, 300)
-    assert set(first) == set(nf.MOTION_DATASETS)
+    assert set(first) == set(nymeria_format.MOTION_DATASETS)
     for key in first:
         np.testing.assert_array_equal(first[key], again[key])
-    assert not np.allclose(first[nf.KEY_JOINT_TRANSLATION], other[nf.KEY_JOINT_TRANSLATION])
+    assert not np.allclose(first[nymeria_format.KEY_JOINT_TRANSLATION], other[nymeria_format.KEY_JOINT_TRANSLATION])
 
 
 def test_generate_dataset_is_deterministic_by_seed(tmp_path: Path) -> None:
@@ -209,9 +208,9 @@ def test_default_participant_count(tmp_path: Path) -> None:
         paths = synth.generate_dataset(
             tmp_path / str(recordings), recordings=recordings, clips_per_recording=1, video_size=1
         )
-        sequences = {nf.parse_clip_file_name(p)[0] for p in paths}
+        sequences = {nymeria_format.parse_clip_file_name(p)[0] for p in paths}
         assert len(sequences) == recordings
-        assert len({nf.participant_from_sequence_name(s) for s in sequences}) == expected
+        assert len({nymeria_format.participant_from_sequence_name(s) for s in sequences}) == expected
     with pytest.raises(ValueError, match="must not exceed recordings"):
         synth.generate_dataset(tmp_path / "x", recordings=3, participants=5)
 
@@ -221,24 +220,24 @@ def test_default_participant_count(tmp_path: Path) -> None:
 
 def test_rotations_are_proper(recordings: dict[str, Arrays]) -> None:
     for arrays in recordings.values():
-        for key in (nf.KEY_ROOT_ORIENTATION, nf.KEY_CPF_ORIENTATION, nf.KEY_JOINT_ORIENTATION):
+        for key in (nymeria_format.KEY_ROOT_ORIENTATION, nymeria_format.KEY_CPF_ORIENTATION, nymeria_format.KEY_JOINT_ORIENTATION):
             assert is_rotation(arrays[key].astype(np.float64), atol=1e-5).all(), key
     assert is_rotation(synth.R_HEAD_CPF, atol=0.0)
 
 
 def test_root_is_the_pelvis_segment(recordings: dict[str, Arrays]) -> None:
     for arrays in recordings.values():
-        pelvis_m = arrays[nf.KEY_JOINT_TRANSLATION][:, ROOT]
-        R_world_pelvis = arrays[nf.KEY_JOINT_ORIENTATION][:, ROOT]
-        np.testing.assert_array_equal(arrays[nf.KEY_ROOT_TRANSLATION], pelvis_m)
-        np.testing.assert_array_equal(arrays[nf.KEY_ROOT_ORIENTATION], R_world_pelvis)
+        pelvis_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, ROOT]
+        R_world_pelvis = arrays[nymeria_format.KEY_JOINT_ORIENTATION][:, ROOT]
+        np.testing.assert_array_equal(arrays[nymeria_format.KEY_ROOT_TRANSLATION], pelvis_m)
+        np.testing.assert_array_equal(arrays[nymeria_format.KEY_ROOT_ORIENTATION], R_world_pelvis)
 
 
 def test_bone_lengths_are_constant(recordings: dict[str, Arrays]) -> None:
     children = [j for j, p in enumerate(PARENTS) if p >= 0]
     parents = [PARENTS[j] for j in children]
     for name, arrays in recordings.items():
-        joints_m = arrays[nf.KEY_JOINT_TRANSLATION].astype(np.float64)
+        joints_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION].astype(np.float64)
         bone_m = np.linalg.norm(joints_m[:, children] - joints_m[:, parents], axis=-1)  # (N, 22)
         assert np.ptp(bone_m, axis=0).max() < 1e-4, name
         assert bone_m.min() > 0.05
@@ -246,8 +245,8 @@ def test_bone_lengths_are_constant(recordings: dict[str, Arrays]) -> None:
 
 def test_segment_offsets_are_fixed_in_the_parent_frame(recordings: dict[str, Arrays]) -> None:
     arrays = next(iter(recordings.values()))
-    R_world_segment = arrays[nf.KEY_JOINT_ORIENTATION].astype(np.float64)
-    joints_m = arrays[nf.KEY_JOINT_TRANSLATION].astype(np.float64)
+    R_world_segment = arrays[nymeria_format.KEY_JOINT_ORIENTATION].astype(np.float64)
+    joints_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION].astype(np.float64)
     for j, p in enumerate(PARENTS):
         if p < 0:
             continue
@@ -258,29 +257,29 @@ def test_segment_offsets_are_fixed_in_the_parent_frame(recordings: dict[str, Arr
 
 def test_feet_on_the_ground_and_head_above_pelvis(recordings: dict[str, Arrays]) -> None:
     for name, arrays in recordings.items():
-        joints_m = arrays[nf.KEY_JOINT_TRANSLATION]
+        joints_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION]
         assert joints_m[..., 2].min() > -0.01, name  # nothing below the floor
         lowest_foot_m = joints_m[:, list(FOOT_JOINTS), 2].min(axis=1)
         assert lowest_foot_m.max() < 0.05, name  # some toe on (or right above) the ground, always
-        walking = horizontal_speed_mps(arrays[nf.KEY_ROOT_TRANSLATION]) > 0.8
+        walking = horizontal_speed_mps(arrays[nymeria_format.KEY_ROOT_TRANSLATION]) > 0.8
         assert walking.sum() > 30, name
         assert (joints_m[1:][walking][:, list(FOOT_JOINTS), 2] < 0.4).all(), name
         head_above_pelvis_m = joints_m[:, HEAD, 2] - joints_m[:, ROOT, 2]
         assert head_above_pelvis_m.min() > 0.1, name  # even when bent over
-        eyes_above_head_origin = arrays[nf.KEY_CPF_TRANSLATION][:, 2] > joints_m[:, HEAD, 2]
+        eyes_above_head_origin = arrays[nymeria_format.KEY_CPF_TRANSLATION][:, 2] > joints_m[:, HEAD, 2]
         assert eyes_above_head_origin[1:][walking].all(), name  # upright; not so when bent over
 
 
 def test_cpf_is_rigidly_attached_to_the_head(recordings: dict[str, Arrays]) -> None:
     for arrays in recordings.values():
-        R_world_head = arrays[nf.KEY_JOINT_ORIENTATION][:, HEAD].astype(np.float64)
-        R_world_cpf = arrays[nf.KEY_CPF_ORIENTATION].astype(np.float64)
+        R_world_head = arrays[nymeria_format.KEY_JOINT_ORIENTATION][:, HEAD].astype(np.float64)
+        R_world_cpf = arrays[nymeria_format.KEY_CPF_ORIENTATION].astype(np.float64)
         # CPF z = head forward (x), CPF x = head left (y), CPF y = head up (z).
         for cpf_axis, head_axis in ((2, 0), (0, 1), (1, 2)):
             np.testing.assert_allclose(
                 R_world_cpf[:, :, cpf_axis], R_world_head[:, :, head_axis], atol=1e-5
             )
-        cpf_from_head_m = arrays[nf.KEY_CPF_TRANSLATION] - arrays[nf.KEY_JOINT_TRANSLATION][:, HEAD]
+        cpf_from_head_m = arrays[nymeria_format.KEY_CPF_TRANSLATION] - arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, HEAD]
         cpf_in_head_m = np.einsum("nba,nb->na", R_world_head, cpf_from_head_m)
         np.testing.assert_allclose(
             cpf_in_head_m - synth.CPF_OFFSET_IN_HEAD_M, np.zeros_like(cpf_in_head_m), atol=1e-5
@@ -292,7 +291,7 @@ def test_cpf_is_rigidly_attached_to_the_head(recordings: dict[str, Arrays]) -> N
 
 def test_motion_walks_turns_and_pauses(recordings: dict[str, Arrays]) -> None:
     for name, arrays in recordings.items():
-        speed_mps = horizontal_speed_mps(arrays[nf.KEY_ROOT_TRANSLATION])
+        speed_mps = horizontal_speed_mps(arrays[nymeria_format.KEY_ROOT_TRANSLATION])
         assert speed_mps.sum() / 30.0 > 2.0, name  # path length, metres
         assert speed_mps.max() < 2.0, name
         heading = heading_rad(arrays)
@@ -303,22 +302,22 @@ def test_motion_walks_turns_and_pauses(recordings: dict[str, Arrays]) -> None:
 def test_long_recording_has_every_activity(long_recording) -> None:
     plan, arrays = long_recording
     assert set(np.unique(plan.activity)) == set(synth.Activity)
-    pelvis_z_m = arrays[nf.KEY_ROOT_TRANSLATION][:, 2]
-    head_z_m = arrays[nf.KEY_JOINT_TRANSLATION][:, HEAD, 2]
+    pelvis_z_m = arrays[nymeria_format.KEY_ROOT_TRANSLATION][:, 2]
+    head_z_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, HEAD, 2]
     standing = (plan.activity == synth.Activity.STAND)
     assert (plan.sit_weight > 0.99).any() and (plan.bend_weight > 0.99).any()
     # Seated: pelvis at chair height. Bent over: head well below standing height.
     assert pelvis_z_m[plan.sit_weight > 0.99].max() < 0.7 * pelvis_z_m[standing].min()
     assert head_z_m[plan.bend_weight > 0.99].max() < head_z_m[standing].min() - 0.3
-    speed_mps = horizontal_speed_mps(arrays[nf.KEY_ROOT_TRANSLATION])
+    speed_mps = horizontal_speed_mps(arrays[nymeria_format.KEY_ROOT_TRANSLATION])
     assert speed_mps[standing[1:]].max() < 1e-3
 
 
 def test_arms_swing_against_the_legs(long_recording) -> None:
     plan, arrays = long_recording
     cruising = plan.walk_weight > 0.99
-    joints_m = arrays[nf.KEY_JOINT_TRANSLATION][cruising].astype(np.float64)
-    R_world_pelvis = arrays[nf.KEY_ROOT_ORIENTATION][cruising].astype(np.float64)
+    joints_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION][cruising].astype(np.float64)
+    R_world_pelvis = arrays[nymeria_format.KEY_ROOT_ORIENTATION][cruising].astype(np.float64)
     forward = R_world_pelvis[:, :, 0]
 
     def forward_of_pelvis_m(joint: str) -> np.ndarray:
@@ -332,17 +331,17 @@ def test_arms_swing_against_the_legs(long_recording) -> None:
 
 def test_head_looks_around_while_walking(long_recording) -> None:
     plan, arrays = long_recording
-    head_yaw = yaw_of(arrays[nf.KEY_JOINT_ORIENTATION][:, HEAD].astype(np.float64), FORWARD, UP)
+    head_yaw = yaw_of(arrays[nymeria_format.KEY_JOINT_ORIENTATION][:, HEAD].astype(np.float64), FORWARD, UP)
     relative_yaw = np.angle(np.exp(1j * (head_yaw - heading_rad(arrays))))
     walking = plan.walk_weight > 0.5
     assert np.ptp(relative_yaw[walking]) > np.deg2rad(30)
-    head_pitch = -np.arcsin(arrays[nf.KEY_JOINT_ORIENTATION][:, HEAD, 2, 0])
+    head_pitch = -np.arcsin(arrays[nymeria_format.KEY_JOINT_ORIENTATION][:, HEAD, 2, 0])
     assert np.ptp(head_pitch[walking]) > np.deg2rad(10)
 
 
 def test_contacts_follow_the_gait(long_recording) -> None:
     plan, arrays = long_recording
-    contact = arrays[nf.KEY_CONTACT_INFORMATION]
+    contact = arrays[nymeria_format.KEY_CONTACT_INFORMATION]
     standing = plan.activity == synth.Activity.STAND
     assert contact[standing].mean() > 0.95
     cruising = plan.walk_weight > 0.99
@@ -352,7 +351,7 @@ def test_contacts_follow_the_gait(long_recording) -> None:
     assert 0.3 < right_down.mean() < 0.8 and 0.3 < left_down.mean() < 0.8  # feet alternate
     # A foot in contact is on the ground and (nearly) still.
     feet = [JOINT_INDEX["RightFoot"], JOINT_INDEX["LeftFoot"]]
-    feet_m = arrays[nf.KEY_JOINT_TRANSLATION][:, feet]
+    feet_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, feet]
     foot_speed_mps = np.linalg.norm(np.gradient(feet_m[..., :2], axis=0), axis=-1) * 30.0
     heel_down = contact[:, [0, 2]] == 1
     assert np.median(foot_speed_mps[heel_down]) < 0.05
@@ -362,27 +361,27 @@ def test_contacts_follow_the_gait(long_recording) -> None:
 
 
 def test_participant_from_sequence_name() -> None:
-    assert nf.participant_from_sequence_name(SEQUENCE_NAME) == "james_johnson"
+    assert nymeria_format.participant_from_sequence_name(SEQUENCE_NAME) == "james_johnson"
     long_name = "20231101_s12_ana_maria_lopez_act10_0a9b8c"
-    assert nf.participant_from_sequence_name(long_name) == "ana_maria_lopez"
+    assert nymeria_format.participant_from_sequence_name(long_name) == "ana_maria_lopez"
     for bad in ("james_johnson", "20230607_james_johnson_act0_e72nhq", "20230607_s0_act0_e72nhq"):
         with pytest.raises(ValueError, match=rf"{bad}.*<YYYYMMDD>_s<N>_<first>_<last>_act<N>_<id>"):
-            nf.participant_from_sequence_name(bad)
+            nymeria_format.participant_from_sequence_name(bad)
 
 
 def test_clip_file_names_round_trip(synthetic_dataset: Path) -> None:
-    name = nf.clip_file_name(SEQUENCE_NAME, 3)
+    name = nymeria_format.clip_file_name(SEQUENCE_NAME, 3)
     assert name == f"{SEQUENCE_NAME}_00003.h5"
-    assert nf.parse_clip_file_name(Path("/data") / name) == (SEQUENCE_NAME, 3)
+    assert nymeria_format.parse_clip_file_name(Path("/data") / name) == (SEQUENCE_NAME, 3)
     for bad in ("x_0003.h5", "x_00003.hdf5", "00003.h5"):
         with pytest.raises(ValueError, match="clip file name"):
-            nf.parse_clip_file_name(bad)
+            nymeria_format.parse_clip_file_name(bad)
     with pytest.raises(ValueError, match="datapoint_id"):
-        nf.clip_file_name("x", 100000)
+        nymeria_format.clip_file_name("x", 100000)
     for path in synthetic_dataset.glob("*.h5"):
-        sequence_name, datapoint_id = nf.parse_clip_file_name(path)
-        assert nf.clip_file_name(sequence_name, datapoint_id) == path.name
-        nf.participant_from_sequence_name(sequence_name)
+        sequence_name, datapoint_id = nymeria_format.parse_clip_file_name(path)
+        assert nymeria_format.clip_file_name(sequence_name, datapoint_id) == path.name
+        nymeria_format.participant_from_sequence_name(sequence_name)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -395,12 +394,12 @@ def test_cli_synth_in_process(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     paths = sorted(out_dir.glob("*.h5"))
     assert len(paths) == 6
-    frames = sum(read_clip(p)[0][nf.ATTR_NUM_FRAMES] for p in paths)
+    frames = sum(read_clip(p)[0][nymeria_format.ATTR_NUM_FRAMES] for p in paths)
     assert result.output.strip() == (
         f"wrote 6 clip files (3 recordings, {frames} frames, 3 participants) to {out_dir}"
     )
     with h5py.File(paths[0], "r") as f:
-        assert f[nf.KEY_EGOVIEW].shape[1:] == (3, 8, 8)
+        assert f[nymeria_format.KEY_EGOVIEW].shape[1:] == (3, 8, 8)
 
     too_many = ["synth", str(tmp_path / "x"), "--recordings", "2", "--participants", "3"]
     result = CliRunner().invoke(main, too_many)

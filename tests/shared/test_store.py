@@ -17,7 +17,7 @@ import zarr
 from hypothesis import given
 from hypothesis import strategies as hst
 
-from shared import store as st
+import shared.store
 from shared.layout import FEATURE_DIM, layout_description
 from shared.store import ChunkMemmapArray, StoreError, open_store
 
@@ -38,9 +38,9 @@ def write_store(
     features = rng.normal(size=(num_frames, FEATURE_DIM)).astype(np.float32)
     root = zarr.open_group(path, mode="w", zarr_format=3)
     arrays = {
-        st.FEATURES: (features, (CHUNK_FRAMES, FEATURE_DIM)),
-        st.TIMESTAMP_NS: (np.arange(num_frames, dtype=np.int64) * 33_333_333, (CHUNK_FRAMES,)),
-        st.CONTACT: (np.ones((num_frames, 4), np.float32), (CHUNK_FRAMES, 4)),
+        shared.store.FEATURES: (features, (CHUNK_FRAMES, FEATURE_DIM)),
+        shared.store.TIMESTAMP_NS: (np.arange(num_frames, dtype=np.int64) * 33_333_333, (CHUNK_FRAMES,)),
+        shared.store.CONTACT: (np.ones((num_frames, 4), np.float32), (CHUNK_FRAMES, 4)),
     }
     for name, (values, chunks) in arrays.items():
         array = root.create_array(
@@ -50,29 +50,29 @@ def write_store(
         array[:] = values
     starts = np.concatenate([[0], np.cumsum(lengths)])
     records = [
-        st.SequenceRecord(
+        shared.store.SequenceRecord(
             f"seq{i}", f"person{i}", int(starts[i]), n, SPLIT_OF[i % 3], (f"seq{i}_00000.h5",)
         )
         for i, n in enumerate(lengths)
     ]
-    table = st.table_to_json(records)
-    root.create_group(st.SEQUENCES_GROUP).attrs[st.ATTR_TABLE] = table
+    table = shared.store.table_to_json(records)
+    root.create_group(shared.store.SEQUENCES_GROUP).attrs[shared.store.ATTR_TABLE] = table
     mean, std = features.mean(0).astype(np.float64), features.std(0).astype(np.float64)
-    stats = root.create_group(st.STATS_GROUP)
-    for name, values in ((st.STATS_MEAN, mean), (st.STATS_STD, std)):
+    stats = root.create_group(shared.store.STATS_GROUP)
+    for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
         array = stats.create_array(name, shape=(FEATURE_DIM,), dtype="float64", compressors=None)
         array[:] = values
-    stats.attrs.update({st.STATS_ATTR_COUNT: num_frames, st.STATS_ATTR_WINDOW_FRAMES: 152})
+    stats.attrs.update({shared.store.STATS_ATTR_COUNT: num_frames, shared.store.STATS_ATTR_WINDOW_FRAMES: 152})
     root.attrs.update(
         {
-            st.ATTR_SCHEMA: {"name": st.SCHEMA_NAME, "version": st.SCHEMA_VERSION},
-            st.ATTR_LAYOUT: layout_description(),
-            st.ATTR_FPS: 30.0,
-            st.ATTR_FINGERPRINT: st.compute_fingerprint(
+            shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
+            shared.store.ATTR_LAYOUT: layout_description(),
+            shared.store.ATTR_FPS: 30.0,
+            shared.store.ATTR_FINGERPRINT: shared.store.compute_fingerprint(
                 layout_description(), table, mean, std, num_frames, 152
             ),
-            st.ATTR_BUILD_CONFIG: {"out": str(path)},
-            st.ATTR_COMPLETE: complete,
+            shared.store.ATTR_BUILD_CONFIG: {"out": str(path)},
+            shared.store.ATTR_COMPLETE: complete,
         }
     )
     return features
@@ -128,7 +128,7 @@ def test_read_features_view_inside_chunk_copy_across(store_path):
 
 def test_edge_chunk_is_stored_full_size(store_path):
     path, _ = store_path
-    last = path / st.FEATURES / "c" / "3" / "0"
+    last = path / shared.store.FEATURES / "c" / "3" / "0"
     assert last.stat().st_size == CHUNK_FRAMES * FEATURE_DIM * 4
 
 
@@ -143,7 +143,7 @@ def test_memmap_slicing_matches_numpy(tmp_path_factory, start, stop, step, cols)
     if not path.exists():
         write_store(path)
     store = open_store(path)
-    expected = np.asarray(store.zarr_arrays[st.FEATURES][:])
+    expected = np.asarray(store.zarr_arrays[shared.store.FEATURES][:])
     rows = slice(start, stop, step)
     key = rows if cols is None else (rows, cols)
     np.testing.assert_array_equal(store.features[key], expected[key])
@@ -160,7 +160,7 @@ def test_integer_row_and_array_protocol(store_path):
 
 def test_missing_chunk_reads_as_fill_value(store_path):
     path, features = store_path
-    (path / st.FEATURES / "c" / "1" / "0").unlink()  # as zarr does for an all-fill chunk
+    (path / shared.store.FEATURES / "c" / "1" / "0").unlink()  # as zarr does for an all-fill chunk
     store = open_store(path)
     np.testing.assert_array_equal(store.read_features(16, 32), 0)
     np.testing.assert_array_equal(store.read_features(10, 20)[:6], features[10:16])
@@ -169,7 +169,7 @@ def test_missing_chunk_reads_as_fill_value(store_path):
 
 def test_damaged_chunk_is_refused(store_path):
     path, _ = store_path
-    chunk = path / st.FEATURES / "c" / "0" / "0"
+    chunk = path / shared.store.FEATURES / "c" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:100])
     store = open_store(path)
     with pytest.raises(StoreError, match="has 100 bytes, expected"):
@@ -192,7 +192,7 @@ def test_file_url_through_fsspec(store_path):
     assert url.startswith("file://")
     remote = open_store(url, memory_map=False)
     assert not remote.is_memory_mapped
-    assert isinstance(remote.zarr_arrays[st.FEATURES].store, zarr.storage.FsspecStore)
+    assert isinstance(remote.zarr_arrays[shared.store.FEATURES].store, zarr.storage.FsspecStore)
     np.testing.assert_array_equal(remote.read_features(5, 40), features[5:40])
     assert remote.url == url
     # A file:// URL is still local: memory mapping resolves it to the directory.
@@ -231,7 +231,7 @@ def test_refuses_incomplete_store(tmp_path):
 
 def test_refuses_unknown_schema_version(store_path):
     path, _ = store_path
-    set_root_attrs(path, schema={"name": st.SCHEMA_NAME, "version": 2})
+    set_root_attrs(path, schema={"name": shared.store.SCHEMA_NAME, "version": 2})
     with pytest.raises(StoreError, match=r"schema version 2, this code reads version 1.*rebuild"):
         open_store(path)
 
@@ -255,9 +255,9 @@ def test_refuses_other_zarr_group_and_missing_path(tmp_path):
 
 def test_refuses_tampered_sequence_table(store_path):
     path, _ = store_path
-    meta_path = path / st.SEQUENCES_GROUP / "zarr.json"
+    meta_path = path / shared.store.SEQUENCES_GROUP / "zarr.json"
     meta = json.loads(meta_path.read_text())
-    meta["attributes"][st.ATTR_TABLE]["split"][0] = "val"
+    meta["attributes"][shared.store.ATTR_TABLE]["split"][0] = "val"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="fingerprint"):
         open_store(path)

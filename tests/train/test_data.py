@@ -9,7 +9,14 @@ from shared.features import HEAD_FORWARD_AXIS, WORLD_UP_AXIS
 from shared.layout import HP, HR
 from shared.rotations import rot6d_to_matrix, yaw_of
 from shared.store import SequenceRecord, open_store
-from train.data import Normalizer, TrainWindows, WindowIndex, make_loader, prepare_batch, read_windows
+from train.data import (
+    Normalizer,
+    TrainWindows,
+    WindowIndex,
+    make_loader,
+    prepare_batch,
+    read_windows,
+)
 
 
 def _seq(name, start, length):

@@ -14,6 +14,7 @@ import torch
 import zarr
 from click.testing import CliRunner, Result
 
+import train.latents as latent_store
 from preprocess.cli import main as preprocess_main
 from shared.features import features_to_world
 from shared.layout import FEATURE_DIM
@@ -21,8 +22,7 @@ from shared.skeleton import JOINT_NAMES, NUM_JOINTS
 from shared.store import open_store
 from train.cli import main as train_main
 from train.evaluate import META, TABLE_ROWS
-from train import export
-from train.export import decode_world_features, encode_world_features, load_for_inference
+from train.inference import decode_world_features, encode_world_features, load_for_inference
 from train.metrics import MPJPE_HEAD_BY_FRAME, MPJPE_WORLD_BY_FRAME, MPJPE_WORLD_PER_JOINT
 
 SEQ_LEN = 32
@@ -187,8 +187,8 @@ def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path)
 
 
 def _fail_on_second_call(monkeypatch, name: str) -> None:
-    """Make `train.export.<name>` raise on its second call (after one sequence went through)."""
-    original, calls = getattr(export, name), []
+    """Make `train.latents.<name>` raise on its second call (after one sequence went through)."""
+    original, calls = getattr(latent_store, name), []
 
     def flaky(*args, **kwargs):
         calls.append(None)
@@ -196,7 +196,7 @@ def _fail_on_second_call(monkeypatch, name: str) -> None:
             raise RuntimeError("injected failure")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(export, name, flaky)
+    monkeypatch.setattr(latent_store, name, flaky)
 
 
 def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, latents, tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, la
     with monkeypatch.context() as patch:
         _fail_on_second_call(patch, "encode_world_features")
         with pytest.raises(RuntimeError, match="injected failure"):
-            export.encode_store(run["ckpt"], str(run["store"]), out, device="cpu")
+            latent_store.encode_store(run["ckpt"], str(run["store"]), out, device="cpu")
     assert list(tmp_path.iterdir()) == []  # neither `out` nor its partial directory
     invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out, "--logvar",
                         "--device", "cpu"])  # fmt: skip
@@ -218,7 +218,7 @@ def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, la
     with monkeypatch.context() as patch:
         _fail_on_second_call(patch, "decode_world_features")
         with pytest.raises(RuntimeError, match="injected failure"):
-            export.decode_store(run["ckpt"], latents, decoded, device="cpu")
+            latent_store.decode_store(run["ckpt"], latents, decoded, device="cpu")
     assert not decoded.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["latents.zarr"]
     invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", decoded, "--device", "cpu"])
     assert zarr.open_group(str(decoded), mode="r").attrs["complete"] is True

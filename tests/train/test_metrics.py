@@ -9,7 +9,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.features import apply_rigid, canonicalize, features_to_world, uncanonicalize, world_to_features
+from shared.features import (
+    apply_rigid,
+    canonicalize,
+    features_to_world,
+    uncanonicalize,
+    world_to_features,
+)
 from shared.layout import HP_DOT
 from shared.rotations import axis_angle_to_matrix
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS

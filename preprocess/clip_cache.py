@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.motion import MOTION_FIELDS, Motion
-from preprocess.read_clip import DEFAULT_ROTATION_ATOL, RETRY_KINDS, ClipResult, Problem, read_clip
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, RETRY_KINDS, ClipOutcome, Problem, read_clip
 from shared.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ClipEntry:
+class CachedClip:
     """What the build keeps in memory about one finished file (motion stays on disk)."""
 
     file: str
@@ -49,8 +49,8 @@ class ClipEntry:
         return 0 if self.timestamp_ns is None else len(self.timestamp_ns)
 
 
-def entry_of(result: ClipResult) -> ClipEntry:
-    return ClipEntry(
+def entry_of(result: ClipOutcome) -> CachedClip:
+    return CachedClip(
         result.file,
         result.size_bytes,
         result.mtime_ns,
@@ -104,7 +104,7 @@ def _decode(data: bytes, with_arrays: Iterable[str] | None) -> tuple[dict, dict[
     return header["meta"], arrays
 
 
-class ClipResults:
+class ClipCache:
     """The `clips/` directory of a build."""
 
     def __init__(self, directory: Path) -> None:
@@ -113,7 +113,7 @@ class ClipResults:
     def path_of(self, file: str) -> Path:
         return self.directory / (hashlib.sha256(file.encode()).hexdigest()[:32] + ".clip")
 
-    def save(self, result: ClipResult) -> None:
+    def save(self, result: ClipOutcome) -> None:
         meta = {
             "file": result.file,
             "size_bytes": result.size_bytes,
@@ -131,9 +131,9 @@ class ClipResults:
         _, arrays = _decode(self.path_of(file).read_bytes(), MOTION_FIELDS)
         return Motion(**{name: arrays[name] for name in MOTION_FIELDS})
 
-    def load_entries(self, root: Path, files: Iterable[str]) -> dict[str, ClipEntry]:
+    def load_entries(self, root: Path, files: Iterable[str]) -> dict[str, CachedClip]:
         """Reusable results for `files` (paths relative to `root`)."""
-        entries: dict[str, ClipEntry] = {}
+        entries: dict[str, CachedClip] = {}
         for file in files:
             path = self.path_of(file)
             if not path.exists():
@@ -154,7 +154,7 @@ class ClipResults:
         return entries
 
     @staticmethod
-    def _load_entry(path: Path) -> ClipEntry | None:
+    def _load_entry(path: Path) -> CachedClip | None:
         try:
             meta, arrays = _decode(path.read_bytes(), ("timestamp_ns",))
         except (OSError, DamagedResultError) as error:
@@ -163,7 +163,7 @@ class ClipResults:
             )
             return None
         problem = None if meta["problem"] is None else Problem(**meta["problem"])
-        return ClipEntry(
+        return CachedClip(
             meta["file"],
             int(meta["size_bytes"]),
             int(meta["mtime_ns"]),
@@ -176,14 +176,14 @@ class ClipResults:
 
 def read_and_persist(
     root: Path, files: list[str], results_dir: Path, rotation_atol: float = DEFAULT_ROTATION_ATOL
-) -> list[ClipEntry]:
+) -> list[CachedClip]:
     """Stage-1 task: read clips, persist each result, return only the small entries.
 
     Runs on the workers, so the motion arrays go to disk there and never through the
     scheduler (with `--scheduler ADDRESS`, the build directory must be on a file system the
     workers share, as DATA must be).
     """
-    results = ClipResults(results_dir)
+    results = ClipCache(results_dir)
     entries = []
     for file in files:
         result = read_clip(root, file, rotation_atol)

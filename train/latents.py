@@ -35,7 +35,6 @@ refuse and which must be removed before writing `out` again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -53,16 +52,21 @@ import zarr
 from tqdm import tqdm
 
 from shared.chunked_writer import ChunkedRowWriter
-from shared.features import CanonicalFrame, canonicalize, features_to_world, uncanonicalize
-from shared.layout import FEATURE_DIM, layout_description
+from shared.features import CanonicalFrame, features_to_world
+from shared.layout import FEATURE_DIM
 from shared.moments import Moments
 from shared.provenance import git_revision, package_version
 from shared.skeleton import NUM_JOINTS
-from shared.store import FeatureStore, open_store
-from train.checkpoint import Checkpoint, load_checkpoint
-from train.data import Normalizer
-from train.fit import config_from_checkpoint, resolve_device
-from train.model import FRAMES_PER_LATENT, MotionVAE
+from shared.store import open_store
+from train.inference import (
+    decode_world_features,
+    encode_world_features,
+    file_sha256,
+    load_for_inference,
+    resolve_device,
+    warn_if_other_store,
+)
+from train.model import FRAMES_PER_LATENT
 
 logger = logging.getLogger(__name__)
 
@@ -104,62 +108,6 @@ LATENT_CHUNK_ROWS = 1024
 FRAME_CHUNK_ROWS = 4096
 
 Split = Literal["all", "train", "val", "test"]
-
-
-# --- model and checkpoint ---------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_for_inference(ckpt_path: Path, device: torch.device) -> tuple[Checkpoint, MotionVAE, Normalizer]:
-    """Checkpoint, its model in eval mode on `device`, and its normalisation statistics."""
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    if ckpt.layout != layout_description():
-        raise ValueError(
-            f"{ckpt_path}: trained on feature layout {ckpt.layout!r}, but shared.layout defines "
-            f"{layout_description()!r}"
-        )
-    model = MotionVAE(config_from_checkpoint(ckpt).model)
-    model.load_state_dict(ckpt.model)
-    return ckpt, model.to(device).eval(), Normalizer(ckpt.stats, device)
-
-
-def warn_if_other_store(ckpt: Checkpoint, store: FeatureStore) -> None:
-    if ckpt.store_fingerprint != store.fingerprint:
-        logger.warning(
-            "checkpoint was trained on store %s (fingerprint %s), running on %s (fingerprint %s); "
-            "normalisation uses the checkpoint's statistics",
-            ckpt.store_url, ckpt.store_fingerprint[:12], store.url, store.fingerprint[:12],
-        )  # fmt: skip
-
-
-# --- pure encode / decode of one sequence -----------------------------------------------------
-
-
-@torch.no_grad()
-def encode_world_features(
-    model: MotionVAE, normalizer: Normalizer, features_world: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, CanonicalFrame]:
-    """(T, 294) world features of a whole sequence -> mean, logvar (ceil(T/4), L) and the
-    sequence's canonical frame (relative to its first frame)."""
-    canonical, frame = canonicalize(features_world[None])  # (1, T, 294)
-    mean, logvar = model.encode_sequence(normalizer.normalize(canonical))
-    return mean[0], logvar[0], CanonicalFrame(frame.R_canon_world[0], frame.offset_world[0])
-
-
-@torch.no_grad()
-def decode_world_features(
-    model: MotionVAE, normalizer: Normalizer, mean: torch.Tensor, frame: CanonicalFrame, num_frames: int
-) -> torch.Tensor:
-    """Latents (N, L) of one sequence -> (num_frames, 294) world features."""
-    recon = normalizer.denormalize(model.decode_sequence(mean[None], num_frames))  # (1, T, 294)
-    return uncanonicalize(recon, CanonicalFrame(frame.R_canon_world[None], frame.offset_world[None]))[0]
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -15,13 +15,8 @@ from shared.rotations import axis_angle_to_matrix, yaw_matrix
 from shared.skeleton import NUM_JOINTS
 from shared.store import NormStats
 from train.data import Normalizer
-from train.export import (
-    LATENT_SCHEMA,
-    SCHEMA_VERSION,
-    check_latent_attrs,
-    decode_world_features,
-    encode_world_features,
-)
+from train.inference import decode_world_features, encode_world_features
+from train.latents import LATENT_SCHEMA, SCHEMA_VERSION, check_latent_attrs
 from train.model import MotionVAE, MotionVAEConfig
 
 CONFIG = MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32)

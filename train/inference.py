@@ -1,0 +1,92 @@
+"""A trained checkpoint put to use: device choice, loading for inference, and the pure
+encode/decode of one whole sequence of world features (used by evaluation and the latent store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from shared.features import CanonicalFrame, canonicalize, uncanonicalize
+from shared.layout import layout_description
+from shared.store import FeatureStore
+from train.checkpoint import Checkpoint, load_checkpoint
+from train.config import RunConfig
+from train.data import Normalizer
+from train.model import MotionVAE
+
+logger = logging.getLogger(__name__)
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> CUDA, then MPS, then CPU; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but MPS is not available")
+    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
+
+
+def config_from_checkpoint(ckpt: Checkpoint) -> RunConfig:
+    return RunConfig.from_dict(ckpt.config, source="checkpoint")
+
+
+# --- model and checkpoint ---------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_for_inference(ckpt_path: Path, device: torch.device) -> tuple[Checkpoint, MotionVAE, Normalizer]:
+    """Checkpoint, its model in eval mode on `device`, and its normalisation statistics."""
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    if ckpt.layout != layout_description():
+        raise ValueError(
+            f"{ckpt_path}: trained on feature layout {ckpt.layout!r}, but shared.layout defines "
+            f"{layout_description()!r}"
+        )
+    model = MotionVAE(config_from_checkpoint(ckpt).model)
+    model.load_state_dict(ckpt.model)
+    return ckpt, model.to(device).eval(), Normalizer(ckpt.stats, device)
+
+
+def warn_if_other_store(ckpt: Checkpoint, store: FeatureStore) -> None:
+    if ckpt.store_fingerprint != store.fingerprint:
+        logger.warning(
+            "checkpoint was trained on store %s (fingerprint %s), running on %s (fingerprint %s); "
+            "normalisation uses the checkpoint's statistics",
+            ckpt.store_url, ckpt.store_fingerprint[:12], store.url, store.fingerprint[:12],
+        )  # fmt: skip
+
+
+# --- pure encode / decode of one sequence -----------------------------------------------------
+
+
+@torch.no_grad()
+def encode_world_features(
+    model: MotionVAE, normalizer: Normalizer, features_world: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, CanonicalFrame]:
+    """(T, 294) world features of a whole sequence -> mean, logvar (ceil(T/4), L) and the
+    sequence's canonical frame (relative to its first frame)."""
+    canonical, frame = canonicalize(features_world[None])  # (1, T, 294)
+    mean, logvar = model.encode_sequence(normalizer.normalize(canonical))
+    return mean[0], logvar[0], CanonicalFrame(frame.R_canon_world[0], frame.offset_world[0])
+
+
+@torch.no_grad()
+def decode_world_features(
+    model: MotionVAE, normalizer: Normalizer, mean: torch.Tensor, frame: CanonicalFrame, num_frames: int
+) -> torch.Tensor:
+    """Latents (N, L) of one sequence -> (num_frames, 294) world features."""
+    recon = normalizer.denormalize(model.decode_sequence(mean[None], num_frames))  # (1, T, 294)
+    return uncanonicalize(recon, CanonicalFrame(frame.R_canon_world[None], frame.offset_world[None]))[0]
