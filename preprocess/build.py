@@ -60,6 +60,7 @@ from preprocess.stitch import (
     detect_frame_period_ns,
     plan_sequences,
 )
+from shared.atomic import atomic_path
 from shared.chunked_writer import ChunkedRowWriter
 from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
@@ -163,6 +164,9 @@ class BuildConfig:
             values["workers"] = self.workers or default_workers()
         values["split"] = list(self.split)
         values["stats_stride"] = self.stride_frames
+        # How this run met an earlier one, not what it builds: a resumed build records the
+        # same config (and is byte-identical) as an uninterrupted one.
+        del values["resume"], values["overwrite"]
         return values
 
 
@@ -357,10 +361,8 @@ def _read_stage(
     return entries, reused, read_fps
 
 
-def _compressors(compression: str) -> tuple | None:
-    if compression == "none":
-        return None
-    return (zarr.codecs.ZstdCodec(level=ZSTD_LEVEL),)
+def _compressors(compression: str) -> tuple:
+    return shared.store.store_compressors(ZSTD_LEVEL if compression == "zstd" else None)
 
 
 @dataclass(frozen=True)
@@ -423,6 +425,7 @@ def _create_frame_arrays(
         name: root.create_array(
             name, shape=(num_frames, *row), chunks=(C, *row), dtype=dtype,
             compressors=compressors, fill_value=0, dimension_names=dims,
+            config=shared.store.ARRAY_CONFIG,
         )  # fmt: skip
         for name, (row, dtype, dims) in specs.items()
     }
@@ -472,7 +475,8 @@ def _write_stats(
     for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
         array = stats.create_array(
             name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
-            compressors=None, fill_value=0.0, dimension_names=("feature",),
+            compressors=shared.store.store_compressors(), fill_value=0.0,
+            dimension_names=("feature",), config=shared.store.ARRAY_CONFIG,
         )  # fmt: skip
         array[:] = values
     stats.attrs.update(
@@ -530,30 +534,31 @@ def _write_store(
     ]
     table = shared.store.table_to_json(records)
     root.create_group(shared.store.SEQUENCES_GROUP).attrs.update({shared.store.ATTR_TABLE: table})
-    root.attrs.update(
-        {
-            **base_attrs,
-            shared.store.ATTR_FPS: plan.fps,
-            shared.store.ATTR_SOURCE_FPS: plan.source_fps,
-            shared.store.ATTR_PACKAGE_VERSION: package_version(),
-            shared.store.ATTR_GIT_REVISION: git_revision(),
-            shared.store.ATTR_SOURCE: {
-                "root": str(data),
-                "file_count": len(files),
-                "files_used": len(usable),
-            },
-            shared.store.ATTR_PROBLEMS: [p.to_json() for p in problems],
-            shared.store.ATTR_STITCHING: {
-                **plan.stitch.to_json(),
-                "frame_period_ns": plan.period_ns,
-                "tolerance_periods": config.stitch_tolerance,
-            },
-            shared.store.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            shared.store.ATTR_FINGERPRINT: shared.store.compute_fingerprint(
-                layout_description(), table, mean, std, moments.count, config.window_frames
-            ),
-        }
+    attrs = {
+        **base_attrs,
+        shared.store.ATTR_FPS: plan.fps,
+        shared.store.ATTR_SOURCE_FPS: plan.source_fps,
+        shared.store.ATTR_PACKAGE_VERSION: package_version(),
+        shared.store.ATTR_GIT_REVISION: git_revision(),
+        shared.store.ATTR_SOURCE: {
+            "root": str(data),
+            "file_count": len(files),
+            "files_used": len(usable),
+        },
+        shared.store.ATTR_PROBLEMS: [p.to_json() for p in problems],
+        shared.store.ATTR_STITCHING: {
+            **plan.stitch.to_json(),
+            "frame_period_ns": plan.period_ns,
+            "tolerance_periods": config.stitch_tolerance,
+        },
+        shared.store.ATTR_CREATED: _created(paths),
+    }
+    attrs = json.loads(json.dumps(attrs))  # hash exactly what a reader will load
+    stats_attrs = root[shared.store.STATS_GROUP].attrs.asdict()
+    attrs[shared.store.ATTR_FINGERPRINT] = shared.store.compute_fingerprint(
+        attrs, table, mean, std, stats_attrs
     )
+    root.attrs.update(attrs)
     root.attrs.update({shared.store.ATTR_COMPLETE: True})  # last: the store is now usable
 
     split_participants = dict.fromkeys(shared.store.SPLITS, 0)
@@ -572,6 +577,18 @@ def _write_store(
         "split_participants": split_participants,
         "split_frames": split_frames,
     }
+
+
+def _created(paths: BuildPaths) -> str:
+    """When this build first wrote its store (ISO 8601, UTC); kept in the build directory, so a
+    resumed build records the same time and stays byte-identical to an uninterrupted one."""
+    record = paths.build_dir / "created"
+    if record.is_file() and record.read_text().strip():
+        return record.read_text().strip()
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with atomic_path(record) as tmp:
+        tmp.write_text(created)
+    return created
 
 
 def _publish(paths: BuildPaths, config: BuildConfig) -> None:

@@ -14,7 +14,7 @@ from preprocess.read_clip import DEFAULT_ROTATION_ATOL, read_clip
 from preprocess.sequence import SequenceArrays, compute_sequence
 from preprocess.stats import default_stride, sequence_moments
 from preprocess.stitch import STITCH_TOLERANCE_PERIODS, ClipTimeline, plan_recording, recording_of
-from shared.layout import FEATURE_DIM, FEATURE_SLICES
+from shared.layout import FEATURE_DIM, field_of_dim
 from shared.moments import Moments
 from shared.store import FeatureStore
 
@@ -33,13 +33,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.mismatches
-
-
-def _field_of(dim: int) -> str:
-    for name, s in FEATURE_SLICES.items():
-        if s.start <= dim < s.stop:
-            return f"{name}[{dim - s.start}]"
-    return str(dim)
 
 
 def verify_sequences(store: FeatureStore, data: Path, sample: int, seed: int) -> VerifyReport:
@@ -117,17 +110,16 @@ def _compare_sequence(
         report.mismatches.append(
             f"{name}: features differ at {int((diff > FEATURE_ATOL).sum())} values (tolerance "
             f"{FEATURE_ATOL:g}); largest {diff[frame, dim]:.3g} at frame {int(frame)} (store frame "
-            f"{record.start + int(frame)}), dim {int(dim)} ({_field_of(int(dim))}): store "
+            f"{record.start + int(frame)}), dim {int(dim)} ({field_of_dim(int(dim))}): store "
             f"{stored[frame, dim]:.7g} vs source {expected.features[frame, dim]:.7g}"
         )
 
 
 def verify_stats(store: FeatureStore) -> list[str]:
     """Recompute the normalisation stats from the store's train features; differences found."""
-    config = store.attrs.get(shared.store.ATTR_BUILD_CONFIG, {})
     window = store.stats.window_frames
-    stride = int(config.get("stats_stride") or default_stride(window))
-    floor = float(config.get("std_floor", 0.0))
+    stride = int(store.stats_attrs.get(shared.store.STATS_ATTR_STRIDE_FRAMES) or default_stride(window))
+    floor = float(store.stats_attrs.get(shared.store.STATS_ATTR_STD_FLOOR, 0.0))
     moments = Moments.empty(FEATURE_DIM)
     for record in store.split("train"):
         features = store.read_features(record.start, record.stop)
@@ -148,7 +140,7 @@ def verify_stats(store: FeatureStore) -> list[str]:
             dim = int(np.argmax(rel))
             problems.append(
                 f"stats: {label} differs (relative to std) by up to {rel[dim]:.3g} at "
-                f"{int((rel > STATS_RTOL).sum())} dims; largest at dim {dim} ({_field_of(dim)}): "
+                f"{int((rel > STATS_RTOL).sum())} dims; largest at dim {dim} ({field_of_dim(dim)}): "
                 f"store {stored[dim]:.10g} vs recomputed {recomputed[dim]:.10g}"
             )
     return problems

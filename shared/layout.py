@@ -66,3 +66,11 @@ def layout_description() -> dict:
         "rot6d": "first two columns of R, concatenated: [R00,R10,R20,R01,R11,R21]",
         "joints_order": "joint-major",
     }
+
+
+def field_of_dim(dim: int) -> str:
+    """Name of feature dimension `dim` within its field, e.g. 14 -> "hp[2]"."""
+    for name, s in FEATURE_SLICES.items():
+        if s.start <= dim < s.stop:
+            return f"{name}[{dim - s.start}]"
+    raise IndexError(f"feature dim {dim} is not within [0, {FEATURE_DIM})")

@@ -1,4 +1,5 @@
-"""The feature store (schema v1): its layout, and the reader every consumer uses.
+"""The feature store (schema v2): its layout, its integrity checks, and the reader every consumer
+uses.
 
 A store is a Zarr v3 group written once per dataset build by `python -m preprocess build`:
 
@@ -14,11 +15,21 @@ A store is a Zarr v3 group written once per dataset build by `python -m preproce
 
 Frames of one sequence are contiguous: `features[record.start:record.stop]`.
 
-Memory mapping: an uncompressed Zarr v3 chunk (codecs = [bytes, little endian]) is the raw
-C-order array, stored full-size even at the array's end. For local stores `open_store`
-therefore maps each chunk file of `features` (`features/c/<i>/0`) with `np.memmap`, so slicing
-a window is a view (or one copy when the window crosses a chunk boundary) instead of a trip
-through zarr's codec pipeline. Chunks that were never written read as the fill value.
+Integrity (new in schema v2): every array ends its codec chain with `crc32c`, a 4-byte checksum
+of the chunk as stored, and every chunk is written (even one holding only the fill value), so
+a missing or truncated chunk file is damage, never "all zeros". `open_store` checks that every
+chunk file exists with its size (a stat per chunk); `check_chunks(deep=True)` (`preprocess
+verify`) also checks every checksum and that every float value is finite. The fingerprint
+covers every root attribute that gives the frames their meaning (schema, layout, fps, ...), the
+sequence table and the stats, so an edited `fps` is refused like an edited table.
+Schema history: v1 had no checksums, omitted all-fill chunks and fingerprinted only layout,
+table and stats; it is refused with the command to rebuild.
+
+Memory mapping: an uncompressed Zarr v3 chunk (codecs = [bytes little endian, crc32c]) is the
+raw C-order array followed by its 4 checksum bytes, stored full-size even at the array's end.
+For local stores `open_store` therefore maps the first bytes of each chunk file of `features`
+(`features/c/<i>/0`) with `np.memmap`, so slicing a window is a view (or one copy when the
+window crosses a chunk boundary) instead of a trip through zarr's codec pipeline.
 
 This module must not import h5py or hdf5plugin: the trainer imports it.
 """
@@ -29,23 +40,30 @@ import functools
 import hashlib
 import json
 import logging
+import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import fsspec
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec
+from fsspec.implementations.local import LocalFileSystem
+from tqdm import tqdm
+from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from shared.layout import FEATURE_DIM, layout_description
+from shared.layout import FEATURE_DIM, field_of_dim, layout_description
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_NAME = "nymeria-motion-features"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: per-chunk crc32c, every chunk written, fingerprint over root attributes
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # --- node names -------------------------------------------------------------------------------
@@ -74,6 +92,23 @@ ATTR_CREATED = "created"  # ISO 8601, UTC
 ATTR_FINGERPRINT = "fingerprint"  # compute_fingerprint(...) at build time
 ATTR_COMPLETE = "complete"  # True, written last
 
+FINGERPRINT_EXCLUDED_ATTRS: frozenset[str] = frozenset(
+    {
+        ATTR_FINGERPRINT,
+        ATTR_COMPLETE,
+        ATTR_CREATED,
+        ATTR_PACKAGE_VERSION,
+        ATTR_GIT_REVISION,
+        ATTR_BUILD_CONFIG,
+        ATTR_SOURCE,
+    }
+)
+"""Root attributes that record when, where, how and by which code a store was built (paths,
+workers, times), not what its frames mean: left out of the fingerprint, so the same content
+built from another mount or copied elsewhere keeps its fingerprint. Every other root attribute,
+including any added later, is covered; build options that change content show up in covered
+attributes (fps, stitching, stats attributes) or in the table."""
+
 # --- group attributes -------------------------------------------------------------------------
 ATTR_TABLE = "table"  # on SEQUENCES_GROUP
 STATS_ATTR_COUNT = "count"
@@ -90,6 +125,20 @@ RESUME_HINT = "finish it with `python -m preprocess build DATA --out {out} --res
 
 # Open chunk maps per array; each holds a file descriptor (mmap dups it), so keep them bounded.
 MAX_OPEN_CHUNK_MAPS = 256
+
+CHECKSUM_BYTES = 4  # the crc32c codec appends the little-endian CRC-32C of the encoded chunk
+ARRAY_CONFIG: Mapping[str, Any] = {"write_empty_chunks": True}
+"""Zarr array config of every store array: write every chunk, so a missing file is damage."""
+DEEP_CHECK_THREADS = 4  # chunk reads in flight in `check_chunks(deep=True)` (I/O bound remotely)
+VERIFY_HINT = "`python -m preprocess verify {url}` lists every damaged chunk"
+
+
+def store_compressors(zstd_level: int | None = None) -> tuple:
+    """Bytes-to-bytes codecs of every store array: zstd when a level is given, then always
+    crc32c, so the checksum covers the bytes as stored and an uncompressed chunk file is the raw
+    C-order array followed by 4 checksum bytes (memory-mappable from offset 0)."""
+    compression = () if zstd_level is None else (ZstdCodec(level=zstd_level),)
+    return (*compression, Crc32cCodec())
 
 
 class StoreError(ValueError):
@@ -169,23 +218,23 @@ def table_from_json(table: Mapping[str, Any], where: str) -> tuple[SequenceRecor
 
 
 def compute_fingerprint(
-    layout: Mapping[str, Any],
+    root_attrs: Mapping[str, Any],
     table: Mapping[str, list],
     mean: np.ndarray,
     std: np.ndarray,
-    count: int,
-    window_frames: int,
+    stats_attrs: Mapping[str, Any],
 ) -> str:
-    """sha256 over schema, layout, sequence table and stats: a stable content id of a build.
+    """sha256 over the root attributes (but FINGERPRINT_EXCLUDED_ATTRS), the sequence table, the
+    stats attributes and the stats: a stable content id of a build.
 
-    `mean`/`std` are hashed as the stored float64 bytes (little endian), so two builds with
-    byte-identical content have the same fingerprint whatever machine reads them.
+    Attributes are hashed as canonical JSON (sorted keys), `mean`/`std` as the stored float64
+    bytes (little endian), so two builds with byte-identical content have the same fingerprint
+    whatever machine reads them.
     """
     header = {
-        "schema": {"name": SCHEMA_NAME, "version": SCHEMA_VERSION},
-        "layout": layout,
+        "attrs": {k: v for k, v in root_attrs.items() if k not in FINGERPRINT_EXCLUDED_ATTRS},
         "table": table,
-        "stats": {"count": int(count), "window_frames": int(window_frames)},
+        "stats": dict(stats_attrs),
     }
     digest = hashlib.sha256()
     digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
@@ -199,7 +248,8 @@ def compute_fingerprint(
 
 class ChunkMemmapArray:
     """Read-only `(N, *row_shape)` array over the raw chunk files of an uncompressed Zarr v3
-    array chunked along its first axis only.
+    array chunked along its first axis only (each file: the C-order chunk, then
+    `checksum_bytes` that are not mapped).
 
     Slicing rows returns an `np.ndarray`: a view into one chunk's memory map when the rows lie
     inside one chunk, else a copy. Picklable (maps are reopened lazily after unpickling).
@@ -211,13 +261,13 @@ class ChunkMemmapArray:
         shape: tuple[int, ...],
         chunk_frames: int,
         dtype: np.dtype,
-        fill_value: Any,
+        checksum_bytes: int = CHECKSUM_BYTES,
     ) -> None:
         self.array_dir = Path(array_dir)
         self.shape = tuple(int(s) for s in shape)
         self.chunk_frames = int(chunk_frames)
         self.dtype = np.dtype(dtype)
-        self.fill_value = fill_value
+        self.checksum_bytes = int(checksum_bytes)
         self.num_chunks = -(-self.shape[0] // self.chunk_frames)
         self._init_cache()
 
@@ -251,19 +301,19 @@ class ChunkMemmapArray:
     def _map_chunk(self, index: int) -> np.ndarray:
         chunk_shape = (self.chunk_frames, *self.row_shape)
         path = self.chunk_path(index)
-        expected_bytes = int(np.prod(chunk_shape)) * self.dtype.itemsize
+        expected_bytes = math.prod(chunk_shape) * self.dtype.itemsize + self.checksum_bytes
         try:
             found_bytes = path.stat().st_size
         except FileNotFoundError:
-            # Never written: Zarr omits chunks that hold only the fill value.
-            filled = np.full(chunk_shape, self.fill_value, dtype=self.dtype)
-            filled.flags.writeable = False
-            return filled
+            raise StoreError(
+                f"chunk file {path} is missing (every chunk is written); the store is damaged: "
+                f"{REBUILD_HINT}"
+            ) from None
         if found_bytes != expected_bytes:
             raise StoreError(
                 f"chunk file {path} has {found_bytes} bytes, expected {expected_bytes} for an "
-                f"uncompressed {chunk_shape} {self.dtype} chunk; the store is damaged: "
-                f"{REBUILD_HINT}"
+                f"uncompressed {chunk_shape} {self.dtype} chunk and its checksum; the store is "
+                f"damaged: {REBUILD_HINT}"
             )
         return np.memmap(path, dtype=self.dtype, mode="r", shape=chunk_shape)
 
@@ -314,13 +364,16 @@ def _check_range(start: int, stop: int, num_rows: int) -> None:
         raise IndexError(f"frame range [{start}, {stop}) is not within [0, {num_rows}]")
 
 
-def _is_raw_little_endian(array: zarr.Array) -> bool:
-    """Whether each chunk file of `array` is its raw C-order bytes (no compressor/filter)."""
-    codecs = array.metadata.codecs
-    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
-        return False
-    endian = codecs[0].endian
-    return sys.byteorder == "little" and (endian is None or endian.value == "little")
+def _raw_checksum_bytes(array: zarr.Array) -> int | None:
+    """Bytes after the raw C-order chunk in each chunk file of `array` (0, or 4 with crc32c), or
+    None when the chunk files are not raw native-endian bytes (compressed, filtered, sharded)."""
+    first, *rest = array.metadata.codecs
+    if not isinstance(first, BytesCodec) or not all(isinstance(c, Crc32cCodec) for c in rest):
+        return None
+    endian = first.endian
+    if sys.byteorder != "little" or not (endian is None or endian.value == "little"):
+        return None
+    return CHECKSUM_BYTES * len(rest)
 
 
 def _local_dir(array: zarr.Array) -> Path | None:
@@ -341,7 +394,8 @@ def memmap_array(array: zarr.Array) -> ChunkMemmapArray | None:
     chunked along its first axis only with the default `/` chunk key encoding."""
     meta = array.metadata
     array_dir = _local_dir(array)
-    if array_dir is None or not _is_raw_little_endian(array):
+    checksum_bytes = _raw_checksum_bytes(array)
+    if array_dir is None or checksum_bytes is None:
         return None
     encoding = meta.chunk_key_encoding
     if getattr(encoding, "name", None) != "default" or encoding.separator != "/":
@@ -349,8 +403,170 @@ def memmap_array(array: zarr.Array) -> ChunkMemmapArray | None:
     chunk_shape = tuple(array.chunks)
     if chunk_shape[1:] != tuple(array.shape[1:]):
         return None
-    fill_value = meta.fill_value
-    return ChunkMemmapArray(array_dir, array.shape, chunk_shape[0], array.dtype, fill_value)
+    return ChunkMemmapArray(array_dir, array.shape, chunk_shape[0], array.dtype, checksum_bytes)
+
+
+# --- chunk checks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk file of an array, named for humans."""
+
+    array: str  # path of the array in the store, e.g. "features", "stats/mean"
+    coords: tuple[int, ...]
+    key: str  # path of the chunk file in the store, e.g. "features/c/12/0"
+    frames: tuple[int, int] | None  # [first, last] frame, for the frame arrays
+
+    def __str__(self) -> str:
+        index = self.coords[0] if len(self.coords) == 1 or not any(self.coords[1:]) else self.coords
+        where = f"file {self.key}" + (f", frames {self.frames[0]}-{self.frames[1]}" if self.frames else "")
+        return f"{self.array} chunk {index} ({where})"
+
+
+def _chunks_of(path: str, array: zarr.Array) -> list[_Chunk]:
+    chunks = []
+    frames = array.shape[0] if path in FRAME_ARRAYS else None
+    for coords in product(*(range(n) for n in array.cdata_shape)):
+        key = f"{path}/{array.metadata.encode_chunk_key(coords)}"
+        span = None
+        if frames is not None:
+            first = coords[0] * array.chunks[0]
+            span = (first, min(first + array.chunks[0], frames) - 1)
+        chunks.append(_Chunk(path, tuple(coords), key, span))
+    return chunks
+
+
+def _encoded_chunk_nbytes(array: zarr.Array) -> int | None:
+    """Size of every chunk file of `array` when its codecs fix it (raw, crc32c), else None."""
+    checksum_bytes = _raw_checksum_bytes(array)
+    if checksum_bytes is None:
+        return None
+    return math.prod(array.chunks) * array.dtype.itemsize + checksum_bytes
+
+
+def _has_checksums(array: zarr.Array) -> bool:
+    return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+
+
+def _file_sizes(fs: fsspec.AbstractFileSystem, root: str, keys: list[str]) -> dict[str, int]:
+    """Size of each file `root/key` that exists: a stat each locally; remotely one listing, then a
+    size request for each key the listing did not show (HTTP servers may not list)."""
+    root = root.rstrip("/")
+    sizes = {}
+    if isinstance(fs, LocalFileSystem):
+        for key in keys:
+            try:
+                sizes[key] = os.stat(f"{root}/{key}").st_size
+            except FileNotFoundError:
+                pass
+        return sizes
+    try:
+        listing = fs.find(root, detail=True)
+    except (FileNotFoundError, NotImplementedError):
+        listing = {}
+    for path, info in listing.items():
+        sizes[fs._strip_protocol(path)[len(fs._strip_protocol(root)) + 1 :]] = int(info["size"])
+    for key in keys:
+        if key not in sizes:
+            try:
+                sizes[key] = int(fs.size(f"{root}/{key}"))
+            except FileNotFoundError:
+                pass
+    return sizes
+
+
+def _check_chunk_content(array: zarr.Array, chunk: _Chunk) -> list[str]:
+    """Checksum (verified by zarr's crc32c codec on decode) and finiteness of one chunk."""
+    try:
+        values = array.get_block_selection(chunk.coords)
+    except Exception as error:  # noqa: BLE001 - any decode failure is damage to name, not to raise
+        if "checksum" in str(error):
+            return [f"{chunk}: checksum mismatch (the bytes changed after they were written)"]
+        return [f"{chunk}: cannot be decoded ({type(error).__name__}: {error})"]
+    if values.dtype.kind not in "fc":
+        return []
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return []
+    at = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"element {at}"
+    if chunk.frames is not None:
+        where = f"frame {chunk.frames[0] + at[0]}"
+        if array.path == FEATURES:
+            where += f", dim {at[1]} ({field_of_dim(at[1])})"
+        elif len(at) > 1:
+            where += f", column {at[1]}"
+    return [f"{chunk}: {int(bad.sum())} non-finite values, first {values[at]} at {where}"]
+
+
+def _chunk_problems(
+    group: zarr.Group,
+    url: str,
+    *,
+    deep: bool,
+    progress: bool,
+    storage_options: Mapping[str, Any] | None,
+) -> list[str]:
+    arrays = {
+        path: node
+        for path, node in sorted(group.members(max_depth=None))
+        if isinstance(node, zarr.Array)
+    }
+    required = (*FRAME_ARRAYS, f"{STATS_GROUP}/{STATS_MEAN}", f"{STATS_GROUP}/{STATS_STD}")
+    problems = [f"array {name} is missing" for name in required if name not in arrays]
+    problems += [
+        f"array {path} has no crc32c checksums (codecs "
+        f"{[c.to_dict()['name'] for c in array.metadata.codecs]})"
+        for path, array in arrays.items()
+        if not _has_checksums(array)
+    ]
+    chunks = [chunk for path, array in arrays.items() for chunk in _chunks_of(path, array)]
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    sizes = _file_sizes(fs, root, [c.key for c in chunks])
+    present = []
+    for chunk in chunks:
+        size, expected = sizes.get(chunk.key), _encoded_chunk_nbytes(arrays[chunk.array])
+        if size is None:
+            problems.append(f"{chunk}: missing")
+        elif expected is not None and size != expected:
+            problems.append(f"{chunk}: {size} bytes, expected {expected}")
+        else:
+            present.append(chunk)
+    if deep:
+        with (
+            ThreadPoolExecutor(DEEP_CHECK_THREADS) as pool,
+            tqdm(total=len(present), unit="chunk", desc="check chunks", disable=not progress) as bar,
+        ):
+            for found in pool.map(lambda c: _check_chunk_content(arrays[c.array], c), present):
+                problems += found
+                bar.update()
+    return problems
+
+
+def check_chunks(
+    url_or_path: str | Path,
+    *,
+    deep: bool,
+    progress: bool = False,
+    storage_options: dict | None = None,
+) -> list[str]:
+    """Problems with the chunk files of a store, one human-readable line each; empty when good.
+
+    `deep=False`: every array the schema needs is there and every chunk file of every array
+    exists with the size its codecs give (a stat per chunk locally, one listing remotely).
+    `deep=True`: also every chunk's crc32c checksum and that every float value is finite (reads
+    every byte; a tqdm bar with `progress`). Needs no complete store, so copies can be checked
+    before `complete` is written. Each line names the array, chunk, file and frames.
+    """
+    url = _url_of(url_or_path)
+    try:
+        group = zarr.open_group(url, mode="r", storage_options=storage_options)
+    except FileNotFoundError:
+        return [f"no Zarr store at {_display_path(url)}"]
+    return _chunk_problems(
+        group, url, deep=deep, progress=progress, storage_options=storage_options
+    )
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -374,12 +590,13 @@ class FeatureStore:
     Attributes:
         url: local path (resolved) or fsspec URL the store was opened from.
         attrs: root attributes; layout: the feature layout it was built with; fps: frame rate.
-        fingerprint: sha256 over schema, layout, sequence table and stats (`compute_fingerprint`).
+        fingerprint: sha256 over root attributes, sequence table and stats (`compute_fingerprint`).
         features (N, 294) float32, timestamp_ns (N,) int64, contact (N, 4) float32: slicing rows
             gives an np.ndarray; `ChunkMemmapArray`s when `is_memory_mapped`, else `zarr.Array`s.
         zarr_arrays: the same three as `zarr.Array`s, always.
         sequences: the sequence table; stats: train-split `NormStats` (float32), with the stored
-            float64 values in `stats_mean_f64`, `stats_std_f64`.
+            float64 values in `stats_mean_f64`, `stats_std_f64` and the attributes of `stats/`
+            (count, window_frames, stride_frames, std_floor, split) in `stats_attrs`.
         num_frames: N; chunk_frames: frames per chunk.
     """
 
@@ -389,6 +606,7 @@ class FeatureStore:
         group: zarr.Group,
         memory_map: bool,
         storage_options: dict[str, Any] | None,
+        check_chunk_files: bool = True,
     ) -> None:
         self.url = url
         self._memory_map_requested = memory_map
@@ -422,21 +640,32 @@ class FeatureStore:
 
         self.sequences = _read_sequences(group, url, self.num_frames)
         self.stats, self.stats_mean_f64, self.stats_std_f64 = _read_stats(group, url)
+        self.stats_attrs: dict = group[STATS_GROUP].attrs.asdict()
         self.fingerprint = compute_fingerprint(
-            self.layout,
+            self.attrs,
             table_to_json(self.sequences),
             self.stats_mean_f64,
             self.stats_std_f64,
-            self.stats.count,
-            self.stats.window_frames,
+            self.stats_attrs,
         )
         recorded = self.attrs.get(ATTR_FINGERPRINT)
         if recorded != self.fingerprint:
             raise StoreError(
-                f"store {url}: sequence table or stats do not match the fingerprint recorded at "
-                f"build time ({recorded} vs {self.fingerprint}); the metadata was modified or "
-                f"damaged: {REBUILD_HINT}"
+                f"store {url}: its root attributes (fps, layout, ...), sequence table or stats do "
+                f"not match the fingerprint recorded at build time ({recorded} vs "
+                f"{self.fingerprint}); the metadata was modified or damaged: {REBUILD_HINT}"
             )
+        if check_chunk_files:
+            problems = _chunk_problems(
+                group, url, deep=False, progress=False, storage_options=storage_options
+            )
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                raise StoreError(
+                    f"store {url} is damaged: {'; '.join(problems[:3])}{more}; "
+                    f"{VERIFY_HINT.format(url=_display_path(url))}; {REBUILD_HINT}, or copy it "
+                    f"again from where it came from"
+                )
 
         mapped = (
             {name: memmap_array(array) for name, array in arrays.items()} if memory_map else {}
@@ -473,7 +702,8 @@ class FeatureStore:
         return int(self.zarr_arrays[FEATURES].chunks[0])
 
     def __reduce__(self) -> tuple:
-        # Reopen (and revalidate) in the receiving process, e.g. a DataLoader worker.
+        # Reopen (and revalidate the metadata) in the receiving process, e.g. a DataLoader
+        # worker; the chunk files were checked when this one was opened.
         return (_reopen, (self.url, self._memory_map_requested, self._storage_options))
 
     def __repr__(self) -> str:
@@ -484,7 +714,9 @@ class FeatureStore:
 
 
 def _reopen(url: str, memory_map: bool, storage_options: dict | None) -> FeatureStore:
-    return open_store(url, memory_map=memory_map, storage_options=storage_options)
+    return open_store(
+        url, memory_map=memory_map, storage_options=storage_options, check_chunk_files=False
+    )
 
 
 def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
@@ -498,8 +730,8 @@ def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
     if version != SCHEMA_VERSION:
         raise StoreError(
             f"store {url} has schema version {version!r}, this code reads version "
-            f"{SCHEMA_VERSION}; {REBUILD_HINT} (or use the code version that wrote it: "
-            f"package {attrs.get(ATTR_PACKAGE_VERSION)!r})"
+            f"{SCHEMA_VERSION} (v2 added per-chunk checksums); {REBUILD_HINT} (or use the code "
+            f"version that wrote it: package {attrs.get(ATTR_PACKAGE_VERSION)!r})"
         )
     if attrs.get(ATTR_COMPLETE) is not True:
         out = attrs.get(ATTR_BUILD_CONFIG, {}).get("out", "STORE")
@@ -566,13 +798,15 @@ def open_store(
     path_or_url: str | Path,
     memory_map: bool = True,
     storage_options: dict[str, Any] | None = None,
+    check_chunk_files: bool = True,
 ) -> FeatureStore:
     """Open and validate a complete feature store at a local path or an fsspec URL.
 
     Raises `StoreError` (with what to do) for a missing, incomplete, unknown-version or
-    layout-mismatched store. With `memory_map` (default) local uncompressed stores are read
-    through `np.memmap` chunk maps; otherwise, and for remote or compressed stores, through
-    `zarr.Array`.
+    layout-mismatched store, metadata that does not match its fingerprint, and (with
+    `check_chunk_files`) a missing or wrongly sized chunk file. With `memory_map` (default)
+    local uncompressed stores are read through `np.memmap` chunk maps; otherwise, and for
+    remote or compressed stores, through `zarr.Array`.
     """
     url = _url_of(path_or_url)
     try:
@@ -582,4 +816,4 @@ def open_store(
             f"no Zarr store at {_display_path(url)}; build one with "
             f"`python -m preprocess build DATA --out STORE`"
         ) from None
-    return FeatureStore(url, group, memory_map, storage_options)
+    return FeatureStore(url, group, memory_map, storage_options, check_chunk_files)

@@ -77,10 +77,11 @@ def test_cluster_build_sizes_chunks_and_attributes(cluster_store: Path, syntheti
     assert store.zarr_arrays[shared.store.TIMESTAMP_NS].dtype == np.int64
     chunk_files = feature_chunk_files(cluster_store)
     assert len(chunk_files) == -(-total_frames // CHUNK_FRAMES)
-    assert {p.stat().st_size for p in chunk_files} == {CHUNK_FRAMES * FEATURE_DIM * 4}  # raw
+    # raw, then the crc32c checksum
+    assert {p.stat().st_size for p in chunk_files} == {CHUNK_FRAMES * FEATURE_DIM * 4 + 4}
 
     attrs = store.attrs
-    assert attrs[shared.store.ATTR_SCHEMA] == {"name": "nymeria-motion-features", "version": 1}
+    assert attrs[shared.store.ATTR_SCHEMA] == {"name": "nymeria-motion-features", "version": 2}
     assert attrs[shared.store.ATTR_LAYOUT] == layout_description()
     assert attrs[shared.store.ATTR_COMPLETE] is True
     assert store.fps == attrs[shared.store.ATTR_SOURCE_FPS] == pytest.approx(30.0)

@@ -19,6 +19,7 @@ import shared.store
 from preprocess import nymeria_format
 from preprocess.cli import main
 from shared.layout import FEATURE_DIM
+from train.cli import main as train_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK_FRAMES = 1000
@@ -54,7 +55,7 @@ def test_info_json(built):
     assert info["bytes_per_frame"] == pytest.approx(size / info["frames"])
     # Raw chunks: each frame costs at least its 294 float32 features.
     assert info["bytes_per_frame"] >= FEATURE_DIM * 4
-    assert info["codecs"] == ["bytes"] and info["chunk_frames"] == CHUNK_FRAMES
+    assert info["codecs"] == ["bytes", "crc32c"] and info["chunk_frames"] == CHUNK_FRAMES
 
 
 def test_info_text_through_subprocess(built):
@@ -63,17 +64,22 @@ def test_info_text_through_subprocess(built):
         [sys.executable, "-m", "preprocess", "info", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert "nymeria-motion-features v1" in result.stdout
+    assert f"nymeria-motion-features v{shared.store.SCHEMA_VERSION}" in result.stdout
     assert "6 from 4 participants" in result.stdout and "bytes/frame" in result.stdout
+
+
+def copy_with_root_attrs(store: Path, copy: Path, **updates: object) -> Path:
+    """A copy of `store` with some root attributes replaced (by editing its zarr.json)."""
+    shutil.copytree(store, copy)
+    meta = json.loads((copy / "zarr.json").read_text())
+    meta["attributes"].update(updates)
+    (copy / "zarr.json").write_text(json.dumps(meta))
+    return copy
 
 
 def test_info_refuses_incomplete_store(built, tmp_path: Path):
     _, out = built
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(out, copy)
-    meta = json.loads((copy / "zarr.json").read_text())
-    meta["attributes"][shared.store.ATTR_COMPLETE] = False
-    (copy / "zarr.json").write_text(json.dumps(meta))
+    copy = copy_with_root_attrs(out, tmp_path / "copy.zarr", **{shared.store.ATTR_COMPLETE: False})
     result = CliRunner().invoke(main, ["info", str(copy)])
     assert result.exit_code == 1 and "incomplete" in result.output and "--resume" in result.output
 
@@ -84,16 +90,18 @@ def test_verify_passes_on_a_faithful_store(built):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "recomputed 3 sequences" in result.output and "verify passed" in result.output
+    assert "checked every chunk's checksum and values: 0 problems" in result.output
 
 
 def test_verify_detects_tampered_features(built, tmp_path: Path):
     data, out = built
     copy = tmp_path / "tampered.zarr"
     shutil.copytree(out, copy)
-    chunk = feature_chunk_files(copy)[0]
-    features = np.fromfile(chunk, dtype="<f4").reshape(CHUNK_FRAMES, FEATURE_DIM)
+    root = zarr.open_group(copy, mode="r+")
+    features = root[shared.store.FEATURES][:CHUNK_FRAMES]
     features[3, 14] += 0.5  # hp z of frame 3
-    features.tofile(chunk)
+    # Through zarr, so the checksum is right: a wrong value the build itself might have written.
+    root[shared.store.FEATURES][:CHUNK_FRAMES] = features
     result = CliRunner().invoke(main, ["verify", str(copy), "--data", str(data), "--sample", "6"])
     assert result.exit_code == 1
     assert "features differ at 1 values" in result.output
@@ -111,7 +119,7 @@ def test_verify_detects_changed_sources(built, tmp_path: Path):
         f.create_dataset(nymeria_format.KEY_CPF_TRANSLATION, data=cpf + np.float32(0.01))
     result = CliRunner().invoke(main, ["verify", str(out), "--data", str(changed), "--sample", "6"])
     assert result.exit_code == 1
-    assert "MISMATCH" in result.output and "features differ" in result.output
+    assert "PROBLEM" in result.output and "features differ" in result.output
 
 
 def test_verify_detects_wrong_stats(built, tmp_path: Path):
@@ -124,12 +132,80 @@ def test_verify_detects_wrong_stats(built, tmp_path: Path):
     mean[20] += 0.1
     root[shared.store.STATS_GROUP][shared.store.STATS_MEAN][:] = mean
     std = root[shared.store.STATS_GROUP][shared.store.STATS_STD][:]
-    stats_attrs = root[shared.store.STATS_GROUP].attrs
     fingerprint = shared.store.compute_fingerprint(
-        root.attrs[shared.store.ATTR_LAYOUT], root[shared.store.SEQUENCES_GROUP].attrs[shared.store.ATTR_TABLE], mean, std,
-        stats_attrs[shared.store.STATS_ATTR_COUNT], stats_attrs[shared.store.STATS_ATTR_WINDOW_FRAMES],
+        root.attrs.asdict(), root[shared.store.SEQUENCES_GROUP].attrs[shared.store.ATTR_TABLE], mean, std,
+        root[shared.store.STATS_GROUP].attrs.asdict(),
     )  # fmt: skip
     root.attrs[shared.store.ATTR_FINGERPRINT] = fingerprint
     result = CliRunner().invoke(main, ["verify", str(copy), "--data", str(data), "--sample", "1"])
     assert result.exit_code == 1
     assert "stats: mean differs" in result.output and "dim 20 (jp[2])" in result.output
+
+
+# --- a damaged store is caught before it trains (issue 10, reported cases) ---------------------
+
+
+def _train_cli(store: Path, run: Path):
+    args = ["fit", "--store", str(store), "--out", str(run), "--steps", "2", "--batch-size", "2",
+            "--device", "cpu", "--num-workers", "0"]  # fmt: skip
+    return CliRunner().invoke(train_main, args)
+
+
+def test_deleted_features_chunk_is_refused_before_training(built, tmp_path: Path):
+    _, out = built
+    copy = tmp_path / "deleted.zarr"
+    shutil.copytree(out, copy)
+    feature_chunk_files(copy)[1].unlink()
+    result = _train_cli(copy, tmp_path / "run")
+    assert result.exit_code == 1
+    assert f"features chunk 1 (file features/c/1/0, frames {CHUNK_FRAMES}-" in result.output
+    assert "missing" in result.output and "python -m preprocess verify" in result.output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    info = CliRunner().invoke(main, ["info", str(copy)])
+    assert info.exit_code == 1 and "features chunk 1" in info.output
+
+
+def test_nan_written_into_a_chunk_fails_verify_naming_the_chunk(built, tmp_path: Path):
+    _, out = built
+    copy = tmp_path / "nan.zarr"
+    shutil.copytree(out, copy)
+    chunk = feature_chunk_files(copy)[1]
+    raw = bytearray(chunk.read_bytes())
+    raw[4 * (7 * FEATURE_DIM + 20) : 4 * (7 * FEATURE_DIM + 21)] = np.float32(np.nan).tobytes()
+    chunk.write_bytes(bytes(raw))
+    result = CliRunner().invoke(main, ["verify", str(copy), "--no-progress"])
+    assert result.exit_code == 1
+    first = CHUNK_FRAMES
+    assert (
+        f"PROBLEM features chunk 1 (file features/c/1/0, frames {first}-{first + CHUNK_FRAMES - 1}"
+        f"): checksum mismatch" in result.output
+    )
+    assert "verify failed: 1 problems" in result.output
+    # Written with a valid checksum (as a faulty build would): the finiteness check names it.
+    features = zarr.open_group(out, mode="r")[shared.store.FEATURES][first : first + CHUNK_FRAMES]
+    features[7, 20] = np.inf
+    root = zarr.open_group(copy, mode="r+")
+    root[shared.store.FEATURES][first : first + CHUNK_FRAMES] = features
+    result = CliRunner().invoke(main, ["verify", str(copy), "--no-progress"])
+    assert result.exit_code == 1
+    assert (
+        f"features chunk 1 (file features/c/1/0, frames {first}-{first + CHUNK_FRAMES - 1}): 1 "
+        f"non-finite values, first inf at frame {first + 7}, dim 20 (jp[2])" in result.output
+    )
+
+
+def test_verify_without_data_passes_on_a_good_store(built):
+    _, out = built
+    result = CliRunner().invoke(main, ["verify", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "recomputed stats" in result.output and "verify passed" in result.output
+
+
+def test_edited_fps_is_refused(built, tmp_path: Path):
+    _, out = built
+    copy = copy_with_root_attrs(out, tmp_path / "fps.zarr", **{shared.store.ATTR_FPS: 60.0})
+    result = _train_cli(copy, tmp_path / "run")
+    assert result.exit_code == 1
+    assert "do not match the fingerprint recorded at build time" in result.output
+    verify = CliRunner().invoke(main, ["verify", str(copy), "--no-progress"])
+    assert verify.exit_code == 1 and "PROBLEM store" in verify.output

@@ -28,7 +28,7 @@ SPLIT_OF = ("train", "val", "test")
 
 def write_store(
     path: Path,
-    compressors: tuple | None = None,
+    zstd_level: int | None = None,
     complete: bool = True,
     lengths: tuple[int, ...] = LENGTHS,
 ) -> np.ndarray:
@@ -42,10 +42,11 @@ def write_store(
         shared.store.TIMESTAMP_NS: (np.arange(num_frames, dtype=np.int64) * 33_333_333, (CHUNK_FRAMES,)),
         shared.store.CONTACT: (np.ones((num_frames, 4), np.float32), (CHUNK_FRAMES, 4)),
     }
+    compressors = shared.store.store_compressors(zstd_level)
     for name, (values, chunks) in arrays.items():
         array = root.create_array(
             name, shape=values.shape, chunks=chunks, dtype=values.dtype,
-            compressors=compressors, fill_value=0,
+            compressors=compressors, fill_value=0, config=shared.store.ARRAY_CONFIG,
         )  # fmt: skip
         array[:] = values
     starts = np.concatenate([[0], np.cumsum(lengths)])
@@ -60,21 +61,24 @@ def write_store(
     mean, std = features.mean(0).astype(np.float64), features.std(0).astype(np.float64)
     stats = root.create_group(shared.store.STATS_GROUP)
     for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
-        array = stats.create_array(name, shape=(FEATURE_DIM,), dtype="float64", compressors=None)
+        array = stats.create_array(
+            name, shape=(FEATURE_DIM,), dtype="float64", compressors=compressors
+        )
         array[:] = values
-    stats.attrs.update({shared.store.STATS_ATTR_COUNT: num_frames, shared.store.STATS_ATTR_WINDOW_FRAMES: 152})
-    root.attrs.update(
-        {
-            shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
-            shared.store.ATTR_LAYOUT: layout_description(),
-            shared.store.ATTR_FPS: 30.0,
-            shared.store.ATTR_FINGERPRINT: shared.store.compute_fingerprint(
-                layout_description(), table, mean, std, num_frames, 152
-            ),
-            shared.store.ATTR_BUILD_CONFIG: {"out": str(path)},
-            shared.store.ATTR_COMPLETE: complete,
-        }
+    stats_attrs = {shared.store.STATS_ATTR_COUNT: num_frames, shared.store.STATS_ATTR_WINDOW_FRAMES: 152}
+    stats.attrs.update(stats_attrs)
+    attrs = {
+        shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
+        shared.store.ATTR_LAYOUT: layout_description(),
+        shared.store.ATTR_FPS: 30.0,
+        shared.store.ATTR_BUILD_CONFIG: {"out": str(path)},
+        shared.store.ATTR_COMPLETE: complete,
+    }
+    attrs = json.loads(json.dumps(attrs))
+    attrs[shared.store.ATTR_FINGERPRINT] = shared.store.compute_fingerprint(
+        attrs, table, mean, std, stats_attrs
     )
+    root.attrs.update(attrs)
     return features
 
 
@@ -129,7 +133,7 @@ def test_read_features_view_inside_chunk_copy_across(store_path):
 def test_edge_chunk_is_stored_full_size(store_path):
     path, _ = store_path
     last = path / shared.store.FEATURES / "c" / "3" / "0"
-    assert last.stat().st_size == CHUNK_FRAMES * FEATURE_DIM * 4
+    assert last.stat().st_size == CHUNK_FRAMES * FEATURE_DIM * 4 + shared.store.CHECKSUM_BYTES
 
 
 @given(
@@ -158,27 +162,90 @@ def test_integer_row_and_array_protocol(store_path):
         store.features[len(features)]
 
 
-def test_missing_chunk_reads_as_fill_value(store_path):
-    path, features = store_path
-    (path / shared.store.FEATURES / "c" / "1" / "0").unlink()  # as zarr does for an all-fill chunk
-    store = open_store(path)
-    np.testing.assert_array_equal(store.read_features(16, 32), 0)
-    np.testing.assert_array_equal(store.read_features(10, 20)[:6], features[10:16])
-    np.testing.assert_array_equal(store.read_features(10, 20)[6:], 0)
-
-
-def test_damaged_chunk_is_refused(store_path):
+def test_missing_chunk_is_refused_on_open(store_path):
     path, _ = store_path
+    (path / shared.store.FEATURES / "c" / "1" / "0").unlink()
+    with pytest.raises(StoreError) as error:
+        open_store(path)
+    message = str(error.value)
+    assert "is damaged: features chunk 1 (file features/c/1/0, frames 16-31): missing" in message
+    assert "python -m preprocess verify" in message and "--overwrite" in message
+    assert shared.store.check_chunks(path, deep=False) == [
+        "features chunk 1 (file features/c/1/0, frames 16-31): missing"
+    ]
+
+
+def test_truncated_chunk_is_refused_on_open_and_when_mapped(store_path):
+    path, features = store_path
     chunk = path / shared.store.FEATURES / "c" / "0" / "0"
-    chunk.write_bytes(chunk.read_bytes()[:100])
+    expected = chunk.stat().st_size
     store = open_store(path)
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.raises(StoreError, match=rf"features chunk 0 .*: 100 bytes, expected {expected}"):
+        open_store(path)
     with pytest.raises(StoreError, match="has 100 bytes, expected"):
-        store.read_features(0, 4)
+        store.read_features(0, 4)  # opened before the damage: the map refuses too
+
+
+def test_all_zero_chunks_are_written(tmp_path):
+    path = tmp_path / "zeros.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    contact = root.create_array(
+        "contact", shape=(32, 4), chunks=(16, 4), dtype="float32", fill_value=0,
+        compressors=shared.store.store_compressors(), config=shared.store.ARRAY_CONFIG,
+    )  # fmt: skip
+    contact[:] = np.concatenate([np.ones((16, 4)), np.zeros((16, 4))])  # chunk 1: fill only
+    assert (path / "contact" / "c" / "1" / "0").is_file()
+
+
+def test_deep_check_names_checksum_and_non_finite_chunks(store_path):
+    path, features = store_path
+    assert shared.store.check_chunks(path, deep=True) == []
+    chunk = path / shared.store.FEATURES / "c" / "2" / "0"
+    raw = bytearray(chunk.read_bytes())
+    values = np.frombuffer(raw[:-4], dtype="<f4").reshape(CHUNK_FRAMES, FEATURE_DIM).copy()
+    values[5, 14] = np.nan  # frame 37, hp[2]
+    chunk.write_bytes(values.tobytes() + bytes(raw[-4:]))
+    assert shared.store.check_chunks(path, deep=False) == []  # sizes still right
+    assert shared.store.check_chunks(path, deep=True) == [
+        "features chunk 2 (file features/c/2/0, frames 32-47): checksum mismatch (the bytes "
+        "changed after they were written)"
+    ]
+    # The same NaN with a valid checksum (a build that wrote it): finiteness names it.
+    root = zarr.open_group(path, mode="r+")
+    rewritten = features.copy()
+    rewritten[37, 14] = np.nan
+    root[shared.store.FEATURES][32:48] = rewritten[32:48]
+    assert shared.store.check_chunks(path, deep=True) == [
+        "features chunk 2 (file features/c/2/0, frames 32-47): 1 non-finite values, first nan "
+        "at frame 37, dim 14 (hp[2])"
+    ]
+    open_store(path)  # opening checks sizes only: fast at any store size
+
+
+def test_check_chunks_on_a_compressed_store_and_a_v1_array(tmp_path):
+    path = tmp_path / "zstd.zarr"
+    write_store(path, zstd_level=3)
+    assert shared.store.check_chunks(path, deep=True) == []
+    chunk = path / shared.store.TIMESTAMP_NS / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-1] + b"\x00")
+    assert shared.store.check_chunks(path, deep=True) == [
+        "timestamp_ns chunk 0 (file timestamp_ns/c/0, frames 0-15): checksum mismatch (the "
+        "bytes changed after they were written)"
+    ]
+    root = zarr.open_group(path, mode="r+")
+    root.create_array("extra", shape=(3,), dtype="f4", compressors=None)[:] = 1
+    assert "array extra has no crc32c checksums (codecs ['bytes'])" in shared.store.check_chunks(
+        path, deep=False
+    )
+    assert shared.store.check_chunks(tmp_path / "nothing.zarr", deep=False) == [
+        f"no Zarr store at {tmp_path / 'nothing.zarr'}"
+    ]
 
 
 def test_compressed_store_reads_through_zarr(tmp_path):
     path = tmp_path / "zstd.zarr"
-    features = write_store(path, compressors=(zarr.codecs.ZstdCodec(level=3),))
+    features = write_store(path, zstd_level=3)
     store = open_store(path)
     assert not store.is_memory_mapped
     assert isinstance(store.features, zarr.Array)
@@ -231,8 +298,8 @@ def test_refuses_incomplete_store(tmp_path):
 
 def test_refuses_unknown_schema_version(store_path):
     path, _ = store_path
-    set_root_attrs(path, schema={"name": shared.store.SCHEMA_NAME, "version": 2})
-    with pytest.raises(StoreError, match=r"schema version 2, this code reads version 1.*rebuild"):
+    set_root_attrs(path, schema={"name": shared.store.SCHEMA_NAME, "version": 1})
+    with pytest.raises(StoreError, match=r"schema version 1, this code reads version 2.*rebuild"):
         open_store(path)
 
 
@@ -251,6 +318,21 @@ def test_refuses_other_zarr_group_and_missing_path(tmp_path):
         open_store(tmp_path / "other.zarr")
     with pytest.raises(StoreError, match="no Zarr store at"):
         open_store(tmp_path / "missing.zarr")
+
+
+@pytest.mark.parametrize("attrs", [{"fps": 60.0}, {"source_fps": 29.0}, {"stitching": {"gaps": 0}}])
+def test_refuses_edited_root_attributes(store_path, attrs):
+    path, _ = store_path
+    set_root_attrs(path, **attrs)
+    with pytest.raises(StoreError, match=r"root attributes \(fps, layout, \.\.\.\).*fingerprint"):
+        open_store(path)
+
+
+def test_descriptive_attributes_are_outside_the_fingerprint(store_path):
+    path, _ = store_path
+    fingerprint = open_store(path).fingerprint
+    set_root_attrs(path, created="another day", build_config={"out": "/elsewhere"})
+    assert open_store(path).fingerprint == fingerprint
 
 
 def test_refuses_tampered_sequence_table(store_path):
