@@ -1,14 +1,18 @@
 """Build a feature store (schema v1, see shared/store.py) from a tree of Nymeria clip files.
 
 Stages, each restartable:
-1. read: every `*.h5` under DATA (sorted) -> `read_clip` on the executor (a pure function of
-   the file; on Dask, a few files per task); each result is persisted in the build directory
-   as it arrives.
-2. plan: detect the frame period (median over all clips), stitch clips into sequences
-   (preprocess.stitch), assign splits by participant (preprocess.split).
-3. compute: per sequence on the executor, `compute_sequence` (resample, features on the
-   stitched motion, moments of canonical windows for train sequences); results are written in
-   sequence order, whole chunks at a time, and the moments merged in that fixed order.
+1. read: every clip file under DATA (`preprocess.discover`: links followed once, every file
+   not read listed) -> `read_clip` on the executor (a pure function of the file; on Dask, a
+   few files per task); each result is persisted in the build directory as it arrives. No
+   file can stop the build: an unusable one becomes a problem record.
+2. plan: detect the frame period (median over all clips); a clip at another rate is
+   resampled with `--fps` and otherwise recorded as a problem; stitch clips into sequences,
+   filling holes of up to `--max-fill-frames` and splitting at longer ones (preprocess.stitch);
+   assign splits by participant (preprocess.split).
+3. compute: per sequence on the executor, `compute_sequence` (interpolate filled holes or
+   resample, features on the stitched motion, moments of canonical windows for train
+   sequences); results are written in sequence order, whole chunks at a time, and the moments
+   merged in that fixed order.
 4. publish: stats, sequence table and attributes are written, `complete=True` last, and the
    finished store is renamed into place.
 
@@ -46,18 +50,22 @@ import shared.store
 from preprocess.clip_cache import CachedClip, ClipCache, read_and_persist
 from preprocess.executor import SYNCHRONOUS, Executor, default_workers, open_executor
 from preprocess.lock import BuildLock, LockError
-from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem
-from preprocess.resample import resample_timestamps
-from preprocess.sequence import StatsWindows, compute_planned_sequence
+from preprocess.discover import Discovery, Ignored, discover_clip_files
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Discrepancy, Problem
+from preprocess.sequence import StatsWindows, compute_planned_sequence, stored_timestamps
 from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
 from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES, default_stride
 from preprocess.stitch import (
+    DEFAULT_MAX_FILL_FRAMES,
     STITCH_TOLERANCE_PERIODS,
     ClipTimeline,
     Piece,
     SequencePlan,
     StitchReport,
+    clip_period_ns,
     detect_frame_period_ns,
+    hole_discrepancies,
+    is_other_rate,
     plan_sequences,
 )
 from shared.atomic import atomic_path
@@ -67,8 +75,6 @@ from shared.moments import Moments
 from shared.provenance import git_revision, package_version
 
 logger = logging.getLogger(__name__)
-
-CLIP_GLOB = "*.h5"
 
 DEFAULT_CHUNK_FRAMES = 8192
 """Frames per chunk of every frame array (features: 8192 x 294 x 4 B = 9.6 MB per chunk file).
@@ -95,7 +101,7 @@ class BuildConfig:
     """Every option of a build; recorded in the store's `build_config` attribute."""
 
     data: Path
-    """Folder searched recursively for `*.h5` clip files."""
+    """Folder searched recursively (following links once) for `*.h5` clip files."""
     out: Path
     """Store to write (a local directory)."""
     workers: int | None = None
@@ -103,7 +109,11 @@ class BuildConfig:
     scheduler: str | None = None
     """None: local cluster; "synchronous": plain loop; else the address of a Dask scheduler."""
     fps: float | None = None
-    """Resample every sequence to this rate; None keeps the source rate (detected)."""
+    """Resample every sequence to this rate; None keeps the source rate (detected), and clips
+    at another rate are not used."""
+    max_fill_frames: int = DEFAULT_MAX_FILL_FRAMES
+    """Longest hole (missing frames, inside a clip or between two) filled by interpolation;
+    a longer one splits the sequence."""
     split: tuple[float, float, float] = DEFAULT_FRACTIONS
     """Fractions of participants in train, val, test."""
     split_seed: int = 0
@@ -135,6 +145,8 @@ class BuildConfig:
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps must be positive, found {self.fps}")
         check_fractions(self.split)
+        if self.max_fill_frames < 0:
+            raise ValueError(f"max_fill_frames must be >= 0, found {self.max_fill_frames}")
         if self.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, found {self.chunk_frames}")
         if self.compression not in COMPRESSIONS:
@@ -202,6 +214,9 @@ class BuildSummary:
     files_reused: int  # per-file results taken over from an interrupted build
     files_used: int
     problems: tuple[Problem, ...]
+    discrepancies: tuple[Discrepancy, ...]  # of used files: recorded, not fatal
+    ignored: tuple[Ignored, ...]  # candidates under DATA that were not read
+    other_files: Mapping[str, int]  # files that are no candidates, by extension
     sequences: int
     frames: int
     fps: float
@@ -211,11 +226,6 @@ class BuildSummary:
     split_frames: Mapping[str, int]
     seconds: float
     read_frames_per_s: float = field(default=0.0)
-
-
-def discover_clip_files(data: Path) -> list[str]:
-    """Paths of all `*.h5` files under `data`, relative and POSIX, sorted."""
-    return sorted(p.relative_to(data).as_posix() for p in data.rglob(CLIP_GLOB) if p.is_file())
 
 
 def is_zarr_store(path: Path) -> bool:
@@ -236,16 +246,19 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
         raise BuildError(str(error)) from None
     try:
         _prepare(paths, config)
-        files = discover_clip_files(data)
+        discovery = discover_clip_files(data)
+        files = discovery.files
         if not files:
-            raise BuildError(f"no {CLIP_GLOB} files under {data}")
+            raise BuildError(f"no *.h5 files under {data}{_describe_ignored(discovery)}")
         results = ClipCache(paths.clips)
         with open_executor(config.scheduler, config.workers) as executor:
             entries, reused, read_fps = _read_stage(
                 data, files, results, executor, config, progress
             )
-            problems = tuple(e.problem for f, e in sorted(entries.items()) if e.problem is not None)
             usable = [entries[f] for f in files if entries[f].ok]
+            period_ns, usable, rate_problems = _check_frame_rates(usable, config)
+            read_problems = [entries[f].problem for f in files if not entries[f].ok]
+            problems = tuple(sorted(read_problems + rate_problems, key=lambda p: p.file))
             if not usable:
                 raise BuildError(
                     f"no usable clip file among the {len(files)} under {data}", problems
@@ -257,8 +270,9 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
                     problems,
                 )
             summary = _write_store(
-                paths, config, data, files, usable, problems, results, executor, progress
-            )
+                paths, config, data, discovery, usable, period_ns, problems, results, executor,
+                progress,
+            )  # fmt: skip
         _publish(paths, config)
     finally:
         lock.release()
@@ -267,10 +281,53 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
         files_found=len(files),
         files_reused=reused,
         problems=problems,
+        ignored=tuple(discovery.ignored),
+        other_files=discovery.other_files,
         seconds=time.perf_counter() - started,
         read_frames_per_s=read_fps,
         **summary,
     )
+
+
+def _describe_ignored(discovery: Discovery) -> str:
+    """'; not read: ...' for an error message, or ''."""
+    if not discovery.ignored:
+        return ""
+    listed = "; ".join(f"{i.path} ({i.reason})" for i in discovery.ignored[:5])
+    more = len(discovery.ignored) - 5
+    return f"; not read: {listed}" + (f" and {more} more" if more > 0 else "")
+
+
+def _check_frame_rates(
+    usable: list[CachedClip], config: BuildConfig
+) -> tuple[float | None, list[CachedClip], list[Problem]]:
+    """The dataset's frame period (median step over all usable clips), the clips the build
+    uses, and a problem for each clip at another rate when there is no `--fps` to resample it."""
+    if not usable:
+        return None, [], []
+    try:
+        period_ns = detect_frame_period_ns([e.timestamp_ns for e in usable])
+    except ValueError as error:
+        raise BuildError(f"{error} (all {len(usable)} usable clips have a single frame)") from None
+    if config.fps is not None:
+        return period_ns, usable, []
+    kept, problems = [], []
+    for entry in usable:
+        own_ns = clip_period_ns(entry.timestamp_ns, period_ns)
+        if not is_other_rate(own_ns, period_ns, config.stitch_tolerance):
+            kept.append(entry)
+            continue
+        problems.append(
+            Problem(
+                entry.file,
+                "frame_rate",
+                f"{entry.file}: dataset 'timestamp_ns': the clip runs at {1e9 / own_ns:.4g} fps "
+                f"(median step {own_ns:.0f} ns), the other clips at {1e9 / period_ns:.4g} fps; "
+                f"pass --fps to resample every clip to one rate",
+                "timestamp_ns",
+            )
+        )
+    return period_ns, kept, problems
 
 
 def _prepare(paths: BuildPaths, config: BuildConfig) -> None:
@@ -386,29 +443,51 @@ class _Plan:
         return int(sum(self.lengths))
 
 
-def _plan(usable: list[CachedClip], config: BuildConfig) -> _Plan:
+def _plan(usable: list[CachedClip], period_ns: float, config: BuildConfig) -> _Plan:
     clips = [ClipTimeline(e.file, e.sequence_name, e.participant, e.timestamp_ns) for e in usable]
-    period_ns = detect_frame_period_ns([c.timestamp_ns for c in clips])
     # Integer-ns timestamps of a 30 fps clock give 30.0000003; the period itself is recorded too.
     source_fps = round(1e9 / period_ns, FPS_DECIMALS)
-    sequences, stitch = plan_sequences(clips, period_ns, config.stitch_tolerance)
+    sequences, stitch = plan_sequences(
+        clips, period_ns, config.stitch_tolerance, config.max_fill_frames
+    )
     splits = assign_splits((p.participant for p in sequences), config.split, config.split_seed)
-    lengths = [
-        p.length if config.fps is None else len(resample_timestamps(p.timestamp_ns, config.fps))
-        for p in sequences
-    ]
+    lengths = [len(stored_timestamps(p.timestamp_ns, config.fps)) for p in sequences]
     fps = config.fps or source_fps
     return _Plan(period_ns, source_fps, fps, sequences, stitch, splits, lengths)
 
 
+def _discrepancies(
+    usable: list[CachedClip], plan: _Plan, config: BuildConfig
+) -> tuple[Discrepancy, ...]:
+    """What the used files declare or lack, by file: attribute disagreements (read_clip), holes
+    inside clips (stitching) and, with --fps, clips resampled from another rate."""
+    records = [d for e in usable for d in e.discrepancies]
+    records += hole_discrepancies(plan.stitch.holes)
+    for entry in usable if config.fps is not None else ():
+        own_ns = clip_period_ns(entry.timestamp_ns, plan.period_ns)
+        if is_other_rate(own_ns, plan.period_ns, config.stitch_tolerance):
+            records.append(
+                Discrepancy(
+                    entry.file,
+                    "other_frame_rate",
+                    f"{entry.file}: dataset 'timestamp_ns': the clip runs at {1e9 / own_ns:.4g} "
+                    f"fps, the other clips at {1e9 / plan.period_ns:.4g} fps; resampled to "
+                    f"--fps {config.fps:g}",
+                    count=len(entry.timestamp_ns),
+                )
+            )
+    return tuple(sorted(records, key=lambda d: (d.file, d.kind)))
+
+
 def _sequence_tasks(
     plan: _Plan, results: ClipCache, config: BuildConfig
-) -> Iterator[tuple[Path, tuple[Piece, ...], float | None, StatsWindows | None]]:
+) -> Iterator[tuple[Path, tuple[Piece, ...], np.ndarray, StatsWindows | None]]:
     """Arguments of `compute_planned_sequence` per sequence."""
     windows = StatsWindows(config.window_frames, config.stride_frames)
     for sequence in plan.sequences:
         is_train = plan.splits[sequence.participant] == "train"
-        yield results.directory, sequence.pieces, config.fps, windows if is_train else None
+        timestamp_ns = stored_timestamps(sequence.timestamp_ns, config.fps)
+        yield results.directory, sequence.pieces, timestamp_ns, windows if is_train else None
 
 
 def _create_frame_arrays(
@@ -450,6 +529,11 @@ def _write_frames(
             if len(arrays) != length:
                 raise RuntimeError(
                     f"sequence {sequence.name}: computed {len(arrays)} frames, planned {length}"
+                )
+            if not np.isfinite(arrays.features).all():  # read_clip's bounds make this impossible
+                raise BuildError(
+                    f"sequence {sequence.name}: non-finite features computed from "
+                    f"{', '.join(sequence.source_files)}; nothing was published"
                 )
             writer.append(
                 {
@@ -495,15 +579,17 @@ def _write_store(
     paths: BuildPaths,
     config: BuildConfig,
     data: Path,
-    files: list[str],
+    discovery: Discovery,
     usable: list[CachedClip],
+    period_ns: float,
     problems: tuple[Problem, ...],
     results: ClipCache,
     executor: Executor,
     progress: bool,
 ) -> dict:
     """Stages 2-4 up to a complete store in the staging directory; returns summary fields."""
-    plan = _plan(usable, config)
+    plan = _plan(usable, period_ns, config)
+    discrepancies = _discrepancies(usable, plan, config)
     logger.info(
         "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
         "%d overlapping frames dropped",
@@ -542,14 +628,18 @@ def _write_store(
         shared.store.ATTR_GIT_REVISION: git_revision(),
         shared.store.ATTR_SOURCE: {
             "root": str(data),
-            "file_count": len(files),
+            "file_count": len(discovery.files),
             "files_used": len(usable),
+            "ignored": [i.to_json() for i in discovery.ignored],
+            "other_files": discovery.other_files,
         },
         shared.store.ATTR_PROBLEMS: [p.to_json() for p in problems],
+        shared.store.ATTR_DISCREPANCIES: [d.to_json() for d in discrepancies],
         shared.store.ATTR_STITCHING: {
             **plan.stitch.to_json(),
             "frame_period_ns": plan.period_ns,
             "tolerance_periods": config.stitch_tolerance,
+            "max_fill_frames": config.max_fill_frames,
         },
         shared.store.ATTR_CREATED: _created(paths),
     }
@@ -569,6 +659,7 @@ def _write_store(
         split_frames[record.split] += record.length
     return {
         "files_used": len(usable),
+        "discrepancies": discrepancies,
         "sequences": len(records),
         "frames": plan.num_frames,
         "fps": plan.fps,

@@ -22,10 +22,10 @@ from preprocess.build import (
     describe_executor,
 )
 from preprocess.info import format_info, store_info
-from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Problem
+from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Discrepancy, Problem
 from preprocess.split import parse_fractions
 from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES
-from preprocess.stitch import STITCH_TOLERANCE_PERIODS
+from preprocess.stitch import DEFAULT_MAX_FILL_FRAMES, STITCH_TOLERANCE_PERIODS
 from preprocess.verify import verify_sequences, verify_stats
 from shared.store import StoreError, check_chunks, open_store
 
@@ -52,9 +52,17 @@ def main(verbose: bool) -> None:
 @click.option("--participants", type=click.IntRange(1, synth.MAX_PARTICIPANTS), default=None,
               help="Number of distinct people [default: min(recordings, 4)].")  # fmt: skip
 @click.option("--clips-per-recording", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Clips (of 140-160 frames) each recording is cut into.")  # fmt: skip
+              help=f"Clips (of {synth.CLIP_FRAMES_RANGE[0]}-{synth.CLIP_FRAMES_RANGE[1]} frames) "
+                   f"each recording is cut into.")  # fmt: skip
 @click.option("--video-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Side in pixels of the stand-in egoview_RGB video.")  # fmt: skip
+@click.option("--no-video", is_flag=True,
+              help="Write no egoview_RGB dataset (as later exporter versions, which keep the "
+                   "video in an MP4 beside the file).")  # fmt: skip
+@click.option("--drop-frames", "drop_frames", type=click.FloatRange(0, 1, max_open=True),
+              default=0.0, show_default=True,
+              help="Probability that a frame is left out of its file, as the exporter skips "
+                   "frames it fails to extract (num_frames keeps the declared count).")  # fmt: skip
 def synth_command(
     out_dir: Path,
     recordings: int,
@@ -62,6 +70,8 @@ def synth_command(
     participants: int | None,
     clips_per_recording: int,
     video_size: int,
+    no_video: bool,
+    drop_frames: float,
 ) -> None:
     """Write synthetic Nymeria-format clip files (walking, pauses, sitting, bending) to OUT_DIR."""
     if participants is not None and participants > recordings:
@@ -75,12 +85,13 @@ def synth_command(
         seed=seed,
         participants=participants,
         clips_per_recording=clips_per_recording,
-        video_size=video_size,
+        video_size=None if no_video else video_size,
+        drop_frame_probability=drop_frames,
     )
     num_frames = 0
     for path in paths:
         with h5py.File(path, "r") as f:
-            num_frames += int(f.attrs[nymeria_format.ATTR_NUM_FRAMES])
+            num_frames += len(f[nymeria_format.KEY_TIMESTAMP_NS])
     people = {nymeria_format.participant_from_sequence_name(nymeria_format.parse_clip_file_name(p)[0]) for p in paths}
     click.echo(
         f"wrote {len(paths)} clip files ({recordings} recordings, {num_frames} frames, "
@@ -100,6 +111,30 @@ def _echo_problems(problems: tuple[Problem, ...]) -> None:
         click.echo(f"  skipped [{problem.kind}] {problem.reason}", err=True)
 
 
+def _echo_unused(summary: BuildSummary) -> None:
+    """Files not read, and what used files lack or disagree on (also in the store's attributes)."""
+    for ignored in summary.ignored:
+        click.echo(f"  not read: {ignored.path}: {ignored.reason}", err=True)
+    if summary.other_files:
+        counts = ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in summary.other_files.items())
+        click.echo(f"  not read, not clip files: {counts}", err=True)
+    by_kind: dict[str, list[Discrepancy]] = {}
+    for discrepancy in summary.discrepancies:
+        by_kind.setdefault(discrepancy.kind, []).append(discrepancy)
+    for kind, records in sorted(by_kind.items()):
+        frames = sum(abs(d.count or 0) for d in records)
+        click.echo(
+            f"  used, noted [{kind}] {len(records)} files ({frames} frames), e.g. "
+            f"{records[0].reason}",
+            err=True,
+        )
+    if by_kind:
+        click.echo(
+            "  (every note is in the store's `discrepancies`: preprocess info STORE --json)",
+            err=True,
+        )
+
+
 def _echo_summary(summary: BuildSummary) -> None:
     hours = summary.frames / summary.fps / 3600
     splits = ", ".join(
@@ -111,15 +146,19 @@ def _echo_summary(summary: BuildSummary) -> None:
     click.echo(
         f"wrote {summary.store}: {summary.frames} frames ({hours:.3f} h at {summary.fps:g} fps, "
         f"source {summary.source_fps:g} fps), {summary.sequences} sequences from "
-        f"{stitch.recordings} recordings ({stitch.gaps} gaps, {stitch.dropped_frames} "
-        f"overlapping frames dropped)\n"
+        f"{stitch.recordings} recordings ({stitch.gaps} gaps, {stitch.filled_frames} missing "
+        f"frames filled in {stitch.filled_holes} holes, {stitch.dropped_frames} overlapping "
+        f"frames dropped)\n"
         f"files: {summary.files_found} found, {summary.files_reused} reused from an interrupted "
-        f"build, {summary.files_used} used, {len(summary.problems)} skipped\n"
+        f"build, {summary.files_used} used, {len(summary.problems)} skipped, "
+        f"{len(summary.discrepancies)} notes on used files, {len(summary.ignored)} candidates "
+        f"not read\n"
         f"splits: {splits}\n"
         f"took {summary.seconds:.1f} s"
         + (f" (read {summary.read_frames_per_s:.0f} frames/s)" if summary.read_frames_per_s else "")
     )
     _echo_problems(summary.problems)
+    _echo_unused(summary)
 
 
 @main.command("build")
@@ -134,6 +173,10 @@ def _echo_summary(summary: BuildSummary) -> None:
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Resample to this frame rate (slerp rotations, linear positions) "
                    "[default: keep the source rate].")
+@click.option("--max-fill-frames", type=click.IntRange(min=0), default=DEFAULT_MAX_FILL_FRAMES,
+              show_default=True,
+              help="Longest run of missing frames (inside a clip or between two) filled by "
+                   "interpolation; a longer one splits the sequence.")
 @click.option("--split", "split", default="0.8,0.1,0.1", show_default=True, callback=_split_option,
               help="Fractions of participants in train,val,test.")
 @click.option("--split-seed", type=int, default=0, show_default=True,

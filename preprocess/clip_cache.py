@@ -3,7 +3,7 @@
 One `.clip` file per source file in `<build dir>/clips/`, named by a hash of the file's path
 relative to the source root, written atomically (`shared.atomic`: a killed build leaves either a
 whole result or none). Each holds a JSON header (a `meta` record: path, size and mtime of the
-source file when read, sequence name, participant, problem; and the name, dtype and shape of each
+source file when read, sequence name, participant, problem, discrepancies; and the name, dtype and shape of each
 array) followed by the clip's motion arrays as raw C-order bytes. (`.npz` would do, but costs ~10x
 more to load, which the build does twice per file.) A result is reused only while the source
 file's size and mtime are unchanged; problems that depend on the machine rather than on the file
@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.motion import MOTION_FIELDS, Motion
-from preprocess.read_clip import DEFAULT_ROTATION_ATOL, RETRY_KINDS, ClipOutcome, Problem, read_clip
+from preprocess.read_clip import (
+    DEFAULT_ROTATION_ATOL,
+    RETRY_KINDS,
+    ClipOutcome,
+    Discrepancy,
+    Problem,
+    read_clip,
+)
 from shared.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ class CachedClip:
     participant: str | None
     timestamp_ns: np.ndarray | None  # (T,) int64 for usable clips
     problem: Problem | None
+    discrepancies: tuple[Discrepancy, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -58,6 +66,7 @@ def entry_of(result: ClipOutcome) -> CachedClip:
         result.participant,
         None if result.motion is None else result.motion.timestamp_ns,
         result.problem,
+        result.discrepancies,
     )
 
 
@@ -121,6 +130,7 @@ class ClipCache:
             "sequence_name": result.sequence_name,
             "participant": result.participant,
             "problem": None if result.problem is None else result.problem.to_json(),
+            "discrepancies": [d.to_json() for d in result.discrepancies],
         }
         arrays = {} if result.motion is None else result.motion.arrays()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -171,6 +181,7 @@ class ClipCache:
             meta["participant"],
             arrays.get("timestamp_ns") if problem is None else None,
             problem,
+            tuple(Discrepancy(**d) for d in meta.get("discrepancies", ())),
         )
 
 

@@ -52,6 +52,7 @@ def store_info(store: FeatureStore) -> dict:
         "source": attrs.get(shared.store.ATTR_SOURCE),
         "stitching": attrs.get(shared.store.ATTR_STITCHING),
         "problems": attrs.get(shared.store.ATTR_PROBLEMS, []),
+        "discrepancies": attrs.get(shared.store.ATTR_DISCREPANCIES, []),
         "chunk_frames": store.chunk_frames,
         "codecs": codecs,
         "memory_mapped": store.is_memory_mapped,
@@ -89,4 +90,12 @@ def format_info(info: dict) -> str:
         f"problems     {len(info['problems'])}",
     ]
     lines += [f"  {p['file']}: [{p['kind']}] {p['reason']}" for p in info["problems"]]
+    notes = info["discrepancies"]
+    kinds = sorted({d["kind"] for d in notes})
+    counts = ", ".join(f"{sum(d['kind'] == k for d in notes)} {k}" for k in kinds)
+    lines.append(f"notes        {len(notes)} on used files" + (f" ({counts}; --json lists them)"
+                                                                if notes else ""))
+    ignored = source.get("ignored", [])
+    lines.append(f"not read     {len(ignored)} candidates")
+    lines += [f"  {i['path']}: {i['reason']}" for i in ignored]
     return "\n".join(lines)

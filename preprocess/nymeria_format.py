@@ -1,11 +1,21 @@
 """The Nymeria clip HDF5 input format, in one place: key names, shapes, file and sequence naming.
 
 A clip file is `<sequence_name>_<datapoint_id>.h5` (datapoint_id: 5 digits, e.g.
-`20230607_s0_james_johnson_act0_e72nhq_00003.h5`), LZ4-compressed, readable only after
-`import hdf5plugin`. It holds `N` consecutive frames of one recording, frames
-`[start_idx, end_idx)` of it (`end_idx` exclusive, so `num_frames == end_idx - start_idx`).
-All poses are in the recording's world frame (Z up, metres); rotation matrices map local to
-world (`p_world = R @ p_local + t`).
+`20230607_s0_james_johnson_act0_e72nhq_00003.h5`), one per atomic action, LZ4-compressed,
+readable only after `import hdf5plugin`. All poses are in the recording's world frame (Z up,
+metres); rotation matrices map local to world (`p_world = R @ p_local + t`).
+
+What the exporter (`extract_antego_data.py` in a fork of the Nymeria API) writes, and so what
+the reader expects:
+- `start_idx`, `end_idx` index the recording's 30 fps grid and are **both inclusive**:
+  `num_frames == end_idx - start_idx + 1`. Clip lengths vary (an action's duration).
+- `timestamp_ns` steps by `EXPORTER_FRAME_PERIOD_NS` = `int(1e9 / 30)` ns.
+- Frames whose extraction fails are skipped silently: a file may hold fewer frames than
+  `num_frames`, with holes in `timestamp_ns`. **Timestamps are the truth; the three int
+  attributes are descriptions** (a disagreement is recorded, never a reason to reject a file).
+- `egoview_RGB` (the video) may be absent: later versions keep it in an MP4 beside the file and
+  name it in the attribute `egoview_mp4_filename`. The pipeline reads neither.
+- `contact_information` channels: `shared.skeleton.CONTACT_CHANNELS` (order unconfirmed).
 
 This module only names things; it does no I/O.
 """
@@ -20,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from shared.skeleton import NUM_JOINTS
+from shared.skeleton import CONTACT_CHANNELS, NUM_JOINTS
 
 # --- file attributes --------------------------------------------------------------------------
 ATTR_SEQUENCE_NAME = "sequence_name"
@@ -28,6 +38,7 @@ ATTR_ATOMIC_ACTION = "atomic_action"
 ATTR_START_IDX = "start_idx"
 ATTR_END_IDX = "end_idx"
 ATTR_NUM_FRAMES = "num_frames"
+ATTR_EGOVIEW_MP4 = "egoview_mp4_filename"  # later exporter versions: the video file beside the clip
 STRING_ATTRS: tuple[str, ...] = (ATTR_SEQUENCE_NAME, ATTR_ATOMIC_ACTION)
 INT_ATTRS: tuple[str, ...] = (ATTR_START_IDX, ATTR_END_IDX, ATTR_NUM_FRAMES)
 
@@ -39,10 +50,12 @@ KEY_CPF_TRANSLATION = "cpf_translation"  # head (Aria central pupil frame) posit
 KEY_CPF_ORIENTATION = "cpf_orientation"  # R_world_cpf
 KEY_JOINT_TRANSLATION = "joint_translation"  # XSens segment origins, world, metres
 KEY_JOINT_ORIENTATION = "joint_orientation"  # R_world_segment
-KEY_CONTACT_INFORMATION = "contact_information"  # foot contacts in {0, 1}
-KEY_EGOVIEW = "egoview_RGB"  # (N, 3, H, W) uint8 video; never read by the pipeline
+KEY_CONTACT_INFORMATION = "contact_information"  # foot contacts, shared.skeleton.CONTACT_CHANNELS
+KEY_EGOVIEW = "egoview_RGB"  # (N, 3, H, W) uint8 video; optional, never read by the pipeline
 
-NUM_CONTACTS = 4
+NUM_CONTACTS = len(CONTACT_CHANNELS)
+EXPORTER_FPS = 30
+EXPORTER_FRAME_PERIOD_NS = int(1e9 / EXPORTER_FPS)  # 33_333_333: the exporter's timestamp step
 EGOVIEW_CHANNELS = 3
 EGOVIEW_DTYPE = np.dtype(np.uint8)
 
@@ -79,6 +92,13 @@ MOTION_DATASETS: MappingProxyType[str, DatasetSpec] = MappingProxyType(
         KEY_CONTACT_INFORMATION: DatasetSpec((NUM_CONTACTS,), "float"),
     }
 )
+
+
+
+def num_frames_of_index_range(start_idx: int, end_idx: int) -> int:
+    """Frames a clip covers on the recording's grid: both indices are inclusive."""
+    return end_idx - start_idx + 1
+
 
 # --- naming -----------------------------------------------------------------------------------
 CLIP_SUFFIX = ".h5"

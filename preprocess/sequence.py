@@ -12,7 +12,7 @@ import numpy as np
 
 from preprocess.clip_cache import ClipCache
 from preprocess.motion import Motion, concatenate, motion_features
-from preprocess.resample import resample_motion
+from preprocess.resample import interpolate_motion, resample_timestamps
 from preprocess.stats import sequence_moments
 from preprocess.stitch import Piece
 from shared.moments import Moments
@@ -39,13 +39,20 @@ class SequenceArrays:
         return len(self.timestamp_ns)
 
 
+def stored_timestamps(planned_ns: np.ndarray, fps: float | None) -> np.ndarray:
+    """Times of the stored frames of a planned sequence: the plan's (source frames plus filled
+    holes), or with `fps` a new grid over the same span."""
+    return planned_ns if fps is None else resample_timestamps(planned_ns, fps)
+
+
 def compute_sequence(
-    motion: Motion, fps: float | None, stats_windows: StatsWindows | None
+    motion: Motion, timestamp_ns: np.ndarray, stats_windows: StatsWindows | None
 ) -> SequenceArrays:
-    """Resample (if `fps`), compute features on the whole sequence, and (if `stats_windows`)
-    the moments of its canonical windows, taken from the float32 features as stored."""
-    if fps is not None:
-        motion = resample_motion(motion, fps)
+    """Interpolate `motion` at `timestamp_ns` where they differ (filled holes, `--fps`),
+    compute features on the whole sequence, and (if `stats_windows`) the moments of its
+    canonical windows, taken from the float32 features as stored."""
+    if not np.array_equal(motion.timestamp_ns, timestamp_ns):
+        motion = interpolate_motion(motion, timestamp_ns)
     features = motion_features(motion)
     moments = None
     if stats_windows is not None:
@@ -63,11 +70,12 @@ def compute_sequence(
 def compute_planned_sequence(
     results_dir: Path,
     pieces: tuple[Piece, ...],
-    fps: float | None,
+    timestamp_ns: np.ndarray,
     stats_windows: StatsWindows | None,
 ) -> SequenceArrays:
     """Stage-3 task: join the pieces from the persisted per-file results, then
-    `compute_sequence`. Only the stored arrays travel back to the build process."""
+    `compute_sequence` at the stored times. Only the stored arrays travel back to the build
+    process."""
     results = ClipCache(results_dir)
     motion = concatenate([results.load_motion(p.file).slice(p.start, p.stop) for p in pieces])
-    return compute_sequence(motion, fps, stats_windows)
+    return compute_sequence(motion, timestamp_ns, stats_windows)

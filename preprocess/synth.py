@@ -21,12 +21,18 @@ Conventions
   in CPF is `(tan(yaw), tan(pitch), 1)` normalised, left eye at +X). Hence
   `R_world_cpf = R_world_head @ R_HEAD_CPF` with `R_HEAD_CPF` columns (left, up, forward) in
   head coordinates.
-- `contact_information` channels are `CONTACT_CHANNELS` = (right heel, right toe tip, left heel,
-  left toe tip), the same foot order as `shared.skeleton.FOOT_JOINTS`; the heel is a point on
-  the Foot segment, the toe tip a point on the Toe segment. A channel is 1.0 when its point is
+- `contact_information` channels are `shared.skeleton.CONTACT_CHANNELS` = (left heel, left toe,
+  right heel, right toe), XSens MVN's order; the heel is a point on the Foot segment, the toe a
+  point (the tip) on the Toe segment. A channel is 1.0 when its point is
   within `CONTACT_HEIGHT_M` of the ground and moves slower than `CONTACT_SPEED_MPS`, else 0.0.
-- `timestamp_ns = t0_ns + round(i * 1e9 / fps)` over the whole recording, so consecutive clips of
-  a recording are contiguous in time.
+- `timestamp_ns = t0_ns + i * int(1e9 / fps)` for grid frame i of the whole recording, as the
+  exporter writes them, so consecutive clips of a recording are contiguous in time.
+
+Files (`generate_dataset`) look like the exporter's: clips of varying length (`CLIP_FRAMES_RANGE`)
+with inclusive `start_idx`/`end_idx` on the recording's grid, and optionally frames dropped at
+random (the exporter skips frames it fails to extract: `num_frames` keeps the declared count,
+the datasets hold fewer, `timestamp_ns` has holes) and no `egoview_RGB` (later exporter
+versions keep the video in an MP4 beside the file; none is written here).
 
 Motion: each recording is a sequence of activities (`Activity`): walking on curved paths, each
 walking bout starting with a turn of 100-170 degrees; standing pauses; sitting down on an
@@ -73,14 +79,13 @@ R_HEAD_CPF = np.array(
     ]
 )  # columns: CPF x = head left (+Y), CPF y = head up (+Z), CPF z = head forward (+X)
 
-CONTACT_CHANNELS: tuple[str, ...] = ("RightHeel", "RightToeTip", "LeftHeel", "LeftToeTip")
 CONTACT_HEIGHT_M = 0.03
 CONTACT_SPEED_MPS = 0.3
 # Contact points in their segment frames, for bone_scale 1 (they scale with the body).
 _HEEL_IN_FOOT_M = np.array([-0.05, 0.0, -0.08])
 _TOE_TIP_IN_TOE_M = np.array([0.05, 0.0, -0.02])
 
-CLIP_FRAMES_RANGE = (140, 160)  # inclusive range of clip lengths written by generate_dataset
+CLIP_FRAMES_RANGE = (45, 255)  # inclusive range of clip lengths (frames on the grid) written
 
 # Rest-pose segment origins relative to their parent, for bone_scale 1 (a ~1.75 m adult,
 # pelvis 0.94 m and eyes ~1.66 m above the ground). Left side mirrors the right.
@@ -386,10 +391,10 @@ def _two_link_ik(
 
 
 def _contact_points_m(R_world: np.ndarray, pos_m: np.ndarray, bone_scale: float) -> np.ndarray:
-    """(N, 4, 3) heel and toe-tip points in CONTACT_CHANNELS order."""
-    right_foot, right_toe, left_foot, left_toe = FOOT_JOINTS
+    """(N, 4, 3) heel and toe-tip points in `shared.skeleton.CONTACT_CHANNELS` order."""
+    left_foot, left_toe, right_foot, right_toe = FOOT_JOINTS
     points = []
-    for foot, toe in ((right_foot, right_toe), (left_foot, left_toe)):
+    for foot, toe in ((left_foot, left_toe), (right_foot, right_toe)):
         points.append(pos_m[:, foot] + R_world[:, foot] @ (_HEEL_IN_FOOT_M * bone_scale))
         points.append(pos_m[:, toe] + R_world[:, toe] @ (_TOE_TIP_IN_TOE_M * bone_scale))
     return np.stack(points, axis=1)
@@ -514,7 +519,7 @@ def animate(
     contact = (contact_world_m[..., 2] < CONTACT_HEIGHT_M) & (speed_contact_mps < CONTACT_SPEED_MPS)
 
     t0_ns = int(rng.integers(10**12, 10**14))
-    timestamp_ns = t0_ns + np.rint(np.arange(N) * (1e9 / fps)).astype(np.int64)
+    timestamp_ns = t0_ns + np.arange(N, dtype=np.int64) * int(1e9 / fps)
 
     f32 = np.float32
     return {
@@ -577,26 +582,32 @@ def _check_clip(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str
         if key not in attrs:
             raise ValueError(f"{path}: attribute {key!r} missing")
     start, end, count = (attrs[k] for k in nymeria_format.INT_ATTRS)
-    if not (count == num_frames == end - start and start >= 0):
+    covered = nymeria_format.num_frames_of_index_range(start, end)
+    if not (count == covered >= num_frames and start >= 0):
         raise ValueError(
             f"{path}: attributes must satisfy 0 <= start_idx and num_frames == end_idx - start_idx"
-            f" == {num_frames} frames, found start_idx={start}, end_idx={end}, num_frames={count}"
+            f" + 1 (both inclusive) >= {num_frames} frames held, found start_idx={start}, "
+            f"end_idx={end}, num_frames={count}"
         )
 
 
 def write_clip(
-    path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object], video_size: int = 16
+    path: Path,
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, object],
+    video_size: int | None = 16,
 ) -> None:
     """Write one clip file atomically (`shared.atomic`: a glob for `*.h5` never sees half a file).
 
     `arrays` holds the clip's frames of every `nymeria_format.MOTION_DATASETS` key; `attrs` the
-    string and int attributes. Floats are stored as float32; every dataset is LZ4-compressed;
-    `egoview_RGB` is a small (N, 3, video_size, video_size) stand-in video.
+    string and int attributes (`num_frames` may exceed the frames held: skipped frames). Floats
+    are stored as float32; every dataset is LZ4-compressed; `egoview_RGB` is a small
+    (N, 3, video_size, video_size) stand-in video, absent when `video_size` is None.
     """
     path = Path(path)
     _check_clip(path, arrays, attrs)
-    if video_size < 1:
-        raise ValueError(f"video_size must be >= 1, found {video_size}")
+    if video_size is not None and video_size < 1:
+        raise ValueError(f"video_size must be >= 1 (or None: no video), found {video_size}")
     with atomic_path(path) as tmp_path, h5py.File(tmp_path, "x") as f:
         for key in nymeria_format.STRING_ATTRS:
             f.attrs[key] = str(attrs[key])
@@ -605,6 +616,8 @@ def write_clip(
         for key, spec in nymeria_format.MOTION_DATASETS.items():
             dtype = np.int64 if spec.dtype_kind == "int64" else np.float32
             f.create_dataset(key, data=np.asarray(arrays[key], dtype=dtype), **hdf5plugin.LZ4())
+        if video_size is None:
+            return
         video = _egoview_frames(np.asarray(arrays[nymeria_format.KEY_CPF_ORIENTATION]), video_size)
         f.create_dataset(
             nymeria_format.KEY_EGOVIEW,
@@ -641,18 +654,26 @@ def generate_dataset(
     participants: int | Sequence[ParticipantSpec] | None = None,
     clips_per_recording: int = 4,
     fps: float = DEFAULT_FPS,
-    video_size: int = 16,
+    video_size: int | None = 16,
+    drop_frame_probability: float = 0.0,
 ) -> list[Path]:
     """Write `recordings` x `clips_per_recording` clip files into `out_dir`; return their paths.
 
     `participants`: a count of default people (default `min(recordings, 4)`) or explicit specs.
     Recording i belongs to participant `i % P` (its act number is `i // P`); each recording is
-    cut into clips of 140-160 frames. Recording i depends only on (seed, i, its participant).
+    cut into clips of `CLIP_FRAMES_RANGE` frames, like the exporter's (see the module doc).
+    Each frame is left out of its file with `drop_frame_probability` (every clip keeps at least
+    one); `video_size` None writes no video. Recording i depends only on (seed, i, its
+    participant), and its motion not on the drop probability.
     """
     if recordings < 1 or clips_per_recording < 1:
         raise ValueError(
             "recordings and clips_per_recording must be >= 1, "
             f"found {recordings} and {clips_per_recording}"
+        )
+    if not 0.0 <= drop_frame_probability < 1.0:
+        raise ValueError(
+            f"drop_frame_probability must be in [0, 1), found {drop_frame_probability}"
         )
     if seed < 0:
         raise ValueError(f"seed must be >= 0, found {seed}")
@@ -662,6 +683,7 @@ def generate_dataset(
     paths: list[Path] = []
     for i in range(recordings):
         rng = np.random.default_rng([seed, 1, i])
+        drop_rng = np.random.default_rng([seed, 2, i])
         participant_idx, act = i % len(specs), i // len(specs)
         participant = specs[participant_idx]
         day = _FIRST_RECORDING_DATE + timedelta(days=3 * participant_idx)
@@ -673,18 +695,21 @@ def generate_dataset(
         plan = plan_activities(rng, int(clip_frames.sum()), fps)
         arrays = animate(plan, participant, rng)
         bounds = np.concatenate([[0], np.cumsum(clip_frames)])
-        for datapoint_id, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            counts = np.bincount(plan.activity[start:end], minlength=len(Activity))
+        for datapoint_id, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            counts = np.bincount(plan.activity[start:stop], minlength=len(Activity))
             majority = Activity(counts.argmax())
             attrs = {
                 nymeria_format.ATTR_SEQUENCE_NAME: sequence_name,
                 nymeria_format.ATTR_ATOMIC_ACTION: str(rng.choice(ACTION_PHRASES[majority])),
                 nymeria_format.ATTR_START_IDX: int(start),
-                nymeria_format.ATTR_END_IDX: int(end),
-                nymeria_format.ATTR_NUM_FRAMES: int(end - start),
+                nymeria_format.ATTR_END_IDX: int(stop - 1),  # inclusive
+                nymeria_format.ATTR_NUM_FRAMES: int(stop - start),
             }
+            kept = start + np.flatnonzero(drop_rng.uniform(size=stop - start) >= drop_frame_probability)
+            if len(kept) == 0:
+                kept = np.array([start])
             path = out_dir / nymeria_format.clip_file_name(sequence_name, datapoint_id)
-            clip_arrays = {key: value[start:end] for key, value in arrays.items()}
+            clip_arrays = {key: value[kept] for key, value in arrays.items()}
             write_clip(path, clip_arrays, attrs, video_size)
             paths.append(path)
         logger.info(

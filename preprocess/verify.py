@@ -11,9 +11,15 @@ import numpy as np
 import shared.store
 from preprocess.motion import concatenate
 from preprocess.read_clip import DEFAULT_ROTATION_ATOL, read_clip
-from preprocess.sequence import SequenceArrays, compute_sequence
+from preprocess.sequence import SequenceArrays, compute_sequence, stored_timestamps
 from preprocess.stats import default_stride, sequence_moments
-from preprocess.stitch import STITCH_TOLERANCE_PERIODS, ClipTimeline, plan_recording, recording_of
+from preprocess.stitch import (
+    DEFAULT_MAX_FILL_FRAMES,
+    STITCH_TOLERANCE_PERIODS,
+    ClipTimeline,
+    plan_recording,
+    recording_of,
+)
 from shared.layout import FEATURE_DIM, field_of_dim
 from shared.moments import Moments
 from shared.store import FeatureStore
@@ -47,6 +53,7 @@ def verify_sequences(store: FeatureStore, data: Path, sample: int, seed: int) ->
     tolerance = config.get("stitch_tolerance", STITCH_TOLERANCE_PERIODS)
     atol = config.get("rotation_atol", DEFAULT_ROTATION_ATOL)
     fps = config.get("fps")
+    max_fill = config.get("max_fill_frames", DEFAULT_MAX_FILL_FRAMES)
     records = list(store.sequences)
     chosen = sorted(random.Random(seed).sample(range(len(records)), min(sample, len(records))))
     for index in chosen:
@@ -67,7 +74,7 @@ def verify_sequences(store: FeatureStore, data: Path, sample: int, seed: int) ->
             motions[file] = result.motion
         if failed:
             continue
-        plans, _, _ = plan_recording(clips, period_ns, tolerance)
+        plans = plan_recording(clips, period_ns, tolerance, max_fill).sequences
         plan = next((p for p in plans if p.name == record.name), None)
         if plan is None or plan.source_files != record.source_files:
             report.mismatches.append(
@@ -77,7 +84,7 @@ def verify_sequences(store: FeatureStore, data: Path, sample: int, seed: int) ->
             )
             continue
         motion = concatenate([motions[p.file].slice(p.start, p.stop) for p in plan.pieces])
-        expected = compute_sequence(motion, fps, None)
+        expected = compute_sequence(motion, stored_timestamps(plan.timestamp_ns, fps), None)
         _compare_sequence(store, record, expected, report)
     return report
 

@@ -31,8 +31,17 @@ PARENTS: tuple[int, ...] = tuple(
 
 ROOT: int = JOINT_INDEX["Pelvis"]
 HEAD: int = JOINT_INDEX["Head"]
+
+CONTACT_CHANNELS: tuple[str, ...] = ("LeftHeel", "LeftToe", "RightHeel", "RightToe")
+"""Order of the 4 foot-contact channels: `contact_information` in the clip files, `contact` in
+the store. UNCONFIRMED for the real files: the exporter copies XSens `foot_contacts` of the
+nearest body frame without documenting their order; this is XSens MVN's own order (left heel,
+left toe, right heel, right toe). The synthetic clips are written in this order. Nothing that
+trains or evaluates a model reads these channels (foot skating derives contact from the joints,
+`train.metrics.foot_contact_steps`), so a different real order would mislabel only them."""
 FOOT_JOINTS: tuple[int, ...] = tuple(
-    JOINT_INDEX[n] for n in ("RightFoot", "RightToe", "LeftFoot", "LeftToe")
+    JOINT_INDEX[n] for n in ("LeftFoot", "LeftToe", "RightFoot", "RightToe")
 )
+"""The segment each contact channel sits on, in `CONTACT_CHANNELS` order (heel: Foot)."""
 # Bones (child, parent) for drawing.
 BONES: tuple[tuple[int, int], ...] = tuple((j, p) for j, p in enumerate(PARENTS) if p >= 0)

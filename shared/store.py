@@ -85,8 +85,10 @@ ATTR_SOURCE_FPS = "source_fps"  # frame rate detected in the source timestamps
 ATTR_BUILD_CONFIG = "build_config"  # every build option, by name
 ATTR_PACKAGE_VERSION = "package_version"
 ATTR_GIT_REVISION = "git_revision"  # of the code that built the store
-ATTR_SOURCE = "source"  # {"root": str, "file_count": int, "files_used": int}
-ATTR_PROBLEMS = "problems"  # [{"file", "kind", "reason"}], one per skipped file
+# {"root", "file_count", "files_used", "ignored": [{"path", "reason"}], "other_files": {ext: n}}
+ATTR_SOURCE = "source"
+ATTR_PROBLEMS = "problems"  # [{"file", "kind", "reason", "key", "frame"}], one per skipped file
+ATTR_DISCREPANCIES = "discrepancies"  # [{"file", "kind", "reason", "count", "frame"}], used files
 ATTR_STITCHING = "stitching"  # counts of gaps and dropped (overlapping/duplicate) frames
 ATTR_CREATED = "created"  # ISO 8601, UTC
 ATTR_FINGERPRINT = "fingerprint"  # compute_fingerprint(...) at build time

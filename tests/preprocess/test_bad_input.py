@@ -27,12 +27,17 @@ def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, .
     scaled[5, 3] *= 1.5
     stalled = raw[nymeria_format.KEY_TIMESTAMP_NS].copy()
     stalled[9] = stalled[8]
+    absurd = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
+    absurd[5, 2, 0] = 3e38  # finite, but its features would overflow float32
+    slow = raw[nymeria_format.KEY_TIMESTAMP_NS][0] + np.arange(n, dtype=np.int64) * 2_000_000_000
     empty = {key: raw[key][:0] for key in (
         nymeria_format.KEY_TIMESTAMP_NS, nymeria_format.KEY_CPF_TRANSLATION, nymeria_format.KEY_CPF_ORIENTATION,
         nymeria_format.KEY_JOINT_TRANSLATION, nymeria_format.KEY_JOINT_ORIENTATION, nymeria_format.KEY_CONTACT_INFORMATION,
     )}  # fmt: skip
     return {
         "missing_key": ({nymeria_format.KEY_JOINT_TRANSLATION: None}, {}, ()),
+        "out_of_range": ({nymeria_format.KEY_JOINT_TRANSLATION: absurd}, {}, ()),
+        "frame_rate": ({nymeria_format.KEY_TIMESTAMP_NS: slow}, {}, ()),
         "bad_shape": ({nymeria_format.KEY_JOINT_TRANSLATION: np.zeros((n, 22, 3), np.float32)}, {}, ()),
         "bad_dtype": ({nymeria_format.KEY_TIMESTAMP_NS: raw[nymeria_format.KEY_TIMESTAMP_NS].astype(np.float64)}, {}, ()),
         "non_finite": ({nymeria_format.KEY_CPF_TRANSLATION: nan_cpf}, {}, ()),
@@ -53,6 +58,10 @@ EXPECTED_DETAIL = {
     "not_hdf5": "not an HDF5 file",
     "unreadable": "unreadable or truncated",
     "missing_key": "missing dataset 'joint_translation'",
+    "bad_link": "'joint_translation' is a dangling soft link to '/nowhere'",
+    "bad_size": "dataset 'timestamp_ns' declares 100000000000 frames (800000000000 bytes) but the",
+    "out_of_range": "dataset 'joint_translation', frame 5: coordinate 3e+38 m is beyond",
+    "frame_rate": "is 0.5 fps, outside [1, 1000] fps",
     "bad_shape": "dataset 'joint_translation' has shape (",
     "bad_dtype": "dataset 'timestamp_ns' has dtype float64, expected int64",
     "non_finite": "dataset 'cpf_translation', frame 7: NaN or Inf",
@@ -92,6 +101,15 @@ def mixed_dataset(
     (root / files["not_hdf5"]).write_text("this is a CSV, not HDF5\n1,2,3\n")
     files["unreadable"] = "bad/truncated_00000.h5"
     (root / files["unreadable"]).write_bytes(donor.read_bytes()[:3000])
+    for kind in ("bad_link", "bad_size"):
+        files[kind] = f"bad/{kind}/{donor_name}_00000.h5"
+        write_variant(donor, root / files[kind])
+    with h5py.File(root / files["bad_link"], "a") as f:
+        del f[nymeria_format.KEY_JOINT_TRANSLATION]
+        f[nymeria_format.KEY_JOINT_TRANSLATION] = h5py.SoftLink("/nowhere")
+    with h5py.File(root / files["bad_size"], "a") as f:  # declares 745 GiB, stores nothing
+        del f[nymeria_format.KEY_TIMESTAMP_NS]
+        f.create_dataset(nymeria_format.KEY_TIMESTAMP_NS, shape=(10**11,), dtype=np.int64, chunks=(4096,))
     assert set(files) == set(PROBLEM_KINDS)
     return root, files
 
@@ -163,7 +181,7 @@ def test_no_usable_file_fails(mixed_dataset, tmp_path: Path):
     out = tmp_path / "none.zarr"
     result = cli_build(root / "bad", out)
     assert result.exit_code == 1
-    assert "no usable clip file among the 13" in result.output
+    assert f"no usable clip file among the {len(PROBLEM_KINDS)}" in result.output
     assert not out.exists()
 
 

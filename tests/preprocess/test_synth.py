@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from preprocess import nymeria_format, synth
 from preprocess.cli import main
 from shared.rotations import is_rotation, yaw_of
-from shared.skeleton import FOOT_JOINTS, HEAD, JOINT_INDEX, PARENTS, ROOT
+from shared.skeleton import CONTACT_CHANNELS, FOOT_JOINTS, HEAD, JOINT_INDEX, PARENTS, ROOT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FRAME_PERIOD_NS = 1e9 / 30.0
+FRAME_PERIOD_NS = int(1e9 / 30)  # the exporter's step
 FORWARD, UP = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
 SEQUENCE_NAME = "20230607_s0_james_johnson_act0_e72nhq"
 Arrays = dict[str, np.ndarray]
@@ -85,8 +85,11 @@ def test_files_conform_to_the_input_table(synthetic_dataset: Path) -> None:
                 assert isinstance(f.attrs[key], np.integer)
             assert f.attrs[nymeria_format.ATTR_SEQUENCE_NAME] == sequence_name
             n = int(f.attrs[nymeria_format.ATTR_NUM_FRAMES])
-            assert n == f.attrs[nymeria_format.ATTR_END_IDX] - f.attrs[nymeria_format.ATTR_START_IDX]
+            # Both ends inclusive, as the exporter writes them.
+            assert n == f.attrs[nymeria_format.ATTR_END_IDX] - f.attrs[nymeria_format.ATTR_START_IDX] + 1
             assert synth.CLIP_FRAMES_RANGE[0] <= n <= synth.CLIP_FRAMES_RANGE[1]
+            steps = np.diff(f[nymeria_format.KEY_TIMESTAMP_NS][()])
+            assert (steps == FRAME_PERIOD_NS).all()  # no frame dropped by default
             for key, spec in nymeria_format.MOTION_DATASETS.items():
                 expected_dtype = np.int64 if spec.dtype_kind == "int64" else np.float32
                 assert f[key].shape == (n, *spec.frame_shape), key
@@ -120,13 +123,13 @@ def test_consecutive_clips_are_contiguous(synthetic_dataset: Path) -> None:
     for name, clips in read_recordings(synthetic_dataset).items():
         assert [a[nymeria_format.ATTR_START_IDX] for a, _ in clips][0] == 0
         for (attrs_a, a), (attrs_b, b) in zip(clips[:-1], clips[1:]):
-            assert attrs_b[nymeria_format.ATTR_START_IDX] == attrs_a[nymeria_format.ATTR_END_IDX], name
+            assert attrs_b[nymeria_format.ATTR_START_IDX] == attrs_a[nymeria_format.ATTR_END_IDX] + 1, name
             gap_ns = b[nymeria_format.KEY_TIMESTAMP_NS][0] - a[nymeria_format.KEY_TIMESTAMP_NS][-1]
-            assert abs(gap_ns - FRAME_PERIOD_NS) <= 1, name
+            assert gap_ns == FRAME_PERIOD_NS, name
             jump_m = np.abs(b[nymeria_format.KEY_JOINT_TRANSLATION][0] - a[nymeria_format.KEY_JOINT_TRANSLATION][-1]).max()
             assert jump_m < 0.15, name  # one frame of motion, not a restart
         timestamp_ns = np.concatenate([arrays[nymeria_format.KEY_TIMESTAMP_NS] for _, arrays in clips])
-        assert np.all(np.abs(np.diff(timestamp_ns) - FRAME_PERIOD_NS) <= 1)
+        assert np.all(np.diff(timestamp_ns) == FRAME_PERIOD_NS)
 
 
 def small_clip(num_frames: int) -> Clip:
@@ -136,7 +139,7 @@ def small_clip(num_frames: int) -> Clip:
         nymeria_format.ATTR_SEQUENCE_NAME: SEQUENCE_NAME,
         nymeria_format.ATTR_ATOMIC_ACTION: "walking",
         nymeria_format.ATTR_START_IDX: 0,
-        nymeria_format.ATTR_END_IDX: num_frames,
+        nymeria_format.ATTR_END_IDX: num_frames - 1,
         nymeria_format.ATTR_NUM_FRAMES: num_frames,
     }
     return attrs, arrays
@@ -150,6 +153,8 @@ def test_write_clip_rejects_bad_input_and_leaves_no_file(tmp_path: Path) -> None
         synth.write_clip(path, bad, attrs)
     with pytest.raises(ValueError, match="num_frames"):
         synth.write_clip(path, arrays, {**attrs, nymeria_format.ATTR_NUM_FRAMES: 9})
+    with pytest.raises(ValueError, match="inclusive"):  # an exclusive end_idx
+        synth.write_clip(path, arrays, {**attrs, nymeria_format.ATTR_END_IDX: 10})
     assert list(tmp_path.iterdir()) == []
 
     synth.write_clip(path, arrays, attrs)
@@ -157,6 +162,33 @@ def test_write_clip_rejects_bad_input_and_leaves_no_file(tmp_path: Path) -> None
     for key, value in arrays.items():
         np.testing.assert_array_equal(back[key], value)
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_exporter_like_files_skip_frames_and_omit_the_video(tmp_path: Path) -> None:
+    """`drop_frame_probability`: the datasets hold fewer frames than num_frames declares, with
+    holes in timestamp_ns on the 30 fps grid; the motion is the same as without drops.
+    `video_size=None`: no egoview_RGB, as later exporter versions."""
+    full = synth.generate_dataset(tmp_path / "full", recordings=2, clips_per_recording=2, seed=3)
+    dropped = synth.generate_dataset(
+        tmp_path / "dropped", recordings=2, clips_per_recording=2, seed=3,
+        video_size=None, drop_frame_probability=0.1,
+    )  # fmt: skip
+    held, declared = 0, 0
+    for path_full, path_dropped in zip(full, dropped, strict=True):
+        attrs_full, arrays_full = read_clip(path_full)
+        attrs, arrays = read_clip(path_dropped)
+        assert attrs == attrs_full  # the attributes describe the clip, not the frames held
+        with h5py.File(path_dropped, "r") as f:
+            assert nymeria_format.KEY_EGOVIEW not in f
+        ts, ts_full = arrays[nymeria_format.KEY_TIMESTAMP_NS], arrays_full[nymeria_format.KEY_TIMESTAMP_NS]
+        kept = np.searchsorted(ts_full, ts)
+        np.testing.assert_array_equal(ts_full[kept], ts)  # a subset of the grid
+        for key in nymeria_format.MOTION_DATASETS:
+            np.testing.assert_array_equal(arrays[key], arrays_full[key][kept])
+        held += len(ts)
+        declared += int(attrs[nymeria_format.ATTR_NUM_FRAMES])
+        assert len(ts_full) == attrs[nymeria_format.ATTR_NUM_FRAMES]
+    assert 0.8 < held / declared < 0.97
 
 
 def test_write_clip_crash_leaves_neither_final_nor_temp_file(
@@ -346,11 +378,12 @@ def test_contacts_follow_the_gait(long_recording) -> None:
     assert contact[standing].mean() > 0.95
     cruising = plan.walk_weight > 0.99
     assert (contact[cruising].max(axis=1) == 1).mean() > 0.8  # some foot down most of the time
-    right_down = contact[cruising][:, :2].max(axis=1)
-    left_down = contact[cruising][:, 2:].max(axis=1)
+    assert CONTACT_CHANNELS == ("LeftHeel", "LeftToe", "RightHeel", "RightToe")
+    left_down = contact[cruising][:, :2].max(axis=1)
+    right_down = contact[cruising][:, 2:].max(axis=1)
     assert 0.3 < right_down.mean() < 0.8 and 0.3 < left_down.mean() < 0.8  # feet alternate
     # A foot in contact is on the ground and (nearly) still.
-    feet = [JOINT_INDEX["RightFoot"], JOINT_INDEX["LeftFoot"]]
+    feet = [JOINT_INDEX["LeftFoot"], JOINT_INDEX["RightFoot"]]
     feet_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, feet]
     foot_speed_mps = np.linalg.norm(np.gradient(feet_m[..., :2], axis=0), axis=-1) * 30.0
     heel_down = contact[:, [0, 2]] == 1

@@ -169,13 +169,13 @@ def test_finite_difference_masks_every_touched_frame():
 
 def feet_trajectory(slide_m_per_frame: float) -> torch.Tensor:
     """(1, T, 23, 3) joints: all feet planted on the floor, lifted joints elsewhere; the
-    right foot optionally sliding along x at a constant speed."""
+    first foot joint optionally sliding along x at a constant speed."""
     joints = torch.zeros(1, T, NUM_JOINTS, 3, dtype=torch.float64)
     joints[..., 2] = 1.0  # everything else high above the feet
     for k, j in enumerate(FOOT_JOINTS):
         joints[:, :, j] = torch.tensor([0.1 * k, 0.2, 0.02 + 0.05 * (k % 2)], dtype=torch.float64)
-    right_foot = FOOT_JOINTS[0]
-    joints[0, :, right_foot, 0] += slide_m_per_frame * torch.arange(T, dtype=torch.float64)
+    sliding_foot = FOOT_JOINTS[0]
+    joints[0, :, sliding_foot, 0] += slide_m_per_frame * torch.arange(T, dtype=torch.float64)
     return joints
 
 
