@@ -28,14 +28,16 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The main job end to end on synthetic data: clips -> store -> a few minutes of CPU
+# The main job end to end on synthetic data shaped like the exporter's files (clips of varying
+# length, 1% of frames skipped, video kept elsewhere): clips -> store -> a few minutes of CPU
 # training of the default 25.7M model -> evaluation table and pictures.
 DEMO_DIR    ?= data/demo
 DEMO_RUN    ?= runs/demo
 DEMO_STEPS  ?= 240
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR) $(DEMO_RUN)
-	$(BIN)/python -m preprocess synth $(DEMO_DIR)/hdf5 --recordings 16 --participants 8 --seed 0
+	$(BIN)/python -m preprocess synth $(DEMO_DIR)/hdf5 --recordings 16 --participants 8 --seed 0 \
+		--drop-frames 0.01 --no-video
 	$(BIN)/python -m preprocess build $(DEMO_DIR)/hdf5 --out $(DEMO_DIR)/nymeria.zarr
 	$(BIN)/python -m preprocess info $(DEMO_DIR)/nymeria.zarr
 	$(BIN)/python -m train fit --store $(DEMO_DIR)/nymeria.zarr --out $(DEMO_RUN) --steps $(DEMO_STEPS) \

@@ -35,7 +35,8 @@ import numpy as np
 
 from benchmarks.bench_preprocess import reference_pass
 from preprocess import synth
-from preprocess.build import BuildConfig, build, discover_clip_files
+from preprocess.build import BuildConfig, build
+from preprocess.discover import discover_clip_files
 from shared.store import open_store
 from train.data import WindowIndex, read_windows
 
@@ -97,7 +98,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     def via_zarr(i: int) -> None:
         read_windows(zarr_store, index, index.sample(0, 0, i, BATCH))
 
-    files = discover_clip_files(data)
+    files = discover_clip_files(data).files
 
     def reference(i: int) -> None:
         k = i % max(1, len(files) - BATCH)

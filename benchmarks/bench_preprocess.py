@@ -40,7 +40,8 @@ import zarr
 from distributed import LocalCluster
 
 from preprocess import nymeria_format, synth
-from preprocess.build import BuildConfig, build, discover_clip_files
+from preprocess.build import BuildConfig, build
+from preprocess.discover import discover_clip_files
 from preprocess.executor import default_workers
 from preprocess.info import store_size_bytes
 from preprocess.stats import default_stride, sequence_moments
@@ -277,7 +278,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
         data, recordings=args.recordings, clips_per_recording=args.clips_per_recording,
         video_size=args.video_size, seed=0,
     )  # fmt: skip
-    files = discover_clip_files(data)
+    files = discover_clip_files(data).files
     data_mb = sum((data / f).stat().st_size for f in files) / 1e6
     v = args.video_size
     print(

@@ -314,7 +314,7 @@ def _check_frame_rates(
     kept, problems = [], []
     for entry in usable:
         own_ns = clip_period_ns(entry.timestamp_ns, period_ns)
-        if not is_other_rate(own_ns, period_ns, config.stitch_tolerance):
+        if not is_other_rate(own_ns, period_ns):
             kept.append(entry)
             continue
         problems.append(
@@ -465,7 +465,7 @@ def _discrepancies(
     records += hole_discrepancies(plan.stitch.holes)
     for entry in usable if config.fps is not None else ():
         own_ns = clip_period_ns(entry.timestamp_ns, plan.period_ns)
-        if is_other_rate(own_ns, plan.period_ns, config.stitch_tolerance):
+        if is_other_rate(own_ns, plan.period_ns):
             records.append(
                 Discrepancy(
                     entry.file,

@@ -116,7 +116,8 @@ def _echo_unused(summary: BuildSummary) -> None:
     for ignored in summary.ignored:
         click.echo(f"  not read: {ignored.path}: {ignored.reason}", err=True)
     if summary.other_files:
-        counts = ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in summary.other_files.items())
+        other = summary.other_files.items()
+        counts = ", ".join(f"{n} {ext or '(no extension)'}" for ext, n in other)
         click.echo(f"  not read, not clip files: {counts}", err=True)
     by_kind: dict[str, list[Discrepancy]] = {}
     for discrepancy in summary.discrepancies:

@@ -75,7 +75,8 @@ def discover_clip_files(data: Path) -> Discovery:
                     ignored.append(Ignored(rel, f"same directory as {walked[real]}, already read"))
                 else:
                     if suffix.lower() in HDF5_LIKE_SUFFIXES:
-                        ignored.append(Ignored(rel, "a directory, not a clip file (walked)"))
+                        reason = "a directory, not a clip file (its contents are read)"
+                        ignored.append(Ignored(rel, reason))
                     walked[real] = rel
                     walk(Path(entry.path), rel, ancestors | {real})
             elif is_file and suffix == nymeria_format.CLIP_SUFFIX:
@@ -94,4 +95,5 @@ def discover_clip_files(data: Path) -> Discovery:
                 ignored.append(Ignored(rel, "not a regular file"))
 
     walk(data, ".", frozenset({root_real}))
-    return Discovery(sorted(files), sorted(ignored, key=lambda i: i.path), dict(sorted(other.items())))
+    ignored.sort(key=lambda i: i.path)
+    return Discovery(sorted(files), ignored, dict(sorted(other.items())))

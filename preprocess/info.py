@@ -93,8 +93,8 @@ def format_info(info: dict) -> str:
     notes = info["discrepancies"]
     kinds = sorted({d["kind"] for d in notes})
     counts = ", ".join(f"{sum(d['kind'] == k for d in notes)} {k}" for k in kinds)
-    lines.append(f"notes        {len(notes)} on used files" + (f" ({counts}; --json lists them)"
-                                                                if notes else ""))
+    listed = f" ({counts}; --json lists them)" if notes else ""
+    lines.append(f"notes        {len(notes)} on used files{listed}")
     ignored = source.get("ignored", [])
     lines.append(f"not read     {len(ignored)} candidates")
     lines += [f"  {i['path']}: {i['reason']}" for i in ignored]

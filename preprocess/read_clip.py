@@ -43,8 +43,14 @@ DATASET_OF_FIELD: MappingProxyType[str, str] = MappingProxyType(
         "contact": nymeria_format.KEY_CONTACT_INFORMATION,
     }
 )
-ROTATION_KEYS: tuple[str, ...] = (nymeria_format.KEY_CPF_ORIENTATION, nymeria_format.KEY_JOINT_ORIENTATION)
-POSITION_KEYS: tuple[str, ...] = (nymeria_format.KEY_CPF_TRANSLATION, nymeria_format.KEY_JOINT_TRANSLATION)
+ROTATION_KEYS: tuple[str, ...] = (
+    nymeria_format.KEY_CPF_ORIENTATION,
+    nymeria_format.KEY_JOINT_ORIENTATION,
+)
+POSITION_KEYS: tuple[str, ...] = (
+    nymeria_format.KEY_CPF_TRANSLATION,
+    nymeria_format.KEY_JOINT_TRANSLATION,
+)
 DEFAULT_ROTATION_ATOL = 1e-3
 """Largest |R^T R - I| entry and |det R - 1| accepted for a rotation matrix."""
 MAX_ABS_POSITION_M = 1e5
@@ -221,7 +227,8 @@ def _read_validated(
         participant = _participant(sequence_name, file)
         declared, discrepancies = _declared_frames(handle, file)
         datasets = {
-            key: _dataset(handle, key, file, size, stored_bytes) for key in DATASET_OF_FIELD.values()
+            key: _dataset(handle, key, file, size, stored_bytes)
+            for key in DATASET_OF_FIELD.values()
         }
         num_frames = _check_frame_counts(datasets, file)
         arrays = {key: _read(ds, key, file) for key, ds in datasets.items()}
@@ -247,8 +254,8 @@ def _participant(sequence_name: str, file: str) -> str:
     except ValueError as error:
         raise _ClipProblem(
             "bad_sequence_name",
-            f"{file}: attribute {nymeria_format.ATTR_SEQUENCE_NAME!r}: {error}; the participant (and so "
-            f"the split) cannot be assigned",
+            f"{file}: attribute {nymeria_format.ATTR_SEQUENCE_NAME!r}: {error}; the participant "
+            f"(and so the split) cannot be assigned",
             nymeria_format.ATTR_SEQUENCE_NAME,
         ) from None
 
@@ -354,7 +361,9 @@ def _dataset(
     expected_shape = "(" + ", ".join(["N", *map(str, spec.frame_shape)]) + ")"
     if shape is None or len(shape) != 1 + len(spec.frame_shape) or shape[1:] != spec.frame_shape:
         raise _ClipProblem(
-            "bad_shape", f"{file}: dataset {key!r} has shape {shape}, expected {expected_shape}", key
+            "bad_shape",
+            f"{file}: dataset {key!r} has shape {shape}, expected {expected_shape}",
+            key,
         )
     if not spec.accepts_dtype(dtype):
         expected = "a floating type" if spec.dtype_kind == "float" else spec.dtype_kind
@@ -451,13 +460,13 @@ def _check_values(arrays: dict[str, np.ndarray], file: str, rotation_atol: float
             frame,
         )
     if len(steps):
-        fps = 1e9 / float(np.median(steps))
-        low, high = SOURCE_FPS_RANGE
+        median_ns = float(np.median(steps))
+        fps, (low, high) = 1e9 / median_ns, SOURCE_FPS_RANGE
         if not low <= fps <= high:
             raise _ClipProblem(
                 "frame_rate",
                 f"{file}: dataset {nymeria_format.KEY_TIMESTAMP_NS!r}: median step "
-                f"{float(np.median(steps)):.6g} ns is {fps:.3g} fps, outside [{low:g}, {high:g}] fps",
+                f"{median_ns:.6g} ns is {fps:.3g} fps, outside [{low:g}, {high:g}] fps",
                 nymeria_format.KEY_TIMESTAMP_NS,
             )
     for key in ROTATION_KEYS:

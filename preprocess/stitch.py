@@ -33,6 +33,9 @@ DEFAULT_MAX_FILL_FRAMES = 3
 MIN_FRAMES_FOR_CLIP_RATE = 5
 """A clip's own frame period is its median step once it has this many frames; shorter clips
 are taken to run at the dataset's rate (a hole in a 3-frame clip is not a new frame rate)."""
+FRAME_RATE_TOLERANCE = 0.05
+"""Relative difference of frame periods beyond which a clip runs at another rate (a 30 fps
+clock with jitter or a few skipped frames keeps its median step well within it)."""
 SEGMENT_SEPARATOR = "#"
 
 
@@ -154,9 +157,9 @@ def clip_period_ns(timestamp_ns: np.ndarray, dataset_period_ns: float) -> float:
     return float(np.median(np.diff(timestamp_ns)))
 
 
-def is_other_rate(period_ns: float, dataset_period_ns: float, tolerance: float) -> bool:
-    """Whether a clip period differs from the dataset's by more than `tolerance` periods."""
-    return abs(period_ns - dataset_period_ns) > tolerance * dataset_period_ns
+def is_other_rate(period_ns: float, dataset_period_ns: float) -> bool:
+    """Whether a clip's period differs from the dataset's by more than `FRAME_RATE_TOLERANCE`."""
+    return abs(period_ns - dataset_period_ns) > FRAME_RATE_TOLERANCE * dataset_period_ns
 
 
 def segment_name(recording: str, index: int) -> str:

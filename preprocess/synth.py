@@ -705,9 +705,8 @@ def generate_dataset(
                 nymeria_format.ATTR_END_IDX: int(stop - 1),  # inclusive
                 nymeria_format.ATTR_NUM_FRAMES: int(stop - start),
             }
-            kept = start + np.flatnonzero(drop_rng.uniform(size=stop - start) >= drop_frame_probability)
-            if len(kept) == 0:
-                kept = np.array([start])
+            held = drop_rng.uniform(size=stop - start) >= drop_frame_probability
+            kept = start + np.flatnonzero(held) if held.any() else np.array([start])
             path = out_dir / nymeria_format.clip_file_name(sequence_name, datapoint_id)
             clip_arrays = {key: value[kept] for key, value in arrays.items()}
             write_clip(path, clip_arrays, attrs, video_size)

@@ -434,6 +434,18 @@ def test_cli_synth_in_process(tmp_path: Path) -> None:
     with h5py.File(paths[0], "r") as f:
         assert f[nymeria_format.KEY_EGOVIEW].shape[1:] == (3, 8, 8)
 
+    exporter_like = tmp_path / "exporter_like"
+    args = ["synth", str(exporter_like), "--recordings", "2", "--clips-per-recording", "2"]
+    result = CliRunner().invoke(main, [*args, "--no-video", "--drop-frames", "0.1"])
+    assert result.exit_code == 0, result.output
+    held, declared = 0, 0
+    for path in sorted(exporter_like.glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            assert nymeria_format.KEY_EGOVIEW not in f
+            held += len(f[nymeria_format.KEY_TIMESTAMP_NS])
+            declared += int(f.attrs[nymeria_format.ATTR_NUM_FRAMES])
+    assert held < declared and f"({2} recordings, {held} frames," in result.output
+
     too_many = ["synth", str(tmp_path / "x"), "--recordings", "2", "--participants", "3"]
     result = CliRunner().invoke(main, too_many)
     assert result.exit_code == 2
