@@ -8,16 +8,19 @@ features do not use.
 No file can make it raise: every way a file can be unusable (not HDF5, damaged metadata or
 data, a dangling or external link, a declared size the file does not store, wrong
 shape/dtype, NaN/Inf, absurd positions, non-rotations, timestamps that do not increase, an
-implausible frame rate) becomes a `Problem` naming the file, the key and the frame where known.
+implausible frame rate) becomes a `Problem` naming the file, the key and the frame where known;
+anything else raised while reading one file (an HDF5 failure not seen before, or a bug) is
+logged with its traceback and recorded as an `unexpected_error` problem, so one file never
+stops a build.
 Sizes are checked against what the file really stores before anything is allocated.
 The attributes `start_idx`, `end_idx`, `num_frames` are descriptions, not checks: where they
 disagree with each other or with the frames the file holds, a `Discrepancy` is recorded and the
 clip is used (the exporter skips frames it fails to extract; timestamps are the truth).
-Programming errors are not caught.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +34,8 @@ import numpy as np
 from preprocess import nymeria_format
 from preprocess.motion import Motion
 from shared.rotations import is_rotation
+
+logger = logging.getLogger(__name__)
 
 # Motion field -> dataset key in the clip file (the datasets read, in this order).
 DATASET_OF_FIELD: MappingProxyType[str, str] = MappingProxyType(
@@ -92,9 +97,11 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "not_rotation",
     "timestamps_not_increasing",
     "frame_rate",
+    "unexpected_error",
 )
-# Problems that depend on the machine rather than on the file: retried by `--resume`.
-RETRY_KINDS: frozenset[str] = frozenset({"unreadable", "filter_unavailable"})
+# Problems that depend on the machine (or on this code) rather than on the file: retried by
+# `--resume`.
+RETRY_KINDS: frozenset[str] = frozenset({"unreadable", "filter_unavailable", "unexpected_error"})
 DISCREPANCY_KINDS: tuple[str, ...] = (
     "num_frames_attribute",  # num_frames (or the index range) vs the frames held
     "index_range",  # end_idx - start_idx + 1 vs num_frames
@@ -180,6 +187,15 @@ def read_clip(root: Path, file: str, rotation_atol: float = DEFAULT_ROTATION_ATO
     except _ClipProblem as error:
         problem = Problem(file, error.kind, error.reason, error.key, error.frame)
         return ClipOutcome(file, size, mtime, None, None, None, problem)
+    except Exception as error:  # noqa: BLE001  one file must not stop a build, even by a bug
+        logger.exception("unexpected error reading %s", path)
+        reason = (
+            f"{file}: unexpected {type(error).__name__} while reading: {error} (an HDF5 failure "
+            f"this reader does not know, or a bug: please report it with the file)"
+        )
+        return ClipOutcome(
+            file, size, mtime, None, None, None, Problem(file, "unexpected_error", reason)
+        )
     return ClipOutcome(
         file, size, mtime, sequence_name, participant, motion, None, tuple(discrepancies)
     )
