@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from shared.features import world_to_features
+from shared.features import sequence_features
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,6 @@ def motion_features(motion: Motion) -> np.ndarray:
     Velocities are first differences along the sequence, so call this on stitched
     sequences, never clip by clip: clip seams would get zero velocities.
     """
-    f64 = np.float64
-    features = world_to_features(
-        motion.cpf_translation.astype(f64),
-        motion.cpf_orientation.astype(f64),
-        motion.joint_translation.astype(f64),
-        motion.joint_orientation.astype(f64),
+    return sequence_features(
+        motion.cpf_translation, motion.cpf_orientation, motion.joint_translation, motion.joint_orientation
     )
-    return features.astype(np.float32)

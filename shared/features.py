@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from shared.layout import FEATURE_DIM, HP, HP_DOT, HR, HR_DOT, JP, JR, JV
 from shared.rotations import (
     _xp,
@@ -90,6 +92,26 @@ def world_to_features(
     jv = _first_difference(jp, xp.zeros_like(jp[..., :1, :]))
     jr = matrix_to_6d(joint_orientation).reshape(*lead, T, 6 * NUM_JOINTS)
     return xp.concatenate([hr, hr_dot, t_world_head, hp_dot, jp, jv, jr], -1)
+
+
+def sequence_features(
+    cpf_translation: Array,
+    cpf_orientation: Array,
+    joint_translation: Array,
+    joint_orientation: Array,
+) -> np.ndarray:
+    """Whole sequences of world motion (numpy, any float dtype) -> (..., T, 294) float32 features.
+
+    Computed in float64 and rounded once: the values a feature store holds for the same motion.
+    """
+    f64 = np.float64
+    features = world_to_features(
+        np.asarray(cpf_translation, dtype=f64),
+        np.asarray(cpf_orientation, dtype=f64),
+        np.asarray(joint_translation, dtype=f64),
+        np.asarray(joint_orientation, dtype=f64),
+    )
+    return features.astype(np.float32)
 
 
 def features_to_world(features: Array) -> WorldMotion:

@@ -22,6 +22,8 @@ from train.fit import TrainingDiverged
 from train.fit import fit as run_fit
 from train.latents import (
     ATTR_FPS,
+    ATTR_HOP_FRAMES,
+    ATTR_WINDOW_FRAMES,
     FEATURES,
     MEAN,
     SEQUENCES,
@@ -29,7 +31,7 @@ from train.latents import (
     decode_store,
     encode_store,
 )
-from train.model import MotionVAE, MotionVAEConfig
+from train.model import FRAMES_PER_LATENT, MotionVAE, MotionVAEConfig
 
 
 @click.group()
@@ -220,30 +222,37 @@ def eval_command(
 @click.option("--logvar", is_flag=True, help="Also store the posterior log-variances.")
 @click.option("--split", type=click.Choice(("all", *SPLITS)), default="all", show_default=True,
               help="Which sequences to encode.")  # fmt: skip
+@click.option("--window", "window_frames", type=click.IntRange(min=FRAMES_PER_LATENT),
+              help="Window in frames, a multiple of 4 [default: the checkpoint's training window].")  # fmt: skip
+@click.option("--hop", "hop_frames", type=click.IntRange(min=1),
+              help="Frames between window starts, at most the window [default: the window, so "
+                   "every frame is in exactly one window].")  # fmt: skip
 @_DEVICE_OPTION
-def encode_command(ckpt: Path, store_url: str, out: str, logvar: bool, split: str, device: str) -> None:
-    """Encode every sequence of a store, whole and causally, into a latent store.
+def encode_command(
+    ckpt: Path, store_url: str, out: str, logvar: bool, split: str, window_frames: int | None,
+    hop_frames: int | None, device: str,
+) -> None:  # fmt: skip
+    """Encode every sequence of a store, window by window as trained, into a latent store.
 
-    Each sequence is canonicalised relative to its own first frame, normalised with the
-    checkpoint's statistics and encoded in one causal pass: latent k summarises frames
-    4k..4k+3 and everything before them. The latent store holds the posterior means
-    (N_latents, latent_dim), a sequence table with each sequence's first latent, latent
-    and frame counts and canonical frame (so decode can return to the world), per-channel
-    latent mean/std (over the train sequences when encoded) and provenance; see
-    train/latents.py.
-
-    Tail: a sequence whose length is not a multiple of 4 is right-padded by repeating its
-    last frame. Only its last latent reads padded frames; every earlier latent is exactly
-    what the unpadded frames give. decode returns exactly the original number of frames.
+    Each sequence is cut into windows of the training length starting every --hop frames;
+    each window is canonicalised at its own first frame, normalised with the checkpoint's
+    statistics and encoded (posterior mean, and log-variance with --logvar): window/4 latents
+    per window, latent k summarising window frames 4k..4k+3 and everything before them in
+    the window. The last window is padded by repeating the sequence's last frame; its valid
+    frames are recorded. The latent store holds the latents (N_windows, window/4, latent_dim),
+    a window table (sequence, first frame, valid frames, canonical transform), a sequence
+    table, per-channel latent mean/std (over the train windows when encoded) and provenance;
+    see train/latents.py. The same code runs from Python: `train.MotionCodec`.
     """
     try:
-        root = encode_store(ckpt, store_url, out, split, logvar, device)
+        root = encode_store(ckpt, store_url, out, split, logvar, device, window_frames, hop_frames)
     except _INPUT_ERRORS as e:
         raise click.ClickException(str(e)) from e
     mean = root[MEAN]
     click.echo(
-        f"wrote {out}: {root[SEQUENCES]['name'].shape[0]} sequences, {mean.shape[0]} latents x "
-        f"{mean.shape[1]} channels at {root.attrs[ATTR_FPS]:g} latents/s"
+        f"wrote {out}: {root[SEQUENCES]['name'].shape[0]} sequences, {mean.shape[0]} windows of "
+        f"{root.attrs[ATTR_WINDOW_FRAMES]} frames (hop {root.attrs[ATTR_HOP_FRAMES]}) -> "
+        f"{mean.shape[1]} latents x {mean.shape[2]} channels each, {root.attrs[ATTR_FPS]:g} latents/s"
     )
 
 
@@ -258,10 +267,12 @@ def encode_command(ckpt: Path, store_url: str, out: str, logvar: bool, split: st
 def decode_command(ckpt: Path, latents: str, out: str, world: bool, device: str) -> None:
     """Decode the mean latents of a latent store back to world features or world motion.
 
-    Each sequence is decoded in one causal pass, the padded tail frames that encode added
-    are dropped (exactly the original frame count is returned), the result is denormalised
-    and moved back to the world with the sequence's stored canonical frame. CKPT must be the
-    checkpoint that encoded the latents (checked by sha256).
+    Every window is decoded, denormalised and moved back to the world with its stored
+    canonical transform; the windows of a sequence are joined into the whole sequence
+    (padding dropped, exactly the original frame count). Where windows overlap (--hop below
+    the window) a frame comes from the earliest window covering it, where the causal model
+    has the most past context. CKPT must be the checkpoint that encoded the latents (checked
+    by sha256).
     """
     try:
         root = decode_store(ckpt, latents, out, world, device)

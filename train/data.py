@@ -83,6 +83,16 @@ class WindowIndex:
         offset = k - (cum[seq] - self.starts_per_sequence[seq])
         return seq, self._seq_start[seq] + offset, np.minimum(self._seq_length[seq], self.window_frames)
 
+    def number(self, sequence: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """The inverse of `locate`: window numbers of the windows `offset` frames into `sequence`."""
+        sequence, offset = np.asarray(sequence, dtype=np.int64), np.asarray(offset, dtype=np.int64)
+        starts = self.starts_per_sequence[sequence]
+        if np.any((offset < 0) | (offset >= starts)):
+            raise IndexError(
+                f"window offsets must be within each sequence's {self.window_frames}-frame window starts"
+            )
+        return self._cum_starts[sequence] - starts + offset
+
     def sample(self, seed: int, rank: int, batch_index: int, batch_size: int) -> np.ndarray:
         """Uniform window numbers of batch `batch_index` for `rank`: a pure function of its args."""
         rng = np.random.default_rng([seed, rank, batch_index])

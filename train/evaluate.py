@@ -132,8 +132,10 @@ def evaluate(
     animate: bool = False,
     device: str = "auto",
     batch_size: int = 32,
+    windows: np.ndarray | None = None,
 ) -> dict:
-    """Metrics of the checkpoint on up to `max_windows` evenly spaced windows of `split`.
+    """Metrics of the checkpoint on up to `max_windows` evenly spaced windows of `split`, or on
+    the given `windows` (numbers of `WindowIndex(store.split(split), seq_len)`).
 
     Writes `out_dir/metrics.json` and the pictures (skeletons_window*.png, error_by_frame.png,
     per_joint_error.png, loss_curves.png when the run's metrics.jsonl is next to the
@@ -151,7 +153,7 @@ def evaluate(
         raise ValueError(f"store {store.url} has no sequences in split {split!r}")
     T = model.config.seq_len
     index = WindowIndex(records, T)
-    windows = index.evenly_spaced(max_windows)
+    windows = index.evenly_spaced(max_windows) if windows is None else np.asarray(windows, dtype=np.int64)
     examples = set(windows[np.linspace(0, len(windows) - 1, NUM_EXAMPLE_WINDOWS).round().astype(int)].tolist())
     speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
 

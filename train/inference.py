@@ -1,5 +1,5 @@
-"""A trained checkpoint put to use: device choice, loading for inference, and the pure
-encode/decode of one whole sequence of world features (used by evaluation and the latent store).
+"""A trained checkpoint put to use: device choice and loading for inference (used by evaluation,
+`train.codec.MotionCodec` and the latent store).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from shared.features import CanonicalFrame, canonicalize, uncanonicalize
 from shared.layout import layout_description
 from shared.store import FeatureStore
 from train.checkpoint import Checkpoint, load_checkpoint
@@ -67,26 +66,3 @@ def warn_if_other_store(ckpt: Checkpoint, store: FeatureStore) -> None:
             "normalisation uses the checkpoint's statistics",
             ckpt.store_url, ckpt.store_fingerprint[:12], store.url, store.fingerprint[:12],
         )  # fmt: skip
-
-
-# --- pure encode / decode of one sequence -----------------------------------------------------
-
-
-@torch.no_grad()
-def encode_world_features(
-    model: MotionVAE, normalizer: Normalizer, features_world: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, CanonicalFrame]:
-    """(T, 294) world features of a whole sequence -> mean, logvar (ceil(T/4), L) and the
-    sequence's canonical frame (relative to its first frame)."""
-    canonical, frame = canonicalize(features_world[None])  # (1, T, 294)
-    mean, logvar = model.encode_sequence(normalizer.normalize(canonical))
-    return mean[0], logvar[0], CanonicalFrame(frame.R_canon_world[0], frame.offset_world[0])
-
-
-@torch.no_grad()
-def decode_world_features(
-    model: MotionVAE, normalizer: Normalizer, mean: torch.Tensor, frame: CanonicalFrame, num_frames: int
-) -> torch.Tensor:
-    """Latents (N, L) of one sequence -> (num_frames, 294) world features."""
-    recon = normalizer.denormalize(model.decode_sequence(mean[None], num_frames))  # (1, T, 294)
-    return uncanonicalize(recon, CanonicalFrame(frame.R_canon_world[None], frame.offset_world[None]))[0]

@@ -1,24 +1,29 @@
-"""Whole sequences <-> latents: the latent store a downstream (diffusion) model trains on.
+"""Feature store <-> latent store: the latents a downstream (diffusion) model trains on.
 
-Encoding is causal over each *whole* sequence: the sequence is canonicalised relative to its
-own first frame, normalised with the checkpoint's statistics and passed through
-`MotionVAE.encode_sequence`, which right-pads the tail to a multiple of 4 frames by
-repeating the last frame (only a sequence's last latent reads padded frames). Decoding runs
-`decode_sequence` on the mean latents, drops the padded frames, denormalises and undoes the
-canonicalisation with the stored frame, giving world features again.
+Both directions run `train.codec.MotionCodec`, the same code a researcher calls from Python:
+every sequence is cut into windows of the training length (or `--window`), each window
+canonicalised at its own first frame and normalised as in training, the last window padded
+by repeating the sequence's last frame (`PADDING_RULE`); decoding maps every window back to
+the world through its canonical frame and reassembles whole sequences (`OVERLAP_RULE`).
 
-Latent store (Zarr v3 group, schema `LATENT_SCHEMA` version 1):
+Latent store (Zarr v3 group, schema `LATENT_SCHEMA` version 2; version 1 held one causal
+pass per whole sequence and is refused):
 
     <latents>/
       zarr.json     root attributes (ATTR_* below); `complete` is written last
-      mean          (N_latents, latent_dim) float32: posterior means, all sequences concatenated
-      logvar        (N_latents, latent_dim) float32: posterior log-variances (only with --logvar)
-      sequences/    one row per sequence: name, participant, split (str); first_latent,
-                    num_latents, num_frames, store_start_frame (int64); R_canon_world (S, 3, 3)
-                    and offset_world (S, 3) float32, the canonical frame of the sequence
+      mean          (N_windows, K, latent_dim) float32: posterior means, K = window / 4 latents
+                    per window, the windows of all sequences in order
+      logvar        (N_windows, K, latent_dim) float32: log-variances (only with --logvar)
+      windows/      one row per window: sequence (int64, row of sequences/), first_frame and
+                    valid_frames (int64, frames in the sequence; the rest of the window is
+                    padding), R_canon_world (N, 3, 3) and offset_world (N, 3) float32, the
+                    window's canonical transform, its heading and origin
                     (p_canon = R_canon_world @ (p_world - offset_world))
-      latent_stats/ mean, std (latent_dim,) float64 per-channel moments of `mean` over the
-                    sequences of split attribute `split` (train when encoded, else all)
+      sequences/    one row per sequence: name, participant, split (str); num_frames,
+                    store_start_frame, first_window, num_windows (int64)
+      latent_stats/ mean, std (latent_dim,) float64 per-channel moments of the valid latents
+                    (any of their 4 frames valid) of `mean` over the sequences of split
+                    attribute `split` (train when encoded, else all)
 
 Decoded store (schema `DECODED_SCHEMA`): `features` (N_frames, 294) world features, or with
 `world=True` the world motion arrays `cpf_translation` (N, 3), `cpf_orientation` (N, 3, 3),
@@ -36,13 +41,12 @@ refuse and which must be removed before writing `out` again.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,31 +56,26 @@ import zarr
 from tqdm import tqdm
 
 from shared.chunked_writer import ChunkedRowWriter
-from shared.features import CanonicalFrame, features_to_world
+from shared.features import CanonicalFrame
 from shared.layout import FEATURE_DIM
 from shared.moments import Moments
 from shared.provenance import git_revision, package_version
 from shared.skeleton import NUM_JOINTS
 from shared.store import open_store
-from train.inference import (
-    decode_world_features,
-    encode_world_features,
-    file_sha256,
-    load_for_inference,
-    resolve_device,
-    warn_if_other_store,
-)
+from train.codec import OVERLAP_RULE, PADDING_RULE, MotionCodec, MotionLatents, WindowPlan
+from train.inference import file_sha256, warn_if_other_store
 from train.model import FRAMES_PER_LATENT
 
 logger = logging.getLogger(__name__)
 
 LATENT_SCHEMA = "nymeria-motion-latents"
 DECODED_SCHEMA = "nymeria-motion-decoded"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # --- node names -------------------------------------------------------------------------------
 MEAN = "mean"
 LOGVAR = "logvar"
+WINDOWS = "windows"
 SEQUENCES = "sequences"
 LATENT_STATS = "latent_stats"
 FEATURES = "features"
@@ -86,25 +85,24 @@ WORLD_ARRAYS = ("cpf_translation", "cpf_orientation", "joint_translation", "join
 ATTR_SCHEMA = "schema"  # {"name": ..., "version": SCHEMA_VERSION}
 ATTR_LATENT_DIM = "latent_dim"
 ATTR_FRAMES_PER_LATENT = "frames_per_latent"
+ATTR_WINDOW_FRAMES = "window_frames"
+ATTR_HOP_FRAMES = "hop_frames"
+ATTR_LATENTS_PER_WINDOW = "latents_per_window"
 ATTR_FPS = "fps"  # latents per second (latents) / frames per second (decoded)
 ATTR_FRAME_FPS = "frame_fps"  # frame rate of the feature store
 ATTR_CHECKPOINT = "checkpoint"  # {"path", "sha256", "step"}
 ATTR_FEATURE_STORE = "feature_store"  # {"url", "fingerprint"}
 ATTR_SPLIT = "split"  # all | train | val | test: which sequences were encoded
 ATTR_HAS_LOGVAR = "has_logvar"
-ATTR_TAIL = "tail"
+ATTR_PADDING = "padding"  # PADDING_RULE
+ATTR_OVERLAP = "overlap"  # OVERLAP_RULE
 ATTR_LATENTS = "latents"  # decoded store: {"url", "checkpoint_sha256"}
 ATTR_KIND = "kind"  # decoded store: "features" | "world"
 ATTR_PACKAGE_VERSION = "package_version"
 ATTR_GIT_REVISION = "git_revision"
 ATTR_COMPLETE = "complete"
 
-TAIL_TREATMENT = (
-    "encode_sequence right-pads each sequence to a multiple of 4 frames by repeating its last "
-    "frame; only the last latent of a sequence reads padded frames; decode drops them"
-)
-
-LATENT_CHUNK_ROWS = 1024
+WINDOW_CHUNK_ROWS = 32  # windows per chunk of mean/logvar: 32 x 38 x 768 float32 = 3.7 MB
 FRAME_CHUNK_ROWS = 4096
 
 Split = Literal["all", "train", "val", "test"]
@@ -170,10 +168,10 @@ class LatentSequence:
     name: str
     participant: str
     split: str
-    first_latent: int
-    num_latents: int
     num_frames: int
     store_start_frame: int
+    first_window: int
+    num_windows: int
 
 
 def encode_store(
@@ -183,77 +181,94 @@ def encode_store(
     split: Split = "all",
     logvar: bool = False,
     device: str = "auto",
+    window_frames: int | None = None,
+    hop_frames: int | None = None,
 ) -> zarr.Group:
-    """Encode every sequence of `split` of the store into a new latent store at `out`."""
-    torch_device = resolve_device(device)
-    ckpt, model, normalizer = load_for_inference(ckpt_path, torch_device)
+    """Encode every sequence of `split` of the store, window by window, into a new latent store
+    at `out`. Window defaults to the checkpoint's training window, hop to the window."""
+    codec = MotionCodec.from_checkpoint(ckpt_path, device)
     store = open_store(store_url)
-    warn_if_other_store(ckpt, store)
+    warn_if_other_store(codec.checkpoint, store)
     records = store.sequences if split == "all" else store.split(split)
     if not records:
         raise ValueError(f"store {store.url} has no sequences in split {split!r}")
-    num_latents = np.array([math.ceil(r.length / FRAMES_PER_LATENT) for r in records], dtype=np.int64)
-    first_latent = np.concatenate([[0], np.cumsum(num_latents)[:-1]]).astype(np.int64)
-    total, L = int(num_latents.sum()), model.config.latent_dim
+    plans = [codec.plan(r.length, window_frames, hop_frames) for r in records]
+    num_windows = np.array([plan.num_windows for plan in plans], dtype=np.int64)
+    first_window = np.concatenate([[0], np.cumsum(num_windows)[:-1]]).astype(np.int64)
+    total, K, L = int(num_windows.sum()), plans[0].latents_per_window, codec.model.config.latent_dim
 
     with _new_output_group(out) as root:
-        chunks = (min(LATENT_CHUNK_ROWS, total), L)
+        chunks = (min(WINDOW_CHUNK_ROWS, total), K, L)
         writer = ChunkedRowWriter(
-            {name: root.create_array(name, shape=(total, L), dtype="float32", chunks=chunks)
+            {name: root.create_array(name, shape=(total, K, L), dtype="float32", chunks=chunks)
              for name in ((MEAN, LOGVAR) if logvar else (MEAN,))}
         )  # fmt: skip
-
         stats_split = "train" if any(r.split == "train" for r in records) else split
         moments = Moments.empty(L)
-        R_canon_world = np.empty((len(records), 3, 3), dtype=np.float32)
-        offset_world = np.empty((len(records), 3), dtype=np.float32)
+        R_canon_world = np.empty((total, 3, 3), dtype=np.float32)
+        offset_world = np.empty((total, 3), dtype=np.float32)
         for i, record in enumerate(tqdm(records, desc="encode", unit="seq")):
-            features = torch.as_tensor(np.array(store.read_features(record.start, record.stop)), device=torch_device)
-            mean, log_var, frame = encode_world_features(model, normalizer, features)
-            mean_np = mean.float().cpu().numpy()
-            writer.append({MEAN: mean_np, LOGVAR: log_var.float().cpu().numpy()} if logvar else {MEAN: mean_np})
-            R_canon_world[i] = frame.R_canon_world.cpu().numpy()
-            offset_world[i] = frame.offset_world.cpu().numpy()
-            if stats_split in ("all", record.split):
-                moments = moments.merge(Moments.of(mean_np))  # Chan merge: no sum-of-squares cancellation
+            features = np.array(store.read_features(record.start, record.stop))
+            latents = codec.encode_features(features, plans[i].window_frames, plans[i].hop_frames)
+            mean = latents.mean.float().cpu().numpy()  # (W, K, L)
+            writer.append({MEAN: mean, LOGVAR: latents.logvar.float().cpu().numpy()} if logvar else {MEAN: mean})
+            rows = slice(first_window[i], first_window[i] + num_windows[i])
+            R_canon_world[rows] = latents.frame.R_canon_world.cpu().numpy()
+            offset_world[rows] = latents.frame.offset_world.cpu().numpy()
+            if stats_split in ("all", record.split):  # Chan merge: no sum-of-squares cancellation
+                moments = moments.merge(Moments.of(mean[plans[i].latent_valid()]))
         writer.close()
 
+        _write_table(
+            root.create_group(WINDOWS),
+            {
+                "sequence": np.repeat(np.arange(len(records), dtype=np.int64), num_windows),
+                "first_frame": np.concatenate([plan.first_frame for plan in plans]),
+                "valid_frames": np.concatenate([plan.valid_frames for plan in plans]),
+                "R_canon_world": R_canon_world,
+                "offset_world": offset_world,
+            },
+        )
         _write_table(
             root.create_group(SEQUENCES),
             {
                 "name": np.array([r.name for r in records], dtype=str),
                 "participant": np.array([r.participant for r in records], dtype=str),
                 "split": np.array([r.split for r in records], dtype=str),
-                "first_latent": first_latent,
-                "num_latents": num_latents,
                 "num_frames": np.array([r.length for r in records], dtype=np.int64),
                 "store_start_frame": np.array([r.start for r in records], dtype=np.int64),
-                "R_canon_world": R_canon_world,
-                "offset_world": offset_world,
+                "first_window": first_window,
+                "num_windows": num_windows,
             },
         )
         channel_mean, channel_std = moments.mean_std(std_floor=0.0)
         stats = root.create_group(LATENT_STATS, attributes={"count": moments.count, "split": stats_split})
         _write_table(stats, {"mean": channel_mean, "std": channel_std})
 
+        checkpoint = {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path),
+                      "step": codec.checkpoint.step}  # fmt: skip
         root.attrs.update(
             {
                 ATTR_SCHEMA: {"name": LATENT_SCHEMA, "version": SCHEMA_VERSION},
                 ATTR_LATENT_DIM: L,
                 ATTR_FRAMES_PER_LATENT: FRAMES_PER_LATENT,
+                ATTR_WINDOW_FRAMES: plans[0].window_frames,
+                ATTR_HOP_FRAMES: plans[0].hop_frames,
+                ATTR_LATENTS_PER_WINDOW: K,
                 ATTR_FPS: store.fps / FRAMES_PER_LATENT,
                 ATTR_FRAME_FPS: store.fps,
-                ATTR_CHECKPOINT: {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path), "step": ckpt.step},
+                ATTR_CHECKPOINT: checkpoint,
                 ATTR_FEATURE_STORE: {"url": store.url, "fingerprint": store.fingerprint},
                 ATTR_SPLIT: split,
                 ATTR_HAS_LOGVAR: logvar,
-                ATTR_TAIL: TAIL_TREATMENT,
+                ATTR_PADDING: PADDING_RULE,
+                ATTR_OVERLAP: OVERLAP_RULE,
                 ATTR_PACKAGE_VERSION: package_version(),
                 ATTR_GIT_REVISION: git_revision(),
             }
         )
         root.attrs[ATTR_COMPLETE] = True
-    logger.info("encoded %d sequences into %d latents at %s", len(records), total, out)
+    logger.info("encoded %d sequences into %d windows of %d latents at %s", len(records), total, K, out)
     return zarr.open_group(str(out), mode="r")
 
 
@@ -273,9 +288,12 @@ def check_latent_attrs(attrs: Mapping[str, Any], url: str | Path) -> None:
             f"{schema!r}; write one with `train encode`"
         )
     if schema.get("version") != SCHEMA_VERSION:
+        old = " (one pass per whole sequence, out of the model's training distribution)"
         raise ValueError(
-            f"{url}: latent store of schema version {schema.get('version')!r}, this code reads "
-            f"version {SCHEMA_VERSION}; encode it again with this code"
+            f"{url}: latent store of schema version {schema.get('version')!r}"
+            f"{old if schema.get('version') == 1 else ''}, this code reads version "
+            f"{SCHEMA_VERSION} (latents per training window); encode the feature store again "
+            f"with `train encode`"
         )
     if attrs.get(ATTR_COMPLETE) is not True:
         raise ValueError(f"{url} is incomplete (the run that wrote it was interrupted); write it again")
@@ -293,19 +311,32 @@ def open_latents(url: str | Path) -> zarr.Group:
 
 def read_latent_table(group: zarr.Group) -> list[LatentSequence]:
     table = group[SEQUENCES]
-    columns = {name: table[name][:] for name in ("name", "participant", "split", "first_latent",
-                                                 "num_latents", "num_frames", "store_start_frame")}  # fmt: skip
+    columns = [table[f.name][:] for f in fields(LatentSequence)]
     return [
-        LatentSequence(str(n), str(p), str(s), int(f), int(k), int(t), int(a))
-        for n, p, s, f, k, t, a in zip(*columns.values(), strict=True)
+        LatentSequence(str(n), str(p), str(s), int(t), int(a), int(f), int(w))
+        for n, p, s, t, a, f, w in zip(*columns, strict=True)
     ]
+
+
+def read_sequence_latents(group: zarr.Group, sequence: LatentSequence, plan: WindowPlan) -> MotionLatents:
+    """The windows of one sequence of a latent store, as `MotionCodec.decode_*` take them."""
+    if plan.num_windows != sequence.num_windows:
+        raise ValueError(
+            f"latent store: sequence {sequence.name!r} has {sequence.num_windows} windows, but "
+            f"{sequence.num_frames} frames in windows of {plan.window_frames} every "
+            f"{plan.hop_frames} frames make {plan.num_windows}"
+        )
+    rows = slice(sequence.first_window, sequence.first_window + sequence.num_windows)
+    windows = group[WINDOWS]
+    frame = CanonicalFrame(torch.as_tensor(windows["R_canon_world"][rows]), torch.as_tensor(windows["offset_world"][rows]))
+    logvar = torch.as_tensor(group[LOGVAR][rows]) if LOGVAR in group else None
+    return MotionLatents(torch.as_tensor(group[MEAN][rows]), logvar, frame, plan)
 
 
 def decode_store(
     ckpt_path: Path, latents_url: str | Path, out: str | Path, world: bool = False, device: str = "auto"
 ) -> zarr.Group:
     """Decode the mean latents of a latent store into world features (or world motion) at `out`."""
-    torch_device = resolve_device(device)
     latents = open_latents(latents_url)
     recorded = latents.attrs[ATTR_CHECKPOINT]["sha256"]
     found = file_sha256(ckpt_path)
@@ -315,10 +346,9 @@ def decode_store(
             f"(sha256 {recorded[:12]}), but {ckpt_path} has sha256 {found[:12]}; decode with the "
             f"checkpoint that encoded it"
         )
-    _, model, normalizer = load_for_inference(ckpt_path, torch_device)
+    codec = MotionCodec.from_checkpoint(ckpt_path, device)
+    window, hop = latents.attrs[ATTR_WINDOW_FRAMES], latents.attrs[ATTR_HOP_FRAMES]
     sequences = read_latent_table(latents)
-    R_canon_world = latents[SEQUENCES]["R_canon_world"][:]
-    offset_world = latents[SEQUENCES]["offset_world"][:]
     num_frames = np.array([s.num_frames for s in sequences], dtype=np.int64)
     total = int(num_frames.sum())
 
@@ -333,19 +363,13 @@ def decode_store(
             {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s))
              for name, s in shapes.items()}
         )  # fmt: skip
-        mean_array = latents[MEAN]
-        for i, seq in enumerate(tqdm(sequences, desc="decode", unit="seq")):
-            z = torch.as_tensor(mean_array[seq.first_latent : seq.first_latent + seq.num_latents], device=torch_device)
-            frame = CanonicalFrame(
-                torch.as_tensor(R_canon_world[i], device=torch_device),
-                torch.as_tensor(offset_world[i], device=torch_device),
-            )
-            features = decode_world_features(model, normalizer, z, frame, seq.num_frames)
+        for seq in tqdm(sequences, desc="decode", unit="seq"):
+            windows = read_sequence_latents(latents, seq, WindowPlan(seq.num_frames, window, hop))
             if world:
-                motion = features_to_world(features)
+                motion = codec.decode_world(windows)
                 writer.append({name: getattr(motion, name).cpu().numpy() for name in WORLD_ARRAYS})
             else:
-                writer.append({FEATURES: features.cpu().numpy()})
+                writer.append({FEATURES: codec.decode_features(windows).cpu().numpy()})
         writer.close()
 
         _write_table(
@@ -364,7 +388,8 @@ def decode_store(
                 ATTR_KIND: "world" if world else "features",
                 ATTR_FPS: latents.attrs[ATTR_FRAME_FPS],
                 ATTR_LATENTS: {"url": str(latents_url), "checkpoint_sha256": found},
-                ATTR_TAIL: TAIL_TREATMENT,
+                ATTR_PADDING: PADDING_RULE,
+                ATTR_OVERLAP: OVERLAP_RULE,
                 ATTR_PACKAGE_VERSION: package_version(),
                 ATTR_GIT_REVISION: git_revision(),
             }
@@ -372,4 +397,3 @@ def decode_store(
         root.attrs[ATTR_COMPLETE] = True
     logger.info("decoded %d sequences (%d frames) to %s", len(sequences), total, out)
     return zarr.open_group(str(out), mode="r")
-

@@ -297,22 +297,41 @@ class MotionVAE(nn.Module):
         c = self.config.logvar_clamp
         return mean, logvar.clamp(-c, c)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D) frames, T % 4 == 0 -> (mean, logvar), each (B, T/4, L)."""
+    def encode(self, x: torch.Tensor, cache: ConvCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) frames, T % 4 == 0 -> (mean, logvar), each (B, T/4, L).
+
+        With a `cache` (a dict, empty at the start of a sequence) `x` continues the frames
+        of earlier calls with the same cache: each causal conv takes its left context from
+        the cache and leaves its own there, so encoding a sequence chunk by chunk gives the
+        latents of one whole pass (the streaming API; `StreamingEncoder` wraps it).
+        """
         self._check_frames(x)
-        return self._split_moments(self.encoder(x))
+        return self._split_moments(self.encoder(x, cache))
 
     def reparameterize(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return mean
         return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, N, L) latents -> (B, 4N, D) frames."""
+    def decode(self, z: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        """(B, N, L) latents -> (B, 4N, D) frames; `cache` continues a stream as in `encode`."""
         self._check_latents(z)
-        return self.decoder(z)
+        return self.decoder(z, cache)
 
-    def forward(self, x: torch.Tensor) -> VAEOutput:
+    def forward(self, x: torch.Tensor, preprocess: bool = False) -> VAEOutput:
+        """Normalised canonical frames (B, T, D) -> `VAEOutput`.
+
+        `preprocess=False` is accepted for the seed's quick start, `model(x, preprocess=False)`.
+        The model never computes features itself: world motion goes through `train.MotionCodec`,
+        which owns the feature computation, canonical windows and normalisation.
+        """
+        if preprocess:
+            raise ValueError(
+                "MotionVAE takes normalised canonical feature windows and has no preprocessing; "
+                "for world motion use the codec: `from train import MotionCodec; codec = "
+                "MotionCodec.from_checkpoint(path); latents = codec.encode_world(cpf_translation, "
+                "cpf_orientation, joint_translation, joint_orientation)`"
+            )
         mean, logvar = self.encode(x)
         z = self.reparameterize(mean, logvar)
         return VAEOutput(recon=self.decode(z), mean=mean, logvar=logvar, z=z)
@@ -386,8 +405,7 @@ class StreamingEncoder:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 4m, D) frames -> (mean, logvar), each (B, m, L)."""
-        self.model._check_frames(x)
-        return self.model._split_moments(self.model.encoder(x, self.cache))
+        return self.model.encode(x, self.cache)
 
 
 class StreamingDecoder:
@@ -403,5 +421,4 @@ class StreamingDecoder:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """(B, m, L) latents -> (B, 4m, D) frames."""
-        self.model._check_latents(z)
-        return self.model.decoder(z, self.cache)
+        return self.model.decode(z, self.cache)

@@ -45,7 +45,7 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 
 def test_import_train_does_not_import_hdf5_libraries():
-    modules = "train, train.cli, train.fit, train.data, train.evaluate, train.inference, train.latents, train.plots"
+    modules = "train, train.cli, train.fit, train.data, train.evaluate, train.inference, train.codec, train.latents, train.plots"
     code = f"import sys, {modules}; print(sorted(m for m in ('h5py', 'hdf5plugin') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -20,10 +21,18 @@ from shared.features import features_to_world
 from shared.layout import FEATURE_DIM
 from shared.skeleton import JOINT_NAMES, NUM_JOINTS
 from shared.store import open_store
+from train import MotionCodec
 from train.cli import main as train_main
-from train.evaluate import META, TABLE_ROWS
-from train.inference import decode_world_features, encode_world_features, load_for_inference
-from train.metrics import MPJPE_HEAD_BY_FRAME, MPJPE_WORLD_BY_FRAME, MPJPE_WORLD_PER_JOINT
+from train.data import WindowIndex, prepare_batch, read_windows
+from train.evaluate import META, TABLE_ROWS, evaluate
+from train.inference import load_for_inference
+from train.metrics import (
+    MM_PER_M,
+    MPJPE_HEAD_BY_FRAME,
+    MPJPE_WORLD_BY_FRAME,
+    MPJPE_WORLD_PER_JOINT,
+    joint_distance_m,
+)
 
 SEQ_LEN = 32
 LATENT_DIM = 8
@@ -103,69 +112,135 @@ def latents(run, tmp_path_factory) -> Path:
     return out
 
 
-def test_encode_writes_latents_table_stats_and_provenance(run, latents):
+def test_encode_writes_windows_as_trained_with_tables_stats_and_provenance(run, latents):
     store = open_store(run["store"])
     group = zarr.open_group(str(latents), mode="r")
     lengths = np.array([r.length for r in store.sequences])
-    num_latents = -(-lengths // 4)
-    assert group["mean"].shape == group["logvar"].shape == (num_latents.sum(), LATENT_DIM)
-    assert group["mean"].dtype == np.float32
-    assert np.isfinite(group["mean"][:]).all()
+    num_windows = -(-lengths // SEQ_LEN)
+    K = SEQ_LEN // 4
+    assert group["mean"].shape == group["logvar"].shape == (num_windows.sum(), K, LATENT_DIM)
+    assert group["mean"].dtype == np.float32 and np.isfinite(group["mean"][:]).all()
 
-    table = group["sequences"]
+    table, windows = group["sequences"], group["windows"]
     assert list(table["name"][:]) == [r.name for r in store.sequences]
     assert list(table["split"][:]) == [r.split for r in store.sequences]
-    np.testing.assert_array_equal(table["num_latents"][:], num_latents)
     np.testing.assert_array_equal(table["num_frames"][:], lengths)
-    np.testing.assert_array_equal(table["first_latent"][:], np.concatenate([[0], np.cumsum(num_latents)[:-1]]))
-    assert table["R_canon_world"].shape == (len(lengths), 3, 3) and table["offset_world"].shape == (len(lengths), 3)
+    np.testing.assert_array_equal(table["num_windows"][:], num_windows)
+    np.testing.assert_array_equal(table["first_window"][:], np.concatenate([[0], np.cumsum(num_windows)[:-1]]))
+    sequence, first, valid = windows["sequence"][:], windows["first_frame"][:], windows["valid_frames"][:]
+    for i, length in enumerate(lengths):  # every frame of every sequence in exactly one window
+        covered = np.zeros(length, dtype=int)
+        for f, v in zip(first[sequence == i], valid[sequence == i]):
+            covered[f : f + v] += 1
+        assert (covered == 1).all()
+    assert (valid < SEQ_LEN).sum() == (lengths % SEQ_LEN > 0).sum()  # only last windows are partial
+
+    # Full windows are exactly what training and `train eval` feed the model.
+    index = WindowIndex(store.sequences, SEQ_LEN)
+    full = np.flatnonzero(valid == SEQ_LEN)[::7]
+    _, model, normalizer = load_for_inference(run["ckpt"], torch.device("cpu"))
+    prep = prepare_batch(read_windows(store, index, index.number(sequence[full], first[full])), normalizer)
+    with torch.no_grad():
+        np.testing.assert_allclose(group["mean"][full], model(prep.x)["mean"].numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(windows["R_canon_world"][full], prep.frame.R_canon_world.numpy(), atol=1e-6)
+    np.testing.assert_allclose(windows["offset_world"][full], prep.frame.offset_world.numpy(), atol=1e-6)
 
     stats = group["latent_stats"]
     assert stats["mean"].shape == stats["std"].shape == (LATENT_DIM,)
     assert stats.attrs["split"] == "train" and (stats["std"][:] > 0).all()
-    train_rows = np.concatenate([
-        group["mean"][f : f + n] for f, n, s in zip(table["first_latent"][:], num_latents, table["split"][:])
-        if s == "train"
-    ])  # fmt: skip
+    latent_valid = np.arange(K) < -(-valid[:, None] // 4)  # (N_windows, K)
+    is_train = (table["split"][:] == "train")[sequence]
+    train_rows = group["mean"][:][latent_valid & is_train[:, None]]
+    assert stats.attrs["count"] == len(train_rows)
     np.testing.assert_allclose(stats["mean"][:], train_rows.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["std"][:], train_rows.astype(np.float64).std(0), rtol=1e-6)
 
     attrs = group.attrs
-    assert attrs["complete"] is True
+    assert attrs["complete"] is True and attrs["schema"]["version"] == 2
+    assert (attrs["window_frames"], attrs["hop_frames"], attrs["latents_per_window"]) == (SEQ_LEN, SEQ_LEN, K)
     assert attrs["fps"] == store.fps / 4 and attrs["frames_per_latent"] == 4
     assert attrs["checkpoint"]["sha256"] == hashlib.sha256(run["ckpt"].read_bytes()).hexdigest()
     assert attrs["feature_store"] == {"url": store.url, "fingerprint": store.fingerprint}
-    assert attrs["package_version"] and "repeating its last frame" in attrs["tail"]
+    assert attrs["package_version"] and "repeating the sequence's last frame" in attrs["padding"]
 
 
-def test_decode_returns_the_models_reconstruction(run, latents, tmp_path):
-    out = tmp_path / "decoded.zarr"
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", out, "--device", "cpu"])
-    decoded = zarr.open_group(str(out), mode="r")
-    store = open_store(run["store"])
-    assert decoded["features"].shape == (store.num_frames, FEATURE_DIM)
-    assert decoded.attrs["complete"] is True and decoded.attrs["kind"] == "features"
-    np.testing.assert_array_equal(decoded["sequences"]["num_frames"][:], [r.length for r in store.sequences])
-
-    # Each sequence's decoded features equal the model's own reconstruction of it.
-    _, model, normalizer = load_for_inference(run["ckpt"], torch.device("cpu"))
-    first = decoded["sequences"]["first_frame"][:]
-    for i, record in enumerate(store.sequences[:2]):
-        features = torch.as_tensor(np.array(store.read_features(record.start, record.stop)))
-        mean, _, frame = encode_world_features(model, normalizer, features)
-        expected = decode_world_features(model, normalizer, mean, frame, record.length).numpy()
-        got = decoded["features"][first[i] : first[i] + record.length]
-        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
-
-    world_out = tmp_path / "world.zarr"
+def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, tmp_path):
+    """decode --world (encode --split val) against the store's world motion, on the full windows,
+    gives the world MPJPE and head position error that `train eval` reports for those windows."""
+    latents, world_out = tmp_path / "val.zarr", tmp_path / "world.zarr"
+    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", latents,
+                        "--split", "val", "--device", "cpu"])  # fmt: skip
     invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
                         "--device", "cpu"])  # fmt: skip
-    world = zarr.open_group(str(world_out), mode="r")
+    store, group, world = open_store(run["store"]), zarr.open_group(str(latents)), zarr.open_group(str(world_out))
+    records = store.split("val")
+    assert world["joint_translation"].shape == (sum(r.length for r in records), NUM_JOINTS, 3)
+    sequence, first = group["windows"]["sequence"][:], group["windows"]["first_frame"][:]
+    full = group["windows"]["valid_frames"][:] == SEQ_LEN
+
+    decoded_first = world["sequences"]["first_frame"][:]
+    pred_joints, gt_joints, pred_head, gt_head = [], [], [], []
+    for i, f in zip(sequence[full], first[full]):
+        rows = slice(decoded_first[i] + f, decoded_first[i] + f + SEQ_LEN)
+        truth = features_to_world(torch.as_tensor(np.array(store.read_features(records[i].start + f, records[i].start + f + SEQ_LEN))))
+        pred_joints.append(world["joint_translation"][rows])
+        pred_head.append(world["cpf_translation"][rows])
+        gt_joints.append(truth.joint_translation)
+        gt_head.append(truth.cpf_translation)
+    mpjpe_mm = float(joint_distance_m(torch.as_tensor(np.stack(pred_joints)), torch.stack(gt_joints)).mean()) * MM_PER_M
+    head_mm = float(joint_distance_m(torch.as_tensor(np.stack(pred_head)), torch.stack(gt_head)).mean()) * MM_PER_M
+
+    index = WindowIndex(records, SEQ_LEN)
+    metrics = evaluate(run["ckpt"], str(run["store"]), "val", tmp_path / "eval", device="cpu",
+                       windows=index.number(sequence[full], first[full]))  # fmt: skip
+    assert metrics[META]["num_windows"] == full.sum() > 10
+    assert mpjpe_mm == pytest.approx(metrics["mpjpe_world_mm"], rel=1e-4)
+    assert head_mm == pytest.approx(metrics["head_pos_error_mm"], rel=1e-4)
+
+
+def test_decode_features_and_world_agree_and_keep_every_frame(run, latents, tmp_path):
+    features_out, world_out = tmp_path / "features.zarr", tmp_path / "world.zarr"
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", features_out, "--device", "cpu"])
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
+                        "--device", "cpu"])  # fmt: skip
+    decoded, world = zarr.open_group(str(features_out), mode="r"), zarr.open_group(str(world_out), mode="r")
+    store = open_store(run["store"])
     N = store.num_frames
+    assert decoded["features"].shape == (N, FEATURE_DIM)
+    assert decoded.attrs["complete"] is True and decoded.attrs["kind"] == "features"
+    np.testing.assert_array_equal(decoded["sequences"]["num_frames"][:], [r.length for r in store.sequences])
     assert world["joint_translation"].shape == (N, NUM_JOINTS, 3)
     assert world["cpf_translation"].shape == (N, 3) and world["cpf_orientation"].shape == (N, 3, 3)
     expected_joints = features_to_world(torch.as_tensor(decoded["features"][:])).joint_translation.numpy()
     np.testing.assert_allclose(world["joint_translation"][:], expected_joints, atol=1e-5)
+
+
+def test_sequences_shorter_than_a_window_and_overlapping_windows(run, tmp_path):
+    store = open_store(run["store"])
+    records = store.split("test")
+    codec = MotionCodec.from_checkpoint(run["ckpt"], device="cpu")
+    for window, hop in ((640, 640), (32, 20)):
+        latents, world_out = tmp_path / f"l{window}.zarr", tmp_path / f"w{window}.zarr"
+        invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", latents,
+                            "--split", "test", "--window", window, "--hop", hop, "--device", "cpu"])  # fmt: skip
+        invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
+                            "--device", "cpu"])  # fmt: skip
+        group, world = zarr.open_group(str(latents)), zarr.open_group(str(world_out))
+        assert group["mean"].shape[1] == window // 4
+        if window > max(r.length for r in records):  # one padded window per sequence
+            np.testing.assert_array_equal(group["windows"]["valid_frames"][:], [r.length for r in records])
+        # The CLI is the codec underneath: the same numbers from Python.
+        record = records[1]
+        features = np.array(store.read_features(record.start, record.stop))
+        motion = codec.decode_world(codec.encode_features(features, window, hop))
+        rows = slice(world["sequences"]["first_frame"][1], world["sequences"]["first_frame"][1] + record.length)
+        np.testing.assert_allclose(world["joint_translation"][rows], motion.joint_translation.numpy(), atol=1e-5)
+        np.testing.assert_allclose(world["cpf_orientation"][rows], motion.cpf_orientation.numpy(), atol=1e-5)
+
+    result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]), "--store", str(run["store"]),
+                                             "--out", str(tmp_path / "bad.zarr"), "--hop", "40"])  # fmt: skip
+    assert result.exit_code != 0 and "hop_frames must be in 1..window_frames=32" in result.output
+    assert not (tmp_path / "bad.zarr").exists()
 
 
 def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path):
@@ -185,10 +260,19 @@ def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path)
                                              str(run["store"]), "--out", str(tmp_path / "y.zarr")])  # fmt: skip
     assert result.exit_code != 0 and "nymeria-motion-latents" in result.output
 
+    old = tmp_path / "v1.zarr"
+    shutil.copytree(latents, old)
+    group = zarr.open_group(str(old), mode="r+")
+    group.attrs["schema"] = {"name": "nymeria-motion-latents", "version": 1}
+    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]), "--latents", str(old),
+                                             "--out", str(tmp_path / "z.zarr")])  # fmt: skip
+    assert result.exit_code != 0
+    assert "schema version 1 (one pass per whole sequence" in result.output and "`train encode`" in result.output
 
-def _fail_on_second_call(monkeypatch, name: str) -> None:
-    """Make `train.latents.<name>` raise on its second call (after one sequence went through)."""
-    original, calls = getattr(latent_store, name), []
+
+def _fail_on_second_call(monkeypatch, owner, name: str) -> None:
+    """Make `owner.<name>` raise on its second call (after one sequence went through)."""
+    original, calls = getattr(owner, name), []
 
     def flaky(*args, **kwargs):
         calls.append(None)
@@ -196,13 +280,13 @@ def _fail_on_second_call(monkeypatch, name: str) -> None:
             raise RuntimeError("injected failure")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(latent_store, name, flaky)
+    monkeypatch.setattr(owner, name, flaky)
 
 
 def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, latents, tmp_path, monkeypatch):
     out = tmp_path / "latents.zarr"
     with monkeypatch.context() as patch:
-        _fail_on_second_call(patch, "encode_world_features")
+        _fail_on_second_call(patch, MotionCodec, "encode_features")
         with pytest.raises(RuntimeError, match="injected failure"):
             latent_store.encode_store(run["ckpt"], str(run["store"]), out, device="cpu")
     assert list(tmp_path.iterdir()) == []  # neither `out` nor its partial directory
@@ -216,7 +300,7 @@ def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, la
 
     decoded = tmp_path / "decoded.zarr"
     with monkeypatch.context() as patch:
-        _fail_on_second_call(patch, "decode_world_features")
+        _fail_on_second_call(patch, MotionCodec, "decode_features")
         with pytest.raises(RuntimeError, match="injected failure"):
             latent_store.decode_store(run["ckpt"], latents, decoded, device="cpu")
     assert not decoded.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["latents.zarr"]

@@ -270,6 +270,32 @@ def test_streaming_rejects_unaligned_chunks(small_model: MotionVAE) -> None:
         small_model.stream_encoder()(torch.randn(1, 6, FEATURE_DIM))
 
 
+def test_public_streaming_api_is_encode_and_decode_with_a_cache(small_model: MotionVAE) -> None:
+    x = torch.randn(1, 16, FEATURE_DIM)
+    encoder_cache: dict = {}
+    decoder_cache: dict = {}
+    with torch.no_grad():
+        first, _ = small_model.encode(x[:, :8], encoder_cache)
+        second, _ = small_model.encode(x[:, 8:], encoder_cache)
+        z = torch.cat([first, second], 1)
+        frames = torch.cat([small_model.decode(z[:, :1], decoder_cache), small_model.decode(z[:, 1:], decoder_cache)], 1)
+        whole = small_model(x)
+    torch.testing.assert_close(z, whole["mean"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(frames, whole["recon"], rtol=0, atol=1e-5)
+
+
+def test_seed_quick_start_runs_and_preprocess_true_points_to_the_codec(small_model: MotionVAE) -> None:
+    x = torch.randn(2, T_SMALL, FEATURE_DIM)
+    with torch.no_grad():
+        out = small_model(x, preprocess=False)
+        ref = small_model(x)
+    assert set(out) == {"recon", "mean", "logvar", "z"}
+    for key in out:
+        assert torch.equal(out[key], ref[key]), key
+    with pytest.raises(ValueError, match="MotionCodec.from_checkpoint"):
+        small_model(x, preprocess=True)
+
+
 # ---------------------------------------------------------------- init, sampling, dtypes
 
 
