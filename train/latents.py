@@ -328,7 +328,9 @@ def read_sequence_latents(group: zarr.Group, sequence: LatentSequence, plan: Win
         )
     rows = slice(sequence.first_window, sequence.first_window + sequence.num_windows)
     windows = group[WINDOWS]
-    frame = CanonicalFrame(torch.as_tensor(windows["R_canon_world"][rows]), torch.as_tensor(windows["offset_world"][rows]))
+    frame = CanonicalFrame(
+        torch.as_tensor(windows["R_canon_world"][rows]), torch.as_tensor(windows["offset_world"][rows])
+    )
     logvar = torch.as_tensor(group[LOGVAR][rows]) if LOGVAR in group else None
     return MotionLatents(torch.as_tensor(group[MEAN][rows]), logvar, frame, plan)
 

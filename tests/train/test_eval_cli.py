@@ -182,13 +182,16 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
     pred_joints, gt_joints, pred_head, gt_head = [], [], [], []
     for i, f in zip(sequence[full], first[full]):
         rows = slice(decoded_first[i] + f, decoded_first[i] + f + SEQ_LEN)
-        truth = features_to_world(torch.as_tensor(np.array(store.read_features(records[i].start + f, records[i].start + f + SEQ_LEN))))
+        start = records[i].start + f
+        truth = features_to_world(torch.as_tensor(np.array(store.read_features(start, start + SEQ_LEN))))
         pred_joints.append(world["joint_translation"][rows])
         pred_head.append(world["cpf_translation"][rows])
         gt_joints.append(truth.joint_translation)
         gt_head.append(truth.cpf_translation)
-    mpjpe_mm = float(joint_distance_m(torch.as_tensor(np.stack(pred_joints)), torch.stack(gt_joints)).mean()) * MM_PER_M
-    head_mm = float(joint_distance_m(torch.as_tensor(np.stack(pred_head)), torch.stack(gt_head)).mean()) * MM_PER_M
+    def mean_mm(pred: list[np.ndarray], truth: list[torch.Tensor]) -> float:
+        return float(joint_distance_m(torch.as_tensor(np.stack(pred)), torch.stack(truth)).mean()) * MM_PER_M
+
+    mpjpe_mm, head_mm = mean_mm(pred_joints, gt_joints), mean_mm(pred_head, gt_head)
 
     index = WindowIndex(records, SEQ_LEN)
     metrics = evaluate(run["ckpt"], str(run["store"]), "val", tmp_path / "eval", device="cpu",
@@ -200,7 +203,8 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
 
 def test_decode_features_and_world_agree_and_keep_every_frame(run, latents, tmp_path):
     features_out, world_out = tmp_path / "features.zarr", tmp_path / "world.zarr"
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", features_out, "--device", "cpu"])
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", features_out,
+                        "--device", "cpu"])  # fmt: skip
     invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
                         "--device", "cpu"])  # fmt: skip
     decoded, world = zarr.open_group(str(features_out), mode="r"), zarr.open_group(str(world_out), mode="r")

@@ -278,7 +278,7 @@ def test_public_streaming_api_is_encode_and_decode_with_a_cache(small_model: Mot
         first, _ = small_model.encode(x[:, :8], encoder_cache)
         second, _ = small_model.encode(x[:, 8:], encoder_cache)
         z = torch.cat([first, second], 1)
-        frames = torch.cat([small_model.decode(z[:, :1], decoder_cache), small_model.decode(z[:, 1:], decoder_cache)], 1)
+        frames = torch.cat([small_model.decode(part, decoder_cache) for part in (z[:, :1], z[:, 1:])], 1)
         whole = small_model(x)
     torch.testing.assert_close(z, whole["mean"], rtol=0, atol=1e-5)
     torch.testing.assert_close(frames, whole["recon"], rtol=0, atol=1e-5)
