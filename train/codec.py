@@ -265,7 +265,8 @@ class MotionCodec:
         self, features_world: Any, window_frames: int | None = None, hop_frames: int | None = None
     ) -> MotionLatents:
         """World features of whole sequences as a store holds them, ([B,] T, 294) -> latents."""
-        x = torch.as_tensor(features_world, dtype=torch.float32, device=self.device)
+        # Cast where the input lives, then move: MPS has no float64 to cast from.
+        x = torch.as_tensor(features_world).to(dtype=torch.float32).to(self.device)
         if x.ndim not in (2, 3) or x.shape[-1] != FEATURE_DIM:
             raise ValueError(f"features must be ([B,] T, {FEATURE_DIM}), found {tuple(x.shape)}")
         batched = x.ndim == 3
