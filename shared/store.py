@@ -36,13 +36,13 @@ This module must not import h5py or hdf5plugin: the trainer imports it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,8 +125,8 @@ REBUILD_HINT = "rebuild it with `python -m preprocess build DATA --out STORE --o
 RESUME_HINT = "finish it with `python -m preprocess build DATA --out {out} --resume`"
 """`.format(out=...)` with the store path the build was given (`STORE` when unknown)."""
 
-# Open chunk maps per array; each holds a file descriptor (mmap dups it), so keep them bounded.
-MAX_OPEN_CHUNK_MAPS = 256
+OPEN_FILES_RESERVE = 256
+"""Open files left for everything but chunk maps (sockets, DataLoader pipes, logs, checkpoints)."""
 
 CHECKSUM_BYTES = 4  # the crc32c codec appends the little-endian CRC-32C of the encoded chunk
 ARRAY_CONFIG: Mapping[str, Any] = {"write_empty_chunks": True}
@@ -255,6 +255,13 @@ class ChunkMemmapArray:
 
     Slicing rows returns an `np.ndarray`: a view into one chunk's memory map when the rows lie
     inside one chunk, else a copy. Picklable (maps are reopened lazily after unpickling).
+
+    Every chunk is mapped on first use and kept: at the real dataset's ~3,900 chunks an evicting
+    cache of a few hundred maps thrashes (each remap costs more than the window it serves,
+    BENCHMARKS.md). A map holds a file descriptor (Python's mmap keeps a duplicate), so the
+    process's soft open-file limit is raised as maps are made, toward its hard limit; only
+    when that fails are the oldest maps evicted, with a warning. `max_maps` caps the maps
+    (oldest evicted) regardless: the previous design, kept for the benchmark.
     """
 
     def __init__(
@@ -264,6 +271,7 @@ class ChunkMemmapArray:
         chunk_frames: int,
         dtype: np.dtype,
         checksum_bytes: int = CHECKSUM_BYTES,
+        max_maps: int | None = None,
     ) -> None:
         self.array_dir = Path(array_dir)
         self.shape = tuple(int(s) for s in shape)
@@ -271,19 +279,42 @@ class ChunkMemmapArray:
         self.dtype = np.dtype(dtype)
         self.checksum_bytes = int(checksum_bytes)
         self.num_chunks = -(-self.shape[0] // self.chunk_frames)
+        self.max_maps = max_maps  # None: one map per chunk while the open-file limit allows
         self._init_cache()
 
     def _init_cache(self) -> None:
-        self._chunk = functools.lru_cache(maxsize=MAX_OPEN_CHUNK_MAPS)(self._map_chunk)
+        self._maps: dict[int, np.ndarray] = {}  # chunk index -> map, oldest first
+        self._warned_limit = False
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_chunk"]
+        del state["_maps"], state["_warned_limit"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._init_cache()
+
+    def _chunk(self, index: int) -> np.ndarray:
+        """The map of chunk `index`, made on first use and kept (see the class doc)."""
+        try:
+            return self._maps[index]
+        except KeyError:
+            pass
+        at_cap = self.max_maps is not None and len(self._maps) >= self.max_maps
+        if self._maps and (at_cap or not _room_for_another_map()):
+            if not (at_cap or self._warned_limit):
+                self._warned_limit = True
+                logger.warning(
+                    "%s has %d chunk files but this process may keep only %d of them mapped "
+                    "(open-file limit); window reads will be slower: raise the limit, e.g. "
+                    "`ulimit -n %d`",
+                    self.array_dir, self.num_chunks, len(self._maps),
+                    3 * self.num_chunks + OPEN_FILES_RESERVE,
+                )  # fmt: skip
+            del self._maps[next(iter(self._maps))]  # evict the oldest
+        chunk = self._maps[index] = self._map_chunk(index)
+        return chunk
 
     @property
     def ndim(self) -> int:
@@ -317,7 +348,13 @@ class ChunkMemmapArray:
                 f"uncompressed {chunk_shape} {self.dtype} chunk and its checksum; the store is "
                 f"damaged: {REBUILD_HINT}"
             )
-        return np.memmap(path, dtype=self.dtype, mode="r", shape=chunk_shape)
+        global _open_chunk_maps
+        mapped = np.memmap(path, dtype=self.dtype, mode="r", shape=chunk_shape)
+        _open_chunk_maps += 1
+        weakref.finalize(mapped, _chunk_map_closed)
+        # A plain ndarray view of the map: np.memmap's Python-level __getitem__ and
+        # __array_finalize__ cost more than copying a window piece.
+        return mapped.view(np.ndarray)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows `[start, stop)`: a view inside one chunk, a copy across chunk boundaries."""
@@ -325,13 +362,22 @@ class ChunkMemmapArray:
         if start == stop:
             return np.empty((0, *self.row_shape), dtype=self.dtype)
         C = self.chunk_frames
-        first, last = start // C, (stop - 1) // C
-        if first == last:
+        first = start // C
+        if (stop - 1) // C == first:
             return self._chunk(first)[start - first * C : stop - first * C]
-        out = np.empty((stop - start, *self.row_shape), dtype=self.dtype)
-        for index in range(first, last + 1):
-            lo, hi = max(start, index * C), min(stop, (index + 1) * C)
-            out[lo - start : hi - start] = self._chunk(index)[lo - index * C : hi - index * C]
+        return self.read_into(np.empty((stop - start, *self.row_shape), self.dtype), start)
+
+    def read_into(self, out: np.ndarray, start: int) -> np.ndarray:
+        """Copy rows `[start, start + len(out))` into `out`, one copy per chunk piece (the
+        training loader's hot path: no intermediate array); returns `out`."""
+        rows = len(out)
+        _check_range(start, start + rows, self.shape[0])
+        C = self.chunk_frames
+        index, offset, done = start // C, start % C, 0
+        while done < rows:
+            n = min(C - offset, rows - done)
+            out[done : done + n] = self._chunk(index)[offset : offset + n]
+            index, offset, done = index + 1, 0, done + n
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -359,6 +405,36 @@ class ChunkMemmapArray:
             f"ChunkMemmapArray({str(self.array_dir)!r}, shape={self.shape}, "
             f"chunk_frames={self.chunk_frames}, dtype={self.dtype})"
         )
+
+
+_open_chunk_maps = 0  # chunk maps alive in this process (each holds a file descriptor)
+
+
+def _chunk_map_closed() -> None:
+    global _open_chunk_maps
+    _open_chunk_maps -= 1
+
+
+def _room_for_another_map() -> bool:
+    """Whether this process may hold one more chunk map and still keep OPEN_FILES_RESERVE files
+    for everything else; raises the soft open-file limit (doubling, up to the hard limit) first
+    when needed."""
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process limit of this kind
+        return True
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = _open_chunk_maps + 1 + OPEN_FILES_RESERVE
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return True
+    raised = max(2 * soft, needed)
+    if hard != resource.RLIM_INFINITY:
+        raised = min(raised, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    except (ValueError, OSError):  # e.g. macOS refuses more than OPEN_MAX
+        return False
+    return needed <= raised
 
 
 def _check_range(start: int, stop: int, num_rows: int) -> None:
@@ -698,6 +774,14 @@ class FeatureStore:
             return self.features.read(start, stop)
         _check_range(start, stop, self.num_frames)
         return np.asarray(self.features[start:stop])
+
+    def read_features_into(self, out: np.ndarray, start: int) -> np.ndarray:
+        """Copy frames `[start, start + len(out))` of `features` into `out`; returns `out`."""
+        if self.is_memory_mapped:
+            return self.features.read_into(out, start)
+        _check_range(start, start + len(out), self.num_frames)
+        out[:] = self.features[start : start + len(out)]
+        return out
 
     @property
     def chunk_frames(self) -> int:

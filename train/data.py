@@ -111,7 +111,7 @@ def read_windows(store: FeatureStore, index: WindowIndex, k: np.ndarray) -> Wind
     features = np.empty((len(k), T, FEATURE_DIM), dtype=np.float32)
     mask = np.zeros((len(k), T), dtype=bool)
     for b, (start, n) in enumerate(zip(first.tolist(), valid.tolist())):
-        features[b, :n] = store.features[start : start + n]
+        store.read_features_into(features[b, :n], start)
         features[b, n:] = features[b, n - 1]  # edge padding keeps rotations valid for canonicalize
         mask[b, :n] = True
     return WindowBatch(

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from shared.layout import field_of_dim
 from shared.provenance import git_revision, package_version
 from shared.store import FeatureStore, open_store
 from train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -31,6 +32,7 @@ from train.config import RunConfig, diff_configs
 from train.data import (
     Normalizer,
     TrainWindows,
+    WindowBatch,
     WindowIndex,
     make_loader,
     prepare_batch,
@@ -51,6 +53,22 @@ RESUMABLE_CHANGES = {"train.steps", "train.num_workers", "train.device", "train.
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss; the message names the step and every loss term."""
+
+
+def _non_finite_input(batch: WindowBatch, store_url: str) -> str:
+    """Where the batch read non-finite features from the store (a damaged store, not
+    divergence), or "" when its input was finite."""
+    bad = ~torch.isfinite(batch.features)
+    if not bool(bad.any()):
+        return ""
+    window, frame, dim = (int(i) for i in bad.nonzero()[0])
+    store_frame = int(batch.start_frame[window]) + frame
+    return (
+        f"; the input itself is not finite: store frame {store_frame}, dim {dim} "
+        f"({field_of_dim(dim)}): the store is "
+        f"damaged or was built from bad data, not a divergence: `python -m preprocess verify "
+        f"{store_url}` names every bad chunk"
+    )
 
 
 @dataclass(frozen=True)
@@ -263,6 +281,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
             described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingDiverged(
                 f"non-finite loss at step {step} ({described}); last good state saved to {ckpt_path}"
+                f"{_non_finite_input(batch, store.url)}"
             )
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()

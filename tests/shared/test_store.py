@@ -7,6 +7,7 @@ depend on the preprocessing code.
 from __future__ import annotations
 
 import json
+import mmap
 import pickle
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def write_store(
     zstd_level: int | None = None,
     complete: bool = True,
     lengths: tuple[int, ...] = LENGTHS,
+    chunk_frames: int = CHUNK_FRAMES,
 ) -> np.ndarray:
     """A small valid store; returns its features."""
     rng = np.random.default_rng(0)
@@ -38,9 +40,9 @@ def write_store(
     features = rng.normal(size=(num_frames, FEATURE_DIM)).astype(np.float32)
     root = zarr.open_group(path, mode="w", zarr_format=3)
     arrays = {
-        shared.store.FEATURES: (features, (CHUNK_FRAMES, FEATURE_DIM)),
-        shared.store.TIMESTAMP_NS: (np.arange(num_frames, dtype=np.int64) * 33_333_333, (CHUNK_FRAMES,)),
-        shared.store.CONTACT: (np.ones((num_frames, 4), np.float32), (CHUNK_FRAMES, 4)),
+        shared.store.FEATURES: (features, (chunk_frames, FEATURE_DIM)),
+        shared.store.TIMESTAMP_NS: (np.arange(num_frames, dtype=np.int64) * 33_333_333, (chunk_frames,)),
+        shared.store.CONTACT: (np.ones((num_frames, 4), np.float32), (chunk_frames, 4)),
     }
     compressors = shared.store.store_compressors(zstd_level)
     for name, (values, chunks) in arrays.items():
@@ -119,7 +121,10 @@ def test_read_features_view_inside_chunk_copy_across(store_path):
     store = open_store(path)
     inside = store.read_features(17, 30)  # chunk 1 = frames [16, 32)
     np.testing.assert_array_equal(inside, features[17:30])
-    assert isinstance(inside.base, np.memmap) or isinstance(inside, np.memmap)
+    memory = inside
+    while isinstance(memory, np.ndarray):
+        memory = memory.base
+    assert isinstance(memory, mmap.mmap)  # a view of the chunk file's map, no copy
     assert not inside.flags.writeable
     across = store.read_features(10, 50)
     np.testing.assert_array_equal(across, features[10:50])
@@ -128,6 +133,62 @@ def test_read_features_view_inside_chunk_copy_across(store_path):
     assert store.read_features(5, 5).shape == (0, FEATURE_DIM)
     with pytest.raises(IndexError, match="not within"):
         store.read_features(50, 58)
+
+
+def test_read_into_copies_across_chunks(store_path):
+    path, features = store_path
+    store = open_store(path)
+    for start, rows in ((0, 57), (15, 2), (17, 30), (40, 17), (56, 1)):
+        out = np.full((rows, FEATURE_DIM), np.nan, np.float32)
+        assert store.read_features_into(out, start) is out
+        np.testing.assert_array_equal(out, features[start : start + rows])
+    zarr_read = open_store(path, memory_map=False).read_features_into(np.empty((30, FEATURE_DIM), np.float32), 17)
+    np.testing.assert_array_equal(zarr_read, features[17:47])
+    with pytest.raises(IndexError, match="not within"):
+        store.read_features_into(np.empty((3, FEATURE_DIM), np.float32), 55)
+
+
+# A store with more chunks than a low open-file limit allows maps: opened in a subprocess whose
+# limit is set first; reads every frame through the maps and reports the soft limit after.
+LIMITED_OPEN = """
+import logging, resource, sys
+import numpy as np
+soft, hard = int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+from shared.store import open_store
+store = open_store(sys.argv[1])
+rows = store.features.read_into(np.empty(store.features.shape, np.float32), 0)
+rows = store.features.read_into(rows, 0)  # again: evicted maps are reopened
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], float(np.abs(rows).sum()), len(store.features._maps))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE")
+def test_every_chunk_stays_mapped_within_the_open_file_limit(tmp_path):
+    import subprocess
+
+    path = tmp_path / "many.zarr"
+    chunks = 300  # per array; 3 arrays
+    features = write_store(path, lengths=(chunks * 4 - 1, 1), chunk_frames=4)
+    expected = float(np.abs(features).sum())
+    reserve = shared.store.OPEN_FILES_RESERVE
+
+    def run(soft: int, hard: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", LIMITED_OPEN, str(path), str(soft), str(hard)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+
+    raised = run(300, 4096)  # room to raise: one map per chunk, no warning
+    soft_after, total, maps = raised.stdout.split()
+    assert int(soft_after) >= chunks + reserve and float(total) == pytest.approx(expected)
+    assert int(maps) == chunks and "open-file limit" not in raised.stderr
+    capped = run(400, 400)  # no room: maps are evicted, reads stay right, a warning says why
+    soft_after, total, maps = capped.stdout.split()
+    assert int(soft_after) == 400 and float(total) == pytest.approx(expected)
+    assert int(maps) < chunks
+    assert f"has {chunks} chunk files but this process may keep only" in capped.stderr
+    assert "ulimit -n" in capped.stderr
 
 
 def test_edge_chunk_is_stored_full_size(store_path):
@@ -267,6 +328,28 @@ def test_file_url_through_fsspec(store_path):
     assert mapped.is_memory_mapped
     np.testing.assert_array_equal(mapped.read_features(5, 40), features[5:40])
     assert remote.fingerprint == mapped.fingerprint == open_store(path).fingerprint
+
+
+def test_check_chunks_on_a_listed_remote_store(store_path):
+    import fsspec
+
+    path, _ = store_path
+    fs, remote = fsspec.filesystem("memory"), f"/checks/{path.parent.name}/store.zarr"
+    fs.put(str(path), remote, recursive=True)
+    try:
+        url = f"memory://{remote.lstrip('/')}"
+        assert shared.store.check_chunks(url, deep=True) == []
+        fs.rm(f"{remote}/contact/c/2/0")
+        fs.pipe(f"{remote}/features/c/0/0", b"short")
+        assert shared.store.check_chunks(url, deep=False) == [
+            "contact chunk 2 (file contact/c/2/0, frames 32-47): missing",
+            f"features chunk 0 (file features/c/0/0, frames 0-15): 5 bytes, expected "
+            f"{CHUNK_FRAMES * FEATURE_DIM * 4 + shared.store.CHECKSUM_BYTES}",
+        ]
+        with pytest.raises(StoreError, match=r"is damaged: contact chunk 2 .* verify memory://"):
+            open_store(url)
+    finally:
+        fs.rm(remote, recursive=True)
 
 
 def test_fingerprint_is_content_based(tmp_path):

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import zarr
 from click.testing import CliRunner
 
+import shared.store
 from tests.train.conftest import TINY_MODEL
 from train.checkpoint import load_checkpoint
 from train.cli import main
@@ -92,6 +96,18 @@ def test_non_finite_loss_stops_with_checkpoint_and_names_step(feature_store, tmp
     assert result.exit_code != 0
     assert "non-finite loss at step 3" in result.output and "mse/head_3D=nan" in result.output
     assert load_checkpoint(run / "checkpoints" / "last.pt").step == 3
+
+
+def test_non_finite_store_features_are_not_blamed_on_divergence(feature_store, tmp_path):
+    store = tmp_path / "nan.zarr"
+    shutil.copytree(feature_store, store)
+    features = zarr.open_group(store, mode="r+")[shared.store.FEATURES]
+    features[:] = np.full(features.shape, np.nan, np.float32)  # valid checksums: a bad build
+    result = CliRunner().invoke(main, _fit_args(store, tmp_path / "run", "--steps", "3"))
+    assert result.exit_code != 0
+    assert "non-finite loss at step 0" in result.output
+    assert "the input itself is not finite: store frame" in result.output
+    assert "dim 0 (hr[0])" in result.output and "python -m preprocess verify" in result.output
 
 
 def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
