@@ -109,11 +109,11 @@ def read_windows(store: FeatureStore, index: WindowIndex, k: np.ndarray) -> Wind
     T = index.window_frames
     seq, first, valid = index.locate(k)
     features = np.empty((len(k), T, FEATURE_DIM), dtype=np.float32)
-    mask = np.zeros((len(k), T), dtype=bool)
     for b, (start, n) in enumerate(zip(first.tolist(), valid.tolist())):
         store.read_features_into(features[b, :n], start)
-        features[b, n:] = features[b, n - 1]  # edge padding keeps rotations valid for canonicalize
-        mask[b, :n] = True
+        if n < T:
+            features[b, n:] = features[b, n - 1]  # edge padding keeps rotations valid for canonicalize
+    mask = np.arange(T) < valid[:, None]
     return WindowBatch(
         torch.from_numpy(features), torch.from_numpy(mask), torch.from_numpy(first), torch.from_numpy(seq)
     )
