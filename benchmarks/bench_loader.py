@@ -56,7 +56,6 @@ from train.data import WindowIndex, read_windows
 WINDOW_FRAMES = 152
 BATCH = 32
 TARGET_WINDOWS_PER_S = 30_000
-MIN_CLIP_FRAMES = 140  # synthetic clips are 140-160 frames
 
 
 def windows_per_s(read_batch: Callable[[int], object], seconds: float, repeats: int = 5) -> float:
@@ -152,11 +151,11 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
 def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     """The loader on a store with `args.chunks` chunks per array (see the module doc)."""
     data, store_path = workdir / "many_hdf5", workdir / "many.zarr"
-    recordings = 16
-    clips = -(-args.chunks * args.chunk_frames // (recordings * MIN_CLIP_FRAMES))
+    recordings, mean_clip_frames = 16, sum(synth.CLIP_FRAMES_RANGE) / 2
+    clips = int(1.1 * args.chunks * args.chunk_frames / (recordings * mean_clip_frames)) + 1
     started = time.perf_counter()
     synth.generate_dataset(
-        data, recordings=recordings, seed=1, participants=8, clips_per_recording=clips, video_size=1
+        data, recordings=recordings, seed=1, participants=8, clips_per_recording=clips, video_size=None
     )  # fmt: skip
     config = BuildConfig(data=data, out=store_path, scheduler="synchronous", chunk_frames=args.chunk_frames)
     build(config, progress=False)
