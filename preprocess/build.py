@@ -596,6 +596,7 @@ def _write_store(
         len(usable), len(plan.sequences), plan.num_frames, plan.fps, plan.source_fps,
         plan.stitch.gaps, plan.stitch.dropped_frames,
     )  # fmt: skip
+    created = _created(paths)  # before any chunk: a crash from here on resumes with this time
     root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
     base_attrs = {
         shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
@@ -641,7 +642,7 @@ def _write_store(
             "tolerance_periods": config.stitch_tolerance,
             "max_fill_frames": config.max_fill_frames,
         },
-        shared.store.ATTR_CREATED: _created(paths),
+        shared.store.ATTR_CREATED: created,
     }
     attrs = json.loads(json.dumps(attrs))  # hash exactly what a reader will load
     stats_attrs = root[shared.store.STATS_GROUP].attrs.asdict()
@@ -671,8 +672,9 @@ def _write_store(
 
 
 def _created(paths: BuildPaths) -> str:
-    """When this build first wrote its store (ISO 8601, UTC); kept in the build directory, so a
-    resumed build records the same time and stays byte-identical to an uninterrupted one."""
+    """When this build first started writing its store (ISO 8601, UTC); kept in the build
+    directory, so a resumed build records the same time and its metadata is byte-identical to
+    what the interrupted build would have written."""
     record = paths.build_dir / "created"
     if record.is_file() and record.read_text().strip():
         return record.read_text().strip()

@@ -125,6 +125,29 @@ def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: 
     assert open_store(out).fingerprint == open_store(reference).fingerprint
 
 
+def test_build_that_fails_while_writing_resumes_with_its_first_created_time(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch
+):
+    import preprocess.build
+
+    out = tmp_path / "store.zarr"
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed while writing frames")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(preprocess.build, "_write_frames", crash)
+        with pytest.raises(RuntimeError, match="killed while writing frames"):
+            synchronous_build(synthetic_dataset, out)
+    created = (BuildPaths(out).build_dir / "created").read_text()
+    time.sleep(1.1)  # `created` has whole seconds: a new time would differ
+    synchronous_build(synthetic_dataset, out, resume=True)
+    attrs = root_attrs(out)
+    assert attrs[shared.store.ATTR_CREATED] == created
+    assert "resume" not in attrs[shared.store.ATTR_BUILD_CONFIG]
+    open_store(out)
+
+
 @pytest.mark.slow
 def test_concurrent_build_is_refused(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "store.zarr"
