@@ -86,7 +86,7 @@ def discover_clip_files(data: Path) -> Discovery:
                     Ignored(rel, f"extension {suffix!r}: only '{nymeria_format.CLIP_SUFFIX}' "
                                  f"files are read; rename it to include it")
                 )  # fmt: skip
-            elif is_link and not is_file:
+            elif is_link and not os.path.exists(entry.path):
                 target = os.readlink(entry.path)
                 ignored.append(Ignored(rel, f"dangling link to {target}"))
             elif is_file:

@@ -21,6 +21,7 @@ clip is used (the exporter skips frames it fails to extract; timestamps are the 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -349,21 +350,25 @@ def _dataset(
     """The dataset `key`, with its link, shape, dtype, filters and size checked (no data read)."""
     spec = nymeria_format.MOTION_DATASETS[key]
     with _hdf5_errors(file, key, "cannot open dataset"):
-        link = handle.get(key, getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            raise _ClipProblem(
-                "bad_link",
-                f"{file}: {key!r} is an external link to {link.filename}:{link.path}; a clip "
-                f"file must hold its motion itself",
-                key,
-            )
-        if link is None:
+        try:
+            ds = handle[key]  # the common case first: inspecting links costs ~0.3 ms
+        except KeyError:
+            ds = None
+        external = ds is not None and ds.file.id != handle.id
+        if ds is None or external:
+            link = handle.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise _ClipProblem(
+                    "bad_link",
+                    f"{file}: {key!r} is an external link to {link.filename}:{link.path}; a "
+                    f"clip file must hold its motion itself",
+                    key,
+                )
+            if isinstance(link, h5py.SoftLink):
+                raise _ClipProblem(
+                    "bad_link", f"{file}: {key!r} is a dangling soft link to {link.path!r}", key
+                )
             raise _ClipProblem("missing_key", f"{file}: missing dataset {key!r}", key)
-        ds = handle.get(key)
-        if ds is None and isinstance(link, h5py.SoftLink):
-            raise _ClipProblem(
-                "bad_link", f"{file}: {key!r} is a dangling soft link to {link.path!r}", key
-            )
     if not isinstance(ds, h5py.Dataset):
         raise _ClipProblem(
             "missing_key", f"{file}: {key!r} is a {type(ds).__name__}, expected a dataset", key
@@ -402,7 +407,7 @@ def _dataset(
                 f"({label or 'unnamed'}): HDF5 filter not available; is hdf5plugin installed?",
                 key,
             )
-    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    declared = math.prod(shape) * dtype.itemsize
     if storage > size:
         raise _ClipProblem(
             "bad_size",
