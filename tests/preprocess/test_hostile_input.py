@@ -26,6 +26,7 @@ from store_testing import (
 import shared.store
 from preprocess import nymeria_format, synth
 from preprocess.discover import discover_clip_files
+from preprocess.info import format_info, store_info
 from preprocess.read_clip import read_clip
 from preprocess.verify import verify_sequences
 from shared.layout import JP
@@ -90,6 +91,9 @@ def test_exporter_files_with_skipped_frames_are_used_and_filled(tmp_path: Path):
         # Velocities next to a hole differ (the neighbour was interpolated): compare poses.
         np.testing.assert_allclose(features[held][:, JP], expected[held][:, JP], atol=2e-6)
         assert np.abs(features[~held][:, JP] - expected[~held][:, JP]).max() < 0.05
+    info = store_info(store)
+    assert info["discrepancies"] == discrepancies
+    assert f"notes        {len(discrepancies)} on used files" in format_info(info)
     report = verify_sequences(store, data, sample=3, seed=0)  # re-plans the same filled holes
     assert report.ok and len(report.checked) == 3, report.mismatches
 
@@ -114,6 +118,25 @@ def test_attributes_of_the_wrong_type_are_recorded_not_fatal(two_recordings, tmp
     assert "frames (both inclusive)" in reasons[third, "index_range"]
     stored = open_store(tmp_path / "s.zarr").attrs[shared.store.ATTR_DISCREPANCIES]
     assert {(d["file"], d["kind"]) for d in stored} == set(notes)
+
+
+@pytest.mark.parametrize("fps", [None, 15.0])
+def test_clips_of_any_length_down_to_one_frame(
+    two_recordings, synthetic_dataset: Path, tmp_path: Path, fps
+):
+    root, recordings = two_recordings
+    donor = next(iter(recordings.values()))[0]
+    for frames in (1, 2):
+        name = f"20230607_s0_tom_becker_act{frames}_short{frames}"
+        cut = {key: donor[key][:frames] for key in MOTION_KEYS}
+        attrs = {nymeria_format.ATTR_SEQUENCE_NAME: name, nymeria_format.ATTR_NUM_FRAMES: frames}
+        write_variant(synthetic_dataset / donor["file"], root / f"{name}_00000.h5", cut, attrs)
+    summary = synchronous_build(root, tmp_path / "s.zarr", fps=fps)
+    assert summary.problems == () and summary.files_used == 8
+    store = open_store(tmp_path / "s.zarr")
+    lengths = {r.name: r.length for r in store.sequences if "short" in r.name}
+    expected = {1: 1, 2: 2 if fps is None else 1}  # 2 frames span 1/30 s: one 15 fps frame
+    assert lengths == {f"20230607_s0_tom_becker_act{n}_short{n}": expected[n] for n in (1, 2)}
 
 
 # --- links, sizes, values -----------------------------------------------------------------------
