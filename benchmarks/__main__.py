@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_loader, bench_preprocess, bench_train_step
+from benchmarks import bench_footprint, bench_loader, bench_preprocess, bench_train_step
 
 BENCHMARKS = {
     "preprocess": bench_preprocess.main,
     "loader": bench_loader.main,
     "train_step": bench_train_step.main,
+    "footprint": bench_footprint.main,
 }
 
 

@@ -95,6 +95,7 @@ def subset(data: Path, files: list[str], target: Path) -> Path:
     """A folder of symlinks to `files`."""
     target.mkdir(parents=True)
     for file in files:
+        (target / file).parent.mkdir(parents=True, exist_ok=True)
         (target / file).symlink_to(data / file)
     return target
 

@@ -12,21 +12,30 @@ Stages, each restartable:
 3. compute: per sequence on the executor, `compute_sequence` (interpolate filled holes or
    resample, features on the stitched motion, moments of canonical windows for train
    sequences); results are written in sequence order, whole chunks at a time, and the moments
-   merged in that fixed order.
+   merged in that fixed order. Progress is recorded as chunks become durable
+   (preprocess.progress), and the per-file results of sequences wholly written are deleted.
 4. publish: stats, sequence table and attributes are written, `complete=True` last, and the
    finished store is renamed into place.
 
 Where things are, for `--out STORE`:
     STORE.lock            the lock (pid + host); one build per STORE at a time
-    STORE.build/clips/    per-file results (`preprocess.clip_cache`)
+    STORE.build/clips/    per-file results (`preprocess.clip_cache`) and their index
     STORE.build/work.json settings the per-file results depend on
+    STORE.build/progress.record  how far stage 3 got (`preprocess.progress`)
     STORE.build/store.zarr the store being written (complete=False until the end)
     STORE                 the published store; replaced only with --overwrite, by renaming the
                           new store into place after it is complete
 
-A killed build therefore never leaves anything at STORE that looks complete; `--resume` reuses
-every finished per-file result and redoes stages 2-4, which are deterministic (sorted inputs,
-fixed merge order), so the result is byte-identical to an uninterrupted build.
+A killed build therefore never leaves anything at STORE that looks complete; `--resume` (with
+`--overwrite` too when it replaces a store) reuses every finished per-file result and every
+durable chunk, and redoes the rest, which is deterministic (sorted inputs, fixed merge order),
+so the result is byte-identical to an uninterrupted build.
+
+Failures of the environment stop the build with one line and leave STORE.build/ for `--resume`:
+a full disk (naming the path and roughly the space needed; temp files are removed), a Dask
+scheduler that cannot be reached (checked before anything is written), a cluster without
+workers for `worker_timeout` seconds, a task whose workers keep dying, a worker that cannot see
+DATA or STORE.build/ at the paths this process uses.
 """
 
 from __future__ import annotations
@@ -47,10 +56,25 @@ import zarr
 from tqdm import tqdm
 
 import shared.store
-from preprocess.clip_cache import CachedClip, ClipCache, read_and_persist
-from preprocess.executor import SYNCHRONOUS, Executor, default_workers, open_executor
-from preprocess.lock import BuildLock, LockError
+from preprocess.clip_cache import CachedClip, ClipCache, NotVisibleOnWorker, read_and_persist
 from preprocess.discover import Discovery, Ignored, discover_clip_files
+from preprocess.executor import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_WORKER_TIMEOUT_S,
+    SYNCHRONOUS,
+    ClusterError,
+    Executor,
+    default_workers,
+    open_executor,
+)
+from preprocess.lock import BuildLock, LockError
+from preprocess.progress import (
+    FrameProgress,
+    fsync_chunks,
+    load_progress,
+    plan_digest,
+    save_progress,
+)
 from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Discrepancy, Problem
 from preprocess.sequence import StatsWindows, compute_planned_sequence, stored_timestamps
 from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
@@ -70,6 +94,7 @@ from preprocess.stitch import (
 )
 from shared.atomic import atomic_path
 from shared.chunked_writer import ChunkedRowWriter
+from shared.diskspace import disk_full_error
 from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
 from shared.provenance import git_revision, package_version
@@ -108,6 +133,10 @@ class BuildConfig:
     """Worker processes of the local Dask cluster (default: CPU cores)."""
     scheduler: str | None = None
     """None: local cluster; "synchronous": plain loop; else the address of a Dask scheduler."""
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT_S
+    """Seconds a Dask cluster may have no worker before the build fails."""
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    """Seconds to reach an existing Dask scheduler (`scheduler` an address)."""
     fps: float | None = None
     """Resample every sequence to this rate; None keeps the source rate (detected), and clips
     at another rate are not used."""
@@ -142,6 +171,9 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, found {self.workers}")
+        for name in ("worker_timeout", "connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, found {getattr(self, name)}")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps must be positive, found {self.fps}")
         check_fractions(self.split)
@@ -206,6 +238,10 @@ class BuildPaths:
     def staging(self) -> Path:
         return self.build_dir / "store.zarr"
 
+    @property
+    def progress(self) -> Path:
+        return self.build_dir / "progress.record"
+
 
 @dataclass(frozen=True)
 class BuildSummary:
@@ -244,16 +280,21 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
         lock.acquire()
     except LockError as error:
         raise BuildError(str(error)) from None
+    space = _SpaceEstimate(config.chunk_frames)
     try:
-        _prepare(paths, config)
+        work = _check_existing(paths, config)
         discovery = discover_clip_files(data)
         files = discovery.files
         if not files:
             raise BuildError(f"no *.h5 files under {data}{_describe_ignored(discovery)}")
-        results = ClipCache(paths.clips)
-        with open_executor(config.scheduler, config.workers) as executor:
+        space.files = len(files)
+        with open_executor(
+            config.scheduler, config.workers, config.worker_timeout, config.connect_timeout
+        ) as executor:
+            _prepare_build_dir(paths, config, work)  # only once the executor is up
+            results = ClipCache(paths.clips)
             entries, reused, read_fps = _read_stage(
-                data, files, results, executor, config, progress
+                data, files, results, executor, config, progress, space
             )
             usable = [entries[f] for f in files if entries[f].ok]
             period_ns, usable, rate_problems = _check_frame_rates(usable, config)
@@ -271,9 +312,21 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
                 )
             summary = _write_store(
                 paths, config, data, discovery, usable, period_ns, problems, results, executor,
-                progress,
+                progress, space,
             )  # fmt: skip
         _publish(paths, config)
+    except ClusterError as error:
+        raise BuildError(f"{error}{_resume_hint(paths)}") from None
+    except NotVisibleOnWorker as error:
+        raise BuildError(_not_visible_message(error, data, paths)) from None
+    except (OSError, RuntimeError) as error:
+        full = disk_full_error(
+            error, paths.build_dir, space.needed_bytes(paths.build_dir),
+            f"building {out}", _disk_full_advice(paths, config),
+        )  # fmt: skip
+        if full is None:
+            raise
+        raise BuildError(str(full)) from error
     finally:
         lock.release()
     return BuildSummary(
@@ -287,6 +340,64 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
         read_frames_per_s=read_fps,
         **summary,
     )
+
+
+def _resume_hint(paths: BuildPaths) -> str:
+    if paths.build_dir.exists():
+        return f"; finished work is kept in {paths.build_dir} for --resume"
+    return ""
+
+
+def _not_visible_message(error: NotVisibleOnWorker, data: Path, paths: BuildPaths) -> str:
+    here = Path(error.path).exists()
+    if not here:
+        return (
+            f"{error.path} disappeared during the build; rerun with --resume (the file list is "
+            f"taken again)"
+        )
+    shared_dir = "DATA" if Path(error.path).is_relative_to(data) else f"{paths.build_dir}"
+    return (
+        f"a Dask worker cannot see a file this process can: {error}. Workers must see "
+        f"{shared_dir} at the same path ({data if shared_dir == 'DATA' else paths.build_dir}): "
+        f"mount it there on every worker host, then rerun with --resume"
+    )
+
+
+def _disk_full_advice(paths: BuildPaths, config: BuildConfig) -> str:
+    kept = f"{paths.out} is untouched" if paths.out.exists() else "nothing was published"
+    again = "--overwrite --resume" if paths.out.exists() and config.overwrite else "--resume"
+    return (
+        f"{kept}; temporary files were removed and the finished work stays in "
+        f"{paths.build_dir}: free space, then rerun with {again}"
+    )
+
+
+# Bytes per frame of the raw store: features (294 float32), timestamp (int64), contact (4
+# float32); the per-file results of float32 source clips take about as much.
+STORE_BYTES_PER_FRAME = FEATURE_DIM * 4 + 8 + shared.store.NUM_CONTACTS * 4
+
+
+@dataclass
+class _SpaceEstimate:
+    """Rough disk needs of a build, refined as it learns the data (for disk-full messages)."""
+
+    chunk_frames: int
+    files: int = 0
+    files_read: int = 0
+    frames_read: int = 0
+    planned_frames: int | None = None
+
+    def needed_bytes(self, build_dir: Path) -> int | None:
+        """Bytes still to be written at the peak. Per-file results are deleted as the store
+        grows, so the peak is about one store's worth (or one set of results) in all."""
+        if self.planned_frames is not None:
+            frames = self.planned_frames
+        elif self.files_read:
+            frames = self.frames_read * self.files // self.files_read
+        else:
+            return None
+        used = sum(f.stat().st_size for f in build_dir.rglob("*") if f.is_file())
+        return max(frames * STORE_BYTES_PER_FRAME - used, self.chunk_frames * STORE_BYTES_PER_FRAME)
 
 
 def _describe_ignored(discovery: Discovery) -> str:
@@ -330,8 +441,9 @@ def _check_frame_rates(
     return period_ns, kept, problems
 
 
-def _prepare(paths: BuildPaths, config: BuildConfig) -> None:
-    """Check what exists at STORE and in the build directory against the options."""
+def _check_existing(paths: BuildPaths, config: BuildConfig) -> dict:
+    """Check what exists at STORE and in the build directory against the options (nothing is
+    changed on disk); returns the settings the per-file results depend on."""
     out = paths.out
     if out.exists():
         if not is_zarr_store(out):
@@ -340,9 +452,10 @@ def _prepare(paths: BuildPaths, config: BuildConfig) -> None:
                 f"another --out"
             )
         if not config.overwrite:
+            resuming = " --resume" if paths.build_dir.exists() else ""
             raise BuildError(
-                f"a store already exists at {out}; pass --overwrite to replace it (it stays "
-                f"readable until the new one is complete)"
+                f"a store already exists at {out}; pass --overwrite{resuming} to replace it (it "
+                f"stays readable until the new one is complete)"
             )
     work = {
         "data": str(Path(config.data).resolve()),
@@ -357,18 +470,24 @@ def _prepare(paths: BuildPaths, config: BuildConfig) -> None:
                     f"{work}: rerun with the same DATA and --rotation-tolerance, or pass "
                     f"--overwrite instead of --resume to start over"
                 )
-            logger.info("resuming the build in %s", paths.build_dir)
-        elif config.overwrite:
-            logger.info("discarding the partial build in %s", paths.build_dir)
-            shutil.rmtree(paths.build_dir)
-        else:
+        elif not config.overwrite:
             raise BuildError(
                 f"an interrupted build of {out} exists in {paths.build_dir}; pass --resume to "
                 f"continue it or --overwrite to discard it"
             )
+    return work
+
+
+def _prepare_build_dir(paths: BuildPaths, config: BuildConfig, work: dict) -> None:
+    if paths.build_dir.exists():
+        if config.resume:
+            logger.info("resuming the build in %s", paths.build_dir)
+        else:
+            logger.info("discarding the partial build in %s", paths.build_dir)
+            shutil.rmtree(paths.build_dir)
     elif config.resume:
         logger.info("nothing to resume in %s: starting a fresh build", paths.build_dir)
-    paths.build_dir.mkdir(parents=True, exist_ok=True)
+    paths.clips.mkdir(parents=True, exist_ok=True)
     paths.work_json.write_text(json.dumps(work, sort_keys=True))
 
 
@@ -386,8 +505,9 @@ def _read_stage(
     executor: Executor,
     config: BuildConfig,
     progress: bool,
+    space: _SpaceEstimate,
 ) -> tuple[dict[str, CachedClip], int, float]:
-    """Stage 1: per-file results for every file (reused or read now)."""
+    """Stage 1: per-file results for every file (reused or read now), then their index."""
     entries = results.load_entries(data, files)
     reused = len(entries)
     if reused:
@@ -397,25 +517,42 @@ def _read_stage(
     todo = [f for f in files if f not in entries]
     problems = sum(1 for e in entries.values() if not e.ok)
     frames, started = 0, time.perf_counter()
-    per_task = executor.items_per_task(len(todo))
-    batches = [todo[i : i + per_task] for i in range(0, len(todo), per_task)]
-    tasks = ((data, batch, results.directory, config.rotation_atol) for batch in batches)
     with tqdm(
         total=len(files), initial=reused, unit="file", desc="read clips", disable=not progress
     ) as bar:
         bar.set_postfix(frames_per_s=0, problems=problems)
-        for batch in executor.map_unordered(read_and_persist, tasks):
+        for batch in _read_files(data, todo, results, executor, config):
             for entry in batch:
                 entries[entry.file] = entry
                 frames += entry.num_frames
                 problems += 0 if entry.ok else 1
                 if not entry.ok:
                     logger.warning("skipping %s", entry.problem.reason)
+            space.files_read, space.frames_read = space.files_read + len(batch), frames
             rate = frames / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(frames_per_s=f"{rate:.0f}", problems=problems)
             bar.update(len(batch))
     read_fps = frames / max(time.perf_counter() - started, 1e-9) if todo else 0.0
+    entries = {f: entries[f] for f in files}
+    if todo or not results.index_path.exists():
+        results.save_index(entries)
     return entries, reused, read_fps
+
+
+def _read_files(
+    data: Path, files: list[str], results: ClipCache, executor: Executor, config: BuildConfig
+) -> Iterator[list[CachedClip]]:
+    """`read_and_persist` over `files` on the executor, a few files per task, as they finish."""
+    per_task = executor.items_per_task(len(files))
+    batches = [files[i : i + per_task] for i in range(0, len(files), per_task)]
+    tasks = ((data, batch, results.directory, config.rotation_atol) for batch in batches)
+    return executor.map_unordered(read_and_persist, tasks, describe=_describe_read_task)
+
+
+def _describe_read_task(args: tuple) -> str:
+    files = args[1]
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return f"the file{'s' if len(files) > 1 else ''} {shown}"
 
 
 def _compressors(compression: str) -> tuple:
@@ -480,11 +617,11 @@ def _discrepancies(
 
 
 def _sequence_tasks(
-    plan: _Plan, results: ClipCache, config: BuildConfig
+    plan: _Plan, results: ClipCache, config: BuildConfig, first: int
 ) -> Iterator[tuple[Path, tuple[Piece, ...], np.ndarray, StatsWindows | None]]:
-    """Arguments of `compute_planned_sequence` per sequence."""
+    """Arguments of `compute_planned_sequence` per sequence, from sequence `first` on."""
     windows = StatsWindows(config.window_frames, config.stride_frames)
-    for sequence in plan.sequences:
+    for sequence in plan.sequences[first:]:
         is_train = plan.splits[sequence.participant] == "train"
         timestamp_ns = stored_timestamps(sequence.timestamp_ns, config.fps)
         yield results.directory, sequence.pieces, timestamp_ns, windows if is_train else None
@@ -510,22 +647,137 @@ def _create_frame_arrays(
     }
 
 
+def _plan_digest(plan: _Plan, config: BuildConfig) -> str:
+    """What the frame arrays and train moments depend on (see preprocess.progress)."""
+    settings = {
+        "fps": config.fps,
+        "chunk_frames": config.chunk_frames,
+        "compression": config.compression,
+        "window_frames": config.window_frames,
+        "stride_frames": config.stride_frames,
+        "rotation_atol": config.rotation_atol,
+        "stitch_tolerance": config.stitch_tolerance,
+        "max_fill_frames": config.max_fill_frames,
+    }
+    sequences = (
+        {
+            "name": sequence.name,
+            "split": plan.splits[sequence.participant],
+            "pieces": [[p.file, p.start, p.stop] for p in sequence.pieces],
+            "length": length,
+        }
+        for sequence, length in zip(plan.sequences, plan.lengths, strict=True)
+    )
+    return plan_digest(settings, sequences)
+
+
+def _open_staging(
+    paths: BuildPaths, plan: _Plan, config: BuildConfig, base_attrs: dict
+) -> tuple[zarr.Group, dict[str, zarr.Array], FrameProgress]:
+    """The staging store and how far it is written: reopened where a previous run of the same
+    plan left it, else created empty."""
+    digest = _plan_digest(plan, config)
+    done = load_progress(paths.progress, digest) if paths.staging.exists() else None
+    if done is not None:
+        try:
+            root = zarr.open_group(paths.staging, mode="r+", zarr_format=3)
+            arrays = {name: root[name] for name in shared.store.FRAME_ARRAYS}
+            if all(a.shape[0] == plan.num_frames for a in arrays.values()):
+                logger.info(
+                    "continuing the store in %s at frame %d of %d (sequence %d of %d)",
+                    paths.staging, done.rows_written, plan.num_frames, done.next_sequence,
+                    len(plan.sequences),
+                )  # fmt: skip
+                return root, arrays, done
+        except (KeyError, ValueError, zarr.errors.BaseZarrError) as error:
+            logger.warning("cannot continue the store in %s (%s)", paths.staging, error)
+    root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
+    root.attrs.update(base_attrs)
+    arrays = _create_frame_arrays(root, plan.num_frames, config)
+    done = FrameProgress.start(digest, FEATURE_DIM)
+    save_progress(paths.progress, done)
+    return root, arrays, done
+
+
+def _reread_missing(
+    plan: _Plan,
+    first: int,
+    entries: Mapping[str, CachedClip],
+    data: Path,
+    results: ClipCache,
+    executor: Executor,
+    config: BuildConfig,
+) -> None:
+    """Read again the files that sequences `first:` need and whose per-file results were
+    deleted (a previous run wrote their frames, but the plan has changed since)."""
+    needed = dict.fromkeys(p.file for s in plan.sequences[first:] for p in s.pieces)
+    missing = [f for f in needed if not results.has_result(f)]
+    if not missing:
+        return
+    logger.info("reading %d files again (their earlier results were already used)", len(missing))
+    for batch in _read_files(data, missing, results, executor, config):
+        for entry in batch:
+            before = entries[entry.file]
+            if not entry.ok or not np.array_equal(entry.timestamp_ns, before.timestamp_ns):
+                raise BuildError(
+                    f"{entry.file} changed during the build; rerun with --resume"
+                )
+
+
 def _write_frames(
     plan: _Plan,
     frame_arrays: Mapping[str, zarr.Array],
+    done: FrameProgress,
+    paths: BuildPaths,
     results: ClipCache,
     executor: Executor,
     config: BuildConfig,
     progress: bool,
 ) -> Moments:
-    """Stage 3: features of every sequence, written in order; returns the merged train moments."""
-    writer = ChunkedRowWriter(frame_arrays)
-    moments = Moments.empty(FEATURE_DIM)
+    """Stage 3: features of every sequence from `done.next_sequence` on, written in order, whole
+    chunks at a time; progress is recorded as chunks become durable and the per-file results
+    of wholly written sequences are deleted. Returns the merged train moments."""
+    writer = ChunkedRowWriter(frame_arrays, rows_written=done.rows_written)
+    C = config.chunk_frames
+    starts = plan.starts
+    array_dirs = [paths.staging / name for name in frame_arrays]
+    ndims = [len(a.shape) for a in frame_arrays.values()]
+    # Per-file results can go once the last sequence using them is durable.
+    last_use: dict[str, int] = {}
+    for index, sequence in enumerate(plan.sequences):
+        for piece in sequence.pieces:
+            last_use[piece.file] = index
+    by_last_use = sorted(last_use, key=last_use.__getitem__)
+    discarded = 0
+
+    def record(next_sequence: int, moments: Moments, rows_before: int) -> None:
+        nonlocal discarded
+        fsync_chunks(array_dirs, ndims, range(rows_before // C, -(-writer.position // C)))
+        save_progress(
+            paths.progress, FrameProgress(done.digest, writer.position, next_sequence, moments)
+        )
+        stop = discarded
+        while stop < len(by_last_use) and last_use[by_last_use[stop]] < next_sequence:
+            stop += 1
+        results.discard(by_last_use[discarded:stop])
+        discarded = stop
+
+    first = done.next_sequence
+    results.discard(f for f in by_last_use if last_use[f] < first)
+    discarded = sum(1 for f in by_last_use if last_use[f] < first)
+    name_of = {s.pieces: s.name for s in plan.sequences}
     computed = executor.map_ordered(
-        compute_planned_sequence, _sequence_tasks(plan, results, config)
+        compute_planned_sequence,
+        _sequence_tasks(plan, results, config, first),
+        describe=lambda args: f"sequence {name_of[args[1]]}",
     )
-    with tqdm(total=plan.num_frames, unit="frame", desc="features", disable=not progress) as bar:
-        for sequence, length, arrays in zip(plan.sequences, plan.lengths, computed, strict=True):
+    moments = done.moments
+    with tqdm(
+        total=plan.num_frames, initial=done.rows_written, unit="frame", desc="features",
+        disable=not progress,
+    ) as bar:  # fmt: skip
+        for index, arrays in zip(range(first, len(plan.sequences)), computed, strict=True):
+            sequence, length, start = plan.sequences[index], plan.lengths[index], starts[index]
             if len(arrays) != length:
                 raise RuntimeError(
                     f"sequence {sequence.name}: computed {len(arrays)} frames, planned {length}"
@@ -535,17 +787,26 @@ def _write_frames(
                     f"sequence {sequence.name}: non-finite features computed from "
                     f"{', '.join(sequence.source_files)}; nothing was published"
                 )
+            skip = max(0, writer.position - start)  # rows already durable (a resumed build)
+            rows_before, moments_before = writer.position, moments
             writer.append(
                 {
-                    shared.store.FEATURES: arrays.features,
-                    shared.store.TIMESTAMP_NS: arrays.timestamp_ns,
-                    shared.store.CONTACT: arrays.contact,
+                    shared.store.FEATURES: arrays.features[skip:],
+                    shared.store.TIMESTAMP_NS: arrays.timestamp_ns[skip:],
+                    shared.store.CONTACT: arrays.contact[skip:],
                 }
             )
             if arrays.moments is not None:  # merged in sequence order: deterministic
                 moments = moments.merge(arrays.moments)
-            bar.update(length)
+            if writer.position > rows_before:  # whole chunks reached the store
+                if writer.position >= start + length:
+                    record(index + 1, moments, rows_before)
+                else:
+                    record(index, moments_before, rows_before)
+            bar.update(length - skip)
+    rows_before = writer.position
     writer.close()
+    record(len(plan.sequences), moments, rows_before)
     return moments
 
 
@@ -555,7 +816,7 @@ def _write_stats(
     if moments.count == 0:
         raise BuildError("the train split has no frames; cannot compute normalisation stats")
     mean, std = moments.mean_std(config.std_floor)
-    stats = root.create_group(shared.store.STATS_GROUP)
+    stats = root.create_group(shared.store.STATS_GROUP, overwrite=True)  # a resumed build may redo it
     for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
         array = stats.create_array(
             name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
@@ -586,9 +847,11 @@ def _write_store(
     results: ClipCache,
     executor: Executor,
     progress: bool,
+    space: _SpaceEstimate,
 ) -> dict:
     """Stages 2-4 up to a complete store in the staging directory; returns summary fields."""
     plan = _plan(usable, period_ns, config)
+    space.planned_frames = plan.num_frames
     discrepancies = _discrepancies(usable, plan, config)
     logger.info(
         "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
@@ -597,16 +860,18 @@ def _write_store(
         plan.stitch.gaps, plan.stitch.dropped_frames,
     )  # fmt: skip
     created = _created(paths)  # before any chunk: a crash from here on resumes with this time
-    root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
     base_attrs = {
         shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
         shared.store.ATTR_LAYOUT: layout_description(),
         shared.store.ATTR_BUILD_CONFIG: config.to_json(),
         shared.store.ATTR_COMPLETE: False,
     }
-    root.attrs.update(base_attrs)
-    frame_arrays = _create_frame_arrays(root, plan.num_frames, config)
-    moments = _write_frames(plan, frame_arrays, results, executor, config, progress)
+    root, frame_arrays, done = _open_staging(paths, plan, config, base_attrs)
+    entries = {e.file: e for e in usable}
+    _reread_missing(plan, done.next_sequence, entries, data, results, executor, config)
+    moments = _write_frames(
+        plan, frame_arrays, done, paths, results, executor, config, progress
+    )
     mean, std = _write_stats(root, moments, config)
     records = [
         shared.store.SequenceRecord(
@@ -620,7 +885,7 @@ def _write_store(
         for sequence, start, length in zip(plan.sequences, plan.starts, plan.lengths, strict=True)
     ]
     table = shared.store.table_to_json(records)
-    root.create_group(shared.store.SEQUENCES_GROUP).attrs.update({shared.store.ATTR_TABLE: table})
+    root.create_group(shared.store.SEQUENCES_GROUP, overwrite=True).attrs.update({shared.store.ATTR_TABLE: table})
     attrs = {
         **base_attrs,
         shared.store.ATTR_FPS: plan.fps,

@@ -21,6 +21,7 @@ from preprocess.build import (
     build,
     describe_executor,
 )
+from preprocess.executor import CONNECT_TIMEOUT_S, DEFAULT_WORKER_TIMEOUT_S
 from preprocess.info import format_info, store_info
 from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Discrepancy, Problem
 from preprocess.split import parse_fractions
@@ -199,9 +200,18 @@ def _echo_summary(summary: BuildSummary) -> None:
 @click.option("--rotation-tolerance", "rotation_atol", type=click.FloatRange(min=0, min_open=True),
               default=DEFAULT_ROTATION_ATOL, show_default=True,
               help="Accepted |R^T R - I| and |det R - 1| of rotation matrices.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted build of --out.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=CONNECT_TIMEOUT_S, show_default=True,
+              help="Seconds to reach the Dask scheduler given with --scheduler ADDRESS.")
+@click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULT_WORKER_TIMEOUT_S, show_default=True,
+              help="Seconds a Dask cluster may have no worker before the build fails.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted build of --out (with --overwrite: one that replaces "
+                   "an existing store).")
 @click.option("--overwrite", is_flag=True,
-              help="Replace an existing store at --out (and discard an interrupted build).")
+              help="Replace an existing store at --out; without --resume, an interrupted build "
+                   "is discarded.")
 @click.option("--strict", is_flag=True, help="Fail, publishing nothing, if any file is unusable.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars on stderr.")
@@ -210,11 +220,10 @@ def build_command(progress: bool, **options: object) -> None:
 
     While it runs, STORE.lock holds the build's pid and host and STORE.build/ its per-file
     results and the store being written; the finished store is renamed to STORE. A killed
-    build continues with --resume. Exit status 1 when no file is usable, or with --strict
-    when any file is not.
+    build continues with --resume (--overwrite --resume when it replaces a store). Exit
+    status 1 when no file is usable, with --strict when any file is not, and when the
+    environment stops the build (full disk, unreachable cluster, workers that cannot see DATA).
     """
-    if options["resume"] and options["overwrite"]:
-        raise click.UsageError("--resume and --overwrite exclude each other")
     config = BuildConfig(**options)
     click.echo(f"building {config.out} from {config.data} ({describe_executor(config)})", err=True)
     try:

@@ -33,10 +33,11 @@ class ChunkedRowWriter:
 
     Every `append` takes one block per array, all with the same number of rows; rows are
     buffered until whole chunks are ready and then written at the current position. `close`
-    writes the rest and checks that every row of the arrays was written.
+    writes the rest and checks that every row of the arrays was written. `rows_written`
+    continues an interrupted writer: its first append goes to that (chunk-aligned) row.
     """
 
-    def __init__(self, arrays: Mapping[str, RowArray]) -> None:
+    def __init__(self, arrays: Mapping[str, RowArray], rows_written: int = 0) -> None:
         if not arrays:
             raise ValueError("ChunkedRowWriter needs at least one array")
         rows = {name: (int(a.shape[0]), int(a.chunks[0])) for name, a in arrays.items()}
@@ -47,7 +48,14 @@ class ChunkedRowWriter:
             )
         self.arrays = dict(arrays)
         self.num_rows, self.chunk_rows = next(iter(rows.values()))
-        self.position = 0  # rows written
+        if not (0 <= rows_written <= self.num_rows) or (
+            rows_written % self.chunk_rows and rows_written != self.num_rows
+        ):
+            raise ValueError(
+                f"rows_written must be a whole number of {self.chunk_rows}-row chunks (or all "
+                f"{self.num_rows} rows), found {rows_written}"
+            )
+        self.position = rows_written  # rows written (by this writer or, resuming, an earlier one)
         self.pending: dict[str, list[np.ndarray]] = {name: [] for name in arrays}
         self.pending_rows = 0
 
@@ -80,7 +88,14 @@ class ChunkedRowWriter:
     def _flush(self, rows: int) -> None:
         for name, parts in self.pending.items():
             joined = np.concatenate(parts)
-            self.arrays[name][self.position : self.position + rows] = joined[:rows]
+            array = self.arrays[name]
+            try:
+                array[self.position : self.position + rows] = joined[:rows]
+            except OSError as error:  # e.g. a full disk: say which array (stores often do not)
+                if error.filename is None:
+                    where = str(getattr(array, "store_path", name)).removeprefix("file://")
+                    error.filename = f"{where} (rows {self.position}-{self.position + rows})"
+                raise
             self.pending[name] = [joined[rows:]] if rows < len(joined) else []
         self.position += rows
         self.pending_rows -= rows

@@ -902,9 +902,26 @@ def open_store(
     url = _url_of(path_or_url)
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
+        return FeatureStore(url, group, memory_map, storage_options, check_chunk_files)
+    except StoreError:
+        raise
     except FileNotFoundError:
         raise StoreError(
             f"no Zarr store at {_display_path(url)}; build one with "
             f"`python -m preprocess build DATA --out STORE`"
         ) from None
-    return FeatureStore(url, group, memory_map, storage_options, check_chunk_files)
+    except _MALFORMED_METADATA as error:
+        # Truncated, garbage or hostile metadata (zarr.json is untrusted input): one line.
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        raise StoreError(
+            f"store {_display_path(url)} has unreadable or malformed metadata (zarr.json: "
+            f"{type(error).__name__}: {first_line}); {REBUILD_HINT}"
+        ) from None
+
+
+# What zarr and the attribute checks raise on a damaged or hostile zarr.json: invalid JSON or
+# UTF-8, wrong JSON types, nesting deep enough to exhaust the parser, an unreadable file.
+_MALFORMED_METADATA = (
+    ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, PermissionError,
+    IsADirectoryError, zarr.errors.BaseZarrError,
+)  # fmt: skip

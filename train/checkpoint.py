@@ -8,7 +8,11 @@ Sampling needs no saved RNG state: windows and noise are pure functions of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import errno
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,18 @@ import torch
 from torch import nn
 
 from shared.atomic import atomic_path
+from shared.diskspace import disk_full_cause, disk_full_error
 from shared.layout import layout_description
 from shared.provenance import package_version
 from shared.store import FeatureStore, NormStats
 
 CHECKPOINT_FORMAT = 1
+# os.link fails with these where hard links are not available (FAT, some network file systems).
+LINK_UNSUPPORTED_ERRNOS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK})
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable checkpoint (missing, unreadable, damaged, foreign, unsafe)."""
 
 
 @dataclass(frozen=True)
@@ -78,22 +89,102 @@ class Checkpoint:
         )
 
 
+def payload_bytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint payload: roughly its size on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(payload_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(payload_bytes(v) for v in value)
+    return 0
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
-    """Write atomically: a temp file in the same directory, fsynced, then renamed over `path`."""
+    """Write atomically: a temp file in the same directory, fsynced, then renamed over `path`.
+
+    On a full disk the previous file at `path` is untouched, the temp file is removed and a
+    `DiskFullError` names the path and the space the checkpoint needs.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, **ckpt.__dict__}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            # A Python file object, not a path: torch's own writer reports a full disk as a bare
+            # RuntimeError, while writes through `handle` keep the OSError (and its errno).
+            torch.save(payload, handle)
+    except (OSError, RuntimeError) as error:
+        full = disk_full_error(
+            error, path, payload_bytes(payload), f"saving the checkpoint of step {ckpt.step}",
+            f"{path} still holds the previous checkpoint (if any): free space, then continue "
+            f"with --resume",
+        )  # fmt: skip
+        if full is None:
+            raise
+        raise full from error
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """Make `target` an atomic copy of the checkpoint `source` (a hard link where the file
+    system has them: no extra space, and replacing `source` later leaves `target` as it is)."""
+    source, target = Path(source), Path(target)
+    try:
+        with atomic_path(target) as tmp:
+            os.link(source, tmp)
+        return
+    except OSError as error:
+        if disk_full_cause(error) is None and error.errno not in LINK_UNSUPPORTED_ERRNOS:
+            raise
+    try:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    except OSError as error:
+        full = disk_full_error(
+            error, target, source.stat().st_size, f"copying the checkpoint {source}",
+            f"{target} still holds its previous content (if any)",
+        )  # fmt: skip
+        if full is None:
+            raise
+        raise full from error
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load with `weights_only=True`; a wrong file or format gets a message naming it."""
+    """Load with `weights_only=True` (no pickled code ever runs); a missing, unreadable,
+    damaged or foreign file raises `CheckpointError` with one line naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+        raise CheckpointError(f"no checkpoint at {path}")
+    # torch.save writes zip archives; refusing anything else keeps torch's legacy reader (which
+    # trusts sizes declared in the file) away from arbitrary bytes.
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    if not is_zip:
+        raise CheckpointError(
+            f"{path} is not a checkpoint (not a torch zip archive: truncated, damaged or another "
+            f"kind of file)"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (untrusted bytes: any failure means "unusable")
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(
+            f"{path} cannot be loaded safely as a checkpoint ({type(error).__name__}: "
+            f"{first_line[:200]})"
+        ) from None
     fmt = payload.pop("format", None) if isinstance(payload, dict) else None
     if fmt != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a nymeria-mvae checkpoint of format {CHECKPOINT_FORMAT} (found format {fmt!r})")
+        raise CheckpointError(
+            f"{path}: not a nymeria-mvae checkpoint of format {CHECKPOINT_FORMAT} (found format "
+            f"{fmt!r})"
+        )
+    expected = {f.name for f in fields(Checkpoint)}
+    if set(payload) != expected:
+        missing, extra = sorted(expected - set(payload)), sorted(set(payload) - expected)
+        raise CheckpointError(
+            f"{path}: checkpoint fields differ from format {CHECKPOINT_FORMAT} (missing "
+            f"{missing}, unexpected {extra}); it is damaged or from another version"
+        )
     return Checkpoint(**payload)

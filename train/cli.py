@@ -15,6 +15,7 @@ import click
 import torch
 from torch import nn
 
+from shared.diskspace import DiskFullError
 from shared.store import SPLITS, StoreError
 from train.config import Device, RunConfig, TrainConfig, field_docs, load_config_file
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
@@ -158,7 +159,7 @@ def fit(store_url: str, run_dir: Path, config_file: Path | None, resume: bool, *
         raise click.UsageError(str(e)) from e
     try:
         metrics = run_fit(config, store_url, run_dir, resume=resume)
-    except (StoreError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (StoreError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError, DiskFullError) as e:
         raise click.ClickException(str(e)) from e
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
@@ -181,9 +182,9 @@ _CKPT_OPTION = click.option(
     "--ckpt", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Checkpoint file, e.g. runs/NAME/checkpoints/best.pt.",
 )  # fmt: skip
-# Problems with the inputs (missing, incomplete or mismatched stores and checkpoints) are
-# reported as one-line errors; anything else keeps its traceback.
-_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+# Problems with the inputs (missing, incomplete, damaged or mismatched stores and checkpoints)
+# and a full disk are reported as one-line errors; anything else keeps its traceback.
+_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)
 
 
 @main.command("eval")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from shared.layout import field_of_dim
 from shared.provenance import git_revision, package_version
 from shared.store import FeatureStore, open_store
-from train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from train.checkpoint import Checkpoint, link_checkpoint, load_checkpoint, save_checkpoint
 from train.config import RunConfig, diff_configs
 from train.data import (
     Normalizer,
@@ -253,12 +253,20 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     )
 
-    def checkpoint(step: int, name: str = "last") -> None:
+    def checkpoint(step: int, is_best: bool = False) -> None:
+        # last.pt first: it is what --resume needs, so a disk with room for one more file
+        # spends it there; best.pt is then the same file (a hard link where possible).
         if info.is_main:
             save_checkpoint(
-                run_dir / "checkpoints" / f"{name}.pt",
-                Checkpoint.capture(model, optimizer, scheduler, step, best_val, config, store),
+                ckpt_path, Checkpoint.capture(model, optimizer, scheduler, step, best_val, config, store)
             )
+            if is_best:
+                link_checkpoint(ckpt_path, run_dir / "checkpoints" / "best.pt")
+
+    if resumed is None:
+        # A run is resumable from its first moment, and a disk too full for a checkpoint is
+        # found before any training time is spent (the model alone: optimizer state is empty).
+        checkpoint(0)
 
     last_val: dict[str, float] = {}
     wait_s = busy_s = 0.0
@@ -317,10 +325,11 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
                     model, store, val_index, val_windows, normalizer, device, cfg.batch_size, config.model.lambda_kl
                 )
                 log.write(done, last_val)
-                if last_val["val/total"] < best_val:
-                    best_val = last_val["val/total"]
-                    checkpoint(done, "best")
-            checkpoint(done)
+                is_best = last_val["val/total"] < best_val
+                best_val = min(best_val, last_val["val/total"])
+                checkpoint(done, is_best)
+            else:
+                checkpoint(done)
         bar.update(1)
     bar.close()
     log.close()

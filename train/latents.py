@@ -56,6 +56,7 @@ import zarr
 from tqdm import tqdm
 
 from shared.chunked_writer import ChunkedRowWriter
+from shared.diskspace import disk_full_error
 from shared.features import CanonicalFrame
 from shared.layout import FEATURE_DIM
 from shared.moments import Moments
@@ -124,14 +125,16 @@ def _refuse_existing(out: str | Path) -> FileExistsError:
 
 
 @contextmanager
-def _new_output_group(out: str | Path) -> Iterator[zarr.Group]:
+def _new_output_group(out: str | Path, needed_bytes: int) -> Iterator[zarr.Group]:
     """A new Zarr v3 group that becomes `out` when the block ends without an error; an existing
     store at `out` is never overwritten.
 
     Local `out`: the group lives in a sibling `<out>.partial-<pid>-<token>` directory, renamed
     to `out` after the block (which writes `complete` last); on any error, interrupts included,
-    the directory is removed and `out` is left untouched. Remote URL: written in place (no
-    atomic rename on object stores), so a failed run leaves an incomplete store at `out`.
+    the directory is removed and `out` is left untouched, and a full disk is reported as a
+    `DiskFullError` naming `out` and `needed_bytes` (roughly the arrays' size). Remote URL:
+    written in place (no atomic rename on object stores), so a failed run leaves an incomplete
+    store at `out`.
     """
     local = _local_path(out)
     if local is None:
@@ -149,8 +152,11 @@ def _new_output_group(out: str | Path) -> Iterator[zarr.Group]:
         if local.exists():  # created by someone else while we were writing
             raise _refuse_existing(out)
         os.rename(staging, local)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        full = disk_full_error(error, local, needed_bytes, f"writing {out}", "nothing was written")
+        if full is not None:
+            raise full from error
         raise
 
 
@@ -197,7 +203,8 @@ def encode_store(
     first_window = np.concatenate([[0], np.cumsum(num_windows)[:-1]]).astype(np.int64)
     total, K, L = int(num_windows.sum()), plans[0].latents_per_window, codec.model.config.latent_dim
 
-    with _new_output_group(out) as root:
+    arrays_bytes = total * K * L * 4 * (2 if logvar else 1)
+    with _new_output_group(out, arrays_bytes) as root:
         chunks = (min(WINDOW_CHUNK_ROWS, total), K, L)
         writer = ChunkedRowWriter(
             {name: root.create_array(name, shape=(total, K, L), dtype="float32", chunks=chunks)
@@ -354,13 +361,14 @@ def decode_store(
     num_frames = np.array([s.num_frames for s in sequences], dtype=np.int64)
     total = int(num_frames.sum())
 
-    with _new_output_group(out) as root:
+    if world:
+        shapes = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
+                  "joint_translation": (NUM_JOINTS, 3), "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
+    else:
+        shapes = {FEATURES: (FEATURE_DIM,)}
+    arrays_bytes = total * 4 * sum(int(np.prod(s)) for s in shapes.values())
+    with _new_output_group(out, arrays_bytes) as root:
         chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
-        if world:
-            shapes = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
-                      "joint_translation": (NUM_JOINTS, 3), "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
-        else:
-            shapes = {FEATURES: (FEATURE_DIM,)}
         writer = ChunkedRowWriter(
             {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s))
              for name, s in shapes.items()}
