@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +76,9 @@ class BuildRun:
     stage1_seconds: float  # until the per-file index exists
 
 
-def run_build(data: Path, out: Path, *extra: str, kill_at_fraction: float | None = None) -> BuildRun:
+def run_build(
+    data: Path, out: Path, *extra: str, kill_at_fraction: float | None = None
+) -> BuildRun:
     """One synchronous build in a subprocess, sampled; optionally SIGKILLed once its recorded
     progress passes `kill_at_fraction` of the frames."""
     paths = BuildPaths(out)
@@ -122,7 +123,9 @@ def run_build(data: Path, out: Path, *extra: str, kill_at_fraction: float | None
     stderr = process.stderr.read().decode()
     if kill_at_fraction is None and process.returncode != 0:
         raise RuntimeError(f"build failed ({process.returncode}): {stderr[-2000:]}")
-    return BuildRun(seconds, usage.ru_maxrss * 1024, peak["staging"], peak["results"], peak["stage1"])
+    return BuildRun(
+        seconds, usage.ru_maxrss * 1024, peak["staging"], peak["results"], peak["stage1"]
+    )
 
 
 _frames_cache: dict[Path, int] = {}
@@ -200,13 +203,14 @@ def main(argv: list[str] | None = None) -> None:
         half_frames = open_store(workdir / "half.zarr").num_frames
 
         killed_out = workdir / "killed.zarr"
-        killed = run_build(data, killed_out, kill_at_fraction=0.5)
+        run_build(data, killed_out, kill_at_fraction=0.5)
         left = BuildPaths(killed_out)
         meta, _ = decode_record(left.progress.read_bytes(), ())
         resumed = run_build(data, killed_out, "--resume")
 
     fps = stored_frames / full.seconds
-    rss_per_frame = (full.peak_rss_bytes - half.peak_rss_bytes) / max(stored_frames - half_frames, 1)
+    rss_growth = full.peak_rss_bytes - half.peak_rss_bytes
+    rss_per_frame = rss_growth / max(stored_frames - half_frames, 1)
     rss_base = full.peak_rss_bytes - rss_per_frame * stored_frames
     staging_pf = full.peak_staging_bytes / stored_frames
     results_pf = full.peak_results_bytes / stored_frames
@@ -237,10 +241,12 @@ def main(argv: list[str] | None = None) -> None:
           f"(before: a resume redid the whole feature stage)")  # fmt: skip
 
     hours = REAL_FRAMES / fps / 3600
-    print(f"\n## Extrapolation to the real dataset ({REAL_CLIPS:,} clips, {REAL_FRAMES / 1e6:.0f}M frames)")
-    print(f"build time: {hours:.1f} h on 1 core at {fps:.0f} frames/s (~{hours / 8:.1f} h on 8 workers "
-          f"if reading scales)")  # fmt: skip
-    print(f"peak memory of the build process: {(rss_base + rss_per_frame * REAL_FRAMES) / 1e9:.1f} GB")
+    real = f"{REAL_CLIPS:,} clips, {REAL_FRAMES / 1e6:.0f}M frames"
+    print(f"\n## Extrapolation to the real dataset ({real})")
+    print(f"build time: {hours:.1f} h on 1 core at {fps:.0f} frames/s (~{hours / 8:.1f} h on 8 "
+          f"workers if reading scales)")  # fmt: skip
+    peak_rss = rss_base + rss_per_frame * REAL_FRAMES
+    print(f"peak memory of the build process: {peak_rss / 1e9:.1f} GB")
     print(f"store: {store_pf * REAL_FRAMES / 1e9:.0f} GB; free space a build needs (its staging "
           f"peak, which becomes the store): {staging_pf * REAL_FRAMES / 1e9:.0f} GB (before: "
           f"{before_pf * REAL_FRAMES / 1e9:.0f} GB)")  # fmt: skip

@@ -816,7 +816,8 @@ def _write_stats(
     if moments.count == 0:
         raise BuildError("the train split has no frames; cannot compute normalisation stats")
     mean, std = moments.mean_std(config.std_floor)
-    stats = root.create_group(shared.store.STATS_GROUP, overwrite=True)  # a resumed build may redo it
+    # overwrite: a resumed build may have written them before it was stopped
+    stats = root.create_group(shared.store.STATS_GROUP, overwrite=True)
     for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
         array = stats.create_array(
             name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
@@ -885,7 +886,8 @@ def _write_store(
         for sequence, start, length in zip(plan.sequences, plan.starts, plan.lengths, strict=True)
     ]
     table = shared.store.table_to_json(records)
-    root.create_group(shared.store.SEQUENCES_GROUP, overwrite=True).attrs.update({shared.store.ATTR_TABLE: table})
+    sequences_group = root.create_group(shared.store.SEQUENCES_GROUP, overwrite=True)
+    sequences_group.attrs.update({shared.store.ATTR_TABLE: table})
     attrs = {
         **base_attrs,
         shared.store.ATTR_FPS: plan.fps,

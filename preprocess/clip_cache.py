@@ -9,9 +9,10 @@ more to load, which the build does twice per file.) A result is reused only whil
 file's size and mtime are unchanged; problems that depend on the machine rather than on the file
 (`RETRY_KINDS`) are retried.
 
-Once every file is read, `save_index` writes the small part of every result (the `meta` record and
-the timestamps) to one index file: a resumed build plans from it without opening the per-file
-results, which the build deletes as soon as the store holds their frames (see preprocess.build).
+Once every file is read, `save_index` writes the small part of every result (the `meta` record
+and the timestamps) to one index file: a resumed build plans from it without opening the
+per-file results, which the build deletes as soon as the store holds their frames (see
+preprocess.build).
 """
 
 from __future__ import annotations

@@ -66,9 +66,7 @@ def load_progress(path: Path, digest: str) -> FrameProgress | None:
             logger.info("the plan or settings changed since %s: rewriting every frame", path)
             return None
         moments = Moments(int(meta["moments_count"]), arrays["mean"].copy(), arrays["m2"].copy())
-        return FrameProgress(
-            digest, int(meta["rows_written"]), int(meta["next_sequence"]), moments
-        )
+        return FrameProgress(digest, int(meta["rows_written"]), int(meta["next_sequence"]), moments)
     except FileNotFoundError:
         return None
     except (OSError, DamagedResultError, KeyError, TypeError, ValueError) as error:
@@ -97,4 +95,3 @@ def _fsync(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from store_testing import content_files, synchronous_build
-from test_resume import REPO_ROOT, POLL_TIMEOUT_S, wait_for
+from test_resume import POLL_TIMEOUT_S, REPO_ROOT, wait_for
 
 from preprocess.build import BuildPaths
 from preprocess.cli import main
@@ -84,7 +84,9 @@ class Cluster:
                     raise
                 time.sleep(0.2)
 
-    def worker(self, *extra: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+    def worker(
+        self, *extra: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.start(*prefix, sys.executable, "-m", "distributed.cli.dask_worker", self.address,
                    "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", *extra, env=env)  # fmt: skip
 
@@ -111,7 +113,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def build_args(data: Path, out: Path, scheduler: str, *extra: str) -> list[str]:
-    return ["build", str(data), "--out", str(out), "--scheduler", scheduler, "--no-progress", *extra]
+    return [
+        "build",
+        str(data),
+        "--out",
+        str(out),
+        "--scheduler",
+        scheduler,
+        "--no-progress",
+        *extra,
+    ]
 
 
 def start_build(data: Path, out: Path, scheduler: str, *extra: str) -> subprocess.Popen:
@@ -127,7 +138,9 @@ def error_line(output: str) -> str:
     return line
 
 
-def test_an_address_without_a_scheduler_fails_in_seconds_and_leaves_nothing(synthetic_dataset, tmp_path, cluster):
+def test_an_address_without_a_scheduler_fails_in_seconds_and_leaves_nothing(
+    synthetic_dataset, tmp_path, cluster
+):
     out = tmp_path / "store.zarr"
     nothing = f"tcp://127.0.0.1:{free_port()}"
     port = free_port()  # the scheduler's dashboard would hang the Dask handshake the same way
@@ -135,7 +148,9 @@ def test_an_address_without_a_scheduler_fails_in_seconds_and_leaves_nothing(synt
     wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, "the HTTP server", http)
     for address in (nothing, f"tcp://127.0.0.1:{port}"):
         started = time.monotonic()
-        result = CliRunner().invoke(main, build_args(synthetic_dataset, out, address, "--connect-timeout", "2"))
+        result = CliRunner().invoke(
+            main, build_args(synthetic_dataset, out, address, "--connect-timeout", "2")
+        )
         assert time.monotonic() - started < 15
         assert result.exit_code == 1
         line = error_line(result.output)
@@ -143,10 +158,14 @@ def test_an_address_without_a_scheduler_fails_in_seconds_and_leaves_nothing(synt
         assert sorted(p.name for p in tmp_path.iterdir()) == []  # no STORE.build/, no lock
 
 
-def test_no_workers_fails_after_the_timeout_and_keeps_the_work(synthetic_dataset, tmp_path, cluster):
+def test_no_workers_fails_after_the_timeout_and_keeps_the_work(
+    synthetic_dataset, tmp_path, cluster
+):
     address = cluster.scheduler()
     out = tmp_path / "store.zarr"
-    result = CliRunner().invoke(main, build_args(synthetic_dataset, out, address, "--worker-timeout", "1"))
+    result = CliRunner().invoke(
+        main, build_args(synthetic_dataset, out, address, "--worker-timeout", "1")
+    )
     assert result.exit_code == 1
     assert f"the Dask scheduler {address} has had no worker for 1 s" in error_line(result.output)
 
@@ -154,7 +173,9 @@ def test_no_workers_fails_after_the_timeout_and_keeps_the_work(synthetic_dataset
     marker = tmp_path / "stalled"
     preload = tmp_path / "stall_preload.py"
     preload.write_text(STALL_PRELOAD)
-    cluster.worker("--no-nanny", "--preload", str(preload), env={"NYMERIA_TEST_STALL_MARKER": str(marker)})
+    cluster.worker(
+        "--no-nanny", "--preload", str(preload), env={"NYMERIA_TEST_STALL_MARKER": str(marker)}
+    )
     cluster.wait_for_workers(1)
     build = start_build(synthetic_dataset, out, address, "--worker-timeout", "2")
     try:
@@ -183,7 +204,9 @@ def test_a_task_that_kills_its_workers_names_its_files(synthetic_dataset, tmp_pa
     marker = tmp_path / "stalled"
     preload = tmp_path / "stall_preload.py"
     preload.write_text(STALL_PRELOAD)
-    cluster.worker("--preload", str(preload), env={"NYMERIA_TEST_STALL_MARKER": str(marker)})  # with a nanny
+    cluster.worker(
+        "--preload", str(preload), env={"NYMERIA_TEST_STALL_MARKER": str(marker)}
+    )  # with a nanny
     cluster.wait_for_workers(1)
     out = tmp_path / "store.zarr"
     build = start_build(synthetic_dataset, out, address)
@@ -196,19 +219,23 @@ def test_a_task_that_kills_its_workers_names_its_files(synthetic_dataset, tmp_pa
             build.kill()
     assert build.returncode == 1
     line = error_line(stderr)
-    assert "the Dask workers running the file" in line and ".h5" in line and "died repeatedly" in line, line
+    assert (
+        "the Dask workers running the file" in line and ".h5" in line and "died repeatedly" in line
+    ), line
     assert "rerun with --resume" in line and not out.exists()
 
 
 def test_a_worker_that_cannot_see_data_stops_the_build(synthetic_dataset, tmp_path, cluster):
     unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "-rm", "true"], capture_output=True).returncode:
+    if unshare is None or subprocess.run([unshare, "-rm", "true"], check=False, capture_output=True).returncode:
         pytest.skip("no unprivileged mount namespaces here to give a worker its own view of DATA")
     data = tmp_path / "data"
     shutil.copytree(synthetic_dataset, data)
     address = cluster.scheduler()
     # The worker's own mount namespace has an empty file system over DATA: a different mount.
-    cluster.worker(prefix=(unshare, "-rm", "sh", "-c", f'mount -t tmpfs tmpfs {data} && exec "$0" "$@"'))
+    cluster.worker(
+        prefix=(unshare, "-rm", "sh", "-c", f'mount -t tmpfs tmpfs {data} && exec "$0" "$@"')
+    )
     cluster.wait_for_workers(1)
     out = tmp_path / "store.zarr"
     result = CliRunner().invoke(main, build_args(data, out, address))

@@ -124,10 +124,13 @@ def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    step0 = last.stat().st_ino if last.exists() else None  # written before training starts
+    while last.exists() and last.stat().st_ino == step0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped_at = load_checkpoint(last).step
-    assert stopped_at < 150, "the run finished before it could be killed; make it longer"
+    assert 0 < stopped_at < 150, "the run finished before it could be killed; make it longer"
     subprocess.run([*cmd, *_fit_args(feature_store, killed, *common), "--resume"], check=True, capture_output=True, env=env)
 
     expected, resumed = _train_losses(reference), _train_losses(killed)

@@ -54,14 +54,16 @@ main(sys.argv[3:], prog_name="preprocess")
 """
 
 
-def _build(data: Path, out: Path, *extra: str, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+def _build(
+    data: Path, out: Path, *extra: str, limit_bytes: int | None = None
+) -> subprocess.CompletedProcess:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.run(
         [sys.executable, "-m", "preprocess", "build", str(data), "--out", str(out), "--scheduler",
          "synchronous", "--no-progress", *extra],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT, check=False, capture_output=True, text=True, timeout=120,
         preexec_fn=None if limit_bytes is None else limit,
     )  # fmt: skip
 
@@ -86,7 +88,9 @@ def test_disk_full_during_an_overwrite_keeps_the_old_store_and_resumes(synthetic
     assert full.returncode == 1
     line = _error_line(full.stderr)
     paths = BuildPaths(out)
-    assert line.startswith(f"error: building {out}: the file size limit (`ulimit -f`) was reached writing "), line
+    assert line.startswith(
+        f"error: building {out}: the file size limit (`ulimit -f`) was reached writing "
+    ), line
     assert str(paths.staging / "features") in line and "needs about" in line and "free now" in line
     assert f"{out} is untouched" in line and "rerun with --overwrite --resume" in line
     assert content_files(out) == old and open_store(out)  # the old store is intact and usable
@@ -108,7 +112,7 @@ def test_disk_full_during_an_overwrite_keeps_the_old_store_and_resumes(synthetic
 def test_build_into_a_full_file_system_is_one_line(synthetic_dataset, tmp_path):
     """ENOSPC itself: the build writes into a 1 MB tmpfs of its own mount namespace."""
     unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "-rm", "true"], capture_output=True).returncode:
+    if unshare is None or subprocess.run([unshare, "-rm", "true"], check=False, capture_output=True).returncode:
         pytest.skip("no unprivileged mount namespaces here (the EFBIG test covers the same path)")
     small = tmp_path / "small"
     small.mkdir()
@@ -117,11 +121,18 @@ def test_build_into_a_full_file_system_is_one_line(synthetic_dataset, tmp_path):
         f"{synthetic_dataset} --out {small / 'store.zarr'} --scheduler synchronous --no-progress"
     )
     result = subprocess.run(
-        [unshare, "-rm", "sh", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        [unshare, "-rm", "sh", "-c", script],
+        cwd=REPO_ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     line = _error_line(result.stderr)
-    assert line.startswith(f"error: building {small / 'store.zarr'}: no space left on device writing "), line
+    assert line.startswith(
+        f"error: building {small / 'store.zarr'}: no space left on device writing "
+    ), line
     assert "needs about" in line and "rerun with --resume" in line, line
 
 
@@ -131,12 +142,12 @@ def test_build_killed_while_writing_frames_resumes_there(synthetic_dataset, tmp_
     paths = BuildPaths(out)
     marker = tmp_path / "stalled"
     process = subprocess.Popen(
-        [sys.executable, "-c", STALLING_BUILD, "3", str(marker), "build", str(synthetic_dataset), "--out",
+        [sys.executable, "-c", STALLING_BUILD, "4", str(marker), "build", str(synthetic_dataset), "--out",
          str(out), "--scheduler", "synchronous", "--no-progress", "--chunk-frames", str(CHUNK_FRAMES)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(marker.exists, "the third progress record", process)
+        wait_for(marker.exists, "the fourth progress record", process)
     finally:
         kill(process)
     durable = {p: p.stat().st_mtime_ns for p in feature_chunk_files(paths.staging)}
@@ -150,7 +161,11 @@ def test_build_killed_while_writing_frames_resumes_there(synthetic_dataset, tmp_
     synchronous_build(synthetic_dataset, reference, chunk_frames=CHUNK_FRAMES)
     assert content_files(out) == content_files(reference)
     assert open_store(out).fingerprint == open_store(reference).fingerprint
-    rewritten = [p for p, mtime in durable.items() if (out / p.relative_to(paths.staging)).stat().st_mtime_ns != mtime]
+    rewritten = [
+        p
+        for p, mtime in durable.items()
+        if (out / p.relative_to(paths.staging)).stat().st_mtime_ns != mtime
+    ]
     assert not rewritten  # durable chunks were kept, not computed and written again
 
 
@@ -181,7 +196,9 @@ HOSTILE_ROOT_METADATA = {
     "a list": b"[1, 2]",
     "nested a million deep": b"[" * 1_000_000 + b"]" * 1_000_000,
     "attributes not a mapping": b'{"zarr_format": 3, "node_type": "group", "attributes": 5}',
-    "a 5000-digit number": b'{"zarr_format": 3, "node_type": "group", "attributes": {"fps": 1' + b"0" * 5000 + b"}}",
+    "a 5000-digit number": b'{"zarr_format": 3, "node_type": "group", "attributes": {"fps": 1'
+    + b"0" * 5000
+    + b"}}",
     "an array, not a group": b'{"zarr_format": 3, "node_type": "array"}',
 }
 
@@ -204,9 +221,15 @@ def test_damaged_or_hostile_root_metadata_is_one_line(synthetic_dataset, tmp_pat
         with pytest.raises(StoreError, match=str(store)):
             open_store(store)
         result = CliRunner().invoke(main, ["info", str(store)])
-        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (name, result.output)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (
+            name,
+            result.output,
+        )
         lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: ") and str(store) in lines[0], (name, lines)
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and str(store) in lines[0], (
+            name,
+            lines,
+        )
     table = tmp_path / "table.zarr"
     shutil.copytree(good, table)
     (table / "sequences" / "zarr.json").write_text(

@@ -50,26 +50,25 @@ def _hostile_checkpoints(tmp_path: Path) -> dict[str, Path]:
     for name, data in files.items():
         paths[name] = tmp_path / f"{name.replace(' ', '_')}.pt"
         paths[name].write_bytes(data)
-    # A real torch zip archive whose pickle would run code.
-    paths["zip whose pickle runs code"] = tmp_path / "evil_zip.pt"
-    with zipfile.ZipFile(good) as source, zipfile.ZipFile(paths["zip whose pickle runs code"], "w") as evil:
-        for item in source.namelist():
-            data = source.read(item)
-            if item.endswith("data.pkl"):
-                data = pickle.dumps({"format": 1, "x": _RunsCode(marker)}, protocol=2)
-            evil.writestr(item, data)
-    paths["zip with a short tensor"] = tmp_path / "short_tensor.pt"
-    with zipfile.ZipFile(good) as source, zipfile.ZipFile(paths["zip with a short tensor"], "w") as short:
-        for item in source.namelist():
-            data = source.read(item)
-            short.writestr(item, data[:100] if item.endswith("data/0") else data)
+    evil_pickle = pickle.dumps({"format": 1, "x": _RunsCode(marker)}, protocol=2)
+    edits = {  # real torch zip archives with one member replaced
+        "zip whose pickle runs code": lambda item, data: evil_pickle if item.endswith("data.pkl") else data,
+        "zip with a short tensor": lambda item, data: data[:100] if item.endswith("data/0") else data,
+    }
+    for name, edit in edits.items():
+        paths[name] = tmp_path / f"{name.replace(' ', '_')}.pt"
+        with zipfile.ZipFile(good) as source, zipfile.ZipFile(paths[name], "w") as edited:
+            for item in source.namelist():
+                edited.writestr(item, edit(item, source.read(item)))
     paths["other format"] = tmp_path / "other_format.pt"
     torch.save({"format": 7}, paths["other format"])
     paths["fields missing"] = good  # format 1, but not a Checkpoint's fields
     return paths
 
 
-def test_damaged_or_hostile_checkpoints_are_one_line_errors_and_never_run_code(feature_store, tmp_path):
+def test_damaged_or_hostile_checkpoints_are_one_line_errors_and_never_run_code(
+    feature_store, tmp_path
+):
     expected = {
         "garbage": "not a checkpoint", "empty": "not a checkpoint", "truncated": "not a checkpoint",
         "legacy pickle that runs code": "not a checkpoint", "json": "not a checkpoint",
@@ -81,11 +80,23 @@ def test_damaged_or_hostile_checkpoints_are_one_line_errors_and_never_run_code(f
         with pytest.raises(CheckpointError, match=expected[name]):
             load_checkpoint(path)
         result = CliRunner().invoke(
-            main, ["eval", "--ckpt", str(path), "--store", str(feature_store), "--out", str(tmp_path / "eval")]
+            main,
+            [
+                "eval",
+                "--ckpt",
+                str(path),
+                "--store",
+                str(feature_store),
+                "--out",
+                str(tmp_path / "eval"),
+            ],
         )
         assert result.exit_code == 1, (name, result.output)
         lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: ") and str(path) in lines[0], (name, lines)
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and str(path) in lines[0], (
+            name,
+            lines,
+        )
         assert expected[name] in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / SIDE_EFFECT).exists()
 
@@ -99,7 +110,8 @@ def _limited(limit_bytes: int):
 
 def _run(args: list[str], limit_bytes: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "train", *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "train", *args], check=False, capture_output=True, text=True,
+        timeout=300,
         preexec_fn=None if limit_bytes is None else _limited(limit_bytes),
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
@@ -111,7 +123,9 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_disk_full_at_the_first_checkpoint_keeps_the_run_and_encode_leaves_nothing(feature_store, tmp_path):
+def test_disk_full_at_the_first_checkpoint_keeps_the_run_and_encode_leaves_nothing(
+    feature_store, tmp_path
+):
     run = tmp_path / "run"
     fit = ["fit", "--store", str(feature_store), "--out", str(run), "--num-workers", "0", "--val-windows", "4",
            *TINY_MODEL, "--steps", "6", "--val-every", "3", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
@@ -136,10 +150,24 @@ def test_disk_full_at_the_first_checkpoint_keeps_the_run_and_encode_leaves_nothi
         assert best.samefile(last)  # a hard link: no second copy on disk
 
     out = tmp_path / "latents.zarr"
-    encode = ["encode", "--ckpt", str(last), "--store", str(feature_store), "--out", str(out), "--device", "cpu"]
+    encode = [
+        "encode",
+        "--ckpt",
+        str(last),
+        "--store",
+        str(feature_store),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     failed = _run(encode, limit_bytes=20_000)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
     (line,) = _error_lines(failed.stderr)
-    assert line.startswith(f"Error: writing {out}: the file size limit (`ulimit -f`) was reached"), line
+    assert line.startswith(
+        f"Error: writing {out}: the file size limit (`ulimit -f`) was reached"
+    ), line
     assert "needs about" in line and "nothing was written" in line
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # neither out nor its partial directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run"
+    ]  # neither out nor its partial directory
