@@ -4,7 +4,8 @@
                                        --train-steps 12 --chunks 4000 --chunk-frames 64]
 
 Rates are windows per CPU-second of this process (`time.process_time`): "on one core", and
-steadier than wall time on a machine shared with other work.
+steadier than wall time on a machine shared with other work; memcpy and ours are timed in
+alternating bursts, so a change in the machine's load hits both alike.
 
 Small store (default 8192-frame chunks, a few chunks per array), side by side in one run, each
 a median over repeats:
@@ -58,16 +59,28 @@ BATCH = 32
 TARGET_WINDOWS_PER_S = 30_000
 
 
+def _burst(read_batch: Callable[[int], object], seconds: float, first_batch: int) -> float:
+    """Windows per CPU-second of `read_batch` over about `seconds` of CPU time."""
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
+        read_batch(first_batch + n)
+        n += 1
+    return n * BATCH / (time.process_time() - t0)
+
+
 def windows_per_s(read_batch: Callable[[int], object], seconds: float, repeats: int = 5) -> float:
     """Median windows per CPU-second over `repeats` bursts of about `seconds / repeats` each."""
-    rates = []
+    return statistics.median(_burst(read_batch, seconds / repeats, r * 1_000_000) for r in range(repeats))
+
+
+def interleaved_rates(readers: dict[str, Callable[[int], object]], seconds: float, repeats: int = 5) -> dict[str, float]:
+    """`windows_per_s` of each reader, with their bursts taken in turns, so a change in the
+    shared machine's load hits every reader alike."""
+    rates: dict[str, list[float]] = {name: [] for name in readers}
     for r in range(repeats):
-        n, t0 = 0, time.process_time()
-        while time.process_time() - t0 < seconds / repeats:
-            read_batch(r * 1_000_000 + n)
-            n += 1
-        rates.append(n * BATCH / (time.process_time() - t0))
-    return statistics.median(rates)
+        for name, read_batch in readers.items():
+            rates[name].append(_burst(read_batch, seconds / repeats, r * 1_000_000))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def print_rates(title: str, rates: dict[str, float], ours: str) -> None:
@@ -138,8 +151,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
         reference_pass(data, files[k : k + BATCH])
 
     rates = {
-        "memcpy (ceiling)": windows_per_s(memcpy, args.seconds),
-        "ours: read_windows (memmap)": windows_per_s(ours, args.seconds),
+        **interleaved_rates({"memcpy (ceiling)": memcpy, "ours: read_windows (memmap)": ours}, args.seconds),
         "zarr.Array slicing": windows_per_s(via_zarr, min(args.seconds, 2.0), repeats=3),
         "reference: h5py clip + torch features": windows_per_s(reference, min(args.seconds, 3.0), repeats=3),
     }
@@ -184,17 +196,16 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     )  # fmt: skip
     one = WindowIndex(index.sequences[:1], WINDOW_FRAMES)
     one_chunks = -(-index.sequences[0].length // features.chunk_frames)
-    rates = {
-        "memcpy of the same windows (ceiling)": windows_per_s(memcpy_reader(store, index), args.seconds),
-        f"ours: {features.num_chunks} chunks, every map kept": windows_per_s(
-            lambda i: read_windows(store, index, index.sample(0, 0, i, BATCH)), args.seconds),
-        f"ours, windows within {one_chunks} chunks (1 sequence)": windows_per_s(
-            lambda i: read_windows(store, one, one.sample(0, 0, i, BATCH)), args.seconds),
-        "previous: evicting cache of 256 maps": windows_per_s(
-            lambda i: read_windows(evicting, index, index.sample(0, 0, i, BATCH)), min(args.seconds, 2.0), repeats=3),
-    }  # fmt: skip
-    print_rates(f"loader at {features.num_chunks} chunks x {features.chunk_frames} frames", rates,
-                f"ours: {features.num_chunks} chunks, every map kept")  # fmt: skip
+    ours = f"ours: {features.num_chunks} chunks, every map kept"
+    rates = interleaved_rates({
+        "memcpy of the same windows (ceiling)": memcpy_reader(store, index),
+        ours: lambda i: read_windows(store, index, index.sample(0, 0, i, BATCH)),
+        f"ours, windows within {one_chunks} chunks (1 sequence)": lambda i: read_windows(store, one, one.sample(0, 0, i, BATCH)),
+    }, args.seconds)  # fmt: skip
+    rates["previous: evicting cache of 256 maps"] = windows_per_s(
+        lambda i: read_windows(evicting, index, index.sample(0, 0, i, BATCH)), min(args.seconds, 2.0), repeats=3
+    )
+    print_rates(f"loader at {features.num_chunks} chunks x {features.chunk_frames} frames", rates, ours)
 
 
 def _data_wait(store_path: Path, run: Path, steps: int) -> None:

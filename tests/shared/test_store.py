@@ -295,10 +295,13 @@ def test_check_chunks_on_a_compressed_store_and_a_v1_array(tmp_path):
         "bytes changed after they were written)"
     ]
     root = zarr.open_group(path, mode="r+")
-    root.create_array("extra", shape=(3,), dtype="f4", compressors=None)[:] = 1
-    assert "array extra has no crc32c checksums (codecs ['bytes'])" in shared.store.check_chunks(
+    stats = root[shared.store.STATS_GROUP]
+    stats.create_array(shared.store.STATS_STD, shape=(FEATURE_DIM,), dtype="f8", compressors=None, overwrite=True)[:] = 1
+    assert "array stats/std has no crc32c checksums (codecs ['bytes'])" in shared.store.check_chunks(
         path, deep=False
     )
+    del root[shared.store.CONTACT]
+    assert "array contact is missing" in shared.store.check_chunks(path, deep=False)
     assert shared.store.check_chunks(tmp_path / "nothing.zarr", deep=False) == [
         f"no Zarr store at {tmp_path / 'nothing.zarr'}"
     ]
@@ -330,7 +333,7 @@ def test_file_url_through_fsspec(store_path):
     assert remote.fingerprint == mapped.fingerprint == open_store(path).fingerprint
 
 
-def test_check_chunks_on_a_listed_remote_store(store_path):
+def test_check_chunks_on_a_listed_remote_store(store_path, monkeypatch):
     import fsspec
 
     path, _ = store_path
@@ -342,12 +345,20 @@ def test_check_chunks_on_a_listed_remote_store(store_path):
         fs.rm(f"{remote}/contact/c/2/0")
         fs.pipe(f"{remote}/features/c/0/0", b"short")
         assert shared.store.check_chunks(url, deep=False) == [
-            "contact chunk 2 (file contact/c/2/0, frames 32-47): missing",
             f"features chunk 0 (file features/c/0/0, frames 0-15): 5 bytes, expected "
             f"{CHUNK_FRAMES * FEATURE_DIM * 4 + shared.store.CHECKSUM_BYTES}",
+            "contact chunk 2 (file contact/c/2/0, frames 32-47): missing",
         ]
-        with pytest.raises(StoreError, match=r"is damaged: contact chunk 2 .* verify memory://"):
+        with pytest.raises(StoreError, match=r"is damaged: features chunk 0 .* verify memory://"):
             open_store(url)
+        listed = shared.store.check_chunks(url, deep=False)
+
+        def cannot_list(*args, **kwargs):
+            raise NotImplementedError("this server lists nothing")  # as some HTTP servers
+
+        with monkeypatch.context() as patched:
+            patched.setattr(fs, "find", cannot_list)
+            assert shared.store.check_chunks(url, deep=False) == listed  # a size request each
     finally:
         fs.rm(remote, recursive=True)
 
