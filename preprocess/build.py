@@ -681,7 +681,11 @@ def _open_staging(
     if done is not None:
         try:
             root = zarr.open_group(paths.staging, mode="r+", zarr_format=3)
-            arrays = {name: root[name] for name in shared.store.FRAME_ARRAYS}
+            # The config is not stored with an array: without it, zarr would skip all-zero chunks.
+            arrays = {
+                name: root[name].with_config(shared.store.ARRAY_CONFIG)
+                for name in shared.store.FRAME_ARRAYS
+            }
             if all(a.shape[0] == plan.num_frames for a in arrays.values()):
                 logger.info(
                     "continuing the store in %s at frame %d of %d (sequence %d of %d)",

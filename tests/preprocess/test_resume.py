@@ -12,10 +12,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from store_testing import cli_build, content_files, root_attrs, synchronous_build
+from store_testing import (
+    cli_build,
+    content_files,
+    read_raw,
+    root_attrs,
+    synchronous_build,
+    write_variant,
+)
 
 import shared.store
+from preprocess import nymeria_format
 from preprocess.build import BuildPaths
 from preprocess.clip_cache import ClipCache
 from preprocess.read_clip import read_clip
@@ -146,6 +155,36 @@ def test_build_that_fails_while_writing_resumes_with_its_first_created_time(
     assert attrs[shared.store.ATTR_CREATED] == created
     assert "resume" not in attrs[shared.store.ATTR_BUILD_CONFIG]
     open_store(out)
+
+
+def test_resumed_frame_writing_keeps_writing_all_zero_chunks(
+    synthetic_dataset: Path, tmp_path: Path, monkeypatch
+):
+    """Zarr skips chunks that hold only the fill value unless told otherwise, and that setting is
+    not stored with an array: a resumed stage 3 must set it again, or the store misses chunks."""
+    import preprocess.build
+
+    data = tmp_path / "no_contact"
+    for clip in sorted(synthetic_dataset.glob("*.h5")):
+        frames = len(read_raw(clip)[nymeria_format.KEY_TIMESTAMP_NS])
+        zeros = np.zeros((frames, shared.store.NUM_CONTACTS), np.float32)
+        write_variant(clip, data / clip.name, {nymeria_format.KEY_CONTACT_INFORMATION: zeros})
+    out = tmp_path / "store.zarr"
+    save, saved = preprocess.build.save_progress, []
+
+    def save_then_die(path: Path, progress: object) -> None:
+        save(path, progress)
+        saved.append(path)
+        if len(saved) == 3:
+            raise RuntimeError("killed while writing frames")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(preprocess.build, "save_progress", save_then_die)
+        with pytest.raises(RuntimeError, match="killed while writing frames"):
+            synchronous_build(data, out, chunk_frames=256)
+    synchronous_build(data, out, chunk_frames=256, resume=True)
+    assert shared.store.check_chunks(out, deep=True) == []
+    np.testing.assert_array_equal(open_store(out).contact[:], 0)
 
 
 @pytest.mark.slow
