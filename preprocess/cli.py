@@ -248,6 +248,10 @@ def info_command(store: str, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 @main.command("verify")
 @click.argument("store")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -264,7 +268,7 @@ def verify_command(
     """Check every chunk of STORE (checksum, finite values), its metadata and its stats; with
     --data also recompute sampled sequences from the source files. Exit 1 on any problem."""
     problems = check_chunks(store, deep=True, progress=progress)
-    click.echo(f"checked every chunk's checksum and values: {len(problems)} problems")
+    click.echo(f"checked every chunk's checksum and values: {_count(len(problems), 'problem')}")
     try:
         opened = open_store(store, check_chunk_files=False)  # checked just now, in depth
     except StoreError as error:
@@ -280,7 +284,7 @@ def verify_command(
     for problem in problems:
         click.echo(f"PROBLEM {problem}", err=True)
     if problems:
-        click.echo(f"verify failed: {len(problems)} problems", err=True)
+        click.echo(f"verify failed: {_count(len(problems), 'problem')}", err=True)
         sys.exit(1)
     sources = " and matches its sources" if data is not None else ""
     click.echo(f"verify passed: every chunk, the metadata and the stats are intact{sources}")

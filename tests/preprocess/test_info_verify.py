@@ -180,7 +180,7 @@ def test_nan_written_into_a_chunk_fails_verify_naming_the_chunk(built, tmp_path:
         f"PROBLEM features chunk 1 (file features/c/1/0, frames {first}-{first + CHUNK_FRAMES - 1}"
         f"): checksum mismatch" in result.output
     )
-    assert "verify failed: 1 problems" in result.output
+    assert "verify failed: 1 problem\n" in result.output
     # Written with a valid checksum (as a faulty build would): the finiteness check names it.
     features = zarr.open_group(out, mode="r")[shared.store.FEATURES][first : first + CHUNK_FRAMES]
     features[7, 20] = np.inf
