@@ -555,8 +555,8 @@ def _describe_read_task(args: tuple) -> str:
     return f"the file{'s' if len(files) > 1 else ''} {shown}"
 
 
-def _compressors(compression: str) -> tuple:
-    return shared.store.store_compressors(ZSTD_LEVEL if compression == "zstd" else None)
+def _zstd_level(compression: str) -> int | None:
+    return ZSTD_LEVEL if compression == "zstd" else None
 
 
 @dataclass(frozen=True)
@@ -631,17 +631,15 @@ def _create_frame_arrays(
     root: zarr.Group, num_frames: int, config: BuildConfig
 ) -> dict[str, zarr.Array]:
     C = config.chunk_frames
-    compressors = _compressors(config.compression)
     specs = {
         shared.store.FEATURES: ((FEATURE_DIM,), "float32", ("frame", "feature")),
         shared.store.TIMESTAMP_NS: ((), "int64", ("frame",)),
         shared.store.CONTACT: ((shared.store.NUM_CONTACTS,), "float32", ("frame", "contact")),
     }
     return {
-        name: root.create_array(
-            name, shape=(num_frames, *row), chunks=(C, *row), dtype=dtype,
-            compressors=compressors, fill_value=0, dimension_names=dims,
-            config=shared.store.ARRAY_CONFIG,
+        name: shared.store.create_store_array(
+            root, name, shape=(num_frames, *row), chunks=(C, *row), dtype=dtype,
+            dimension_names=dims, zstd_level=_zstd_level(config.compression),
         )  # fmt: skip
         for name, (row, dtype, dims) in specs.items()
     }
@@ -823,10 +821,9 @@ def _write_stats(
     # overwrite: a resumed build may have written them before it was stopped
     stats = root.create_group(shared.store.STATS_GROUP, overwrite=True)
     for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
-        array = stats.create_array(
-            name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
-            compressors=shared.store.store_compressors(), fill_value=0.0,
-            dimension_names=("feature",), config=shared.store.ARRAY_CONFIG,
+        array = shared.store.create_store_array(
+            stats, name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
+            dimension_names=("feature",), fill_value=0.0,
         )  # fmt: skip
         array[:] = values
     stats.attrs.update(

@@ -28,7 +28,10 @@ from preprocess.split import parse_fractions
 from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES
 from preprocess.stitch import DEFAULT_MAX_FILL_FRAMES, STITCH_TOLERANCE_PERIODS
 from preprocess.verify import verify_sequences, verify_stats
+from shared.cli_types import STORE, storage_options_option
+from shared.remote import MissingExtraError, is_url
 from shared.store import StoreError, check_chunks, open_store
+from shared.transfer import DEFAULT_JOBS, TransferError, TransferSummary, transfer
 
 
 @click.group()
@@ -165,8 +168,9 @@ def _echo_summary(summary: BuildSummary) -> None:
 
 @main.command("build")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
-              help="Store to write (local directory), e.g. data/nymeria.zarr.")
+@click.option("--out", "out", type=STORE, required=True,
+              help="Store to write (local directory), e.g. data/nymeria.zarr; share it with "
+                   "`push`.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes of the local Dask cluster [default: CPU cores].")
 @click.option("--scheduler", default=None, metavar="ADDRESS|synchronous",
@@ -224,6 +228,14 @@ def build_command(progress: bool, **options: object) -> None:
     status 1 when no file is usable, with --strict when any file is not, and when the
     environment stops the build (full disk, unreachable cluster, workers that cannot see DATA).
     """
+    out = options["out"]
+    if is_url(out):
+        raise click.BadParameter(
+            f"a build writes a local directory, not {out}: build locally, then copy it: "
+            f"`python -m preprocess build DATA --out data/store.zarr` and "
+            f"`python -m preprocess push data/store.zarr {out}`",
+            param_hint="--out",
+        )
     config = BuildConfig(**options)
     click.echo(f"building {config.out} from {config.data} ({describe_executor(config)})", err=True)
     try:
@@ -236,12 +248,13 @@ def build_command(progress: bool, **options: object) -> None:
 
 
 @main.command("info")
-@click.argument("store")
+@click.argument("store", type=STORE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def info_command(store: str, as_json: bool) -> None:
+@storage_options_option
+def info_command(store: str | Path, as_json: bool, storage_options: dict | None) -> None:
     """Describe the feature store STORE (a path or an fsspec URL)."""
     try:
-        opened = open_store(store)
+        opened = open_store(store, storage_options=storage_options)
     except StoreError as error:
         raise click.ClickException(str(error)) from None
     info = store_info(opened)
@@ -253,7 +266,7 @@ def _count(n: int, noun: str) -> str:
 
 
 @main.command("verify")
-@click.argument("store")
+@click.argument("store", type=STORE)
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None,
               help="The clip files the store was built from: also recompute sampled sequences.")
@@ -262,15 +275,24 @@ def _count(n: int, noun: str) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sequence sample.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar on stderr.")
+@storage_options_option
 def verify_command(
-    store: str, data: Path | None, sample: int, seed: int, progress: bool
-) -> None:
+    store: str | Path, data: Path | None, sample: int, seed: int, progress: bool,
+    storage_options: dict | None,
+) -> None:  # fmt: skip
     """Check every chunk of STORE (checksum, finite values), its metadata and its stats; with
     --data also recompute sampled sequences from the source files. Exit 1 on any problem."""
-    problems = check_chunks(store, deep=True, progress=progress)
+    try:
+        problems = check_chunks(
+            store, deep=True, progress=progress, storage_options=storage_options
+        )
+    except MissingExtraError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"checked every chunk's checksum and values: {_count(len(problems), 'problem')}")
     try:
-        opened = open_store(store, check_chunk_files=False)  # checked just now, in depth
+        opened = open_store(  # chunks checked just now, in depth
+            store, check_chunk_files=False, storage_options=storage_options
+        )
     except StoreError as error:
         problems.append(str(error))
         opened = None
@@ -288,3 +310,87 @@ def verify_command(
         sys.exit(1)
     sources = " and matches its sources" if data is not None else ""
     click.echo(f"verify passed: every chunk, the metadata and the stats are intact{sources}")
+
+
+# --- sharing ----------------------------------------------------------------------------------
+
+_TRANSFER_ERRORS = (StoreError, TransferError, MissingExtraError, OSError)
+_jobs_option = click.option(
+    "--jobs", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
+    help="Objects copied at the same time.",
+)  # fmt: skip
+_overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace another store (or other files) at the destination."
+)
+_progress_option = click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
+)
+
+
+def _run_transfer(**arguments: object) -> TransferSummary:
+    try:
+        return transfer(**arguments)
+    except _TRANSFER_ERRORS as error:
+        raise click.ClickException(f"{type(error).__name__}: {error}" if isinstance(
+            error, OSError) else str(error)) from None  # fmt: skip
+
+
+def _echo_transfer(summary: TransferSummary) -> None:
+    reencoded = (
+        f"; re-encoded as raw chunks: {', '.join(summary.reencoded_arrays)}"
+        if summary.reencoded_arrays else ""
+    )  # fmt: skip
+    click.echo(
+        f"copied {summary.source} -> {summary.destination}: {summary.copied_objects} objects "
+        f"({summary.copied_bytes / 1e6:.1f} MB) copied, {summary.kept_objects} kept from an "
+        f"earlier run{reencoded}; every chunk verified, fingerprint {summary.fingerprint[:16]}"
+    )
+
+
+@main.command("push")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("url", type=STORE)
+@storage_options_option
+@_jobs_option
+@_overwrite_option
+@_progress_option
+def push_command(
+    store: Path, url: str | Path, storage_options: dict | None, jobs: int, overwrite: bool,
+    progress: bool,
+) -> None:  # fmt: skip
+    """Copy the complete store STORE to URL (s3://, gs://, file:// or a path), byte for byte.
+
+    Objects are copied in parallel, the root metadata (with `complete`) last; a killed push
+    continues where it stopped when run again (objects already there with the right size and
+    checksum are kept). The copy is verified at the end: every chunk's checksum, then the
+    fingerprint. http(s) is read-only.
+    """
+    _echo_transfer(_run_transfer(
+        source=store, destination=url, destination_options=storage_options, jobs=jobs,
+        overwrite=overwrite, progress=progress,
+    ))  # fmt: skip
+
+
+@main.command("pull")
+@click.argument("url", type=STORE)
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--decompress/--keep-compression", default=True, show_default=True,
+              help="Re-encode compressed arrays (a --compression zstd store) as raw chunks the "
+                   "trainer memory-maps; a raw store is copied as it is either way.")
+@storage_options_option
+@_jobs_option
+@_overwrite_option
+@_progress_option
+def pull_command(
+    url: str | Path, dest: Path, decompress: bool, storage_options: dict | None, jobs: int,
+    overwrite: bool, progress: bool,
+) -> None:  # fmt: skip
+    """Copy the complete store at URL (s3://, gs://, http(s)://, file://) to the directory DEST.
+
+    As `push`, resumable and verified; by default compressed arrays arrive as raw,
+    memory-mappable chunks (the fingerprint is unchanged: it covers content, not codecs).
+    """
+    _echo_transfer(_run_transfer(
+        source=url, destination=dest, source_options=storage_options, decompress=decompress,
+        jobs=jobs, overwrite=overwrite, progress=progress,
+    ))  # fmt: skip

@@ -59,6 +59,7 @@ from tqdm import tqdm
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
 from shared.layout import FEATURE_DIM, field_of_dim, layout_description
+from shared.remote import MissingExtraError, filesystem, missing_extra_message
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,27 @@ def store_compressors(zstd_level: int | None = None) -> tuple:
     C-order array followed by 4 checksum bytes (memory-mappable from offset 0)."""
     compression = () if zstd_level is None else (ZstdCodec(level=zstd_level),)
     return (*compression, Crc32cCodec())
+
+
+def create_store_array(
+    parent: zarr.Group,
+    name: str,
+    *,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    dimension_names: Sequence[str] | None,
+    zstd_level: int | None = None,
+    fill_value: Any = 0,
+    overwrite: bool = False,
+) -> zarr.Array:
+    """Create an array of a store: the one place that sets codecs and array config, used by the
+    build and by `pull` when it re-encodes a compressed array as raw chunks."""
+    return parent.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, compressors=store_compressors(zstd_level),
+        fill_value=fill_value, dimension_names=dimension_names, config=ARRAY_CONFIG,
+        overwrite=overwrite,
+    )  # fmt: skip
 
 
 class StoreError(ValueError):
@@ -460,6 +482,12 @@ def _raw_checksum_bytes(array: zarr.Array) -> int | None:
     return CHECKSUM_BYTES * len(rest)
 
 
+def has_raw_chunks(array: zarr.Array) -> bool:
+    """True when every chunk file of `array` is its raw C-order chunk (plus checksum bytes): what
+    `memmap_array` maps once the array is local."""
+    return _raw_checksum_bytes(array) is not None
+
+
 def _local_dir(array: zarr.Array) -> Path | None:
     """Directory of `array` on the local file system, or None for remote stores."""
     store = array.store
@@ -521,7 +549,7 @@ def _chunks_of(path: str, array: zarr.Array) -> list[_Chunk]:
     return chunks
 
 
-def _encoded_chunk_nbytes(array: zarr.Array) -> int | None:
+def encoded_chunk_nbytes(array: zarr.Array) -> int | None:
     """Size of every chunk file of `array` when its codecs fix it (raw, crc32c), else None."""
     checksum_bytes = _raw_checksum_bytes(array)
     if checksum_bytes is None:
@@ -613,9 +641,9 @@ def _chunk_problems(
         if not _has_checksums(array)
     ]
     chunks = [chunk for path, array in arrays.items() for chunk in _chunks_of(path, array)]
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, root = filesystem(url, storage_options)
     sizes = _file_sizes(fs, root, [c.key for c in chunks])
-    expected_nbytes = {path: _encoded_chunk_nbytes(array) for path, array in arrays.items()}
+    expected_nbytes = {path: encoded_chunk_nbytes(array) for path, array in arrays.items()}
     present = []
     for chunk in chunks:
         size, expected = sizes.get(chunk.key), expected_nbytes[chunk.array]
@@ -656,6 +684,8 @@ def check_chunks(
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
     except FileNotFoundError:
         return [f"no Zarr store at {_display_path(url)}"]
+    except ImportError as error:
+        raise MissingExtraError(missing_extra_message(url, error)) from None
     return _chunk_problems(
         group, url, deep=deep, progress=progress, storage_options=storage_options
     )
@@ -914,6 +944,8 @@ def open_store(
         return FeatureStore(url, group, memory_map, storage_options, check_chunk_files)
     except StoreError:
         raise
+    except ImportError as error:
+        raise StoreError(missing_extra_message(url, error)) from None
     except FileNotFoundError:
         raise StoreError(
             f"no Zarr store at {_display_path(url)}; build one with "

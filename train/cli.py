@@ -15,8 +15,11 @@ import click
 import torch
 from torch import nn
 
+from shared.cli_types import STORE, storage_options_option
 from shared.diskspace import DiskFullError
+from shared.remote import MissingExtraError
 from shared.store import SPLITS, StoreError
+from shared.transfer import TransferError, cached_store
 from train.config import Device, RunConfig, TrainConfig, field_docs, load_config_file
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
 from train.fit import TrainingDiverged
@@ -127,18 +130,50 @@ def _resolve(cls: type, f: dataclasses.Field) -> Any:
     return typing.get_type_hints(cls)[f.name]
 
 
+def _store_options(**store_kwargs: Any) -> Callable:
+    """--store PATH|URL, --cache-dir, --storage-options: a URL is copied once into the cache."""
+    options = (
+        click.option("--store", "store_url", type=STORE, **store_kwargs),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Where a --store URL is copied once (one directory per store "
+                          "fingerprint, reused while it verifies) and memory-mapped from "
+                          "[default: $NYMERIA_MVAE_CACHE, else ~/.cache/nymeria-mvae/stores]."),
+        storage_options_option,
+    )  # fmt: skip
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _local_store(store_url: str | Path, cache_dir: Path | None, storage_options: dict | None) -> str | Path:
+    """The store to open: a path as given, a URL's local copy (pulled on first use)."""
+    try:
+        return cached_store(
+            store_url, cache_dir, storage_options, progress=os.environ.get("RANK", "0") == "0"
+        )
+    except (StoreError, TransferError, MissingExtraError, OSError) as error:
+        raise click.ClickException(f"--store {store_url}: {error}") from None
+
+
 @main.command()
-@click.option("--store", "store_url", default="data/nymeria.zarr", show_default=True,
-              help="Feature store (local path or fsspec URL) built by `python -m preprocess build`.")
+@_store_options(default="data/nymeria.zarr", show_default=True,
+                help="Feature store (local path or fsspec URL) built by `python -m preprocess build`.")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run directory: config, metrics, checkpoints, pictures.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON or TOML file with `model` and `train` sections; options given here win.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @_config_options
-def fit(store_url: str, run_dir: Path, config_file: Path | None, resume: bool, **options: Any) -> None:
+def fit(
+    store_url: str | Path, cache_dir: Path | None, storage_options: dict | None, run_dir: Path,
+    config_file: Path | None, resume: bool, **options: Any,
+) -> None:  # fmt: skip
     """Train the motion VAE on the store's train split (also under `torchrun --nproc_per_node=N`)."""
-    if "://" not in store_url and not Path(store_url).exists():
+    if isinstance(store_url, Path) and not store_url.exists():
         raise click.UsageError(
             f"no feature store at {store_url}. Build one first: `make preprocess DATA=/path/to/hdf5 "
             f"STORE={store_url}` (or `python -m preprocess build DATA --out {store_url}`); "
@@ -157,8 +192,9 @@ def fit(store_url: str, run_dir: Path, config_file: Path | None, resume: bool, *
         config = RunConfig.from_dict(base, source=str(config_file or "options"))
     except (ValueError, TypeError) as e:
         raise click.UsageError(str(e)) from e
+    store_url = _local_store(store_url, cache_dir, storage_options)
     try:
-        metrics = run_fit(config, store_url, run_dir, resume=resume)
+        metrics = run_fit(config, str(store_url), run_dir, resume=resume)
     except (StoreError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError, DiskFullError) as e:
         raise click.ClickException(str(e)) from e
     if os.environ.get("RANK", "0") != "0":
@@ -189,7 +225,7 @@ _INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)
 
 @main.command("eval")
 @_CKPT_OPTION
-@click.option("--store", "store_url", required=True, help="Feature store: a path or an fsspec URL.")
+@_store_options(required=True, help="Feature store: a path or an fsspec URL.")
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
               help="Split whose windows are evaluated.")  # fmt: skip
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -199,14 +235,16 @@ _INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)
 @click.option("--animate", is_flag=True, help="Also write reconstruction.gif (ground truth vs reconstruction).")
 @_DEVICE_OPTION
 def eval_command(
-    ckpt: Path, store_url: str, split: str, out_dir: Path, max_windows: int, animate: bool, device: str
-) -> None:
+    ckpt: Path, store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
+    split: str, out_dir: Path, max_windows: int, animate: bool, device: str,
+) -> None:  # fmt: skip
     """Reconstruction metrics and pictures of a checkpoint on fixed windows of a split.
 
     Windows are canonicalised and normalised as in training, the model runs in eval mode
     (mean latents). Prints a table and writes OUT/metrics.json; every metric is defined,
     with its unit, in docs/metrics.md.
     """
+    store_url = str(_local_store(store_url, cache_dir, storage_options))
     try:
         metrics = evaluate(ckpt, store_url, split, out_dir, max_windows, animate, device=device)
     except _INPUT_ERRORS as e:
@@ -218,7 +256,7 @@ def eval_command(
 
 @main.command("encode")
 @_CKPT_OPTION
-@click.option("--store", "store_url", required=True, help="Feature store: a path or an fsspec URL.")
+@_store_options(required=True, help="Feature store: a path or an fsspec URL.")
 @click.option("--out", required=True, help="Latent store to create (Zarr v3, path or URL); must not exist.")
 @click.option("--logvar", is_flag=True, help="Also store the posterior log-variances.")
 @click.option("--split", type=click.Choice(("all", *SPLITS)), default="all", show_default=True,
@@ -230,7 +268,8 @@ def eval_command(
                    "every frame is in exactly one window].")  # fmt: skip
 @_DEVICE_OPTION
 def encode_command(
-    ckpt: Path, store_url: str, out: str, logvar: bool, split: str, window_frames: int | None,
+    ckpt: Path, store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
+    out: str, logvar: bool, split: str, window_frames: int | None,
     hop_frames: int | None, device: str,
 ) -> None:  # fmt: skip
     """Encode every sequence of a store, window by window as trained, into a latent store.
@@ -245,6 +284,7 @@ def encode_command(
     table, per-channel latent mean/std (over the train windows when encoded) and provenance;
     see train/latents.py. The same code runs from Python: `train.MotionCodec`.
     """
+    store_url = str(_local_store(store_url, cache_dir, storage_options))
     try:
         root = encode_store(ckpt, store_url, out, split, logvar, device, window_frames, hop_frames)
     except _INPUT_ERRORS as e:

@@ -1,0 +1,88 @@
+"""Real servers on 127.0.0.1 for the sharing tests: `python -m http.server` and moto's S3 server.
+
+Each runs as a subprocess bound to the loopback address, is waited for with a bounded loop and
+is stopped (terminate, then kill) when the context ends. S3 clients get an explicit loopback
+endpoint and test credentials, and the EC2 metadata lookup is disabled, so nothing leaves the
+machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+START_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def _serving(args: list[str], url: str, env: dict | None = None) -> Iterator[str]:
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break  # the server answers
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{args} did not start serving {url}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    """`python -m http.server` serving `directory` (with listings); yields its base URL."""
+    port = _free_port()
+    args = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+            "--directory", str(directory)]  # fmt: skip
+    with _serving(args, f"http://127.0.0.1:{port}/") as url:
+        yield url.rstrip("/")
+
+
+S3_ENV = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextmanager
+def s3_server() -> Iterator[dict]:
+    """moto's S3 server on 127.0.0.1; yields the fsspec storage options that reach it."""
+    port = _free_port()
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _serving(args, f"http://127.0.0.1:{port}/", env={**os.environ, **S3_ENV}) as url:
+        yield {"endpoint_url": url.rstrip("/"), "key": "testing", "secret": "testing"}
+
+
+def s3_filesystem(options: dict):  # noqa: ANN201 - s3fs.S3FileSystem, imported lazily
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, **options)
