@@ -40,7 +40,8 @@ class StorageOptions(click.ParamType):
         except json.JSONDecodeError as error:
             self.fail(f"expected a JSON object, found {value!r} ({error})", param, ctx)
         if not isinstance(options, dict):
-            self.fail(f"expected a JSON object, found {type(options).__name__} {value!r}", param, ctx)
+            found = f"{type(options).__name__} {value!r}"
+            self.fail(f"expected a JSON object, found {found}", param, ctx)
         return options
 
 

@@ -199,12 +199,18 @@ class _Copy:
     def reencode(self, path: str, source: zarr.Array, source_nbytes: int, bar: tqdm) -> None:
         """Write array `path` at the destination as raw chunks, chunk by chunk (resumable: a
         chunk file of the raw size is kept; the final deep check reads it)."""
-        group = zarr.open_group(self.destination, mode="r+", storage_options=self.destination_options)
+        group = zarr.open_group(
+            self.destination, mode="r+", storage_options=self.destination_options
+        )
         parent_path, _, name = path.rpartition("/")
         parent = group.require_group(parent_path) if parent_path else group
         target = parent.get(name)
-        same = isinstance(target, zarr.Array) and has_raw_chunks(target) and (
-            target.shape, target.chunks, target.dtype) == (source.shape, source.chunks, source.dtype)  # fmt: skip
+        same = (
+            isinstance(target, zarr.Array)
+            and has_raw_chunks(target)
+            and (target.shape, target.chunks, target.dtype)
+            == (source.shape, source.chunks, source.dtype)
+        )
         if not same:
             target = create_store_array(
                 parent, name, shape=source.shape, chunks=source.chunks, dtype=source.dtype,
@@ -241,7 +247,10 @@ class _Copy:
 
     def remove(self, keys: list[str]) -> None:
         for key in keys:
-            self.dst_fs.rm_file(f"{self.dst_root}/{key}")
+            try:
+                self.dst_fs.rm_file(f"{self.dst_root}/{key}")
+            except FileNotFoundError:
+                pass  # a missing chunk is reported like a damaged one
 
 
 _PROBLEM_FILE = re.compile(r"\(file ([^,)]+)")  # how check_chunks names a chunk file
@@ -265,8 +274,9 @@ def transfer(
         raise TransferError(
             f"{destination}: http(s) locations are read-only; push to s3://, gs:// or a path"
         )
-    store = open_store(source, memory_map=False, storage_options=source_options, check_chunk_files=False)
-    fingerprint = store.fingerprint
+    fingerprint = open_store(
+        source, memory_map=False, storage_options=source_options, check_chunk_files=False
+    ).fingerprint
     copy = _Copy(source, destination, source_options, destination_options, jobs, progress)
     objects = _list_objects(copy.src_fs, copy.src_root)
     if ROOT_METADATA not in objects:
@@ -291,8 +301,9 @@ def transfer(
                 if not has_raw_chunks(node):
                     reencoded[path] = node
     owned = tuple(f"{path}/" for path in reencoded)  # objects the re-encoding writes instead
-    data = {k: s for k, s in objects.items() if k.rsplit("/", 1)[-1] != ROOT_METADATA and not k.startswith(owned)}  # fmt: skip
-    metadata = {k: s for k, s in objects.items() if k.endswith(f"/{ROOT_METADATA}") and not k.startswith(owned)}  # fmt: skip
+    verbatim = {k: s for k, s in objects.items() if k != ROOT_METADATA and not k.startswith(owned)}
+    metadata = {k: s for k, s in verbatim.items() if k.endswith(f"/{ROOT_METADATA}")}
+    data = {k: s for k, s in verbatim.items() if k not in metadata}
 
     def copy_all(show: bool) -> None:
         total = sum(objects.values()) - objects[ROOT_METADATA]
@@ -304,7 +315,8 @@ def transfer(
             copy.copy_objects(metadata, bar, keep_present=False)
 
     copy_all(progress)
-    stale = [k for k in _list_objects(copy.dst_fs, copy.dst_root) if k not in objects and not k.startswith(owned)]  # fmt: skip
+    present = _list_objects(copy.dst_fs, copy.dst_root)
+    stale = [k for k in present if k not in objects and not k.startswith(owned)]
     copy.remove(stale)  # e.g. chunks of an earlier copy of the same content with other chunking
     problems = copy.verify()
     damaged = [m.group(1) for p in problems if (m := _PROBLEM_FILE.search(p))]

@@ -149,7 +149,9 @@ def _store_options(**store_kwargs: Any) -> Callable:
     return decorate
 
 
-def _local_store(store_url: str | Path, cache_dir: Path | None, storage_options: dict | None) -> str | Path:
+def _local_store(
+    store_url: str | Path, cache_dir: Path | None, storage_options: dict | None
+) -> str | Path:
     """The store to open: a path as given, a URL's local copy (pulled on first use)."""
     try:
         return cached_store(
