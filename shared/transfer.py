@@ -42,6 +42,7 @@ from tqdm import tqdm
 from shared.atomic import atomic_path
 from shared.remote import READ_ONLY_PROTOCOLS, filesystem, is_url, local_path
 from shared.store import (
+    ARRAY_CONFIG,
     ATTR_COMPLETE,
     ATTR_FINGERPRINT,
     StoreError,
@@ -211,7 +212,9 @@ class _Copy:
             and (target.shape, target.chunks, target.dtype)
             == (source.shape, source.chunks, source.dtype)
         )
-        if not same:
+        if same:  # array config is not stored: reopen it to write every chunk, even all-zero ones
+            target = target.with_config(ARRAY_CONFIG)
+        else:
             target = create_store_array(
                 parent, name, shape=source.shape, chunks=source.chunks, dtype=source.dtype,
                 dimension_names=source.metadata.dimension_names,
