@@ -39,6 +39,12 @@ def local_path(path_or_url: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+def url_options(path_or_url: str | Path, storage_options: dict | None) -> dict | None:
+    """`storage_options` for a URL, None for a local path (zarr refuses options it cannot use;
+    a command's --storage-options may meet a local path, e.g. a cached copy)."""
+    return storage_options if is_url(path_or_url) else None
+
+
 def missing_extra_message(url: str, error: ImportError) -> str:
     scheme = urlparse(url).scheme
     extra = EXTRAS.get(scheme)

@@ -59,7 +59,7 @@ from tqdm import tqdm
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
 from shared.layout import FEATURE_DIM, field_of_dim, layout_description
-from shared.remote import MissingExtraError, filesystem, missing_extra_message
+from shared.remote import MissingExtraError, filesystem, missing_extra_message, url_options
 
 logger = logging.getLogger(__name__)
 
@@ -680,6 +680,7 @@ def check_chunks(
     before `complete` is written. Each line names the array, chunk, file and frames.
     """
     url = _url_of(url_or_path)
+    storage_options = url_options(url, storage_options)
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
     except FileNotFoundError:
@@ -939,6 +940,7 @@ def open_store(
     remote or compressed stores, through `zarr.Array`.
     """
     url = _url_of(path_or_url)
+    storage_options = url_options(url, storage_options)
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
         return FeatureStore(url, group, memory_map, storage_options, check_chunk_files)

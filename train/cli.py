@@ -288,7 +288,10 @@ def encode_command(
     """
     store_url = str(_local_store(store_url, cache_dir, storage_options))
     try:
-        root = encode_store(ckpt, store_url, out, split, logvar, device, window_frames, hop_frames)
+        root = encode_store(
+            ckpt, store_url, out, split, logvar, device, window_frames, hop_frames,
+            storage_options,
+        )  # fmt: skip
     except _INPUT_ERRORS as e:
         raise click.ClickException(str(e)) from e
     mean = root[MEAN]
@@ -307,7 +310,10 @@ def encode_command(
               help="Write world motion (cpf_translation, cpf_orientation, joint_translation, "
                    "joint_orientation) instead of 294-D world features.")  # fmt: skip
 @_DEVICE_OPTION
-def decode_command(ckpt: Path, latents: str, out: str, world: bool, device: str) -> None:
+@storage_options_option
+def decode_command(
+    ckpt: Path, latents: str, out: str, world: bool, device: str, storage_options: dict | None
+) -> None:
     """Decode the mean latents of a latent store back to world features or world motion.
 
     Every window is decoded, denormalised and moved back to the world with its stored
@@ -318,7 +324,7 @@ def decode_command(ckpt: Path, latents: str, out: str, world: bool, device: str)
     by sha256).
     """
     try:
-        root = decode_store(ckpt, latents, out, world, device)
+        root = decode_store(ckpt, latents, out, world, device, storage_options)
     except _INPUT_ERRORS as e:
         raise click.ClickException(str(e)) from e
     arrays = ", ".join(f"{name} {root[name].shape}" for name in (WORLD_ARRAYS if world else (FEATURES,)))

@@ -61,6 +61,7 @@ from shared.features import CanonicalFrame
 from shared.layout import FEATURE_DIM
 from shared.moments import Moments
 from shared.provenance import git_revision, package_version
+from shared.remote import url_options
 from shared.skeleton import NUM_JOINTS
 from shared.store import open_store
 from train.codec import OVERLAP_RULE, PADDING_RULE, MotionCodec, MotionLatents, WindowPlan
@@ -125,7 +126,9 @@ def _refuse_existing(out: str | Path) -> FileExistsError:
 
 
 @contextmanager
-def _new_output_group(out: str | Path, needed_bytes: int) -> Iterator[zarr.Group]:
+def _new_output_group(
+    out: str | Path, needed_bytes: int, storage_options: dict | None = None
+) -> Iterator[zarr.Group]:
     """A new Zarr v3 group that becomes `out` when the block ends without an error; an existing
     store at `out` is never overwritten.
 
@@ -139,7 +142,8 @@ def _new_output_group(out: str | Path, needed_bytes: int) -> Iterator[zarr.Group
     local = _local_path(out)
     if local is None:
         try:
-            root = zarr.open_group(str(out), mode="w-", zarr_format=3)
+            options = url_options(out, storage_options)
+            root = zarr.open_group(str(out), mode="w-", zarr_format=3, storage_options=options)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
             raise _refuse_existing(out) from None
         yield root
@@ -189,11 +193,13 @@ def encode_store(
     device: str = "auto",
     window_frames: int | None = None,
     hop_frames: int | None = None,
+    storage_options: dict | None = None,
 ) -> zarr.Group:
     """Encode every sequence of `split` of the store, window by window, into a new latent store
-    at `out`. Window defaults to the checkpoint's training window, hop to the window."""
+    at `out`. Window defaults to the checkpoint's training window, hop to the window.
+    `storage_options` (fsspec) apply to both when they are URLs."""
     codec = MotionCodec.from_checkpoint(ckpt_path, device)
-    store = open_store(store_url)
+    store = open_store(store_url, storage_options=storage_options)
     warn_if_other_store(codec.checkpoint, store)
     records = store.sequences if split == "all" else store.split(split)
     if not records:
@@ -204,7 +210,7 @@ def encode_store(
     total, K, L = int(num_windows.sum()), plans[0].latents_per_window, codec.model.config.latent_dim
 
     arrays_bytes = total * K * L * 4 * (2 if logvar else 1)
-    with _new_output_group(out, arrays_bytes) as root:
+    with _new_output_group(out, arrays_bytes, storage_options) as root:
         chunks = (min(WINDOW_CHUNK_ROWS, total), K, L)
         writer = ChunkedRowWriter(
             {name: root.create_array(name, shape=(total, K, L), dtype="float32", chunks=chunks)
@@ -276,7 +282,7 @@ def encode_store(
         )
         root.attrs[ATTR_COMPLETE] = True
     logger.info("encoded %d sequences into %d windows of %d latents at %s", len(records), total, K, out)
-    return zarr.open_group(str(out), mode="r")
+    return zarr.open_group(str(out), mode="r", storage_options=url_options(out, storage_options))
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -306,10 +312,11 @@ def check_latent_attrs(attrs: Mapping[str, Any], url: str | Path) -> None:
         raise ValueError(f"{url} is incomplete (the run that wrote it was interrupted); write it again")
 
 
-def open_latents(url: str | Path) -> zarr.Group:
+def open_latents(url: str | Path, storage_options: dict | None = None) -> zarr.Group:
     """A complete latent store, or a ValueError saying what is wrong with it."""
     try:
-        group = zarr.open_group(str(url), mode="r")
+        options = url_options(url, storage_options)
+        group = zarr.open_group(str(url), mode="r", storage_options=options)
     except FileNotFoundError:
         raise FileNotFoundError(f"no Zarr store at {url}") from None
     check_latent_attrs(group.attrs.asdict(), url)
@@ -343,10 +350,12 @@ def read_sequence_latents(group: zarr.Group, sequence: LatentSequence, plan: Win
 
 
 def decode_store(
-    ckpt_path: Path, latents_url: str | Path, out: str | Path, world: bool = False, device: str = "auto"
-) -> zarr.Group:
-    """Decode the mean latents of a latent store into world features (or world motion) at `out`."""
-    latents = open_latents(latents_url)
+    ckpt_path: Path, latents_url: str | Path, out: str | Path, world: bool = False,
+    device: str = "auto", storage_options: dict | None = None,
+) -> zarr.Group:  # fmt: skip
+    """Decode the mean latents of a latent store into world features (or world motion) at `out`;
+    `storage_options` (fsspec) apply to both when they are URLs."""
+    latents = open_latents(latents_url, storage_options)
     recorded = latents.attrs[ATTR_CHECKPOINT]["sha256"]
     found = file_sha256(ckpt_path)
     if recorded != found:
@@ -367,7 +376,7 @@ def decode_store(
     else:
         shapes = {FEATURES: (FEATURE_DIM,)}
     arrays_bytes = total * 4 * sum(int(np.prod(s)) for s in shapes.values())
-    with _new_output_group(out, arrays_bytes) as root:
+    with _new_output_group(out, arrays_bytes, storage_options) as root:
         chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
         writer = ChunkedRowWriter(
             {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s))
@@ -406,4 +415,4 @@ def decode_store(
         )
         root.attrs[ATTR_COMPLETE] = True
     logger.info("decoded %d sequences (%d frames) to %s", len(sequences), total, out)
-    return zarr.open_group(str(out), mode="r")
+    return zarr.open_group(str(out), mode="r", storage_options=url_options(out, storage_options))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import zarr
 from click.testing import CliRunner
 
 from shared.store import FRAME_ARRAYS, open_store
@@ -50,6 +51,20 @@ def test_fit_from_s3_pulls_once_then_uses_the_cache(feature_store, tmp_path, mon
         for name in FRAME_ARRAYS:
             fs.rm(f"team/nymeria.zarr/{name}/c", recursive=True)
         fit(tmp_path / "second")
+
+        # encode reads the cached copy and writes its latents to the bucket; decode reads them.
+        ckpt = str(tmp_path / "second" / "checkpoints" / "last.pt")
+        s3 = ["--storage-options", json.dumps(options)]
+        latents = "s3://team/latents.zarr"
+        encode = ["encode", "--ckpt", ckpt, "--store", url, "--cache-dir", str(cache),
+                  "--out", latents, *s3]  # fmt: skip
+        result = CliRunner().invoke(main, encode)
+        assert result.exit_code == 0, result.output
+        decoded = tmp_path / "decoded.zarr"
+        decode = ["decode", "--ckpt", ckpt, "--latents", latents, "--out", str(decoded), *s3]
+        result = CliRunner().invoke(main, decode)
+        assert result.exit_code == 0, result.output
+        assert zarr.open_group(decoded, mode="r")["features"].shape == cached.features.shape
     first = _losses(tmp_path / "first")
     assert len(first) == 3
     assert _losses(tmp_path / "second") == pytest.approx(first)
