@@ -549,6 +549,15 @@ def _chunks_of(path: str, array: zarr.Array) -> list[_Chunk]:
     return chunks
 
 
+def schema_object_keys(group: zarr.Group) -> list[str]:
+    """Every object a complete store holds, by key, from its schema and array metadata: what to
+    copy from a server that does not list directories (HTTP)."""
+    arrays = {path: group[path] for path in _SCHEMA_ARRAYS}
+    nodes = ("", SEQUENCES_GROUP, STATS_GROUP, *arrays)
+    keys = [f"{node}/zarr.json".lstrip("/") for node in nodes]
+    return keys + [chunk.key for path, array in arrays.items() for chunk in _chunks_of(path, array)]
+
+
 def encoded_chunk_nbytes(array: zarr.Array) -> int | None:
     """Size of every chunk file of `array` when its codecs fix it (raw, crc32c), else None."""
     checksum_bytes = _raw_checksum_bytes(array)
@@ -620,6 +629,9 @@ def _check_chunk_content(array: zarr.Array, chunk: _Chunk) -> list[str]:
     return [f"{chunk}: {int(bad.sum())} non-finite values, first {values[at]} at {where}"]
 
 
+_SCHEMA_ARRAYS = (*FRAME_ARRAYS, f"{STATS_GROUP}/{STATS_MEAN}", f"{STATS_GROUP}/{STATS_STD}")
+
+
 def _chunk_problems(
     group: zarr.Group,
     url: str,
@@ -629,7 +641,7 @@ def _chunk_problems(
     storage_options: Mapping[str, Any] | None,
 ) -> list[str]:
     arrays, problems = {}, []
-    for path in (*FRAME_ARRAYS, f"{STATS_GROUP}/{STATS_MEAN}", f"{STATS_GROUP}/{STATS_STD}"):
+    for path in _SCHEMA_ARRAYS:
         try:  # by name: listing a store's members needs a server that lists (HTTP may not)
             arrays[path] = group[path]
         except KeyError:

@@ -40,7 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
 from shared.atomic import atomic_path
-from shared.remote import READ_ONLY_PROTOCOLS, filesystem, is_url, local_path
+from shared.remote import READ_ONLY_PROTOCOLS, filesystem, is_url, local_path, url_options
 from shared.store import (
     ARRAY_CONFIG,
     ATTR_COMPLETE,
@@ -51,6 +51,7 @@ from shared.store import (
     encoded_chunk_nbytes,
     has_raw_chunks,
     open_store,
+    schema_object_keys,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,18 @@ def _list_objects(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, int]:
             unknown.append(key)
         else:
             sizes[key] = int(info["size"])
+    return {**sizes, **_object_sizes(fs, root, unknown)}
+
+
+def _object_sizes(fs: fsspec.AbstractFileSystem, root: str, keys: list[str]) -> dict[str, int]:
+    def size_of(key: str) -> int:
+        try:
+            return int(fs.size(f"{root}/{key}"))
+        except FileNotFoundError:
+            raise TransferError(f"{root}/{key} is missing: the store is damaged") from None
+
     with ThreadPoolExecutor(DEFAULT_JOBS) as pool:
-        sizes.update(zip(unknown, pool.map(lambda k: int(fs.size(f"{root}/{k}")), unknown)))
-    return sizes
+        return dict(zip(keys, pool.map(size_of, keys), strict=True))
 
 
 def _read_json(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
@@ -280,13 +290,11 @@ def transfer(
     fingerprint = open_store(
         source, memory_map=False, storage_options=source_options, check_chunk_files=False
     ).fingerprint
+    group = zarr.open_group(source, mode="r", storage_options=url_options(source, source_options))
     copy = _Copy(source, destination, source_options, destination_options, jobs, progress)
     objects = _list_objects(copy.src_fs, copy.src_root)
-    if ROOT_METADATA not in objects:
-        raise TransferError(
-            f"{source}: the server lists no objects under it (a listing is needed to copy a "
-            f"store); serve it with directory listings, or copy from s3://, gs:// or a path"
-        )
+    if ROOT_METADATA not in objects:  # a server that does not list: the schema names the objects
+        objects = _object_sizes(copy.src_fs, copy.src_root, schema_object_keys(group))
     copy.claim(fingerprint, overwrite)
 
     # The root metadata first with `complete` false: the destination opens as an unfinished store.
@@ -297,7 +305,6 @@ def transfer(
 
     reencoded: dict[str, zarr.Array] = {}
     if decompress:
-        group = zarr.open_group(source, mode="r", storage_options=source_options)
         for key in objects:
             path = key.removesuffix(f"/{ROOT_METADATA}")
             if key.endswith(f"/{ROOT_METADATA}") and isinstance(node := group[path], zarr.Array):

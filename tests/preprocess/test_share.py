@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,3 +177,16 @@ def test_missing_protocol_package_names_the_extra(stores):
     assert len(result.output.strip().splitlines()) == 1
     result = CliRunner().invoke(main, ["push", str(stores["none"]), "gs://team/x.zarr"])
     assert "pip install 'nymeria-mvae[gcs]'" in result.output and result.exit_code == 1
+
+
+def test_pull_from_a_server_that_does_not_list_directories(stores, tmp_path):
+    served = tmp_path / "served" / "nymeria.zarr"
+    shutil.copytree(stores["none"], served)
+    for directory in [served, *(p for p in served.rglob("*") if p.is_dir())]:
+        (directory / "index.html").write_text("<html><body>no listing here</body></html>")
+    copy = tmp_path / "copy.zarr"
+    with http_server(served.parent) as base:
+        pull = ["pull", f"{base}/nymeria.zarr", str(copy), "--no-progress"]
+        result = CliRunner().invoke(main, pull)
+    assert result.exit_code == 0, result.output
+    assert _files(copy) == _files(stores["none"])
