@@ -588,7 +588,7 @@ def _file_sizes(fs: fsspec.AbstractFileSystem, root: str, keys: list[str]) -> di
         listing = {}
     prefix = f"{root}/"
     for path, info in listing.items():
-        if path.startswith(prefix):
+        if path.startswith(prefix) and info.get("size") is not None:  # HTTP lists no sizes
             sizes[path[len(prefix) :]] = int(info["size"])
     unlisted = [key for key in keys if key not in sizes]
 

@@ -115,6 +115,8 @@ def test_pull_zstd_over_http_killed_then_resumed_is_identical_and_memory_mapped(
     source = stores["zstd"]
     with http_server(source.parent) as base:
         url = f"{base}/{source.name}"
+        served = open_store(url)  # a listing without sizes: each chunk's size is asked for
+        assert served.fingerprint == open_store(source).fingerprint and not served.is_memory_mapped
         whole, resumed = tmp_path / "whole.zarr", tmp_path / "resumed.zarr"
         pull = ["pull", url, "--jobs", "1", "--no-progress"]
         result = CliRunner().invoke(main, [*pull[:2], str(whole), *pull[2:]])
