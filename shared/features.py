@@ -114,16 +114,18 @@ def sequence_features(
     return features.astype(np.float32)
 
 
-def features_to_world(features: Array) -> WorldMotion:
+def features_to_world(features: Array, head_blend: float = 0.0) -> WorldMotion:
     """(..., T, 294) features -> world head pose, joint positions and rotations.
 
-    Uses only the absolute fields (`hr`, `hp`, `jp`, `jr`); rotations are re-orthonormalised
-    by Gram-Schmidt, so this also turns network outputs into valid poses.
+    The head pose comes from `head_pose(features, head_blend)`: with the default 0 the
+    absolute fields `hr`, `hp` alone (exact for any stored features); a model's canonical
+    output is better decoded with the blend it was trained with (`train.loss`). Joints are
+    `R_world_head @ jp + t_world_head`. Rotations are re-orthonormalised by Gram-Schmidt, so
+    this also turns network outputs into valid poses.
     """
     _check_dim(features)
     *lead, T, _ = features.shape
-    R_world_head = rot6d_to_matrix(features[..., HR])  # (..., T, 3, 3)
-    t_world_head = features[..., HP]
+    t_world_head, R_world_head = head_pose(features, head_blend)  # (..., T, 3), (..., T, 3, 3)
     jp = features[..., JP].reshape(*lead, T, NUM_JOINTS, 3)
     joint_translation = (R_world_head[..., None, :, :] @ jp[..., None])[..., 0] + t_world_head[
         ..., None, :
@@ -132,22 +134,97 @@ def features_to_world(features: Array) -> WorldMotion:
     return WorldMotion(t_world_head, R_world_head, joint_translation, joint_orientation)
 
 
+def head_pose(features: Array, blend: float) -> tuple[Array, Array]:
+    """The head trajectory of (..., T, 294) features: (t_world_head, R_world_head).
+
+    A complementary filter of the absolute head pose (`hp`, `hr`) and the per-frame deltas
+    (`hp_dot`, `hr_dot`). With D[k] = hp_dot[1] + ... + hp_dot[k] and C[k] = hr_dot[1] @ ...
+    @ hr_dot[k] the integrated deltas (D[0] = 0, C[0] = I), the trajectory is the
+    integrated one plus a low-passed correction towards the absolute pose:
+
+        t[k] = D[k] + sum_j W[k, j] (hp[j] - D[j])
+        R[k] = GS( sum_j W[k, j] (hr[j] @ C[j]^T) @ C[k] )
+
+    with causal weights W[k, 0] = blend^k, W[k, j] = (1 - blend) blend^(k - j) for
+    1 <= j <= k (each row sums to 1), i.e. t[k] = blend (t[k-1] + hp_dot[k]) + (1 - blend)
+    hp[k]. GS: Gram-Schmidt of the first two columns. `blend` = 0 is the absolute pose
+    alone; 1 integrates the deltas from the first frame's pose; in between the deltas carry
+    the frame-to-frame motion and the absolute pose pulls drift back with a time constant
+    of about 1 / (1 - blend) frames. Why: a decoder reproduces the small, local deltas far
+    more precisely than absolute positions metres from the window's origin, and frame-to-
+    frame noise of `hp` is what makes world joints jitter and feet skate. On consistent
+    features (any stored window) every blend gives exactly `hp`, `hr`. Causal: frame k reads
+    frames <= k only. Vectorised over time (a log2(T)-step scan for C), no frame loop.
+    """
+    if not 0.0 <= blend <= 1.0:
+        raise ValueError(f"head blend must be in [0, 1], found {blend}")
+    t_abs = features[..., HP]  # (..., T, 3)
+    R_abs = rot6d_to_matrix(features[..., HR])  # (..., T, 3, 3)
+    if blend == 0.0:
+        return t_abs, R_abs
+    xp = _xp(features)
+    T = features.shape[-2]
+    W = as_like(_blend_weights(T, blend), features)  # (T, T)
+    t_delta = features[..., HP_DOT]
+    D = xp.cumsum(xp.concatenate([xp.zeros_like(t_delta[..., :1, :]), t_delta[..., 1:, :]], -2), -2)
+    t = D + xp.einsum("kj,...jc->...kc", W, t_abs - D)
+    R_delta = rot6d_to_matrix(features[..., HR_DOT])  # (..., T, 3, 3)
+    eye = as_like(np.broadcast_to(np.eye(3), R_delta[..., :1, :, :].shape).copy(), features)
+    C = _cumulative_product(xp.concatenate([eye, R_delta[..., 1:, :, :]], -3))
+    S = xp.einsum("kj,...jab->...kab", W, R_abs @ transpose(C))
+    R = rot6d_to_matrix(matrix_to_6d(S @ C))
+    return t, R
+
+
+def _blend_weights(T: int, blend: float) -> np.ndarray:
+    """(T, T) causal weights of `head_pose`: row k averages frames 0..k."""
+    k, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    W = np.where(j <= k, (1.0 - blend) * blend ** np.clip(k - j, 0, None), 0.0)
+    W[:, 0] = blend ** np.arange(T)
+    return W
+
+
+def _cumulative_product(M: Array) -> Array:
+    """(..., T, 3, 3) -> running products M[0] @ M[1] @ ... @ M[k] (Hillis-Steele scan)."""
+    xp = _xp(M)
+    T, d = M.shape[-3], 1
+    while d < T:
+        M = xp.concatenate([M[..., :d, :, :], M[..., :-d, :, :] @ M[..., d:, :, :]], -3)
+        d *= 2
+    return M
+
+
 def integrate_head_deltas(features: Array) -> tuple[Array, Array]:
     """Head pose from the first frame's absolute pose and the per-frame `hp_dot`/`hr_dot`.
 
     Returns (t_world_head, R_world_head) of shape (..., T, 3) and (..., T, 3, 3); the
     difference to `hp`/`hr` measures drift of the velocity channels.
     """
+    return head_pose(features, 1.0)
+
+
+def decoded_to_world(features: Array, head_blend: float) -> WorldMotion:
+    """World motion of a *canonical window* a model decoded, in that window's canonical frame.
+
+    With `head_blend` > 0 the trajectory starts where every canonical window starts, which
+    the model need not learn: the first frame's head is above the origin (its horizontal
+    `hp` is replaced by 0) with zero heading (the yaw of `hr` is removed); from there
+    `head_pose` blends deltas and absolute pose. With 0 this is `features_to_world` (the
+    seed's decoding). Exact on any true canonical window, whatever the blend.
+    """
+    if head_blend == 0.0:
+        return features_to_world(features, 0.0)
     xp = _xp(features)
-    t = features[..., :1, HP] + xp.cumsum(
-        xp.concatenate([xp.zeros_like(features[..., :1, HP_DOT]), features[..., 1:, HP_DOT]], -2),
-        -2,
+    up = as_like(horizontal_basis(WORLD_UP_AXIS)[2], features)
+    t0 = features[..., 0, HP]  # (..., 3)
+    t0 = (t0 @ up)[..., None] * up  # height kept, horizontal position 0
+    R0 = rot6d_to_matrix(features[..., 0, HR])  # (..., 3, 3)
+    R0 = yaw_matrix(-yaw_of(R0, HEAD_FORWARD_AXIS, WORLD_UP_AXIS), WORLD_UP_AXIS) @ R0
+    first = xp.concatenate(
+        [matrix_to_6d(R0), features[..., 0, HR_DOT], t0, features[..., 0, HP_DOT.start :]], -1
     )
-    R_delta = rot6d_to_matrix(features[..., HR_DOT])
-    Rs = [rot6d_to_matrix(features[..., 0, HR])]
-    for k in range(1, features.shape[-2]):
-        Rs.append(Rs[-1] @ R_delta[..., k, :, :])
-    return t, xp.stack(Rs, -3)
+    anchored = xp.concatenate([first[..., None, :], features[..., 1:, :]], -2)
+    return features_to_world(anchored, head_blend)
 
 
 @dataclass(frozen=True)

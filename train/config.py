@@ -20,6 +20,7 @@ from typing import Any, Literal
 from train.model import MotionVAEConfig
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+Loss = Literal["seed", "world"]
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,34 @@ class TrainConfig:
     """torch.compile the model."""
     bf16: bool = True
     """bf16 autocast on CUDA (CPU always trains in float32)."""
+    loss: Loss = "world"
+    """'seed': per-group MSE on normalised features + KL, world motion decoded from the
+    absolute head pose (the seed's numbers, exactly). 'world': the same plus the position and
+    velocity error of world joints and head in metres, world motion decoded with
+    head_blend (chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
+    world_position_weight: float = 1.0
+    """'world' loss: weight of the mean world joint + head position error (metres)."""
+    world_velocity_weight: float = 10.0
+    """'world' loss: weight of the mean world joint + head velocity error (metres/frame)."""
+    head_blend: float = 0.95
+    """'world' loss: weight of the integrated head deltas (hp_dot, hr_dot) against the absolute
+    head pose (hp, hr) when decoding the head trajectory; 0 absolute, 1 pure integration
+    (shared.features.head_pose)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "val_every", "val_windows", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)!r}")
-        for name in ("warmup_steps", "num_workers"):
+        for name in ("warmup_steps", "num_workers", "world_position_weight", "world_velocity_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
+        if not 0.0 <= self.head_blend <= 1.0:
+            raise ValueError(f"TrainConfig.head_blend must be in [0, 1], found {self.head_blend!r}")
+
+    @property
+    def decode_head_blend(self) -> float:
+        """The head blend world motion is decoded with: 0 under the seed loss."""
+        return 0.0 if self.loss == "seed" else self.head_blend
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -21,7 +21,11 @@ from shared.skeleton import JOINT_NAMES
 from shared.store import open_store
 from train.data import WindowIndex, prepare_batch, read_windows
 from train.inference import load_for_inference, resolve_device, warn_if_other_store
-from train.loss import KL, latent_mask, mse_key, vae_loss
+from train.config import RunConfig
+from train.data import Normalizer, PreparedBatch
+from train.inference import config_from_checkpoint
+from train.loss import KL, WORLD_POSITION, WORLD_VELOCITY, latent_mask, mse_key, training_loss, world_points_m
+from train.model import MotionVAE
 from train.metrics import (
     CONTACT_HEIGHT_M,
     CONTACT_SPEED_M_S,
@@ -59,6 +63,8 @@ TABLE_ROWS: dict[str, str] = {
     mse_key("joint_6D"): "MSE joint_6D (normalised)",
     RECON_LOSS: "reconstruction loss (mean of groups)",
     KL: "KL per latent dim (nats)",
+    WORLD_POSITION: "world loss: joint + head position (m)",
+    WORLD_VELOCITY: "world loss: joint + head velocity (m/frame)",
     "mpjpe_head_mm": "MPJPE, head frame (mm)",
     "mpjpe_world_mm": "MPJPE, world via predicted head pose (mm)",
     "pa_mpjpe_mm": "PA-MPJPE, per-frame similarity (mm)",
@@ -123,6 +129,28 @@ def format_table(metrics: dict) -> str:
 
 
 @torch.no_grad()
+def evaluate_batch(
+    model: MotionVAE,
+    prep: PreparedBatch,
+    normalizer: Normalizer,
+    config: RunConfig,
+    contact_speed_m_per_frame: float,
+) -> tuple[dict[str, MaskedSum], torch.Tensor]:
+    """One batch through the model: every loss term and metric as poolable sums, and the
+    reconstruction (B, T, 294) in canonical physical units. Validation and `train eval` both
+    run this, so their numbers agree by construction."""
+    out = model(prep.x)
+    terms = training_loss(out, prep, normalizer, config)
+    num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
+    recon = normalizer.denormalize(out["recon"].float())
+    sums = reconstruction_errors(
+        recon, prep.canonical, prep.mask, contact_speed_m_per_frame,
+        head_blend=config.train.decode_head_blend,
+    )  # fmt: skip
+    return sums | loss_sums(terms, int(prep.mask.sum()), num_latents), recon
+
+
+@torch.no_grad()
 def evaluate(
     ckpt_path: Path,
     store_url: str,
@@ -146,6 +174,7 @@ def evaluate(
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     torch_device = resolve_device(device)
     ckpt, model, normalizer = load_for_inference(ckpt_path, torch_device)
+    config = config_from_checkpoint(ckpt)
     store = open_store(store_url)
     warn_if_other_store(ckpt, store)
     records = store.split(split)
@@ -158,26 +187,23 @@ def evaluate(
     speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
 
     batches: list[dict[str, MaskedSum]] = []
-    example_joints: list[tuple[int, np.ndarray, np.ndarray]] = []  # (window, gt, recon) canonical
+    examples_m: list[tuple[int, np.ndarray, np.ndarray]] = []  # (window, gt, recon) canonical
     for start in tqdm(range(0, len(windows), batch_size), desc=f"eval {split}", unit="batch"):
         chunk = windows[start : start + batch_size]
         prep = prepare_batch(read_windows(store, index, chunk).to(torch_device), normalizer)
-        out = model(prep.x)
-        terms = vae_loss(out["recon"], prep.x, out["mean"], out["logvar"], prep.mask, model.config.lambda_kl)
-        num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
-        recon = normalizer.denormalize(out["recon"].float())
-        sums = reconstruction_errors(recon, prep.canonical, prep.mask, speed_m_per_frame)
-        batches.append(sums | loss_sums(terms, int(prep.mask.sum()), num_latents))
+        sums, recon = evaluate_batch(model, prep, normalizer, config, speed_m_per_frame)
+        batches.append(sums)
         for b, k in enumerate(chunk.tolist()):
             if k in examples:
                 valid = int(prep.mask[b].sum())
-                gt = features_to_world(prep.canonical[b, :valid]).joint_translation
-                pred = features_to_world(recon[b, :valid]).joint_translation
-                example_joints.append((k, gt.cpu().numpy(), pred.cpu().numpy()))
+                gt = world_points_m(prep.canonical[b : b + 1, :valid], 0.0)[0].cpu().numpy()
+                blend = config.train.decode_head_blend
+                pred = world_points_m(recon[b : b + 1, :valid], blend)[0].cpu().numpy()
+                examples_m.append((k, gt, pred))  # (T, 24, 3): 23 joints, then the head
 
     metrics = summarize(pool(batches))
     out_dir.mkdir(parents=True, exist_ok=True)
-    pictures = _write_pictures(metrics, example_joints, ckpt_path, out_dir, store.fps, animate)
+    pictures = _write_pictures(metrics, examples_m, ckpt_path, out_dir, store.fps, animate)
     metrics[META] = {
         "checkpoint": str(ckpt_path),
         "checkpoint_step": ckpt.step,
@@ -198,18 +224,19 @@ def evaluate(
 
 def _write_pictures(
     metrics: dict,
-    example_joints: list[tuple[int, np.ndarray, np.ndarray]],
+    examples_m: list[tuple[int, np.ndarray, np.ndarray]],
     ckpt_path: Path,
     out_dir: Path,
     fps: float,
     animate: bool,
 ) -> list[Path]:
     pictures = []
-    for i, (k, gt, pred) in enumerate(example_joints):
+    for i, (k, gt, pred) in enumerate(examples_m):
         frames = np.linspace(0, len(gt) - 1, FRAMES_PER_EXAMPLE).round().astype(int).tolist()
-        pictures.append(
-            plot_skeleton_frames(gt, pred, frames, out_dir / f"skeletons_window{i}.png", title=f"window {k}")
-        )
+        path = out_dir / f"skeletons_window{i}.png"
+        pictures.append(plot_skeleton_frames(gt[:, :-1], pred[:, :-1], frames, path,
+                                             title=f"window {k}", gt_head_m=gt[:, -1],
+                                             pred_head_m=pred[:, -1]))  # fmt: skip
     curves = {
         "world MPJPE": np.array(metrics[MPJPE_WORLD_BY_FRAME], dtype=float),
         "head-frame MPJPE": np.array(metrics[MPJPE_HEAD_BY_FRAME], dtype=float),
@@ -224,6 +251,6 @@ def _write_pictures(
     else:
         logger.info("no training metrics at %s: no loss curves", run_metrics)
     if animate:
-        _, gt, pred = example_joints[0]
-        pictures.append(animate_skeletons(gt, pred, out_dir / "reconstruction.gif", fps))
+        _, gt, pred = examples_m[0]
+        pictures.append(animate_skeletons(gt[:, :-1], pred[:, :-1], out_dir / "reconstruction.gif", fps))
     return pictures

@@ -39,8 +39,9 @@ from train.data import (
     read_windows,
 )
 from train.inference import resolve_device
-from train.loss import KL, RECON, TOTAL, latent_mask, vae_loss
-from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, loss_sums, pool, reconstruction_errors
+from train.evaluate import evaluate_batch
+from train.loss import KL, RECON, TOTAL, WORLD_POSITION, WORLD_VELOCITY, total_of, training_loss
+from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, pool
 from train.model import MotionVAE
 
 logger = logging.getLogger(__name__)
@@ -123,33 +124,27 @@ def validate(
     index: WindowIndex,
     windows: torch.Tensor,
     normalizer: Normalizer,
+    config: RunConfig,
     device: torch.device,
-    batch_size: int,
-    lambda_kl: float,
 ) -> dict[str, float]:
     """Loss terms and MPJPE (mm) over the fixed validation windows, model in eval mode.
 
-    Pooled exactly as `train eval` pools them (MSE over valid frames, KL over valid latents).
+    Pooled exactly as `train eval` pools them (`evaluate_batch`).
     """
     was_training = model.training
     model.eval()
     speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
     batches = []
-    for chunk in windows.split(batch_size):
+    for chunk in windows.split(config.train.batch_size):
         prep = prepare_batch(read_windows(store, index, chunk.numpy()).to(device), normalizer)
-        out = model(prep.x)
-        terms = vae_loss(out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask, lambda_kl)
-        num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
-        errors = reconstruction_errors(
-            normalizer.denormalize(out["recon"].float()), prep.canonical, prep.mask, speed_m_per_frame
-        )
-        batches.append(
-            loss_sums(terms, int(prep.mask.sum()), num_latents) | {k: errors[k] for k in VAL_ERRORS}
-        )
+        batches.append(evaluate_batch(model, prep, normalizer, config, speed_m_per_frame)[0])
     model.train(was_training)
-    means = {key: float(value.mean()) for key, value in pool(batches).items()}
-    means[TOTAL] = means[RECON_LOSS] + lambda_kl * means[KL]
-    return {f"val/{RECON if key == RECON_LOSS else key}": value for key, value in means.items()}
+    pooled = pool(batches)
+    logged = VAL_ERRORS + (RECON_LOSS, KL, WORLD_POSITION, WORLD_VELOCITY)
+    means = {k: float(v.mean()) for k, v in pooled.items() if k in logged or k.startswith("mse/")}
+    means[RECON] = means.pop(RECON_LOSS)
+    means[TOTAL] = total_of(means, config)
+    return {f"val/{key}": value for key, value in means.items()}
 
 
 class MetricsLog:
@@ -281,9 +276,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         prep = prepare_batch(batch, normalizer)
         with autocast:
             out = train_model(prep.x)
-        terms = vae_loss(
-            out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask, config.model.lambda_kl
-        )
+        terms = training_loss(out, prep, normalizer, config)
         if _any_rank(~torch.isfinite(terms["total"]), info):
             checkpoint(step)
             described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
@@ -321,9 +314,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
             windows_seen = 0
         if done % cfg.val_every == 0 or done == cfg.steps:
             if val_index is not None and info.is_main:
-                last_val = validate(
-                    model, store, val_index, val_windows, normalizer, device, cfg.batch_size, config.model.lambda_kl
-                )
+                last_val = validate(model, store, val_index, val_windows, normalizer, config, device)
                 log.write(done, last_val)
                 is_best = last_val["val/total"] < best_val
                 best_val = min(best_val, last_val["val/total"])

@@ -35,7 +35,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def config_from_checkpoint(ckpt: Checkpoint) -> RunConfig:
-    return RunConfig.from_dict(ckpt.config, source="checkpoint")
+    config = ckpt.config
+    if "loss" not in config.get("train", {}):
+        # Checkpoints from before `TrainConfig.loss` existed were trained, and are decoded,
+        # with the seed loss.
+        config = {**config, "train": {**config.get("train", {}), "loss": "seed"}}
+    return RunConfig.from_dict(config, source="checkpoint")
 
 
 # --- model and checkpoint ---------------------------------------------------------------------

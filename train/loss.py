@@ -1,6 +1,12 @@
-"""VAE training loss: per-group masked MSE on normalized features plus a small KL term.
+"""VAE training loss: per-group masked MSE on normalized features plus a small KL term
+(the seed's loss, `vae_loss`), and the world-space terms of the default loss (`world_loss`).
 
-    total = recon + lambda_kl * kl,   recon = mean over the groups of shared.layout.LOSS_GROUPS
+    seed:   total = recon + lambda_kl * kl,   recon = mean over the groups of shared.layout.LOSS_GROUPS
+    world:  total = seed total + w_pos * world/position_m + w_vel * world/velocity_m_per_frame
+
+The world terms measure what a reconstruction looks like in the world: the decoded canonical
+window is turned into world joints and head position (`shared.features.decoded_to_world`,
+the decoding evaluation and export use) and compared in metres with the true window.
 
 Masks are (B, T) bool, True for a real frame. Padded frames are dropped with
 `torch.where` before any arithmetic, so whatever they hold (even inf or nan) changes
@@ -11,12 +17,17 @@ from __future__ import annotations
 
 import torch
 
+from shared.features import decoded_to_world, features_to_world
 from shared.layout import FEATURE_DIM, LOSS_GROUPS
+from train.config import RunConfig
+from train.data import Normalizer, PreparedBatch
 from train.model import FRAMES_PER_LATENT
 
 TOTAL = "total"
 RECON = "recon"
 KL = "kl"
+WORLD_POSITION = "world/position_m"
+WORLD_VELOCITY = "world/velocity_m_per_frame"
 
 
 def mse_key(group: str) -> str:
@@ -94,3 +105,60 @@ def vae_loss(
     losses[KL] = kl.sum() / (latent_valid.sum().clamp_min(1) * mean.shape[2])
     losses[TOTAL] = losses[RECON] + lambda_kl * losses[KL]
     return losses
+
+
+def world_points_m(features: torch.Tensor, head_blend: float) -> torch.Tensor:
+    """(B, T, 294) canonical features -> (B, T, 24, 3): the 23 world joints and the head."""
+    world = decoded_to_world(features, head_blend)
+    return torch.cat([world.joint_translation, world.cpf_translation[:, :, None]], 2)
+
+
+def world_loss(
+    recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, head_blend: float
+) -> dict[str, torch.Tensor]:
+    """Mean position and velocity error (metres, metres/frame) of world joints and head.
+
+    recon, target: (B, T, 294) canonical features in physical units (denormalised); mask:
+    (B, T) bool. The target is decoded exactly (`features_to_world`), the reconstruction
+    with `head_blend`. Padded frames are replaced by the target before decoding (the head
+    trajectory is causal, so they cannot reach a valid frame) and masked out of both means;
+    a velocity counts where both of its frames are valid.
+    """
+    valid = mask[:, :, None]  # (B, T, 1)
+    recon = torch.where(valid, recon.float(), target.float())
+    pred_m = world_points_m(recon, head_blend)  # (B, T, 24, 3)
+    true_m = world_points_m(target.float(), 0.0)
+    position_err = (pred_m - true_m).norm(dim=-1)  # (B, T, 24)
+    velocity_err = (torch.diff(pred_m, dim=1) - torch.diff(true_m, dim=1)).norm(dim=-1)
+    step_valid = (mask[:, 1:] & mask[:, :-1])[:, :, None]
+    points = pred_m.shape[2]
+    return {
+        WORLD_POSITION: torch.where(valid, position_err, 0.0).sum()
+        / (mask.sum().clamp_min(1) * points),
+        WORLD_VELOCITY: torch.where(step_valid, velocity_err, 0.0).sum()
+        / (step_valid.sum().clamp_min(1) * points),
+    }
+
+
+def training_loss(
+    out: dict[str, torch.Tensor], prep: PreparedBatch, normalizer: Normalizer, config: RunConfig
+) -> dict[str, torch.Tensor]:
+    """Every loss term of one batch under `config.train.loss`, and TOTAL, the one to minimise."""
+    terms = vae_loss(
+        out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask,
+        config.model.lambda_kl,
+    )  # fmt: skip
+    if config.train.loss == "world":
+        recon = normalizer.denormalize(out["recon"].float())
+        terms |= world_loss(recon, prep.canonical, prep.mask, config.train.head_blend)
+        terms[TOTAL] = total_of(terms, config)
+    return terms
+
+
+def total_of(terms: dict[str, torch.Tensor | float], config: RunConfig):
+    """TOTAL from the other terms (also from terms pooled over batches)."""
+    total = terms[RECON] + config.model.lambda_kl * terms[KL]
+    if config.train.loss == "world":
+        total = total + config.train.world_position_weight * terms[WORLD_POSITION]
+        total = total + config.train.world_velocity_weight * terms[WORLD_VELOCITY]
+    return total

@@ -18,11 +18,16 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.features import WORLD_UP_AXIS, features_to_world, integrate_head_deltas
+from shared.features import (
+    WORLD_UP_AXIS,
+    decoded_to_world,
+    features_to_world,
+    integrate_head_deltas,
+)
 from shared.layout import HP, HR, JP
 from shared.rotations import geodesic_angle, horizontal_basis, rot6d_to_matrix
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
-from train.loss import KL, RECON
+from train.loss import KL, RECON, WORLD_POSITION, WORLD_VELOCITY
 
 MM_PER_M = 1000.0
 DEG_PER_RAD = 180.0 / math.pi
@@ -183,6 +188,7 @@ def reconstruction_errors(
     mask: torch.Tensor,
     contact_speed_m_per_frame: float,
     contact_height_m: float = CONTACT_HEIGHT_M,
+    head_blend: float = 0.0,
 ) -> dict[str, MaskedSum]:
     """Every reconstruction metric of one batch, pooled over its valid frames.
 
@@ -190,7 +196,8 @@ def reconstruction_errors(
     (denormalised); mask: (B, T) bool; contact_speed_m_per_frame: the contact speed
     threshold at the store's frame rate (`CONTACT_SPEED_M_S / fps`). Keys carry units;
     `*_by_frame_*` keep the frame index (T,), `*_per_joint_*` the joint index (23,).
-    Foot contact comes from the target only.
+    Foot contact comes from the target only. The reconstruction's world motion is decoded
+    with `head_blend` (`shared.features.decoded_to_world`), as the model was trained.
 
     World-frame metrics are computed in the window's canonical frame: it differs from the
     world by one rotation about the vertical and a horizontal shift, shared by recon and
@@ -198,7 +205,7 @@ def reconstruction_errors(
     coordinates near the origin keep float32 precision that room coordinates would lose.
     """
     joints_head_pred, joints_head_gt = joints_in_head_frame(recon), joints_in_head_frame(target)
-    world_pred, world_gt = features_to_world(recon), features_to_world(target)
+    world_pred, world_gt = decoded_to_world(recon, head_blend), features_to_world(target)
     joints_pred, joints_gt = world_pred.joint_translation, world_gt.joint_translation  # (B, T, J, 3)
 
     head_err_mm = joint_distance_m(joints_head_pred, joints_head_gt) * MM_PER_M  # (B, T, J)
@@ -252,6 +259,9 @@ def loss_sums(terms: dict[str, torch.Tensor], num_frames: int, num_latents: int)
     sums = {key: MaskedSum(terms[key].detach().cpu().double() * frames, frames) for key in terms if key.startswith("mse/")}
     sums[RECON_LOSS] = MaskedSum(terms[RECON].detach().cpu().double() * frames, frames)
     sums[KL] = MaskedSum(terms[KL].detach().cpu().double() * latents, latents)
+    for key in (WORLD_POSITION, WORLD_VELOCITY):
+        if key in terms:  # weighted by frames: a close enough pooling of a per-frame mean
+            sums[key] = MaskedSum(terms[key].detach().cpu().double() * frames, frames)
     return sums
 
 

@@ -92,29 +92,52 @@ def _bone_lines(ax, joints_m: np.ndarray, color: str, alpha: float = 1.0, lw: fl
     ]
 
 
+def _body_limits(*poses_m: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and half-width of a cube around one frame's poses (23, 3): zoomed to the body."""
+    points = np.concatenate([p.reshape(-1, 3) for p in poses_m])
+    lo, hi = points.min(0), points.max(0)
+    return (lo + hi) / 2, max(float((hi - lo).max()) / 2 + 0.1, 0.5)
+
+
 def plot_skeleton_frames(
-    gt_m: np.ndarray, pred_m: np.ndarray, frames: Sequence[int], out_path: Path, title: str = ""
+    gt_m: np.ndarray,
+    pred_m: np.ndarray,
+    frames: Sequence[int],
+    out_path: Path,
+    title: str = "",
+    gt_head_m: np.ndarray | None = None,
+    pred_head_m: np.ndarray | None = None,
 ) -> Path:
-    """Ground truth (top row) and reconstruction (bottom row, ground truth in grey behind it)
-    at the given frame indices of one window, side by side in 3D at a common scale."""
+    """One window: ground truth (blue) and reconstruction (red) overlaid at the given frames,
+    each panel zoomed to the body at that frame; with head positions (T, 3), a last panel
+    shows the head trajectory from above (truth vs reconstruction, circles at the start)."""
     gt_m, pred_m = _check_joints("gt_m", gt_m), _check_joints("pred_m", pred_m)
     if gt_m.shape != pred_m.shape:
         raise ValueError(f"gt_m {gt_m.shape} and pred_m {pred_m.shape} differ")
     frames = list(frames)
-    centre, half = _cube_limits(gt_m[frames], pred_m[frames])
-    fig = plt.figure(figsize=(3 * len(frames), 6.2))
+    with_head = gt_head_m is not None and pred_head_m is not None
+    cols = len(frames) + int(with_head)
+    fig = plt.figure(figsize=(3 * cols, 3.4))
     for col, t in enumerate(frames):
-        ax = _new_skeleton_axes(fig, 2, len(frames), col + 1, centre, half)
-        _bone_lines(ax, gt_m[t], GT_COLOR)
-        ax.set_title(f"ground truth, frame {t}", fontsize=8)
-        ax = _new_skeleton_axes(fig, 2, len(frames), len(frames) + col + 1, centre, half)
-        _bone_lines(ax, gt_m[t], "0.6", alpha=0.6, lw=1.0)
-        _bone_lines(ax, pred_m[t], PRED_COLOR)
-        ax.set_title(f"reconstruction, frame {t}", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
+        centre, half = _body_limits(gt_m[t], pred_m[t])
+        ax = _new_skeleton_axes(fig, 1, cols, col + 1, centre, half)
+        _bone_lines(ax, gt_m[t], GT_COLOR, lw=1.8)
+        _bone_lines(ax, pred_m[t], PRED_COLOR, alpha=0.8, lw=1.4)
+        ax.set_title(f"frame {t}", fontsize=8)
+    if with_head:
+        gt_head_m, pred_head_m = np.asarray(gt_head_m), np.asarray(pred_head_m)
+        ax = fig.add_subplot(1, cols, cols)
+        for head, color, label in ((gt_head_m, GT_COLOR, "truth"), (pred_head_m, PRED_COLOR, "reconstruction")):
+            ax.plot(head[:, 0], head[:, 1], color=color, lw=1.5, label=label)
+            ax.plot(head[0, 0], head[0, 1], "o", color=color, ms=4)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set(xlabel="x (m)", ylabel="y (m)")
+        ax.set_title("head trajectory, top view", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    fig.suptitle((title + ": " if title else "") + "ground truth (blue), reconstruction (red)", fontsize=9)
     # tight_layout measures every 3D tick label: slow, and the fixed grid needs no fitting.
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=0.9, wspace=0.05, hspace=0.12)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.12, top=0.85, wspace=0.15)
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

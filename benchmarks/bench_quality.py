@@ -1,0 +1,254 @@
+"""Reconstruction quality in the world, on participants the model never saw.
+
+    python -m benchmarks quality [--steps 800 --hidden 128 --latent 64 --rows seed,default,...]
+
+Builds a synthetic store (`preprocess synth` + `preprocess build`, 40 recordings of 10
+participants; the split by participant holds one participant out for val and one for
+test), trains every row under the same budget (the same number of steps, batch, width and
+learning rate, through the real `train.fit.fit`), evaluates the test split with the real
+`train.evaluate.evaluate` and prints one table. Rows:
+
+  seed design      the non-causal seed architecture (benchmarks.bench_train_step's
+                   ReferenceMotionVAE) with the seed loss
+  causal, seed     the causal MotionVAE with the seed loss (the default before `--loss world`)
+  world, blend 0   + world position/velocity terms, head decoded from absolute hp/hr
+  world, blend 1   + world terms, head integrated from hp_dot/hr_dot (canonical start)
+  world, blend .95 + world terms, complementary filter of both (the default)
+
+The budget is fixed in steps, not seconds, so a contended machine changes the wall time
+but not the numbers; wall and CPU time per row are printed. Jitter and foot skating are
+ratios to ground truth on the same windows; "world / head" is world MPJPE over head-frame
+MPJPE (1 would mean the head trajectory adds no error). A learning-curve picture of
+validation world and head-frame MPJPE goes to --curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import torch
+from tqdm import tqdm
+
+from benchmarks.bench_train_step import ReferenceMotionVAE
+from train.config import RunConfig, TrainConfig
+from train.evaluate import evaluate
+from train.fit import fit
+from train.model import MotionVAEConfig
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    train: dict = field(default_factory=dict)
+    reference_model: bool = False
+
+
+ROWS = {
+    "seed": Row("seed design (non-causal, seed loss)", {"loss": "seed"}, reference_model=True),
+    "causal_seed": Row("causal, seed loss", {"loss": "seed"}),
+    "world_blend0": Row("causal, world loss, blend 0", {"loss": "world", "head_blend": 0.0}),
+    "world_blend1": Row("causal, world loss, blend 1", {"loss": "world", "head_blend": 1.0}),
+    "world": Row("causal, world loss, blend 0.95 (default)", {"loss": "world", "head_blend": 0.95}),
+}
+
+COLUMNS = (  # (metrics key or derived name, header, format)
+    ("mpjpe_head_mm", "MPJPE head", "{:.1f}"),
+    ("mpjpe_world_mm", "MPJPE world", "{:.1f}"),
+    ("world_over_head", "world/head", "{:.2f}x"),
+    ("pa_mpjpe_mm", "PA-MPJPE", "{:.1f}"),
+    ("head_pos_error_mm", "head pos", "{:.1f}"),
+    ("head_rot_error_deg", "head rot deg", "{:.2f}"),
+    ("accel_error_mm_per_frame2", "accel err", "{:.2f}"),
+    ("jitter_ratio", "jitter/GT", "{:.2f}x"),
+    ("skating_ratio", "skate/GT", "{:.2f}x"),
+)
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def build_store(workdir: Path, recordings: int, participants: int, seed: int) -> Path:
+    data, store = workdir / "hdf5", workdir / "store.zarr"
+    py = [sys.executable, "-m", "preprocess"]
+    _run(py + ["synth", str(data), "--recordings", str(recordings), "--participants",
+               str(participants), "--seed", str(seed)])  # fmt: skip
+    _run(py + ["build", str(data), "--out", str(store), "--scheduler", "synchronous",
+               "--no-progress"])  # fmt: skip
+    return store
+
+
+def derived(metrics: dict) -> dict:
+    out = dict(metrics)
+    out["world_over_head"] = metrics["mpjpe_world_mm"] / metrics["mpjpe_head_mm"]
+    out["jitter_ratio"] = metrics["jitter_pred_mm_per_frame3"] / metrics["jitter_gt_mm_per_frame3"]
+    skate_gt = metrics["foot_skating_gt_mm_per_frame"]
+    out["skating_ratio"] = metrics["foot_skating_pred_mm_per_frame"] / skate_gt if skate_gt else None
+    return out
+
+
+def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Namespace) -> dict:
+    model = MotionVAEConfig(hidden_dim=args.hidden, latent_dim=args.latent)
+    train = TrainConfig(
+        steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
+        val_every=max(1, args.steps // 8), val_windows=64, log_every=max(1, args.steps // 20),
+        num_workers=0, device="cpu", seed=args.seed, **row.train,
+    )  # fmt: skip
+    run_dir = workdir / key
+    shutil.rmtree(run_dir, ignore_errors=True)
+    # The seed row swaps the architecture for the non-causal reference; everything else
+    # (data, loss, optimiser, evaluation) is the same code.
+    swap = (
+        mock.patch.multiple("train.fit", MotionVAE=ReferenceMotionVAE)
+        if row.reference_model
+        else nullcontext()
+    )
+    swap_eval = (
+        mock.patch("train.inference.MotionVAE", ReferenceMotionVAE)
+        if row.reference_model
+        else nullcontext()
+    )
+    quiet = mock.patch("train.fit.tqdm", lambda *a, **k: tqdm(*a, **{**k, "disable": True}))
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    with swap, quiet:
+        fit(RunConfig(model=model, train=train), str(store), run_dir)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    with swap_eval, mock.patch("train.evaluate.tqdm", lambda it, **k: it):
+        metrics = evaluate(run_dir / "checkpoints" / "last.pt", str(store), "test",
+                           run_dir / "eval", max_windows=args.max_windows, device="cpu")  # fmt: skip
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [c for c in curve if "val/mpjpe_world_mm" in c]
+    return {"name": row.name, "train": row.train, "wall_s": wall, "cpu_s": cpu,
+            "metrics": derived(metrics), "curve": curve}  # fmt: skip
+
+
+def run_rows_in_processes(
+    keys: list[str], workdir: Path, args: argparse.Namespace
+) -> dict[str, dict]:
+    """Each row in a `python -m benchmarks.bench_quality --rows KEY` child on the shared store."""
+    shared_options = ("steps", "batch", "lr", "warmup", "hidden", "latent", "recordings",
+                      "participants", "seed", "max_windows", "threads")  # fmt: skip
+    passed = [x for name in shared_options
+              for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]  # fmt: skip
+    pending, running, results = list(keys), {}, {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            key = pending.pop(0)
+            cmd = [sys.executable, "-m", "benchmarks.bench_quality", *passed, "--rows", key,
+                   "--workdir", str(workdir), "--json", str(workdir / f"{key}.json"),
+                   "--curves", str(workdir / f"{key}.png")]  # fmt: skip
+            running[key] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        for key, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[key]
+                if proc.returncode:
+                    raise RuntimeError(f"row {key} failed with exit status {proc.returncode}")
+                results[key] = json.loads((workdir / f"{key}.json").read_text())["results"][key]
+                print(f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True)
+        time.sleep(1)
+    return {key: results[key] for key in keys}
+
+
+def format_table(results: dict[str, dict]) -> str:
+    width = max(len(r["name"]) for r in results.values()) + 2
+    head = f"{'row':<{width}}" + "".join(f"{h:>13}" for _, h, _ in COLUMNS) + f"{'wall min':>10}"
+    lines = [head]
+    for r in results.values():
+        cells = []
+        for key, _, fmt in COLUMNS:
+            value = r["metrics"].get(key)
+            cells.append(f"{'n/a' if value is None else fmt.format(value):>13}")
+        lines.append(f"{r['name']:<{width}}" + "".join(cells) + f"{r['wall_s'] / 60:>10.1f}")
+    return "\n".join(lines)
+
+
+def plot_curves(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results.values():
+        steps = [c["step"] for c in r["curve"]]
+        axes[0].plot(steps, [c["val/mpjpe_world_mm"] for c in r["curve"]], marker="o", label=r["name"])
+        axes[1].plot(steps, [c["val/mpjpe_head_mm"] for c in r["curve"]], marker="o", label=r["name"])
+    for ax, title in zip(axes, ("world MPJPE (mm), val", "head-frame MPJPE (mm), val")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=800, help="training steps per row")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--hidden", type=int, default=128, help="reduced width, same code path")
+    parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--recordings", type=int, default=40)
+    parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-windows", type=int, default=256, help="test windows evaluated")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {list(ROWS)}")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per row")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="rows trained at once, each in its own process (they then share "
+                             "the machine's load alike)")  # fmt: skip
+    parser.add_argument("--workdir", type=Path, help="keep stores and runs here [temp dir]")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/quality.json"))
+    parser.add_argument("--curves", type=Path, default=Path("docs/quality_curves.png"))
+    args = parser.parse_args(argv)
+    unknown = set(args.rows.split(",")) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+    torch.set_num_threads(args.threads)
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        store = workdir / "store.zarr"
+        if not store.exists():
+            store = build_store(workdir, args.recordings, args.participants, args.seed)
+        print(f"quality: {args.recordings} recordings / {args.participants} participants, test = "
+              f"unseen participants; each row {args.steps} steps x batch {args.batch}, hidden "
+              f"{args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} threads",
+              flush=True)  # fmt: skip
+        keys = args.rows.split(",")
+        if args.parallel > 1 and len(keys) > 1:
+            results = run_rows_in_processes(keys, workdir, args)
+        else:
+            results = {}
+            for key in keys:
+                results[key] = run_row(key, ROWS[key], store, workdir, args)
+                print(f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True)
+        print(format_table(results))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "results": results}, indent=1) + "\n")  # fmt: skip
+        plot_curves(results, args.curves)
+        print(f"results in {args.json}, learning curves in {args.curves}")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
