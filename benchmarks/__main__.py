@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_footprint, bench_loader, bench_preprocess, bench_quality, bench_train_step
+from benchmarks import (
+    bench_footprint,
+    bench_loader,
+    bench_preprocess,
+    bench_quality,
+    bench_train_step,
+)
 
 BENCHMARKS = {
     "preprocess": bench_preprocess.main,

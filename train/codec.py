@@ -43,7 +43,7 @@ from shared.features import (
     apply_rigid,
     canonical_frame,
     canonicalize,
-    features_to_world,
+    decoded_to_world,
     sequence_features,
     uncanonicalize,
 )
@@ -51,7 +51,7 @@ from shared.layout import FEATURE_DIM
 from shared.skeleton import NUM_JOINTS
 from train.checkpoint import Checkpoint
 from train.data import Normalizer
-from train.inference import load_for_inference, resolve_device
+from train.inference import config_from_checkpoint, load_for_inference, resolve_device
 from train.loss import latent_mask
 from train.model import FRAMES_PER_LATENT, MotionVAE
 
@@ -147,14 +147,27 @@ def join_windows(per_window: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
     return per_window[:, window, slot]
 
 
-def recon_to_world(recon: torch.Tensor, frame: CanonicalFrame) -> WorldMotion:
+def recon_to_world(
+    recon: torch.Tensor, frame: CanonicalFrame, head_blend: float = 0.0
+) -> WorldMotion:
     """Decoded canonical features (..., T, 294) in physical units, and the canonical frame of
     their window (...) -> world motion (..., T, ...).
 
     Every conversion of model output to world motion goes through here (the codec, `train
-    decode --world`), so how world motion is recovered from decoded features is decided once.
+    decode --world`): the window's motion is decoded in its canonical frame with the
+    checkpoint's head blend (`shared.features.decoded_to_world`, as training and `train eval`
+    decode it), then moved to the world by the inverse of `frame`.
     """
-    return features_to_world(uncanonicalize(recon, frame))
+    motion = decoded_to_world(recon, head_blend)
+    R_world_canon = frame.R_canon_world.transpose(-1, -2)[..., None, :, :]  # (..., 1, 3, 3)
+    offset = frame.offset_world[..., None, :]  # (..., 1, 3)
+    return WorldMotion(
+        (R_world_canon @ motion.cpf_translation[..., None])[..., 0] + offset,
+        R_world_canon @ motion.cpf_orientation,
+        (R_world_canon[..., None, :, :] @ motion.joint_translation[..., None])[..., 0]
+        + offset[..., None, :],
+        R_world_canon[..., None, :, :] @ motion.joint_orientation,
+    )
 
 
 @dataclass(frozen=True)
@@ -225,6 +238,10 @@ class MotionCodec:
         self.batch_windows = batch_windows
         self.device = next(model.parameters()).device
         self.window_frames = model.config.seq_len
+        # How world motion is decoded, as the checkpoint was trained (0: the seed's decoding).
+        self.head_blend = (
+            config_from_checkpoint(checkpoint).train.decode_head_blend if checkpoint else 0.0
+        )
         """Default window: the training window of the checkpoint."""
 
     @classmethod
@@ -312,7 +329,9 @@ class MotionCodec:
     @torch.no_grad()
     def decode_world(self, latents: MotionLatents) -> WorldMotion:
         """Latents -> world motion of whole sequences, ([B,] T, ...) tensors (`recon_to_world`)."""
-        motion = recon_to_world(self.decode_canonical(latents), self._frame_on_device(latents))
+        motion = recon_to_world(
+            self.decode_canonical(latents), self._frame_on_device(latents), self.head_blend
+        )
         return WorldMotion(*(self._join(getattr(motion, name), latents) for name in _WORLD_FIELDS))
 
     @torch.no_grad()

@@ -16,16 +16,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.features import features_to_world
 from shared.skeleton import JOINT_NAMES
 from shared.store import open_store
-from train.data import WindowIndex, prepare_batch, read_windows
-from train.inference import load_for_inference, resolve_device, warn_if_other_store
 from train.config import RunConfig
-from train.data import Normalizer, PreparedBatch
-from train.inference import config_from_checkpoint
-from train.loss import KL, WORLD_POSITION, WORLD_VELOCITY, latent_mask, mse_key, training_loss, world_points_m
-from train.model import MotionVAE
+from train.data import Normalizer, PreparedBatch, WindowIndex, prepare_batch, read_windows
+from train.inference import (
+    config_from_checkpoint,
+    load_for_inference,
+    resolve_device,
+    warn_if_other_store,
+)
+from train.loss import (
+    KL,
+    WORLD_POSITION,
+    WORLD_VELOCITY,
+    latent_mask,
+    mse_key,
+    training_loss,
+    world_points_m,
+)
 from train.metrics import (
     CONTACT_HEIGHT_M,
     CONTACT_SPEED_M_S,
@@ -38,7 +47,7 @@ from train.metrics import (
     pool,
     reconstruction_errors,
 )
-from train.model import FRAMES_PER_LATENT
+from train.model import FRAMES_PER_LATENT, MotionVAE
 from train.plots import (
     animate_skeletons,
     plot_error_by_frame,

@@ -38,8 +38,8 @@ from train.data import (
     prepare_batch,
     read_windows,
 )
-from train.inference import resolve_device
 from train.evaluate import evaluate_batch
+from train.inference import resolve_device
 from train.loss import KL, RECON, TOTAL, WORLD_POSITION, WORLD_VELOCITY, total_of, training_loss
 from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, pool
 from train.model import MotionVAE

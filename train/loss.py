@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.features import decoded_to_world, features_to_world
+from shared.features import decoded_to_world
 from shared.layout import FEATURE_DIM, LOSS_GROUPS
 from train.config import RunConfig
 from train.data import Normalizer, PreparedBatch

@@ -14,7 +14,7 @@ from shared.features import (
     uncanonicalize,
     world_to_features,
 )
-from shared.layout import FEATURE_DIM, FEATURE_SLICES, HP, HR, LOSS_GROUPS
+from shared.layout import FEATURE_DIM, FEATURE_SLICES, HP, HP_DOT, HR, LOSS_GROUPS
 from shared.rotations import axis_angle_to_matrix, rot6d_to_matrix, yaw_of
 from shared.skeleton import NUM_JOINTS
 
@@ -146,3 +146,60 @@ def test_wrong_width_is_a_clear_error():
         features_to_world(np.zeros((3, 290)))
     with pytest.raises(ValueError, match="joint_translation"):
         world_to_features(np.zeros((3, 3)), np.zeros((3, 3, 3)), np.zeros((3, 22, 3)), np.zeros((3, 22, 3, 3)))
+
+
+def _walking_features(T: int = 48, seed: int = 0) -> np.ndarray:
+    """Consistent features of a random smooth head path with a body below it."""
+    from shared.rotations import axis_angle_to_matrix
+
+    rng = np.random.default_rng(seed)
+    rotvec = np.cumsum(rng.normal(0, 0.05, (T, 3)), 0)
+    R_h = axis_angle_to_matrix(rotvec, np.linalg.norm(rotvec, axis=-1))
+    t_h = np.cumsum(rng.normal(0, 0.03, (T, 3)), 0) + np.array([3.0, -2.0, 1.6])
+    p_j = t_h[:, None] + rng.normal(0, 0.4, (T, 23, 3))
+    R_j = np.broadcast_to(np.eye(3), (T, 23, 3, 3))
+    return world_to_features(t_h, R_h, p_j, R_j)
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.3, 0.95, 1.0])
+def test_head_pose_is_exact_on_consistent_features(blend):
+    from shared.features import head_pose
+    from shared.rotations import rot6d_to_matrix
+
+    f = _walking_features()
+    t, R = head_pose(f, blend)
+    np.testing.assert_allclose(t, f[:, HP], atol=1e-12)
+    np.testing.assert_allclose(R, rot6d_to_matrix(f[:, HR]), atol=1e-12)
+
+
+def test_head_pose_is_the_complementary_filter_and_causal():
+    from shared.features import head_pose
+
+    rng = np.random.default_rng(1)
+    f = _walking_features() + rng.normal(0, 0.01, (48, 294))
+    blend = 0.9
+    t, _ = head_pose(f, blend)
+    expected = [f[0, HP]]
+    for k in range(1, len(f)):
+        expected.append(blend * (expected[-1] + f[k, HP_DOT]) + (1 - blend) * f[k, HP])
+    np.testing.assert_allclose(t, np.array(expected), atol=1e-12)
+    later = f.copy()
+    later[30:] += rng.normal(0, 1.0, later[30:].shape)  # changing frames >= 30 ...
+    t2, R2 = head_pose(later, blend)
+    _, R = head_pose(f, blend)
+    np.testing.assert_allclose(t2[:30], t[:30], atol=1e-12)  # ... leaves frames < 30 alone
+    np.testing.assert_allclose(R2[:30], R[:30], atol=1e-12)
+
+
+def test_decoded_to_world_is_exact_on_canonical_windows_and_anchors_the_start():
+    from shared.features import decoded_to_world
+
+    canonical, _ = canonicalize(torch.as_tensor(_walking_features())[None])
+    exact = features_to_world(canonical)
+    for blend in (0.0, 0.95, 1.0):
+        world = decoded_to_world(canonical, blend)
+        torch.testing.assert_close(world.joint_translation, exact.joint_translation, atol=1e-9, rtol=0)
+    shifted = canonical.clone()
+    shifted[..., 0, HP.start : HP.start + 2] += 0.3  # a decoder's error at the known start
+    anchored = decoded_to_world(shifted, 0.95)
+    torch.testing.assert_close(anchored.cpf_translation[:, 0], exact.cpf_translation[:, 0])

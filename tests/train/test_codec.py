@@ -10,7 +10,6 @@ import torch
 
 from shared.features import (
     WorldMotion,
-    apply_rigid,
     canonicalize,
     features_to_world,
     sequence_features,

@@ -79,10 +79,10 @@ def test_existing_run_needs_resume_and_incompatible_resume_says_what_differs(fea
 def test_non_finite_loss_stops_with_checkpoint_and_names_step(feature_store, tmp_path, monkeypatch):
     import train.fit as fit_module
 
-    real_loss = fit_module.vae_loss
+    real_loss = fit_module.training_loss
 
-    def loss_that_explodes_at_step_3(recon, *args, **kwargs):
-        terms = real_loss(recon, *args, **kwargs)
+    def loss_that_explodes_at_step_3(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
         if loss_that_explodes_at_step_3.calls == 3:
             terms["mse/head_3D"] = terms["mse/head_3D"] * float("nan")
             terms["total"] = terms["total"] + terms["mse/head_3D"]
@@ -90,7 +90,7 @@ def test_non_finite_loss_stops_with_checkpoint_and_names_step(feature_store, tmp
         return terms
 
     loss_that_explodes_at_step_3.calls = 0
-    monkeypatch.setattr(fit_module, "vae_loss", loss_that_explodes_at_step_3)
+    monkeypatch.setattr(fit_module, "training_loss", loss_that_explodes_at_step_3)
     run = tmp_path / "run"
     result = CliRunner().invoke(main, _fit_args(feature_store, run, "--steps", "10", "--val-every", "100"))
     assert result.exit_code != 0

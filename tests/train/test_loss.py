@@ -161,3 +161,85 @@ def test_rejects_mismatched_shapes(change: str, message: str) -> None:
         recon, target = recon[..., :10], target[..., :10]
     with pytest.raises(ValueError, match=message):
         vae_loss(recon, target, mean, logvar, mask)
+
+
+def _canonical_windows(B: int = 3, T: int = 32, seed: int = 0) -> torch.Tensor:
+    """Canonical windows of consistent random motion, float64."""
+    from shared.features import canonicalize, world_to_features
+    from shared.rotations import axis_angle_to_matrix
+
+    rng = np.random.default_rng(seed)
+    rotvec = np.cumsum(rng.normal(0, 0.05, (B, T, 3)), 1)
+    R_h = axis_angle_to_matrix(rotvec, np.linalg.norm(rotvec, axis=-1))
+    t_h = np.cumsum(rng.normal(0, 0.03, (B, T, 3)), 1) + np.array([2.0, 1.0, 1.6])
+    p_j = t_h[:, :, None] + rng.normal(0, 0.4, (B, T, 23, 3))
+    R_j = np.broadcast_to(np.eye(3), (B, T, 23, 3, 3))
+    world = torch.as_tensor(world_to_features(t_h, R_h, p_j, R_j))
+    return canonicalize(world)[0]
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.95, 1.0])
+def test_world_loss_is_zero_on_the_target(blend):
+    from train.loss import WORLD_POSITION, WORLD_VELOCITY, world_loss
+
+    target = _canonical_windows()
+    mask = torch.ones(target.shape[:2], dtype=torch.bool)
+    terms = world_loss(target.clone(), target, mask, blend)
+    assert float(terms[WORLD_POSITION]) < 1e-5 and float(terms[WORLD_VELOCITY]) < 1e-5  # float32
+    noisy = target + 0.01 * torch.randn_like(target)
+    assert float(world_loss(noisy, target, mask, blend)[WORLD_POSITION]) > 1e-3
+
+
+def test_world_loss_ignores_padding_and_its_gradients_reach_the_decoder():
+    from train.loss import WORLD_POSITION, WORLD_VELOCITY, world_loss
+    from train.model import MotionVAE, MotionVAEConfig
+
+    target = _canonical_windows(B=2, T=32).float()
+    mask = torch.ones(2, 32, dtype=torch.bool)
+    mask[1, 20:] = False
+    model = MotionVAE(MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32))
+    recon = target + model(target)["recon"]  # any differentiable function of the decoder
+
+    def loss(r):
+        terms = world_loss(r, target, mask, 0.95)
+        return terms[WORLD_POSITION] + 10 * terms[WORLD_VELOCITY]
+
+    value = loss(recon)
+    value.backward(retain_graph=True)
+    grads = [p.grad for p in model.decoder.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+    garbage = recon.detach().clone()
+    garbage[1, 20:] = float("nan")
+    garbage.requires_grad_(True)
+    same = loss(garbage)
+    torch.testing.assert_close(same, value.detach())
+    same.backward()
+    assert torch.isfinite(garbage.grad).all() and float(garbage.grad[1, 20:].abs().sum()) == 0.0
+
+
+def test_training_loss_does_not_depend_on_where_the_window_is_in_the_world():
+    from shared.features import apply_rigid
+    from shared.rotations import yaw_matrix
+    from shared.store import NormStats
+    from train.config import RunConfig, TrainConfig
+    from train.data import Normalizer, WindowBatch, prepare_batch
+    from train.loss import training_loss
+    from train.model import MotionVAE, MotionVAEConfig
+
+    world = _canonical_windows(B=2, T=32).float()  # any world windows will do
+    moved = apply_rigid(world, yaw_matrix(torch.tensor([0.7, -2.0]), (0.0, 0.0, 1.0)).float(),
+                        torch.tensor([[40.0, -7.0, 0.0], [-3.0, 12.0, 0.0]]))  # fmt: skip
+    config = RunConfig(MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32),
+                       TrainConfig(loss="world"))  # fmt: skip
+    stats = NormStats(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), 1, 32)
+    normalizer = Normalizer(stats, "cpu")
+    model = MotionVAE(config.model).eval()
+    mask = torch.ones(2, 32, dtype=torch.bool)
+    losses = []
+    for windows in (world, moved):
+        batch = WindowBatch(windows, mask, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+        prep = prepare_batch(batch, normalizer)
+        torch.manual_seed(0)
+        losses.append(training_loss(model(prep.x), prep, normalizer, config))
+    for key in losses[0]:
+        torch.testing.assert_close(losses[0][key], losses[1][key], atol=2e-4, rtol=2e-4)
