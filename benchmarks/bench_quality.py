@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="rows trained at once, each in its own process (they then share "
                              "the machine's load alike)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="keep stores and runs here [temp dir]")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/quality.json"))
+    parser.add_argument("--json", type=Path, help="also write every metric and curve here")
     parser.add_argument("--curves", type=Path, default=Path("docs/quality_curves.png"))
     args = parser.parse_args(argv)
     unknown = set(args.rows.split(",")) - set(ROWS)
@@ -240,11 +240,12 @@ def main(argv: list[str] | None = None) -> None:
                 results[key] = run_row(key, ROWS[key], store, workdir, args)
                 print(f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True)
         print(format_table(results))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": results}, indent=1) + "\n")  # fmt: skip
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                             "results": results}, indent=1) + "\n")  # fmt: skip
         plot_curves(results, args.curves)
-        print(f"results in {args.json}, learning curves in {args.curves}")
+        print(f"learning curves in {args.curves}" + (f", results in {args.json}" if args.json else ""))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
