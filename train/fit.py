@@ -39,7 +39,7 @@ from train.data import (
     read_windows,
 )
 from train.evaluate import evaluate_batch
-from train.inference import resolve_device
+from train.inference import config_from_checkpoint, resolve_device
 from train.loss import KL, RECON, TOTAL, WORLD_POSITION, WORLD_VELOCITY, total_of, training_loss
 from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, pool
 from train.model import MotionVAE
@@ -343,8 +343,10 @@ def _any_rank(flag: torch.Tensor, info: DistInfo) -> bool:
 
 
 def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -> None:
+    # Through config_from_checkpoint: a run from before `--loss` existed resumes as `--loss seed`.
+    saved = config_from_checkpoint(ckpt).to_dict()
     differences = [
-        d for d in diff_configs(ckpt.config, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES
+        d for d in diff_configs(saved, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES
     ]
     if ckpt.store_fingerprint != store.fingerprint:
         differences.append(
