@@ -138,6 +138,17 @@ def error_line(output: str) -> str:
     return line
 
 
+
+def kill_stalled_worker(build: subprocess.Popen, marker: Path) -> str:
+    """SIGKILL the worker that wrote its pid to `marker` when it stalled; the build's stderr."""
+    try:
+        wait_for(marker.exists, "the worker to stall", build)
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+        return build.communicate(timeout=POLL_TIMEOUT_S)[1]
+    finally:
+        if build.poll() is None:
+            build.kill()
+
 def test_an_address_without_a_scheduler_fails_in_seconds_and_leaves_nothing(
     synthetic_dataset, tmp_path, cluster
 ):
@@ -178,13 +189,7 @@ def test_no_workers_fails_after_the_timeout_and_keeps_the_work(
     )
     cluster.wait_for_workers(1)
     build = start_build(synthetic_dataset, out, address, "--worker-timeout", "2")
-    try:
-        wait_for(marker.exists, "the worker to stall", build)
-        os.kill(int(marker.read_text()), signal.SIGKILL)
-        _, stderr = build.communicate(timeout=POLL_TIMEOUT_S)
-    finally:
-        if build.poll() is None:
-            build.kill()
+    stderr = kill_stalled_worker(build, marker)
     assert build.returncode == 1
     line = error_line(stderr)
     assert f"no Dask worker has been connected to the scheduler {address} for 2 s" in line, line
@@ -210,13 +215,7 @@ def test_a_task_that_kills_its_workers_names_its_files(synthetic_dataset, tmp_pa
     cluster.wait_for_workers(1)
     out = tmp_path / "store.zarr"
     build = start_build(synthetic_dataset, out, address)
-    try:
-        wait_for(marker.exists, "the worker to stall", build)
-        os.kill(int(marker.read_text()), signal.SIGKILL)  # the nanny restarts it; the task failed
-        _, stderr = build.communicate(timeout=POLL_TIMEOUT_S)
-    finally:
-        if build.poll() is None:
-            build.kill()
+    stderr = kill_stalled_worker(build, marker)  # a nanny restarts it; the task failed
     assert build.returncode == 1
     line = error_line(stderr)
     assert (
