@@ -14,6 +14,7 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
   world, blend 0   + world position/velocity terms, head decoded from absolute hp/hr
   world, blend 1   + world terms, head integrated from hp_dot/hr_dot (canonical start)
   world, blend .95 + world terms, complementary filter of both (the default)
+  world x0.3, x0.1 the default with the world terms' weights scaled down
 
 The budget is fixed in steps, not seconds, so a contended machine changes the wall time
 but not the numbers; wall and CPU time per row are printed. Jitter and foot skating are
@@ -59,6 +60,14 @@ ROWS = {
     "world_blend0": Row("causal, world loss, blend 0", {"loss": "world", "head_blend": 0.0}),
     "world_blend1": Row("causal, world loss, blend 1", {"loss": "world", "head_blend": 1.0}),
     "world": Row("causal, world loss, blend 0.95 (default)", {"loss": "world", "head_blend": 0.95}),
+    "world_w03": Row(
+        "causal, world loss x0.3, blend 0.95",
+        {"loss": "world", "world_position_weight": 0.3, "world_velocity_weight": 3.0},
+    ),
+    "world_w01": Row(
+        "causal, world loss x0.1, blend 0.95",
+        {"loss": "world", "world_position_weight": 0.1, "world_velocity_weight": 1.0},
+    ),
 }
 
 COLUMNS = (  # (metrics key or derived name, header, format)
