@@ -70,10 +70,14 @@ def _burst(read_batch: Callable[[int], object], seconds: float, first_batch: int
 
 def windows_per_s(read_batch: Callable[[int], object], seconds: float, repeats: int = 5) -> float:
     """Median windows per CPU-second over `repeats` bursts of about `seconds / repeats` each."""
-    return statistics.median(_burst(read_batch, seconds / repeats, r * 1_000_000) for r in range(repeats))
+    return statistics.median(
+        _burst(read_batch, seconds / repeats, r * 1_000_000) for r in range(repeats)
+    )
 
 
-def interleaved_rates(readers: dict[str, Callable[[int], object]], seconds: float, repeats: int = 5) -> dict[str, float]:
+def interleaved_rates(
+    readers: dict[str, Callable[[int], object]], seconds: float, repeats: int = 5
+) -> dict[str, float]:
     """`windows_per_s` of each reader, with their bursts taken in turns, so a change in the
     shared machine's load hits every reader alike."""
     rates: dict[str, list[float]] = {name: [] for name in readers}
@@ -106,15 +110,26 @@ def memcpy_reader(store: FeatureStore, index: WindowIndex) -> Callable[[int], No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recordings", type=int, default=24)
     parser.add_argument("--clips-per-recording", type=int, default=8)
     parser.add_argument("--video-size", type=int, default=256,
                         help="synthetic video side in pixels (real Nymeria: 1408)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per contender")
-    parser.add_argument("--train-steps", type=int, default=12, help="steps of the data-wait measurement (0 skips)")
-    parser.add_argument("--chunks", type=int, default=4000, help="chunks per array of the many-chunk store (0 skips)")
-    parser.add_argument("--chunk-frames", type=int, default=64, help="frames per chunk of the many-chunk store")
+    parser.add_argument(
+        "--train-steps", type=int, default=12, help="steps of the data-wait measurement (0 skips)"
+    )
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=4000,
+        help="chunks per array of the many-chunk store (0 skips)",
+    )
+    parser.add_argument(
+        "--chunk-frames", type=int, default=64, help="frames per chunk of the many-chunk store"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         _run(args, Path(tmp))
@@ -151,11 +166,17 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
         reference_pass(data, files[k : k + BATCH])
 
     rates = {
-        **interleaved_rates({"memcpy (ceiling)": memcpy, "ours: read_windows (memmap)": ours}, args.seconds),
+        **interleaved_rates(
+            {"memcpy (ceiling)": memcpy, "ours: read_windows (memmap)": ours}, args.seconds
+        ),
         "zarr.Array slicing": windows_per_s(via_zarr, min(args.seconds, 2.0), repeats=3),
-        "reference: h5py clip + torch features": windows_per_s(reference, min(args.seconds, 3.0), repeats=3),
+        "reference: h5py clip + torch features": windows_per_s(
+            reference, min(args.seconds, 3.0), repeats=3
+        ),
     }
-    print_rates("loader (1 process, batch 32 x 152 x 294 float32)", rates, "ours: read_windows (memmap)")
+    print_rates(
+        "loader (1 process, batch 32 x 152 x 294 float32)", rates, "ours: read_windows (memmap)"
+    )
     if args.train_steps:
         _data_wait(store_path, workdir / "run", args.train_steps)
 
@@ -169,12 +190,16 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     synth.generate_dataset(
         data, recordings=recordings, seed=1, participants=8, clips_per_recording=clips, video_size=None
     )  # fmt: skip
-    config = BuildConfig(data=data, out=store_path, scheduler="synchronous", chunk_frames=args.chunk_frames)
+    config = BuildConfig(
+        data=data, out=store_path, scheduler="synchronous", chunk_frames=args.chunk_frames
+    )
     build(config, progress=False)
     store = open_store(store_path)
     index = WindowIndex(store.split("train"), WINDOW_FRAMES)
     features = store.features
-    train_chunks = len({s // features.chunk_frames for r in index.sequences for s in range(r.start, r.stop)})
+    train_chunks = len(
+        {s // features.chunk_frames for r in index.sequences for s in range(r.start, r.stop)}
+    )
     print(f"\nmany-chunk store ({time.perf_counter() - started:.0f} s to make): {store.num_frames} frames in "
           f"{features.num_chunks} chunks of {features.chunk_frames} frames per array "
           f"({train_chunks} holding train windows); memory-mapped: {store.is_memory_mapped}")  # fmt: skip
@@ -203,9 +228,13 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
         f"ours, windows within {one_chunks} chunks (1 sequence)": lambda i: read_windows(store, one, one.sample(0, 0, i, BATCH)),
     }, args.seconds)  # fmt: skip
     rates["previous: evicting cache of 256 maps"] = windows_per_s(
-        lambda i: read_windows(evicting, index, index.sample(0, 0, i, BATCH)), min(args.seconds, 2.0), repeats=3
+        lambda i: read_windows(evicting, index, index.sample(0, 0, i, BATCH)),
+        min(args.seconds, 2.0),
+        repeats=3,
     )
-    print_rates(f"loader at {features.num_chunks} chunks x {features.chunk_frames} frames", rates, ours)
+    print_rates(
+        f"loader at {features.num_chunks} chunks x {features.chunk_frames} frames", rates, ours
+    )
 
 
 def _data_wait(store_path: Path, run: Path, steps: int) -> None:
@@ -213,13 +242,17 @@ def _data_wait(store_path: Path, run: Path, steps: int) -> None:
     cmd = [sys.executable, "-m", "train", "fit", "--store", str(store_path), "--out", str(run),
            "--steps", str(steps), "--log-every", "1", "--val-every", str(10 * steps), "--val-windows", "8",
            "--num-workers", "1", "--batch-size", str(BATCH)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    subprocess.run(
+        cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "perf/data_wait_share" in r][2:]  # skip start-up steps
     wait = statistics.median(r["perf/data_wait_share"] for r in rows)
     rate = statistics.median(r["perf/windows_per_s"] for r in rows)
     print(f"\ntraining on CPU (default model, batch {BATCH}, 1 loader worker, steps 3..{steps}):")
-    print(f"  median data-wait share {100 * wait:.2f}% of step time (target < 2%), {rate:.1f} windows/s trained")
+    print(
+        f"  median data-wait share {100 * wait:.2f}% of step time (target < 2%), {rate:.1f} windows/s trained"
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def reference_pass(data: Path, files: list[str], with_video: bool = True) -> int
     frames = 0
     for file in files:
         with h5py.File(data / file, "r") as f:
-            arrays = {key: f[key][()] for key in f if with_video or key != nymeria_format.KEY_EGOVIEW}
+            arrays = {
+                key: f[key][()] for key in f if with_video or key != nymeria_format.KEY_EGOVIEW
+            }
         features = world_to_features(
             torch.from_numpy(arrays[nymeria_format.KEY_CPF_TRANSLATION]),
             torch.from_numpy(arrays[nymeria_format.KEY_CPF_ORIENTATION]),
@@ -197,8 +199,7 @@ def _throughput(args: argparse.Namespace, data: Path, files: list[str], out: Pat
         n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         running_s = statistics.median(
-            build_once(data, out, scheduler=cluster.scheduler_address)
-            for _ in range(args.repeats)
+            build_once(data, out, scheduler=cluster.scheduler_address) for _ in range(args.repeats)
         )
     size = REAL_VIDEO_SIZE
     print("\n## Throughput (frames/s, higher is better; x ref = speed relative to the reference)")

@@ -102,7 +102,9 @@ def derived(metrics: dict) -> dict:
     out["world_over_head"] = metrics["mpjpe_world_mm"] / metrics["mpjpe_head_mm"]
     out["jitter_ratio"] = metrics["jitter_pred_mm_per_frame3"] / metrics["jitter_gt_mm_per_frame3"]
     skate_gt = metrics["foot_skating_gt_mm_per_frame"]
-    out["skating_ratio"] = metrics["foot_skating_pred_mm_per_frame"] / skate_gt if skate_gt else None
+    out["skating_ratio"] = (
+        metrics["foot_skating_pred_mm_per_frame"] / skate_gt if skate_gt else None
+    )
     return out
 
 
@@ -163,7 +165,9 @@ def run_rows_in_processes(
                 if proc.returncode:
                     raise RuntimeError(f"row {key} failed with exit status {proc.returncode}")
                 results[key] = json.loads((workdir / f"{key}.json").read_text())["results"][key]
-                print(f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True)
+                print(
+                    f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True
+                )
         time.sleep(1)
     return {key: results[key] for key in keys}
 
@@ -190,8 +194,12 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in results.values():
         steps = [c["step"] for c in r["curve"]]
-        axes[0].plot(steps, [c["val/mpjpe_world_mm"] for c in r["curve"]], marker="o", label=r["name"])
-        axes[1].plot(steps, [c["val/mpjpe_head_mm"] for c in r["curve"]], marker="o", label=r["name"])
+        axes[0].plot(
+            steps, [c["val/mpjpe_world_mm"] for c in r["curve"]], marker="o", label=r["name"]
+        )
+        axes[1].plot(
+            steps, [c["val/mpjpe_head_mm"] for c in r["curve"]], marker="o", label=r["name"]
+        )
     for ax, title in zip(axes, ("world MPJPE (mm), val", "head-frame MPJPE (mm), val")):
         ax.set_yscale("log")
         ax.set_xlabel("step")
@@ -247,14 +255,18 @@ def main(argv: list[str] | None = None) -> None:
             results = {}
             for key in keys:
                 results[key] = run_row(key, ROWS[key], store, workdir, args)
-                print(f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True)
+                print(
+                    f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True
+                )
         print(format_table(results))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                              "results": results}, indent=1) + "\n")  # fmt: skip
         plot_curves(results, args.curves)
-        print(f"learning curves in {args.curves}" + (f", results in {args.json}" if args.json else ""))
+        print(
+            f"learning curves in {args.curves}" + (f", results in {args.json}" if args.json else "")
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -113,6 +113,7 @@ COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
 ZSTD_LEVEL = 3
 FPS_DECIMALS = 4
 
+
 class BuildError(RuntimeError):
     """The build cannot go on (or, with --strict, must not publish); says what to do."""
 
@@ -638,8 +639,13 @@ def _create_frame_arrays(
     }
     return {
         name: shared.store.create_store_array(
-            root, name, shape=(num_frames, *row), chunks=(C, *row), dtype=dtype,
-            dimension_names=dims, zstd_level=_zstd_level(config.compression),
+            root,
+            name,
+            shape=(num_frames, *row),
+            chunks=(C, *row),
+            dtype=dtype,
+            dimension_names=dims,
+            zstd_level=_zstd_level(config.compression),
         )  # fmt: skip
         for name, (row, dtype, dims) in specs.items()
     }
@@ -721,9 +727,7 @@ def _reread_missing(
         for entry in batch:
             before = entries[entry.file]
             if not entry.ok or not np.array_equal(entry.timestamp_ns, before.timestamp_ns):
-                raise BuildError(
-                    f"{entry.file} changed during the build; rerun with --resume"
-                )
+                raise BuildError(f"{entry.file} changed during the build; rerun with --resume")
 
 
 def _write_frames(
@@ -863,7 +867,10 @@ def _write_store(
     )  # fmt: skip
     created = _created(paths)  # before any chunk: a crash from here on resumes with this time
     base_attrs = {
-        shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
+        shared.store.ATTR_SCHEMA: {
+            "name": shared.store.SCHEMA_NAME,
+            "version": shared.store.SCHEMA_VERSION,
+        },
         shared.store.ATTR_LAYOUT: layout_description(),
         shared.store.ATTR_BUILD_CONFIG: config.to_json(),
         shared.store.ATTR_COMPLETE: False,
@@ -871,9 +878,7 @@ def _write_store(
     root, frame_arrays, done = _open_staging(paths, plan, config, base_attrs)
     entries = {e.file: e for e in usable}
     _reread_missing(plan, done.next_sequence, entries, data, results, executor, config)
-    moments = _write_frames(
-        plan, frame_arrays, done, paths, results, executor, config, progress
-    )
+    moments = _write_frames(plan, frame_arrays, done, paths, results, executor, config, progress)
     mean, std = _write_stats(root, moments, config)
     records = [
         shared.store.SequenceRecord(

@@ -96,7 +96,10 @@ def synth_command(
     for path in paths:
         with h5py.File(path, "r") as f:
             num_frames += len(f[nymeria_format.KEY_TIMESTAMP_NS])
-    people = {nymeria_format.participant_from_sequence_name(nymeria_format.parse_clip_file_name(p)[0]) for p in paths}
+    people = {
+        nymeria_format.participant_from_sequence_name(nymeria_format.parse_clip_file_name(p)[0])
+        for p in paths
+    }
     click.echo(
         f"wrote {len(paths)} clip files ({recordings} recordings, {num_frames} frames, "
         f"{len(people)} participants) to {out_dir}"
@@ -168,57 +171,137 @@ def _echo_summary(summary: BuildSummary) -> None:
 
 @main.command("build")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out", type=STORE, required=True,
-              help="Store to write (local directory), e.g. data/nymeria.zarr; share it with "
-                   "`push`.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the local Dask cluster [default: CPU cores].")
-@click.option("--scheduler", default=None, metavar="ADDRESS|synchronous",
-              help="Dask scheduler address to use an existing cluster, or 'synchronous' for a "
-                   "plain loop in this process [default: start a local cluster].")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Resample to this frame rate (slerp rotations, linear positions) "
-                   "[default: keep the source rate].")
-@click.option("--max-fill-frames", type=click.IntRange(min=0), default=DEFAULT_MAX_FILL_FRAMES,
-              show_default=True,
-              help="Longest run of missing frames (inside a clip or between two) filled by "
-                   "interpolation; a longer one splits the sequence.")
-@click.option("--split", "split", default="0.8,0.1,0.1", show_default=True, callback=_split_option,
-              help="Fractions of participants in train,val,test.")
-@click.option("--split-seed", type=int, default=0, show_default=True,
-              help="Seed of the participant shuffle behind the split.")
-@click.option("--chunk-frames", type=click.IntRange(min=1), default=DEFAULT_CHUNK_FRAMES,
-              show_default=True, help="Frames per chunk of the frame arrays.")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default="none", show_default=True,
-              help="'none': raw chunks the trainer memory-maps; 'zstd' to share over a network.")
-@click.option("--window-frames", type=click.IntRange(min=2), default=DEFAULT_WINDOW_FRAMES,
-              show_default=True,
-              help="Canonical window length for the statistics (the training window).")
-@click.option("--stats-stride", type=click.IntRange(min=1), default=None,
-              help="Frames between statistics windows [default: window-frames // 4].")
-@click.option("--std-floor", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_STD_FLOOR,
-              show_default=True, help="Smallest stored std (near-constant dimensions).")
-@click.option("--stitch-tolerance", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=STITCH_TOLERANCE_PERIODS, show_default=True,
-              help="Timestamp slack, in frame periods, for stitching clips and dropping overlaps.")
-@click.option("--rotation-tolerance", "rotation_atol", type=click.FloatRange(min=0, min_open=True),
-              default=DEFAULT_ROTATION_ATOL, show_default=True,
-              help="Accepted |R^T R - I| and |det R - 1| of rotation matrices.")
-@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
-              default=CONNECT_TIMEOUT_S, show_default=True,
-              help="Seconds to reach the Dask scheduler given with --scheduler ADDRESS.")
-@click.option("--worker-timeout", type=click.FloatRange(min=0, min_open=True),
-              default=DEFAULT_WORKER_TIMEOUT_S, show_default=True,
-              help="Seconds a Dask cluster may have no worker before the build fails.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted build of --out (with --overwrite: one that replaces "
-                   "an existing store).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing store at --out; without --resume, an interrupted build "
-                   "is discarded.")
+@click.option(
+    "--out",
+    "out",
+    type=STORE,
+    required=True,
+    help="Store to write (local directory), e.g. data/nymeria.zarr; share it with `push`.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes of the local Dask cluster [default: CPU cores].",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS|synchronous",
+    help="Dask scheduler address to use an existing cluster, or 'synchronous' for a "
+    "plain loop in this process [default: start a local cluster].",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Resample to this frame rate (slerp rotations, linear positions) "
+    "[default: keep the source rate].",
+)
+@click.option(
+    "--max-fill-frames",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_FILL_FRAMES,
+    show_default=True,
+    help="Longest run of missing frames (inside a clip or between two) filled by "
+    "interpolation; a longer one splits the sequence.",
+)
+@click.option(
+    "--split",
+    "split",
+    default="0.8,0.1,0.1",
+    show_default=True,
+    callback=_split_option,
+    help="Fractions of participants in train,val,test.",
+)
+@click.option(
+    "--split-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the participant shuffle behind the split.",
+)
+@click.option(
+    "--chunk-frames",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_FRAMES,
+    show_default=True,
+    help="Frames per chunk of the frame arrays.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(COMPRESSIONS),
+    default="none",
+    show_default=True,
+    help="'none': raw chunks the trainer memory-maps; 'zstd' to share over a network.",
+)
+@click.option(
+    "--window-frames",
+    type=click.IntRange(min=2),
+    default=DEFAULT_WINDOW_FRAMES,
+    show_default=True,
+    help="Canonical window length for the statistics (the training window).",
+)
+@click.option(
+    "--stats-stride",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frames between statistics windows [default: window-frames // 4].",
+)
+@click.option(
+    "--std-floor",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_STD_FLOOR,
+    show_default=True,
+    help="Smallest stored std (near-constant dimensions).",
+)
+@click.option(
+    "--stitch-tolerance",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=STITCH_TOLERANCE_PERIODS,
+    show_default=True,
+    help="Timestamp slack, in frame periods, for stitching clips and dropping overlaps.",
+)
+@click.option(
+    "--rotation-tolerance",
+    "rotation_atol",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_ROTATION_ATOL,
+    show_default=True,
+    help="Accepted |R^T R - I| and |det R - 1| of rotation matrices.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=CONNECT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to reach the Dask scheduler given with --scheduler ADDRESS.",
+)
+@click.option(
+    "--worker-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_WORKER_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a Dask cluster may have no worker before the build fails.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted build of --out (with --overwrite: one that replaces "
+    "an existing store).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing store at --out; without --resume, an interrupted build is discarded.",
+)
 @click.option("--strict", is_flag=True, help="Fail, publishing nothing, if any file is unusable.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show progress bars on stderr.")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Show progress bars on stderr.",
+)
 def build_command(progress: bool, **options: object) -> None:
     """Build the feature store --out from the clip files (*.h5, searched recursively) in DATA.
 
@@ -267,14 +350,26 @@ def _count(n: int, noun: str) -> str:
 
 @main.command("verify")
 @click.argument("store", type=STORE)
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None,
-              help="The clip files the store was built from: also recompute sampled sequences.")
-@click.option("--sample", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Sequences to recompute from the source files (with --data).")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The clip files the store was built from: also recompute sampled sequences.",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Sequences to recompute from the source files (with --data).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sequence sample.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Show a progress bar on stderr.")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Show a progress bar on stderr.",
+)
 @storage_options_option
 def verify_command(
     store: str | Path, data: Path | None, sample: int, seed: int, progress: bool,
@@ -374,9 +469,13 @@ def push_command(
 @main.command("pull")
 @click.argument("url", type=STORE)
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--decompress/--keep-compression", default=True, show_default=True,
-              help="Re-encode compressed arrays (a --compression zstd store) as raw chunks the "
-                   "trainer memory-maps; a raw store is copied as it is either way.")
+@click.option(
+    "--decompress/--keep-compression",
+    default=True,
+    show_default=True,
+    help="Re-encode compressed arrays (a --compression zstd store) as raw chunks the "
+    "trainer memory-maps; a raw store is copied as it is either way.",
+)
 @storage_options_option
 @_jobs_option
 @_overwrite_option

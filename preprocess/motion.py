@@ -55,5 +55,8 @@ def motion_features(motion: Motion) -> np.ndarray:
     sequences, never clip by clip: clip seams would get zero velocities.
     """
     return sequence_features(
-        motion.cpf_translation, motion.cpf_orientation, motion.joint_translation, motion.joint_orientation
+        motion.cpf_translation,
+        motion.cpf_orientation,
+        motion.joint_translation,
+        motion.joint_orientation,
     )

@@ -94,7 +94,6 @@ MOTION_DATASETS: MappingProxyType[str, DatasetSpec] = MappingProxyType(
 )
 
 
-
 def num_frames_of_index_range(start_idx: int, end_idx: int) -> int:
     """Frames a clip covers on the recording's grid: both indices are inclusive."""
     return end_idx - start_idx + 1

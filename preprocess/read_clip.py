@@ -344,9 +344,7 @@ def _declared_frames(handle: h5py.File, file: str) -> tuple[int | None, list[Dis
     return (num_frames if num_frames is not None else covered), discrepancies
 
 
-def _dataset(
-    handle: h5py.File, key: str, file: str, size: int, stored_bytes: int
-) -> h5py.Dataset:
+def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: int) -> h5py.Dataset:
     """The dataset `key`, with its link, shape, dtype, filters and size checked (no data read)."""
     spec = nymeria_format.MOTION_DATASETS[key]
     with _hdf5_errors(file, key, "cannot open dataset"):

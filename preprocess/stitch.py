@@ -144,9 +144,7 @@ def detect_frame_period_ns(timestamps_ns: Sequence[np.ndarray]) -> float:
     """Median frame period over all consecutive frames of all clips (ns)."""
     steps = [np.diff(ts) for ts in timestamps_ns if len(ts) > 1]
     if not steps:
-        raise ValueError(
-            "cannot detect the frame rate: no clip has two or more frames; pass --fps"
-        )
+        raise ValueError("cannot detect the frame rate: no clip has two or more frames; pass --fps")
     return float(np.median(np.concatenate(steps)))
 
 

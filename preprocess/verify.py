@@ -90,7 +90,10 @@ def verify_sequences(store: FeatureStore, data: Path, sample: int, seed: int) ->
 
 
 def _compare_sequence(
-    store: FeatureStore, record: shared.store.SequenceRecord, expected: SequenceArrays, report: VerifyReport
+    store: FeatureStore,
+    record: shared.store.SequenceRecord,
+    expected: SequenceArrays,
+    report: VerifyReport,
 ) -> None:
     name = record.name
     if len(expected) != record.length:
@@ -125,7 +128,9 @@ def _compare_sequence(
 def verify_stats(store: FeatureStore) -> list[str]:
     """Recompute the normalisation stats from the store's train features; differences found."""
     window = store.stats.window_frames
-    stride = int(store.stats_attrs.get(shared.store.STATS_ATTR_STRIDE_FRAMES) or default_stride(window))
+    stride = int(
+        store.stats_attrs.get(shared.store.STATS_ATTR_STRIDE_FRAMES) or default_stride(window)
+    )
     floor = float(store.stats_attrs.get(shared.store.STATS_ATTR_STD_FLOOR, 0.0))
     moments = Moments.empty(FEATURE_DIM)
     for record in store.split("train"):

@@ -258,7 +258,7 @@ def apply_rigid(features: Array, R: Array, offset: Array) -> Array:
     *lead, T, _ = features.shape
     R_t = R[..., None, :, :]  # broadcast over time
     hr = matrix_to_6d(R_t @ rot6d_to_matrix(features[..., HR]))
-    hp = ((R_t @ (features[..., HP] - offset[..., None, :])[..., None]))[..., 0]
+    hp = (R_t @ (features[..., HP] - offset[..., None, :])[..., None])[..., 0]
     hp_dot = (R_t @ features[..., HP_DOT][..., None])[..., 0]
     jr6 = features[..., JR].reshape(*lead, T, NUM_JOINTS, 6)
     jr = matrix_to_6d(R_t[..., None, :, :] @ rot6d_to_matrix(jr6)).reshape(*lead, T, -1)

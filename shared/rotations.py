@@ -142,7 +142,11 @@ def is_rotation(R: np.ndarray, atol: float = 1e-3) -> np.ndarray:
         for j in range(i, 3):  # R^T R is symmetric
             dot = sum(a * b for a, b in zip(columns[i], columns[j], strict=True))
             np.maximum(ortho_err, np.abs(dot - (1.0 if i == j else 0.0)), out=ortho_err)
-    det = r00 * (r11 * r22 - r12 * r21) - r01 * (r10 * r22 - r12 * r20) + r02 * (r10 * r21 - r11 * r20)
+    det = (
+        r00 * (r11 * r22 - r12 * r21)
+        - r01 * (r10 * r22 - r12 * r20)
+        + r02 * (r10 * r21 - r11 * r20)
+    )
     ok = (ortho_err <= atol) & (np.abs(det - 1.0) <= atol)
     return ok.reshape(R.shape[:-2])
 
@@ -173,8 +177,16 @@ def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
     )  # (..., 4): 4 w^2, 4 x^2, 4 y^2, 4 z^2
     k = np.argmax(diag, -1)
     s = np.sqrt(np.maximum(np.take_along_axis(diag, k[..., None], -1)[..., 0], _EPS))  # 4 |q_k| / 2
-    d21, d02, d10 = R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]
-    s01, s02, s12 = R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1]
+    d21, d02, d10 = (
+        R[..., 2, 1] - R[..., 1, 2],
+        R[..., 0, 2] - R[..., 2, 0],
+        R[..., 1, 0] - R[..., 0, 1],
+    )
+    s01, s02, s12 = (
+        R[..., 0, 1] + R[..., 1, 0],
+        R[..., 0, 2] + R[..., 2, 0],
+        R[..., 1, 2] + R[..., 2, 1],
+    )
     candidates = np.stack(
         [
             np.stack([s * s, d21, d02, d10], -1),

@@ -532,7 +532,9 @@ class _Chunk:
 
     def __str__(self) -> str:
         index = self.coords[0] if len(self.coords) == 1 or not any(self.coords[1:]) else self.coords
-        where = f"file {self.key}" + (f", frames {self.frames[0]}-{self.frames[1]}" if self.frames else "")
+        where = f"file {self.key}" + (
+            f", frames {self.frames[0]}-{self.frames[1]}" if self.frames else ""
+        )
         return f"{self.array} chunk {index} ({where})"
 
 
@@ -668,7 +670,9 @@ def _chunk_problems(
     if deep:
         with (
             ThreadPoolExecutor(DEEP_CHECK_THREADS) as pool,
-            tqdm(total=len(present), unit="chunk", desc="check chunks", disable=not progress) as bar,
+            tqdm(
+                total=len(present), unit="chunk", desc="check chunks", disable=not progress
+            ) as bar,
         ):
             for found in pool.map(lambda c: _check_chunk_content(arrays[c.array], c), present):
                 problems += found
@@ -802,9 +806,7 @@ class FeatureStore:
                     f"again from where it came from"
                 )
 
-        mapped = (
-            {name: memmap_array(array) for name, array in arrays.items()} if memory_map else {}
-        )
+        mapped = {name: memmap_array(array) for name, array in arrays.items()} if memory_map else {}
         self.is_memory_mapped = memory_map and all(m is not None for m in mapped.values())
         if memory_map and not self.is_memory_mapped:
             logger.info(

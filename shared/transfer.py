@@ -411,5 +411,3 @@ def cached_store(
         logger.info("%s: copying into the local cache %s", url, target)
         transfer(url, target, source_options=storage_options, decompress=True, progress=progress)
     return target
-
-

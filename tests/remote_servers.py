@@ -30,9 +30,7 @@ def _free_port() -> int:
 
 @contextmanager
 def _serving(args: list[str], url: str, env: dict | None = None) -> Iterator[str]:
-    process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

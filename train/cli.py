@@ -114,12 +114,16 @@ def _config_options(func: Callable) -> Callable:
             dest = f"{section}__{f.name}"
             help_text = f"{docs.get(f.name, '')} [default: {f.default}]"
             if f.type in ("bool", bool):
-                func = click.option(f"{flag}/--no-{flag[2:]}", dest, default=None, help=help_text)(func)
+                func = click.option(f"{flag}/--no-{flag[2:]}", dest, default=None, help=help_text)(
+                    func
+                )
             elif typing.get_origin(_resolve(cls, f)) is typing.Literal:
                 choices = click.Choice(typing.get_args(_resolve(cls, f)))
                 func = click.option(flag, dest, type=choices, default=None, help=help_text)(func)
             else:
-                func = click.option(flag, dest, type=type(f.default), default=None, help=help_text)(func)
+                func = click.option(flag, dest, type=type(f.default), default=None, help=help_text)(
+                    func
+                )
     return func
 
 
@@ -162,12 +166,24 @@ def _local_store(
 
 
 @main.command()
-@_store_options(default="data/nymeria.zarr", show_default=True,
-                help="Feature store (local path or fsspec URL) built by `python -m preprocess build`.")
-@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run directory: config, metrics, checkpoints, pictures.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON or TOML file with `model` and `train` sections; options given here win.")
+@_store_options(
+    default="data/nymeria.zarr",
+    show_default=True,
+    help="Feature store (local path or fsspec URL) built by `python -m preprocess build`.",
+)
+@click.option(
+    "--out",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run directory: config, metrics, checkpoints, pictures.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON or TOML file with `model` and `train` sections; options given here win.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @_config_options
 def fit(
@@ -197,7 +213,14 @@ def fit(
     store_url = _local_store(store_url, cache_dir, storage_options)
     try:
         metrics = run_fit(config, str(store_url), run_dir, resume=resume)
-    except (StoreError, TrainingDiverged, FileExistsError, FileNotFoundError, ValueError, DiskFullError) as e:
+    except (
+        StoreError,
+        TrainingDiverged,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+        DiskFullError,
+    ) as e:
         raise click.ClickException(str(e)) from e
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
@@ -234,7 +257,11 @@ _INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)
               help="Directory for metrics.json and the pictures (created if missing).")  # fmt: skip
 @click.option("--max-windows", type=click.IntRange(min=1), default=256, show_default=True,
               help="Evaluate at most this many evenly spaced windows of the split.")  # fmt: skip
-@click.option("--animate", is_flag=True, help="Also write reconstruction.gif (ground truth vs reconstruction).")
+@click.option(
+    "--animate",
+    is_flag=True,
+    help="Also write reconstruction.gif (ground truth vs reconstruction).",
+)
 @_DEVICE_OPTION
 def eval_command(
     ckpt: Path, store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
@@ -259,7 +286,9 @@ def eval_command(
 @main.command("encode")
 @_CKPT_OPTION
 @_store_options(required=True, help="Feature store: a path or an fsspec URL.")
-@click.option("--out", required=True, help="Latent store to create (Zarr v3, path or URL); must not exist.")
+@click.option(
+    "--out", required=True, help="Latent store to create (Zarr v3, path or URL); must not exist."
+)
 @click.option("--logvar", is_flag=True, help="Also store the posterior log-variances.")
 @click.option("--split", type=click.Choice(("all", *SPLITS)), default="all", show_default=True,
               help="Which sequences to encode.")  # fmt: skip
@@ -327,5 +356,7 @@ def decode_command(
         root = decode_store(ckpt, latents, out, world, device, storage_options)
     except _INPUT_ERRORS as e:
         raise click.ClickException(str(e)) from e
-    arrays = ", ".join(f"{name} {root[name].shape}" for name in (WORLD_ARRAYS if world else (FEATURES,)))
+    arrays = ", ".join(
+        f"{name} {root[name].shape}" for name in (WORLD_ARRAYS if world else (FEATURES,))
+    )
     click.echo(f"wrote {out}: {root[SEQUENCES]['name'].shape[0]} sequences; {arrays}")

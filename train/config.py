@@ -75,7 +75,12 @@ class TrainConfig:
         for name in ("steps", "batch_size", "val_every", "val_windows", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)!r}")
-        for name in ("warmup_steps", "num_workers", "world_position_weight", "world_velocity_weight"):
+        for name in (
+            "warmup_steps",
+            "num_workers",
+            "world_position_weight",
+            "world_velocity_weight",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
         if not 0.0 <= self.head_blend <= 1.0:
@@ -115,7 +120,9 @@ class RunConfig:
     def from_dict(cls, data: dict, source: str = "config") -> RunConfig:
         unknown = set(data) - {"model", "train"}
         if unknown:
-            raise ValueError(f"{source}: unknown sections {sorted(unknown)}; expected 'model' and 'train'")
+            raise ValueError(
+                f"{source}: unknown sections {sorted(unknown)}; expected 'model' and 'train'"
+            )
         return cls(
             model=_build(MotionVAEConfig, data.get("model", {}), f"{source} [model]"),
             train=_build(TrainConfig, data.get("train", {}), f"{source} [train]"),

@@ -28,7 +28,9 @@ from shared.store import FeatureStore, NormStats, SequenceRecord, open_store
 class WindowBatch(NamedTuple):
     """A batch of world-feature windows; a NamedTuple so DataLoader collation and pinning keep it."""
 
-    features: torch.Tensor  # (B, T, 294) float32, world frame; padded frames repeat the last valid one
+    features: (
+        torch.Tensor
+    )  # (B, T, 294) float32, world frame; padded frames repeat the last valid one
     mask: torch.Tensor  # (B, T) bool, True on real frames
     start_frame: torch.Tensor  # (B,) int64, first frame in the store's concatenated frame axis
     sequence: torch.Tensor  # (B,) int64, index into the split's sequence list
@@ -78,10 +80,16 @@ class WindowIndex:
         """Window numbers (N,) -> (sequence index, first store frame, valid frames), each (N,)."""
         cum = self._cum_starts
         if np.any((k < 0) | (k >= cum[-1])):
-            raise IndexError(f"window numbers must be in [0, {cum[-1]}), found {k.min()}..{k.max()}")
+            raise IndexError(
+                f"window numbers must be in [0, {cum[-1]}), found {k.min()}..{k.max()}"
+            )
         seq = np.searchsorted(cum, k, side="right")
         offset = k - (cum[seq] - self.starts_per_sequence[seq])
-        return seq, self._seq_start[seq] + offset, np.minimum(self._seq_length[seq], self.window_frames)
+        return (
+            seq,
+            self._seq_start[seq] + offset,
+            np.minimum(self._seq_length[seq], self.window_frames),
+        )
 
     def number(self, sequence: np.ndarray, offset: np.ndarray) -> np.ndarray:
         """The inverse of `locate`: window numbers of the windows `offset` frames into `sequence`."""
@@ -112,10 +120,15 @@ def read_windows(store: FeatureStore, index: WindowIndex, k: np.ndarray) -> Wind
     for b, (start, n) in enumerate(zip(first.tolist(), valid.tolist())):
         store.read_features_into(features[b, :n], start)
         if n < T:
-            features[b, n:] = features[b, n - 1]  # edge padding keeps rotations valid for canonicalize
+            features[b, n:] = features[
+                b, n - 1
+            ]  # edge padding keeps rotations valid for canonicalize
     mask = np.arange(T) < valid[:, None]
     return WindowBatch(
-        torch.from_numpy(features), torch.from_numpy(mask), torch.from_numpy(first), torch.from_numpy(seq)
+        torch.from_numpy(features),
+        torch.from_numpy(mask),
+        torch.from_numpy(first),
+        torch.from_numpy(seq),
     )
 
 

@@ -104,7 +104,9 @@ def summarize(sums: dict[str, MaskedSum]) -> dict:
     for key, value in sums.items():
         mean = value.mean().tolist()
         if key == MPJPE_WORLD_PER_JOINT:
-            metrics[key] = {name: _finite_or_none(v) for name, v in zip(JOINT_NAMES, mean, strict=True)}
+            metrics[key] = {
+                name: _finite_or_none(v) for name, v in zip(JOINT_NAMES, mean, strict=True)
+            }
         elif isinstance(mean, list):
             metrics[key] = [_finite_or_none(v) for v in mean]
         else:
@@ -129,11 +131,16 @@ def format_table(metrics: dict) -> str:
     by_frame = [v for v in metrics.get(MPJPE_WORLD_BY_FRAME, []) if v is not None]
     if len(by_frame) >= 2 * FRAMES_PER_LATENT:
         first, last = np.mean(by_frame[:FRAMES_PER_LATENT]), np.mean(by_frame[-FRAMES_PER_LATENT:])
-        lines.append(f"{'world MPJPE, first / last 4 frames (mm)':<{width}}{first:12.4f} / {last:.4f}")
+        lines.append(
+            f"{'world MPJPE, first / last 4 frames (mm)':<{width}}{first:12.4f} / {last:.4f}"
+        )
     per_joint = {k: v for k, v in metrics.get(MPJPE_WORLD_PER_JOINT, {}).items() if v is not None}
     if per_joint:
         worst = sorted(per_joint.items(), key=lambda kv: -kv[1])[:3]
-        lines.append(f"{'worst joints, world MPJPE (mm)':<{width}}" + ", ".join(f"{k} {v:.1f}" for k, v in worst))
+        lines.append(
+            f"{'worst joints, world MPJPE (mm)':<{width}}"
+            + ", ".join(f"{k} {v:.1f}" for k, v in worst)
+        )
     return "\n".join(lines)
 
 
@@ -191,8 +198,12 @@ def evaluate(
         raise ValueError(f"store {store.url} has no sequences in split {split!r}")
     T = model.config.seq_len
     index = WindowIndex(records, T)
-    windows = index.evenly_spaced(max_windows) if windows is None else np.asarray(windows, dtype=np.int64)
-    examples = set(windows[np.linspace(0, len(windows) - 1, NUM_EXAMPLE_WINDOWS).round().astype(int)].tolist())
+    windows = (
+        index.evenly_spaced(max_windows) if windows is None else np.asarray(windows, dtype=np.int64)
+    )
+    examples = set(
+        windows[np.linspace(0, len(windows) - 1, NUM_EXAMPLE_WINDOWS).round().astype(int)].tolist()
+    )
     speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
 
     batches: list[dict[str, MaskedSum]] = []
@@ -227,7 +238,9 @@ def evaluate(
         "pictures": [p.name for p in pictures],
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    logger.info("evaluated %d windows of %s: metrics in %s", len(windows), split, out_dir / METRICS_FILE)
+    logger.info(
+        "evaluated %d windows of %s: metrics in %s", len(windows), split, out_dir / METRICS_FILE
+    )
     return metrics
 
 
@@ -251,7 +264,9 @@ def _write_pictures(
         "head-frame MPJPE": np.array(metrics[MPJPE_HEAD_BY_FRAME], dtype=float),
     }
     pictures.append(plot_error_by_frame(curves, out_dir / "error_by_frame.png", FRAMES_PER_LATENT))
-    per_joint = np.array([metrics[MPJPE_WORLD_PER_JOINT][name] for name in JOINT_NAMES], dtype=float)
+    per_joint = np.array(
+        [metrics[MPJPE_WORLD_PER_JOINT][name] for name in JOINT_NAMES], dtype=float
+    )
     pictures.append(plot_per_joint_error(per_joint, out_dir / "per_joint_error.png"))
     run_metrics = ckpt_path.parent.parent / "metrics.jsonl"
     loss_curves = plot_loss_curves(run_metrics, out_dir / "loss_curves.png")
@@ -261,5 +276,7 @@ def _write_pictures(
         logger.info("no training metrics at %s: no loss curves", run_metrics)
     if animate:
         _, gt, pred = examples_m[0]
-        pictures.append(animate_skeletons(gt[:, :-1], pred[:, :-1], out_dir / "reconstruction.gif", fps))
+        pictures.append(
+            animate_skeletons(gt[:, :-1], pred[:, :-1], out_dir / "reconstruction.gif", fps)
+        )
     return pictures

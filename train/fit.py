@@ -49,7 +49,14 @@ logger = logging.getLogger(__name__)
 # Fields that may change when a run is resumed: they do not alter what the run computes.
 # Errors logged at validation (the full set is `train eval`'s job).
 VAL_ERRORS = ("mpjpe_head_mm", "mpjpe_world_mm")
-RESUMABLE_CHANGES = {"train.steps", "train.num_workers", "train.device", "train.log_every", "train.val_every", "train.compile"}
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.num_workers",
+    "train.device",
+    "train.log_every",
+    "train.val_every",
+    "train.compile",
+}
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,7 +93,9 @@ class DistInfo:
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(
+        int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+    )
     device = resolve_device(device_name, info.local_rank)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -108,7 +117,10 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     """AdamW; weight decay on conv/linear weights only (not biases or norm gains)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
 
 
@@ -193,17 +205,22 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
     if store.stats.window_frames != config.model.seq_len:
         logger.warning(
             "store statistics were computed over %d-frame windows, training uses %d",
-            store.stats.window_frames, config.model.seq_len,
+            store.stats.window_frames,
+            config.model.seq_len,
         )
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     resumed: Checkpoint | None = None
     if resume:
         if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {ckpt_path}; start without --resume"
+            )
         resumed = load_checkpoint(ckpt_path)
         _check_resumable(resumed, config, store)
     elif ckpt_path.exists():  # every rank stops here, not only rank 0
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out"
+        )
 
     torch.manual_seed(cfg.seed)
     model = MotionVAE(config.model).to(device)
@@ -241,11 +258,19 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
     log.truncate_after(start_step)
 
     dataset = TrainWindows(
-        store.url, "train", config.model.seq_len, cfg.batch_size, cfg.seed, info.rank, first_batch=start_step
+        store.url,
+        "train",
+        config.model.seq_len,
+        cfg.batch_size,
+        cfg.seed,
+        info.rank,
+        first_batch=start_step,
     )
     loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and cfg.bf16
+        else nullcontext()
     )
 
     def checkpoint(step: int, is_best: bool = False) -> None:
@@ -253,7 +278,8 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         # spends it there; best.pt is then the same file (a hard link where possible).
         if info.is_main:
             save_checkpoint(
-                ckpt_path, Checkpoint.capture(model, optimizer, scheduler, step, best_val, config, store)
+                ckpt_path,
+                Checkpoint.capture(model, optimizer, scheduler, step, best_val, config, store),
             )
             if is_best:
                 link_checkpoint(ckpt_path, run_dir / "checkpoints" / "best.pt")
@@ -266,7 +292,9 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
     last_val: dict[str, float] = {}
     wait_s = busy_s = 0.0
     windows_seen = 0
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not info.is_main, desc="train", unit="step")
+    bar = tqdm(
+        total=cfg.steps, initial=start_step, disable=not info.is_main, desc="train", unit="step"
+    )
     train_model.train()
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
@@ -314,7 +342,9 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
             windows_seen = 0
         if done % cfg.val_every == 0 or done == cfg.steps:
             if val_index is not None and info.is_main:
-                last_val = validate(model, store, val_index, val_windows, normalizer, config, device)
+                last_val = validate(
+                    model, store, val_index, val_windows, normalizer, config, device
+                )
                 log.write(done, last_val)
                 is_best = last_val["val/total"] < best_val
                 best_val = min(best_val, last_val["val/total"])
@@ -356,7 +386,8 @@ def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -
         logger.warning(
             "resuming with steps %d instead of %d: the cosine schedule is stretched from here on, "
             "so this run will not match one started with the new step count",
-            config.train.steps, ckpt.config["train"]["steps"],
+            config.train.steps,
+            ckpt.config["train"]["steps"],
         )
     if differences:
         raise ValueError(
@@ -366,7 +397,9 @@ def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -
         )
 
 
-def _write_run_files(run_dir: Path, config: RunConfig, store: FeatureStore, info: DistInfo, device: torch.device) -> None:
+def _write_run_files(
+    run_dir: Path, config: RunConfig, store: FeatureStore, info: DistInfo, device: torch.device
+) -> None:
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     run_info = {
         "package_version": package_version(),
@@ -377,5 +410,3 @@ def _write_run_files(run_dir: Path, config: RunConfig, store: FeatureStore, info
         "store": {"url": store.url, "fingerprint": store.fingerprint},
     }
     (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")
-
-

@@ -19,6 +19,7 @@ from train.model import MotionVAE
 
 logger = logging.getLogger(__name__)
 
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` -> CUDA, then MPS, then CPU; an explicit name must be available."""
     if name == "auto":
@@ -51,7 +52,9 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def load_for_inference(ckpt_path: Path, device: torch.device) -> tuple[Checkpoint, MotionVAE, Normalizer]:
+def load_for_inference(
+    ckpt_path: Path, device: torch.device
+) -> tuple[Checkpoint, MotionVAE, Normalizer]:
     """Checkpoint, its model in eval mode on `device`, and its normalisation statistics."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     if ckpt.layout != layout_description():

@@ -166,7 +166,9 @@ def _new_output_group(
 
 def _write_table(group: zarr.Group, columns: dict[str, np.ndarray]) -> None:
     for name, values in columns.items():
-        array = group.create_array(name, shape=values.shape, dtype=values.dtype if values.dtype.kind != "U" else str)
+        array = group.create_array(
+            name, shape=values.shape, dtype=values.dtype if values.dtype.kind != "U" else str
+        )
         if values.size:
             array[...] = values
 
@@ -224,7 +226,11 @@ def encode_store(
             features = np.array(store.read_features(record.start, record.stop))
             latents = codec.encode_features(features, plans[i].window_frames, plans[i].hop_frames)
             mean = latents.mean.float().cpu().numpy()  # (W, K, L)
-            writer.append({MEAN: mean, LOGVAR: latents.logvar.float().cpu().numpy()} if logvar else {MEAN: mean})
+            writer.append(
+                {MEAN: mean, LOGVAR: latents.logvar.float().cpu().numpy()}
+                if logvar
+                else {MEAN: mean}
+            )
             rows = slice(first_window[i], first_window[i] + num_windows[i])
             R_canon_world[rows] = latents.frame.R_canon_world.cpu().numpy()
             offset_world[rows] = latents.frame.offset_world.cpu().numpy()
@@ -255,7 +261,9 @@ def encode_store(
             },
         )
         channel_mean, channel_std = moments.mean_std(std_floor=0.0)
-        stats = root.create_group(LATENT_STATS, attributes={"count": moments.count, "split": stats_split})
+        stats = root.create_group(
+            LATENT_STATS, attributes={"count": moments.count, "split": stats_split}
+        )
         _write_table(stats, {"mean": channel_mean, "std": channel_std})
 
         checkpoint = {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path),
@@ -281,7 +289,9 @@ def encode_store(
             }
         )
         root.attrs[ATTR_COMPLETE] = True
-    logger.info("encoded %d sequences into %d windows of %d latents at %s", len(records), total, K, out)
+    logger.info(
+        "encoded %d sequences into %d windows of %d latents at %s", len(records), total, K, out
+    )
     return zarr.open_group(str(out), mode="r", storage_options=url_options(out, storage_options))
 
 
@@ -309,7 +319,9 @@ def check_latent_attrs(attrs: Mapping[str, Any], url: str | Path) -> None:
             f"with `train encode`"
         )
     if attrs.get(ATTR_COMPLETE) is not True:
-        raise ValueError(f"{url} is incomplete (the run that wrote it was interrupted); write it again")
+        raise ValueError(
+            f"{url} is incomplete (the run that wrote it was interrupted); write it again"
+        )
 
 
 def open_latents(url: str | Path, storage_options: dict | None = None) -> zarr.Group:
@@ -332,7 +344,9 @@ def read_latent_table(group: zarr.Group) -> list[LatentSequence]:
     ]
 
 
-def read_sequence_latents(group: zarr.Group, sequence: LatentSequence, plan: WindowPlan) -> MotionLatents:
+def read_sequence_latents(
+    group: zarr.Group, sequence: LatentSequence, plan: WindowPlan
+) -> MotionLatents:
     """The windows of one sequence of a latent store, as `MotionCodec.decode_*` take them."""
     if plan.num_windows != sequence.num_windows:
         raise ValueError(
@@ -343,7 +357,8 @@ def read_sequence_latents(group: zarr.Group, sequence: LatentSequence, plan: Win
     rows = slice(sequence.first_window, sequence.first_window + sequence.num_windows)
     windows = group[WINDOWS]
     frame = CanonicalFrame(
-        torch.as_tensor(windows["R_canon_world"][rows]), torch.as_tensor(windows["offset_world"][rows])
+        torch.as_tensor(windows["R_canon_world"][rows]),
+        torch.as_tensor(windows["offset_world"][rows]),
     )
     logvar = torch.as_tensor(group[LOGVAR][rows]) if LOGVAR in group else None
     return MotionLatents(torch.as_tensor(group[MEAN][rows]), logvar, frame, plan)

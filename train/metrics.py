@@ -82,21 +82,27 @@ def procrustes_align(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return aligned.to(device=pred.device, dtype=pred.dtype)
 
 
-def finite_difference(x: torch.Tensor, mask: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+def finite_difference(
+    x: torch.Tensor, mask: torch.Tensor, order: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`order`-th difference of (B, T, ...) along time -> (B, T - order, ...) and its (B, T - order) mask.
 
     Entry t is valid when frames t .. t + order all are.
     """
     T = x.shape[1]
     if T <= order:
-        raise ValueError(f"a difference of order {order} needs more than {order} frames, found T={T}")
+        raise ValueError(
+            f"a difference of order {order} needs more than {order} frames, found T={T}"
+        )
     valid = mask[:, : T - order].clone()
     for k in range(1, order + 1):
         valid &= mask[:, k : T - order + k]
     return torch.diff(x, n=order, dim=1), valid
 
 
-def up_vector(like: torch.Tensor, up_axis: tuple[float, float, float] = WORLD_UP_AXIS) -> torch.Tensor:
+def up_vector(
+    like: torch.Tensor, up_axis: tuple[float, float, float] = WORLD_UP_AXIS
+) -> torch.Tensor:
     """The unit world up vector as a tensor of `like`'s dtype and device."""
     return torch.as_tensor(horizontal_basis(up_axis)[2], dtype=like.dtype, device=like.device)
 
@@ -206,14 +212,21 @@ def reconstruction_errors(
     """
     joints_head_pred, joints_head_gt = joints_in_head_frame(recon), joints_in_head_frame(target)
     world_pred, world_gt = decoded_to_world(recon, head_blend), features_to_world(target)
-    joints_pred, joints_gt = world_pred.joint_translation, world_gt.joint_translation  # (B, T, J, 3)
+    joints_pred, joints_gt = (
+        world_pred.joint_translation,
+        world_gt.joint_translation,
+    )  # (B, T, J, 3)
 
     head_err_mm = joint_distance_m(joints_head_pred, joints_head_gt) * MM_PER_M  # (B, T, J)
     world_err_mm = joint_distance_m(joints_pred, joints_gt) * MM_PER_M
     pa_err_mm = joint_distance_m(procrustes_align(joints_pred, joints_gt), joints_gt) * MM_PER_M
     head_pos_mm = joint_distance_m(world_pred.cpf_translation, world_gt.cpf_translation) * MM_PER_M
-    head_rot_deg = geodesic_angle(world_pred.cpf_orientation, world_gt.cpf_orientation) * DEG_PER_RAD
-    joint_rot_deg = geodesic_angle(world_pred.joint_orientation, world_gt.joint_orientation) * DEG_PER_RAD
+    head_rot_deg = (
+        geodesic_angle(world_pred.cpf_orientation, world_gt.cpf_orientation) * DEG_PER_RAD
+    )
+    joint_rot_deg = (
+        geodesic_angle(world_pred.joint_orientation, world_gt.joint_orientation) * DEG_PER_RAD
+    )
 
     accel_pred, accel_valid = finite_difference(joints_pred, mask, 2)
     accel_gt, _ = finite_difference(joints_gt, mask, 2)
@@ -251,12 +264,18 @@ def reconstruction_errors(
     }
 
 
-def loss_sums(terms: dict[str, torch.Tensor], num_frames: int, num_latents: int) -> dict[str, MaskedSum]:
+def loss_sums(
+    terms: dict[str, torch.Tensor], num_frames: int, num_latents: int
+) -> dict[str, MaskedSum]:
     """Batch-mean loss terms (`train.loss.vae_loss`) -> sums weighted by the frames (MSE) or
     latents (KL) each term averaged over, so batches pool exactly."""
     frames = torch.tensor(float(num_frames), dtype=torch.float64)
     latents = torch.tensor(float(num_latents), dtype=torch.float64)
-    sums = {key: MaskedSum(terms[key].detach().cpu().double() * frames, frames) for key in terms if key.startswith("mse/")}
+    sums = {
+        key: MaskedSum(terms[key].detach().cpu().double() * frames, frames)
+        for key in terms
+        if key.startswith("mse/")
+    }
     sums[RECON_LOSS] = MaskedSum(terms[RECON].detach().cpu().double() * frames, frames)
     sums[KL] = MaskedSum(terms[KL].detach().cpu().double() * latents, latents)
     for key in (WORLD_POSITION, WORLD_VELOCITY):

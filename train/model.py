@@ -77,9 +77,7 @@ class MotionVAEConfig:
         if self.lambda_kl < 0:
             raise ValueError(f"MotionVAEConfig.lambda_kl must be >= 0, found {self.lambda_kl}")
         if self.logvar_clamp <= 0:
-            raise ValueError(
-                f"MotionVAEConfig.logvar_clamp must be > 0, found {self.logvar_clamp}"
-            )
+            raise ValueError(f"MotionVAEConfig.logvar_clamp must be > 0, found {self.logvar_clamp}")
 
     @property
     def num_latents(self) -> int:
@@ -219,7 +217,9 @@ class _CausalConvStack(nn.Module):
     near zero (`_init_output_projection`).
     """
 
-    def __init__(self, config: MotionVAEConfig, in_dim: int, out_dim: int, resample: type[nn.Module]):
+    def __init__(
+        self, config: MotionVAEConfig, in_dim: int, out_dim: int, resample: type[nn.Module]
+    ):
         super().__init__()
         C = config.hidden_dim
         self.in_proj = CausalConv1d(in_dim, C, config.kernel_size)
@@ -297,7 +297,9 @@ class MotionVAE(nn.Module):
         c = self.config.logvar_clamp
         return mean, logvar.clamp(-c, c)
 
-    def encode(self, x: torch.Tensor, cache: ConvCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, cache: ConvCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) frames, T % 4 == 0 -> (mean, logvar), each (B, T/4, L).
 
         With a `cache` (a dict, empty at the start of a sequence) `x` continues the frames

@@ -40,7 +40,12 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path | None:
     """Train and validation loss terms against step (log scale); None when there is nothing to plot."""
     rows = read_metrics(metrics_path) if Path(metrics_path).exists() else []
     keys = sorted(
-        {k for r in rows for k in r if k.startswith(("train/", "val/")) and ("/mse" in k or k.endswith(("/total", "/kl")))}
+        {
+            k
+            for r in rows
+            for k in r
+            if k.startswith(("train/", "val/")) and ("/mse" in k or k.endswith(("/total", "/kl")))
+        }
     )
     if not rows or not keys:
         return None
@@ -48,7 +53,9 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path | None:
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         ax_loss.plot(*zip(*pts), label=key, marker="o" if key.startswith("val/") else None, ms=3)
-    ax_loss.set(xlabel="step", ylabel="loss (normalised features)", yscale="log", title="loss terms")
+    ax_loss.set(
+        xlabel="step", ylabel="loss (normalised features)", yscale="log", title="loss terms"
+    )
     ax_loss.legend(fontsize=7)
     for key in ("val/mpjpe_head_mm", "val/mpjpe_world_mm"):
         pts = [(r["step"], r[key]) for r in rows if key in r]
@@ -63,7 +70,9 @@ def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path | None:
 def _check_joints(name: str, joints_m: np.ndarray) -> np.ndarray:
     joints_m = np.asarray(joints_m, dtype=np.float64)
     if joints_m.ndim != 3 or joints_m.shape[1:] != (len(JOINT_NAMES), 3):
-        raise ValueError(f"{name} must be (T, {len(JOINT_NAMES)}, 3) joints, found {joints_m.shape}")
+        raise ValueError(
+            f"{name} must be (T, {len(JOINT_NAMES)}, 3) joints, found {joints_m.shape}"
+        )
     return joints_m
 
 
@@ -74,7 +83,9 @@ def _cube_limits(*joints_m: np.ndarray) -> tuple[np.ndarray, float]:
     return (lo + hi) / 2, max(float((hi - lo).max()) / 2, 0.5)
 
 
-def _new_skeleton_axes(fig: plt.Figure, rows: int, cols: int, index: int, centre: np.ndarray, half: float):
+def _new_skeleton_axes(
+    fig: plt.Figure, rows: int, cols: int, index: int, centre: np.ndarray, half: float
+):
     ax = fig.add_subplot(rows, cols, index, projection="3d")
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[1] - half, centre[1] + half)
@@ -88,7 +99,8 @@ def _new_skeleton_axes(fig: plt.Figure, rows: int, cols: int, index: int, centre
 def _bone_lines(ax, joints_m: np.ndarray, color: str, alpha: float = 1.0, lw: float = 2.0) -> list:
     """One Line3D per bone of the (23, 3) pose; returned so animations can move them."""
     return [
-        ax.plot(*joints_m[[child, parent]].T, color=color, alpha=alpha, lw=lw)[0] for child, parent in BONES
+        ax.plot(*joints_m[[child, parent]].T, color=color, alpha=alpha, lw=lw)[0]
+        for child, parent in BONES
     ]
 
 
@@ -127,7 +139,10 @@ def plot_skeleton_frames(
     if with_head:
         gt_head_m, pred_head_m = np.asarray(gt_head_m), np.asarray(pred_head_m)
         ax = fig.add_subplot(1, cols, cols)
-        for head, color, label in ((gt_head_m, GT_COLOR, "truth"), (pred_head_m, PRED_COLOR, "reconstruction")):
+        for head, color, label in (
+            (gt_head_m, GT_COLOR, "truth"),
+            (pred_head_m, PRED_COLOR, "reconstruction"),
+        ):
             ax.plot(head[:, 0], head[:, 1], color=color, lw=1.5, label=label)
             ax.plot(head[0, 0], head[0, 1], "o", color=color, ms=4)
         ax.set_aspect("equal", adjustable="datalim")
@@ -135,7 +150,9 @@ def plot_skeleton_frames(
         ax.set_title("head trajectory, top view", fontsize=8)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=6)
-    fig.suptitle((title + ": " if title else "") + "ground truth (blue), reconstruction (red)", fontsize=9)
+    fig.suptitle(
+        (title + ": " if title else "") + "ground truth (blue), reconstruction (red)", fontsize=9
+    )
     # tight_layout measures every 3D tick label: slow, and the fixed grid needs no fitting.
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.12, top=0.85, wspace=0.15)
     out_path = Path(out_path)
@@ -165,12 +182,17 @@ def plot_error_by_frame(
 
 
 def plot_per_joint_error(
-    errors_mm: np.ndarray, out_path: Path, label: str = "world MPJPE", names: Sequence[str] = JOINT_NAMES
+    errors_mm: np.ndarray,
+    out_path: Path,
+    label: str = "world MPJPE",
+    names: Sequence[str] = JOINT_NAMES,
 ) -> Path:
     """Horizontal bars of the error of each joint (mm), in skeleton order."""
     errors_mm = np.asarray(errors_mm, dtype=np.float64)
     if errors_mm.shape != (len(names),):
-        raise ValueError(f"errors_mm must have one value per joint ({len(names)}), found {errors_mm.shape}")
+        raise ValueError(
+            f"errors_mm must have one value per joint ({len(names)}), found {errors_mm.shape}"
+        )
     fig, ax = plt.subplots(figsize=(6, 0.28 * len(names) + 1.2))
     y = np.arange(len(names))
     ax.barh(y, np.nan_to_num(errors_mm), color=PRED_COLOR)
@@ -195,7 +217,10 @@ def animate_skeletons(
     ax_pred = _new_skeleton_axes(fig, 1, 2, 2, centre, half)
     ax_gt.set_title("ground truth", fontsize=9)
     ax_pred.set_title("reconstruction", fontsize=9)
-    lines = [(_bone_lines(ax_gt, gt_m[0], GT_COLOR), gt_m), (_bone_lines(ax_pred, pred_m[0], PRED_COLOR), pred_m)]
+    lines = [
+        (_bone_lines(ax_gt, gt_m[0], GT_COLOR), gt_m),
+        (_bone_lines(ax_pred, pred_m[0], PRED_COLOR), pred_m),
+    ]
     caption = fig.suptitle("", fontsize=8)
 
     def draw(t: int) -> list:

@@ -41,18 +41,40 @@ def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, .
         "missing_key": ({nymeria_format.KEY_JOINT_TRANSLATION: None}, {}, ()),
         "out_of_range": ({nymeria_format.KEY_JOINT_TRANSLATION: absurd}, {}, ()),
         "frame_rate": ({nymeria_format.KEY_TIMESTAMP_NS: slow}, {}, ()),
-        "bad_shape": ({nymeria_format.KEY_JOINT_TRANSLATION: np.zeros((n, 22, 3), np.float32)}, {}, ()),
-        "bad_dtype": ({nymeria_format.KEY_TIMESTAMP_NS: raw[nymeria_format.KEY_TIMESTAMP_NS].astype(np.float64)}, {}, ()),
+        "bad_shape": (
+            {nymeria_format.KEY_JOINT_TRANSLATION: np.zeros((n, 22, 3), np.float32)},
+            {},
+            (),
+        ),
+        "bad_dtype": (
+            {
+                nymeria_format.KEY_TIMESTAMP_NS: raw[nymeria_format.KEY_TIMESTAMP_NS].astype(
+                    np.float64
+                )
+            },
+            {},
+            (),
+        ),
         "non_finite": ({nymeria_format.KEY_CPF_TRANSLATION: nan_cpf}, {}, ()),
         "not_rotation": ({nymeria_format.KEY_JOINT_ORIENTATION: scaled}, {}, ()),
         "timestamps_not_increasing": ({nymeria_format.KEY_TIMESTAMP_NS: stalled}, {}, ()),
         "empty_clip": (empty, {nymeria_format.ATTR_NUM_FRAMES: 0}, ()),
         "frame_count_mismatch": (
-            {nymeria_format.KEY_CONTACT_INFORMATION: raw[nymeria_format.KEY_CONTACT_INFORMATION][:-1]}, {}, ()
+            {
+                nymeria_format.KEY_CONTACT_INFORMATION: raw[nymeria_format.KEY_CONTACT_INFORMATION][
+                    :-1
+                ]
+            },
+            {},
+            (),
         ),
         "filter_unavailable": ({}, {}, (nymeria_format.KEY_JOINT_ORIENTATION,)),
         "missing_attribute": ({}, {nymeria_format.ATTR_SEQUENCE_NAME: None}, ()),
-        "bad_sequence_name": ({}, {nymeria_format.ATTR_SEQUENCE_NAME: "not-a-nymeria-recording"}, ()),
+        "bad_sequence_name": (
+            {},
+            {nymeria_format.ATTR_SEQUENCE_NAME: "not-a-nymeria-recording"},
+            (),
+        ),
     }
 
 
@@ -112,7 +134,9 @@ def mixed_dataset(
         f[nymeria_format.KEY_JOINT_TRANSLATION] = h5py.SoftLink("/nowhere")
     with h5py.File(root / files["bad_size"], "a") as f:  # declares 745 GiB, stores nothing
         del f[nymeria_format.KEY_TIMESTAMP_NS]
-        f.create_dataset(nymeria_format.KEY_TIMESTAMP_NS, shape=(10**11,), dtype=np.int64, chunks=(4096,))
+        f.create_dataset(
+            nymeria_format.KEY_TIMESTAMP_NS, shape=(10**11,), dtype=np.int64, chunks=(4096,)
+        )
     assert set(files) == set(FILE_KINDS)
     return root, files
 

@@ -65,7 +65,9 @@ def cluster_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.mark.slow
 def test_cluster_build_sizes_chunks_and_attributes(cluster_store: Path, synthetic_dataset: Path):
     recordings = raw_recordings(synthetic_dataset)
-    total_frames = sum(len(c[nymeria_format.KEY_TIMESTAMP_NS]) for clips in recordings.values() for c in clips)
+    total_frames = sum(
+        len(c[nymeria_format.KEY_TIMESTAMP_NS]) for clips in recordings.values() for c in clips
+    )
     store = open_store(cluster_store)
     assert store.num_frames == total_frames
     assert store.is_memory_mapped
@@ -117,8 +119,12 @@ def test_cluster_build_features_match_stitched_raw_clips(
         stored = store.read_features(record.start, record.stop)
         np.testing.assert_allclose(stored, expected, atol=2e-6, rtol=1e-6)
         frames = slice(record.start, record.stop)
-        np.testing.assert_array_equal(store.timestamp_ns[frames], raw[nymeria_format.KEY_TIMESTAMP_NS])
-        np.testing.assert_array_equal(store.contact[frames], raw[nymeria_format.KEY_CONTACT_INFORMATION])
+        np.testing.assert_array_equal(
+            store.timestamp_ns[frames], raw[nymeria_format.KEY_TIMESTAMP_NS]
+        )
+        np.testing.assert_array_equal(
+            store.contact[frames], raw[nymeria_format.KEY_CONTACT_INFORMATION]
+        )
     # Velocities are continuous across clip seams: the first frame of the second clip has the
     # real head displacement, not the zero of a sequence start.
     record = store.sequences[0]
@@ -245,4 +251,7 @@ def test_build_on_an_existing_cluster(cluster_store: Path, synthetic_dataset: Pa
         )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert content_files(out) == content_files(cluster_store)
-    assert open_store(out).attrs[shared.store.ATTR_BUILD_CONFIG]["scheduler"] == cluster.scheduler_address
+    assert (
+        open_store(out).attrs[shared.store.ATTR_BUILD_CONFIG]["scheduler"]
+        == cluster.scheduler_address
+    )

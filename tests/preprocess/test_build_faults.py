@@ -112,7 +112,10 @@ def test_disk_full_during_an_overwrite_keeps_the_old_store_and_resumes(synthetic
 def test_build_into_a_full_file_system_is_one_line(synthetic_dataset, tmp_path):
     """ENOSPC itself: the build writes into a 1 MB tmpfs of its own mount namespace."""
     unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "-rm", "true"], check=False, capture_output=True).returncode:
+    if (
+        unshare is None
+        or subprocess.run([unshare, "-rm", "true"], check=False, capture_output=True).returncode
+    ):
         pytest.skip("no unprivileged mount namespaces here (the EFBIG test covers the same path)")
     small = tmp_path / "small"
     small.mkdir()

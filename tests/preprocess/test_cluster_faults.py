@@ -138,7 +138,6 @@ def error_line(output: str) -> str:
     return line
 
 
-
 def kill_stalled_worker(build: subprocess.Popen, marker: Path) -> str:
     """SIGKILL the worker that wrote its pid to `marker` when it stalled; the build's stderr."""
     try:
@@ -148,6 +147,7 @@ def kill_stalled_worker(build: subprocess.Popen, marker: Path) -> str:
     finally:
         if build.poll() is None:
             build.kill()
+
 
 def test_an_address_without_a_scheduler_fails_in_seconds_and_leaves_nothing(
     synthetic_dataset, tmp_path, cluster
@@ -226,7 +226,10 @@ def test_a_task_that_kills_its_workers_names_its_files(synthetic_dataset, tmp_pa
 
 def test_a_worker_that_cannot_see_data_stops_the_build(synthetic_dataset, tmp_path, cluster):
     unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run([unshare, "-rm", "true"], check=False, capture_output=True).returncode:
+    if (
+        unshare is None
+        or subprocess.run([unshare, "-rm", "true"], check=False, capture_output=True).returncode
+    ):
         pytest.skip("no unprivileged mount namespaces here to give a worker its own view of DATA")
     data = tmp_path / "data"
     shutil.copytree(synthetic_dataset, data)

@@ -35,7 +35,6 @@ from shared.store import open_store
 ONLY_H5 = "only '.h5' files are read; rename it to include it"
 
 
-
 @pytest.fixture
 def two_recordings(synthetic_dataset: Path, tmp_path: Path) -> tuple[Path, dict[str, list[dict]]]:
     """A copy of the first two recordings (3 clips each) of the shared synthetic dataset."""

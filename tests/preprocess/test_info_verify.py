@@ -41,7 +41,10 @@ def test_info_json(built):
     result = CliRunner().invoke(main, ["info", str(out), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["schema"] == {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION}
+    assert info["schema"] == {
+        "name": shared.store.SCHEMA_NAME,
+        "version": shared.store.SCHEMA_VERSION,
+    }
     assert info["frames"] == sum(s["frames"] for s in info["splits"].values()) > 0
     assert info["fps"] == pytest.approx(30.0)
     assert info["hours"] == pytest.approx(info["frames"] / 30.0 / 3600)

@@ -45,9 +45,7 @@ def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _files(store: Path) -> dict[str, bytes]:
     return {
-        str(p.relative_to(store)): p.read_bytes()
-        for p in sorted(store.rglob("*"))
-        if p.is_file()
+        str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()
     }
 
 

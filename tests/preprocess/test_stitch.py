@@ -201,7 +201,8 @@ def test_overlapping_and_duplicate_clips_drop_frames(
     first, second = (synthetic_dataset / c["file"] for c in clips[:2])
     with h5py.File(first, "r") as f0, h5py.File(second, "r") as f1:
         overlapped = {
-            key: np.concatenate([f0[key][-early:], f1[key][()]]) for key in nymeria_format.MOTION_DATASETS
+            key: np.concatenate([f0[key][-early:], f1[key][()]])
+            for key in nymeria_format.MOTION_DATASETS
         }
     n = len(overlapped[nymeria_format.KEY_TIMESTAMP_NS])
     (root / clips[1]["file"]).unlink()

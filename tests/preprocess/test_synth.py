@@ -44,11 +44,16 @@ def read_recordings(root: Path) -> dict[str, list[Clip]]:
 
 
 def stitch(clips: list[Clip]) -> Arrays:
-    return {key: np.concatenate([arrays[key] for _, arrays in clips]) for key in nymeria_format.MOTION_DATASETS}
+    return {
+        key: np.concatenate([arrays[key] for _, arrays in clips])
+        for key in nymeria_format.MOTION_DATASETS
+    }
 
 
 def heading_rad(arrays: Arrays) -> np.ndarray:
-    return np.unwrap(yaw_of(arrays[nymeria_format.KEY_ROOT_ORIENTATION].astype(np.float64), FORWARD, UP))
+    return np.unwrap(
+        yaw_of(arrays[nymeria_format.KEY_ROOT_ORIENTATION].astype(np.float64), FORWARD, UP)
+    )
 
 
 def horizontal_speed_mps(pos_m: np.ndarray, fps: float = 30.0) -> np.ndarray:
@@ -86,7 +91,10 @@ def test_files_conform_to_the_input_table(synthetic_dataset: Path) -> None:
             assert f.attrs[nymeria_format.ATTR_SEQUENCE_NAME] == sequence_name
             n = int(f.attrs[nymeria_format.ATTR_NUM_FRAMES])
             # Both ends inclusive, as the exporter writes them.
-            assert n == f.attrs[nymeria_format.ATTR_END_IDX] - f.attrs[nymeria_format.ATTR_START_IDX] + 1
+            assert (
+                n
+                == f.attrs[nymeria_format.ATTR_END_IDX] - f.attrs[nymeria_format.ATTR_START_IDX] + 1
+            )
             assert synth.CLIP_FRAMES_RANGE[0] <= n <= synth.CLIP_FRAMES_RANGE[1]
             steps = np.diff(f[nymeria_format.KEY_TIMESTAMP_NS][()])
             assert (steps == FRAME_PERIOD_NS).all()  # no frame dropped by default
@@ -123,12 +131,19 @@ def test_consecutive_clips_are_contiguous(synthetic_dataset: Path) -> None:
     for name, clips in read_recordings(synthetic_dataset).items():
         assert [a[nymeria_format.ATTR_START_IDX] for a, _ in clips][0] == 0
         for (attrs_a, a), (attrs_b, b) in zip(clips[:-1], clips[1:]):
-            assert attrs_b[nymeria_format.ATTR_START_IDX] == attrs_a[nymeria_format.ATTR_END_IDX] + 1, name
+            assert (
+                attrs_b[nymeria_format.ATTR_START_IDX] == attrs_a[nymeria_format.ATTR_END_IDX] + 1
+            ), name
             gap_ns = b[nymeria_format.KEY_TIMESTAMP_NS][0] - a[nymeria_format.KEY_TIMESTAMP_NS][-1]
             assert gap_ns == FRAME_PERIOD_NS, name
-            jump_m = np.abs(b[nymeria_format.KEY_JOINT_TRANSLATION][0] - a[nymeria_format.KEY_JOINT_TRANSLATION][-1]).max()
+            jump_m = np.abs(
+                b[nymeria_format.KEY_JOINT_TRANSLATION][0]
+                - a[nymeria_format.KEY_JOINT_TRANSLATION][-1]
+            ).max()
             assert jump_m < 0.15, name  # one frame of motion, not a restart
-        timestamp_ns = np.concatenate([arrays[nymeria_format.KEY_TIMESTAMP_NS] for _, arrays in clips])
+        timestamp_ns = np.concatenate(
+            [arrays[nymeria_format.KEY_TIMESTAMP_NS] for _, arrays in clips]
+        )
         assert np.all(np.diff(timestamp_ns) == FRAME_PERIOD_NS)
 
 
@@ -148,7 +163,10 @@ def small_clip(num_frames: int) -> Clip:
 def test_write_clip_rejects_bad_input_and_leaves_no_file(tmp_path: Path) -> None:
     attrs, arrays = small_clip(10)
     path = tmp_path / "clip_00000.h5"
-    bad = {**arrays, nymeria_format.KEY_JOINT_TRANSLATION: arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, :22]}
+    bad = {
+        **arrays,
+        nymeria_format.KEY_JOINT_TRANSLATION: arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, :22],
+    }
     with pytest.raises(ValueError, match=r"joint_translation.*\(10, 23, 3\).*\(10, 22, 3\)"):
         synth.write_clip(path, bad, attrs)
     with pytest.raises(ValueError, match="num_frames"):
@@ -180,7 +198,10 @@ def test_exporter_like_files_skip_frames_and_omit_the_video(tmp_path: Path) -> N
         assert attrs == attrs_full  # the attributes describe the clip, not the frames held
         with h5py.File(path_dropped, "r") as f:
             assert nymeria_format.KEY_EGOVIEW not in f
-        ts, ts_full = arrays[nymeria_format.KEY_TIMESTAMP_NS], arrays_full[nymeria_format.KEY_TIMESTAMP_NS]
+        ts, ts_full = (
+            arrays[nymeria_format.KEY_TIMESTAMP_NS],
+            arrays_full[nymeria_format.KEY_TIMESTAMP_NS],
+        )
         kept = np.searchsorted(ts_full, ts)
         np.testing.assert_array_equal(ts_full[kept], ts)  # a subset of the grid
         for key in nymeria_format.MOTION_DATASETS:
@@ -216,7 +237,9 @@ def test_same_seed_same_arrays_different_seed_different() -> None:
     assert set(first) == set(nymeria_format.MOTION_DATASETS)
     for key in first:
         np.testing.assert_array_equal(first[key], again[key])
-    assert not np.allclose(first[nymeria_format.KEY_JOINT_TRANSLATION], other[nymeria_format.KEY_JOINT_TRANSLATION])
+    assert not np.allclose(
+        first[nymeria_format.KEY_JOINT_TRANSLATION], other[nymeria_format.KEY_JOINT_TRANSLATION]
+    )
 
 
 def test_generate_dataset_is_deterministic_by_seed(tmp_path: Path) -> None:
@@ -242,7 +265,9 @@ def test_default_participant_count(tmp_path: Path) -> None:
         )
         sequences = {nymeria_format.parse_clip_file_name(p)[0] for p in paths}
         assert len(sequences) == recordings
-        assert len({nymeria_format.participant_from_sequence_name(s) for s in sequences}) == expected
+        assert (
+            len({nymeria_format.participant_from_sequence_name(s) for s in sequences}) == expected
+        )
     with pytest.raises(ValueError, match="must not exceed recordings"):
         synth.generate_dataset(tmp_path / "x", recordings=3, participants=5)
 
@@ -252,7 +277,11 @@ def test_default_participant_count(tmp_path: Path) -> None:
 
 def test_rotations_are_proper(recordings: dict[str, Arrays]) -> None:
     for arrays in recordings.values():
-        for key in (nymeria_format.KEY_ROOT_ORIENTATION, nymeria_format.KEY_CPF_ORIENTATION, nymeria_format.KEY_JOINT_ORIENTATION):
+        for key in (
+            nymeria_format.KEY_ROOT_ORIENTATION,
+            nymeria_format.KEY_CPF_ORIENTATION,
+            nymeria_format.KEY_JOINT_ORIENTATION,
+        ):
             assert is_rotation(arrays[key].astype(np.float64), atol=1e-5).all(), key
     assert is_rotation(synth.R_HEAD_CPF, atol=0.0)
 
@@ -298,7 +327,9 @@ def test_feet_on_the_ground_and_head_above_pelvis(recordings: dict[str, Arrays])
         assert (joints_m[1:][walking][:, list(FOOT_JOINTS), 2] < 0.4).all(), name
         head_above_pelvis_m = joints_m[:, HEAD, 2] - joints_m[:, ROOT, 2]
         assert head_above_pelvis_m.min() > 0.1, name  # even when bent over
-        eyes_above_head_origin = arrays[nymeria_format.KEY_CPF_TRANSLATION][:, 2] > joints_m[:, HEAD, 2]
+        eyes_above_head_origin = (
+            arrays[nymeria_format.KEY_CPF_TRANSLATION][:, 2] > joints_m[:, HEAD, 2]
+        )
         assert eyes_above_head_origin[1:][walking].all(), name  # upright; not so when bent over
 
 
@@ -311,7 +342,10 @@ def test_cpf_is_rigidly_attached_to_the_head(recordings: dict[str, Arrays]) -> N
             np.testing.assert_allclose(
                 R_world_cpf[:, :, cpf_axis], R_world_head[:, :, head_axis], atol=1e-5
             )
-        cpf_from_head_m = arrays[nymeria_format.KEY_CPF_TRANSLATION] - arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, HEAD]
+        cpf_from_head_m = (
+            arrays[nymeria_format.KEY_CPF_TRANSLATION]
+            - arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, HEAD]
+        )
         cpf_in_head_m = np.einsum("nba,nb->na", R_world_head, cpf_from_head_m)
         np.testing.assert_allclose(
             cpf_in_head_m - synth.CPF_OFFSET_IN_HEAD_M, np.zeros_like(cpf_in_head_m), atol=1e-5
@@ -336,7 +370,7 @@ def test_long_recording_has_every_activity(long_recording) -> None:
     assert set(np.unique(plan.activity)) == set(synth.Activity)
     pelvis_z_m = arrays[nymeria_format.KEY_ROOT_TRANSLATION][:, 2]
     head_z_m = arrays[nymeria_format.KEY_JOINT_TRANSLATION][:, HEAD, 2]
-    standing = (plan.activity == synth.Activity.STAND)
+    standing = plan.activity == synth.Activity.STAND
     assert (plan.sit_weight > 0.99).any() and (plan.bend_weight > 0.99).any()
     # Seated: pelvis at chair height. Bent over: head well below standing height.
     assert pelvis_z_m[plan.sit_weight > 0.99].max() < 0.7 * pelvis_z_m[standing].min()
@@ -363,7 +397,9 @@ def test_arms_swing_against_the_legs(long_recording) -> None:
 
 def test_head_looks_around_while_walking(long_recording) -> None:
     plan, arrays = long_recording
-    head_yaw = yaw_of(arrays[nymeria_format.KEY_JOINT_ORIENTATION][:, HEAD].astype(np.float64), FORWARD, UP)
+    head_yaw = yaw_of(
+        arrays[nymeria_format.KEY_JOINT_ORIENTATION][:, HEAD].astype(np.float64), FORWARD, UP
+    )
     relative_yaw = np.angle(np.exp(1j * (head_yaw - heading_rad(arrays))))
     walking = plan.walk_weight > 0.5
     assert np.ptp(relative_yaw[walking]) > np.deg2rad(30)

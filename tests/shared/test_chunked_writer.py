@@ -24,7 +24,9 @@ class RecordingArray:
 
 
 def test_row_writer_writes_whole_chunks_in_order(tmp_path):
-    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(23, 2), chunks=(5, 2), dtype="float32")
+    array = zarr.create_array(
+        str(tmp_path / "a.zarr"), shape=(23, 2), chunks=(5, 2), dtype="float32"
+    )
     writer = ChunkedRowWriter({"a": array})
     rows = np.arange(46, dtype=np.float32).reshape(23, 2)
     for lo, hi in [(0, 3), (3, 4), (4, 16), (16, 23)]:
@@ -32,7 +34,11 @@ def test_row_writer_writes_whole_chunks_in_order(tmp_path):
     writer.close()
     np.testing.assert_array_equal(array[:], rows)
     short = ChunkedRowWriter(
-        {"b": zarr.create_array(str(tmp_path / "b.zarr"), shape=(4, 2), chunks=(5, 2), dtype="float32")}
+        {
+            "b": zarr.create_array(
+                str(tmp_path / "b.zarr"), shape=(4, 2), chunks=(5, 2), dtype="float32"
+            )
+        }
     )
     short.append({"b": rows[:3]})
     with pytest.raises(RuntimeError, match="wrote 3 rows of 4"):

@@ -93,7 +93,9 @@ def test_relative_fields_invariant_under_rigid_world_motion(seed, angle):
     f = world_to_features(t_h, R_h, p_j, R_j)
     g = world_to_features(t_h @ R.T + d, R @ R_h, p_j @ R.T + d, R @ R_j)
     for name in ("hr_dot", "jp", "jv"):
-        np.testing.assert_allclose(g[:, FEATURE_SLICES[name]], f[:, FEATURE_SLICES[name]], atol=1e-9)
+        np.testing.assert_allclose(
+            g[:, FEATURE_SLICES[name]], f[:, FEATURE_SLICES[name]], atol=1e-9
+        )
     # apply_rigid on features is the same map as moving the world.
     np.testing.assert_allclose(apply_rigid(f, R, -R.T @ d), g, atol=1e-9)
 
@@ -118,7 +120,9 @@ def test_canonical_window_starts_above_origin_with_zero_heading():
     R0 = rot6d_to_matrix(canon[:, 0, HR])
     np.testing.assert_allclose(yaw_of(R0, HEAD_FORWARD_AXIS, WORLD_UP_AXIS), 0, atol=1e-9)
     for name in ("hr_dot", "jp", "jv"):
-        np.testing.assert_allclose(canon[..., FEATURE_SLICES[name]], f[..., FEATURE_SLICES[name]], atol=1e-12)
+        np.testing.assert_allclose(
+            canon[..., FEATURE_SLICES[name]], f[..., FEATURE_SLICES[name]], atol=1e-12
+        )
     # Canonicalising twice changes nothing more.
     np.testing.assert_allclose(canonicalize(canon)[0], canon, atol=1e-9)
 
@@ -130,7 +134,9 @@ def test_canonicalize_inverse_is_identity_numpy_and_torch():
     f_t = torch.as_tensor(f, dtype=torch.float32)
     canon_t, frame_t = canonicalize(f_t)
     assert canon_t.dtype == torch.float32 and canon_t.shape == f_t.shape
-    torch.testing.assert_close(canon_t, torch.as_tensor(canon, dtype=torch.float32), atol=2e-5, rtol=0)
+    torch.testing.assert_close(
+        canon_t, torch.as_tensor(canon, dtype=torch.float32), atol=2e-5, rtol=0
+    )
     torch.testing.assert_close(uncanonicalize(canon_t, frame_t), f_t, atol=5e-5, rtol=0)
 
 
@@ -138,14 +144,18 @@ def test_torch_batched_features_equal_numpy():
     motions = [random_motion(s) for s in range(3)]
     batched = [torch.as_tensor(np.stack(parts)) for parts in zip(*motions)]
     f_t = world_to_features(*batched)
-    np.testing.assert_allclose(f_t.numpy(), np.stack([world_to_features(*m) for m in motions]), atol=1e-12)
+    np.testing.assert_allclose(
+        f_t.numpy(), np.stack([world_to_features(*m) for m in motions]), atol=1e-12
+    )
 
 
 def test_wrong_width_is_a_clear_error():
     with pytest.raises(ValueError, match="294 channels"):
         features_to_world(np.zeros((3, 290)))
     with pytest.raises(ValueError, match="joint_translation"):
-        world_to_features(np.zeros((3, 3)), np.zeros((3, 3, 3)), np.zeros((3, 22, 3)), np.zeros((3, 22, 3, 3)))
+        world_to_features(
+            np.zeros((3, 3)), np.zeros((3, 3, 3)), np.zeros((3, 22, 3)), np.zeros((3, 22, 3, 3))
+        )
 
 
 def _walking_features(T: int = 48, seed: int = 0) -> np.ndarray:
@@ -198,7 +208,9 @@ def test_decoded_to_world_is_exact_on_canonical_windows_and_anchors_the_start():
     exact = features_to_world(canonical)
     for blend in (0.0, 0.95, 1.0):
         world = decoded_to_world(canonical, blend)
-        torch.testing.assert_close(world.joint_translation, exact.joint_translation, atol=1e-9, rtol=0)
+        torch.testing.assert_close(
+            world.joint_translation, exact.joint_translation, atol=1e-9, rtol=0
+        )
     shifted = canonical.clone()
     shifted[..., 0, HP.start : HP.start + 2] += 0.3  # a decoder's error at the known start
     anchored = decoded_to_world(shifted, 0.95)

@@ -41,7 +41,10 @@ def write_store(
     root = zarr.open_group(path, mode="w", zarr_format=3)
     arrays = {
         shared.store.FEATURES: (features, (chunk_frames, FEATURE_DIM)),
-        shared.store.TIMESTAMP_NS: (np.arange(num_frames, dtype=np.int64) * 33_333_333, (chunk_frames,)),
+        shared.store.TIMESTAMP_NS: (
+            np.arange(num_frames, dtype=np.int64) * 33_333_333,
+            (chunk_frames,),
+        ),
         shared.store.CONTACT: (np.ones((num_frames, 4), np.float32), (chunk_frames, 4)),
     }
     compressors = shared.store.store_compressors(zstd_level)
@@ -67,10 +70,16 @@ def write_store(
             name, shape=(FEATURE_DIM,), dtype="float64", compressors=compressors
         )
         array[:] = values
-    stats_attrs = {shared.store.STATS_ATTR_COUNT: num_frames, shared.store.STATS_ATTR_WINDOW_FRAMES: 152}
+    stats_attrs = {
+        shared.store.STATS_ATTR_COUNT: num_frames,
+        shared.store.STATS_ATTR_WINDOW_FRAMES: 152,
+    }
     stats.attrs.update(stats_attrs)
     attrs = {
-        shared.store.ATTR_SCHEMA: {"name": shared.store.SCHEMA_NAME, "version": shared.store.SCHEMA_VERSION},
+        shared.store.ATTR_SCHEMA: {
+            "name": shared.store.SCHEMA_NAME,
+            "version": shared.store.SCHEMA_VERSION,
+        },
         shared.store.ATTR_LAYOUT: layout_description(),
         shared.store.ATTR_FPS: 30.0,
         shared.store.ATTR_BUILD_CONFIG: {"out": str(path)},
@@ -142,7 +151,9 @@ def test_read_into_copies_across_chunks(store_path):
         out = np.full((rows, FEATURE_DIM), np.nan, np.float32)
         assert store.read_features_into(out, start) is out
         np.testing.assert_array_equal(out, features[start : start + rows])
-    zarr_read = open_store(path, memory_map=False).read_features_into(np.empty((30, FEATURE_DIM), np.float32), 17)
+    zarr_read = open_store(path, memory_map=False).read_features_into(
+        np.empty((30, FEATURE_DIM), np.float32), 17
+    )
     np.testing.assert_array_equal(zarr_read, features[17:47])
     with pytest.raises(IndexError, match="not within"):
         store.read_features_into(np.empty((3, FEATURE_DIM), np.float32), 55)
@@ -296,9 +307,12 @@ def test_check_chunks_on_a_compressed_store_and_a_v1_array(tmp_path):
     ]
     root = zarr.open_group(path, mode="r+")
     stats = root[shared.store.STATS_GROUP]
-    stats.create_array(shared.store.STATS_STD, shape=(FEATURE_DIM,), dtype="f8", compressors=None, overwrite=True)[:] = 1
-    assert "array stats/std has no crc32c checksums (codecs ['bytes'])" in shared.store.check_chunks(
-        path, deep=False
+    stats.create_array(
+        shared.store.STATS_STD, shape=(FEATURE_DIM,), dtype="f8", compressors=None, overwrite=True
+    )[:] = 1
+    assert (
+        "array stats/std has no crc32c checksums (codecs ['bytes'])"
+        in shared.store.check_chunks(path, deep=False)
     )
     del root[shared.store.CONTACT]
     assert "array contact is missing" in shared.store.check_chunks(path, deep=False)

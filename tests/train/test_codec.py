@@ -35,7 +35,11 @@ def randomized_model(seed: int = 0) -> MotionVAE:
     model = MotionVAE(CONFIG)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape) / math.sqrt(p[0].numel()) if p.ndim >= 2 else 0.1 * torch.randn(p.shape))
+            p.copy_(
+                torch.randn(p.shape) / math.sqrt(p[0].numel())
+                if p.ndim >= 2
+                else 0.1 * torch.randn(p.shape)
+            )
     return model.eval()
 
 
@@ -59,9 +63,15 @@ def world_motion(T: int, seed: int = 0) -> WorldMotion:
     """Smooth random world motion (float64 numpy) walking and turning far from the origin."""
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(T, dtype=torch.float64)[:, None]
-    t_head = torch.tensor([3.0, -2.0, 1.6], dtype=torch.float64) + 0.02 * t * torch.tensor([1.0, 0.5, 0.0])
-    R_head = axis_angle_to_matrix(torch.randn(3, generator=g, dtype=torch.float64), 0.5 + 0.03 * t[:, 0])
-    p_joints = t_head[:, None] + 0.3 * torch.randn(1, NUM_JOINTS, 3, generator=g, dtype=torch.float64)
+    t_head = torch.tensor([3.0, -2.0, 1.6], dtype=torch.float64) + 0.02 * t * torch.tensor(
+        [1.0, 0.5, 0.0]
+    )
+    R_head = axis_angle_to_matrix(
+        torch.randn(3, generator=g, dtype=torch.float64), 0.5 + 0.03 * t[:, 0]
+    )
+    p_joints = t_head[:, None] + 0.3 * torch.randn(
+        1, NUM_JOINTS, 3, generator=g, dtype=torch.float64
+    )
     R_joints = axis_angle_to_matrix(
         torch.randn(NUM_JOINTS, 3, generator=g, dtype=torch.float64), 0.02 * t.expand(T, NUM_JOINTS)
     )
@@ -69,7 +79,12 @@ def world_motion(T: int, seed: int = 0) -> WorldMotion:
 
 
 def arrays(motion: WorldMotion) -> tuple:
-    return motion.cpf_translation, motion.cpf_orientation, motion.joint_translation, motion.joint_orientation
+    return (
+        motion.cpf_translation,
+        motion.cpf_orientation,
+        motion.joint_translation,
+        motion.joint_orientation,
+    )
 
 
 # --- the window plan --------------------------------------------------------------------------
@@ -123,7 +138,9 @@ def test_cut_and_join_windows_give_back_the_source_exactly(T, hop):
     # Each window is canonical at its own first frame: its head above the origin.
     assert canonical[0, :, 0, HP][:, :2].abs().max() < 1e-5
     assert features[0, plan.first_frame, HP][:, :2].abs().min() > 1.0  # the world start is not
-    torch.testing.assert_close(join_windows(uncanonicalize(canonical, frame), plan), features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        join_windows(uncanonicalize(canonical, frame), plan), features, atol=1e-5, rtol=0
+    )
     # The decoder's path to the world, fed the true canonical windows, is the source motion.
     world = recon_to_world(canonical, frame)
     expected = features_to_world(features)
@@ -168,7 +185,9 @@ def test_encode_and_decode_are_the_models_windows_as_trained(codec, T, hop):
         assert got.shape[0] == T
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     world_features = codec.decode_features(latents)
-    torch.testing.assert_close(world_features, uncanonicalize(recon, frame)[window, slot], atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        world_features, uncanonicalize(recon, frame)[window, slot], atol=1e-4, rtol=0
+    )
     # A random model does not copy its input: the comparison above is not trivially true.
     assert float((world_features - features).abs().mean()) > 1e-3
 
@@ -179,7 +198,9 @@ def test_numpy_and_torch_inputs_give_identical_results(codec):
         as_numpy = [a.astype(dtype) for a in arrays(motion)]
         from_numpy = codec.encode_world(*as_numpy)
         from_torch = codec.encode_world(*(torch.from_numpy(a) for a in as_numpy))
-        assert torch.equal(from_numpy.mean, from_torch.mean) and torch.equal(from_numpy.logvar, from_torch.logvar)
+        assert torch.equal(from_numpy.mean, from_torch.mean) and torch.equal(
+            from_numpy.logvar, from_torch.logvar
+        )
         assert torch.equal(from_numpy.frame.R_canon_world, from_torch.frame.R_canon_world)
     features = sequence_features(*arrays(motion))
     from_torch = codec.encode_features(torch.from_numpy(features))
@@ -190,7 +211,12 @@ def test_a_batch_of_clips_encodes_and_decodes_like_each_clip_alone(codec):
     motions = [world_motion(45, seed) for seed in range(3)]
     batch = [np.stack(parts) for parts in zip(*(arrays(m) for m in motions))]  # (3, 45, ...)
     latents = codec.encode_world(*batch)
-    assert latents.mean.shape == (3, 2, K, CONFIG.latent_dim) and latents.frame.offset_world.shape == (3, 2, 3)
+    assert latents.mean.shape == (
+        3,
+        2,
+        K,
+        CONFIG.latent_dim,
+    ) and latents.frame.offset_world.shape == (3, 2, 3)
     decoded = codec.decode_world(latents)
     assert decoded.joint_translation.shape == (3, 45, NUM_JOINTS, 3)
     for b, motion in enumerate(motions):
@@ -230,7 +256,9 @@ def test_bad_motion_is_refused_with_the_shapes_expected(codec):
 # --- live streams -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("T", "chunks"), [(100, [1, 3, 7, 2, 40, 47]), (64, [32, 32]), (5, [5]), (70, [1] * 70)])
+@pytest.mark.parametrize(
+    ("T", "chunks"), [(100, [1, 3, 7, 2, 40, 47]), (64, [32, 32]), (5, [5]), (70, [1] * 70)]
+)
 def test_a_live_stream_gives_the_latents_of_the_offline_encode(codec, T, chunks):
     motion = world_motion(T)
     offline = codec.encode_world(*arrays(motion))
@@ -251,8 +279,12 @@ def test_a_live_stream_gives_the_latents_of_the_offline_encode(codec, T, chunks)
     torch.testing.assert_close(torch.stack(emitted), offline_steps, atol=1e-5, rtol=0)
     torch.testing.assert_close(streamed.mean, offline.mean, atol=1e-5, rtol=0)
     torch.testing.assert_close(streamed.logvar, offline.logvar, atol=1e-5, rtol=0)
-    torch.testing.assert_close(streamed.frame.R_canon_world, offline.frame.R_canon_world, atol=1e-6, rtol=0)
-    torch.testing.assert_close(streamed.frame.offset_world, offline.frame.offset_world, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        streamed.frame.R_canon_world, offline.frame.R_canon_world, atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        streamed.frame.offset_world, offline.frame.offset_world, atol=1e-6, rtol=0
+    )
     assert streamed.plan == offline.plan
     with pytest.raises(RuntimeError, match="push after close"):
         stream.push(*(a[:1] for a in arrays(motion)))

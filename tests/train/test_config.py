@@ -32,7 +32,9 @@ def test_config_round_trip_and_unknown_keys(tmp_path):
         RunConfig.from_dict({"train": {"stepz": 1}})
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         TrainConfig(batch_size=0)
-    assert diff_configs(cfg.to_dict(), RunConfig().to_dict())[0].startswith("model.hidden_dim: 64 -> 512")
+    assert diff_configs(cfg.to_dict(), RunConfig().to_dict())[0].startswith(
+        "model.hidden_dim: 64 -> 512"
+    )
 
 
 def test_lr_schedule_warmup_then_cosine_to_floor():

@@ -36,7 +36,9 @@ def test_window_index_counts_and_locates_every_start():
 
 def test_sampling_is_uniform_reaches_every_start_and_is_a_pure_function():
     index = WindowIndex((_seq("a", 0, 10), _seq("b", 10, 3)), window_frames=4)
-    draws = np.concatenate([index.sample(seed=0, rank=0, batch_index=i, batch_size=64) for i in range(200)])
+    draws = np.concatenate(
+        [index.sample(seed=0, rank=0, batch_index=i, batch_size=64) for i in range(200)]
+    )
     counts = np.bincount(draws, minlength=index.num_windows)
     assert (counts > 0).all()
     assert counts.std() / counts.mean() < 0.1  # 8 starts, 12800 draws: uniform within noise
@@ -62,7 +64,9 @@ def test_windows_equal_direct_slices_and_short_sequences_are_padded(feature_stor
     assert batch.mask[:2].all()
     np.testing.assert_array_equal(batch.mask[2].numpy(), np.arange(T) < 50)
     np.testing.assert_array_equal(batch.features[2, :50].numpy(), direct[:50])
-    np.testing.assert_array_equal(batch.features[2, 50:].numpy(), np.broadcast_to(direct[49], (T - 50, direct.shape[1])))
+    np.testing.assert_array_equal(
+        batch.features[2, 50:].numpy(), np.broadcast_to(direct[49], (T - 50, direct.shape[1]))
+    )
 
 
 def test_loader_workers_yield_the_same_batches_as_the_main_process(feature_store):
@@ -83,7 +87,9 @@ def test_prepared_batch_is_canonical_and_normalised(feature_store):
     batch = read_windows(store, index, index.sample(0, 0, 0, 8))
     norm = Normalizer(store.stats, "cpu")
     prep = prepare_batch(batch, norm)
-    torch.testing.assert_close(prep.canonical[:, 0, HP][:, :2], torch.zeros(8, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        prep.canonical[:, 0, HP][:, :2], torch.zeros(8, 2), atol=1e-5, rtol=0
+    )
     heading = yaw_of(rot6d_to_matrix(prep.canonical[:, 0, HR]), HEAD_FORWARD_AXIS, WORLD_UP_AXIS)
     torch.testing.assert_close(heading, torch.zeros(8), atol=1e-5, rtol=0)
     torch.testing.assert_close(norm.denormalize(prep.x), prep.canonical, atol=1e-4, rtol=1e-5)

@@ -52,8 +52,12 @@ def _hostile_checkpoints(tmp_path: Path) -> dict[str, Path]:
         paths[name].write_bytes(data)
     evil_pickle = pickle.dumps({"format": 1, "x": _RunsCode(marker)}, protocol=2)
     edits = {  # real torch zip archives with one member replaced
-        "zip whose pickle runs code": lambda item, data: evil_pickle if item.endswith("data.pkl") else data,
-        "zip with a short tensor": lambda item, data: data[:100] if item.endswith("data/0") else data,
+        "zip whose pickle runs code": lambda item, data: (
+            evil_pickle if item.endswith("data.pkl") else data
+        ),
+        "zip with a short tensor": lambda item, data: (
+            data[:100] if item.endswith("data/0") else data
+        ),
     }
     for name, edit in edits.items():
         paths[name] = tmp_path / f"{name.replace(' ', '_')}.pt"

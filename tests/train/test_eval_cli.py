@@ -59,7 +59,9 @@ def run(tmp_path_factory) -> dict[str, Path]:
                              "--no-progress"])  # fmt: skip
     config = root / "tiny.json"
     config.write_text(json.dumps(TINY))
-    invoke(train_main, ["fit", "--store", paths["store"], "--out", paths["run"], "--config", config])
+    invoke(
+        train_main, ["fit", "--store", paths["store"], "--out", paths["run"], "--config", config]
+    )
     paths["ckpt"] = paths["run"] / "checkpoints" / "last.pt"
     assert paths["ckpt"].is_file()
     return paths
@@ -96,7 +98,10 @@ def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
 
 def test_eval_rejects_an_incomplete_store(run, tmp_path):
     store = tmp_path / "store.zarr"
-    invoke(preprocess_main, ["build", run["data"], "--out", store, "--scheduler", "synchronous", "--no-progress"])
+    invoke(
+        preprocess_main,
+        ["build", run["data"], "--out", store, "--scheduler", "synchronous", "--no-progress"],
+    )
     group = zarr.open_group(str(store), mode="r+")
     group.attrs["complete"] = False
     result = CliRunner().invoke(train_main, ["eval", "--ckpt", str(run["ckpt"]), "--store", str(store),
@@ -126,8 +131,14 @@ def test_encode_writes_windows_as_trained_with_tables_stats_and_provenance(run, 
     assert list(table["split"][:]) == [r.split for r in store.sequences]
     np.testing.assert_array_equal(table["num_frames"][:], lengths)
     np.testing.assert_array_equal(table["num_windows"][:], num_windows)
-    np.testing.assert_array_equal(table["first_window"][:], np.concatenate([[0], np.cumsum(num_windows)[:-1]]))
-    sequence, first, valid = windows["sequence"][:], windows["first_frame"][:], windows["valid_frames"][:]
+    np.testing.assert_array_equal(
+        table["first_window"][:], np.concatenate([[0], np.cumsum(num_windows)[:-1]])
+    )
+    sequence, first, valid = (
+        windows["sequence"][:],
+        windows["first_frame"][:],
+        windows["valid_frames"][:],
+    )
     for i, length in enumerate(lengths):  # every frame of every sequence in exactly one window
         covered = np.zeros(length, dtype=int)
         for f, v in zip(first[sequence == i], valid[sequence == i]):
@@ -139,11 +150,19 @@ def test_encode_writes_windows_as_trained_with_tables_stats_and_provenance(run, 
     index = WindowIndex(store.sequences, SEQ_LEN)
     full = np.flatnonzero(valid == SEQ_LEN)[::7]
     _, model, normalizer = load_for_inference(run["ckpt"], torch.device("cpu"))
-    prep = prepare_batch(read_windows(store, index, index.number(sequence[full], first[full])), normalizer)
+    prep = prepare_batch(
+        read_windows(store, index, index.number(sequence[full], first[full])), normalizer
+    )
     with torch.no_grad():
-        np.testing.assert_allclose(group["mean"][full], model(prep.x)["mean"].numpy(), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(windows["R_canon_world"][full], prep.frame.R_canon_world.numpy(), atol=1e-6)
-    np.testing.assert_allclose(windows["offset_world"][full], prep.frame.offset_world.numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            group["mean"][full], model(prep.x)["mean"].numpy(), atol=1e-5, rtol=0
+        )
+    np.testing.assert_allclose(
+        windows["R_canon_world"][full], prep.frame.R_canon_world.numpy(), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        windows["offset_world"][full], prep.frame.offset_world.numpy(), atol=1e-6
+    )
 
     stats = group["latent_stats"]
     assert stats["mean"].shape == stats["std"].shape == (LATENT_DIM,)
@@ -157,7 +176,11 @@ def test_encode_writes_windows_as_trained_with_tables_stats_and_provenance(run, 
 
     attrs = group.attrs
     assert attrs["complete"] is True and attrs["schema"]["version"] == 2
-    assert (attrs["window_frames"], attrs["hop_frames"], attrs["latents_per_window"]) == (SEQ_LEN, SEQ_LEN, K)
+    assert (attrs["window_frames"], attrs["hop_frames"], attrs["latents_per_window"]) == (
+        SEQ_LEN,
+        SEQ_LEN,
+        K,
+    )
     assert attrs["fps"] == store.fps / 4 and attrs["frames_per_latent"] == 4
     assert attrs["checkpoint"]["sha256"] == hashlib.sha256(run["ckpt"].read_bytes()).hexdigest()
     assert attrs["feature_store"] == {"url": store.url, "fingerprint": store.fingerprint}
@@ -172,7 +195,11 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
                         "--split", "val", "--device", "cpu"])  # fmt: skip
     invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
                         "--device", "cpu"])  # fmt: skip
-    store, group, world = open_store(run["store"]), zarr.open_group(str(latents)), zarr.open_group(str(world_out))
+    store, group, world = (
+        open_store(run["store"]),
+        zarr.open_group(str(latents)),
+        zarr.open_group(str(world_out)),
+    )
     records = store.split("val")
     assert world["joint_translation"].shape == (sum(r.length for r in records), NUM_JOINTS, 3)
     sequence, first = group["windows"]["sequence"][:], group["windows"]["first_frame"][:]
@@ -183,13 +210,19 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
     for i, f in zip(sequence[full], first[full]):
         rows = slice(decoded_first[i] + f, decoded_first[i] + f + SEQ_LEN)
         start = records[i].start + f
-        truth = features_to_world(torch.as_tensor(np.array(store.read_features(start, start + SEQ_LEN))))
+        truth = features_to_world(
+            torch.as_tensor(np.array(store.read_features(start, start + SEQ_LEN)))
+        )
         pred_joints.append(world["joint_translation"][rows])
         pred_head.append(world["cpf_translation"][rows])
         gt_joints.append(truth.joint_translation)
         gt_head.append(truth.cpf_translation)
+
     def mean_mm(pred: list[np.ndarray], truth: list[torch.Tensor]) -> float:
-        return float(joint_distance_m(torch.as_tensor(np.stack(pred)), torch.stack(truth)).mean()) * MM_PER_M
+        return (
+            float(joint_distance_m(torch.as_tensor(np.stack(pred)), torch.stack(truth)).mean())
+            * MM_PER_M
+        )
 
     mpjpe_mm, head_mm = mean_mm(pred_joints, gt_joints), mean_mm(pred_head, gt_head)
 
@@ -207,19 +240,26 @@ def test_decode_features_and_world_agree_and_keep_every_frame(run, latents, tmp_
                         "--device", "cpu"])  # fmt: skip
     invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
                         "--device", "cpu"])  # fmt: skip
-    decoded, world = zarr.open_group(str(features_out), mode="r"), zarr.open_group(str(world_out), mode="r")
+    decoded, world = (
+        zarr.open_group(str(features_out), mode="r"),
+        zarr.open_group(str(world_out), mode="r"),
+    )
     store = open_store(run["store"])
     N = store.num_frames
     assert decoded["features"].shape == (N, FEATURE_DIM)
     assert decoded.attrs["complete"] is True and decoded.attrs["kind"] == "features"
-    np.testing.assert_array_equal(decoded["sequences"]["num_frames"][:], [r.length for r in store.sequences])
+    np.testing.assert_array_equal(
+        decoded["sequences"]["num_frames"][:], [r.length for r in store.sequences]
+    )
     assert world["joint_translation"].shape == (N, NUM_JOINTS, 3)
     assert world["cpf_translation"].shape == (N, 3) and world["cpf_orientation"].shape == (N, 3, 3)
     # `--world` decodes the head trajectory as the run was trained (the world loss's blend of
     # hp and integrated hp_dot, shared.features.head_pose); the body relative to the head is
     # the decoded `jp` either way.
     R_world_head, t_world_head = world["cpf_orientation"][:], world["cpf_translation"][:]
-    joints_head = np.einsum("tji,tkj->tki", R_world_head, world["joint_translation"][:] - t_world_head[:, None])
+    joints_head = np.einsum(
+        "tji,tkj->tki", R_world_head, world["joint_translation"][:] - t_world_head[:, None]
+    )
     jp = decoded["features"][:][:, JP].reshape(N, NUM_JOINTS, 3)
     np.testing.assert_allclose(joints_head, jp, atol=1e-4)
 
@@ -237,14 +277,23 @@ def test_sequences_shorter_than_a_window_and_overlapping_windows(run, tmp_path):
         group, world = zarr.open_group(str(latents)), zarr.open_group(str(world_out))
         assert group["mean"].shape[1] == window // 4
         if window > max(r.length for r in records):  # one padded window per sequence
-            np.testing.assert_array_equal(group["windows"]["valid_frames"][:], [r.length for r in records])
+            np.testing.assert_array_equal(
+                group["windows"]["valid_frames"][:], [r.length for r in records]
+            )
         # The CLI is the codec underneath: the same numbers from Python.
         record = records[1]
         features = np.array(store.read_features(record.start, record.stop))
         motion = codec.decode_world(codec.encode_features(features, window, hop))
-        rows = slice(world["sequences"]["first_frame"][1], world["sequences"]["first_frame"][1] + record.length)
-        np.testing.assert_allclose(world["joint_translation"][rows], motion.joint_translation.numpy(), atol=1e-5)
-        np.testing.assert_allclose(world["cpf_orientation"][rows], motion.cpf_orientation.numpy(), atol=1e-5)
+        rows = slice(
+            world["sequences"]["first_frame"][1],
+            world["sequences"]["first_frame"][1] + record.length,
+        )
+        np.testing.assert_allclose(
+            world["joint_translation"][rows], motion.joint_translation.numpy(), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            world["cpf_orientation"][rows], motion.cpf_orientation.numpy(), atol=1e-5
+        )
 
     result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]), "--store", str(run["store"]),
                                              "--out", str(tmp_path / "bad.zarr"), "--hop", "40"])  # fmt: skip
@@ -276,7 +325,10 @@ def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path)
     result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]), "--latents", str(old),
                                              "--out", str(tmp_path / "z.zarr")])  # fmt: skip
     assert result.exit_code != 0
-    assert "schema version 1 (one pass per whole sequence" in result.output and "`train encode`" in result.output
+    assert (
+        "schema version 1 (one pass per whole sequence" in result.output
+        and "`train encode`" in result.output
+    )
 
 
 def _fail_on_second_call(monkeypatch, owner, name: str) -> None:
@@ -292,7 +344,9 @@ def _fail_on_second_call(monkeypatch, owner, name: str) -> None:
     monkeypatch.setattr(owner, name, flaky)
 
 
-def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, latents, tmp_path, monkeypatch):
+def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(
+    run, latents, tmp_path, monkeypatch
+):
     out = tmp_path / "latents.zarr"
     with monkeypatch.context() as patch:
         _fail_on_second_call(patch, MotionCodec, "encode_features")
@@ -313,5 +367,18 @@ def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(run, la
         with pytest.raises(RuntimeError, match="injected failure"):
             latent_store.decode_store(run["ckpt"], latents, decoded, device="cpu")
     assert not decoded.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["latents.zarr"]
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", decoded, "--device", "cpu"])
+    invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            run["ckpt"],
+            "--latents",
+            latents,
+            "--out",
+            decoded,
+            "--device",
+            "cpu",
+        ],
+    )
     assert zarr.open_group(str(decoded), mode="r").attrs["complete"] is True

@@ -38,16 +38,39 @@ def test_short_fit_lowers_the_loss_and_writes_a_loadable_checkpoint(feature_stor
     run = tmp_path / "run"
     result = CliRunner().invoke(
         main,
-        _fit_args(feature_store, run, "--steps", "300", "--batch-size", "16", "--lr", "5e-3",
-                  "--hidden-dim", "64", "--seq-len", "32", "--warmup-steps", "10", "--log-every", "10",
-                  "--val-every", "150"),  # fmt: skip
+        _fit_args(
+            feature_store,
+            run,
+            "--steps",
+            "300",
+            "--batch-size",
+            "16",
+            "--lr",
+            "5e-3",
+            "--hidden-dim",
+            "64",
+            "--seq-len",
+            "32",
+            "--warmup-steps",
+            "10",
+            "--log-every",
+            "10",
+            "--val-every",
+            "150",
+        ),  # fmt: skip
     )
     assert result.exit_code == 0, result.output
     assert "MPJPE head frame" in result.output
     losses = list(_train_losses(run).values())
     assert len(losses) == 30
     assert sum(losses[-3:]) < 0.75 * sum(losses[:3]), losses
-    for name in ("config.json", "run_info.json", "loss_curve.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.json",
+        "run_info.json",
+        "loss_curve.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run / name).exists(), name
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt.step == 300 and ckpt.config["model"]["hidden_dim"] == 64
@@ -60,12 +83,16 @@ def test_short_fit_lowers_the_loss_and_writes_a_loadable_checkpoint(feature_stor
 
 
 def test_missing_store_says_how_to_build_one(tmp_path):
-    result = CliRunner().invoke(main, ["fit", "--store", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        main, ["fit", "--store", str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code != 0
     assert "make preprocess DATA=" in result.output
 
 
-def test_existing_run_needs_resume_and_incompatible_resume_says_what_differs(feature_store, tmp_path):
+def test_existing_run_needs_resume_and_incompatible_resume_says_what_differs(
+    feature_store, tmp_path
+):
     run = tmp_path / "run"
     args = _fit_args(feature_store, run, "--steps", "2", "--val-every", "2")
     assert CliRunner().invoke(main, args).exit_code == 0
@@ -92,7 +119,9 @@ def test_non_finite_loss_stops_with_checkpoint_and_names_step(feature_store, tmp
     loss_that_explodes_at_step_3.calls = 0
     monkeypatch.setattr(fit_module, "training_loss", loss_that_explodes_at_step_3)
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, _fit_args(feature_store, run, "--steps", "10", "--val-every", "100"))
+    result = CliRunner().invoke(
+        main, _fit_args(feature_store, run, "--steps", "10", "--val-every", "100")
+    )
     assert result.exit_code != 0
     assert "non-finite loss at step 3" in result.output and "mse/head_3D=nan" in result.output
     assert load_checkpoint(run / "checkpoints" / "last.pt").step == 3
@@ -111,11 +140,27 @@ def test_non_finite_store_features_are_not_blamed_on_divergence(feature_store, t
 
 
 def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
-    common = ["--steps", "150", "--val-every", "15", "--log-every", "1", "--batch-size", "4", "--warmup-steps", "10"]
+    common = [
+        "--steps",
+        "150",
+        "--val-every",
+        "15",
+        "--log-every",
+        "1",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "10",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "train"]
     reference = tmp_path / "reference"
-    subprocess.run([*cmd, *_fit_args(feature_store, reference, *common)], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [*cmd, *_fit_args(feature_store, reference, *common)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, *_fit_args(feature_store, killed, *common)], env=env,
@@ -125,13 +170,23 @@ def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     step0 = last.stat().st_ino if last.exists() else None  # written before training starts
-    while last.exists() and last.stat().st_ino == step0 and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        last.exists()
+        and last.stat().st_ino == step0
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped_at = load_checkpoint(last).step
     assert 0 < stopped_at < 150, "the run finished before it could be killed; make it longer"
-    subprocess.run([*cmd, *_fit_args(feature_store, killed, *common), "--resume"], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [*cmd, *_fit_args(feature_store, killed, *common), "--resume"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
 
     expected, resumed = _train_losses(reference), _train_losses(killed)
     assert sorted(resumed) == list(range(1, 151))
@@ -148,7 +203,9 @@ def test_ddp_two_processes_on_cpu(feature_store, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "train", *_fit_args(feature_store, run, "--steps", "6", "--val-every", "3", "--log-every", "1",
                                      "--batch-size", "4", "--device", "cpu")]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run / "run_info.json").read_text())["world_size"] == 2
     losses = _train_losses(run)

@@ -11,7 +11,9 @@ def test_latent_attrs_check_names_what_is_wrong():
     good = {"schema": {"name": LATENT_SCHEMA, "version": SCHEMA_VERSION}, "complete": True}
     check_latent_attrs(good, "l.zarr")
     with pytest.raises(ValueError, match="expected a 'nymeria-motion-latents' store"):
-        check_latent_attrs({**good, "schema": {"name": "nymeria-feature-store", "version": 1}}, "l.zarr")
+        check_latent_attrs(
+            {**good, "schema": {"name": "nymeria-feature-store", "version": 1}}, "l.zarr"
+        )
     with pytest.raises(ValueError, match="schema version 99, this code reads version 2"):
         check_latent_attrs({**good, "schema": {"name": LATENT_SCHEMA, "version": 99}}, "l.zarr")
     with pytest.raises(ValueError, match="l.zarr is incomplete"):
@@ -20,5 +22,7 @@ def test_latent_attrs_check_names_what_is_wrong():
 
 def test_a_version_1_latent_store_is_refused_with_what_to_run():
     v1 = {"schema": {"name": LATENT_SCHEMA, "version": 1}, "complete": True}
-    with pytest.raises(ValueError, match=r"version 1 \(one pass per whole sequence.*`train encode`"):
+    with pytest.raises(
+        ValueError, match=r"version 1 \(one pass per whole sequence.*`train encode`"
+    ):
         check_latent_attrs(v1, "old.zarr")

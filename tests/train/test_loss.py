@@ -237,7 +237,9 @@ def test_training_loss_does_not_depend_on_where_the_window_is_in_the_world():
     mask = torch.ones(2, 32, dtype=torch.bool)
     losses = []
     for windows in (world, moved):
-        batch = WindowBatch(windows, mask, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+        batch = WindowBatch(
+            windows, mask, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)
+        )
         prep = prepare_batch(batch, normalizer)
         torch.manual_seed(0)
         losses.append(training_loss(model(prep.x), prep, normalizer, config))

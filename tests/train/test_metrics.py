@@ -63,7 +63,9 @@ def errors(recon_world_motion, target_world_motion, mask=None):
     """Metrics of a reconstruction given as world motion, both canonicalised with the target's frame."""
     target, frame = canonical(target_world_motion)
     # The reconstruction lives in the target's canonical frame, as in evaluation.
-    recon = apply_rigid(world_to_features(*recon_world_motion), frame.R_canon_world, frame.offset_world)
+    recon = apply_rigid(
+        world_to_features(*recon_world_motion), frame.R_canon_world, frame.offset_world
+    )
     mask = torch.ones(target.shape[:2], dtype=torch.bool) if mask is None else mask
     sums = reconstruction_errors(recon, target, mask, SPEED_M_PER_FRAME)
     return {k: v.mean() for k, v in sums.items()}
@@ -76,16 +78,22 @@ def test_identity_gives_zero_error():
                 "head_rot_error_deg", "mpjre_deg", "accel_error_mm_per_frame2",
                 "head_drift_pos_mm", "head_drift_rot_deg"):  # fmt: skip
         assert float(m[key]) == pytest.approx(0.0, abs=1e-5), key
-    assert torch.allclose(m["mpjpe_world_by_frame_mm"], torch.zeros(T, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        m["mpjpe_world_by_frame_mm"], torch.zeros(T, dtype=torch.float64), atol=1e-6
+    )
     assert m["mpjpe_world_per_joint_mm"].shape == (NUM_JOINTS,)
     # Jitter of the ground truth equals that of an identical prediction.
-    assert float(m["jitter_pred_mm_per_frame3"]) == pytest.approx(float(m["jitter_gt_mm_per_frame3"]))
+    assert float(m["jitter_pred_mm_per_frame3"]) == pytest.approx(
+        float(m["jitter_gt_mm_per_frame3"])
+    )
 
 
 def test_known_joint_offset_gives_known_error():
     t_head, R_head, p_joints, R_joints = walking_motion()
     offset_m = torch.tensor([0.03, -0.04, 0.0], dtype=torch.float64)  # 50 mm
-    m = errors((t_head, R_head, p_joints + offset_m, R_joints), (t_head, R_head, p_joints, R_joints))
+    m = errors(
+        (t_head, R_head, p_joints + offset_m, R_joints), (t_head, R_head, p_joints, R_joints)
+    )
     assert float(m["mpjpe_world_mm"]) == pytest.approx(50.0, abs=1e-6)
     assert float(m["mpjpe_head_mm"]) == pytest.approx(50.0, abs=1e-6)  # a rotation keeps lengths
     assert float(m["pa_mpjpe_mm"]) == pytest.approx(0.0, abs=1e-6)  # a translation aligns away
@@ -98,7 +106,10 @@ def test_known_joint_offset_gives_known_error():
 def test_head_translation_moves_world_joints_not_head_frame_joints():
     t_head, R_head, p_joints, R_joints = walking_motion()
     shift_m = torch.tensor([0.0, 0.0, 0.02], dtype=torch.float64)
-    m = errors((t_head + shift_m, R_head, p_joints + shift_m, R_joints), (t_head, R_head, p_joints, R_joints))
+    m = errors(
+        (t_head + shift_m, R_head, p_joints + shift_m, R_joints),
+        (t_head, R_head, p_joints, R_joints),
+    )
     assert float(m["head_pos_error_mm"]) == pytest.approx(20.0, abs=1e-6)
     assert float(m["mpjpe_world_mm"]) == pytest.approx(20.0, abs=1e-6)
     assert float(m["mpjpe_head_mm"]) == pytest.approx(0.0, abs=1e-6)
@@ -109,7 +120,9 @@ def test_head_rotation_error_of_a_known_rotation_is_its_angle(angle_rad, seed):
     t_head, R_head, p_joints, R_joints = walking_motion(seed)
     axis = torch.randn(3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     R_err = axis_angle_to_matrix(axis, torch.tensor(angle_rad, dtype=torch.float64))
-    m = errors((t_head, R_head @ R_err, p_joints, R_joints @ R_err), (t_head, R_head, p_joints, R_joints))
+    m = errors(
+        (t_head, R_head @ R_err, p_joints, R_joints @ R_err), (t_head, R_head, p_joints, R_joints)
+    )
     assert float(m["head_rot_error_deg"]) == pytest.approx(math.degrees(angle_rad), abs=1e-5)
     assert float(m["mpjre_deg"]) == pytest.approx(math.degrees(angle_rad), abs=1e-5)
     assert float(m["mpjpe_world_mm"]) == pytest.approx(0.0, abs=1e-6)  # world joints unchanged
@@ -132,7 +145,9 @@ def test_pa_mpjpe_is_invariant_to_a_similarity_of_the_prediction(seed):
 
 
 def test_procrustes_never_reflects():
-    target = torch.randn(NUM_JOINTS, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(
+        NUM_JOINTS, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
     mirrored = target * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
     err = (procrustes_align(mirrored, target) - target).norm(dim=-1).mean()
     assert float(err) > 0.05
@@ -140,7 +155,9 @@ def test_procrustes_never_reflects():
 
 def test_jitter_and_acceleration_of_constant_velocity_are_zero():
     t = torch.arange(T, dtype=torch.float64)[None, :, None, None]
-    path = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64) + t * torch.tensor([0.01, -0.02, 0.005])
+    path = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64) + t * torch.tensor(
+        [0.01, -0.02, 0.005]
+    )
     mask = torch.ones(1, T, dtype=torch.bool)
     jerk, valid = finite_difference(path, mask, 3)
     accel, _ = finite_difference(path, mask, 2)
@@ -155,7 +172,9 @@ def test_acceleration_error_of_a_known_quadratic():
     t = torch.arange(T, dtype=torch.float64)[:, None, None]
     m = errors((t_head, R_head, p_joints + 0.5 * a_m * t**2, R_joints), motion)
     assert float(m["accel_error_mm_per_frame2"]) == pytest.approx(5.0, abs=1e-6)
-    assert float(m["jitter_pred_mm_per_frame3"]) == pytest.approx(float(m["jitter_gt_mm_per_frame3"]), abs=1e-6)
+    assert float(m["jitter_pred_mm_per_frame3"]) == pytest.approx(
+        float(m["jitter_gt_mm_per_frame3"]), abs=1e-6
+    )
 
 
 def test_finite_difference_masks_every_touched_frame():
@@ -232,7 +251,9 @@ def test_head_drift_of_biased_velocity_grows_linearly():
 def test_masked_frames_are_ignored_and_batches_pool_exactly():
     motion = walking_motion(B=4)
     target, frame = canonical(motion)
-    recon = target + 0.01 * torch.randn(target.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    recon = target + 0.01 * torch.randn(
+        target.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     mask = torch.ones(target.shape[:2], dtype=torch.bool)
     mask[1, 15:] = False
     corrupted = recon.clone()
@@ -249,7 +270,9 @@ def test_masked_frames_are_ignored_and_batches_pool_exactly():
         assert torch.allclose(whole[key].mean(), whole_corrupted[key].mean(), equal_nan=True), key
     assert float(whole["mpjpe_world_by_frame_mm"].count[20]) == 3 * NUM_JOINTS
     # The same number straight from world joints (back through the canonical frame).
-    joints_world = [features_to_world(uncanonicalize(f, frame)).joint_translation for f in (recon, target)]
+    joints_world = [
+        features_to_world(uncanonicalize(f, frame)).joint_translation for f in (recon, target)
+    ]
     dist_mm = (joints_world[0] - joints_world[1]).norm(dim=-1)[mask] * 1000
     assert float(whole["mpjpe_world_mm"].mean()) == pytest.approx(float(dist_mm.mean()))
 
@@ -265,7 +288,9 @@ def test_canonical_frame_metrics_equal_world_frame_metrics():
     t_head, R_head, p_joints, R_joints = walking_motion(seed=5, B=3)
     p_joints[:, :, list(FOOT_JOINTS)] = p_joints[:, :1, list(FOOT_JOINTS)]  # planted feet
     target_world = world_to_features(t_head, R_head, p_joints, R_joints)
-    noise = torch.randn(target_world.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise = torch.randn(
+        target_world.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     recon_world = target_world + 0.02 * noise
     target, frame = canonicalize(target_world)
     recon = apply_rigid(recon_world, frame.R_canon_world, frame.offset_world)
@@ -274,4 +299,6 @@ def test_canonical_frame_metrics_equal_world_frame_metrics():
     in_canonical = reconstruction_errors(recon, target, mask, SPEED_M_PER_FRAME)
     assert float(in_world["foot_contact_fraction"].mean()) == 1.0
     for key in in_world:
-        torch.testing.assert_close(in_world[key].mean(), in_canonical[key].mean(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            in_world[key].mean(), in_canonical[key].mean(), atol=1e-6, rtol=1e-6
+        )

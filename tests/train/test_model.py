@@ -278,13 +278,17 @@ def test_public_streaming_api_is_encode_and_decode_with_a_cache(small_model: Mot
         first, _ = small_model.encode(x[:, :8], encoder_cache)
         second, _ = small_model.encode(x[:, 8:], encoder_cache)
         z = torch.cat([first, second], 1)
-        frames = torch.cat([small_model.decode(part, decoder_cache) for part in (z[:, :1], z[:, 1:])], 1)
+        frames = torch.cat(
+            [small_model.decode(part, decoder_cache) for part in (z[:, :1], z[:, 1:])], 1
+        )
         whole = small_model(x)
     torch.testing.assert_close(z, whole["mean"], rtol=0, atol=1e-5)
     torch.testing.assert_close(frames, whole["recon"], rtol=0, atol=1e-5)
 
 
-def test_seed_quick_start_runs_and_preprocess_true_points_to_the_codec(small_model: MotionVAE) -> None:
+def test_seed_quick_start_runs_and_preprocess_true_points_to_the_codec(
+    small_model: MotionVAE,
+) -> None:
     x = torch.randn(2, T_SMALL, FEATURE_DIM)
     with torch.no_grad():
         out = small_model(x, preprocess=False)

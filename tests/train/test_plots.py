@@ -61,7 +61,9 @@ def test_skeleton_frames_rejects_wrong_shapes(tmp_path):
 
 def test_error_by_frame_and_per_joint(tmp_path):
     curve = 20 + 10 * np.exp(-np.arange(T) / 3.0)
-    out = plot_error_by_frame({"world MPJPE": curve, "head-frame MPJPE": curve / 2}, tmp_path / "f.png", 4)
+    out = plot_error_by_frame(
+        {"world MPJPE": curve, "head-frame MPJPE": curve / 2}, tmp_path / "f.png", 4
+    )
     assert_non_trivial_png(out)
     out = plot_per_joint_error(np.linspace(5, 60, NUM_JOINTS), tmp_path / "j.png")
     assert_non_trivial_png(out, min_fraction=0.02)
