@@ -133,14 +133,15 @@ class BuildConfig:
     workers: int | None = None
     """Worker processes of the local Dask cluster (default: CPU cores)."""
     scheduler: str | None = None
-    """None: local cluster; "synchronous": plain loop; else the address of a Dask scheduler."""
+    """Unset: start a local Dask cluster; "synchronous": a plain loop in this process; else the
+    address of a running Dask scheduler."""
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT_S
     """Seconds a Dask cluster may have no worker before the build fails."""
     connect_timeout: float = CONNECT_TIMEOUT_S
-    """Seconds to reach an existing Dask scheduler (`scheduler` an address)."""
+    """Seconds to reach the Dask scheduler given with --scheduler ADDRESS."""
     fps: float | None = None
-    """Resample every sequence to this rate; None keeps the source rate (detected), and clips
-    at another rate are not used."""
+    """Resample every sequence to this rate (slerp rotations, linear positions); unset keeps the
+    source rate (detected), and clips at another rate are not used."""
     max_fill_frames: int = DEFAULT_MAX_FILL_FRAMES
     """Longest hole (missing frames, inside a clip or between two) filled by interpolation;
     a longer one splits the sequence."""
@@ -155,7 +156,7 @@ class BuildConfig:
     window_frames: int = DEFAULT_WINDOW_FRAMES
     """Length of the canonical windows the stats are taken over (the training window)."""
     stats_stride: int | None = None
-    """Frames between statistics windows (default window_frames // 4; see preprocess.stats)."""
+    """Frames between statistics windows (default: window_frames // 4; see preprocess.stats)."""
     std_floor: float = DEFAULT_STD_FLOOR
     """Smallest std stored, for near-constant dimensions."""
     stitch_tolerance: float = STITCH_TOLERANCE_PERIODS
@@ -163,9 +164,10 @@ class BuildConfig:
     rotation_atol: float = DEFAULT_ROTATION_ATOL
     """Tolerance on |R^T R - I| and |det R - 1| for a rotation matrix to be accepted."""
     resume: bool = False
-    """Continue an interrupted build of `out`, reusing its finished per-file results."""
+    """Continue an interrupted build of --out, reusing its finished per-file results (with
+    --overwrite: one that replaces an existing store)."""
     overwrite: bool = False
-    """Replace an existing store at `out` (and discard a partial build)."""
+    """Replace an existing store at --out; without --resume, an interrupted build is discarded."""
     strict: bool = False
     """Fail (publish nothing) if any file is unusable."""
 

@@ -3,48 +3,43 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import h5py
 
 from preprocess import nymeria_format, synth
 from preprocess.build import (
-    COMPRESSIONS,
-    DEFAULT_CHUNK_FRAMES,
     BuildConfig,
     BuildError,
     BuildSummary,
     build,
     describe_executor,
 )
-from preprocess.executor import CONNECT_TIMEOUT_S, DEFAULT_WORKER_TIMEOUT_S
 from preprocess.info import format_info, store_info
-from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Discrepancy, Problem
+from preprocess.read_clip import Discrepancy, Problem
 from preprocess.split import parse_fractions
-from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES
-from preprocess.stitch import DEFAULT_MAX_FILL_FRAMES, STITCH_TOLERANCE_PERIODS
 from preprocess.verify import verify_sequences, verify_stats
-from shared.cli_types import STORE, storage_options_option
+from shared.cli import (
+    FEATURE_STORE,
+    NEW_STORE,
+    cli_group,
+    config_error,
+    config_file_option,
+    config_values,
+    dataclass_options,
+    load_config_file,
+    storage_options_option,
+)
 from shared.remote import MissingExtraError, is_url
 from shared.store import StoreError, check_chunks, open_store
 from shared.transfer import DEFAULT_JOBS, TransferError, TransferSummary, transfer
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log progress (INFO) to stderr.")
-def main(verbose: bool) -> None:
+@cli_group
+def main() -> None:
     """Turn Nymeria clip HDF5 files into a versioned, self-describing feature store."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Dask configures its own loggers (INFO) when `distributed` is first imported, in this
-    # process and in its workers; it reads this setting from the environment then.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
 
 
 @main.command("synth")
@@ -106,11 +101,17 @@ def synth_command(
     )
 
 
-def _split_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
-    try:
-        return parse_fractions(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
+class Fractions(click.ParamType):
+    """Fractions of participants in train, val, test, e.g. "0.8,0.1,0.1"."""
+
+    name = "TRAIN,VAL,TEST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+        try:
+            return parse_fractions(text)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
 def _echo_problems(problems: tuple[Problem, ...]) -> None:
@@ -169,140 +170,29 @@ def _echo_summary(summary: BuildSummary) -> None:
     _echo_unused(summary)
 
 
+_BUILD_FLAGS = {"rotation_atol": "--rotation-tolerance"}
+
+
 @main.command("build")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--out",
     "out",
-    type=STORE,
+    type=NEW_STORE,
     required=True,
     help="Store to write (local directory), e.g. data/nymeria.zarr; share it with `push`.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Worker processes of the local Dask cluster [default: CPU cores].",
-)
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="ADDRESS|synchronous",
-    help="Dask scheduler address to use an existing cluster, or 'synchronous' for a "
-    "plain loop in this process [default: start a local cluster].",
-)
-@click.option(
-    "--fps",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Resample to this frame rate (slerp rotations, linear positions) "
-    "[default: keep the source rate].",
-)
-@click.option(
-    "--max-fill-frames",
-    type=click.IntRange(min=0),
-    default=DEFAULT_MAX_FILL_FRAMES,
-    show_default=True,
-    help="Longest run of missing frames (inside a clip or between two) filled by "
-    "interpolation; a longer one splits the sequence.",
-)
-@click.option(
-    "--split",
-    "split",
-    default="0.8,0.1,0.1",
-    show_default=True,
-    callback=_split_option,
-    help="Fractions of participants in train,val,test.",
-)
-@click.option(
-    "--split-seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the participant shuffle behind the split.",
-)
-@click.option(
-    "--chunk-frames",
-    type=click.IntRange(min=1),
-    default=DEFAULT_CHUNK_FRAMES,
-    show_default=True,
-    help="Frames per chunk of the frame arrays.",
-)
-@click.option(
-    "--compression",
-    type=click.Choice(COMPRESSIONS),
-    default="none",
-    show_default=True,
-    help="'none': raw chunks the trainer memory-maps; 'zstd' to share over a network.",
-)
-@click.option(
-    "--window-frames",
-    type=click.IntRange(min=2),
-    default=DEFAULT_WINDOW_FRAMES,
-    show_default=True,
-    help="Canonical window length for the statistics (the training window).",
-)
-@click.option(
-    "--stats-stride",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Frames between statistics windows [default: window-frames // 4].",
-)
-@click.option(
-    "--std-floor",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_STD_FLOOR,
-    show_default=True,
-    help="Smallest stored std (near-constant dimensions).",
-)
-@click.option(
-    "--stitch-tolerance",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=STITCH_TOLERANCE_PERIODS,
-    show_default=True,
-    help="Timestamp slack, in frame periods, for stitching clips and dropping overlaps.",
-)
-@click.option(
-    "--rotation-tolerance",
-    "rotation_atol",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_ROTATION_ATOL,
-    show_default=True,
-    help="Accepted |R^T R - I| and |det R - 1| of rotation matrices.",
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=CONNECT_TIMEOUT_S,
-    show_default=True,
-    help="Seconds to reach the Dask scheduler given with --scheduler ADDRESS.",
-)
-@click.option(
-    "--worker-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULT_WORKER_TIMEOUT_S,
-    show_default=True,
-    help="Seconds a Dask cluster may have no worker before the build fails.",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue an interrupted build of --out (with --overwrite: one that replaces "
-    "an existing store).",
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace an existing store at --out; without --resume, an interrupted build is discarded.",
-)
-@click.option("--strict", is_flag=True, help="Fail, publishing nothing, if any file is unusable.")
+@config_file_option
+@dataclass_options(BuildConfig, flags=_BUILD_FLAGS, types={"split": Fractions()})
 @click.option(
     "--progress/--no-progress",
     default=True,
     show_default=True,
     help="Show progress bars on stderr.",
 )
-def build_command(progress: bool, **options: object) -> None:
+def build_command(
+    data: Path, out: str | Path, config_file: Path | None, progress: bool, **options: object
+) -> None:
     """Build the feature store --out from the clip files (*.h5, searched recursively) in DATA.
 
     While it runs, STORE.lock holds the build's pid and host and STORE.build/ its per-file
@@ -311,7 +201,6 @@ def build_command(progress: bool, **options: object) -> None:
     status 1 when no file is usable, with --strict when any file is not, and when the
     environment stops the build (full disk, unreachable cluster, workers that cannot see DATA).
     """
-    out = options["out"]
     if is_url(out):
         raise click.BadParameter(
             f"a build writes a local directory, not {out}: build locally, then copy it: "
@@ -319,19 +208,30 @@ def build_command(progress: bool, **options: object) -> None:
             f"`python -m preprocess push data/store.zarr {out}`",
             param_hint="--out",
         )
-    config = BuildConfig(**options)
+    base = load_config_file(config_file) if config_file is not None else {}
+    unknown = set(base) - set(options)
+    if unknown:
+        raise click.BadParameter(
+            f"{config_file}: unknown options {sorted(unknown)}; valid: {sorted(options)} "
+            "(DATA and --out are given on the command line)",
+            param_hint="--config",
+        )
+    values = config_values(click.get_current_context(), BuildConfig, base=base)
+    try:
+        config = BuildConfig(data=data, out=out, **values)
+    except ValueError as error:
+        raise config_error(error, BuildConfig, _BUILD_FLAGS) from None
     click.echo(f"building {config.out} from {config.data} ({describe_executor(config)})", err=True)
     try:
         summary = build(config, progress=progress)
     except BuildError as error:
         _echo_problems(error.problems)
-        click.echo(f"error: {error}", err=True)
-        sys.exit(1)
+        raise click.ClickException(str(error)) from None
     _echo_summary(summary)
 
 
 @main.command("info")
-@click.argument("store", type=STORE)
+@click.argument("store", type=FEATURE_STORE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @storage_options_option
 def info_command(store: str | Path, as_json: bool, storage_options: dict | None) -> None:
@@ -349,7 +249,7 @@ def _count(n: int, noun: str) -> str:
 
 
 @main.command("verify")
-@click.argument("store", type=STORE)
+@click.argument("store", type=FEATURE_STORE)
 @click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -401,8 +301,7 @@ def verify_command(
     for problem in problems:
         click.echo(f"PROBLEM {problem}", err=True)
     if problems:
-        click.echo(f"verify failed: {_count(len(problems), 'problem')}", err=True)
-        sys.exit(1)
+        raise click.ClickException(f"verify failed: {_count(len(problems), 'problem')}")
     sources = " and matches its sources" if data is not None else ""
     click.echo(f"verify passed: every chunk, the metadata and the stats are intact{sources}")
 
@@ -444,7 +343,7 @@ def _echo_transfer(summary: TransferSummary) -> None:
 
 @main.command("push")
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("url", type=STORE)
+@click.argument("url", type=NEW_STORE)
 @storage_options_option
 @_jobs_option
 @_overwrite_option
@@ -467,7 +366,7 @@ def push_command(
 
 
 @main.command("pull")
-@click.argument("url", type=STORE)
+@click.argument("url", type=FEATURE_STORE)
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--decompress/--keep-compression",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import typing
 from collections.abc import Callable, Iterator
@@ -15,12 +14,23 @@ import click
 import torch
 from torch import nn
 
-from shared.cli_types import STORE, storage_options_option
+from shared.cli import (
+    FEATURE_STORE,
+    LATENT_STORE,
+    NEW_STORE,
+    cli_group,
+    config_error,
+    config_file_option,
+    config_values,
+    dataclass_options,
+    load_config_file,
+    storage_options_option,
+)
 from shared.diskspace import DiskFullError
 from shared.remote import MissingExtraError
 from shared.store import SPLITS, StoreError
 from shared.transfer import TransferError, cached_store
-from train.config import Device, RunConfig, TrainConfig, field_docs, load_config_file
+from train.config import Device, RunConfig, TrainConfig
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
 from train.fit import TrainingDiverged
 from train.fit import fit as run_fit
@@ -38,10 +48,9 @@ from train.latents import (
 from train.model import FRAMES_PER_LATENT, MotionVAE, MotionVAEConfig
 
 
-@click.group()
+@cli_group
 def main() -> None:
     """Train and use the causal motion VAE on a Nymeria feature store."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def _table_rows(model: MotionVAE) -> Iterator[tuple[str, nn.Module]]:
@@ -55,23 +64,19 @@ def _table_rows(model: MotionVAE) -> Iterator[tuple[str, nn.Module]]:
                 yield f"{part_name}.{name}", child
 
 
+# Set by the feature layout, not by the user.
+_model_options = dataclass_options(MotionVAEConfig, prefix="model__", skip=("input_dim",))
+
+
 @main.command()
-@click.option("--hidden", type=click.IntRange(min=1), help="Channels of the ResNet stages.")
-@click.option("--latent", type=click.IntRange(min=1), help="Channels of a latent step.")
-@click.option("--blocks", type=click.IntRange(min=1), help="ResNet blocks per stage.")
-@click.option("--seq-len", type=click.IntRange(min=4), help="Window in frames, a multiple of 4.")
-def describe(
-    hidden: int | None, latent: int | None, blocks: int | None, seq_len: int | None
-) -> None:
+@_model_options
+def describe(**options: Any) -> None:
     """Print the layer table and parameter count of a MotionVAE (defaults unless overridden)."""
-    overrides = {"hidden_dim": hidden, "latent_dim": latent, "blocks_per_stage": blocks,
-                 "seq_len": seq_len}  # fmt: skip
+    ctx = click.get_current_context()
     try:
-        config = dataclasses.replace(
-            MotionVAEConfig(), **{k: v for k, v in overrides.items() if v is not None}
-        )
+        config = MotionVAEConfig(**config_values(ctx, MotionVAEConfig, "model__"))
     except ValueError as e:
-        raise click.UsageError(str(e)) from e
+        raise config_error(e, MotionVAEConfig) from None
     model = MotionVAE(config).eval()
 
     rows = list(_table_rows(model))
@@ -99,45 +104,10 @@ def describe(
     click.echo(f"total parameters: {model.num_parameters():,}")
 
 
-def _config_options(func: Callable) -> Callable:
-    """One `--option` per field of MotionVAEConfig and TrainConfig, help from the field docs.
-
-    Defaults are None here so that only options given on the command line override the
-    --config file (or, with --resume, the run's saved config).
-    """
-    for section, cls in (("train", TrainConfig), ("model", MotionVAEConfig)):
-        docs = field_docs(cls)
-        for f in reversed(dataclasses.fields(cls)):
-            if f.name in _FIXED_MODEL_FIELDS:
-                continue
-            flag = f"--{f.name.replace('_', '-')}"
-            dest = f"{section}__{f.name}"
-            help_text = f"{docs.get(f.name, '')} [default: {f.default}]"
-            if f.type in ("bool", bool):
-                func = click.option(f"{flag}/--no-{flag[2:]}", dest, default=None, help=help_text)(
-                    func
-                )
-            elif typing.get_origin(_resolve(cls, f)) is typing.Literal:
-                choices = click.Choice(typing.get_args(_resolve(cls, f)))
-                func = click.option(flag, dest, type=choices, default=None, help=help_text)(func)
-            else:
-                func = click.option(flag, dest, type=type(f.default), default=None, help=help_text)(
-                    func
-                )
-    return func
-
-
-_FIXED_MODEL_FIELDS = {"input_dim"}  # set by the feature layout, not by the user
-
-
-def _resolve(cls: type, f: dataclasses.Field) -> Any:
-    return typing.get_type_hints(cls)[f.name]
-
-
 def _store_options(**store_kwargs: Any) -> Callable:
     """--store PATH|URL, --cache-dir, --storage-options: a URL is copied once into the cache."""
     options = (
-        click.option("--store", "store_url", type=STORE, **store_kwargs),
+        click.option("--store", "store_url", type=FEATURE_STORE, **store_kwargs),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Where a --store URL is copied once (one directory per store "
                           "fingerprint, reused while it verifies) and memory-mapped from "
@@ -178,38 +148,35 @@ def _local_store(
     required=True,
     help="Run directory: config, metrics, checkpoints, pictures.",
 )
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSON or TOML file with `model` and `train` sections; options given here win.",
-)
+@config_file_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@_config_options
+@dataclass_options(TrainConfig, prefix="train__")
+@_model_options
 def fit(
     store_url: str | Path, cache_dir: Path | None, storage_options: dict | None, run_dir: Path,
     config_file: Path | None, resume: bool, **options: Any,
 ) -> None:  # fmt: skip
-    """Train the motion VAE on the store's train split (also under `torchrun --nproc_per_node=N`)."""
-    if isinstance(store_url, Path) and not store_url.exists():
-        raise click.UsageError(
-            f"no feature store at {store_url}. Build one first: `make preprocess DATA=/path/to/hdf5 "
-            f"STORE={store_url}` (or `python -m preprocess build DATA --out {store_url}`); "
-            "`make demo` builds one from synthetic data."
-        )
+    """Train the motion VAE on the store's train split (also under `torchrun --nproc_per_node=N`).
+
+    The configuration is, from the bottom up: the defaults below, the run's saved
+    config.json (with --resume), the --config file (sections `model` and `train`), and the
+    options given here.
+    """
     base: dict = {}
     if resume and (run_dir / "config.json").exists():
         base = json.loads((run_dir / "config.json").read_text())
     if config_file is not None:
         base = load_config_file(config_file)
-    for key, value in options.items():
-        if value is not None:
-            section, name = key.split("__")
-            base.setdefault(section, {})[name] = value
+    ctx = click.get_current_context()
+    sections = {"model": MotionVAEConfig, "train": TrainConfig}
+    base = {
+        **base,
+        **{k: config_values(ctx, cls, f"{k}__", base.get(k)) for k, cls in sections.items()},
+    }
     try:
         config = RunConfig.from_dict(base, source=str(config_file or "options"))
     except (ValueError, TypeError) as e:
-        raise click.UsageError(str(e)) from e
+        raise config_error(e, TrainConfig) from None
     store_url = _local_store(store_url, cache_dir, storage_options)
     try:
         metrics = run_fit(config, str(store_url), run_dir, resume=resume)
@@ -287,7 +254,10 @@ def eval_command(
 @_CKPT_OPTION
 @_store_options(required=True, help="Feature store: a path or an fsspec URL.")
 @click.option(
-    "--out", required=True, help="Latent store to create (Zarr v3, path or URL); must not exist."
+    "--out",
+    type=NEW_STORE,
+    required=True,
+    help="Latent store to create (Zarr v3, path or URL); must not exist.",
 )
 @click.option("--logvar", is_flag=True, help="Also store the posterior log-variances.")
 @click.option("--split", type=click.Choice(("all", *SPLITS)), default="all", show_default=True,
@@ -300,7 +270,7 @@ def eval_command(
 @_DEVICE_OPTION
 def encode_command(
     ckpt: Path, store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
-    out: str, logvar: bool, split: str, window_frames: int | None,
+    out: str | Path, logvar: bool, split: str, window_frames: int | None,
     hop_frames: int | None, device: str,
 ) -> None:  # fmt: skip
     """Encode every sequence of a store, window by window as trained, into a latent store.
@@ -333,15 +303,30 @@ def encode_command(
 
 @main.command("decode")
 @_CKPT_OPTION
-@click.option("--latents", required=True, help="Latent store written by `encode` (path or URL).")
-@click.option("--out", required=True, help="Zarr store to create (path or URL); must not exist.")
+@click.option(
+    "--latents",
+    type=LATENT_STORE,
+    required=True,
+    help="Latent store written by `encode` (path or URL).",
+)
+@click.option(
+    "--out",
+    type=NEW_STORE,
+    required=True,
+    help="Zarr store to create (path or URL); must not exist.",
+)
 @click.option("--world", is_flag=True,
               help="Write world motion (cpf_translation, cpf_orientation, joint_translation, "
                    "joint_orientation) instead of 294-D world features.")  # fmt: skip
 @_DEVICE_OPTION
 @storage_options_option
 def decode_command(
-    ckpt: Path, latents: str, out: str, world: bool, device: str, storage_options: dict | None
+    ckpt: Path,
+    latents: str | Path,
+    out: str | Path,
+    world: bool,
+    device: str,
+    storage_options: dict | None,
 ) -> None:
     """Decode the mean latents of a latent store back to world features or world motion.
 

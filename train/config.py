@@ -1,20 +1,14 @@
 """Training configuration: frozen dataclasses whose field docs are the CLI help.
 
 `python -m train fit` turns every field of `TrainConfig` and of the model's
-`MotionVAEConfig` into a `--option`; `--config FILE` (JSON or TOML, sections `model`
-and `train`) sets them in bulk, and explicit options win over the file.
+`MotionVAEConfig` into a `--option` (`shared.cli.dataclass_options`); `--config FILE` (JSON
+or TOML, sections `model` and `train`) sets them in bulk, and explicit options win over the file.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import json
-import textwrap
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from train.model import MotionVAEConfig
@@ -92,22 +86,6 @@ class TrainConfig:
         return 0.0 if self.loss == "seed" else self.head_blend
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass (the string literal under each field)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
 @dataclass(frozen=True)
 class RunConfig:
     model: MotionVAEConfig = field(default_factory=MotionVAEConfig)
@@ -135,14 +113,6 @@ def _build(cls: type, values: dict, source: str) -> Any:
     if unknown:
         raise ValueError(f"{source}: unknown keys {sorted(unknown)}; valid keys: {sorted(names)}")
     return cls(**values)
-
-
-def load_config_file(path: Path) -> dict:
-    """A JSON or TOML file with optional `model` and `train` tables."""
-    text = Path(path).read_text()
-    if Path(path).suffix == ".toml":
-        return tomllib.loads(text)
-    return json.loads(text)
 
 
 def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:

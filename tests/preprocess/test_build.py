@@ -255,3 +255,19 @@ def test_build_on_an_existing_cluster(cluster_store: Path, synthetic_dataset: Pa
         open_store(out).attrs[shared.store.ATTR_BUILD_CONFIG]["scheduler"]
         == cluster.scheduler_address
     )
+
+
+def test_build_options_from_a_config_file(synthetic_dataset: Path, tmp_path: Path):
+    """`build --config FILE` sets options by field name; options on the command line win."""
+    config = tmp_path / "build.toml"
+    config.write_text('chunk_frames = 500\nsplit = [0.5, 0.25, 0.25]\nscheduler = "synchronous"\n')
+    out = tmp_path / "s.zarr"
+    args = ["build", str(synthetic_dataset), "--out", str(out), "--config", str(config)]
+    result = CliRunner().invoke(main, [*args, "--chunk-frames", "700", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    recorded = open_store(out).attrs[shared.store.ATTR_BUILD_CONFIG]
+    assert recorded["chunk_frames"] == 700 and recorded["split"] == [0.5, 0.25, 0.25]
+    assert recorded["scheduler"] == "synchronous"
+    config.write_text("chunk_frame = 500\n")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "unknown options ['chunk_frame']" in result.output

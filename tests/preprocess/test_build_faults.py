@@ -70,7 +70,7 @@ def _build(
 
 def _error_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
-    (line,) = re.findall(r"error: [^\r\n]*", stderr)
+    (line,) = re.findall(r"Error: [^\r\n]*", stderr)
     return line
 
 
@@ -89,7 +89,7 @@ def test_disk_full_during_an_overwrite_keeps_the_old_store_and_resumes(synthetic
     line = _error_line(full.stderr)
     paths = BuildPaths(out)
     assert line.startswith(
-        f"error: building {out}: the file size limit (`ulimit -f`) was reached writing "
+        f"Error: building {out}: the file size limit (`ulimit -f`) was reached writing "
     ), line
     assert str(paths.staging / "features") in line and "needs about" in line and "free now" in line
     assert f"{out} is untouched" in line and "rerun with --overwrite --resume" in line
@@ -134,7 +134,7 @@ def test_build_into_a_full_file_system_is_one_line(synthetic_dataset, tmp_path):
     assert result.returncode == 1
     line = _error_line(result.stderr)
     assert line.startswith(
-        f"error: building {small / 'store.zarr'}: no space left on device writing "
+        f"Error: building {small / 'store.zarr'}: no space left on device writing "
     ), line
     assert "needs about" in line and "rerun with --resume" in line, line
 

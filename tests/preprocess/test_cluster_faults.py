@@ -134,7 +134,7 @@ def start_build(data: Path, out: Path, scheduler: str, *extra: str) -> subproces
 
 def error_line(output: str) -> str:
     assert "Traceback" not in output, output
-    (line,) = [ln for ln in output.splitlines() if ln.startswith("error: ")]
+    (line,) = [ln for ln in output.splitlines() if ln.startswith("Error: ")]
     return line
 
 

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from train.config import RunConfig, TrainConfig, diff_configs, field_docs, load_config_file
+from shared.cli import field_docs, load_config_file
+from train.config import RunConfig, TrainConfig, diff_configs
 from train.fit import lr_factor
 
 

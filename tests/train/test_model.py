@@ -376,7 +376,8 @@ def test_describe_default_prints_count(default_model: MotionVAE) -> None:
 
 
 def test_describe_with_overrides() -> None:
-    args = ["describe", "--hidden", "32", "--latent", "16", "--blocks", "1", "--seq-len", "16"]
+    args = ["describe", "--hidden-dim", "32", "--latent-dim", "16", "--blocks-per-stage", "1"]
+    args += ["--seq-len", "16"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     cfg = MotionVAEConfig(hidden_dim=32, latent_dim=16, blocks_per_stage=1, seq_len=16)

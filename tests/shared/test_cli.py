@@ -1,0 +1,150 @@
+"""shared.cli: options generated from a config dataclass, what was given on the command line,
+config files underneath, the store types and the group options of both CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from shared.cli import (
+    FEATURE_STORE,
+    config_error,
+    config_file_option,
+    config_values,
+    dataclass_options,
+    load_config_file,
+)
+from shared.provenance import package_version
+
+
+@dataclass(frozen=True)
+class Example:
+    """A config with one field of each kind the helper maps."""
+
+    name: str
+    """Required: not an option."""
+    steps: int = 10
+    """Steps to run."""
+    rate: float | None = None
+    """A rate; unset means "as recorded"."""
+    mode: Literal["fast", "exact"] = "exact"
+    """How to run."""
+    verbose_log: bool = False
+    """Log a lot."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, found {self.steps}")
+
+
+@click.command()
+@config_file_option
+@dataclass_options(Example, prefix="ex__")
+def command(config_file: Path | None, **options: object) -> None:
+    base = load_config_file(config_file) if config_file else None
+    values = config_values(click.get_current_context(), Example, "ex__", base)
+    try:
+        config = Example(name="x", **values)
+    except ValueError as error:
+        raise config_error(error, Example) from None
+    click.echo(json.dumps({"given": sorted(values), "config": config.__dict__}))
+
+
+def run(*args: str) -> dict:
+    result = CliRunner().invoke(command, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_options_carry_the_dataclass_defaults_docs_and_types():
+    help_text = CliRunner().invoke(command, ["--help"]).output
+    assert "--steps INTEGER" in help_text and "Steps to run.  [default: 10]" in help_text
+    assert "--mode [fast|exact]" in help_text and "--verbose-log / --no-verbose-log" in help_text
+    assert "--name" not in help_text  # no default: the command's own argument
+    out = run("--steps", "3", "--rate", "2.5", "--mode", "fast", "--verbose-log")
+    assert out["config"] == {"name": "x", "steps": 3, "rate": 2.5, "mode": "fast",
+                             "verbose_log": True}  # fmt: skip
+    assert run()["config"] == {"name": "x", "steps": 10, "rate": None, "mode": "exact",
+                               "verbose_log": False}  # fmt: skip
+    result = CliRunner().invoke(command, ["--mode", "slow"])
+    assert result.exit_code == 2 and "'slow' is not one of 'fast', 'exact'" in result.output
+
+
+def test_only_options_given_on_the_command_line_override_the_file(tmp_path: Path):
+    config = tmp_path / "c.toml"
+    config.write_text('steps = 7\nmode = "fast"\nrate = 1\n')
+    out = run("--config", str(config))
+    assert out["given"] == ["mode", "rate", "steps"]
+    assert out["config"]["steps"] == 7 and out["config"]["rate"] == 1.0  # converted as options
+    # An option given with its default value still wins over the file.
+    out = run("--config", str(config), "--steps", "10", "--mode", "exact")
+    assert out["config"]["steps"] == 10 and out["config"]["mode"] == "exact"
+    assert out["config"]["rate"] == 1.0
+
+
+def test_bad_values_name_the_option_and_the_file(tmp_path: Path):
+    result = CliRunner().invoke(command, ["--steps", "0"])
+    assert result.exit_code == 2
+    assert "steps must be >= 1, found 0 (--steps)" in result.output
+    config = tmp_path / "c.json"
+    config.write_text('{"mode": "slow"}')
+    result = CliRunner().invoke(command, ["--config", str(config)])
+    assert result.exit_code == 2 and "mode = 'slow'" in result.output
+    config.write_text("{not json")
+    result = CliRunner().invoke(command, ["--config", str(config)])
+    assert result.exit_code == 2 and str(config) in result.output
+
+
+def test_a_field_without_a_command_line_type_is_refused():
+    @dataclass(frozen=True)
+    class Odd:
+        pairs: tuple[int, int] = (1, 2)
+        """A pair."""
+
+    with pytest.raises(TypeError, match=r"Odd.pairs: no command-line type"):
+        dataclass_options(Odd)(lambda **kw: None)
+
+
+def test_a_missing_local_store_says_how_to_make_one(tmp_path: Path):
+    @click.command()
+    @click.argument("store", type=FEATURE_STORE)
+    def show(store: object) -> None:
+        click.echo(repr(store))
+
+    missing = tmp_path / "nope.zarr"
+    result = CliRunner().invoke(show, [str(missing)])
+    assert result.exit_code == 2
+    assert f"no feature store at {missing}; build one with" in result.output
+    result = CliRunner().invoke(show, ["s3://bucket/x.zarr"])  # a URL is checked when opened
+    assert result.exit_code == 0 and "'s3://bucket/x.zarr'" in result.output
+
+
+@pytest.mark.parametrize("cli", ["preprocess", "train"])
+def test_both_clis_have_version_and_verbose(cli: str, tmp_path: Path):
+    out = subprocess.run(
+        [sys.executable, "-m", cli, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith(f"nymeria-mvae {package_version()} (git ")
+    help_text = subprocess.run(
+        [sys.executable, "-m", cli, "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "-v, --verbose" in help_text
+    # A missing store is a usage error naming it, in every command that reads one.
+    read = {"preprocess": ["-v", "info"], "train": ["-v", "decode", "--ckpt", __file__,
+            "--out", str(tmp_path / "o.zarr"), "--latents"]}[cli]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", cli, *read, str(tmp_path / "missing.zarr")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    kind = "feature store" if cli == "preprocess" else "latent store"
+    assert result.returncode == 2 and f"no {kind} at {tmp_path / 'missing.zarr'}" in result.stderr
