@@ -129,12 +129,28 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
+@dataclass(frozen=True)
+class ValidationSet:
+    """The fixed validation windows of a store, evenly spaced over its val split."""
+
+    store: FeatureStore
+    index: WindowIndex
+    windows: torch.Tensor  # (N,) window numbers of `index`
+
+    @classmethod
+    def of(cls, store: FeatureStore, config: RunConfig) -> ValidationSet | None:
+        """None when the store has no validation sequences."""
+        sequences = store.split("val")
+        if not sequences:
+            return None
+        index = WindowIndex(sequences, config.model.seq_len)
+        return cls(store, index, torch.from_numpy(index.evenly_spaced(config.train.val_windows)))
+
+
 @torch.no_grad()
 def validate(
     model: MotionVAE,
-    store: FeatureStore,
-    index: WindowIndex,
-    windows: torch.Tensor,
+    val: ValidationSet,
     normalizer: Normalizer,
     config: RunConfig,
     device: torch.device,
@@ -145,10 +161,11 @@ def validate(
     """
     was_training = model.training
     model.eval()
-    speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
+    speed_m_per_frame = CONTACT_SPEED_M_S / val.store.fps
     batches = []
-    for chunk in windows.split(config.train.batch_size):
-        prep = prepare_batch(read_windows(store, index, chunk.numpy()).to(device), normalizer)
+    for chunk in val.windows.split(config.train.batch_size):
+        windows = read_windows(val.store, val.index, chunk.numpy()).to(device)
+        prep = prepare_batch(windows, normalizer)
         batches.append(evaluate_batch(model, prep, normalizer, config, speed_m_per_frame)[0])
     model.train(was_training)
     pooled = pool(batches)
@@ -202,158 +219,269 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
     info, device = init_distributed(cfg.device)
     run_dir = Path(run_dir)
     store = open_store(store_url)
+    _warn_if_stats_window_differs(store, config)
+    resumed = _checkpoint_to_resume(run_dir, resume, config, store)
+    state = TrainState.start(config, device, resumed)
+    train_model = _wrap_for_training(state.model, info, device, cfg.compile)
+    normalizer = Normalizer(store.stats, device)
+    val = ValidationSet.of(store, config)
+    if info.is_main:
+        if val is None:
+            logger.warning("store has no validation sequences; training without validation")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_files(run_dir, config, store, info, device)
+    log = MetricsLog(run_dir, enabled=info.is_main)
+    log.truncate_after(state.step)
+    batches = TrainBatches(store, config, info, state.step, device)
+    saver = Checkpointer(run_dir / "checkpoints", state, config, store, enabled=info.is_main)
+    if resumed is None:
+        # A run is resumable from its first moment, and a disk too full for a checkpoint is
+        # found before any training time is spent (the model alone: optimizer state is empty).
+        saver.save()
+
+    last_val: dict[str, float] = {}
+    throughput = Throughput()
+    bar = tqdm(
+        total=cfg.steps, initial=state.step, disable=not info.is_main, desc="train", unit="step"
+    )
+    train_model.train()
+    while state.step < cfg.steps:
+        t0 = time.perf_counter()
+        terms, grad_norm = _train_step(train_model, state, batches, normalizer, config, info, saver)
+        windows = cfg.batch_size * info.world_size
+        throughput.add(windows, batches.take_wait_s(), time.perf_counter() - t0)
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            values = _train_values(terms, grad_norm, state, throughput.take())
+            log.write(state.step, values)
+            bar.set_postfix(
+                loss=f"{values['train/total']:.4f}",
+                win_s=f"{values['perf/windows_per_s']:.0f}",
+                wait=f"{100 * values['perf/data_wait_share']:.1f}%",
+            )
+        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+            if val is not None and info.is_main:
+                last_val = validate(state.model, val, normalizer, config, device)
+                log.write(state.step, last_val)
+                saver.save(is_best=state.record_val(last_val["val/total"]))
+            else:
+                saver.save()
+        bar.update(1)
+    bar.close()
+    log.close()
+    _finish(run_dir, info)
+    return last_val
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds and a step advances: model, optimizer, schedule, step, best val."""
+
+    model: MotionVAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0
+    best_val: float = math.inf
+
+    @classmethod
+    def start(
+        cls, config: RunConfig, device: torch.device, resumed: Checkpoint | None
+    ) -> TrainState:
+        """A fresh run seeded by `config.train.seed`, or the state `resumed` saved."""
+        cfg = config.train
+        torch.manual_seed(cfg.seed)
+        model = MotionVAE(config.model).to(device)
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        )
+        state = cls(model, optimizer, scheduler)
+        if resumed is not None:
+            model.load_state_dict(resumed.model)
+            optimizer.load_state_dict(resumed.optimizer)
+            scheduler.load_state_dict(resumed.scheduler)
+            state.step, state.best_val = resumed.step, resumed.best_val
+        return state
+
+    def record_val(self, total: float) -> bool:
+        """Note a validation loss; True when it is the best so far."""
+        is_best = total < self.best_val
+        self.best_val = min(self.best_val, total)
+        return is_best
+
+
+class Checkpointer:
+    """Writes DIR/last.pt (what --resume needs) and, for the best validation, DIR/best.pt."""
+
+    def __init__(
+        self, directory: Path, state: TrainState, config: RunConfig, store: FeatureStore,
+        enabled: bool,
+    ) -> None:  # fmt: skip
+        self.last, self.best = directory / "last.pt", directory / "best.pt"
+        self.state, self.config, self.store, self.enabled = state, config, store, enabled
+
+    def save(self, is_best: bool = False) -> None:
+        # last.pt first: it is what --resume needs, so a disk with room for one more file
+        # spends it there; best.pt is then the same file (a hard link where possible).
+        if not self.enabled:
+            return
+        s = self.state
+        save_checkpoint(
+            self.last,
+            Checkpoint.capture(
+                s.model, s.optimizer, s.scheduler, s.step, s.best_val, self.config, self.store
+            ),
+        )
+        if is_best:
+            link_checkpoint(self.last, self.best)
+
+
+class Throughput:
+    """Windows per second of training and the share of it spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.wait_s = self.busy_s = 0.0
+        self.windows = 0
+
+    def add(self, windows: int, wait_s: float, busy_s: float) -> None:
+        self.windows += windows
+        self.wait_s += wait_s
+        self.busy_s += busy_s
+
+    def take(self) -> dict[str, float]:
+        """The rates since the last take."""
+        busy = max(self.busy_s, 1e-9)
+        rates = {
+            "perf/windows_per_s": self.windows / busy,
+            "perf/data_wait_share": self.wait_s / busy,
+        }
+        self.wait_s = self.busy_s = 0.0
+        self.windows = 0
+        return rates
+
+
+def _warn_if_stats_window_differs(store: FeatureStore, config: RunConfig) -> None:
     if store.stats.window_frames != config.model.seq_len:
         logger.warning(
             "store statistics were computed over %d-frame windows, training uses %d",
             store.stats.window_frames,
             config.model.seq_len,
         )
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    resumed: Checkpoint | None = None
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(
-                f"--resume: no checkpoint at {ckpt_path}; start without --resume"
+
+
+def _checkpoint_to_resume(
+    run_dir: Path, resume: bool, config: RunConfig, store: FeatureStore
+) -> Checkpoint | None:
+    """The checkpoint --resume continues (checked against `config`), None for a new run."""
+    path = run_dir / "checkpoints" / "last.pt"
+    if not resume:
+        if path.exists():  # every rank stops here, not only rank 0
+            raise FileExistsError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out"
             )
-        resumed = load_checkpoint(ckpt_path)
-        _check_resumable(resumed, config, store)
-    elif ckpt_path.exists():  # every rank stops here, not only rank 0
-        raise FileExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out"
-        )
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume")
+    resumed = load_checkpoint(path)
+    _check_resumable(resumed, config, store)
+    logger.info("resumed %s at step %d", run_dir, resumed.step)
+    return resumed
 
-    torch.manual_seed(cfg.seed)
-    model = MotionVAE(config.model).to(device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    )
-    start_step, best_val = 0, math.inf
-    if resumed is not None:
-        model.load_state_dict(resumed.model)
-        optimizer.load_state_dict(resumed.optimizer)
-        scheduler.load_state_dict(resumed.scheduler)
-        start_step, best_val = resumed.step, resumed.best_val
-        logger.info("resumed %s at step %d", run_dir, start_step)
 
-    train_model: nn.Module = model
+def _wrap_for_training(
+    model: MotionVAE, info: DistInfo, device: torch.device, compile_model: bool
+) -> nn.Module:
+    """The module the loop calls: DDP across ranks, compiled on request."""
+    wrapped: nn.Module = model
     if info.world_size > 1:
-        train_model = nn.parallel.DistributedDataParallel(
+        wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    return torch.compile(wrapped) if compile_model else wrapped
 
-    normalizer = Normalizer(store.stats, device)
-    val_split = store.split("val")
-    val_index = WindowIndex(val_split, config.model.seq_len) if val_split else None
-    val_windows = torch.from_numpy(val_index.evenly_spaced(cfg.val_windows)) if val_index else None
-    if val_index is None and info.is_main:
-        logger.warning("store has no validation sequences; training without validation")
 
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_files(run_dir, config, store, info, device)
-    log = MetricsLog(run_dir, enabled=info.is_main)
-    log.truncate_after(start_step)
+class TrainBatches:
+    """This rank's training batches from step `first_step` on, on the device; counts the time
+    spent waiting for them."""
 
-    dataset = TrainWindows(
-        store.url,
-        "train",
-        config.model.seq_len,
-        cfg.batch_size,
-        cfg.seed,
-        info.rank,
-        first_batch=start_step,
-    )
-    loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and cfg.bf16
-        else nullcontext()
-    )
+    def __init__(
+        self, store: FeatureStore, config: RunConfig, info: DistInfo, first_step: int,
+        device: torch.device,
+    ) -> None:  # fmt: skip
+        cfg = config.train
+        dataset = TrainWindows(
+            store.url, "train", config.model.seq_len, cfg.batch_size, cfg.seed, info.rank,
+            first_batch=first_step,
+        )  # fmt: skip
+        self.loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))
+        self.device, self.store_url = device, store.url
+        self.wait_s = 0.0
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda" and cfg.bf16
+            else nullcontext()
+        )
 
-    def checkpoint(step: int, is_best: bool = False) -> None:
-        # last.pt first: it is what --resume needs, so a disk with room for one more file
-        # spends it there; best.pt is then the same file (a hard link where possible).
-        if info.is_main:
-            save_checkpoint(
-                ckpt_path,
-                Checkpoint.capture(model, optimizer, scheduler, step, best_val, config, store),
-            )
-            if is_best:
-                link_checkpoint(ckpt_path, run_dir / "checkpoints" / "best.pt")
-
-    if resumed is None:
-        # A run is resumable from its first moment, and a disk too full for a checkpoint is
-        # found before any training time is spent (the model alone: optimizer state is empty).
-        checkpoint(0)
-
-    last_val: dict[str, float] = {}
-    wait_s = busy_s = 0.0
-    windows_seen = 0
-    bar = tqdm(
-        total=cfg.steps, initial=start_step, disable=not info.is_main, desc="train", unit="step"
-    )
-    train_model.train()
-    for step in range(start_step, cfg.steps):
+    def next(self) -> WindowBatch:
         t0 = time.perf_counter()
-        batch = next(loader).to(device, non_blocking=True)
-        t1 = time.perf_counter()
-        torch.manual_seed(_step_seed(cfg.seed, info.rank, step))
-        prep = prepare_batch(batch, normalizer)
-        with autocast:
-            out = train_model(prep.x)
-        terms = training_loss(out, prep, normalizer, config)
-        if _any_rank(~torch.isfinite(terms["total"]), info):
-            checkpoint(step)
-            described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-            raise TrainingDiverged(
-                f"non-finite loss at step {step} ({described}); last good state saved to {ckpt_path}"
-                f"{_non_finite_input(batch, store.url)}"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
-        wait_s, busy_s = wait_s + (t1 - t0), busy_s + (t2 - t0)
-        windows_seen += cfg.batch_size * info.world_size
-        done = step + 1
+        batch = next(self.loader).to(self.device, non_blocking=True)
+        self.wait_s += time.perf_counter() - t0
+        return batch
 
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
-            values |= {
-                "train/grad_norm": float(grad_norm),
-                "train/lr": scheduler.get_last_lr()[0],
-                "perf/windows_per_s": windows_seen / busy_s,
-                "perf/data_wait_share": wait_s / busy_s,
-            }
-            log.write(done, values)
-            bar.set_postfix(
-                loss=f"{values['train/total']:.4f}",
-                win_s=f"{values['perf/windows_per_s']:.0f}",
-                wait=f"{100 * values['perf/data_wait_share']:.1f}%",
-            )
-            wait_s = busy_s = 0.0
-            windows_seen = 0
-        if done % cfg.val_every == 0 or done == cfg.steps:
-            if val_index is not None and info.is_main:
-                last_val = validate(
-                    model, store, val_index, val_windows, normalizer, config, device
-                )
-                log.write(done, last_val)
-                is_best = last_val["val/total"] < best_val
-                best_val = min(best_val, last_val["val/total"])
-                checkpoint(done, is_best)
-            else:
-                checkpoint(done)
-        bar.update(1)
-    bar.close()
-    log.close()
+    def take_wait_s(self) -> float:
+        """Seconds spent waiting for batches since the last call."""
+        wait_s, self.wait_s = self.wait_s, 0.0
+        return wait_s
+
+
+def _train_step(
+    train_model: nn.Module,
+    state: TrainState,
+    batches: TrainBatches,
+    normalizer: Normalizer,
+    config: RunConfig,
+    info: DistInfo,
+    saver: Checkpointer,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step (state.step += 1); returns the loss terms and the gradient norm.
+
+    A non-finite loss on any rank saves the last good state and raises TrainingDiverged.
+    """
+    cfg = config.train
+    batch = batches.next()
+    torch.manual_seed(_step_seed(cfg.seed, info.rank, state.step))
+    prep = prepare_batch(batch, normalizer)
+    with batches.autocast:
+        out = train_model(prep.x)
+    terms = training_loss(out, prep, normalizer, config)
+    if _any_rank(~torch.isfinite(terms[TOTAL]), info):
+        saver.save()
+        described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        raise TrainingDiverged(
+            f"non-finite loss at step {state.step} ({described}); last good state saved to "
+            f"{saver.last}{_non_finite_input(batch, batches.store_url)}"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    terms[TOTAL].backward()
+    grad_norm = nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    if batches.device.type == "cuda":
+        torch.cuda.synchronize(batches.device)
+    state.step += 1
+    return terms, grad_norm
+
+
+def _train_values(
+    terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, state: TrainState,
+    rates: dict[str, float],
+) -> dict[str, float]:  # fmt: skip
+    """The metrics line of a training step."""
+    values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
+    values |= {"train/grad_norm": float(grad_norm), "train/lr": state.scheduler.get_last_lr()[0]}
+    return values | rates
+
+
+def _finish(run_dir: Path, info: DistInfo) -> None:
     if info.is_main:
         from train.plots import plot_loss_curves
 
@@ -361,7 +489,6 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
     if info.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return last_val
 
 
 def _any_rank(flag: torch.Tensor, info: DistInfo) -> bool:
