@@ -2,10 +2,12 @@
 
     python -m benchmarks.bench_train_step [--batch 32 --frames 152 --steps 10 --warmup 2]
 
-One step = forward + `vae_loss` + backward + AdamW step, on random (batch, frames, 294)
-data. Both models are built from the same `MotionVAEConfig` and have (almost) the same
-parameter count; their steps are interleaved in one process, alternating which goes
-first, so drift in machine load hits both alike. On a shared machine the fastest steps,
+One step = forward + loss + backward + AdamW step, on random (batch, frames, 294) data.
+Rows: the causal MotionVAE with the seed's loss (`vae_loss`), the same with the default
+`--loss world` (plus `world_loss`: world joints and head decoded with the head blend, in
+metres), and the non-causal seed design with `vae_loss`. The models are built from the same
+`MotionVAEConfig` and have (almost) the same parameter count; their steps are interleaved in
+one process, rotating which goes first, so drift in machine load hits all alike. On a shared machine the fastest steps,
 the per-round ratio (ours / reference within one round) and process CPU time are the
 steadier numbers; the load average is printed so a contended run shows itself.
 
@@ -30,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.loss import TOTAL, vae_loss
+from train.config import TrainConfig
+from train.loss import TOTAL, WORLD_POSITION, WORLD_VELOCITY, vae_loss, world_loss
 from train.model import MotionVAE, MotionVAEConfig
 
 
@@ -97,22 +100,35 @@ class ReferenceMotionVAE(nn.Module):
         return {"recon": recon, "mean": mean, "logvar": logvar, "z": z}
 
 
-MODELS: dict[str, Callable[[MotionVAEConfig], nn.Module]] = {
-    "ours": MotionVAE,
-    "reference": ReferenceMotionVAE,
+# row -> (model, loss): "seed" is `vae_loss`, "world" adds the default world terms.
+MODELS: dict[str, tuple[Callable[[MotionVAEConfig], nn.Module], str]] = {
+    "ours": (MotionVAE, "seed"),
+    "ours+world": (MotionVAE, "world"),
+    "reference": (ReferenceMotionVAE, "seed"),
 }
 
 
-def _make_step(model: nn.Module, x: torch.Tensor) -> Callable[[], tuple[float, float]]:
+def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, loss: str) -> torch.Tensor:
+    total = vae_loss(out["recon"], x, out["mean"], out["logvar"])[TOTAL]
+    if loss == "world":  # unit statistics: the normalised features are the physical ones
+        train = TrainConfig()
+        mask = torch.ones(x.shape[:2], dtype=torch.bool)
+        terms = world_loss(out["recon"], x, mask, train.head_blend)
+        total = total + train.world_position_weight * terms[WORLD_POSITION]
+        total = total + train.world_velocity_weight * terms[WORLD_VELOCITY]
+    return total
+
+
+def _make_step(model: nn.Module, x: torch.Tensor, loss: str) -> Callable[[], tuple[float, float]]:
     """One training step as a closure returning (wall seconds, process CPU seconds)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
 
     def step() -> tuple[float, float]:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         out = model(x)
-        loss = vae_loss(out["recon"], x, out["mean"], out["logvar"])[TOTAL]
+        loss_value = _loss(out, x, loss)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_value.backward()
         opt.step()
         return time.perf_counter() - wall0, time.process_time() - cpu0
 
@@ -134,8 +150,9 @@ def _measure_memory(name: str, batch: int, frames: int, steps: int) -> float:
     baseline = _peak_rss_mib()
     torch.manual_seed(0)
     config = MotionVAEConfig()
-    model = MODELS[name](config).train()
-    step = _make_step(model, torch.randn(batch, frames, config.input_dim))
+    build, loss = MODELS[name]
+    model = build(config).train()
+    step = _make_step(model, torch.randn(batch, frames, config.input_dim), loss)
     for _ in range(steps):
         step()
     return _peak_rss_mib() - baseline
@@ -173,14 +190,14 @@ def main(argv: list[str] | None = None) -> None:
     config = MotionVAEConfig()
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.frames, config.input_dim)
-    models = {name: build(config).train() for name, build in MODELS.items()}
-    steps = {name: _make_step(model, x) for name, model in models.items()}
+    models = {name: build(config).train() for name, (build, _) in MODELS.items()}
+    steps = {name: _make_step(models[name], x, loss) for name, (_, loss) in MODELS.items()}
     wall: dict[str, list[float]] = {name: [] for name in models}
     cpu: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     load_before = os.getloadavg()[0]
     for i in range(args.warmup + args.steps):
-        order = names if i % 2 == 0 else names[::-1]
+        order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
             wall_s, cpu_s = steps[name]()
             if i >= args.warmup:
@@ -190,22 +207,23 @@ def main(argv: list[str] | None = None) -> None:
     memory = {name: _memory_in_subprocess(name, args) for name in models}
 
     med = statistics.median
-    print(f"train step: batch {args.batch} x {args.frames} frames, forward + vae_loss + backward "
+    print(f"train step: batch {args.batch} x {args.frames} frames, forward + loss + backward "
           f"+ AdamW, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.steps} timed steps each after {args.warmup} warm-up, interleaved; "
           f"1-min load average {load_before:.1f} before, {load_after:.1f} after")  # fmt: skip
-    print(f"{'model':<10} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
+    print(f"{'row':<10} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
           f"{'median CPU s':>13} {'peak RSS rise MiB':>18}")  # fmt: skip
     for name, model in models.items():
         params = sum(p.numel() for p in model.parameters())
         print(f"{name:<10} {params:>12,} {med(wall[name]):>14.3f} {min(wall[name]):>11.3f} "
               f"{med(cpu[name]):>13.3f} {memory[name]:>18.0f}")  # fmt: skip
-    ours, ref = wall["ours"], wall["reference"]
-    print("ratio ours / reference:")
-    print(f"  median wall time       {med(ours) / med(ref):.3f}")
-    print(f"  fastest wall time      {min(ours) / min(ref):.3f}")
-    print(f"  median per-round ratio {med(o / r for o, r in zip(ours, ref)):.3f}")
-    print(f"  median CPU time        {med(cpu['ours']) / med(cpu['reference']):.3f}")
+    for a, b in (("ours", "reference"), ("ours+world", "reference"), ("ours+world", "ours")):
+        print(f"ratio {a} / {b}:")
+        print(f"  median wall time       {med(wall[a]) / med(wall[b]):.3f}")
+        print(f"  fastest wall time      {min(wall[a]) / min(wall[b]):.3f}")
+        rounds = (x / y for x, y in zip(wall[a], wall[b], strict=True))
+        print(f"  median per-round ratio {med(rounds):.3f}")
+        print(f"  median CPU time        {med(cpu[a]) / med(cpu[b]):.3f}")
 
 
 if __name__ == "__main__":
