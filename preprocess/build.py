@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -97,7 +95,19 @@ from shared.chunked_writer import ChunkedRowWriter
 from shared.diskspace import disk_full_error
 from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
-from shared.provenance import git_revision, package_version
+from shared.zarr_output import (
+    ATTR_COMPLETE,
+    ATTR_FPS,
+    ATTR_SPLIT,
+    ATTR_WINDOW_FRAMES,
+    DestinationExistsError,
+    check_destination,
+    mark_complete,
+    provenance_attrs,
+    publish,
+    utc_now,
+    write_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -265,10 +275,6 @@ class BuildSummary:
     split_frames: Mapping[str, int]
     seconds: float
     read_frames_per_s: float = field(default=0.0)
-
-
-def is_zarr_store(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
 
 
 def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
@@ -448,18 +454,15 @@ def _check_existing(paths: BuildPaths, config: BuildConfig) -> dict:
     """Check what exists at STORE and in the build directory against the options (nothing is
     changed on disk); returns the settings the per-file results depend on."""
     out = paths.out
-    if out.exists():
-        if not is_zarr_store(out):
-            raise BuildError(
-                f"{out} exists and is not a Zarr store; refusing to replace it: choose "
-                f"another --out"
-            )
-        if not config.overwrite:
-            resuming = " --resume" if paths.build_dir.exists() else ""
-            raise BuildError(
-                f"a store already exists at {out}; pass --overwrite{resuming} to replace it (it "
-                f"stays readable until the new one is complete)"
-            )
+    resuming = " --resume" if paths.build_dir.exists() else ""
+    advice = (
+        f"pass --overwrite{resuming} to replace it (it stays readable until the new one is "
+        f"complete)"
+    )
+    try:
+        check_destination(out, config.overwrite, advice)
+    except DestinationExistsError as error:
+        raise BuildError(str(error)) from None
     work = {
         "data": str(Path(config.data).resolve()),
         "rotation_atol": config.rotation_atol,
@@ -835,10 +838,10 @@ def _write_stats(
     stats.attrs.update(
         {
             shared.store.STATS_ATTR_COUNT: int(moments.count),
-            shared.store.STATS_ATTR_WINDOW_FRAMES: config.window_frames,
+            ATTR_WINDOW_FRAMES: config.window_frames,
             shared.store.STATS_ATTR_STRIDE_FRAMES: config.stride_frames,
             shared.store.STATS_ATTR_STD_FLOOR: config.std_floor,
-            shared.store.STATS_ATTR_SPLIT: "train",
+            ATTR_SPLIT: "train",
         }
     )
     return mean, std
@@ -869,13 +872,10 @@ def _write_store(
     )  # fmt: skip
     created = _created(paths)  # before any chunk: a crash from here on resumes with this time
     base_attrs = {
-        shared.store.ATTR_SCHEMA: {
-            "name": shared.store.SCHEMA_NAME,
-            "version": shared.store.SCHEMA_VERSION,
-        },
+        **shared.store.FEATURE_SCHEMA.attrs(),
         shared.store.ATTR_LAYOUT: layout_description(),
         shared.store.ATTR_BUILD_CONFIG: config.to_json(),
-        shared.store.ATTR_COMPLETE: False,
+        ATTR_COMPLETE: False,
     }
     root, frame_arrays, done = _open_staging(paths, plan, config, base_attrs)
     entries = {e.file: e for e in usable}
@@ -894,14 +894,12 @@ def _write_store(
         for sequence, start, length in zip(plan.sequences, plan.starts, plan.lengths, strict=True)
     ]
     table = shared.store.table_to_json(records)
-    sequences_group = root.create_group(shared.store.SEQUENCES_GROUP, overwrite=True)
-    sequences_group.attrs.update({shared.store.ATTR_TABLE: table})
+    write_table(root, table)
     attrs = {
         **base_attrs,
-        shared.store.ATTR_FPS: plan.fps,
+        ATTR_FPS: plan.fps,
         shared.store.ATTR_SOURCE_FPS: plan.source_fps,
-        shared.store.ATTR_PACKAGE_VERSION: package_version(),
-        shared.store.ATTR_GIT_REVISION: git_revision(),
+        **provenance_attrs(created),
         shared.store.ATTR_SOURCE: {
             "root": str(data),
             "file_count": len(discovery.files),
@@ -917,7 +915,6 @@ def _write_store(
             "tolerance_periods": config.stitch_tolerance,
             "max_fill_frames": config.max_fill_frames,
         },
-        shared.store.ATTR_CREATED: created,
     }
     attrs = json.loads(json.dumps(attrs))  # hash exactly what a reader will load
     stats_attrs = root[shared.store.STATS_GROUP].attrs.asdict()
@@ -925,7 +922,7 @@ def _write_store(
         attrs, table, mean, std, stats_attrs
     )
     root.attrs.update(attrs)
-    root.attrs.update({shared.store.ATTR_COMPLETE: True})  # last: the store is now usable
+    mark_complete(root)  # last: the store is now usable
 
     split_participants = dict.fromkeys(shared.store.SPLITS, 0)
     for split in plan.splits.values():
@@ -953,7 +950,7 @@ def _created(paths: BuildPaths) -> str:
     record = paths.build_dir / "created"
     if record.is_file() and record.read_text().strip():
         return record.read_text().strip()
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = utc_now()
     with atomic_path(record) as tmp:
         tmp.write_text(created)
     return created
@@ -961,21 +958,14 @@ def _created(paths: BuildPaths) -> str:
 
 def _publish(paths: BuildPaths, config: BuildConfig) -> None:
     """Rename the complete staging store to STORE (replacing the old one) and clean up."""
-    out = paths.out
-    if out.exists():
-        if not (config.overwrite and is_zarr_store(out)):
-            raise BuildError(
-                f"{out} appeared during the build; the new store is left in {paths.staging}"
-            )
-        replaced = out.with_name(f"{out.name}.replaced-{os.getpid()}")
-        os.rename(out, replaced)
-        os.rename(paths.staging, out)
-        shutil.rmtree(replaced)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(paths.staging, out)
+    try:
+        publish(paths.staging, paths.out, config.overwrite)
+    except DestinationExistsError:
+        raise BuildError(
+            f"{paths.out} appeared during the build; the new store is left in {paths.staging}"
+        ) from None
     shutil.rmtree(paths.build_dir)
-    logger.info("published %s", out)
+    logger.info("published %s", paths.out)
 
 
 def describe_executor(config: BuildConfig) -> str:

@@ -60,40 +60,56 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
 from shared.layout import FEATURE_DIM, field_of_dim, layout_description
 from shared.remote import MissingExtraError, filesystem, missing_extra_message, url_options
+from shared.zarr_output import (
+    ATTR_COMPLETE,
+    ATTR_CREATED,
+    ATTR_FPS,
+    ATTR_GIT_REVISION,
+    ATTR_PACKAGE_VERSION,
+    ATTR_WINDOW_FRAMES,
+    SEQUENCES_GROUP,
+    Schema,
+    StoreError,
+    check_root_attrs,
+    read_table,
+)
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_NAME = "nymeria-motion-features"
 SCHEMA_VERSION = 2  # v2: per-chunk crc32c, every chunk written, fingerprint over root attributes
+REBUILD_HINT = "rebuild it with `python -m preprocess build DATA --out STORE --overwrite`"
+RESUME_HINT = "finish it with `python -m preprocess build DATA --out {out} --resume`"
+"""`.format(out=...)` with the store path the build was given (`STORE` when unknown)."""
+FEATURE_SCHEMA = Schema(
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    about_version="v2 added per-chunk checksums",
+    how_to_write="build one with `python -m preprocess build DATA --out STORE`",
+    how_to_upgrade=REBUILD_HINT,
+)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # --- node names -------------------------------------------------------------------------------
 FEATURES = "features"
 TIMESTAMP_NS = "timestamp_ns"
 CONTACT = "contact"
-SEQUENCES_GROUP = "sequences"
 STATS_GROUP = "stats"
 STATS_MEAN = "mean"
 STATS_STD = "std"
 FRAME_ARRAYS: tuple[str, ...] = (FEATURES, TIMESTAMP_NS, CONTACT)
 NUM_CONTACTS = 4
 
-# --- root attributes --------------------------------------------------------------------------
-ATTR_SCHEMA = "schema"  # {"name": SCHEMA_NAME, "version": SCHEMA_VERSION}
+# --- root attributes (and shared.zarr_output's: schema, fps, provenance, created, complete) ------
 ATTR_LAYOUT = "feature_layout"  # shared.layout.layout_description()
-ATTR_FPS = "fps"  # frame rate of the stored frames
 ATTR_SOURCE_FPS = "source_fps"  # frame rate detected in the source timestamps
 ATTR_BUILD_CONFIG = "build_config"  # every build option, by name
-ATTR_PACKAGE_VERSION = "package_version"
-ATTR_GIT_REVISION = "git_revision"  # of the code that built the store
 # {"root", "file_count", "files_used", "ignored": [{"path", "reason"}], "other_files": {ext: n}}
 ATTR_SOURCE = "source"
 ATTR_PROBLEMS = "problems"  # [{"file", "kind", "reason", "key", "frame"}], one per skipped file
 ATTR_DISCREPANCIES = "discrepancies"  # [{"file", "kind", "reason", "count", "frame"}], used files
 ATTR_STITCHING = "stitching"  # counts of gaps and dropped (overlapping/duplicate) frames
-ATTR_CREATED = "created"  # ISO 8601, UTC
 ATTR_FINGERPRINT = "fingerprint"  # compute_fingerprint(...) at build time
-ATTR_COMPLETE = "complete"  # True, written last
 
 FINGERPRINT_EXCLUDED_ATTRS: frozenset[str] = frozenset(
     {
@@ -112,19 +128,12 @@ built from another mount or copied elsewhere keeps its fingerprint. Every other 
 including any added later, is covered; build options that change content show up in covered
 attributes (fps, stitching, stats attributes) or in the table."""
 
-# --- group attributes -------------------------------------------------------------------------
-ATTR_TABLE = "table"  # on SEQUENCES_GROUP
+# --- group attributes (and shared.zarr_output's ATTR_WINDOW_FRAMES, ATTR_SPLIT on STATS_GROUP) --
 STATS_ATTR_COUNT = "count"
-STATS_ATTR_WINDOW_FRAMES = "window_frames"
 STATS_ATTR_STRIDE_FRAMES = "stride_frames"
 STATS_ATTR_STD_FLOOR = "std_floor"
-STATS_ATTR_SPLIT = "split"
 
 TABLE_COLUMNS: tuple[str, ...] = ("name", "participant", "start", "length", "split", "source_files")
-
-REBUILD_HINT = "rebuild it with `python -m preprocess build DATA --out STORE --overwrite`"
-RESUME_HINT = "finish it with `python -m preprocess build DATA --out {out} --resume`"
-"""`.format(out=...)` with the store path the build was given (`STORE` when unknown)."""
 
 OPEN_FILES_RESERVE = 256
 """Open files left for everything but chunk maps (sockets, DataLoader pipes, logs, checkpoints)."""
@@ -166,10 +175,6 @@ def create_store_array(
     )  # fmt: skip
 
 
-class StoreError(ValueError):
-    """A store that cannot be used as it is; the message says what to do."""
-
-
 @dataclass(frozen=True)
 class SequenceRecord:
     """One continuous sequence: frames `[start, stop)` of every frame array."""
@@ -196,11 +201,11 @@ class NormStats:
     window_frames: int  # canonical window length the moments were taken over
 
 
-# --- sequence table <-> JSON ------------------------------------------------------------------
+# --- sequence table <-> JSON (stored by shared.zarr_output.write_table) -----------------------
 
 
 def table_to_json(records: Sequence[SequenceRecord]) -> dict[str, list]:
-    """Column-wise JSON of the sequence table (the `table` attribute of `sequences/`)."""
+    """Column-wise JSON of the sequence table, as `shared.zarr_output.write_table` stores it."""
     return {
         "name": [r.name for r in records],
         "participant": [r.participant for r in records],
@@ -212,15 +217,7 @@ def table_to_json(records: Sequence[SequenceRecord]) -> dict[str, list]:
 
 
 def table_from_json(table: Mapping[str, Any], where: str) -> tuple[SequenceRecord, ...]:
-    """Inverse of `table_to_json`, checking columns, splits and contiguity."""
-    missing = [c for c in TABLE_COLUMNS if c not in table]
-    if missing:
-        raise StoreError(f"{where}: sequence table lacks columns {missing}; {REBUILD_HINT}")
-    lengths = {c: len(table[c]) for c in TABLE_COLUMNS}
-    if len(set(lengths.values())) != 1:
-        raise StoreError(
-            f"{where}: sequence table columns differ in length {lengths}; {REBUILD_HINT}"
-        )
+    """Inverse of `table_to_json` on a table `read_table` checked, checking splits."""
     records = tuple(
         SequenceRecord(
             name=str(name),
@@ -865,25 +862,8 @@ def _reopen(url: str, memory_map: bool, storage_options: dict | None) -> Feature
 
 
 def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
-    schema = attrs.get(ATTR_SCHEMA)
-    if not isinstance(schema, Mapping) or schema.get("name") != SCHEMA_NAME:
-        raise StoreError(
-            f"{url} is not a {SCHEMA_NAME!r} store (root attribute {ATTR_SCHEMA!r} is "
-            f"{schema!r}); build one with `python -m preprocess build DATA --out STORE`"
-        )
-    version = schema.get("version")
-    if version != SCHEMA_VERSION:
-        raise StoreError(
-            f"store {url} has schema version {version!r}, this code reads version "
-            f"{SCHEMA_VERSION} (v2 added per-chunk checksums); {REBUILD_HINT} (or use the code "
-            f"version that wrote it: package {attrs.get(ATTR_PACKAGE_VERSION)!r})"
-        )
-    if attrs.get(ATTR_COMPLETE) is not True:
-        out = attrs.get(ATTR_BUILD_CONFIG, {}).get("out", "STORE")
-        raise StoreError(
-            f"store {url} is incomplete (its build was interrupted or is still running): "
-            f"{RESUME_HINT.format(out=out)}"
-        )
+    out = attrs.get(ATTR_BUILD_CONFIG, {}).get("out", "STORE")
+    check_root_attrs(attrs, url, FEATURE_SCHEMA, RESUME_HINT.format(out=out))
     expected_layout = json.loads(json.dumps(layout_description()))
     if attrs.get(ATTR_LAYOUT) != expected_layout:
         raise StoreError(
@@ -896,11 +876,8 @@ def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
 
 
 def _read_sequences(group: zarr.Group, url: str, num_frames: int) -> tuple[SequenceRecord, ...]:
-    try:
-        table = group[SEQUENCES_GROUP].attrs[ATTR_TABLE]
-    except KeyError:
-        raise StoreError(f"store {url} has no sequence table; {REBUILD_HINT}") from None
-    records = table_from_json(table, f"store {url}")
+    where = f"store {url}"
+    records = table_from_json(read_table(group, TABLE_COLUMNS, where, REBUILD_HINT), where)
     frame = 0
     for r in records:
         if r.start != frame or r.length <= 0:
@@ -924,7 +901,7 @@ def _read_stats(group: zarr.Group, url: str) -> tuple[NormStats, np.ndarray, np.
         mean = np.asarray(stats[STATS_MEAN][:], dtype=np.float64)
         std = np.asarray(stats[STATS_STD][:], dtype=np.float64)
         count = int(stats.attrs[STATS_ATTR_COUNT])
-        window_frames = int(stats.attrs[STATS_ATTR_WINDOW_FRAMES])
+        window_frames = int(stats.attrs[ATTR_WINDOW_FRAMES])
     except KeyError as missing:
         raise StoreError(f"store {url}: stats lack {missing}; {REBUILD_HINT}") from None
     if mean.shape != (FEATURE_DIM,) or std.shape != (FEATURE_DIM,):

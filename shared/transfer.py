@@ -43,7 +43,6 @@ from shared.atomic import atomic_path
 from shared.remote import READ_ONLY_PROTOCOLS, filesystem, is_url, local_path, url_options
 from shared.store import (
     ARRAY_CONFIG,
-    ATTR_COMPLETE,
     ATTR_FINGERPRINT,
     StoreError,
     check_chunks,
@@ -53,6 +52,7 @@ from shared.store import (
     open_store,
     schema_object_keys,
 )
+from shared.zarr_output import ATTR_COMPLETE
 
 logger = logging.getLogger(__name__)
 

@@ -30,20 +30,20 @@ from shared.diskspace import DiskFullError
 from shared.remote import MissingExtraError
 from shared.store import SPLITS, StoreError
 from shared.transfer import TransferError, cached_store
+from shared.zarr_output import ATTR_FPS, ATTR_WINDOW_FRAMES
 from train.config import Device, RunConfig, TrainConfig
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
 from train.fit import TrainingDiverged
 from train.fit import fit as run_fit
 from train.latents import (
-    ATTR_FPS,
     ATTR_HOP_FRAMES,
-    ATTR_WINDOW_FRAMES,
     FEATURES,
     MEAN,
-    SEQUENCES,
     WORLD_ARRAYS,
     decode_store,
     encode_store,
+    read_decoded_table,
+    read_latent_table,
 )
 from train.model import FRAMES_PER_LATENT, MotionVAE, MotionVAEConfig
 
@@ -295,7 +295,7 @@ def encode_command(
         raise click.ClickException(str(e)) from e
     mean = root[MEAN]
     click.echo(
-        f"wrote {out}: {root[SEQUENCES]['name'].shape[0]} sequences, {mean.shape[0]} windows of "
+        f"wrote {out}: {len(read_latent_table(root))} sequences, {mean.shape[0]} windows of "
         f"{root.attrs[ATTR_WINDOW_FRAMES]} frames (hop {root.attrs[ATTR_HOP_FRAMES]}) -> "
         f"{mean.shape[1]} latents x {mean.shape[2]} channels each, {root.attrs[ATTR_FPS]:g} latents/s"
     )
@@ -344,4 +344,5 @@ def decode_command(
     arrays = ", ".join(
         f"{name} {root[name].shape}" for name in (WORLD_ARRAYS if world else (FEATURES,))
     )
-    click.echo(f"wrote {out}: {root[SEQUENCES]['name'].shape[0]} sequences; {arrays}")
+    sequences = len(read_decoded_table(root)["name"])
+    click.echo(f"wrote {out}: {sequences} sequences; {arrays}")

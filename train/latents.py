@@ -6,11 +6,12 @@ canonicalised at its own first frame and normalised as in training, the last win
 by repeating the sequence's last frame (`PADDING_RULE`); decoding maps every window back to
 the world through its canonical frame and reassembles whole sequences (`OVERLAP_RULE`).
 
-Latent store (Zarr v3 group, schema `LATENT_SCHEMA` version 2; version 1 held one causal
-pass per whole sequence and is refused):
+Latent store (Zarr v3 group, schema `LATENT_SCHEMA` version 3; version 1 held one causal
+pass per whole sequence, version 2 its sequence table as string arrays; both are refused):
 
     <latents>/
-      zarr.json     root attributes (ATTR_* below); `complete` is written last
+      zarr.json     root attributes (ATTR_* below and shared.zarr_output's schema, fps, split,
+                    window_frames, package_version, git_revision, created); `complete` last
       mean          (N_windows, K, latent_dim) float32: posterior means, K = window / 4 latents
                     per window, the windows of all sequences in order
       logvar        (N_windows, K, latent_dim) float32: log-variances (only with --logvar)
@@ -19,33 +20,27 @@ pass per whole sequence and is refused):
                     padding), R_canon_world (N, 3, 3) and offset_world (N, 3) float32, the
                     window's canonical transform, its heading and origin
                     (p_canon = R_canon_world @ (p_world - offset_world))
-      sequences/    one row per sequence: name, participant, split (str); num_frames,
-                    store_start_frame, first_window, num_windows (int64)
+      sequences/    attribute `table`, the sequence table as the feature store holds its own
+                    (shared.zarr_output.write_table), one row per sequence: name, participant,
+                    split, num_frames, store_start_frame, first_window, num_windows
       latent_stats/ mean, std (latent_dim,) float64 per-channel moments of the valid latents
                     (any of their 4 frames valid) of `mean` over the sequences of split
-                    attribute `split` (train when encoded, else all)
+                    attribute `split` (train when encoded, else all); attribute `count`
 
 Decoded store (schema `DECODED_SCHEMA`): `features` (N_frames, 294) world features, or with
 `world=True` the world motion arrays `cpf_translation` (N, 3), `cpf_orientation` (N, 3, 3),
-`joint_translation` (N, 23, 3), `joint_orientation` (N, 23, 3, 3); and `sequences/` with name,
-participant, split, first_frame, num_frames.
+`joint_translation` (N, 23, 3), `joint_orientation` (N, 23, 3, 3); and the sequence table
+`sequences/` with name, participant, split, first_frame, num_frames.
 
-Both stores are written so that a failed run leaves nothing that looks usable at `out`
-(`_new_output_group`): a local `out` is written in a sibling `<out>.partial-<pid>-<token>`
-directory and renamed into place once `complete` is set, and removed on any error, so the next
-run starts clean. A remote fsspec URL (object stores have no atomic directory rename) is written
-in place with `complete` last; a failed run leaves an incomplete store there, which readers
-refuse and which must be removed before writing `out` again.
+Both stores are written through `shared.zarr_output.staged_store`, so a failed run leaves
+nothing that looks usable at a local `out` (a remote URL, which has no atomic rename, is left
+incomplete, and readers refuse it).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -56,14 +51,25 @@ import zarr
 from tqdm import tqdm
 
 from shared.chunked_writer import ChunkedRowWriter
-from shared.diskspace import disk_full_error
 from shared.features import CanonicalFrame
 from shared.layout import FEATURE_DIM
 from shared.moments import Moments
-from shared.provenance import git_revision, package_version
 from shared.remote import url_options
 from shared.skeleton import NUM_JOINTS
-from shared.store import open_store
+from shared.store import STATS_ATTR_COUNT, open_store
+from shared.zarr_output import (
+    ATTR_FPS,
+    ATTR_SPLIT,
+    ATTR_WINDOW_FRAMES,
+    Schema,
+    check_root_attrs,
+    mark_complete,
+    provenance_attrs,
+    read_table,
+    staged_store,
+    utc_now,
+    write_table,
+)
 from train.codec import OVERLAP_RULE, PADDING_RULE, MotionCodec, MotionLatents, WindowPlan
 from train.inference import file_sha256, warn_if_other_store
 from train.model import FRAMES_PER_LATENT
@@ -72,37 +78,48 @@ logger = logging.getLogger(__name__)
 
 LATENT_SCHEMA = "nymeria-motion-latents"
 DECODED_SCHEMA = "nymeria-motion-decoded"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # v3: sequence tables as the feature store's (JSON); v2: latents per window
+LATENTS = Schema(
+    LATENT_SCHEMA,
+    SCHEMA_VERSION,
+    about_version="latents per training window, the sequence table as JSON",
+    how_to_write="write one with `train encode`",
+    how_to_upgrade="encode the feature store again with `train encode`",
+    old_versions={
+        1: " (one pass per whole sequence, out of the model's training distribution)",
+        2: " (its sequence table in string arrays)",
+    },
+)
+DECODED = Schema(
+    DECODED_SCHEMA,
+    SCHEMA_VERSION,
+    about_version="the sequence table as JSON",
+    how_to_write="write one with `train decode`",
+    how_to_upgrade="decode the latents again with `train decode`",
+)
 
 # --- node names -------------------------------------------------------------------------------
 MEAN = "mean"
 LOGVAR = "logvar"
 WINDOWS = "windows"
-SEQUENCES = "sequences"
 LATENT_STATS = "latent_stats"
 FEATURES = "features"
+DECODED_COLUMNS = ("name", "participant", "split", "first_frame", "num_frames")
 WORLD_ARRAYS = ("cpf_translation", "cpf_orientation", "joint_translation", "joint_orientation")
 
-# --- root attributes --------------------------------------------------------------------------
-ATTR_SCHEMA = "schema"  # {"name": ..., "version": SCHEMA_VERSION}
+# --- root attributes (and shared.zarr_output's) ------------------------------------------------
 ATTR_LATENT_DIM = "latent_dim"
 ATTR_FRAMES_PER_LATENT = "frames_per_latent"
-ATTR_WINDOW_FRAMES = "window_frames"
 ATTR_HOP_FRAMES = "hop_frames"
 ATTR_LATENTS_PER_WINDOW = "latents_per_window"
-ATTR_FPS = "fps"  # latents per second (latents) / frames per second (decoded)
 ATTR_FRAME_FPS = "frame_fps"  # frame rate of the feature store
 ATTR_CHECKPOINT = "checkpoint"  # {"path", "sha256", "step"}
 ATTR_FEATURE_STORE = "feature_store"  # {"url", "fingerprint"}
-ATTR_SPLIT = "split"  # all | train | val | test: which sequences were encoded
 ATTR_HAS_LOGVAR = "has_logvar"
 ATTR_PADDING = "padding"  # PADDING_RULE
 ATTR_OVERLAP = "overlap"  # OVERLAP_RULE
 ATTR_LATENTS = "latents"  # decoded store: {"url", "checkpoint_sha256"}
 ATTR_KIND = "kind"  # decoded store: "features" | "world"
-ATTR_PACKAGE_VERSION = "package_version"
-ATTR_GIT_REVISION = "git_revision"
-ATTR_COMPLETE = "complete"
 
 WINDOW_CHUNK_ROWS = 32  # windows per chunk of mean/logvar: 32 x 38 x 768 float32 = 3.7 MB
 FRAME_CHUNK_ROWS = 4096
@@ -113,62 +130,10 @@ Split = Literal["all", "train", "val", "test"]
 # --- writing ----------------------------------------------------------------------------------
 
 
-def _local_path(out: str | Path) -> Path | None:
-    """`out` as a local path, or None for a remote fsspec URL (`scheme://...`, not file://)."""
-    text = str(out)
-    if text.startswith("file://"):
-        return Path(text.removeprefix("file://"))
-    return None if "://" in text else Path(text)
-
-
-def _refuse_existing(out: str | Path) -> FileExistsError:
-    return FileExistsError(f"{out} already exists; remove it or choose another output path")
-
-
-@contextmanager
-def _new_output_group(
-    out: str | Path, needed_bytes: int, storage_options: dict | None = None
-) -> Iterator[zarr.Group]:
-    """A new Zarr v3 group that becomes `out` when the block ends without an error; an existing
-    store at `out` is never overwritten.
-
-    Local `out`: the group lives in a sibling `<out>.partial-<pid>-<token>` directory, renamed
-    to `out` after the block (which writes `complete` last); on any error, interrupts included,
-    the directory is removed and `out` is left untouched, and a full disk is reported as a
-    `DiskFullError` naming `out` and `needed_bytes` (roughly the arrays' size). Remote URL:
-    written in place (no atomic rename on object stores), so a failed run leaves an incomplete
-    store at `out`.
-    """
-    local = _local_path(out)
-    if local is None:
-        try:
-            options = url_options(out, storage_options)
-            root = zarr.open_group(str(out), mode="w-", zarr_format=3, storage_options=options)
-        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
-            raise _refuse_existing(out) from None
-        yield root
-        return
-    if local.exists():
-        raise _refuse_existing(out)
-    staging = local.with_name(f"{local.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        yield zarr.open_group(str(staging), mode="w-", zarr_format=3)
-        if local.exists():  # created by someone else while we were writing
-            raise _refuse_existing(out)
-        os.rename(staging, local)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        full = disk_full_error(error, local, needed_bytes, f"writing {out}", "nothing was written")
-        if full is not None:
-            raise full from error
-        raise
-
-
-def _write_table(group: zarr.Group, columns: dict[str, np.ndarray]) -> None:
-    for name, values in columns.items():
-        array = group.create_array(
-            name, shape=values.shape, dtype=values.dtype if values.dtype.kind != "U" else str
-        )
+def _write_arrays(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
+    """One array per column of a numeric table (windows, latent statistics)."""
+    for name, values in arrays.items():
+        array = group.create_array(name, shape=values.shape, dtype=values.dtype)
         if values.size:
             array[...] = values
 
@@ -212,7 +177,7 @@ def encode_store(
     total, K, L = int(num_windows.sum()), plans[0].latents_per_window, codec.model.config.latent_dim
 
     arrays_bytes = total * K * L * 4 * (2 if logvar else 1)
-    with _new_output_group(out, arrays_bytes, storage_options) as root:
+    with staged_store(out, arrays_bytes, storage_options) as root:
         chunks = (min(WINDOW_CHUNK_ROWS, total), K, L)
         writer = ChunkedRowWriter(
             {name: root.create_array(name, shape=(total, K, L), dtype="float32", chunks=chunks)
@@ -238,7 +203,7 @@ def encode_store(
                 moments = moments.merge(Moments.of(mean[plans[i].latent_valid()]))
         writer.close()
 
-        _write_table(
+        _write_arrays(
             root.create_group(WINDOWS),
             {
                 "sequence": np.repeat(np.arange(len(records), dtype=np.int64), num_windows),
@@ -248,29 +213,24 @@ def encode_store(
                 "offset_world": offset_world,
             },
         )
-        _write_table(
-            root.create_group(SEQUENCES),
-            {
-                "name": np.array([r.name for r in records], dtype=str),
-                "participant": np.array([r.participant for r in records], dtype=str),
-                "split": np.array([r.split for r in records], dtype=str),
-                "num_frames": np.array([r.length for r in records], dtype=np.int64),
-                "store_start_frame": np.array([r.start for r in records], dtype=np.int64),
-                "first_window": first_window,
-                "num_windows": num_windows,
-            },
+        table = [
+            LatentSequence(r.name, r.participant, r.split, r.length, r.start, int(first), int(n))
+            for r, first, n in zip(records, first_window, num_windows, strict=True)
+        ]
+        write_table(
+            root, {f.name: [getattr(row, f.name) for row in table] for f in fields(LatentSequence)}
         )
         channel_mean, channel_std = moments.mean_std(std_floor=0.0)
         stats = root.create_group(
-            LATENT_STATS, attributes={"count": moments.count, "split": stats_split}
+            LATENT_STATS, attributes={STATS_ATTR_COUNT: moments.count, ATTR_SPLIT: stats_split}
         )
-        _write_table(stats, {"mean": channel_mean, "std": channel_std})
+        _write_arrays(stats, {"mean": channel_mean, "std": channel_std})
 
         checkpoint = {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path),
                       "step": codec.checkpoint.step}  # fmt: skip
         root.attrs.update(
             {
-                ATTR_SCHEMA: {"name": LATENT_SCHEMA, "version": SCHEMA_VERSION},
+                **LATENTS.attrs(),
                 ATTR_LATENT_DIM: L,
                 ATTR_FRAMES_PER_LATENT: FRAMES_PER_LATENT,
                 ATTR_WINDOW_FRAMES: plans[0].window_frames,
@@ -284,11 +244,10 @@ def encode_store(
                 ATTR_HAS_LOGVAR: logvar,
                 ATTR_PADDING: PADDING_RULE,
                 ATTR_OVERLAP: OVERLAP_RULE,
-                ATTR_PACKAGE_VERSION: package_version(),
-                ATTR_GIT_REVISION: git_revision(),
+                **provenance_attrs(utc_now()),
             }
         )
-        root.attrs[ATTR_COMPLETE] = True
+        mark_complete(root)
     logger.info(
         "encoded %d sequences into %d windows of %d latents at %s", len(records), total, K, out
     )
@@ -299,29 +258,9 @@ def encode_store(
 
 
 def check_latent_attrs(attrs: Mapping[str, Any], url: str | Path) -> None:
-    """Raise a ValueError unless `attrs` are the root attributes of a complete latent store.
-
-    The feature store has its own checker (`shared.store`); its messages tell how to build a
-    feature store, these tell how to encode one.
-    """
-    schema = attrs.get(ATTR_SCHEMA)
-    if not isinstance(schema, Mapping) or schema.get("name") != LATENT_SCHEMA:
-        raise ValueError(
-            f"{url}: expected a {LATENT_SCHEMA!r} store of version {SCHEMA_VERSION}, found schema "
-            f"{schema!r}; write one with `train encode`"
-        )
-    if schema.get("version") != SCHEMA_VERSION:
-        old = " (one pass per whole sequence, out of the model's training distribution)"
-        raise ValueError(
-            f"{url}: latent store of schema version {schema.get('version')!r}"
-            f"{old if schema.get('version') == 1 else ''}, this code reads version "
-            f"{SCHEMA_VERSION} (latents per training window); encode the feature store again "
-            f"with `train encode`"
-        )
-    if attrs.get(ATTR_COMPLETE) is not True:
-        raise ValueError(
-            f"{url} is incomplete (the run that wrote it was interrupted); write it again"
-        )
+    """Raise a `StoreError` (a ValueError) unless `attrs` are the root attributes of a complete
+    latent store."""
+    check_root_attrs(attrs, url, LATENTS, "write it again with `train encode`")
 
 
 def open_latents(url: str | Path, storage_options: dict | None = None) -> zarr.Group:
@@ -336,12 +275,15 @@ def open_latents(url: str | Path, storage_options: dict | None = None) -> zarr.G
 
 
 def read_latent_table(group: zarr.Group) -> list[LatentSequence]:
-    table = group[SEQUENCES]
-    columns = [table[f.name][:] for f in fields(LatentSequence)]
-    return [
-        LatentSequence(str(n), str(p), str(s), int(t), int(a), int(f), int(w))
-        for n, p, s, t, a, f, w in zip(*columns, strict=True)
-    ]
+    """The sequence table of a latent store opened with `open_latents`."""
+    columns = [f.name for f in fields(LatentSequence)]
+    table = read_table(group, columns, "latent store", LATENTS.how_to_upgrade)
+    return [LatentSequence(*row) for row in zip(*table.values(), strict=True)]
+
+
+def read_decoded_table(group: zarr.Group) -> dict[str, list]:
+    """The sequence table of a decoded store, {column: values} (DECODED_COLUMNS)."""
+    return read_table(group, DECODED_COLUMNS, "decoded store", DECODED.how_to_upgrade)
 
 
 def read_sequence_latents(
@@ -391,7 +333,7 @@ def decode_store(
     else:
         shapes = {FEATURES: (FEATURE_DIM,)}
     arrays_bytes = total * 4 * sum(int(np.prod(s)) for s in shapes.values())
-    with _new_output_group(out, arrays_bytes, storage_options) as root:
+    with staged_store(out, arrays_bytes, storage_options) as root:
         chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
         writer = ChunkedRowWriter(
             {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s))
@@ -406,28 +348,26 @@ def decode_store(
                 writer.append({FEATURES: codec.decode_features(windows).cpu().numpy()})
         writer.close()
 
-        _write_table(
-            root.create_group(SEQUENCES),
-            {
-                "name": np.array([s.name for s in sequences], dtype=str),
-                "participant": np.array([s.participant for s in sequences], dtype=str),
-                "split": np.array([s.split for s in sequences], dtype=str),
-                "first_frame": np.concatenate([[0], np.cumsum(num_frames)[:-1]]).astype(np.int64),
-                "num_frames": num_frames,
-            },
+        first_frame = np.concatenate([[0], np.cumsum(num_frames)[:-1]])
+        columns = (
+            [s.name for s in sequences],
+            [s.participant for s in sequences],
+            [s.split for s in sequences],
+            [int(f) for f in first_frame],
+            [s.num_frames for s in sequences],
         )
+        write_table(root, dict(zip(DECODED_COLUMNS, columns, strict=True)))
         root.attrs.update(
             {
-                ATTR_SCHEMA: {"name": DECODED_SCHEMA, "version": SCHEMA_VERSION},
+                **DECODED.attrs(),
                 ATTR_KIND: "world" if world else "features",
                 ATTR_FPS: latents.attrs[ATTR_FRAME_FPS],
                 ATTR_LATENTS: {"url": str(latents_url), "checkpoint_sha256": found},
                 ATTR_PADDING: PADDING_RULE,
                 ATTR_OVERLAP: OVERLAP_RULE,
-                ATTR_PACKAGE_VERSION: package_version(),
-                ATTR_GIT_REVISION: git_revision(),
+                **provenance_attrs(utc_now()),
             }
         )
-        root.attrs[ATTR_COMPLETE] = True
+        mark_complete(root)
     logger.info("decoded %d sequences (%d frames) to %s", len(sequences), total, out)
     return zarr.open_group(str(out), mode="r", storage_options=url_options(out, storage_options))

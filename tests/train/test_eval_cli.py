@@ -126,7 +126,10 @@ def test_encode_writes_windows_as_trained_with_tables_stats_and_provenance(run, 
     assert group["mean"].shape == group["logvar"].shape == (num_windows.sum(), K, LATENT_DIM)
     assert group["mean"].dtype == np.float32 and np.isfinite(group["mean"][:]).all()
 
-    table, windows = group["sequences"], group["windows"]
+    # The sequence table is stored as the feature store's: column-wise JSON in `sequences/`.
+    table = {name: np.asarray(values) for name, values in group["sequences"].attrs["table"].items()}
+    windows = group["windows"]
+    assert [s.name for s in latent_store.read_latent_table(group)] == list(table["name"])
     assert list(table["name"][:]) == [r.name for r in store.sequences]
     assert list(table["split"][:]) == [r.split for r in store.sequences]
     np.testing.assert_array_equal(table["num_frames"][:], lengths)
@@ -175,7 +178,7 @@ def test_encode_writes_windows_as_trained_with_tables_stats_and_provenance(run, 
     np.testing.assert_allclose(stats["std"][:], train_rows.astype(np.float64).std(0), rtol=1e-6)
 
     attrs = group.attrs
-    assert attrs["complete"] is True and attrs["schema"]["version"] == 2
+    assert attrs["complete"] is True and attrs["schema"]["version"] == 3
     assert (attrs["window_frames"], attrs["hop_frames"], attrs["latents_per_window"]) == (
         SEQ_LEN,
         SEQ_LEN,
@@ -205,7 +208,7 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
     sequence, first = group["windows"]["sequence"][:], group["windows"]["first_frame"][:]
     full = group["windows"]["valid_frames"][:] == SEQ_LEN
 
-    decoded_first = world["sequences"]["first_frame"][:]
+    decoded_first = latent_store.read_decoded_table(world)["first_frame"]
     pred_joints, gt_joints, pred_head, gt_head = [], [], [], []
     for i, f in zip(sequence[full], first[full]):
         rows = slice(decoded_first[i] + f, decoded_first[i] + f + SEQ_LEN)
@@ -249,7 +252,7 @@ def test_decode_features_and_world_agree_and_keep_every_frame(run, latents, tmp_
     assert decoded["features"].shape == (N, FEATURE_DIM)
     assert decoded.attrs["complete"] is True and decoded.attrs["kind"] == "features"
     np.testing.assert_array_equal(
-        decoded["sequences"]["num_frames"][:], [r.length for r in store.sequences]
+        latent_store.read_decoded_table(decoded)["num_frames"], [r.length for r in store.sequences]
     )
     assert world["joint_translation"].shape == (N, NUM_JOINTS, 3)
     assert world["cpf_translation"].shape == (N, 3) and world["cpf_orientation"].shape == (N, 3, 3)
@@ -284,10 +287,8 @@ def test_sequences_shorter_than_a_window_and_overlapping_windows(run, tmp_path):
         record = records[1]
         features = np.array(store.read_features(record.start, record.stop))
         motion = codec.decode_world(codec.encode_features(features, window, hop))
-        rows = slice(
-            world["sequences"]["first_frame"][1],
-            world["sequences"]["first_frame"][1] + record.length,
-        )
+        first = latent_store.read_decoded_table(world)["first_frame"][1]
+        rows = slice(first, first + record.length)
         np.testing.assert_allclose(
             world["joint_translation"][rows], motion.joint_translation.numpy(), atol=1e-5
         )

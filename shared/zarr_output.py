@@ -1,0 +1,234 @@
+"""Writing a Zarr store safely, one way for every store this project writes: the feature store
+(`preprocess build`), the latent and decoded stores (`train encode`, `train decode`).
+
+- Staging: a store is written in a directory beside its destination and renamed into place once
+  complete (`publish`), so a failed run never leaves anything at the destination that looks like
+  a store. An existing store there is refused, or replaced only when asked (`check_destination`).
+  `staged_store` does it all for a store written in one go; the build keeps its staging
+  directory across runs for `--resume` and calls the pieces itself.
+- `complete` is the last root attribute written (`mark_complete`); a reader refuses a store
+  without it.
+- Schema and provenance: every store's root attributes hold its schema {name, version}
+  (`Schema.attrs`), the package version, git revision and creation time (`provenance_attrs`);
+  `check_root_attrs` is the one check of them on open, its messages naming what to run.
+- The sequence table: column-wise JSON in the `table` attribute of a `sequences/` group
+  (`write_table`, `read_table`), one list per column. JSON rather than arrays because Zarr v3
+  has no standard variable-length string dtype yet, and the table is small (one row per
+  sequence).
+
+This module must not import h5py or hdf5plugin: the trainer imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from shared.diskspace import disk_full_error
+from shared.provenance import git_revision, package_version
+from shared.remote import is_url, local_path, url_options
+
+# --- attributes every store of this project has (or shares with another) -----------------------
+ATTR_SCHEMA = "schema"  # {"name": ..., "version": ...}
+ATTR_PACKAGE_VERSION = "package_version"  # of the code that wrote the store
+ATTR_GIT_REVISION = "git_revision"  # of the code that wrote the store
+ATTR_CREATED = "created"  # ISO 8601, UTC
+ATTR_COMPLETE = "complete"  # True, written last
+ATTR_FPS = "fps"  # rows per second of the store's main arrays (frames/s; latents/s in latents)
+ATTR_SPLIT = "split"  # which split (or "all") the sequences or statistics are of
+ATTR_WINDOW_FRAMES = "window_frames"  # frames per window (of the statistics, of the latents)
+
+SEQUENCES_GROUP = "sequences"
+ATTR_TABLE = "table"  # on SEQUENCES_GROUP: the sequence table, {column: [value per row]}
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as it is; the message says what to do."""
+
+
+class DestinationExistsError(FileExistsError):
+    """Something is at the destination of a store and may not be replaced."""
+
+
+# --- schema and provenance ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A store's schema name and version, and what to tell the user of another one."""
+
+    name: str
+    version: int
+    about_version: str
+    """What this version holds that others do not, e.g. "v2 added per-chunk checksums"."""
+    how_to_write: str
+    """The command that writes a store of this schema, e.g. "build one with `...`"."""
+    how_to_upgrade: str
+    """What to do with a store of another version, e.g. "rebuild it with `...`"."""
+    old_versions: Mapping[int, str] = field(default_factory=dict)
+    """Why a store of an older version is refused, by version (said after the version)."""
+
+    def attrs(self) -> dict[str, Any]:
+        return {ATTR_SCHEMA: {"name": self.name, "version": self.version}}
+
+
+def utc_now() -> str:
+    """The `created` attribute's format: ISO 8601, UTC, whole seconds."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def provenance_attrs(created: str) -> dict[str, str]:
+    """Which code wrote a store, and when: package version, git revision, `created`."""
+    return {
+        ATTR_PACKAGE_VERSION: package_version(),
+        ATTR_GIT_REVISION: git_revision(),
+        ATTR_CREATED: created,
+    }
+
+
+def check_root_attrs(
+    attrs: Mapping[str, Any], url: str | Path, schema: Schema, incomplete_hint: str
+) -> None:
+    """Raise `StoreError` unless `attrs` are the root attributes of a complete store of
+    `schema` (name, then version, then `complete`); `incomplete_hint` says what to do with an
+    incomplete one."""
+    found = attrs.get(ATTR_SCHEMA)
+    if not isinstance(found, Mapping) or found.get("name") != schema.name:
+        raise StoreError(
+            f"{url} is not a {schema.name!r} store (root attribute {ATTR_SCHEMA!r} is "
+            f"{found!r}); {schema.how_to_write}"
+        )
+    version = found.get("version")
+    if version != schema.version:
+        why = schema.old_versions.get(version, "") if isinstance(version, int) else ""
+        raise StoreError(
+            f"store {url} has schema version {version!r}{why}, this code reads version "
+            f"{schema.version} ({schema.about_version}); {schema.how_to_upgrade} (or use the code "
+            f"version that wrote it: package {attrs.get(ATTR_PACKAGE_VERSION)!r})"
+        )
+    if attrs.get(ATTR_COMPLETE) is not True:
+        raise StoreError(
+            f"store {url} is incomplete (the run writing it was interrupted or is still "
+            f"running): {incomplete_hint}"
+        )
+
+
+def mark_complete(group: zarr.Group) -> None:
+    """Set `complete`: the last write to a store, after which readers accept it."""
+    group.attrs.update({ATTR_COMPLETE: True})
+
+
+# --- the sequence table -------------------------------------------------------------------------
+
+
+def write_table(parent: zarr.Group, table: Mapping[str, list]) -> zarr.Group:
+    """Write `table` ({column: [JSON value per row]}) as the `table` attribute of a new
+    `sequences/` group of `parent` (replacing one a resumed run may have left)."""
+    group = parent.create_group(SEQUENCES_GROUP, overwrite=True)
+    group.attrs.update({ATTR_TABLE: table})
+    return group
+
+
+def read_table(
+    parent: zarr.Group, columns: Sequence[str], where: str, hint: str
+) -> dict[str, list]:
+    """The sequence table of `parent`, checked to have `columns`, all of one length; a
+    `StoreError` naming `where` and ending with `hint` otherwise."""
+    try:
+        table = parent[SEQUENCES_GROUP].attrs[ATTR_TABLE]
+    except KeyError:
+        raise StoreError(f"{where} has no sequence table; {hint}") from None
+    if not isinstance(table, Mapping):
+        raise StoreError(f"{where}: the sequence table is {type(table).__name__}; {hint}")
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise StoreError(f"{where}: sequence table lacks columns {missing}; {hint}")
+    lengths = {c: len(table[c]) for c in columns}
+    if len(set(lengths.values())) != 1:
+        raise StoreError(f"{where}: sequence table columns differ in length {lengths}; {hint}")
+    return {c: list(table[c]) for c in columns}
+
+
+# --- staging and publishing ---------------------------------------------------------------------
+
+
+def is_zarr_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
+
+
+def check_destination(out: Path, overwrite: bool, how_to_replace: str) -> None:
+    """Refuse `out` as a store's destination: always when something other than a Zarr store is
+    there, and when a store is there unless `overwrite`; `how_to_replace` says what to do."""
+    if not out.exists():
+        return
+    if not is_zarr_store(out):
+        raise DestinationExistsError(
+            f"{out} exists and is not a Zarr store; refusing to replace it: choose another --out"
+        )
+    if not overwrite:
+        raise DestinationExistsError(f"a store already exists at {out}; {how_to_replace}")
+
+
+def publish(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the complete store `staging` to `out`. A store already at `out` is replaced only
+    with `overwrite`: renamed aside, the new one renamed in, the old one deleted (a reader finds
+    the old store or the new one, never a mix); else `DestinationExistsError`."""
+    if out.exists():
+        if not (overwrite and is_zarr_store(out)):
+            raise DestinationExistsError(f"{out} appeared while the new store was written")
+        replaced = out.with_name(f"{out.name}.replaced-{os.getpid()}")
+        os.rename(out, replaced)
+        os.rename(staging, out)
+        shutil.rmtree(replaced)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, out)
+
+
+NEW_STORE_ADVICE = "remove it or choose another output path"
+
+
+@contextmanager
+def staged_store(
+    out: str | Path, needed_bytes: int, storage_options: dict | None = None
+) -> Iterator[zarr.Group]:
+    """A new Zarr v3 group that becomes `out` when the block (which ends with `mark_complete`)
+    ends without an error; an existing store at `out` is never overwritten.
+
+    Local `out`: the group lives in a sibling `<out>.partial-<pid>-<token>` directory, renamed
+    to `out` after the block; on any error, interrupts included, the directory is removed and
+    `out` is left untouched, and a full disk is reported as a `DiskFullError` naming `out` and
+    `needed_bytes` (roughly the arrays' size). Remote URL: written in place (object stores have
+    no atomic rename), so a failed run leaves an incomplete store at `out`, which readers refuse.
+    """
+    if is_url(out):
+        try:
+            options = url_options(out, storage_options)
+            root = zarr.open_group(str(out), mode="w-", zarr_format=3, storage_options=options)
+        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+            raise DestinationExistsError(
+                f"a store already exists at {out}; {NEW_STORE_ADVICE}"
+            ) from None
+        yield root
+        return
+    local = local_path(out)
+    check_destination(local, overwrite=False, how_to_replace=NEW_STORE_ADVICE)
+    staging = local.with_name(f"{local.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield zarr.open_group(str(staging), mode="w-", zarr_format=3)
+        publish(staging, local, overwrite=False)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        full = disk_full_error(error, local, needed_bytes, f"writing {out}", "nothing was written")
+        if full is not None:
+            raise full from error
+        raise
