@@ -149,7 +149,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     index = WindowIndex(store.split("train"), WINDOW_FRAMES)
     np.asarray(store.features[: store.num_frames])  # page-cache the store
     print(f"store: {store.num_frames} frames, {len(index.sequences)} train sequences, "
-          f"{index.num_windows} train windows; memory-mapped: {store.is_memory_mapped}")  # fmt: skip
+          f"{index.num_windows} train windows; "
+          f"memory-mapped: {store.is_memory_mapped}")  # fmt: skip
 
     memcpy = memcpy_reader(store, index)
 
@@ -188,7 +189,8 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     clips = int(1.1 * args.chunks * args.chunk_frames / (recordings * mean_clip_frames)) + 1
     started = time.perf_counter()
     synth.generate_dataset(
-        data, recordings=recordings, seed=1, participants=8, clips_per_recording=clips, video_size=None
+        data, recordings=recordings, seed=1, participants=8, clips_per_recording=clips,
+        video_size=None,
     )  # fmt: skip
     config = BuildConfig(
         data=data, out=store_path, scheduler="synchronous", chunk_frames=args.chunk_frames
@@ -200,9 +202,10 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     train_chunks = len(
         {s // features.chunk_frames for r in index.sequences for s in range(r.start, r.stop)}
     )
-    print(f"\nmany-chunk store ({time.perf_counter() - started:.0f} s to make): {store.num_frames} frames in "
-          f"{features.num_chunks} chunks of {features.chunk_frames} frames per array "
-          f"({train_chunks} holding train windows); memory-mapped: {store.is_memory_mapped}")  # fmt: skip
+    print(f"\nmany-chunk store ({time.perf_counter() - started:.0f} s to make): "
+          f"{store.num_frames} frames in {features.num_chunks} chunks of "
+          f"{features.chunk_frames} frames per array ({train_chunks} holding train windows); "
+          f"memory-mapped: {store.is_memory_mapped}")  # fmt: skip
 
     rows = np.empty((store.num_frames, *features.row_shape), features.dtype)
     t0 = time.process_time()
@@ -212,7 +215,8 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     features.read_into(rows, 0)
     again = time.process_time() - t0
     print(f"mapping every chunk: {1e3 * (first - again):.0f} ms once per process "
-          f"({1e6 * (first - again) / features.num_chunks:.0f} us a chunk; whole-store read {1e3 * again:.0f} ms)")  # fmt: skip
+          f"({1e6 * (first - again) / features.num_chunks:.0f} us a chunk; "
+          f"whole-store read {1e3 * again:.0f} ms)")  # fmt: skip
 
     evicting = open_store(store_path)
     evicting.features = ChunkMemmapArray(
@@ -225,7 +229,8 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     rates = interleaved_rates({
         "memcpy of the same windows (ceiling)": memcpy_reader(store, index),
         ours: lambda i: read_windows(store, index, index.sample(0, 0, i, BATCH)),
-        f"ours, windows within {one_chunks} chunks (1 sequence)": lambda i: read_windows(store, one, one.sample(0, 0, i, BATCH)),
+        f"ours, windows within {one_chunks} chunks (1 sequence)":
+            lambda i: read_windows(store, one, one.sample(0, 0, i, BATCH)),
     }, args.seconds)  # fmt: skip
     rates["previous: evicting cache of 256 maps"] = windows_per_s(
         lambda i: read_windows(evicting, index, index.sample(0, 0, i, BATCH)),
@@ -240,8 +245,8 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
 def _data_wait(store_path: Path, run: Path, steps: int) -> None:
     """Train the default model for `steps` steps and report the trainer's own data-wait share."""
     cmd = [sys.executable, "-m", "train", "fit", "--store", str(store_path), "--out", str(run),
-           "--steps", str(steps), "--log-every", "1", "--val-every", str(10 * steps), "--val-windows", "8",
-           "--num-workers", "1", "--batch-size", str(BATCH)]  # fmt: skip
+           "--steps", str(steps), "--log-every", "1", "--val-every", str(10 * steps),
+           "--val-windows", "8", "--num-workers", "1", "--batch-size", str(BATCH)]  # fmt: skip
     subprocess.run(
         cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
@@ -251,7 +256,8 @@ def _data_wait(store_path: Path, run: Path, steps: int) -> None:
     rate = statistics.median(r["perf/windows_per_s"] for r in rows)
     print(f"\ntraining on CPU (default model, batch {BATCH}, 1 loader worker, steps 3..{steps}):")
     print(
-        f"  median data-wait share {100 * wait:.2f}% of step time (target < 2%), {rate:.1f} windows/s trained"
+        f"  median data-wait share {100 * wait:.2f}% of step time (target < 2%), "
+        f"{rate:.1f} windows/s trained"
     )
 
 

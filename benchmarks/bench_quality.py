@@ -136,7 +136,8 @@ def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Names
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     with swap_eval, mock.patch("train.evaluate.tqdm", lambda it, **k: it):
         metrics = evaluate(run_dir / "checkpoints" / "last.pt", str(store), "test",
-                           run_dir / "eval", max_windows=args.max_windows, device="cpu")  # fmt: skip
+                           run_dir / "eval", max_windows=args.max_windows,
+                           device="cpu")  # fmt: skip
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [c for c in curve if "val/mpjpe_world_mm" in c]
     return {"name": row.name, "train": row.train, "wall_s": wall, "cpu_s": cpu,

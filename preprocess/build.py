@@ -651,7 +651,7 @@ def _create_frame_arrays(
             dtype=dtype,
             dimension_names=dims,
             zstd_level=_zstd_level(config.compression),
-        )  # fmt: skip
+        )
         for name, (row, dtype, dims) in specs.items()
     }
 

@@ -4,10 +4,10 @@ One `.clip` file per source file in `<build dir>/clips/`, named by a hash of the
 relative to the source root, written atomically (`shared.atomic`: a killed build leaves either a
 whole result or none). Each holds a JSON header (a `meta` record: path, size and mtime of the
 source file when read, sequence name, participant, problem, discrepancies; and the name, dtype
-and shape of each array) followed by the clip's motion arrays as raw C-order bytes. (`.npz` would do, but costs ~10x
-more to load, which the build does twice per file.) A result is reused only while the source
-file's size and mtime are unchanged; problems that depend on the machine rather than on the file
-(`RETRY_KINDS`) are retried.
+and shape of each array) followed by the clip's motion arrays as raw C-order bytes. (`.npz`
+would do, but costs ~10x more to load, which the build does twice per file.) A result is reused
+only while the source file's size and mtime are unchanged; problems that depend on the machine
+rather than on the file (`RETRY_KINDS`) are retried.
 
 Once every file is read, `save_index` writes the small part of every result (the `meta` record
 and the timestamps) to one index file: a resumed build plans from it without opening the

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -146,36 +147,26 @@ class DaskExecutor:
     ) -> Iterator[Any]:
         pending = iter(args)
         running = {}
-        for a in _take(pending, self.max_in_flight):
+        for a in islice(pending, self.max_in_flight):
             running[self.client.submit(fn, *a, pure=False)] = a
         while running:
             for future in self._wait_first(running):
                 yield self._result(future, running.pop(future), describe)
-                for a in _take(pending, 1):
+                for a in islice(pending, 1):
                     running[self.client.submit(fn, *a, pure=False)] = a
 
     def map_ordered(
         self, fn: Callable, args: Iterable[tuple], describe: Callable[[tuple], str] = describe_args
     ) -> Iterator[Any]:
         pending = iter(args)
-        first = _take(pending, ORDERED_IN_FLIGHT_PER_WORKER * self.workers)
+        first = islice(pending, ORDERED_IN_FLIGHT_PER_WORKER * self.workers)
         running: deque = deque((self.client.submit(fn, *a, pure=False), a) for a in first)
         while running:
             future, a = running.popleft()
             self._wait_first([future])
             yield self._result(future, a, describe)
-            for a in _take(pending, 1):
+            for a in islice(pending, 1):
                 running.append((self.client.submit(fn, *a, pure=False), a))
-
-
-def _take(iterator: Iterator[tuple], count: int) -> list[tuple]:
-    out = []
-    for _ in range(count):
-        try:
-            out.append(next(iterator))
-        except StopIteration:
-            break
-    return out
 
 
 def default_workers() -> int:

@@ -67,11 +67,16 @@ def format_info(info: dict) -> str:
     schema = info["schema"]
     lines = [
         f"store        {info['url']}",
-        f"schema       {schema['name']} v{schema['version']} (package {info['package_version']}, "
-        f"git {info['git_revision']}, created {info['created']})",
+        (
+            f"schema       {schema['name']} v{schema['version']} "
+            f"(package {info['package_version']}, git {info['git_revision']}, "
+            f"created {info['created']})"
+        ),
         f"fingerprint  {info['fingerprint']}",
-        f"frames       {info['frames']} at {info['fps']:g} fps = {info['hours']:.3f} h "
-        f"(source {info['source_fps']} fps)",
+        (
+            f"frames       {info['frames']} at {info['fps']:g} fps = {info['hours']:.3f} h "
+            f"(source {info['source_fps']} fps)"
+        ),
         f"sequences    {info['sequences']} from {info['participants']} participants",
     ]
     for split, values in info["splits"].items():
@@ -81,13 +86,19 @@ def format_info(info: dict) -> str:
         )
     source = info["source"] or {}
     lines += [
-        f"source       {source.get('root')}: {source.get('files_used')} of "
-        f"{source.get('file_count')} files used",
-        f"on disk      {info['size_bytes'] / 1e6:.2f} MB, "
-        f"{info['bytes_per_frame']:.0f} bytes/frame; "
-        f"chunks of {info['chunk_frames']} frames, codecs {info['codecs']}",
-        f"stats        {info['stats']['count']} frame vectors of "
-        f"{info['stats']['window_frames']}-frame canonical train windows",
+        (
+            f"source       {source.get('root')}: {source.get('files_used')} of "
+            f"{source.get('file_count')} files used"
+        ),
+        (
+            f"on disk      {info['size_bytes'] / 1e6:.2f} MB, "
+            f"{info['bytes_per_frame']:.0f} bytes/frame; "
+            f"chunks of {info['chunk_frames']} frames, codecs {info['codecs']}"
+        ),
+        (
+            f"stats        {info['stats']['count']} frame vectors of "
+            f"{info['stats']['window_frames']}-frame canonical train windows"
+        ),
         f"problems     {len(info['problems'])}",
     ]
     lines += [f"  {p['file']}: [{p['kind']}] {p['reason']}" for p in info["problems"]]

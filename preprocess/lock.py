@@ -17,6 +17,7 @@ import socket
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from shared.atomic import temp_path_for
 
@@ -117,7 +118,7 @@ class BuildLock:
         if holder.get("pid") == self.owner["pid"] and holder.get("host") == self.owner["host"]:
             self.path.unlink()
 
-    def __enter__(self) -> BuildLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -188,7 +188,7 @@ def read_clip(root: Path, file: str, rotation_atol: float = DEFAULT_ROTATION_ATO
     except _ClipProblem as error:
         problem = Problem(file, error.kind, error.reason, error.key, error.frame)
         return ClipOutcome(file, size, mtime, None, None, None, problem)
-    except Exception as error:  # noqa: BLE001  one file must not stop a build, even by a bug
+    except Exception as error:  # one file must not stop a build, even by a bug
         logger.exception("unexpected error reading %s", path)
         reason = (
             f"{file}: unexpected {type(error).__name__} while reading: {error} (an HDF5 failure "
@@ -307,7 +307,10 @@ def _int_attribute(
 ) -> int | None:
     """An int attribute, or None (recorded as a discrepancy) when missing or not an integer."""
     try:
-        value = handle.attrs[key] if key in handle.attrs else None
+        # Not attrs.get(): h5py raises KeyError for some damaged attributes too, not "missing".
+        value = None
+        if key in handle.attrs:
+            value = handle.attrs[key]
     except HDF5_ERRORS as error:
         reason = f"cannot be read ({type(error).__name__}: {error})"
     else:

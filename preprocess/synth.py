@@ -53,6 +53,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import h5py
@@ -695,7 +696,7 @@ def generate_dataset(
         plan = plan_activities(rng, int(clip_frames.sum()), fps)
         arrays = animate(plan, participant, rng)
         bounds = np.concatenate([[0], np.cumsum(clip_frames)])
-        for datapoint_id, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        for datapoint_id, (start, stop) in enumerate(pairwise(bounds)):
             counts = np.bincount(plan.activity[start:stop], minlength=len(Activity))
             majority = Activity(counts.argmax())
             attrs = {

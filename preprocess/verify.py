@@ -152,7 +152,8 @@ def verify_stats(store: FeatureStore) -> list[str]:
             dim = int(np.argmax(rel))
             problems.append(
                 f"stats: {label} differs (relative to std) by up to {rel[dim]:.3g} at "
-                f"{int((rel > STATS_RTOL).sum())} dims; largest at dim {dim} ({field_of_dim(dim)}): "
+                f"{int((rel > STATS_RTOL).sum())} dims; "
+                f"largest at dim {dim} ({field_of_dim(dim)}): "
                 f"store {stored[dim]:.10g} vs recomputed {recomputed[dim]:.10g}"
             )
     return problems

@@ -76,7 +76,8 @@ def world_to_features(
     *lead, T, _ = t_world_head.shape
     if joint_translation.shape[-2:] != (NUM_JOINTS, 3):
         raise ValueError(
-            f"joint_translation must be (..., T, {NUM_JOINTS}, 3), found {tuple(joint_translation.shape)}"
+            f"joint_translation must be (..., T, {NUM_JOINTS}, 3), "
+            f"found {tuple(joint_translation.shape)}"
         )
 
     hr = matrix_to_6d(R_world_head)  # (..., T, 6)
@@ -229,7 +230,8 @@ def decoded_to_world(features: Array, head_blend: float) -> WorldMotion:
 
 @dataclass(frozen=True)
 class CanonicalFrame:
-    """The rigid map applied by `canonicalize`: p_canon = R_canon_world @ (p_world - offset_world)."""
+    """The rigid map applied by `canonicalize`:
+    p_canon = R_canon_world @ (p_world - offset_world)."""
 
     R_canon_world: Array  # (..., 3, 3) rotation about the world up axis
     offset_world: Array  # (..., 3) horizontal position of the head at the window's first frame

@@ -1,4 +1,5 @@
-"""The 23-segment XSens MVN skeleton as stored in Nymeria (`joint_translation`, `joint_orientation`)."""
+"""The 23-segment XSens MVN skeleton as stored in Nymeria (`joint_translation`,
+`joint_orientation`)."""
 
 from __future__ import annotations
 

@@ -397,7 +397,7 @@ class ChunkMemmapArray:
         index, offset = divmod(start, C)
         done = 0
         while done < rows:
-            n = C - offset if C - offset < rows - done else rows - done
+            n = min(rows - done, C - offset)
             chunk = maps.get(index)
             if chunk is None:
                 chunk = self._chunk(index)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ class _Copy:
         marker = {
             "fingerprint": fingerprint,
             "source": self.source,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         _write_object(self.dst_fs, f"{self.dst_root}/{MARKER}", json.dumps(marker).encode())
 
@@ -307,9 +307,12 @@ def transfer(
     if decompress:
         for key in objects:
             path = key.removesuffix(f"/{ROOT_METADATA}")
-            if key.endswith(f"/{ROOT_METADATA}") and isinstance(node := group[path], zarr.Array):
-                if not has_raw_chunks(node):
-                    reencoded[path] = node
+            if (
+                key.endswith(f"/{ROOT_METADATA}")
+                and isinstance(node := group[path], zarr.Array)
+                and not has_raw_chunks(node)
+            ):
+                reencoded[path] = node
     owned = tuple(f"{path}/" for path in reencoded)  # objects the re-encoding writes instead
     verbatim = {k: s for k, s in objects.items() if k != ROOT_METADATA and not k.startswith(owned)}
     metadata = {k: s for k, s in verbatim.items() if k.endswith(f"/{ROOT_METADATA}")}

@@ -9,8 +9,8 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the subprocesses tests start
 
-import torch  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import torch
+from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(1)
 

@@ -80,7 +80,7 @@ def s3_server() -> Iterator[dict]:
         yield {"endpoint_url": url.rstrip("/"), "key": "testing", "secret": "testing"}
 
 
-def s3_filesystem(options: dict):  # noqa: ANN201 - s3fs.S3FileSystem, imported lazily
+def s3_filesystem(options: dict):  # -> s3fs.S3FileSystem, imported lazily
     import s3fs
 
     return s3fs.S3FileSystem(skip_instance_cache=True, **options)

@@ -263,7 +263,8 @@ def eval_command(
 @click.option("--split", type=click.Choice(("all", *SPLITS)), default="all", show_default=True,
               help="Which sequences to encode.")  # fmt: skip
 @click.option("--window", "window_frames", type=click.IntRange(min=FRAMES_PER_LATENT),
-              help="Window in frames, a multiple of 4 [default: the checkpoint's training window].")  # fmt: skip
+              help="Window in frames, a multiple of 4 "
+                   "[default: the checkpoint's training window].")  # fmt: skip
 @click.option("--hop", "hop_frames", type=click.IntRange(min=1),
               help="Frames between window starts, at most the window [default: the window, so "
                    "every frame is in exactly one window].")  # fmt: skip
@@ -297,7 +298,8 @@ def encode_command(
     click.echo(
         f"wrote {out}: {len(read_latent_table(root))} sequences, {mean.shape[0]} windows of "
         f"{root.attrs[ATTR_WINDOW_FRAMES]} frames (hop {root.attrs[ATTR_HOP_FRAMES]}) -> "
-        f"{mean.shape[1]} latents x {mean.shape[2]} channels each, {root.attrs[ATTR_FPS]:g} latents/s"
+        f"{mean.shape[1]} latents x {mean.shape[2]} channels each, "
+        f"{root.attrs[ATTR_FPS]:g} latents/s"
     )
 
 

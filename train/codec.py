@@ -313,7 +313,7 @@ class MotionCodec:
         batched = mean.ndim == 4
         if not batched:
             mean = mean[None]
-        B, W, K, L = mean.shape
+        B, W, K, _ = mean.shape
         if K != latents.plan.latents_per_window or W != latents.plan.num_windows:
             raise ValueError(
                 f"latents of shape {tuple(latents.mean.shape)} do not match their plan: "

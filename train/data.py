@@ -11,10 +11,11 @@ on the training device (`prepare_batch`), never in the workers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import count
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from shared.store import FeatureStore, NormStats, SequenceRecord, open_store
 
 
 class WindowBatch(NamedTuple):
-    """A batch of world-feature windows; a NamedTuple so DataLoader collation and pinning keep it."""
+    """A batch of world-feature windows; a NamedTuple so DataLoader collation and pinning keep
+    it."""
 
     features: (
         torch.Tensor
@@ -92,12 +94,14 @@ class WindowIndex:
         )
 
     def number(self, sequence: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        """The inverse of `locate`: window numbers of the windows `offset` frames into `sequence`."""
+        """The inverse of `locate`: window numbers of the windows `offset` frames into
+        `sequence`."""
         sequence, offset = np.asarray(sequence, dtype=np.int64), np.asarray(offset, dtype=np.int64)
         starts = self.starts_per_sequence[sequence]
         if np.any((offset < 0) | (offset >= starts)):
             raise IndexError(
-                f"window offsets must be within each sequence's {self.window_frames}-frame window starts"
+                "window offsets must be within each sequence's "
+                f"{self.window_frames}-frame window starts"
             )
         return self._cum_starts[sequence] - starts + offset
 

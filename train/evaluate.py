@@ -115,14 +115,16 @@ def summarize(sums: dict[str, MaskedSum]) -> dict:
 
 
 def format_table(metrics: dict) -> str:
-    """The scalar metrics as an aligned two-column table, plus the boundary effect and worst joints."""
+    """The scalar metrics as an aligned two-column table, plus the boundary effect and worst
+    joints."""
     width = max(len(label) for label in TABLE_ROWS.values()) + 2
     lines = []
     meta = metrics.get(META)
     if meta:
         lines.append(
-            f"{meta['split']} split: {meta['num_windows']} windows of {meta['window_frames']} frames "
-            f"({meta['fps']:g} fps), checkpoint step {meta['checkpoint_step']}"
+            f"{meta['split']} split: {meta['num_windows']} windows of "
+            f"{meta['window_frames']} frames ({meta['fps']:g} fps), "
+            f"checkpoint step {meta['checkpoint_step']}"
         )
     for key, label in TABLE_ROWS.items():
         if key in metrics:

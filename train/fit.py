@@ -507,7 +507,8 @@ def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -
     ]
     if ckpt.store_fingerprint != store.fingerprint:
         differences.append(
-            f"store fingerprint: {ckpt.store_fingerprint} ({ckpt.store_url}) -> {store.fingerprint} ({store.url})"
+            f"store fingerprint: {ckpt.store_fingerprint} ({ckpt.store_url}) -> "
+            f"{store.fingerprint} ({store.url})"
         )
     if ckpt.config["train"]["steps"] != config.train.steps:
         logger.warning(

@@ -329,7 +329,8 @@ def decode_store(
 
     if world:
         shapes = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
-                  "joint_translation": (NUM_JOINTS, 3), "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
+                  "joint_translation": (NUM_JOINTS, 3),
+                  "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
     else:
         shapes = {FEATURES: (FEATURE_DIM,)}
     arrays_bytes = total * 4 * sum(int(np.prod(s)) for s in shapes.values())

@@ -1,7 +1,8 @@
 """VAE training loss: per-group masked MSE on normalized features plus a small KL term
 (the seed's loss, `vae_loss`), and the world-space terms of the default loss (`world_loss`).
 
-    seed:   total = recon + lambda_kl * kl,   recon = mean over the groups of shared.layout.LOSS_GROUPS
+    seed:   total = recon + lambda_kl * kl,
+            recon = mean over the groups of shared.layout.LOSS_GROUPS
     world:  total = seed total + w_pos * world/position_m + w_vel * world/velocity_m_per_frame
 
 The world terms measure what a reconstruction looks like in the world: the decoded canonical

@@ -33,7 +33,8 @@ MM_PER_M = 1000.0
 DEG_PER_RAD = 180.0 / math.pi
 
 CONTACT_HEIGHT_M = 0.05
-"""A foot joint may be in contact when it is within this height of its lowest point in the window."""
+"""A foot joint may be in contact when it is within this height of its lowest point in the
+window."""
 CONTACT_SPEED_M_S = 0.2
 """... and moves slower than this between two frames (ground truth); divide by fps for m/frame."""
 
@@ -85,7 +86,8 @@ def procrustes_align(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def finite_difference(
     x: torch.Tensor, mask: torch.Tensor, order: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`order`-th difference of (B, T, ...) along time -> (B, T - order, ...) and its (B, T - order) mask.
+    """`order`-th difference of (B, T, ...) along time -> (B, T - order, ...) and its
+    (B, T - order) mask.
 
     Entry t is valid when frames t .. t + order all are.
     """
@@ -110,7 +112,8 @@ def up_vector(
 def horizontal_displacement_m(
     points_m: torch.Tensor, up_axis: tuple[float, float, float] = WORLD_UP_AXIS
 ) -> torch.Tensor:
-    """(B, T, K, 3) -> (B, T - 1, K): length of the step t -> t + 1 projected on the ground plane."""
+    """(B, T, K, 3) -> (B, T - 1, K): length of the step t -> t + 1 projected on the ground
+    plane."""
     up = up_vector(points_m, up_axis)
     step = torch.diff(points_m, dim=1)  # (B, T - 1, K, 3)
     horizontal = step - (step @ up)[..., None] * up
@@ -142,7 +145,8 @@ def foot_contact_steps(
 
 
 def head_drift(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disagreement of integrated `hp_dot`/`hr_dot` with the absolute `hp`/`hr` at a window's last valid frame.
+    """Disagreement of integrated `hp_dot`/`hr_dot` with the absolute `hp`/`hr` at a window's
+    last valid frame.
 
     (B, T, 294) features -> (position m, rotation rad), each (B,). Integration starts from the
     first frame's absolute pose (`shared.features.integrate_head_deltas`).

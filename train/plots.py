@@ -13,11 +13,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.animation import FuncAnimation, PillowWriter
 
-from shared.skeleton import BONES, JOINT_NAMES  # noqa: E402
+from shared.skeleton import BONES, JOINT_NAMES
 
 GT_COLOR = "tab:blue"
 PRED_COLOR = "tab:red"
@@ -37,7 +37,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_loss_curves(metrics_path: Path, out_path: Path) -> Path | None:
-    """Train and validation loss terms against step (log scale); None when there is nothing to plot."""
+    """Train and validation loss terms against step (log scale); None when there is nothing to
+    plot."""
     rows = read_metrics(metrics_path) if Path(metrics_path).exists() else []
     keys = sorted(
         {

@@ -34,8 +34,9 @@ def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, .
     absurd[5, 2, 0] = 3e38  # finite, but its features would overflow float32
     slow = raw[nymeria_format.KEY_TIMESTAMP_NS][0] + np.arange(n, dtype=np.int64) * 2_000_000_000
     empty = {key: raw[key][:0] for key in (
-        nymeria_format.KEY_TIMESTAMP_NS, nymeria_format.KEY_CPF_TRANSLATION, nymeria_format.KEY_CPF_ORIENTATION,
-        nymeria_format.KEY_JOINT_TRANSLATION, nymeria_format.KEY_JOINT_ORIENTATION, nymeria_format.KEY_CONTACT_INFORMATION,
+        nymeria_format.KEY_TIMESTAMP_NS, nymeria_format.KEY_CPF_TRANSLATION,
+        nymeria_format.KEY_CPF_ORIENTATION, nymeria_format.KEY_JOINT_TRANSLATION,
+        nymeria_format.KEY_JOINT_ORIENTATION, nymeria_format.KEY_CONTACT_INFORMATION,
     )}  # fmt: skip
     return {
         "missing_key": ({nymeria_format.KEY_JOINT_TRANSLATION: None}, {}, ()),
@@ -143,7 +144,7 @@ def mixed_dataset(
 
 def test_the_video_trap_would_fire(mixed_dataset):
     root, _ = mixed_dataset
-    trapped = sorted((root / "good").glob("*.h5"))[0]
+    trapped = min((root / "good").glob("*.h5"))
     with h5py.File(trapped, "r") as f, pytest.raises(OSError):
         f[nymeria_format.KEY_EGOVIEW][0]
 
@@ -219,7 +220,7 @@ def test_empty_folder_fails(tmp_path: Path):
 
 
 def test_api_build_reports_problems(mixed_dataset, tmp_path: Path):
-    root, files = mixed_dataset
+    root, _ = mixed_dataset
     summary = synchronous_build(root, tmp_path / "api.zarr")
     assert {p.kind for p in summary.problems} == set(FILE_KINDS)
     assert summary.files_used == 3 * GOOD_RECORDINGS
@@ -231,7 +232,7 @@ def test_an_unexpected_error_in_one_file_is_recorded_not_raised(
     """Whatever a file makes the reader raise (here a ZeroDivisionError injected for one file,
     standing in for an HDF5 failure nobody has seen yet or a bug), the build goes on."""
     root, _ = mixed_dataset
-    victim = sorted(p.relative_to(root).as_posix() for p in (root / "good").glob("*.h5"))[0]
+    victim = min(p.relative_to(root).as_posix() for p in (root / "good").glob("*.h5"))
     check_values = read_clip_module._check_values
 
     def failing(arrays, file, rotation_atol):

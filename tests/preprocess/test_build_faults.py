@@ -39,7 +39,8 @@ from pathlib import Path
 import preprocess.build
 from preprocess.cli import main
 
-stop_after, marker, save, saved = int(sys.argv[1]), Path(sys.argv[2]), preprocess.build.save_progress, []
+stop_after, marker = int(sys.argv[1]), Path(sys.argv[2])
+save, saved = preprocess.build.save_progress, []
 
 def stalling_save(path, progress):
     save(path, progress)
@@ -83,7 +84,8 @@ def test_disk_full_during_an_overwrite_keeps_the_old_store_and_resumes(synthetic
     out = tmp_path / "store.zarr"
     assert cli_build(synthetic_dataset, out, "--split-seed", "1").exit_code == 0
     old = content_files(out)
-    # Per-file results (~180 kB) fit under the limit, the 2,700-frame feature chunk (3.2 MB) does not.
+    # Per-file results (~180 kB) fit under the limit, the 2,700-frame feature chunk (3.2 MB) does
+    # not.
     full = _build(synthetic_dataset, out, "--overwrite", limit_bytes=1_000_000)
     assert full.returncode == 1
     line = _error_line(full.stderr)
@@ -145,8 +147,9 @@ def test_build_killed_while_writing_frames_resumes_there(synthetic_dataset, tmp_
     paths = BuildPaths(out)
     marker = tmp_path / "stalled"
     process = subprocess.Popen(
-        [sys.executable, "-c", STALLING_BUILD, "4", str(marker), "build", str(synthetic_dataset), "--out",
-         str(out), "--scheduler", "synchronous", "--no-progress", "--chunk-frames", str(CHUNK_FRAMES)],
+        [sys.executable, "-c", STALLING_BUILD, "4", str(marker), "build", str(synthetic_dataset),
+         "--out", str(out), "--scheduler", "synchronous", "--no-progress",
+         "--chunk-frames", str(CHUNK_FRAMES)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -88,7 +88,8 @@ class Cluster:
         self, *extra: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
     ) -> None:
         self.start(*prefix, sys.executable, "-m", "distributed.cli.dask_worker", self.address,
-                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", *extra, env=env)  # fmt: skip
+                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", *extra,
+                   env=env)  # fmt: skip
 
     def wait_for_workers(self, count: int) -> None:
         deadline = time.monotonic() + POLL_TIMEOUT_S

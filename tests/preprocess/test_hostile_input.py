@@ -144,7 +144,7 @@ def test_clips_of_any_length_down_to_one_frame(
 def test_external_links_and_sparse_files_are_problems_before_any_allocation(
     synthetic_dataset: Path, tmp_path: Path
 ):
-    donor = sorted(synthetic_dataset.glob("*.h5"))[0]
+    donor = min(synthetic_dataset.glob("*.h5"))
     root = tmp_path / "data"
     dangling, resolving, sparse = (root / f"{n}_00000.h5" for n in ("dangling", "ext", "sparse"))
     write_variant(donor, dangling, {nymeria_format.KEY_CPF_TRANSLATION: None})
@@ -167,7 +167,7 @@ def test_external_links_and_sparse_files_are_problems_before_any_allocation(
 
 
 def test_problem_records_name_key_and_frame(synthetic_dataset: Path, tmp_path: Path):
-    donor = sorted(synthetic_dataset.glob("*.h5"))[0]
+    donor = min(synthetic_dataset.glob("*.h5"))
     raw = read_raw(donor)
     rotations = raw[nymeria_format.KEY_CPF_ORIENTATION].copy()
     rotations[12] *= -1  # det -1

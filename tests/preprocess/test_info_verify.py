@@ -118,7 +118,7 @@ def test_verify_detects_changed_sources(built, tmp_path: Path):
     data, out = built
     changed = tmp_path / "data"
     shutil.copytree(data, changed)
-    victim = sorted(changed.glob("*.h5"))[0]
+    victim = min(changed.glob("*.h5"))
     with h5py.File(victim, "r+") as f:
         cpf = f[nymeria_format.KEY_CPF_TRANSLATION][()]
         del f[nymeria_format.KEY_CPF_TRANSLATION]

@@ -118,7 +118,8 @@ def test_short_holes_are_filled_long_ones_split_inside_and_between_clips():
     assert (report.gaps, report.filled_holes, report.filled_frames) == (2, 2, 3)
     assert report.to_json()["missing_frames_at_gaps"] == 14
     (record,) = hole_discrepancies(report.holes)  # holes between clips are not a file's
-    assert (record.file, record.kind, record.count, record.frame) == ("a.h5", "missing_frames", 12, 3)  # fmt: skip
+    found = (record.file, record.kind, record.count, record.frame)
+    assert found == ("a.h5", "missing_frames", 12, 3)
     assert "12 frames missing in 2 holes" in record.reason and "2 filled" in record.reason
 
     everything = plan_recording([a, b, c], P, max_fill_frames=10)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import h5py
@@ -129,8 +130,9 @@ def test_dataset_has_several_participants_with_different_bodies(
 
 def test_consecutive_clips_are_contiguous(synthetic_dataset: Path) -> None:
     for name, clips in read_recordings(synthetic_dataset).items():
-        assert [a[nymeria_format.ATTR_START_IDX] for a, _ in clips][0] == 0
-        for (attrs_a, a), (attrs_b, b) in zip(clips[:-1], clips[1:]):
+        first_attrs, _ = clips[0]
+        assert first_attrs[nymeria_format.ATTR_START_IDX] == 0
+        for (attrs_a, a), (attrs_b, b) in pairwise(clips):
             assert (
                 attrs_b[nymeria_format.ATTR_START_IDX] == attrs_a[nymeria_format.ATTR_END_IDX] + 1
             ), name

@@ -33,9 +33,11 @@ def test_failure_keeps_the_old_content_and_removes_the_temp_file(tmp_path: Path)
 
 def test_nothing_written_is_an_error_naming_the_target(tmp_path: Path) -> None:
     target = tmp_path / "clip.h5"
-    with pytest.raises(FileNotFoundError, match=r"nothing was written to .* \(the temp file for "):
-        with atomic_path(target):
-            pass
+    with (
+        pytest.raises(FileNotFoundError, match=r"nothing was written to .* \(the temp file for "),
+        atomic_path(target),
+    ):
+        pass
     assert list(tmp_path.iterdir()) == []
 
 

@@ -55,7 +55,8 @@ def test_arrays_advance_together_and_every_write_is_whole_chunks():
     np.testing.assert_array_equal(arrays["x"].data, rows)
     np.testing.assert_array_equal(arrays["y"].data, rows[:, 0])
     for array in arrays.values():
-        # 3, 4, 4 rows pending; 16 -> chunks 0-2 written; 8 -> chunk 3; the partial chunk 4 at close.
+        # 3, 4, 4 rows pending; 16 -> chunks 0-2 written; 8 -> chunk 3; the partial chunk 4 at
+        # close.
         assert array.writes == [(0, 15), (15, 20), (20, 23)]
 
 

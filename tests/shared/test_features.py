@@ -113,7 +113,7 @@ def _windows(B=4, T=16):
 
 def test_canonical_window_starts_above_origin_with_zero_heading():
     f = _windows()
-    canon, frame = canonicalize(f)
+    canon, _ = canonicalize(f)
     hp0 = canon[:, 0, HP]
     np.testing.assert_allclose(hp0[:, :2], 0, atol=1e-12)
     np.testing.assert_allclose(hp0[:, 2], f[:, 0, HP][:, 2], atol=1e-12)  # height kept

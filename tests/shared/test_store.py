@@ -171,7 +171,8 @@ from shared.store import open_store
 store = open_store(sys.argv[1])
 rows = store.features.read_into(np.empty(store.features.shape, np.float32), 0)
 rows = store.features.read_into(rows, 0)  # again: evicted maps are reopened
-print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], float(np.abs(rows).sum()), len(store.features._maps))
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], float(np.abs(rows).sum()),
+      len(store.features._maps))
 """
 
 
@@ -249,7 +250,7 @@ def test_missing_chunk_is_refused_on_open(store_path):
 
 
 def test_truncated_chunk_is_refused_on_open_and_when_mapped(store_path):
-    path, features = store_path
+    path, _ = store_path
     chunk = path / shared.store.FEATURES / "c" / "0" / "0"
     expected = chunk.stat().st_size
     store = open_store(path)
@@ -281,8 +282,10 @@ def test_deep_check_names_checksum_and_non_finite_chunks(store_path):
     chunk.write_bytes(values.tobytes() + bytes(raw[-4:]))
     assert shared.store.check_chunks(path, deep=False) == []  # sizes still right
     assert shared.store.check_chunks(path, deep=True) == [
-        "features chunk 2 (file features/c/2/0, frames 32-47): checksum mismatch (the bytes "
-        "changed after they were written)"
+        (
+            "features chunk 2 (file features/c/2/0, frames 32-47): checksum mismatch (the bytes "
+            "changed after they were written)"
+        )
     ]
     # The same NaN with a valid checksum (a build that wrote it): finiteness names it.
     root = zarr.open_group(path, mode="r+")
@@ -290,8 +293,10 @@ def test_deep_check_names_checksum_and_non_finite_chunks(store_path):
     rewritten[37, 14] = np.nan
     root[shared.store.FEATURES][32:48] = rewritten[32:48]
     assert shared.store.check_chunks(path, deep=True) == [
-        "features chunk 2 (file features/c/2/0, frames 32-47): 1 non-finite values, first nan "
-        "at frame 37, dim 14 (hp[2])"
+        (
+            "features chunk 2 (file features/c/2/0, frames 32-47): 1 non-finite values, first nan "
+            "at frame 37, dim 14 (hp[2])"
+        )
     ]
     open_store(path)  # opening checks sizes only: fast at any store size
 
@@ -303,8 +308,10 @@ def test_check_chunks_on_a_compressed_store_and_a_v1_array(tmp_path):
     chunk = path / shared.store.TIMESTAMP_NS / "c" / "0"
     chunk.write_bytes(chunk.read_bytes()[:-1] + b"\x00")
     assert shared.store.check_chunks(path, deep=True) == [
-        "timestamp_ns chunk 0 (file timestamp_ns/c/0, frames 0-15): checksum mismatch (the "
-        "bytes changed after they were written)"
+        (
+            "timestamp_ns chunk 0 (file timestamp_ns/c/0, frames 0-15): checksum mismatch (the "
+            "bytes changed after they were written)"
+        )
     ]
     root = zarr.open_group(path, mode="r+")
     stats = root[shared.store.STATS_GROUP]
@@ -360,8 +367,10 @@ def test_check_chunks_on_a_listed_remote_store(store_path, monkeypatch):
         fs.rm(f"{remote}/contact/c/2/0")
         fs.pipe(f"{remote}/features/c/0/0", b"short")
         assert shared.store.check_chunks(url, deep=False) == [
-            f"features chunk 0 (file features/c/0/0, frames 0-15): 5 bytes, expected "
-            f"{CHUNK_FRAMES * FEATURE_DIM * 4 + shared.store.CHECKSUM_BYTES}",
+            (
+                f"features chunk 0 (file features/c/0/0, frames 0-15): 5 bytes, expected "
+                f"{CHUNK_FRAMES * FEATURE_DIM * 4 + shared.store.CHECKSUM_BYTES}"
+            ),
             "contact chunk 2 (file contact/c/2/0, frames 32-47): missing",
         ]
         with pytest.raises(StoreError, match=r"is damaged: features chunk 0 .* verify memory://"):

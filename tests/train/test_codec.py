@@ -1,4 +1,5 @@
-"""MotionCodec: windows as trained, decode back to the world, numpy = torch, batches, live streams."""
+"""MotionCodec: windows as trained, decode back to the world, numpy = torch, batches, live
+streams."""
 
 from __future__ import annotations
 
@@ -247,8 +248,8 @@ def test_bad_motion_is_refused_with_the_shapes_expected(codec):
     motion = world_motion(10)
     expected = r"joint_translation \(\[B,\] T, 23, 3\).*found.*joint_translation \(10, 22, 3\)"
     with pytest.raises(ValueError, match=expected):
-        codec.encode_world(motion.cpf_translation, motion.cpf_orientation, motion.joint_translation[:, :22],
-                           motion.joint_orientation)  # fmt: skip
+        codec.encode_world(motion.cpf_translation, motion.cpf_orientation,
+                           motion.joint_translation[:, :22], motion.joint_orientation)  # fmt: skip
     with pytest.raises(ValueError, match="features must be"):
         codec.encode_features(np.zeros((10, 290), dtype=np.float32))
 

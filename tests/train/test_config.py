@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from itertools import pairwise
 
 import pytest
 
@@ -41,14 +42,20 @@ def test_config_round_trip_and_unknown_keys(tmp_path):
 def test_lr_schedule_warmup_then_cosine_to_floor():
     f = [lr_factor(s, warmup_steps=10, total_steps=110, min_ratio=0.01) for s in range(111)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(f[:10], f[1:10]))  # rising during warm-up
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # then never rising
+    assert all(a <= b for a, b in pairwise(f[:10]))  # rising during warm-up
+    assert all(a >= b for a, b in pairwise(f[10:]))  # then never rising
     assert f[60] == pytest.approx(0.01 + 0.99 * 0.5)  # half-way through the cosine
     assert f[110] == pytest.approx(0.01)
 
 
 def test_import_train_does_not_import_hdf5_libraries():
-    modules = "train, train.cli, train.fit, train.data, train.evaluate, train.inference, train.codec, train.latents, train.plots"
-    code = f"import sys, {modules}; print(sorted(m for m in ('h5py', 'hdf5plugin') if m in sys.modules))"
+    modules = (
+        "train, train.cli, train.fit, train.data, train.evaluate, train.inference, train.codec, "
+        "train.latents, train.plots"
+    )
+    code = (
+        f"import sys, {modules}; "
+        "print(sorted(m for m in ('h5py', 'hdf5plugin') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

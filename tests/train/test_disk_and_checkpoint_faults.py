@@ -76,7 +76,8 @@ def test_damaged_or_hostile_checkpoints_are_one_line_errors_and_never_run_code(
     expected = {
         "garbage": "not a checkpoint", "empty": "not a checkpoint", "truncated": "not a checkpoint",
         "legacy pickle that runs code": "not a checkpoint", "json": "not a checkpoint",
-        "zip whose pickle runs code": "cannot be loaded safely", "zip with a short tensor": "cannot be loaded safely",
+        "zip whose pickle runs code": "cannot be loaded safely",
+        "zip with a short tensor": "cannot be loaded safely",
         "other format": "found format 7",
         "fields missing": "checkpoint fields differ",
     }  # fmt: skip
@@ -131,8 +132,9 @@ def test_disk_full_at_the_first_checkpoint_keeps_the_run_and_encode_leaves_nothi
     feature_store, tmp_path
 ):
     run = tmp_path / "run"
-    fit = ["fit", "--store", str(feature_store), "--out", str(run), "--num-workers", "0", "--val-windows", "4",
-           *TINY_MODEL, "--steps", "6", "--val-every", "3", "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+    fit = ["fit", "--store", str(feature_store), "--out", str(run), "--num-workers", "0",
+           "--val-windows", "4", *TINY_MODEL, "--steps", "6", "--val-every", "3",
+           "--batch-size", "4", "--device", "cpu"]  # fmt: skip
     # Room for the model alone (the step-0 checkpoint), not for model + Adam state (step 3).
     params = 381_208  # bytes of the TINY_MODEL parameters
     full = _run(fit, limit_bytes=2 * params)

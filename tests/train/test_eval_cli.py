@@ -1,4 +1,5 @@
-"""End to end through the real commands: synth -> build -> fit (tiny) -> eval -> encode -> decode."""
+"""End to end through the real commands: synth -> build -> fit (tiny) -> eval -> encode ->
+decode."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ from train.metrics import (
 SEQ_LEN = 32
 LATENT_DIM = 8
 TINY = {
-    "model": {"hidden_dim": 16, "latent_dim": LATENT_DIM, "blocks_per_stage": 1, "seq_len": SEQ_LEN},
+    "model": {"hidden_dim": 16, "latent_dim": LATENT_DIM, "blocks_per_stage": 1,
+              "seq_len": SEQ_LEN},
     "train": {"steps": 4, "batch_size": 4, "num_workers": 0, "val_every": 2, "log_every": 1,
               "val_windows": 4, "warmup_steps": 1, "device": "cpu"},
 }  # fmt: skip
@@ -55,8 +57,8 @@ def run(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e")
     paths = {"data": root / "data", "store": root / "store.zarr", "run": root / "run"}
     invoke(preprocess_main, ["synth", paths["data"], "--recordings", 6, "--seed", 0])
-    invoke(preprocess_main, ["build", paths["data"], "--out", paths["store"], "--scheduler", "synchronous",
-                             "--no-progress"])  # fmt: skip
+    invoke(preprocess_main, ["build", paths["data"], "--out", paths["store"],
+                             "--scheduler", "synchronous", "--no-progress"])  # fmt: skip
     config = root / "tiny.json"
     config.write_text(json.dumps(TINY))
     invoke(
@@ -69,8 +71,9 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
 def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
     out = tmp_path / "eval"
-    result = invoke(train_main, ["eval", "--ckpt", run["ckpt"], "--store", run["store"], "--split", "val",
-                                 "--out", out, "--max-windows", 6, "--animate", "--device", "cpu"])  # fmt: skip
+    result = invoke(train_main, ["eval", "--ckpt", run["ckpt"], "--store", run["store"],
+                                 "--split", "val", "--out", out, "--max-windows", 6, "--animate",
+                                 "--device", "cpu"])  # fmt: skip
     assert "PA-MPJPE" in result.output and "foot skating" in result.output
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -86,8 +89,8 @@ def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
     assert meta["store_fingerprint"] == open_store(run["store"]).fingerprint
 
     assert set(meta["pictures"]) == {
-        "skeletons_window0.png", "skeletons_window1.png", "skeletons_window2.png", "error_by_frame.png",
-        "per_joint_error.png", "loss_curves.png", "reconstruction.gif",
+        "skeletons_window0.png", "skeletons_window1.png", "skeletons_window2.png",
+        "error_by_frame.png", "per_joint_error.png", "loss_curves.png", "reconstruction.gif",
     }  # fmt: skip
     for name in meta["pictures"]:
         assert (out / name).stat().st_size > 5_000, name
@@ -104,7 +107,8 @@ def test_eval_rejects_an_incomplete_store(run, tmp_path):
     )
     group = zarr.open_group(str(store), mode="r+")
     group.attrs["complete"] = False
-    result = CliRunner().invoke(train_main, ["eval", "--ckpt", str(run["ckpt"]), "--store", str(store),
+    result = CliRunner().invoke(train_main, ["eval", "--ckpt", str(run["ckpt"]),
+                                             "--store", str(store),
                                              "--out", str(tmp_path / "eval")])  # fmt: skip
     assert result.exit_code != 0 and "incomplete" in result.output
 
@@ -112,8 +116,8 @@ def test_eval_rejects_an_incomplete_store(run, tmp_path):
 @pytest.fixture(scope="module")
 def latents(run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latents") / "latents.zarr"
-    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out, "--logvar",
-                        "--device", "cpu"])  # fmt: skip
+    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out,
+                        "--logvar", "--device", "cpu"])  # fmt: skip
     return out
 
 
@@ -196,8 +200,8 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
     latents, world_out = tmp_path / "val.zarr", tmp_path / "world.zarr"
     invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", latents,
                         "--split", "val", "--device", "cpu"])  # fmt: skip
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
-                        "--device", "cpu"])  # fmt: skip
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out,
+                        "--world", "--device", "cpu"])  # fmt: skip
     store, group, world = (
         open_store(run["store"]),
         zarr.open_group(str(latents)),
@@ -239,10 +243,10 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
 
 def test_decode_features_and_world_agree_and_keep_every_frame(run, latents, tmp_path):
     features_out, world_out = tmp_path / "features.zarr", tmp_path / "world.zarr"
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", features_out,
-                        "--device", "cpu"])  # fmt: skip
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
-                        "--device", "cpu"])  # fmt: skip
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents,
+                        "--out", features_out, "--device", "cpu"])  # fmt: skip
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out,
+                        "--world", "--device", "cpu"])  # fmt: skip
     decoded, world = (
         zarr.open_group(str(features_out), mode="r"),
         zarr.open_group(str(world_out), mode="r"),
@@ -273,10 +277,11 @@ def test_sequences_shorter_than_a_window_and_overlapping_windows(run, tmp_path):
     codec = MotionCodec.from_checkpoint(run["ckpt"], device="cpu")
     for window, hop in ((640, 640), (32, 20)):
         latents, world_out = tmp_path / f"l{window}.zarr", tmp_path / f"w{window}.zarr"
-        invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", latents,
-                            "--split", "test", "--window", window, "--hop", hop, "--device", "cpu"])  # fmt: skip
-        invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out, "--world",
+        invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"],
+                            "--out", latents, "--split", "test", "--window", window, "--hop", hop,
                             "--device", "cpu"])  # fmt: skip
+        invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents,
+                            "--out", world_out, "--world", "--device", "cpu"])  # fmt: skip
         group, world = zarr.open_group(str(latents)), zarr.open_group(str(world_out))
         assert group["mean"].shape[1] == window // 4
         if window > max(r.length for r in records):  # one padded window per sequence
@@ -296,14 +301,17 @@ def test_sequences_shorter_than_a_window_and_overlapping_windows(run, tmp_path):
             world["cpf_orientation"][rows], motion.cpf_orientation.numpy(), atol=1e-5
         )
 
-    result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]), "--store", str(run["store"]),
-                                             "--out", str(tmp_path / "bad.zarr"), "--hop", "40"])  # fmt: skip
+    result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]),
+                                             "--store", str(run["store"]),
+                                             "--out", str(tmp_path / "bad.zarr"),
+                                             "--hop", "40"])  # fmt: skip
     assert result.exit_code != 0 and "hop_frames must be in 1..window_frames=32" in result.output
     assert not (tmp_path / "bad.zarr").exists()
 
 
 def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path):
-    result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]), "--store", str(run["store"]),
+    result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]),
+                                             "--store", str(run["store"]),
                                              "--out", str(latents)])  # fmt: skip
     assert result.exit_code != 0 and "already exists" in result.output
 
@@ -311,19 +319,22 @@ def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path)
     payload = torch.load(run["ckpt"], weights_only=True)
     payload["step"] += 1
     torch.save(payload, other_ckpt)
-    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(other_ckpt), "--latents", str(latents),
+    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(other_ckpt),
+                                             "--latents", str(latents),
                                              "--out", str(tmp_path / "x.zarr")])  # fmt: skip
     assert result.exit_code != 0 and "decode with the checkpoint that encoded it" in result.output
 
-    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]), "--latents",
-                                             str(run["store"]), "--out", str(tmp_path / "y.zarr")])  # fmt: skip
+    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]),
+                                             "--latents", str(run["store"]),
+                                             "--out", str(tmp_path / "y.zarr")])  # fmt: skip
     assert result.exit_code != 0 and "nymeria-motion-latents" in result.output
 
     old = tmp_path / "v1.zarr"
     shutil.copytree(latents, old)
     group = zarr.open_group(str(old), mode="r+")
     group.attrs["schema"] = {"name": "nymeria-motion-latents", "version": 1}
-    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]), "--latents", str(old),
+    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]),
+                                             "--latents", str(old),
                                              "--out", str(tmp_path / "z.zarr")])  # fmt: skip
     assert result.exit_code != 0
     assert (
@@ -354,8 +365,8 @@ def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(
         with pytest.raises(RuntimeError, match="injected failure"):
             latent_store.encode_store(run["ckpt"], str(run["store"]), out, device="cpu")
     assert list(tmp_path.iterdir()) == []  # neither `out` nor its partial directory
-    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out, "--logvar",
-                        "--device", "cpu"])  # fmt: skip
+    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out,
+                        "--logvar", "--device", "cpu"])  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latents.zarr"]
     rerun, first = zarr.open_group(str(out), mode="r"), zarr.open_group(str(latents), mode="r")
     assert rerun.attrs["complete"] is True

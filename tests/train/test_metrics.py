@@ -60,7 +60,8 @@ def canonical(motion):
 
 
 def errors(recon_world_motion, target_world_motion, mask=None):
-    """Metrics of a reconstruction given as world motion, both canonicalised with the target's frame."""
+    """Metrics of a reconstruction given as world motion, both canonicalised with the target's
+    frame."""
     target, frame = canonical(target_world_motion)
     # The reconstruction lives in the target's canonical frame, as in evaluation.
     recon = apply_rigid(
