@@ -7,9 +7,9 @@ Rows: the causal MotionVAE with the seed's loss (`vae_loss`), the same with the 
 `--loss world` (plus `world_loss`: world joints and head decoded with the head blend, in
 metres), and the non-causal seed design with `vae_loss`. The models are built from the same
 `MotionVAEConfig` and have (almost) the same parameter count; their steps are interleaved in
-one process, rotating which goes first, so drift in machine load hits all alike. On a shared machine the fastest steps,
-the per-round ratio (ours / reference within one round) and process CPU time are the
-steadier numbers; the load average is printed so a contended run shows itself.
+one process, rotating which goes first, so drift in machine load hits all alike. On a shared
+machine the fastest steps, the per-round ratio (ours / reference within one round) and process
+CPU time are the steadier numbers; the load average is printed so a contended run shows itself.
 
 Peak memory is the rise of the process's peak RSS (Linux VmHWM) over its post-import
 baseline, measured for each model in a fresh subprocess over 2 steps (weights,
