@@ -1,4 +1,4 @@
-"""Build a feature store (schema v1, see shared/store.py) from a tree of Nymeria clip files.
+"""Build a feature store (schema v2, see shared/store.py) from a tree of Nymeria clip files.
 
 Stages, each restartable:
 1. read: every clip file under DATA (`preprocess.discover`: links followed once, every file
@@ -8,7 +8,8 @@ Stages, each restartable:
 2. plan: detect the frame period (median over all clips); a clip at another rate is
    resampled with `--fps` and otherwise recorded as a problem; stitch clips into sequences,
    filling holes of up to `--max-fill-frames` and splitting at longer ones (preprocess.stitch);
-   assign splits by participant (preprocess.split).
+   assign splits by participant (preprocess.split). The result is a `BuildPlan`, a printable
+   value: `preprocess build --plan` (`plan_build`) stops here, having written nothing.
 3. compute: per sequence on the executor, `compute_sequence` (interpolate filled holes or
    resample, features on the stitched motion, moments of canonical windows for train
    sequences); results are written in sequence order, whole chunks at a time, and the moments
@@ -45,6 +46,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -76,7 +78,7 @@ from preprocess.progress import (
 from preprocess.read_clip import DEFAULT_ROTATION_ATOL, Discrepancy, Problem
 from preprocess.sequence import StatsWindows, compute_planned_sequence, stored_timestamps
 from preprocess.split import DEFAULT_FRACTIONS, assign_splits, check_fractions
-from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES, default_stride
+from preprocess.stats import DEFAULT_STD_FLOOR, DEFAULT_WINDOW_FRAMES, default_stride, window_starts
 from preprocess.stitch import (
     DEFAULT_MAX_FILL_FRAMES,
     STITCH_TOLERANCE_PERIODS,
@@ -92,7 +94,7 @@ from preprocess.stitch import (
 )
 from shared.atomic import atomic_path
 from shared.chunked_writer import ChunkedRowWriter
-from shared.diskspace import disk_full_error
+from shared.diskspace import disk_full_error, format_bytes
 from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
 from shared.zarr_output import (
@@ -280,49 +282,49 @@ class BuildSummary:
 def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
     """Run a whole build (see module doc). Raises BuildError when it cannot or must not publish."""
     started = time.perf_counter()
-    data, out = Path(config.data).resolve(), Path(config.out).absolute()
-    if not data.is_dir():
-        raise BuildError(f"DATA must be a directory of clip files, found {data}")
-    paths = BuildPaths(out)
-    lock = BuildLock(paths.lock, take_over_stale=config.resume or config.overwrite)
+    data, paths = _data_dir(config), BuildPaths(Path(config.out).absolute())
     try:
-        lock.acquire()
+        with BuildLock(paths.lock, take_over_stale=config.resume or config.overwrite):
+            plan, read = _build_locked(config, data, paths, progress)
     except LockError as error:
         raise BuildError(str(error)) from None
+    return BuildSummary(
+        store=paths.out,
+        files_found=plan.files_found,
+        files_reused=read.reused,
+        files_used=len(plan.clips),
+        problems=plan.problems,
+        discrepancies=plan.discrepancies,
+        ignored=tuple(plan.discovery.ignored),
+        other_files=plan.discovery.other_files,
+        sequences=len(plan.sequences),
+        frames=plan.num_frames,
+        fps=plan.fps,
+        source_fps=plan.source_fps,
+        stitch=plan.stitch,
+        split_participants=plan.split_participants,
+        split_frames=plan.split_frames,
+        seconds=time.perf_counter() - started,
+        read_frames_per_s=read.frames_per_s,
+    )
+
+
+def _build_locked(
+    config: BuildConfig, data: Path, paths: BuildPaths, progress: bool
+) -> tuple[BuildPlan, ReadStage]:
+    """The stages, with the lock held; environment failures become one-line BuildErrors."""
     space = _SpaceEstimate(config.chunk_frames)
     try:
         work = _check_existing(paths, config)
-        discovery = discover_clip_files(data)
-        files = discovery.files
-        if not files:
-            raise BuildError(f"no *.h5 files under {data}{_describe_ignored(discovery)}")
-        space.files = len(files)
-        with open_executor(
-            config.scheduler, config.workers, config.worker_timeout, config.connect_timeout
-        ) as executor:
+        discovery = _discover(data)
+        space.files = len(discovery.files)
+        with _open_executor(config) as executor:
             _prepare_build_dir(paths, config, work)  # only once the executor is up
             results = ClipCache(paths.clips)
-            entries, reused, read_fps = _read_stage(
-                data, files, results, executor, config, progress, space
-            )
-            usable = [entries[f] for f in files if entries[f].ok]
-            period_ns, usable, rate_problems = _check_frame_rates(usable, config)
-            read_problems = [entries[f].problem for f in files if not entries[f].ok]
-            problems = tuple(sorted(read_problems + rate_problems, key=lambda p: p.file))
-            if not usable:
-                raise BuildError(
-                    f"no usable clip file among the {len(files)} under {data}", problems
-                )
-            if config.strict and problems:
-                raise BuildError(
-                    f"--strict: {len(problems)} of {len(files)} files are unusable; nothing was "
-                    f"published (fix or remove them, then rerun with --resume)",
-                    problems,
-                )
-            summary = _write_store(
-                paths, config, data, discovery, usable, period_ns, problems, results, executor,
-                progress, space,
-            )  # fmt: skip
+            read = _read_stage(data, discovery.files, results, executor, config, progress, space)
+            plan = _plan(config, data, discovery, read.entries, config.strict)
+            space.planned_frames = plan.num_frames
+            _write_store(plan, paths, results, executor, progress)
         _publish(paths, config)
     except ClusterError as error:
         raise BuildError(f"{error}{_resume_hint(paths)}") from None
@@ -331,23 +333,48 @@ def build(config: BuildConfig, progress: bool = True) -> BuildSummary:
     except (OSError, RuntimeError) as error:
         full = disk_full_error(
             error, paths.build_dir, space.needed_bytes(paths.build_dir),
-            f"building {out}", _disk_full_advice(paths, config),
+            f"building {paths.out}", _disk_full_advice(paths, config),
         )  # fmt: skip
         if full is None:
             raise
         raise BuildError(str(full)) from error
-    finally:
-        lock.release()
-    return BuildSummary(
-        store=out,
-        files_found=len(files),
-        files_reused=reused,
-        problems=problems,
-        ignored=tuple(discovery.ignored),
-        other_files=discovery.other_files,
-        seconds=time.perf_counter() - started,
-        read_frames_per_s=read_fps,
-        **summary,
+    return plan, read
+
+
+def plan_build(config: BuildConfig, progress: bool = True) -> BuildPlan:
+    """Stages 1 and 2 only: every clip file is read (on the executor the build would use) and
+    the store planned; nothing is written (no lock, no build directory, no per-file results,
+    no store). `print(plan_build(config))` is `preprocess build --plan`."""
+    data = _data_dir(config)
+    discovery = _discover(data)
+    try:
+        with _open_executor(config) as executor:
+            space = _SpaceEstimate(config.chunk_frames)
+            read = _read_stage(data, discovery.files, None, executor, config, progress, space)
+    except ClusterError as error:
+        raise BuildError(str(error)) from None
+    except NotVisibleOnWorker as error:
+        raise BuildError(_not_visible_message(error, data, None)) from None
+    return _plan(config, data, discovery, read.entries, strict=False)
+
+
+def _data_dir(config: BuildConfig) -> Path:
+    data = Path(config.data).resolve()
+    if not data.is_dir():
+        raise BuildError(f"DATA must be a directory of clip files, found {data}")
+    return data
+
+
+def _discover(data: Path) -> Discovery:
+    discovery = discover_clip_files(data)
+    if not discovery.files:
+        raise BuildError(f"no *.h5 files under {data}{_describe_ignored(discovery)}")
+    return discovery
+
+
+def _open_executor(config: BuildConfig) -> AbstractContextManager[Executor]:
+    return open_executor(
+        config.scheduler, config.workers, config.worker_timeout, config.connect_timeout
     )
 
 
@@ -357,18 +384,18 @@ def _resume_hint(paths: BuildPaths) -> str:
     return ""
 
 
-def _not_visible_message(error: NotVisibleOnWorker, data: Path, paths: BuildPaths) -> str:
+def _not_visible_message(error: NotVisibleOnWorker, data: Path, paths: BuildPaths | None) -> str:
+    """`paths` None: a plan (nothing to resume)."""
+    again = "rerun with --resume" if paths is not None else "run it again"
     here = Path(error.path).exists()
     if not here:
-        return (
-            f"{error.path} disappeared during the build; rerun with --resume (the file list is "
-            f"taken again)"
-        )
-    shared_dir = "DATA" if Path(error.path).is_relative_to(data) else f"{paths.build_dir}"
+        return f"{error.path} disappeared during the build; {again} (the file list is taken again)"
+    on_data = paths is None or Path(error.path).is_relative_to(data)
+    shared_dir, where = ("DATA", data) if on_data else (f"{paths.build_dir}", paths.build_dir)
     return (
         f"a Dask worker cannot see a file this process can: {error}. Workers must see "
-        f"{shared_dir} at the same path ({data if shared_dir == 'DATA' else paths.build_dir}): "
-        f"mount it there on every worker host, then rerun with --resume"
+        f"{shared_dir} at the same path ({where}): mount it there on every worker host, then "
+        f"{again}"
     )
 
 
@@ -504,17 +531,28 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+@dataclass(frozen=True)
+class ReadStage:
+    """What stage 1 found: every file's entry (in the order of the files), how many were
+    reused from an interrupted build, and the read speed (frames/s; 0 when nothing was read)."""
+
+    entries: Mapping[str, CachedClip]
+    reused: int
+    frames_per_s: float
+
+
 def _read_stage(
     data: Path,
     files: list[str],
-    results: ClipCache,
+    results: ClipCache | None,
     executor: Executor,
     config: BuildConfig,
     progress: bool,
     space: _SpaceEstimate,
-) -> tuple[dict[str, CachedClip], int, float]:
-    """Stage 1: per-file results for every file (reused or read now), then their index."""
-    entries = results.load_entries(data, files)
+) -> ReadStage:
+    """Stage 1: per-file results for every file (reused or read now), then their index;
+    `results` None: read every file, persist nothing (a plan)."""
+    entries = results.load_entries(data, files) if results is not None else {}
     reused = len(entries)
     if reused:
         logger.info(
@@ -540,18 +578,23 @@ def _read_stage(
             bar.update(len(batch))
     read_fps = frames / max(time.perf_counter() - started, 1e-9) if todo else 0.0
     entries = {f: entries[f] for f in files}
-    if todo or not results.index_path.exists():
+    if results is not None and (todo or not results.index_path.exists()):
         results.save_index(entries)
-    return entries, reused, read_fps
+    return ReadStage(entries, reused, read_fps)
 
 
 def _read_files(
-    data: Path, files: list[str], results: ClipCache, executor: Executor, config: BuildConfig
+    data: Path,
+    files: list[str],
+    results: ClipCache | None,
+    executor: Executor,
+    config: BuildConfig,
 ) -> Iterator[list[CachedClip]]:
     """`read_and_persist` over `files` on the executor, a few files per task, as they finish."""
     per_task = executor.items_per_task(len(files))
     batches = [files[i : i + per_task] for i in range(0, len(files), per_task)]
-    tasks = ((data, batch, results.directory, config.rotation_atol) for batch in batches)
+    directory = results.directory if results is not None else None
+    tasks = ((data, batch, directory, config.rotation_atol) for batch in batches)
     return executor.map_unordered(read_and_persist, tasks, describe=_describe_read_task)
 
 
@@ -566,16 +609,27 @@ def _zstd_level(compression: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """Stage 2: what the store will hold, decided before any feature is computed."""
+class BuildPlan:
+    """Stage 2: what the store will hold and how it will be written, decided before any feature
+    is computed. `str(plan)` (or `preprocess build --plan`) shows it."""
 
+    config: BuildConfig = field(repr=False)
+    data: Path  # DATA, resolved
+    discovery: Discovery = field(repr=False)  # every file found under DATA, and the rest
+    clips: tuple[CachedClip, ...] = field(repr=False)  # the usable clips the store is made of
+    problems: tuple[Problem, ...] = field(repr=False)  # files not used, one each
+    discrepancies: tuple[Discrepancy, ...] = field(repr=False)  # notes on used files
     period_ns: float  # detected source frame period
     source_fps: float
     fps: float  # of the stored frames
-    sequences: list[SequencePlan]
+    sequences: tuple[SequencePlan, ...] = field(repr=False)
+    lengths: tuple[int, ...] = field(repr=False)  # stored frames per sequence (after resampling)
+    splits: Mapping[str, str] = field(repr=False)  # participant -> split
     stitch: StitchReport
-    splits: Mapping[str, str]  # participant -> split
-    lengths: list[int]  # stored frames per sequence (after resampling)
+
+    @property
+    def files_found(self) -> int:
+        return len(self.discovery.files)
 
     @property
     def starts(self) -> list[int]:
@@ -585,36 +639,177 @@ class _Plan:
     def num_frames(self) -> int:
         return int(sum(self.lengths))
 
+    @property
+    def num_chunks(self) -> int:
+        """Chunks of each frame array (features, timestamp_ns, contact)."""
+        return -(-self.num_frames // self.config.chunk_frames)
 
-def _plan(usable: list[CachedClip], period_ns: float, config: BuildConfig) -> _Plan:
-    clips = [ClipTimeline(e.file, e.sequence_name, e.participant, e.timestamp_ns) for e in usable]
+    @property
+    def estimated_bytes(self) -> int:
+        """Bytes of the frame arrays' chunk files: exact for raw chunks (each stored full-size,
+        with its checksum), an upper bound for zstd."""
+        chunk_bytes = self.config.chunk_frames * STORE_BYTES_PER_FRAME
+        checksums = len(shared.store.FRAME_ARRAYS) * shared.store.CHECKSUM_BYTES
+        return self.num_chunks * (chunk_bytes + checksums)
+
+    @property
+    def stats_windows(self) -> int:
+        """Canonical windows the normalisation statistics are taken over (train split)."""
+        W, S = self.config.window_frames, self.config.stride_frames
+        return sum(len(window_starts(r.length, W, S)) for r in self.records() if r.split == "train")
+
+    def records(self) -> list[shared.store.SequenceRecord]:
+        """The store's sequence table."""
+        return [
+            shared.store.SequenceRecord(
+                name=sequence.name,
+                participant=sequence.participant,
+                start=start,
+                length=length,
+                split=self.splits[sequence.participant],
+                source_files=sequence.source_files,
+            )
+            for sequence, start, length in zip(
+                self.sequences, self.starts, self.lengths, strict=True
+            )
+        ]
+
+    @property
+    def split_participants(self) -> dict[str, int]:
+        counts = dict.fromkeys(shared.store.SPLITS, 0)
+        for split in self.splits.values():
+            counts[split] += 1
+        return counts
+
+    @property
+    def split_frames(self) -> dict[str, int]:
+        frames = dict.fromkeys(shared.store.SPLITS, 0)
+        for record in self.records():
+            frames[record.split] += record.length
+        return frames
+
+    def describe(self) -> str:
+        """The plan as a user reads it: files, frames, splits, statistics windows, chunks, size,
+        executor, then one line per sequence."""
+        config, stitch, records = self.config, self.stitch, self.records()
+        sequences_of = {s: sum(1 for r in records if r.split == s) for s in shared.store.SPLITS}
+        splits = ", ".join(
+            f"{s} {self.split_participants[s]} participants / {sequences_of[s]} sequences / "
+            f"{self.split_frames[s]} frames"
+            for s in shared.store.SPLITS
+        )
+        bound = "at most " if config.compression != "none" else ""
+        lines = [
+            f"build plan for {config.out} from {self.data}",
+            (
+                f"files: {self.files_found} found, {len(self.clips)} used, {len(self.problems)} "
+                f"unusable, {len(self.discrepancies)} notes on used files, "
+                f"{len(self.discovery.ignored)} candidates not read"
+            ),
+            (
+                f"frames: {self.num_frames} ({self.num_frames / self.fps / 3600:.3f} h at "
+                f"{self.fps:g} fps, source {self.source_fps:g} fps) in {len(records)} sequences "
+                f"from {stitch.recordings} recordings ({stitch.gaps} gaps, {stitch.filled_frames} "
+                f"missing frames filled in {stitch.filled_holes} holes, {stitch.dropped_frames} "
+                f"overlapping frames dropped)"
+            ),
+            f"splits: {splits}",
+            (
+                f"statistics: {self.stats_windows} canonical windows of {config.window_frames} "
+                f"frames every {config.stride_frames} frames over the train split"
+            ),
+            (
+                f"chunks: {self.num_chunks} of {config.chunk_frames} frames per array "
+                f"({', '.join(shared.store.FRAME_ARRAYS)}), compression {config.compression}"
+            ),
+            (
+                f"size: {bound}{format_bytes(self.estimated_bytes)} ({bound}"
+                f"{self.estimated_bytes} bytes of chunk files)"
+            ),
+            f"executor: {describe_executor(config)}",
+            "sequences: start, frames, split, participant, name, clip files",
+        ]
+        lines += [
+            f"  {r.start:>10} {r.length:>8}  {r.split:<5}  {r.participant}  {r.name}  "
+            f"{len(r.source_files)}"
+            for r in records
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def _usable_clips(
+    entries: Mapping[str, CachedClip], data: Path, config: BuildConfig, strict: bool
+) -> tuple[list[CachedClip], float, tuple[Problem, ...]]:
+    """The clips the store is made of, the dataset's frame period and a problem for every file
+    not used; BuildError when no file is usable (or, `strict`, when any is not)."""
+    files = list(entries)
+    usable = [entries[f] for f in files if entries[f].ok]
+    period_ns, usable, rate_problems = _check_frame_rates(usable, config)
+    read_problems = [entries[f].problem for f in files if not entries[f].ok]
+    problems = tuple(sorted(read_problems + rate_problems, key=lambda p: p.file))
+    if not usable:
+        raise BuildError(f"no usable clip file among the {len(files)} under {data}", problems)
+    if strict and problems:
+        raise BuildError(
+            f"--strict: {len(problems)} of {len(files)} files are unusable; nothing was "
+            f"published (fix or remove them, then rerun with --resume)",
+            problems,
+        )
+    return usable, period_ns, problems
+
+
+def _plan(
+    config: BuildConfig,
+    data: Path,
+    discovery: Discovery,
+    entries: Mapping[str, CachedClip],
+    strict: bool,
+) -> BuildPlan:
+    """Stage 2 (see `_usable_clips` for `strict`)."""
+    usable, period_ns, problems = _usable_clips(entries, data, config, strict)
+    timelines = [
+        ClipTimeline(e.file, e.sequence_name, e.participant, e.timestamp_ns) for e in usable
+    ]
     # Integer-ns timestamps of a 30 fps clock give 30.0000003; the period itself is recorded too.
     source_fps = round(1e9 / period_ns, FPS_DECIMALS)
     sequences, stitch = plan_sequences(
-        clips, period_ns, config.stitch_tolerance, config.max_fill_frames
+        timelines, period_ns, config.stitch_tolerance, config.max_fill_frames
     )
     splits = assign_splits((p.participant for p in sequences), config.split, config.split_seed)
-    lengths = [len(stored_timestamps(p.timestamp_ns, config.fps)) for p in sequences]
-    fps = config.fps or source_fps
-    return _Plan(period_ns, source_fps, fps, sequences, stitch, splits, lengths)
+    lengths = tuple(len(stored_timestamps(p.timestamp_ns, config.fps)) for p in sequences)
+    plan = BuildPlan(
+        config, data, discovery, tuple(usable), problems,
+        _discrepancies(usable, stitch, period_ns, config), period_ns, source_fps,
+        config.fps or source_fps, tuple(sequences), lengths, splits, stitch,
+    )  # fmt: skip
+    logger.info(
+        "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
+        "%d overlapping frames dropped",
+        len(usable), len(plan.sequences), plan.num_frames, plan.fps, plan.source_fps,
+        plan.stitch.gaps, plan.stitch.dropped_frames,
+    )  # fmt: skip
+    return plan
 
 
 def _discrepancies(
-    usable: list[CachedClip], plan: _Plan, config: BuildConfig
+    usable: list[CachedClip], stitch: StitchReport, period_ns: float, config: BuildConfig
 ) -> tuple[Discrepancy, ...]:
     """What the used files declare or lack, by file: attribute disagreements (read_clip), holes
     inside clips (stitching) and, with --fps, clips resampled from another rate."""
     records = [d for e in usable for d in e.discrepancies]
-    records += hole_discrepancies(plan.stitch.holes)
+    records += hole_discrepancies(stitch.holes)
     for entry in usable if config.fps is not None else ():
-        own_ns = clip_period_ns(entry.timestamp_ns, plan.period_ns)
-        if is_other_rate(own_ns, plan.period_ns):
+        own_ns = clip_period_ns(entry.timestamp_ns, period_ns)
+        if is_other_rate(own_ns, period_ns):
             records.append(
                 Discrepancy(
                     entry.file,
                     "other_frame_rate",
                     f"{entry.file}: dataset 'timestamp_ns': the clip runs at {1e9 / own_ns:.4g} "
-                    f"fps, the other clips at {1e9 / plan.period_ns:.4g} fps; resampled to "
+                    f"fps, the other clips at {1e9 / period_ns:.4g} fps; resampled to "
                     f"--fps {config.fps:g}",
                     count=len(entry.timestamp_ns),
                 )
@@ -623,9 +818,10 @@ def _discrepancies(
 
 
 def _sequence_tasks(
-    plan: _Plan, results: ClipCache, config: BuildConfig, first: int
+    plan: BuildPlan, results: ClipCache, first: int
 ) -> Iterator[tuple[Path, tuple[Piece, ...], np.ndarray, StatsWindows | None]]:
     """Arguments of `compute_planned_sequence` per sequence, from sequence `first` on."""
+    config = plan.config
     windows = StatsWindows(config.window_frames, config.stride_frames)
     for sequence in plan.sequences[first:]:
         is_train = plan.splits[sequence.participant] == "train"
@@ -656,8 +852,9 @@ def _create_frame_arrays(
     }
 
 
-def _plan_digest(plan: _Plan, config: BuildConfig) -> str:
+def _plan_digest(plan: BuildPlan) -> str:
     """What the frame arrays and train moments depend on (see preprocess.progress)."""
+    config = plan.config
     settings = {
         "fps": config.fps,
         "chunk_frames": config.chunk_frames,
@@ -681,11 +878,11 @@ def _plan_digest(plan: _Plan, config: BuildConfig) -> str:
 
 
 def _open_staging(
-    paths: BuildPaths, plan: _Plan, config: BuildConfig, base_attrs: dict
+    paths: BuildPaths, plan: BuildPlan, base_attrs: dict
 ) -> tuple[zarr.Group, dict[str, zarr.Array], FrameProgress]:
     """The staging store and how far it is written: reopened where a previous run of the same
     plan left it, else created empty."""
-    digest = _plan_digest(plan, config)
+    digest = _plan_digest(plan)
     done = load_progress(paths.progress, digest) if paths.staging.exists() else None
     if done is not None:
         try:
@@ -706,21 +903,13 @@ def _open_staging(
             logger.warning("cannot continue the store in %s (%s)", paths.staging, error)
     root = zarr.open_group(paths.staging, mode="w", zarr_format=3)
     root.attrs.update(base_attrs)
-    arrays = _create_frame_arrays(root, plan.num_frames, config)
+    arrays = _create_frame_arrays(root, plan.num_frames, plan.config)
     done = FrameProgress.start(digest, FEATURE_DIM)
     save_progress(paths.progress, done)
     return root, arrays, done
 
 
-def _reread_missing(
-    plan: _Plan,
-    first: int,
-    entries: Mapping[str, CachedClip],
-    data: Path,
-    results: ClipCache,
-    executor: Executor,
-    config: BuildConfig,
-) -> None:
+def _reread_missing(plan: BuildPlan, first: int, results: ClipCache, executor: Executor) -> None:
     """Read again the files that sequences `first:` need and whose per-file results were
     deleted (a previous run wrote their frames, but the plan has changed since)."""
     needed = dict.fromkeys(p.file for s in plan.sequences[first:] for p in s.pieces)
@@ -728,7 +917,8 @@ def _reread_missing(
     if not missing:
         return
     logger.info("reading %d files again (their earlier results were already used)", len(missing))
-    for batch in _read_files(data, missing, results, executor, config):
+    entries = {e.file: e for e in plan.clips}
+    for batch in _read_files(plan.data, missing, results, executor, plan.config):
         for entry in batch:
             before = entries[entry.file]
             if not entry.ok or not np.array_equal(entry.timestamp_ns, before.timestamp_ns):
@@ -736,20 +926,19 @@ def _reread_missing(
 
 
 def _write_frames(
-    plan: _Plan,
+    plan: BuildPlan,
     frame_arrays: Mapping[str, zarr.Array],
     done: FrameProgress,
     paths: BuildPaths,
     results: ClipCache,
     executor: Executor,
-    config: BuildConfig,
     progress: bool,
 ) -> Moments:
     """Stage 3: features of every sequence from `done.next_sequence` on, written in order, whole
     chunks at a time; progress is recorded as chunks become durable and the per-file results
     of wholly written sequences are deleted. Returns the merged train moments."""
     writer = ChunkedRowWriter(frame_arrays, rows_written=done.rows_written)
-    C = config.chunk_frames
+    C = plan.config.chunk_frames
     starts = plan.starts
     array_dirs = [paths.staging / name for name in frame_arrays]
     ndims = [len(a.shape) for a in frame_arrays.values()]
@@ -779,7 +968,7 @@ def _write_frames(
     name_of = {s.pieces: s.name for s in plan.sequences}
     computed = executor.map_ordered(
         compute_planned_sequence,
-        _sequence_tasks(plan, results, config, first),
+        _sequence_tasks(plan, results, first),
         describe=lambda args: f"sequence {name_of[args[1]]}",
     )
     moments = done.moments
@@ -848,98 +1037,53 @@ def _write_stats(
 
 
 def _write_store(
-    paths: BuildPaths,
-    config: BuildConfig,
-    data: Path,
-    discovery: Discovery,
-    usable: list[CachedClip],
-    period_ns: float,
-    problems: tuple[Problem, ...],
-    results: ClipCache,
-    executor: Executor,
-    progress: bool,
-    space: _SpaceEstimate,
-) -> dict:
-    """Stages 2-4 up to a complete store in the staging directory; returns summary fields."""
-    plan = _plan(usable, period_ns, config)
-    space.planned_frames = plan.num_frames
-    discrepancies = _discrepancies(usable, plan, config)
-    logger.info(
-        "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
-        "%d overlapping frames dropped",
-        len(usable), len(plan.sequences), plan.num_frames, plan.fps, plan.source_fps,
-        plan.stitch.gaps, plan.stitch.dropped_frames,
-    )  # fmt: skip
+    plan: BuildPlan, paths: BuildPaths, results: ClipCache, executor: Executor, progress: bool
+) -> None:
+    """Stages 3-4: the store in the staging directory, complete (it is published by renaming)."""
     created = _created(paths)  # before any chunk: a crash from here on resumes with this time
     base_attrs = {
         **shared.store.FEATURE_SCHEMA.attrs(),
         shared.store.ATTR_LAYOUT: layout_description(),
-        shared.store.ATTR_BUILD_CONFIG: config.to_json(),
+        shared.store.ATTR_BUILD_CONFIG: plan.config.to_json(),
         ATTR_COMPLETE: False,
     }
-    root, frame_arrays, done = _open_staging(paths, plan, config, base_attrs)
-    entries = {e.file: e for e in usable}
-    _reread_missing(plan, done.next_sequence, entries, data, results, executor, config)
-    moments = _write_frames(plan, frame_arrays, done, paths, results, executor, config, progress)
-    mean, std = _write_stats(root, moments, config)
-    records = [
-        shared.store.SequenceRecord(
-            name=sequence.name,
-            participant=sequence.participant,
-            start=start,
-            length=length,
-            split=plan.splits[sequence.participant],
-            source_files=sequence.source_files,
-        )
-        for sequence, start, length in zip(plan.sequences, plan.starts, plan.lengths, strict=True)
-    ]
-    table = shared.store.table_to_json(records)
+    root, frame_arrays, done = _open_staging(paths, plan, base_attrs)
+    _reread_missing(plan, done.next_sequence, results, executor)
+    moments = _write_frames(plan, frame_arrays, done, paths, results, executor, progress)
+    mean, std = _write_stats(root, moments, plan.config)
+    table = shared.store.table_to_json(plan.records())
     write_table(root, table)
-    attrs = {
-        **base_attrs,
+    # Hash exactly what a reader will load.
+    attrs = json.loads(json.dumps({**base_attrs, **_described_attrs(plan, created)}))
+    attrs[shared.store.ATTR_FINGERPRINT] = shared.store.compute_fingerprint(
+        attrs, table, mean, std, root[shared.store.STATS_GROUP].attrs.asdict()
+    )
+    root.attrs.update(attrs)
+    mark_complete(root)  # last: the store is now usable
+
+
+def _described_attrs(plan: BuildPlan, created: str) -> dict:
+    """The root attributes that describe the frames and where they come from."""
+    config = plan.config
+    return {
         ATTR_FPS: plan.fps,
         shared.store.ATTR_SOURCE_FPS: plan.source_fps,
         **provenance_attrs(created),
         shared.store.ATTR_SOURCE: {
-            "root": str(data),
-            "file_count": len(discovery.files),
-            "files_used": len(usable),
-            "ignored": [i.to_json() for i in discovery.ignored],
-            "other_files": discovery.other_files,
+            "root": str(plan.data),
+            "file_count": plan.files_found,
+            "files_used": len(plan.clips),
+            "ignored": [i.to_json() for i in plan.discovery.ignored],
+            "other_files": plan.discovery.other_files,
         },
-        shared.store.ATTR_PROBLEMS: [p.to_json() for p in problems],
-        shared.store.ATTR_DISCREPANCIES: [d.to_json() for d in discrepancies],
+        shared.store.ATTR_PROBLEMS: [p.to_json() for p in plan.problems],
+        shared.store.ATTR_DISCREPANCIES: [d.to_json() for d in plan.discrepancies],
         shared.store.ATTR_STITCHING: {
             **plan.stitch.to_json(),
             "frame_period_ns": plan.period_ns,
             "tolerance_periods": config.stitch_tolerance,
             "max_fill_frames": config.max_fill_frames,
         },
-    }
-    attrs = json.loads(json.dumps(attrs))  # hash exactly what a reader will load
-    stats_attrs = root[shared.store.STATS_GROUP].attrs.asdict()
-    attrs[shared.store.ATTR_FINGERPRINT] = shared.store.compute_fingerprint(
-        attrs, table, mean, std, stats_attrs
-    )
-    root.attrs.update(attrs)
-    mark_complete(root)  # last: the store is now usable
-
-    split_participants = dict.fromkeys(shared.store.SPLITS, 0)
-    for split in plan.splits.values():
-        split_participants[split] += 1
-    split_frames = dict.fromkeys(shared.store.SPLITS, 0)
-    for record in records:
-        split_frames[record.split] += record.length
-    return {
-        "files_used": len(usable),
-        "discrepancies": discrepancies,
-        "sequences": len(records),
-        "frames": plan.num_frames,
-        "fps": plan.fps,
-        "source_fps": plan.source_fps,
-        "stitch": plan.stitch,
-        "split_participants": split_participants,
-        "split_frames": split_frames,
     }
 
 

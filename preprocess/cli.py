@@ -16,6 +16,7 @@ from preprocess.build import (
     BuildSummary,
     build,
     describe_executor,
+    plan_build,
 )
 from preprocess.info import format_info, store_info
 from preprocess.read_clip import Discrepancy, Problem
@@ -185,13 +186,25 @@ _BUILD_FLAGS = {"rotation_atol": "--rotation-tolerance"}
 @config_file_option
 @dataclass_options(BuildConfig, flags=_BUILD_FLAGS, types={"split": Fractions()})
 @click.option(
+    "--plan",
+    "plan_only",
+    is_flag=True,
+    help="Print the build plan (sequences, frames, splits, statistics windows, chunks, size, "
+    "executor) and exit; reads every clip file but writes nothing.",
+)
+@click.option(
     "--progress/--no-progress",
     default=True,
     show_default=True,
     help="Show progress bars on stderr.",
 )
 def build_command(
-    data: Path, out: str | Path, config_file: Path | None, progress: bool, **options: object
+    data: Path,
+    out: str | Path,
+    config_file: Path | None,
+    plan_only: bool,
+    progress: bool,
+    **options: object,
 ) -> None:
     """Build the feature store --out from the clip files (*.h5, searched recursively) in DATA.
 
@@ -221,8 +234,13 @@ def build_command(
         config = BuildConfig(data=data, out=out, **values)
     except ValueError as error:
         raise config_error(error, BuildConfig, _BUILD_FLAGS) from None
-    click.echo(f"building {config.out} from {config.data} ({describe_executor(config)})", err=True)
     try:
+        if plan_only:
+            click.echo(plan_build(config, progress=progress))
+            return
+        click.echo(
+            f"building {config.out} from {config.data} ({describe_executor(config)})", err=True
+        )
         summary = build(config, progress=progress)
     except BuildError as error:
         _echo_problems(error.problems)

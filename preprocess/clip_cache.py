@@ -295,9 +295,13 @@ class ClipCache:
 
 
 def read_and_persist(
-    root: Path, files: list[str], results_dir: Path, rotation_atol: float = DEFAULT_ROTATION_ATOL
+    root: Path,
+    files: list[str],
+    results_dir: Path | None,
+    rotation_atol: float = DEFAULT_ROTATION_ATOL,
 ) -> list[CachedClip]:
-    """Stage-1 task: read clips, persist each result, return only the small entries.
+    """Stage-1 task: read clips, persist each result (unless `results_dir` is None: a plan),
+    return only the small entries.
 
     Runs on the workers, so the motion arrays go to disk there and never through the
     scheduler (with `--scheduler ADDRESS`, the build directory must be on a file system the
@@ -305,14 +309,15 @@ def read_and_persist(
     process cannot see raises `NotVisibleOnWorker` (an environment error that stops the
     build) instead of becoming a per-file problem.
     """
-    results = ClipCache(results_dir)
-    if not results.directory.is_dir():
+    results = ClipCache(results_dir) if results_dir is not None else None
+    if results is not None and not results.directory.is_dir():
         raise NotVisibleOnWorker(str(results.directory), socket.gethostname())
     entries = []
     for file in files:
         if not os.path.lexists(Path(root) / file):
             raise NotVisibleOnWorker(str(Path(root) / file), socket.gethostname())
         result = read_clip(root, file, rotation_atol)
-        results.save(result)
+        if results is not None:
+            results.save(result)
         entries.append(entry_of(result))
     return entries

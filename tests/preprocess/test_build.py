@@ -24,6 +24,7 @@ from store_testing import (
 import shared.store
 import shared.zarr_output
 from preprocess import nymeria_format
+from preprocess.build import BuildConfig, plan_build
 from preprocess.cli import main
 from shared.features import canonicalize
 from shared.layout import FEATURE_DIM, HP, HP_DOT, layout_description
@@ -222,6 +223,59 @@ def test_existing_store_is_replaced_only_with_overwrite(synthetic_dataset: Path,
     store = open_store(out)
     assert store.chunk_frames == 1000 and store.attrs[shared.zarr_output.ATTR_CREATED] >= before
     assert not list(tmp_path.glob("store.zarr.*"))  # no lock, build dir or replaced copy left
+
+
+def test_plan_prints_what_the_build_writes_and_writes_nothing(
+    synthetic_dataset: Path, tmp_path: Path
+):
+    out = tmp_path / "store.zarr"
+    planned = cli_build(synthetic_dataset, out, "--plan", "--chunk-frames", "500")
+    assert planned.exit_code == 0, planned.output
+    assert list(tmp_path.iterdir()) == []  # no store, no STORE.build/, no lock
+
+    synchronous_build(synthetic_dataset, out, chunk_frames=500)
+    store, printed = open_store(out), planned.output
+    lines = printed.splitlines()
+    assert lines[0] == f"build plan for {out} from {synthetic_dataset.resolve()}"
+    assert "files: 18 found, 18 used, 0 unusable" in lines[1]
+    assert f"frames: {store.num_frames} (" in lines[2]
+    assert f"in {len(store.sequences)} sequences from 6 recordings" in lines[2]
+    for split in shared.store.SPLITS:
+        records = store.split(split)
+        participants = len({r.participant for r in records})
+        frames = sum(r.length for r in records)
+        assert (
+            f"{split} {participants} participants / {len(records)} sequences / {frames} frames"
+            in lines[3]
+        )
+    assert store.stats.count % WINDOW == 0  # every train sequence is longer than a window
+    assert lines[4] == (
+        f"statistics: {store.stats.count // WINDOW} canonical windows of {WINDOW} frames every "
+        f"{STRIDE} frames over the train split"
+    )
+    chunks = -(-store.num_frames // 500)
+    assert lines[5] == (
+        f"chunks: {chunks} of 500 frames per array (features, timestamp_ns, contact), "
+        f"compression none"
+    )
+    chunk_bytes = sum(
+        f.stat().st_size
+        for name in shared.store.FRAME_ARRAYS
+        for f in (out / name / "c").rglob("*")
+        if f.is_file()
+    )
+    assert lines[6].endswith(f"({chunk_bytes} bytes of chunk files)")
+    assert lines[7] == "executor: synchronous (plain loop)"
+    assert lines[9:] == [
+        f"  {r.start:>10} {r.length:>8}  {r.split:<5}  {r.participant}  {r.name}  "
+        f"{len(r.source_files)}"
+        for r in store.sequences
+    ]
+
+    # The same value from Python.
+    config = BuildConfig(synthetic_dataset, out, scheduler="synchronous", chunk_frames=500)
+    plan = plan_build(config, progress=False)
+    assert str(plan) == printed.rstrip("\n") and plan.records() == list(store.sequences)
 
 
 def test_refuses_to_replace_something_that_is_not_a_store(synthetic_dataset: Path, tmp_path: Path):
