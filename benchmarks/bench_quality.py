@@ -233,7 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, help="keep stores and runs here [temp dir]")
     parser.add_argument("--json", type=Path, help="also write every metric and curve here")
     parser.add_argument("--curves", type=Path, default=Path("docs/quality_curves.png"))
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: print the table and curves of rows already run in --workdir "
+        "(each row leaves WORKDIR/ROW.json), e.g. rows run on other machines or interrupted",
+    )
     args = parser.parse_args(argv)
+    if args.collect and args.workdir is None:
+        parser.error("--collect reads the rows' results from --workdir: give it")
     unknown = set(args.rows.split(",")) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
@@ -250,7 +258,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} threads",
               flush=True)  # fmt: skip
         keys = args.rows.split(",")
-        if args.parallel > 1 and len(keys) > 1:
+        if args.collect:
+            results = {
+                k: json.loads((workdir / f"{k}.json").read_text())["results"][k] for k in keys
+            }
+        elif args.parallel > 1 and len(keys) > 1:
             results = run_rows_in_processes(keys, workdir, args)
         else:
             results = {}
