@@ -401,47 +401,78 @@ def _contact_points_m(R_world: np.ndarray, pos_m: np.ndarray, bone_scale: float)
     return np.stack(points, axis=1)
 
 
+_ROLL, _PITCH, _YAW = 0, 1, 2  # columns of the joint angles (roll_x, pitch_y, yaw_z)
+_SIDES = (("Right", 0.0), ("Left", 0.5))  # leg and arm sides with their gait phase shift
+
+
+@dataclass(frozen=True)
+class _Gait:
+    """Where the body goes and how its legs cycle, per frame."""
+
+    heading_rad: np.ndarray  # (N,) yaw of the body in the world
+    path_xy_m: np.ndarray  # (N, 2) the body's place on the ground
+    u_right: np.ndarray  # (N,) gait phase of the right leg in [0, 1), 0 = heel strike
+    stride_m: np.ndarray  # (N,) stride length
+
+    @property
+    def cos_right(self) -> np.ndarray:
+        """+1 when the right foot is furthest forward."""
+        return np.cos(2 * np.pi * self.u_right)
+
+
 def animate(
     plan: ActivityPlan, participant: ParticipantSpec, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """Poses for every frame of `plan`, as full-recording arrays under the HDF5 key names."""
-    N, fps = plan.num_frames, plan.fps
-    scale = participant.bone_scale
-    J = JOINT_INDEX
+    gait = _gait(plan, participant, rng)
+    angles = np.zeros((plan.num_frames, NUM_JOINTS, 3))  # of R_parent_segment, see _ROLL
+    _set_pelvis_angles(angles, plan, gait)
+    thigh_pitch_body = _set_limb_angles(angles, plan, gait, participant.bone_scale)
+    _set_spine_and_head_angles(angles, plan, gait, rng)
+    R_body_segment, pos_body_m, contact_body_m = _body_pose(
+        angles, thigh_pitch_body, plan, participant.bone_scale
+    )
+    return _world_arrays(R_body_segment, pos_body_m, contact_body_m, gait, plan.fps, rng)
 
+
+def _gait(plan: ActivityPlan, participant: ParticipantSpec, rng: np.random.Generator) -> _Gait:
+    N, fps = plan.num_frames, plan.fps
     # Path of the body on the ground.
     speed_mps = participant.walk_speed_mps * plan.walk_weight
     heading_rad = rng.uniform(-np.pi, np.pi) + np.cumsum(plan.yaw_rate_rad_s) / fps
     step_m = speed_mps[:, None] * np.stack([np.cos(heading_rad), np.sin(heading_rad)], -1) / fps
     path_xy_m = rng.uniform(-2.0, 2.0, 2) + np.cumsum(step_m, axis=0) - step_m[0]
-
-    # Gait: stride length scales with speed at a fixed cadence, so legs stop when the body does.
-    stride_hz = participant.walk_speed_mps / (_STRIDE_LENGTH_M * scale)
+    # Stride length scales with speed at a fixed cadence, so legs stop when the body does.
+    stride_hz = participant.walk_speed_mps / (_STRIDE_LENGTH_M * participant.bone_scale)
     u_right = (rng.uniform() + np.arange(N) * stride_hz / fps) % 1.0
-    stride_m = speed_mps / stride_hz
+    return _Gait(heading_rad, path_xy_m, u_right, speed_mps / stride_hz)
+
+
+def _set_pelvis_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> None:
     walk, sit, bend = plan.walk_weight, plan.sit_weight, plan.bend_weight
     sit_transition = 4.0 * sit * (1.0 - sit)  # 1 halfway through sitting down / standing up
+    pelvis = angles[:, JOINT_INDEX["Pelvis"]]
+    pelvis[:, _PITCH] = 0.05 * walk - 0.1 * sit + 0.5 * sit_transition + 0.75 * bend
+    pelvis[:, _YAW] = 0.08 * walk * gait.cos_right
+    pelvis[:, _ROLL] = 0.03 * walk * np.sin(2 * np.pi * gait.u_right)
 
-    angles = np.zeros((N, NUM_JOINTS, 3))  # (roll_x, pitch_y, yaw_z) of R_parent_segment
-    ROLL, PITCH, YAW = 0, 1, 2
-    cos_right = np.cos(2 * np.pi * u_right)  # +1 when the right foot is furthest forward
 
-    pelvis_pitch = 0.05 * walk - 0.1 * sit + 0.5 * sit_transition + 0.75 * bend
-    pelvis_yaw = 0.08 * walk * cos_right
-    angles[:, J["Pelvis"], PITCH] = pelvis_pitch
-    angles[:, J["Pelvis"], YAW] = pelvis_yaw
-    angles[:, J["Pelvis"], ROLL] = 0.03 * walk * np.sin(2 * np.pi * u_right)
-
-    # Legs: foot targets along the gait cycle; the pelvis as high as the stiffer leg allows
-    # (giving the vertical bob); IK for hip and knee; then sitting and bending on top.
+def _set_limb_angles(
+    angles: np.ndarray, plan: ActivityPlan, gait: _Gait, scale: float
+) -> dict[str, np.ndarray]:
+    """Legs: foot targets along the gait cycle; the pelvis as high as the stiffer leg allows
+    (giving the vertical bob); IK for hip and knee; then sitting and bending on top. Arms swing
+    against the same-side leg. Returns each thigh's pitch in the body frame (the thighs are
+    set there, not relative to the pelvis)."""
+    J = JOINT_INDEX
+    walk, sit, bend = plan.walk_weight, plan.sit_weight, plan.bend_weight
     offsets_m = _rest_offsets_m(scale)
     thigh_m, shank_m = _THIGH_M * scale, _SHANK_M * scale
     R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
-    sides = (("Right", 0.0), ("Left", 0.5))
     targets, root_height_limits_m = {}, []
-    for side, phase_shift in sides:
-        u_side = (u_right + phase_shift) % 1.0
-        forward_m, ankle_height_m, foot_pitch = _foot_targets(u_side, stride_m, walk, scale)
+    for side, phase_shift in _SIDES:
+        u_side = (gait.u_right + phase_shift) % 1.0
+        forward_m, ankle_height_m, foot_pitch = _foot_targets(u_side, gait.stride_m, walk, scale)
         hip_body_m = R_body_pelvis @ offsets_m[J[f"{side}UpperLeg"]]  # root at the origin
         forward_of_hip_m = forward_m - hip_body_m[:, 0]  # the foot ignores the pelvis' sway
         vertical_reach_m = np.sqrt(
@@ -452,7 +483,7 @@ def animate(
     root_height_m = np.minimum(*root_height_limits_m)
 
     thigh_pitch_body = {}
-    for side, _ in sides:
+    for side, _ in _SIDES:
         u_side, forward_of_hip_m, ankle_height_m, foot_pitch, hip_height_m = targets[side]
         thigh_forward, knee_flex = _two_link_ik(
             forward_of_hip_m, root_height_m + hip_height_m - ankle_height_m, thigh_m, shank_m
@@ -460,53 +491,83 @@ def animate(
         # Sagittal pitches of thigh, shank and foot in the body frame; joints take differences.
         thigh_pitch_body[side] = -thigh_forward - 1.5 * sit - 0.5 * bend
         knee_flex = knee_flex + 1.5 * sit + 0.9 * bend
-        angles[:, J[f"{side}LowerLeg"], PITCH] = knee_flex
-        angles[:, J[f"{side}Foot"], PITCH] = foot_pitch - (thigh_pitch_body[side] + knee_flex)
-        angles[:, J[f"{side}Toe"], PITCH] = -np.maximum(foot_pitch, 0.0)  # toes flat on heel rise
+        angles[:, J[f"{side}LowerLeg"], _PITCH] = knee_flex
+        angles[:, J[f"{side}Foot"], _PITCH] = foot_pitch - (thigh_pitch_body[side] + knee_flex)
+        angles[:, J[f"{side}Toe"], _PITCH] = -np.maximum(foot_pitch, 0.0)  # toes flat on heel rise
 
         # Arms swing against the same-side leg; rest on the thighs when seated; reach when bent.
         outward = -1.0 if side == "Right" else 1.0
         arm_forward = -np.cos(2 * np.pi * u_side)
-        angles[:, J[f"{side}UpperArm"], PITCH] = -0.35 * walk * arm_forward - 0.5 * sit - 1.4 * bend
-        angles[:, J[f"{side}UpperArm"], ROLL] = outward * 0.1
-        angles[:, J[f"{side}ForeArm"], PITCH] = (
+        upper_arm = angles[:, J[f"{side}UpperArm"]]
+        upper_arm[:, _PITCH] = -0.35 * walk * arm_forward - 0.5 * sit - 1.4 * bend
+        upper_arm[:, _ROLL] = outward * 0.1
+        angles[:, J[f"{side}ForeArm"], _PITCH] = (
             -0.3 - 0.25 * walk * np.clip(arm_forward, 0, None) - 0.9 * sit - 0.2 * bend
         )
+    return thigh_pitch_body
 
-    thorax_counter_yaw = -0.06 * walk * cos_right
+
+def _set_spine_and_head_angles(
+    angles: np.ndarray, plan: ActivityPlan, gait: _Gait, rng: np.random.Generator
+) -> None:
+    """The spine leans with walking and bending and counters the pelvis' gait yaw; the head
+    looks around, the neck also cancelling the thorax's gait oscillation to steady the head."""
+    J, N, fps = JOINT_INDEX, plan.num_frames, plan.fps
+    walk, bend = plan.walk_weight, plan.bend_weight
+    thorax_counter_yaw = -0.06 * walk * gait.cos_right
     for segment in ("L5", "L3", "T12", "T8"):
-        angles[:, J[segment], PITCH] = 0.02 * walk + 0.17 * bend
+        angles[:, J[segment], _PITCH] = 0.02 * walk + 0.17 * bend
     for segment in ("T12", "T8"):
-        angles[:, J[segment], YAW] = thorax_counter_yaw
+        angles[:, J[segment], _YAW] = thorax_counter_yaw
 
-    # Look around; the neck also cancels the thorax's gait oscillation to steady the head.
     look_yaw = 0.9 * _smooth_noise(rng, N, fps, max_hz=0.35)
     look_pitch = 0.1 + 0.3 * _smooth_noise(rng, N, fps, max_hz=0.3) - 0.4 * bend
-    thorax_yaw = pelvis_yaw + 2 * thorax_counter_yaw
-    angles[:, J["Neck"], YAW] = 0.4 * look_yaw - thorax_yaw
-    angles[:, J["Head"], YAW] = 0.6 * look_yaw
-    angles[:, J["Neck"], PITCH] = 0.4 * look_pitch
-    angles[:, J["Head"], PITCH] = 0.6 * look_pitch
+    thorax_yaw = angles[:, J["Pelvis"], _YAW] + 2 * thorax_counter_yaw
+    angles[:, J["Neck"], _YAW] = 0.4 * look_yaw - thorax_yaw
+    angles[:, J["Head"], _YAW] = 0.6 * look_yaw
+    angles[:, J["Neck"], _PITCH] = 0.4 * look_pitch
+    angles[:, J["Head"], _PITCH] = 0.6 * look_pitch
 
+
+def _body_pose(
+    angles: np.ndarray, thigh_pitch_body: dict[str, np.ndarray], plan: ActivityPlan, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint angles -> (R_body_segment (N, 23, 3, 3), segment origins (N, 23, 3), contact
+    points (N, 4, 3)) in the body frame: the lowest foot point on the ground, and the feet kept
+    in place while sitting or bending."""
+    J = JOINT_INDEX
     R_parent_segment = _euler_to_matrix(angles)
-    for side, _ in sides:
+    R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
+    for side, _ in _SIDES:
         # Thighs are set in the body frame, undoing the pelvis' own rotation.
         R_body_thigh = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), thigh_pitch_body[side])
         R_parent_segment[:, J[f"{side}UpperLeg"]] = R_body_pelvis.swapaxes(-1, -2) @ R_body_thigh
-    R_body_segment, pos_body_m = forward_kinematics(R_parent_segment, offsets_m)
+    R_body_segment, pos_body_m = forward_kinematics(R_parent_segment, _rest_offsets_m(scale))
 
-    # Ground the lowest foot point; keep the feet in place while sitting or bending.
     contact_body_m = _contact_points_m(R_body_segment, pos_body_m, scale)
     ankle_mid_xy_m = 0.5 * (pos_body_m[:, J["RightFoot"], :2] + pos_body_m[:, J["LeftFoot"], :2])
-    root_body_m = np.zeros((N, 3))
-    root_body_m[:, :2] = -ankle_mid_xy_m * np.clip(sit + bend, 0.0, 1.0)[:, None]
+    root_body_m = np.zeros((plan.num_frames, 3))
+    feet_kept = np.clip(plan.sit_weight + plan.bend_weight, 0.0, 1.0)
+    root_body_m[:, :2] = -ankle_mid_xy_m * feet_kept[:, None]
     root_body_m[:, 2] = -contact_body_m[..., 2].min(axis=1)
     pos_body_m += root_body_m[:, None]
     contact_body_m += root_body_m[:, None]
+    return R_body_segment, pos_body_m, contact_body_m
 
-    # Body frame -> world: rotate by the heading, move along the path.
-    R_world_body = yaw_matrix(heading_rad, UP_AXIS)  # (N, 3, 3)
-    offset_world_m = np.concatenate([path_xy_m, np.zeros((N, 1))], axis=1)
+
+def _world_arrays(
+    R_body_segment: np.ndarray,
+    pos_body_m: np.ndarray,
+    contact_body_m: np.ndarray,
+    gait: _Gait,
+    fps: float,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Body frame -> world (rotate by the heading, move along the path), the head pose, foot
+    contacts and timestamps: the arrays of a recording under the HDF5 key names."""
+    J, N = JOINT_INDEX, len(gait.heading_rad)
+    R_world_body = yaw_matrix(gait.heading_rad, UP_AXIS)  # (N, 3, 3)
+    offset_world_m = np.concatenate([gait.path_xy_m, np.zeros((N, 1))], axis=1)
     R_world_segment = R_world_body[:, None] @ R_body_segment
     pos_world_m = np.einsum("nab,njb->nja", R_world_body, pos_body_m) + offset_world_m[:, None]
     contact_world_m = np.einsum("nab,njb->nja", R_world_body, contact_body_m)
