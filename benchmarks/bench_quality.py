@@ -15,6 +15,7 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
   world, blend 1   + world terms, head integrated from hp_dot/hr_dot (canonical start)
   world, blend .95 + world terms, complementary filter of both (the default)
   world x0.3, x0.1 the default with the world terms' weights scaled down
+  world + head     the default plus the head-frame joint position term (weight 1)
 
 The budget is fixed in steps, not seconds, so a contended machine changes the wall time
 but not the numbers; wall and CPU time per row are printed. Jitter and foot skating are
@@ -63,6 +64,10 @@ ROWS = {
     "world_w03": Row(
         "causal, world loss x0.3, blend 0.95",
         {"loss": "world", "world_position_weight": 0.3, "world_velocity_weight": 3.0},
+    ),
+    "world_head": Row(
+        "causal, world loss + head-frame term, blend 0.95",
+        {"loss": "world", "head_frame_weight": 1.0},
     ),
     "world_w01": Row(
         "causal, world loss x0.1, blend 0.95",

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.config import TrainConfig
-from train.loss import TOTAL, WORLD_POSITION, WORLD_VELOCITY, vae_loss, world_loss
+from train.loss import (
+    HEAD_FRAME_POSITION,
+    TOTAL,
+    WORLD_POSITION,
+    WORLD_VELOCITY,
+    vae_loss,
+    world_loss,
+)
 from train.model import MotionVAE, MotionVAEConfig
 
 
@@ -116,6 +123,7 @@ def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, loss: str) -> torch.Ten
         terms = world_loss(out["recon"], x, mask, train.head_blend)
         total = total + train.world_position_weight * terms[WORLD_POSITION]
         total = total + train.world_velocity_weight * terms[WORLD_VELOCITY]
+        total = total + train.head_frame_weight * terms[HEAD_FRAME_POSITION]
     return total
 
 

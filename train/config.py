@@ -60,6 +60,9 @@ class TrainConfig:
     """'world' loss: weight of the mean world joint + head position error (metres)."""
     world_velocity_weight: float = 10.0
     """'world' loss: weight of the mean world joint + head velocity error (metres/frame)."""
+    head_frame_weight: float = 0.0
+    """'world' loss: weight of the mean error of the joints in the head frame (metres); keeps the
+    head's orientation right, which the world terms alone trade against the joints."""
     head_blend: float = 0.95
     """'world' loss: weight of the integrated head deltas (hp_dot, hr_dot) against the absolute
     head pose (hp, hr) when decoding the head trajectory; 0 absolute, 1 pure integration
@@ -74,6 +77,7 @@ class TrainConfig:
             "num_workers",
             "world_position_weight",
             "world_velocity_weight",
+            "head_frame_weight",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")

@@ -27,6 +27,7 @@ from train.inference import (
     warn_if_other_store,
 )
 from train.loss import (
+    HEAD_FRAME_POSITION,
     KL,
     WORLD_POSITION,
     WORLD_VELOCITY,
@@ -74,6 +75,7 @@ TABLE_ROWS: dict[str, str] = {
     KL: "KL per latent dim (nats)",
     WORLD_POSITION: "world loss: joint + head position (m)",
     WORLD_VELOCITY: "world loss: joint + head velocity (m/frame)",
+    HEAD_FRAME_POSITION: "world loss: joint position in the head frame (m)",
     "mpjpe_head_mm": "MPJPE, head frame (mm)",
     "mpjpe_world_mm": "MPJPE, world via predicted head pose (mm)",
     "pa_mpjpe_mm": "PA-MPJPE, per-frame similarity (mm)",

@@ -40,7 +40,7 @@ from train.data import (
 )
 from train.evaluate import evaluate_batch
 from train.inference import config_from_checkpoint, resolve_device
-from train.loss import KL, RECON, TOTAL, WORLD_POSITION, WORLD_VELOCITY, total_of, training_loss
+from train.loss import KL, RECON, TOTAL, WORLD_TERMS, total_of, training_loss
 from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, pool
 from train.model import MotionVAE
 
@@ -169,7 +169,7 @@ def validate(
         batches.append(evaluate_batch(model, prep, normalizer, config, speed_m_per_frame)[0])
     model.train(was_training)
     pooled = pool(batches)
-    logged = VAL_ERRORS + (RECON_LOSS, KL, WORLD_POSITION, WORLD_VELOCITY)
+    logged = VAL_ERRORS + (RECON_LOSS, KL, *WORLD_TERMS)
     means = {k: float(v.mean()) for k, v in pooled.items() if k in logged or k.startswith("mse/")}
     means[RECON] = means.pop(RECON_LOSS)
     means[TOTAL] = total_of(means, config)

@@ -4,10 +4,14 @@
     seed:   total = recon + lambda_kl * kl,
             recon = mean over the groups of shared.layout.LOSS_GROUPS
     world:  total = seed total + w_pos * world/position_m + w_vel * world/velocity_m_per_frame
+                                + w_head * head_frame/position_m
 
 The world terms measure what a reconstruction looks like in the world: the decoded canonical
 window is turned into world joints and head position (`shared.features.decoded_to_world`,
-the decoding evaluation and export use) and compared in metres with the true window.
+the decoding evaluation and export use) and compared in metres with the true window. They do
+not see the head's orientation on its own: a wrong head rotation with joints rotated to match
+is the same world pose. The head-frame term (joints relative to the head, in metres, what
+head-frame MPJPE measures) pins that down.
 
 Masks are (B, T) bool, True for a real frame. Padded frames are dropped with
 `torch.where` before any arithmetic, so whatever they hold (even inf or nan) changes
@@ -19,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from shared.features import decoded_to_world
-from shared.layout import FEATURE_DIM, LOSS_GROUPS
+from shared.layout import FEATURE_DIM, JP, LOSS_GROUPS
 from train.config import RunConfig
 from train.data import Normalizer, PreparedBatch
 from train.model import FRAMES_PER_LATENT
@@ -29,6 +33,8 @@ RECON = "recon"
 KL = "kl"
 WORLD_POSITION = "world/position_m"
 WORLD_VELOCITY = "world/velocity_m_per_frame"
+HEAD_FRAME_POSITION = "head_frame/position_m"
+WORLD_TERMS = (WORLD_POSITION, WORLD_VELOCITY, HEAD_FRAME_POSITION)  # per-frame means, metres
 
 
 def mse_key(group: str) -> str:
@@ -117,7 +123,8 @@ def world_points_m(features: torch.Tensor, head_blend: float) -> torch.Tensor:
 def world_loss(
     recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, head_blend: float
 ) -> dict[str, torch.Tensor]:
-    """Mean position and velocity error (metres, metres/frame) of world joints and head.
+    """Mean position and velocity error (metres, metres/frame) of world joints and head, and
+    mean position error of the joints in the head frame (metres).
 
     recon, target: (B, T, 294) canonical features in physical units (denormalised); mask:
     (B, T) bool. The target is decoded exactly (`features_to_world`), the reconstruction
@@ -133,7 +140,11 @@ def world_loss(
     velocity_err = (torch.diff(pred_m, dim=1) - torch.diff(true_m, dim=1)).norm(dim=-1)
     step_valid = (mask[:, 1:] & mask[:, :-1])[:, :, None]
     points = pred_m.shape[2]
+    B, T, _ = recon.shape
+    head_frame_err = (recon[..., JP] - target[..., JP].float()).reshape(B, T, -1, 3).norm(dim=-1)
     return {
+        HEAD_FRAME_POSITION: torch.where(valid, head_frame_err, 0.0).sum()
+        / (mask.sum().clamp_min(1) * head_frame_err.shape[2]),
         WORLD_POSITION: torch.where(valid, position_err, 0.0).sum()
         / (mask.sum().clamp_min(1) * points),
         WORLD_VELOCITY: torch.where(step_valid, velocity_err, 0.0).sum()
@@ -162,4 +173,5 @@ def total_of(terms: dict[str, torch.Tensor | float], config: RunConfig):
     if config.train.loss == "world":
         total = total + config.train.world_position_weight * terms[WORLD_POSITION]
         total = total + config.train.world_velocity_weight * terms[WORLD_VELOCITY]
+        total = total + config.train.head_frame_weight * terms[HEAD_FRAME_POSITION]
     return total

@@ -27,7 +27,7 @@ from shared.features import (
 from shared.layout import HP, HR, JP
 from shared.rotations import geodesic_angle, horizontal_basis, rot6d_to_matrix
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
-from train.loss import KL, RECON, WORLD_POSITION, WORLD_VELOCITY
+from train.loss import KL, RECON, WORLD_TERMS
 
 MM_PER_M = 1000.0
 DEG_PER_RAD = 180.0 / math.pi
@@ -282,7 +282,7 @@ def loss_sums(
     }
     sums[RECON_LOSS] = MaskedSum(terms[RECON].detach().cpu().double() * frames, frames)
     sums[KL] = MaskedSum(terms[KL].detach().cpu().double() * latents, latents)
-    for key in (WORLD_POSITION, WORLD_VELOCITY):
+    for key in WORLD_TERMS:
         if key in terms:  # weighted by frames: a close enough pooling of a per-frame mean
             sums[key] = MaskedSum(terms[key].detach().cpu().double() * frames, frames)
     return sums
