@@ -163,19 +163,38 @@ def test_rejects_mismatched_shapes(change: str, message: str) -> None:
         vae_loss(recon, target, mean, logvar, mask)
 
 
-def _canonical_windows(B: int = 3, T: int = 32, seed: int = 0) -> torch.Tensor:
-    """Canonical windows of consistent random motion, float64."""
+def _canonical_windows(
+    B: int = 3, T: int = 32, seed: int = 0, head_roll_rad: float = 0.0
+) -> torch.Tensor:
+    """Canonical windows of consistent random motion, float64. `head_roll_rad` turns the head
+    about its own forward axis (CPF z) and nothing else: same world joints, same heading."""
     from shared.features import canonicalize, world_to_features
     from shared.rotations import axis_angle_to_matrix
 
     rng = np.random.default_rng(seed)
     rotvec = np.cumsum(rng.normal(0, 0.05, (B, T, 3)), 1)
     R_h = axis_angle_to_matrix(rotvec, np.linalg.norm(rotvec, axis=-1))
+    R_h = R_h @ axis_angle_to_matrix(np.array([0.0, 0.0, 1.0]), np.array(head_roll_rad))
     t_h = np.cumsum(rng.normal(0, 0.03, (B, T, 3)), 1) + np.array([2.0, 1.0, 1.6])
     p_j = t_h[:, :, None] + rng.normal(0, 0.4, (B, T, 23, 3))
     R_j = np.broadcast_to(np.eye(3), (B, T, 23, 3, 3))
     world = torch.as_tensor(world_to_features(t_h, R_h, p_j, R_j))
     return canonicalize(world)[0]
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.95])
+def test_the_head_frame_term_sees_a_head_rotation_the_world_terms_cannot(blend):
+    """A head rolled by 0.3 rad with the joints given relative to it is the same world pose:
+    the world terms are blind to it, the head-frame term (head-frame MPJPE in metres) is not."""
+    from train.loss import HEAD_FRAME_POSITION, WORLD_POSITION, WORLD_VELOCITY, world_loss
+
+    target = _canonical_windows()
+    rolled = _canonical_windows(head_roll_rad=0.3)
+    mask = torch.ones(target.shape[:2], dtype=torch.bool)
+    assert float(world_loss(target.clone(), target, mask, blend)[HEAD_FRAME_POSITION]) < 1e-6
+    terms = world_loss(rolled, target, mask, blend)
+    assert float(terms[WORLD_POSITION]) < 1e-5 and float(terms[WORLD_VELOCITY]) < 1e-5
+    assert float(terms[HEAD_FRAME_POSITION]) > 0.05  # ~0.3 rad x ~0.6 m from the head
 
 
 @pytest.mark.parametrize("blend", [0.0, 0.95, 1.0])
