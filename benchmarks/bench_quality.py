@@ -60,17 +60,34 @@ ROWS = {
     "causal_seed": Row("causal, seed loss", {"loss": "seed"}),
     "world_blend0": Row("causal, world loss, blend 0", {"loss": "world", "head_blend": 0.0}),
     "world_blend1": Row("causal, world loss, blend 1", {"loss": "world", "head_blend": 1.0}),
-    "world": Row("causal, world loss, blend 0.95 (default)", {"loss": "world", "head_blend": 0.95}),
+    "world": Row(
+        "causal, world loss 1/10, blend 0.95",
+        {"loss": "world", "world_position_weight": 1.0, "world_velocity_weight": 10.0},
+    ),
     "world_w03": Row(
-        "causal, world loss x0.3, blend 0.95",
+        "causal, world loss 0.3/3, blend 0.95",
         {"loss": "world", "world_position_weight": 0.3, "world_velocity_weight": 3.0},
     ),
     "world_head": Row(
-        "causal, world loss + head-frame term, blend 0.95",
-        {"loss": "world", "head_frame_weight": 1.0},
+        "causal, world loss 1/10 + head-frame 1, blend 0.95",
+        {
+            "loss": "world",
+            "world_position_weight": 1.0,
+            "world_velocity_weight": 10.0,
+            "head_frame_weight": 1.0,
+        },
+    ),
+    "world_w01_head": Row(
+        "causal, world loss 0.1/1 + head-frame 1, blend 0.95",
+        {
+            "loss": "world",
+            "world_position_weight": 0.1,
+            "world_velocity_weight": 1.0,
+            "head_frame_weight": 1.0,
+        },
     ),
     "world_w01": Row(
-        "causal, world loss x0.1, blend 0.95",
+        "causal, world loss 0.1/1, blend 0.95 (default)",
         {"loss": "world", "world_position_weight": 0.1, "world_velocity_weight": 1.0},
     ),
 }

@@ -56,9 +56,9 @@ class TrainConfig:
     absolute head pose (the seed's numbers, exactly). 'world': the same plus the position and
     velocity error of world joints and head in metres, world motion decoded with
     head_blend (chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
-    world_position_weight: float = 1.0
+    world_position_weight: float = 0.1
     """'world' loss: weight of the mean world joint + head position error (metres)."""
-    world_velocity_weight: float = 10.0
+    world_velocity_weight: float = 1.0
     """'world' loss: weight of the mean world joint + head velocity error (metres/frame)."""
     head_frame_weight: float = 0.0
     """'world' loss: weight of the mean error of the joints in the head frame (metres); keeps the
