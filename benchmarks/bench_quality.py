@@ -78,7 +78,7 @@ ROWS = {
         },
     ),
     "world_w01_head": Row(
-        "causal, world loss 0.1/1 + head-frame 1, blend 0.95",
+        "causal, world loss 0.1/1 + head-frame 1, blend 0.95 (default)",
         {
             "loss": "world",
             "world_position_weight": 0.1,
@@ -87,7 +87,7 @@ ROWS = {
         },
     ),
     "world_w01": Row(
-        "causal, world loss 0.1/1, blend 0.95 (default)",
+        "causal, world loss 0.1/1, blend 0.95",
         {"loss": "world", "world_position_weight": 0.1, "world_velocity_weight": 1.0},
     ),
 }
@@ -275,11 +275,14 @@ def main(argv: list[str] | None = None) -> None:
         store = workdir / "store.zarr"
         if not store.exists():
             store = build_store(workdir, args.recordings, args.participants, args.seed)
-        print(f"quality: {args.recordings} recordings / {args.participants} participants, test = "
-              f"unseen participants; each row {args.steps} steps x batch {args.batch}, hidden "
-              f"{args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} threads",
-              flush=True)  # fmt: skip
         keys = args.rows.split(",")
+        if args.collect:
+            print(f"quality: rows collected from {workdir} (each row's settings are in its JSON)")
+        else:
+            print(f"quality: {args.recordings} recordings / {args.participants} participants, "
+                  f"test = unseen participants; each row {args.steps} steps x batch {args.batch}, "
+                  f"hidden {args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} "
+                  "threads", flush=True)  # fmt: skip
         if args.collect:
             results = {
                 k: json.loads((workdir / f"{k}.json").read_text())["results"][k] for k in keys

@@ -60,7 +60,7 @@ class TrainConfig:
     """'world' loss: weight of the mean world joint + head position error (metres)."""
     world_velocity_weight: float = 1.0
     """'world' loss: weight of the mean world joint + head velocity error (metres/frame)."""
-    head_frame_weight: float = 0.0
+    head_frame_weight: float = 1.0
     """'world' loss: weight of the mean error of the joints in the head frame (metres); keeps the
     head's orientation right, which the world terms alone trade against the joints."""
     head_blend: float = 0.95
