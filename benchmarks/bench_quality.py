@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
             results = {
                 k: json.loads((workdir / f"{k}.json").read_text())["results"][k] for k in keys
             }
+            for key, result in results.items():  # today's row names (defaults may have moved)
+                result["name"] = ROWS[key].name
         elif args.parallel > 1 and len(keys) > 1:
             results = run_rows_in_processes(keys, workdir, args)
         else:
