@@ -31,7 +31,7 @@ from shared.remote import MissingExtraError
 from shared.store import SPLITS, StoreError
 from shared.transfer import TransferError, cached_store
 from shared.zarr_output import ATTR_FPS, ATTR_WINDOW_FRAMES
-from train.config import Device, RunConfig, TrainConfig
+from train.config import Device, RunConfig, TrainConfig, saved_config
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
 from train.fit import TrainingDiverged
 from train.fit import fit as run_fit
@@ -164,7 +164,7 @@ def fit(
     """
     base: dict = {}
     if resume and (run_dir / "config.json").exists():
-        base = json.loads((run_dir / "config.json").read_text())
+        base = saved_config(json.loads((run_dir / "config.json").read_text()))
     if config_file is not None:
         base = load_config_file(config_file)
     ctx = click.get_current_context()

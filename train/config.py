@@ -90,6 +90,19 @@ class TrainConfig:
         return 0.0 if self.loss == "seed" else self.head_blend
 
 
+# Train fields added after runs were saved, with the value that reproduces those runs: a run
+# from before `loss` trained with the seed loss, one from before `head_frame_weight` without it.
+ADDED_TRAIN_FIELDS = {"loss": "seed", "head_frame_weight": 0.0}
+
+
+def saved_config(data: dict) -> dict:
+    """A run's saved config (config.json, a checkpoint's) with the fields it predates filled in
+    as it was trained, so that today's defaults never silently change an old run."""
+    train = data.get("train", {})
+    filled = {k: v for k, v in ADDED_TRAIN_FIELDS.items() if k not in train}
+    return {**data, "train": {**train, **filled}}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: MotionVAEConfig = field(default_factory=MotionVAEConfig)

@@ -13,7 +13,7 @@ import torch
 from shared.layout import layout_description
 from shared.store import FeatureStore
 from train.checkpoint import Checkpoint, load_checkpoint
-from train.config import RunConfig
+from train.config import RunConfig, saved_config
 from train.data import Normalizer
 from train.model import MotionVAE
 
@@ -36,12 +36,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def config_from_checkpoint(ckpt: Checkpoint) -> RunConfig:
-    config = ckpt.config
-    if "loss" not in config.get("train", {}):
-        # Checkpoints from before `TrainConfig.loss` existed were trained, and are decoded,
-        # with the seed loss.
-        config = {**config, "train": {**config.get("train", {}), "loss": "seed"}}
-    return RunConfig.from_dict(config, source="checkpoint")
+    """The run config a checkpoint was trained with (fields it predates as they were then)."""
+    return RunConfig.from_dict(saved_config(ckpt.config), source="checkpoint")
 
 
 # --- model and checkpoint ---------------------------------------------------------------------

@@ -59,3 +59,20 @@ def test_import_train_does_not_import_hdf5_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_saved_run_keeps_the_loss_it_was_trained_with():
+    """Fields added after a run was saved are filled as that run trained, not with today's
+    defaults (checkpoints via `config_from_checkpoint`, `fit --resume` via config.json)."""
+    from train.config import saved_config
+
+    before_head_term = RunConfig().to_dict()
+    del before_head_term["train"]["head_frame_weight"]
+    config = RunConfig.from_dict(saved_config(before_head_term))
+    assert config.train.loss == "world" and config.train.head_frame_weight == 0.0
+    before_loss = RunConfig().to_dict()
+    del before_loss["train"]["loss"], before_loss["train"]["head_frame_weight"]
+    config = RunConfig.from_dict(saved_config(before_loss))
+    assert config.train.loss == "seed" and config.train.decode_head_blend == 0.0
+    today = RunConfig().to_dict()
+    assert saved_config(today) == today and RunConfig().train.head_frame_weight == 1.0
