@@ -1,6 +1,6 @@
 """Reconstruction quality in the world, on participants the model never saw.
 
-    python -m benchmarks quality [--steps 800 --hidden 128 --latent 64 --rows seed,default,...]
+    python -m benchmarks quality [--steps 1500 --hidden 128 --latent 64 --rows seed,world,...]
 
 Builds a synthetic store (`preprocess synth` + `preprocess build`, 40 recordings of 10
 participants; the split by participant holds one participant out for val and one for
@@ -8,14 +8,15 @@ test), trains every row under the same budget (the same number of steps, batch, 
 learning rate, through the real `train.fit.fit`), evaluates the test split with the real
 `train.evaluate.evaluate` and prints one table. Rows:
 
-  seed design      the non-causal seed architecture (benchmarks.bench_train_step's
+  seed             the non-causal seed architecture (benchmarks.bench_train_step's
                    ReferenceMotionVAE) with the seed loss
-  causal, seed     the causal MotionVAE with the seed loss (the default before `--loss world`)
-  world, blend 0   + world position/velocity terms, head decoded from absolute hp/hr
-  world, blend 1   + world terms, head integrated from hp_dot/hr_dot (canonical start)
-  world, blend .95 + world terms, complementary filter of both (the default)
-  world x0.3, x0.1 the default with the world terms' weights scaled down
-  world + head     the default plus the head-frame joint position term (weight 1)
+  causal_seed      the causal MotionVAE with the seed loss (the default before `--loss world`)
+  world_blend0/1   + world position/velocity terms (weights 1/10), head decoded from the
+                   absolute hp/hr (0) or integrated from hp_dot/hr_dot from the canonical start (1)
+  world            + world terms 1/10, head a complementary filter of both (blend 0.95)
+  world_w03, _w01  the same with the world weights at 0.3/3, 0.1/1
+  world_head       world terms 1/10 + the head-frame joint position term (weight 1)
+  world_w01_head   world terms 0.1/1 + the head-frame term 1: the default
 
 The budget is fixed in steps, not seconds, so a contended machine changes the wall time
 but not the numbers; wall and CPU time per row are printed. Jitter and foot skating are
@@ -55,40 +56,29 @@ class Row:
     reference_model: bool = False
 
 
+# Every row pins the loss settings it was measured with, so that moving a default never
+# changes what a row means (rows not setting a field train with today's default).
+_OFF = {"head_frame_weight": 0.0}
+_W1_10 = {"loss": "world", "world_position_weight": 1.0, "world_velocity_weight": 10.0, **_OFF}
+_W01 = {"loss": "world", "world_position_weight": 0.1, "world_velocity_weight": 1.0}
 ROWS = {
     "seed": Row("seed design (non-causal, seed loss)", {"loss": "seed"}, reference_model=True),
     "causal_seed": Row("causal, seed loss", {"loss": "seed"}),
-    "world_blend0": Row("causal, world loss, blend 0", {"loss": "world", "head_blend": 0.0}),
-    "world_blend1": Row("causal, world loss, blend 1", {"loss": "world", "head_blend": 1.0}),
-    "world": Row(
-        "causal, world loss 1/10, blend 0.95",
-        {"loss": "world", "world_position_weight": 1.0, "world_velocity_weight": 10.0},
-    ),
+    "world_blend0": Row("causal, world loss 1/10, blend 0", {**_W1_10, "head_blend": 0.0}),
+    "world_blend1": Row("causal, world loss 1/10, blend 1", {**_W1_10, "head_blend": 1.0}),
+    "world": Row("causal, world loss 1/10, blend 0.95", {**_W1_10, "head_blend": 0.95}),
     "world_w03": Row(
         "causal, world loss 0.3/3, blend 0.95",
-        {"loss": "world", "world_position_weight": 0.3, "world_velocity_weight": 3.0},
+        {**_W1_10, "world_position_weight": 0.3, "world_velocity_weight": 3.0},
     ),
+    "world_w01": Row("causal, world loss 0.1/1, blend 0.95", {**_W01, **_OFF}),
     "world_head": Row(
         "causal, world loss 1/10 + head-frame 1, blend 0.95",
-        {
-            "loss": "world",
-            "world_position_weight": 1.0,
-            "world_velocity_weight": 10.0,
-            "head_frame_weight": 1.0,
-        },
+        {**_W1_10, "head_frame_weight": 1.0},
     ),
     "world_w01_head": Row(
         "causal, world loss 0.1/1 + head-frame 1, blend 0.95 (default)",
-        {
-            "loss": "world",
-            "world_position_weight": 0.1,
-            "world_velocity_weight": 1.0,
-            "head_frame_weight": 1.0,
-        },
-    ),
-    "world_w01": Row(
-        "causal, world loss 0.1/1, blend 0.95",
-        {"loss": "world", "world_position_weight": 0.1, "world_velocity_weight": 1.0},
+        {**_W01, "head_frame_weight": 1.0, "head_blend": 0.95},
     ),
 }
 
@@ -195,6 +185,18 @@ def run_rows_in_processes(
     return {key: results[key] for key in keys}
 
 
+def collect_rows(keys: list[str], workdir: Path) -> dict[str, dict]:
+    """The results rows left in WORKDIR/ROW.json, named as today when run with today's settings."""
+    missing = [k for k in keys if not (workdir / f"{k}.json").exists()]
+    if missing:
+        raise SystemExit(f"--collect: no results for rows {missing} in {workdir} (ROW.json)")
+    results = {k: json.loads((workdir / f"{k}.json").read_text())["results"][k] for k in keys}
+    for key, result in results.items():
+        if result["train"] == ROWS[key].train:
+            result["name"] = ROWS[key].name
+    return results
+
+
 def format_table(results: dict[str, dict]) -> str:
     width = max(len(r["name"]) for r in results.values()) + 2
     head = f"{'row':<{width}}" + "".join(f"{h:>13}" for _, h, _ in COLUMNS) + f"{'wall min':>10}"
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         store = workdir / "store.zarr"
-        if not store.exists():
+        if not store.exists() and not args.collect:
             store = build_store(workdir, args.recordings, args.participants, args.seed)
         keys = args.rows.split(",")
         if args.collect:
@@ -284,17 +286,16 @@ def main(argv: list[str] | None = None) -> None:
                   f"hidden {args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} "
                   "threads", flush=True)  # fmt: skip
         if args.collect:
-            results = {
-                k: json.loads((workdir / f"{k}.json").read_text())["results"][k] for k in keys
-            }
-            for key, result in results.items():  # today's row names (defaults may have moved)
-                result["name"] = ROWS[key].name
+            results = collect_rows(keys, workdir)
         elif args.parallel > 1 and len(keys) > 1:
             results = run_rows_in_processes(keys, workdir, args)
         else:
             results = {}
             for key in keys:
                 results[key] = run_row(key, ROWS[key], store, workdir, args)
+                row_json = {"args": {k: str(v) for k, v in vars(args).items()},
+                            "results": {key: results[key]}}  # fmt: skip
+                (workdir / f"{key}.json").write_text(json.dumps(row_json, indent=1) + "\n")
                 print(
                     f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True
                 )

@@ -143,6 +143,10 @@ def config_values(
         param = params.get(prefix + name)
         if param is not None:
             try:
+                if isinstance(param.type, click.types.IntParamType) and (
+                    isinstance(value, float) and not value.is_integer()
+                ):  # Click's int() would truncate 2.7 to 2
+                    raise click.BadParameter(f"expected a whole number, found {value!r}")
                 values[name] = param.type_cast_value(ctx, value)
             except click.BadParameter as error:
                 raise click.BadParameter(

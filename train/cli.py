@@ -165,8 +165,13 @@ def fit(
     base: dict = {}
     if resume and (run_dir / "config.json").exists():
         base = saved_config(json.loads((run_dir / "config.json").read_text()))
-    if config_file is not None:
-        base = load_config_file(config_file)
+    if config_file is not None:  # on top of a resumed run's config, section by section
+        from_file = load_config_file(config_file)
+        merged = {**base, **from_file}
+        for section in ("model", "train"):
+            if isinstance(base.get(section), dict) and isinstance(from_file.get(section), dict):
+                merged[section] = {**base[section], **from_file[section]}
+        base = merged
     ctx = click.get_current_context()
     sections = {"model": MotionVAEConfig, "train": TrainConfig}
     base = {

@@ -98,6 +98,9 @@ def test_bad_values_name_the_option_and_the_file(tmp_path: Path):
     config.write_text('{"mode": "slow"}')
     result = CliRunner().invoke(command, ["--config", str(config)])
     assert result.exit_code == 2 and "mode = 'slow'" in result.output
+    config.write_text('{"steps": 2.7}')
+    result = CliRunner().invoke(command, ["--config", str(config)])
+    assert result.exit_code == 2 and "expected a whole number, found 2.7" in result.output
     config.write_text("{not json")
     result = CliRunner().invoke(command, ["--config", str(config)])
     assert result.exit_code == 2 and str(config) in result.output

@@ -82,6 +82,13 @@ def test_existing_run_needs_resume_and_incompatible_resume_says_what_differs(
     changed = CliRunner().invoke(main, [*args, "--resume", "--lr", "0.5", "--steps", "4"])
     assert changed.exit_code != 0
     assert "train.lr: 0.0001 -> 0.5" in changed.output
+    # A --config file sits on top of the resumed run's config: only what it sets differs.
+    config = tmp_path / "lr.toml"
+    config.write_text("[train]\nlr = 0.5\n")
+    bare = ["fit", "--store", str(feature_store), "--out", str(run), "--resume"]
+    from_file = CliRunner().invoke(main, [*bare, "--config", str(config)])
+    assert from_file.exit_code != 0 and "train.lr: 0.0001 -> 0.5" in from_file.output
+    assert "hidden_dim" not in from_file.output and "val_windows" not in from_file.output
 
 
 def test_non_finite_loss_stops_with_checkpoint_and_names_step(feature_store, tmp_path, monkeypatch):
