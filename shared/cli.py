@@ -138,6 +138,10 @@ def config_values(
     `dataclass_options(cls, prefix=prefix)` given on the command line. Fields in neither are
     left out, so the dataclass's own defaults apply."""
     params = {p.name: p for p in ctx.command.params}
+    if base is not None and not isinstance(base, Mapping):
+        raise click.BadParameter(
+            f"expected a table of options, found {base!r}", param_hint="--config"
+        )
     values = dict(base or {})
     for name, value in values.items():
         param = params.get(prefix + name)
