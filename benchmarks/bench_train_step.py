@@ -32,15 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import TrainConfig
-from train.loss import (
-    HEAD_FRAME_POSITION,
-    TOTAL,
-    WORLD_POSITION,
-    WORLD_VELOCITY,
-    vae_loss,
-    world_loss,
-)
+from train.config import RunConfig, TrainConfig
+from train.loss import total_of, vae_loss, world_loss
 from train.model import MotionVAE, MotionVAEConfig
 
 
@@ -116,15 +109,13 @@ MODELS: dict[str, tuple[Callable[[MotionVAEConfig], nn.Module], str]] = {
 
 
 def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, loss: str) -> torch.Tensor:
-    total = vae_loss(out["recon"], x, out["mean"], out["logvar"])[TOTAL]
+    """The training loss `loss` with the default settings, totalled as training does."""
+    config = RunConfig(train=TrainConfig(loss=loss))
+    terms = vae_loss(out["recon"], x, out["mean"], out["logvar"], lambda_kl=config.model.lambda_kl)
     if loss == "world":  # unit statistics: the normalised features are the physical ones
-        train = TrainConfig()
         mask = torch.ones(x.shape[:2], dtype=torch.bool)
-        terms = world_loss(out["recon"], x, mask, train.head_blend)
-        total = total + train.world_position_weight * terms[WORLD_POSITION]
-        total = total + train.world_velocity_weight * terms[WORLD_VELOCITY]
-        total = total + train.head_frame_weight * terms[HEAD_FRAME_POSITION]
-    return total
+        terms |= world_loss(out["recon"], x, mask, config.train.head_blend)
+    return total_of(terms, config)
 
 
 def _make_step(model: nn.Module, x: torch.Tensor, loss: str) -> Callable[[], tuple[float, float]]:

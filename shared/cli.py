@@ -80,6 +80,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _option_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields `dataclass_options` may turn into options: those with a default (the others
+    are the command's own arguments)."""
+    return [f for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
+
+
 def dataclass_options(
     cls: type,
     *,
@@ -96,11 +102,7 @@ def dataclass_options(
     flags, types = dict(flags or {}), dict(types or {})
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    fields = [
-        f
-        for f in dataclasses.fields(cls)
-        if f.name not in skip and f.default is not dataclasses.MISSING
-    ]
+    fields = [f for f in _option_fields(cls) if f.name not in skip]
     unknown = (set(flags) | set(types)) - {f.name for f in fields}
     if unknown:
         raise TypeError(f"{cls.__name__}: no option fields {sorted(unknown)}")
@@ -156,10 +158,8 @@ def config_values(
                 raise click.BadParameter(
                     f"{name} = {value!r}: {error.message}", param_hint="--config"
                 ) from None
-    for f in dataclasses.fields(cls):
+    for f in _option_fields(cls):
         dest = prefix + f.name
-        if f.default is dataclasses.MISSING:
-            continue  # not an option of `dataclass_options`: the command's own argument
         if dest in ctx.params and given_on_command_line(ctx, dest):
             values[f.name] = ctx.params[dest]
     return values
