@@ -34,6 +34,7 @@ from torch import nn
 
 from train.config import RunConfig, TrainConfig
 from train.loss import total_of, vae_loss, world_loss
+from train.metrics import CONTACT_SPEED_M_S
 from train.model import MotionVAE, MotionVAEConfig
 
 
@@ -108,13 +109,16 @@ MODELS: dict[str, tuple[Callable[[MotionVAEConfig], nn.Module], str]] = {
 }
 
 
+_CONTACT_30FPS = CONTACT_SPEED_M_S / 30.0  # foot-contact threshold of a 30 fps store
+
+
 def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, loss: str) -> torch.Tensor:
     """The training loss `loss` with the default settings, totalled as training does."""
     config = RunConfig(train=TrainConfig(loss=loss))
     terms = vae_loss(out["recon"], x, out["mean"], out["logvar"], lambda_kl=config.model.lambda_kl)
     if loss == "world":  # unit statistics: the normalised features are the physical ones
         mask = torch.ones(x.shape[:2], dtype=torch.bool)
-        terms |= world_loss(out["recon"], x, mask, config.train.head_blend)
+        terms |= world_loss(out["recon"], x, mask, config.train.head_blend, _CONTACT_30FPS)
     return total_of(terms, config)
 
 

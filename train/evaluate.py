@@ -27,11 +27,13 @@ from train.inference import (
     warn_if_other_store,
 )
 from train.loss import (
+    FOOT_CONTACT_VELOCITY,
     HEAD_FRAME_POSITION,
     KL,
     WORLD_POSITION,
     WORLD_VELOCITY,
     latent_mask,
+    loss_sums,
     mse_key,
     training_loss,
     world_points_m,
@@ -44,7 +46,6 @@ from train.metrics import (
     MPJPE_WORLD_PER_JOINT,
     RECON_LOSS,
     MaskedSum,
-    loss_sums,
     pool,
     reconstruction_errors,
 )
@@ -76,6 +77,7 @@ TABLE_ROWS: dict[str, str] = {
     WORLD_POSITION: "world loss: joint + head position (m)",
     WORLD_VELOCITY: "world loss: joint + head velocity (m/frame)",
     HEAD_FRAME_POSITION: "world loss: joint position in the head frame (m)",
+    FOOT_CONTACT_VELOCITY: "world loss: planted foot velocity (m/frame)",
     "mpjpe_head_mm": "MPJPE, head frame (mm)",
     "mpjpe_world_mm": "MPJPE, world via predicted head pose (mm)",
     "pa_mpjpe_mm": "PA-MPJPE, per-frame similarity (mm)",
@@ -160,7 +162,7 @@ def evaluate_batch(
     reconstruction (B, T, 294) in canonical physical units. Validation and `train eval` both
     run this, so their numbers agree by construction."""
     out = model(prep.x)
-    terms = training_loss(out, prep, normalizer, config)
+    terms = training_loss(out, prep, normalizer, config, contact_speed_m_per_frame)
     num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
     recon = normalizer.denormalize(out["recon"].float())
     sums = reconstruction_errors(

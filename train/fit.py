@@ -414,6 +414,7 @@ class TrainBatches:
         )  # fmt: skip
         self.loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))
         self.device, self.store_url = device, store.url
+        self.contact_speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
         self.wait_s = 0.0
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -452,7 +453,7 @@ def _train_step(
     prep = prepare_batch(batch, normalizer)
     with batches.autocast:
         out = train_model(prep.x)
-    terms = training_loss(out, prep, normalizer, config)
+    terms = training_loss(out, prep, normalizer, config, batches.contact_speed_m_per_frame)
     if _any_rank(~torch.isfinite(terms[TOTAL]), info):
         saver.save()
         described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())

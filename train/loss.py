@@ -5,13 +5,17 @@
             recon = mean over the groups of shared.layout.LOSS_GROUPS
     world:  total = seed total + w_pos * world/position_m + w_vel * world/velocity_m_per_frame
                                 + w_head * head_frame/position_m
+                                + w_foot * world/foot_contact_velocity_m_per_frame
 
 The world terms measure what a reconstruction looks like in the world: the decoded canonical
 window is turned into world joints and head position (`shared.features.decoded_to_world`,
 the decoding evaluation and export use) and compared in metres with the true window. They do
 not see the head's orientation on its own: a wrong head rotation with joints rotated to match
 is the same world pose. The head-frame term (joints relative to the head, in metres, what
-head-frame MPJPE measures) pins that down.
+head-frame MPJPE measures) pins that down. The foot-contact term is the world velocity error
+of the foot joints on the steps where the true foot is planted (`train.metrics`' contact, what
+foot skating is measured on): a planted foot ties the head's world velocity to the legs, which
+the model reconstructs well relative to the head.
 
 Masks are (B, T) bool, True for a real frame. Padded frames are dropped with
 `torch.where` before any arithmetic, so whatever they hold (even inf or nan) changes
@@ -24,8 +28,10 @@ import torch
 
 from shared.features import decoded_to_world
 from shared.layout import FEATURE_DIM, JP, LOSS_GROUPS
+from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
 from train.config import RunConfig
 from train.data import Normalizer, PreparedBatch
+from train.metrics import RECON_LOSS, MaskedSum, foot_contact_steps, joint_distance_m
 from train.model import FRAMES_PER_LATENT
 
 TOTAL = "total"
@@ -34,7 +40,9 @@ KL = "kl"
 WORLD_POSITION = "world/position_m"
 WORLD_VELOCITY = "world/velocity_m_per_frame"
 HEAD_FRAME_POSITION = "head_frame/position_m"
-WORLD_TERMS = (WORLD_POSITION, WORLD_VELOCITY, HEAD_FRAME_POSITION)  # per-frame means, metres
+FOOT_CONTACT_VELOCITY = "world/foot_contact_velocity_m_per_frame"
+# Per-frame (per-step) means in metres.
+WORLD_TERMS = (WORLD_POSITION, WORLD_VELOCITY, HEAD_FRAME_POSITION, FOOT_CONTACT_VELOCITY)
 
 
 def mse_key(group: str) -> str:
@@ -121,27 +129,38 @@ def world_points_m(features: torch.Tensor, head_blend: float) -> torch.Tensor:
 
 
 def world_loss(
-    recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, head_blend: float
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    head_blend: float,
+    contact_speed_m_per_frame: float,
 ) -> dict[str, torch.Tensor]:
-    """Mean position and velocity error (metres, metres/frame) of world joints and head, and
-    mean position error of the joints in the head frame (metres).
+    """Mean position and velocity error (metres, metres/frame) of world joints and head, mean
+    position error of the joints in the head frame (metres), and mean velocity error of the foot
+    joints on their contact steps (metres/frame).
 
     recon, target: (B, T, 294) canonical features in physical units (denormalised); mask:
     (B, T) bool. The target is decoded exactly (`features_to_world`), the reconstruction
     with `head_blend`. Padded frames are replaced by the target before decoding (the head
     trajectory is causal, so they cannot reach a valid frame) and masked out of both means;
-    a velocity counts where both of its frames are valid.
+    a velocity counts where both of its frames are valid. Contact steps come from the target
+    (`train.metrics.foot_contact_steps` with `contact_speed_m_per_frame`, i.e. 0.2 m/s at the
+    store's frame rate); a batch without one gives 0.
     """
     valid = mask[:, :, None]  # (B, T, 1)
     recon = torch.where(valid, recon.float(), target.float())
     pred_m = world_points_m(recon, head_blend)  # (B, T, 24, 3)
     true_m = world_points_m(target.float(), 0.0)
-    position_err = (pred_m - true_m).norm(dim=-1)  # (B, T, 24)
-    velocity_err = (torch.diff(pred_m, dim=1) - torch.diff(true_m, dim=1)).norm(dim=-1)
+    position_err = joint_distance_m(pred_m, true_m)  # (B, T, 24)
+    velocity_err = joint_distance_m(torch.diff(pred_m, dim=1), torch.diff(true_m, dim=1))
     step_valid = (mask[:, 1:] & mask[:, :-1])[:, :, None]
     points = pred_m.shape[2]
     B, T, _ = recon.shape
-    head_frame_err = (recon[..., JP] - target[..., JP].float()).reshape(B, T, -1, 3).norm(dim=-1)
+    head_frame_err = joint_distance_m(
+        recon[..., JP].reshape(B, T, -1, 3), target[..., JP].float().reshape(B, T, -1, 3)
+    )
+    contact = foot_contact_steps(true_m[:, :, :NUM_JOINTS], mask, contact_speed_m_per_frame)
+    foot_err = velocity_err[:, :, list(FOOT_JOINTS)]  # (B, T - 1, F)
     return {
         HEAD_FRAME_POSITION: torch.where(valid, head_frame_err, 0.0).sum()
         / (mask.sum().clamp_min(1) * head_frame_err.shape[2]),
@@ -149,20 +168,31 @@ def world_loss(
         / (mask.sum().clamp_min(1) * points),
         WORLD_VELOCITY: torch.where(step_valid, velocity_err, 0.0).sum()
         / (step_valid.sum().clamp_min(1) * points),
+        FOOT_CONTACT_VELOCITY: torch.where(contact, foot_err, 0.0).sum()
+        / contact.sum().clamp_min(1),
     }
 
 
 def training_loss(
-    out: dict[str, torch.Tensor], prep: PreparedBatch, normalizer: Normalizer, config: RunConfig
+    out: dict[str, torch.Tensor],
+    prep: PreparedBatch,
+    normalizer: Normalizer,
+    config: RunConfig,
+    contact_speed_m_per_frame: float,
 ) -> dict[str, torch.Tensor]:
-    """Every loss term of one batch under `config.train.loss`, and TOTAL, the one to minimise."""
+    """Every loss term of one batch under `config.train.loss`, and TOTAL, the one to minimise.
+
+    `contact_speed_m_per_frame`: the foot-contact speed threshold at the store's frame rate
+    (`train.metrics.CONTACT_SPEED_M_S / fps`)."""
     terms = vae_loss(
         out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask,
         config.model.lambda_kl,
     )  # fmt: skip
     if config.train.loss == "world":
         recon = normalizer.denormalize(out["recon"].float())
-        terms |= world_loss(recon, prep.canonical, prep.mask, config.train.head_blend)
+        terms |= world_loss(
+            recon, prep.canonical, prep.mask, config.train.head_blend, contact_speed_m_per_frame
+        )
         terms[TOTAL] = total_of(terms, config)
     return terms
 
@@ -174,4 +204,25 @@ def total_of(terms: dict[str, torch.Tensor | float], config: RunConfig):
         total = total + config.train.world_position_weight * terms[WORLD_POSITION]
         total = total + config.train.world_velocity_weight * terms[WORLD_VELOCITY]
         total = total + config.train.head_frame_weight * terms[HEAD_FRAME_POSITION]
+        total = total + config.train.foot_contact_weight * terms[FOOT_CONTACT_VELOCITY]
     return total
+
+
+def loss_sums(
+    terms: dict[str, torch.Tensor], num_frames: int, num_latents: int
+) -> dict[str, MaskedSum]:
+    """Batch-mean loss terms (`train.loss.vae_loss`) -> sums weighted by the frames (MSE) or
+    latents (KL) each term averaged over, so batches pool exactly."""
+    frames = torch.tensor(float(num_frames), dtype=torch.float64)
+    latents = torch.tensor(float(num_latents), dtype=torch.float64)
+    sums = {
+        key: MaskedSum(terms[key].detach().cpu().double() * frames, frames)
+        for key in terms
+        if key.startswith("mse/")
+    }
+    sums[RECON_LOSS] = MaskedSum(terms[RECON].detach().cpu().double() * frames, frames)
+    sums[KL] = MaskedSum(terms[KL].detach().cpu().double() * latents, latents)
+    for key in WORLD_TERMS:
+        if key in terms:  # weighted by frames: a close enough pooling of a per-frame mean
+            sums[key] = MaskedSum(terms[key].detach().cpu().double() * frames, frames)
+    return sums

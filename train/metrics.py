@@ -7,8 +7,8 @@ Three layers, all pure torch functions (definitions and units: docs/metrics.md):
 * `MaskedSum`: the sum of an error over valid entries and their count, which adds across
   batches exactly, so a metric over many batches is the mean over all its entries;
 * `reconstruction_errors`: every metric of `train.evaluate` for one batch of canonical
-  features, as `MaskedSum`s keyed by a name that carries the unit; `loss_sums` does the
-  same for the loss terms. Training validation and `train eval` both pool these.
+  features, as `MaskedSum`s keyed by a name that carries the unit (`train.loss.loss_sums`
+  does the same for the loss terms). Training validation and `train eval` both pool these.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from shared.features import (
 from shared.layout import HP, HR, JP
 from shared.rotations import geodesic_angle, horizontal_basis, rot6d_to_matrix
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
-from train.loss import KL, RECON, WORLD_TERMS
 
 MM_PER_M = 1000.0
 DEG_PER_RAD = 180.0 / math.pi
@@ -266,26 +265,6 @@ def reconstruction_errors(
         MPJPE_HEAD_BY_FRAME: masked_sum(head_err_mm, mask, keep=(1,)),
         MPJPE_WORLD_PER_JOINT: masked_sum(world_err_mm, mask, keep=(2,)),
     }
-
-
-def loss_sums(
-    terms: dict[str, torch.Tensor], num_frames: int, num_latents: int
-) -> dict[str, MaskedSum]:
-    """Batch-mean loss terms (`train.loss.vae_loss`) -> sums weighted by the frames (MSE) or
-    latents (KL) each term averaged over, so batches pool exactly."""
-    frames = torch.tensor(float(num_frames), dtype=torch.float64)
-    latents = torch.tensor(float(num_latents), dtype=torch.float64)
-    sums = {
-        key: MaskedSum(terms[key].detach().cpu().double() * frames, frames)
-        for key in terms
-        if key.startswith("mse/")
-    }
-    sums[RECON_LOSS] = MaskedSum(terms[RECON].detach().cpu().double() * frames, frames)
-    sums[KL] = MaskedSum(terms[KL].detach().cpu().double() * latents, latents)
-    for key in WORLD_TERMS:
-        if key in terms:  # weighted by frames: a close enough pooling of a per-frame mean
-            sums[key] = MaskedSum(terms[key].detach().cpu().double() * frames, frames)
-    return sums
 
 
 def pool(batches: list[dict[str, MaskedSum]]) -> dict[str, MaskedSum]:

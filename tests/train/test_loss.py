@@ -8,8 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.layout import FEATURE_DIM, LOSS_GROUPS
+from shared.layout import FEATURE_DIM, HP, HP_DOT, LOSS_GROUPS
+from shared.skeleton import FOOT_JOINTS
 from train.loss import KL, RECON, TOTAL, latent_mask, mse_key, vae_loss
+from train.metrics import CONTACT_SPEED_M_S
 
 L = 5  # latent channels: small, the loss does not care
 
@@ -163,11 +165,16 @@ def test_rejects_mismatched_shapes(change: str, message: str) -> None:
         vae_loss(recon, target, mean, logvar, mask)
 
 
+SPEED = CONTACT_SPEED_M_S / 30.0  # the foot-contact threshold of a 30 fps store, m/frame
+
+
 def _canonical_windows(
-    B: int = 3, T: int = 32, seed: int = 0, head_roll_rad: float = 0.0
+    B: int = 3, T: int = 32, seed: int = 0, head_roll_rad: float = 0.0, planted_feet: bool = False
 ) -> torch.Tensor:
     """Canonical windows of consistent random motion, float64. `head_roll_rad` turns the head
-    about its own forward axis (CPF z) and nothing else: same world joints, same heading."""
+    about its own forward axis (CPF z) and nothing else: same world joints, same heading.
+    `planted_feet`: the foot joints stand still on the floor (z = 0) for the whole window, so
+    every step is a contact step; otherwise they move like the other joints (no contact)."""
     from shared.features import canonicalize, world_to_features
     from shared.rotations import axis_angle_to_matrix
 
@@ -177,6 +184,11 @@ def _canonical_windows(
     R_h = R_h @ axis_angle_to_matrix(np.array([0.0, 0.0, 1.0]), np.array(head_roll_rad))
     t_h = np.cumsum(rng.normal(0, 0.03, (B, T, 3)), 1) + np.array([2.0, 1.0, 1.6])
     p_j = t_h[:, :, None] + rng.normal(0, 0.4, (B, T, 23, 3))
+    if planted_feet:
+        feet = list(FOOT_JOINTS)
+        spots = rng.normal(0, 0.3, (B, 1, len(feet), 3)) + np.array([2.0, 1.0, 0.0])
+        spots[..., 2] = 0.0
+        p_j[:, :, feet] = spots
     R_j = np.broadcast_to(np.eye(3), (B, T, 23, 3, 3))
     world = torch.as_tensor(world_to_features(t_h, R_h, p_j, R_j))
     return canonicalize(world)[0]
@@ -191,8 +203,8 @@ def test_the_head_frame_term_sees_a_head_rotation_the_world_terms_cannot(blend):
     target = _canonical_windows()
     rolled = _canonical_windows(head_roll_rad=0.3)
     mask = torch.ones(target.shape[:2], dtype=torch.bool)
-    assert float(world_loss(target.clone(), target, mask, blend)[HEAD_FRAME_POSITION]) < 1e-6
-    terms = world_loss(rolled, target, mask, blend)
+    assert float(world_loss(target.clone(), target, mask, blend, SPEED)[HEAD_FRAME_POSITION]) < 1e-6
+    terms = world_loss(rolled, target, mask, blend, SPEED)
     assert float(terms[WORLD_POSITION]) < 1e-5 and float(terms[WORLD_VELOCITY]) < 1e-5
     assert float(terms[HEAD_FRAME_POSITION]) > 0.05  # ~0.3 rad x ~0.6 m from the head
 
@@ -203,25 +215,26 @@ def test_world_loss_is_zero_on_the_target(blend):
 
     target = _canonical_windows()
     mask = torch.ones(target.shape[:2], dtype=torch.bool)
-    terms = world_loss(target.clone(), target, mask, blend)
+    terms = world_loss(target.clone(), target, mask, blend, SPEED)
     assert float(terms[WORLD_POSITION]) < 1e-5 and float(terms[WORLD_VELOCITY]) < 1e-5  # float32
     noisy = target + 0.01 * torch.randn_like(target)
-    assert float(world_loss(noisy, target, mask, blend)[WORLD_POSITION]) > 1e-3
+    assert float(world_loss(noisy, target, mask, blend, SPEED)[WORLD_POSITION]) > 1e-3
 
 
 def test_world_loss_ignores_padding_and_its_gradients_reach_the_decoder():
-    from train.loss import WORLD_POSITION, WORLD_VELOCITY, world_loss
+    from train.loss import FOOT_CONTACT_VELOCITY, WORLD_TERMS, world_loss
     from train.model import MotionVAE, MotionVAEConfig
 
-    target = _canonical_windows(B=2, T=32).float()
+    target = _canonical_windows(B=2, T=32, planted_feet=True).float()
     mask = torch.ones(2, 32, dtype=torch.bool)
     mask[1, 20:] = False
     model = MotionVAE(MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32))
     recon = target + model(target)["recon"]  # any differentiable function of the decoder
 
     def loss(r):
-        terms = world_loss(r, target, mask, 0.95)
-        return terms[WORLD_POSITION] + 10 * terms[WORLD_VELOCITY]
+        terms = world_loss(r, target, mask, 0.95, SPEED)
+        assert float(terms[FOOT_CONTACT_VELOCITY].detach()) > 0  # the padded window has contacts
+        return sum(terms[key] for key in WORLD_TERMS)
 
     value = loss(recon)
     value.backward(retain_graph=True)
@@ -245,11 +258,11 @@ def test_training_loss_does_not_depend_on_where_the_window_is_in_the_world():
     from train.loss import training_loss
     from train.model import MotionVAE, MotionVAEConfig
 
-    world = _canonical_windows(B=2, T=32).float()  # any world windows will do
+    world = _canonical_windows(B=2, T=32, planted_feet=True).float()  # any world windows will do
     moved = apply_rigid(world, yaw_matrix(torch.tensor([0.7, -2.0]), (0.0, 0.0, 1.0)).float(),
                         torch.tensor([[40.0, -7.0, 0.0], [-3.0, 12.0, 0.0]]))  # fmt: skip
     config = RunConfig(MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32),
-                       TrainConfig(loss="world"))  # fmt: skip
+                       TrainConfig(loss="world", foot_contact_weight=1.0))  # fmt: skip
     stats = NormStats(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), 1, 32)
     normalizer = Normalizer(stats, "cpu")
     model = MotionVAE(config.model).eval()
@@ -261,6 +274,28 @@ def test_training_loss_does_not_depend_on_where_the_window_is_in_the_world():
         )
         prep = prepare_batch(batch, normalizer)
         torch.manual_seed(0)
-        losses.append(training_loss(model(prep.x), prep, normalizer, config))
+        losses.append(training_loss(model(prep.x), prep, normalizer, config, SPEED))
     for key in losses[0]:
         torch.testing.assert_close(losses[0][key], losses[1][key], atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.95])
+def test_the_foot_contact_term_measures_planted_feet_sliding(blend):
+    """Zero on the target; a head trajectory that drifts 1 cm/frame drags the planted feet
+    along at 1 cm/frame, which is the term's value; windows without a contact give 0, not nan."""
+    from train.loss import FOOT_CONTACT_VELOCITY, world_loss
+
+    target = _canonical_windows(planted_feet=True)
+    mask = torch.ones(target.shape[:2], dtype=torch.bool)
+    assert (
+        float(world_loss(target.clone(), target, mask, blend, SPEED)[FOOT_CONTACT_VELOCITY]) < 1e-6
+    )
+    drifting = target.clone()
+    T = target.shape[1]
+    drifting[..., HP.start] += 0.01 * torch.arange(T, dtype=target.dtype)
+    drifting[:, 1:, HP_DOT.start] += 0.01
+    terms = world_loss(drifting, target, mask, blend, SPEED)
+    assert float(terms[FOOT_CONTACT_VELOCITY]) == pytest.approx(0.01, rel=1e-3)
+    walking = _canonical_windows()  # feet move with the other joints: no contact step
+    no_contact = world_loss(walking + 0.01, walking, mask, blend, SPEED)[FOOT_CONTACT_VELOCITY]
+    assert float(no_contact) == 0.0
