@@ -59,12 +59,15 @@ class Row:
 # Every row pins the loss settings it was measured with, so that moving a default never
 # changes what a row means (rows not setting a field train with today's default).
 _OFF = {"head_frame_weight": 0.0}
-_NO_FOOT = {"foot_contact_weight": 0.0}
+_NEW_TERMS_OFF = {"foot_contact_weight": 0.0, "head_orientation_weight": 0.0}
 _W1_10 = {
     "loss": "world", "world_position_weight": 1.0, "world_velocity_weight": 10.0, **_OFF,
-    **_NO_FOOT,
+    **_NEW_TERMS_OFF,
 }  # fmt: skip
-_W01 = {"loss": "world", "world_position_weight": 0.1, "world_velocity_weight": 1.0, **_NO_FOOT}
+_W01 = {
+    "loss": "world", "world_position_weight": 0.1, "world_velocity_weight": 1.0,
+    **_NEW_TERMS_OFF,
+}  # fmt: skip
 _W01_HEAD = {**_W01, "head_frame_weight": 1.0, "head_blend": 0.95}
 ROWS = {
     "seed": Row("seed design (non-causal, seed loss)", {"loss": "seed"}, reference_model=True),
@@ -90,6 +93,10 @@ ROWS = {
         "causal, world loss 0.3/3 + head-frame 1 + foot contact 1, blend 0.95",
         {**_W01_HEAD, "world_position_weight": 0.3, "world_velocity_weight": 3.0}
         | {"foot_contact_weight": 1.0},
+    ),
+    "world_w01_head_rot": Row(
+        "causal, world loss 0.1/1 + head-frame 1 + head orientation 1, blend 0.95",
+        {**_W01_HEAD, "head_orientation_weight": 1.0},
     ),
 }
 

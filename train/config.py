@@ -66,6 +66,9 @@ class TrainConfig:
     foot_contact_weight: float = 0.0
     """'world' loss: weight of the mean world velocity error of the foot joints on the steps the
     true foot is planted (metres/frame); ties the head's motion to the legs, against skating."""
+    head_orientation_weight: float = 0.0
+    """'world' loss: weight of the mean angle of the decoded head orientation's error (radians,
+    to first order); the heading the head's world velocity and the world joints rotate with."""
     head_blend: float = 0.95
     """'world' loss: weight of the integrated head deltas (hp_dot, hr_dot) against the absolute
     head pose (hp, hr) when decoding the head trajectory; 0 absolute, 1 pure integration
@@ -82,6 +85,7 @@ class TrainConfig:
             "world_velocity_weight",
             "head_frame_weight",
             "foot_contact_weight",
+            "head_orientation_weight",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
@@ -96,8 +100,13 @@ class TrainConfig:
 
 # Train fields added after runs were saved, with the value that reproduces those runs: a run
 # from before `loss` trained with the seed loss, one from before `head_frame_weight` (or
-# `foot_contact_weight`) without that term.
-ADDED_TRAIN_FIELDS = {"loss": "seed", "head_frame_weight": 0.0, "foot_contact_weight": 0.0}
+# a later term) without that term.
+ADDED_TRAIN_FIELDS = {
+    "loss": "seed",
+    "head_frame_weight": 0.0,
+    "foot_contact_weight": 0.0,
+    "head_orientation_weight": 0.0,
+}
 
 
 def saved_config(data: dict) -> dict:

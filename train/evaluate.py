@@ -29,6 +29,7 @@ from train.inference import (
 from train.loss import (
     FOOT_CONTACT_VELOCITY,
     HEAD_FRAME_POSITION,
+    HEAD_ORIENTATION,
     KL,
     WORLD_POSITION,
     WORLD_VELOCITY,
@@ -78,6 +79,7 @@ TABLE_ROWS: dict[str, str] = {
     WORLD_VELOCITY: "world loss: joint + head velocity (m/frame)",
     HEAD_FRAME_POSITION: "world loss: joint position in the head frame (m)",
     FOOT_CONTACT_VELOCITY: "world loss: planted foot velocity (m/frame)",
+    HEAD_ORIENTATION: "world loss: head orientation (rad)",
     "mpjpe_head_mm": "MPJPE, head frame (mm)",
     "mpjpe_world_mm": "MPJPE, world via predicted head pose (mm)",
     "pa_mpjpe_mm": "PA-MPJPE, per-frame similarity (mm)",

@@ -6,6 +6,7 @@
     world:  total = seed total + w_pos * world/position_m + w_vel * world/velocity_m_per_frame
                                 + w_head * head_frame/position_m
                                 + w_foot * world/foot_contact_velocity_m_per_frame
+                                + w_rot * world/head_orientation_rad
 
 The world terms measure what a reconstruction looks like in the world: the decoded canonical
 window is turned into world joints and head position (`shared.features.decoded_to_world`,
@@ -15,7 +16,9 @@ is the same world pose. The head-frame term (joints relative to the head, in met
 head-frame MPJPE measures) pins that down. The foot-contact term is the world velocity error
 of the foot joints on the steps where the true foot is planted (`train.metrics`' contact, what
 foot skating is measured on): a planted foot ties the head's world velocity to the legs, which
-the model reconstructs well relative to the head.
+the model reconstructs well relative to the head. The head-orientation term is the angle of
+the decoded head rotation's error: the world terms see it only through the joints, weighted by
+their distance to the head.
 
 Masks are (B, T) bool, True for a real frame. Padded frames are dropped with
 `torch.where` before any arithmetic, so whatever they hold (even inf or nan) changes
@@ -24,9 +27,11 @@ neither the loss nor any gradient.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from shared.features import decoded_to_world
+from shared.features import WorldMotion, decoded_to_world
 from shared.layout import FEATURE_DIM, JP, LOSS_GROUPS
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
 from train.config import RunConfig
@@ -41,8 +46,15 @@ WORLD_POSITION = "world/position_m"
 WORLD_VELOCITY = "world/velocity_m_per_frame"
 HEAD_FRAME_POSITION = "head_frame/position_m"
 FOOT_CONTACT_VELOCITY = "world/foot_contact_velocity_m_per_frame"
-# Per-frame (per-step) means in metres.
-WORLD_TERMS = (WORLD_POSITION, WORLD_VELOCITY, HEAD_FRAME_POSITION, FOOT_CONTACT_VELOCITY)
+HEAD_ORIENTATION = "world/head_orientation_rad"
+# Per-frame (per-step) means in metres or radians.
+WORLD_TERMS = (
+    WORLD_POSITION,
+    WORLD_VELOCITY,
+    HEAD_FRAME_POSITION,
+    FOOT_CONTACT_VELOCITY,
+    HEAD_ORIENTATION,
+)
 
 
 def mse_key(group: str) -> str:
@@ -124,7 +136,10 @@ def vae_loss(
 
 def world_points_m(features: torch.Tensor, head_blend: float) -> torch.Tensor:
     """(B, T, 294) canonical features -> (B, T, 24, 3): the 23 world joints and the head."""
-    world = decoded_to_world(features, head_blend)
+    return _points_m(decoded_to_world(features, head_blend))
+
+
+def _points_m(world: WorldMotion) -> torch.Tensor:
     return torch.cat([world.joint_translation, world.cpf_translation[:, :, None]], 2)
 
 
@@ -149,8 +164,8 @@ def world_loss(
     """
     valid = mask[:, :, None]  # (B, T, 1)
     recon = torch.where(valid, recon.float(), target.float())
-    pred_m = world_points_m(recon, head_blend)  # (B, T, 24, 3)
-    true_m = world_points_m(target.float(), 0.0)
+    pred, true = decoded_to_world(recon, head_blend), decoded_to_world(target.float(), 0.0)
+    pred_m, true_m = _points_m(pred), _points_m(true)  # (B, T, 24, 3)
     position_err = joint_distance_m(pred_m, true_m)  # (B, T, 24)
     velocity_err = joint_distance_m(torch.diff(pred_m, dim=1), torch.diff(true_m, dim=1))
     step_valid = (mask[:, 1:] & mask[:, :-1])[:, :, None]
@@ -161,6 +176,10 @@ def world_loss(
     )
     contact = foot_contact_steps(true_m[:, :, :NUM_JOINTS], mask, contact_speed_m_per_frame)
     foot_err = velocity_err[:, :, list(FOOT_JOINTS)]  # (B, T - 1, F)
+    # Chordal distance / sqrt(2): the rotation angle to first order, smooth at 0 (an angle
+    # through acos or atan2 has an infinite gradient where the two agree).
+    orientation_err = (pred.cpf_orientation - true.cpf_orientation).flatten(-2).norm(dim=-1)
+    orientation_err = orientation_err / math.sqrt(2.0)  # (B, T)
     return {
         HEAD_FRAME_POSITION: torch.where(valid, head_frame_err, 0.0).sum()
         / (mask.sum().clamp_min(1) * head_frame_err.shape[2]),
@@ -170,6 +189,7 @@ def world_loss(
         / (step_valid.sum().clamp_min(1) * points),
         FOOT_CONTACT_VELOCITY: torch.where(contact, foot_err, 0.0).sum()
         / contact.sum().clamp_min(1),
+        HEAD_ORIENTATION: torch.where(mask, orientation_err, 0.0).sum() / mask.sum().clamp_min(1),
     }
 
 
@@ -205,6 +225,7 @@ def total_of(terms: dict[str, torch.Tensor | float], config: RunConfig):
         total = total + config.train.world_velocity_weight * terms[WORLD_VELOCITY]
         total = total + config.train.head_frame_weight * terms[HEAD_FRAME_POSITION]
         total = total + config.train.foot_contact_weight * terms[FOOT_CONTACT_VELOCITY]
+        total = total + config.train.head_orientation_weight * terms[HEAD_ORIENTATION]
     return total
 
 

@@ -197,8 +197,15 @@ def _canonical_windows(
 @pytest.mark.parametrize("blend", [0.0, 0.95])
 def test_the_head_frame_term_sees_a_head_rotation_the_world_terms_cannot(blend):
     """A head rolled by 0.3 rad with the joints given relative to it is the same world pose:
-    the world terms are blind to it, the head-frame term (head-frame MPJPE in metres) is not."""
-    from train.loss import HEAD_FRAME_POSITION, WORLD_POSITION, WORLD_VELOCITY, world_loss
+    the world terms are blind to it, the head-frame term (head-frame MPJPE in metres) and the
+    head-orientation term are not."""
+    from train.loss import (
+        HEAD_FRAME_POSITION,
+        HEAD_ORIENTATION,
+        WORLD_POSITION,
+        WORLD_VELOCITY,
+        world_loss,
+    )
 
     target = _canonical_windows()
     rolled = _canonical_windows(head_roll_rad=0.3)
@@ -207,6 +214,9 @@ def test_the_head_frame_term_sees_a_head_rotation_the_world_terms_cannot(blend):
     terms = world_loss(rolled, target, mask, blend, SPEED)
     assert float(terms[WORLD_POSITION]) < 1e-5 and float(terms[WORLD_VELOCITY]) < 1e-5
     assert float(terms[HEAD_FRAME_POSITION]) > 0.05  # ~0.3 rad x ~0.6 m from the head
+    # 2 sin(theta / 2): the chordal distance / sqrt(2), the angle to first order
+    assert float(terms[HEAD_ORIENTATION]) == pytest.approx(2 * np.sin(0.15), rel=1e-4)
+    assert float(world_loss(target.clone(), target, mask, blend, SPEED)[HEAD_ORIENTATION]) < 1e-6
 
 
 @pytest.mark.parametrize("blend", [0.0, 0.95, 1.0])
