@@ -241,32 +241,34 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
 
     last_val: dict[str, float] = {}
     throughput = Throughput()
-    bar = tqdm(
+    # `with`: a failing step closes the bar first, so its error starts on a line of its own.
+    with tqdm(
         total=cfg.steps, initial=state.step, disable=not info.is_main, desc="train", unit="step"
-    )
-    train_model.train()
-    while state.step < cfg.steps:
-        t0 = time.perf_counter()
-        terms, grad_norm = _train_step(train_model, state, batches, normalizer, config, info, saver)
-        windows = cfg.batch_size * info.world_size
-        throughput.add(windows, batches.take_wait_s(), time.perf_counter() - t0)
-        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            values = _train_values(terms, grad_norm, state, throughput.take())
-            log.write(state.step, values)
-            bar.set_postfix(
-                loss=f"{values['train/total']:.4f}",
-                win_s=f"{values['perf/windows_per_s']:.0f}",
-                wait=f"{100 * values['perf/data_wait_share']:.1f}%",
+    ) as bar:
+        train_model.train()
+        while state.step < cfg.steps:
+            t0 = time.perf_counter()
+            terms, grad_norm = _train_step(
+                train_model, state, batches, normalizer, config, info, saver
             )
-        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
-            if val is not None and info.is_main:
-                last_val = validate(state.model, val, normalizer, config, device)
-                log.write(state.step, last_val)
-                saver.save(is_best=state.record_val(last_val["val/total"]))
-            else:
-                saver.save()
-        bar.update(1)
-    bar.close()
+            windows = cfg.batch_size * info.world_size
+            throughput.add(windows, batches.take_wait_s(), time.perf_counter() - t0)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                values = _train_values(terms, grad_norm, state, throughput.take())
+                log.write(state.step, values)
+                bar.set_postfix(
+                    loss=f"{values['train/total']:.4f}",
+                    win_s=f"{values['perf/windows_per_s']:.0f}",
+                    wait=f"{100 * values['perf/data_wait_share']:.1f}%",
+                )
+            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+                if val is not None and info.is_main:
+                    last_val = validate(state.model, val, normalizer, config, device)
+                    log.write(state.step, last_val)
+                    saver.save(is_best=state.record_val(last_val["val/total"]))
+                else:
+                    saver.save()
+            bar.update(1)
     log.close()
     _finish(run_dir, info)
     return last_val

@@ -123,6 +123,8 @@ def test_non_finite_store_features_are_not_blamed_on_divergence(feature_store, t
     result = CliRunner().invoke(main, _fit_args(store, tmp_path / "run", "--steps", "3"))
     assert result.exit_code != 0
     assert "non-finite loss at step 0" in result.output
+    # The progress bar is closed first: the error starts on a line of its own.
+    assert any(line.startswith("Error: non-finite") for line in result.output.splitlines())
     assert "the input itself is not finite: store frame" in result.output
     assert "dim 0 (hr[0])" in result.output and "python -m preprocess verify" in result.output
 
