@@ -98,6 +98,14 @@ ROWS = {
         "causal, world loss 0.1/1 + head-frame 1 + head orientation 1, blend 0.95",
         {**_W01_HEAD, "head_orientation_weight": 1.0},
     ),
+    "world_w01_head_foot3": Row(
+        "causal, world loss 0.1/1 + head-frame 1 + foot contact 3, blend 0.95",
+        {**_W01_HEAD, "foot_contact_weight": 3.0},
+    ),
+    "world_w01_head_foot_rot": Row(
+        "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
+        {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
+    ),
 }
 
 COLUMNS = (  # (metrics key or derived name, header, format)
