@@ -27,6 +27,9 @@ pass per whole sequence, version 2 its sequence table as string arrays; both are
                     (any of their 4 frames valid) of `mean` over the sequences of split
                     attribute `split` (train when encoded, else all); attribute `count`
 
+Every array of both stores ends its codec chain with crc32c (`COMPRESSORS`), as the feature
+store's do; a damaged chunk is named when read (stores written before have none and still read).
+
 Decoded store (schema `DECODED_SCHEMA`): `features` (N_frames, 294) world features, or with
 `world=True` the world motion arrays `cpf_translation` (N, 3), `cpf_orientation` (N, 3, 3),
 `joint_translation` (N, 23, 3), `joint_orientation` (N, 23, 3, 3); and the sequence table
@@ -56,7 +59,7 @@ from shared.layout import FEATURE_DIM
 from shared.moments import Moments
 from shared.remote import url_options
 from shared.skeleton import NUM_JOINTS
-from shared.store import STATS_ATTR_COUNT, open_store
+from shared.store import STATS_ATTR_COUNT, open_store, store_compressors
 from shared.zarr_output import (
     ATTR_FPS,
     ATTR_SPLIT,
@@ -75,6 +78,11 @@ from train.inference import file_sha256, warn_if_other_store
 from train.model import FRAMES_PER_LATENT
 
 logger = logging.getLogger(__name__)
+
+# zarr's default compression (zstd level 0), then a crc32c of every chunk as the feature store
+# has: a damaged chunk fails to decode and is named (`read_sequence_latents`), never read as
+# numbers.
+COMPRESSORS = store_compressors(zstd_level=0)
 
 LATENT_SCHEMA = "nymeria-motion-latents"
 DECODED_SCHEMA = "nymeria-motion-decoded"
@@ -133,7 +141,9 @@ Split = Literal["all", "train", "val", "test"]
 def _write_arrays(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
     """One array per column of a numeric table (windows, latent statistics)."""
     for name, values in arrays.items():
-        array = group.create_array(name, shape=values.shape, dtype=values.dtype)
+        array = group.create_array(
+            name, shape=values.shape, dtype=values.dtype, compressors=COMPRESSORS
+        )
         if values.size:
             array[...] = values
 
@@ -180,7 +190,8 @@ def encode_store(
     with staged_store(out, arrays_bytes, storage_options) as root:
         chunks = (min(WINDOW_CHUNK_ROWS, total), K, L)
         writer = ChunkedRowWriter(
-            {name: root.create_array(name, shape=(total, K, L), dtype="float32", chunks=chunks)
+            {name: root.create_array(name, shape=(total, K, L), dtype="float32", chunks=chunks,
+                                     compressors=COMPRESSORS)
              for name in ((MEAN, LOGVAR) if logvar else (MEAN,))}
         )  # fmt: skip
         stats_split = "train" if any(r.split == "train" for r in records) else split
@@ -297,13 +308,22 @@ def read_sequence_latents(
             f"{plan.hop_frames} frames make {plan.num_windows}"
         )
     rows = slice(sequence.first_window, sequence.first_window + sequence.num_windows)
-    windows = group[WINDOWS]
-    frame = CanonicalFrame(
-        torch.as_tensor(windows["R_canon_world"][rows]),
-        torch.as_tensor(windows["offset_world"][rows]),
-    )
-    logvar = torch.as_tensor(group[LOGVAR][rows]) if LOGVAR in group else None
-    return MotionLatents(torch.as_tensor(group[MEAN][rows]), logvar, frame, plan)
+
+    def read(path: str) -> torch.Tensor:
+        try:
+            return torch.as_tensor(group[path][rows])
+        except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+            if "checksum" not in str(e):
+                raise
+            raise ValueError(
+                f"latent store: array {path!r}, windows {rows.start}..{rows.stop - 1} (sequence "
+                f"{sequence.name!r}): a chunk failed its checksum, the store is damaged; write it "
+                f"again with `train encode`"
+            ) from None
+
+    frame = CanonicalFrame(read(f"{WINDOWS}/R_canon_world"), read(f"{WINDOWS}/offset_world"))
+    logvar = read(LOGVAR) if LOGVAR in group else None
+    return MotionLatents(read(MEAN), logvar, frame, plan)
 
 
 def decode_store(
@@ -337,7 +357,8 @@ def decode_store(
     with staged_store(out, arrays_bytes, storage_options) as root:
         chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
         writer = ChunkedRowWriter(
-            {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s))
+            {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s),
+                                     compressors=COMPRESSORS)
              for name, s in shapes.items()}
         )  # fmt: skip
         for seq in tqdm(sequences, desc="decode", unit="seq"):

@@ -343,6 +343,25 @@ def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path)
     )
 
 
+def test_a_damaged_latent_chunk_is_named_and_nothing_is_decoded(run, latents, tmp_path):
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(latents, damaged)
+    assert zarr.open_group(str(damaged), mode="r")["mean"].metadata.codecs[-1].to_dict() == {
+        "name": "crc32c"
+    }
+    chunk = damaged / "mean" / "c" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    out = tmp_path / "decoded.zarr"
+    args = ["decode", "--ckpt", str(run["ckpt"]), "--latents", str(damaged), "--out", str(out)]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code != 0
+    assert "latent store: array 'mean', windows 0.." in result.output
+    assert "failed its checksum" in result.output and "`train encode`" in result.output
+    assert not out.exists()
+
+
 def _fail_on_second_call(monkeypatch, owner, name: str) -> None:
     """Make `owner.<name>` raise on its second call (after one sequence went through)."""
     original, calls = getattr(owner, name), []
