@@ -54,6 +54,8 @@ class Row:
     name: str
     train: dict = field(default_factory=dict)
     reference_model: bool = False
+    # MotionVAEConfig fields besides the width; pinned like the loss settings.
+    model: dict = field(default_factory=lambda: {"linear_path": False})
 
 
 # Every row pins the loss settings it was measured with, so that moving a default never
@@ -102,6 +104,11 @@ ROWS = {
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 3, blend 0.95",
         {**_W01_HEAD, "foot_contact_weight": 3.0},
     ),
+    "world_w01_head_foot_linear": Row(
+        "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1, blend 0.95",
+        {**_W01_HEAD, "foot_contact_weight": 1.0},
+        model={"linear_path": True},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
@@ -147,7 +154,7 @@ def derived(metrics: dict) -> dict:
 
 
 def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Namespace) -> dict:
-    model = MotionVAEConfig(hidden_dim=args.hidden, latent_dim=args.latent)
+    model = MotionVAEConfig(hidden_dim=args.hidden, latent_dim=args.latent, **row.model)
     train = TrainConfig(
         steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
         val_every=max(1, args.steps // 8), val_windows=64, log_every=max(1, args.steps // 20),
@@ -178,7 +185,7 @@ def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Names
                            device="cpu")  # fmt: skip
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [c for c in curve if "val/mpjpe_world_mm" in c]
-    return {"name": row.name, "train": row.train, "wall_s": wall, "cpu_s": cpu,
+    return {"name": row.name, "train": row.train, "model": row.model, "wall_s": wall, "cpu_s": cpu,
             "metrics": derived(metrics), "curve": curve}  # fmt: skip
 
 
@@ -218,7 +225,8 @@ def collect_rows(keys: list[str], workdir: Path) -> dict[str, dict]:
         raise SystemExit(f"--collect: no results for rows {missing} in {workdir} (ROW.json)")
     results = {k: json.loads((workdir / f"{k}.json").read_text())["results"][k] for k in keys}
     for key, result in results.items():
-        if result["train"] == ROWS[key].train:
+        same_model = result.get("model", {"linear_path": False}) == ROWS[key].model
+        if result["train"] == ROWS[key].train and same_model:
             result["name"] = ROWS[key].name
     return results
 

@@ -109,12 +109,19 @@ ADDED_TRAIN_FIELDS = {
 }
 
 
+# Model fields added after runs were saved: a model from before `linear_path` has none.
+ADDED_MODEL_FIELDS = {"linear_path": False}
+
+
 def saved_config(data: dict) -> dict:
     """A run's saved config (config.json, a checkpoint's) with the fields it predates filled in
     as it was trained, so that today's defaults never silently change an old run."""
-    train = data.get("train", {})
-    filled = {k: v for k, v in ADDED_TRAIN_FIELDS.items() if k not in train}
-    return {**data, "train": {**train, **filled}}
+    model, train = data.get("model", {}), data.get("train", {})
+    return {
+        **data,
+        "model": {**ADDED_MODEL_FIELDS, **model},
+        "train": {**ADDED_TRAIN_FIELDS, **train},
+    }
 
 
 @dataclass(frozen=True)

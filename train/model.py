@@ -62,6 +62,10 @@ class MotionVAEConfig:
     """Weight of the KL term in the training loss."""
     logvar_clamp: float = 10.0
     """The encoder's log-variance is clamped to [-logvar_clamp, logvar_clamp]."""
+    linear_path: bool = False
+    """Add a linear map from each latent's 4 frames to its moments (encoder) and from each latent
+    to its 4 frames (decoder) to the conv stacks: a path that passes values through without the
+    stacks' per-frame LayerNorms, which keep only the direction of a hidden vector."""
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden_dim", "latent_dim", "blocks_per_stage", "kernel_size",
@@ -192,6 +196,16 @@ class CausalUpsample(nn.Module):
         return y.reshape(B, 2 * T, C)  # frame 2i + p = phase p of step i
 
 
+class _LinearPath(nn.Linear):
+    """The `linear_path` of `MotionVAEConfig`: starts at zero, so at init the model is its conv
+    stacks alone."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
 def _init_output_projection(conv: nn.Conv1d) -> None:
     # Small outputs at init: the posterior starts at N(~0, ~1) (KL ~ 0), the recon at ~0.
     nn.init.normal_(conv.weight, mean=0.0, std=0.01)
@@ -268,6 +282,10 @@ class MotionVAE(nn.Module):
         self.config = config if config is not None else MotionVAEConfig()
         self.encoder = MotionEncoder(self.config)
         self.decoder = MotionDecoder(self.config)
+        if self.config.linear_path:
+            frames_dim = FRAMES_PER_LATENT * self.config.input_dim  # a latent's 4 frames, flat
+            self.linear_encoder = _LinearPath(frames_dim, 2 * self.config.latent_dim)
+            self.linear_decoder = _LinearPath(self.config.latent_dim, frames_dim)
         logger.debug("MotionVAE %s: %d parameters", dataclasses.asdict(self.config),
                      self.num_parameters())  # fmt: skip
 
@@ -308,7 +326,11 @@ class MotionVAE(nn.Module):
         latents of one whole pass (the streaming API; `StreamingEncoder` wraps it).
         """
         self._check_frames(x)
-        return self._split_moments(self.encoder(x, cache))
+        h = self.encoder(x, cache)  # (B, T/4, 2L)
+        if self.config.linear_path:  # latent k reads frames 4k..4k+3 only: causal, no context
+            B, T, D = x.shape
+            h = h + self.linear_encoder(x.reshape(B, T // FRAMES_PER_LATENT, FRAMES_PER_LATENT * D))
+        return self._split_moments(h)
 
     def reparameterize(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -318,7 +340,10 @@ class MotionVAE(nn.Module):
     def decode(self, z: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
         """(B, N, L) latents -> (B, 4N, D) frames; `cache` continues a stream as in `encode`."""
         self._check_latents(z)
-        return self.decoder(z, cache)
+        y = self.decoder(z, cache)  # (B, 4N, D)
+        if self.config.linear_path:  # frames 4k..4k+3 read latent k only
+            y = y + self.linear_decoder(z).reshape(y.shape)
+        return y
 
     def forward(self, x: torch.Tensor, preprocess: bool = False) -> VAEOutput:
         """Normalised canonical frames (B, T, D) -> `VAEOutput`.

@@ -76,3 +76,18 @@ def test_a_saved_run_keeps_the_loss_it_was_trained_with():
     assert config.train.loss == "seed" and config.train.decode_head_blend == 0.0
     today = RunConfig().to_dict()
     assert saved_config(today) == today and RunConfig().train.head_frame_weight == 1.0
+
+
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [("train", "foot_contact_weight"), ("train", "head_orientation_weight"),
+     ("model", "linear_path")],
+)  # fmt: skip
+def test_a_run_saved_before_a_field_existed_trains_without_it(section, name):
+    from train.config import ADDED_MODEL_FIELDS, ADDED_TRAIN_FIELDS, saved_config
+
+    before = RunConfig().to_dict()
+    del before[section][name]
+    config = RunConfig.from_dict(saved_config(before))
+    added = ADDED_MODEL_FIELDS if section == "model" else ADDED_TRAIN_FIELDS
+    assert getattr(getattr(config, section), name) == added[name] in (0.0, False)
