@@ -104,6 +104,14 @@ ROWS = {
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 3, blend 0.95",
         {**_W01_HEAD, "foot_contact_weight": 3.0},
     ),
+    "causal_seed_linear": Row(
+        "causal + linear path, seed loss", {"loss": "seed"}, model={"linear_path": True}
+    ),
+    "world_w01_head_linear": Row(
+        "causal + linear path, world loss 0.1/1 + head-frame 1, blend 0.95",
+        _W01_HEAD,
+        model={"linear_path": True},
+    ),
     "world_w01_head_foot_linear": Row(
         "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1, blend 0.95",
         {**_W01_HEAD, "foot_contact_weight": 1.0},
