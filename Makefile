@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # The main job end to end on synthetic data shaped like the exporter's files (clips of varying
 # length, 1% of frames skipped, video kept elsewhere): clips -> store -> a few minutes of CPU
-# training of the default 25.7M model -> evaluation table and pictures.
+# training of the default model (28.4M parameters) -> evaluation table and pictures.
 DEMO_DIR    ?= data/demo
 DEMO_RUN    ?= runs/demo
 DEMO_STEPS  ?= 240

@@ -28,7 +28,7 @@ whether the chunk count itself costs anything; and the one-off cost of mapping e
 With 64-frame chunks a 152-frame window is copied in ~3.4 pieces, with 8,192-frame chunks in
 ~1.02, so the real dataset reads at least as fast as this store (see BENCHMARKS.md).
 
-Then the data-wait share of CPU training (`train fit`, default 25.7M model, batch 32,
+Then the data-wait share of CPU training (`train fit`, default model, batch 32,
 DataLoader workers), as reported by the trainer itself. Target: < 2% of step time.
 """
 

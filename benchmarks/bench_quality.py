@@ -1,6 +1,6 @@
 """Reconstruction quality in the world, on participants the model never saw.
 
-    python -m benchmarks quality [--steps 1500 --hidden 128 --latent 64 --rows seed,world,...]
+    python -m benchmarks quality [--steps 1500 --hidden 128 --latent 64 --rows seed,world,...|all]
 
 Builds a synthetic store (`preprocess synth` + `preprocess build`, 40 recordings of 10
 participants; the split by participant holds one participant out for val and one for
@@ -16,7 +16,14 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
   world            + world terms 1/10, head a complementary filter of both (blend 0.95)
   world_w03, _w01  the same with the world weights at 0.3/3, 0.1/1
   world_head       world terms 1/10 + the head-frame joint position term (weight 1)
-  world_w01_head   world terms 0.1/1 + the head-frame term 1: the default
+  world_w01_head   world terms 0.1/1 + the head-frame term 1 (the previous default)
+  ..._foot, _foot3 + the foot-contact term (weight 1, 3); world_w03_head_foot at 0.3/3
+  ..._rot          + the head-orientation term (world_w01_head_foot_rot: foot 1 + rot 0.3)
+  *_linear         the model with `linear_path` (causal_seed_linear: with the seed loss);
+                   world_w01_head_foot_linear is the default
+
+Without --rows, the rows of the decision (DEFAULT_ROWS) run, as many at once as there are
+cores; `--rows all` runs every row.
 
 The budget is fixed in steps, not seconds, so a contended machine changes the wall time
 but not the numbers; wall and CPU time per row are printed. Jitter and foot skating are
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -122,6 +130,9 @@ ROWS = {
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
     ),
 }
+
+# What `make bench` runs: the baselines, the previous default and today's default.
+DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head", "world_w01_head_foot_linear")
 
 COLUMNS = (  # (metrics key or derived name, header, format)
     ("mpjpe_head_mm", "MPJPE head", "{:.1f}"),
@@ -281,7 +292,7 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=800, help="training steps per row")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per row")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=50)
@@ -291,11 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-windows", type=int, default=256, help="test windows evaluated")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {list(ROWS)}")
+    parser.add_argument(
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma list of {list(ROWS)}, or 'all' [{','.join(DEFAULT_ROWS)}]",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per row")
-    parser.add_argument("--parallel", type=int, default=1,
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
                         help="rows trained at once, each in its own process (they then share "
-                             "the machine's load alike)")  # fmt: skip
+                             "the machine's load alike) [the number of cores]")  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="keep stores and runs here [temp dir]")
     parser.add_argument("--json", type=Path, help="also write every metric and curve here")
     parser.add_argument("--curves", type=Path, default=Path("docs/quality_curves.png"))
@@ -308,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.collect and args.workdir is None:
         parser.error("--collect reads the rows' results from --workdir: give it")
+    if args.rows == "all":
+        args.rows = ",".join(ROWS)
     unknown = set(args.rows.split(",")) - set(ROWS)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")

@@ -63,7 +63,7 @@ class TrainConfig:
     head_frame_weight: float = 1.0
     """'world' loss: weight of the mean error of the joints in the head frame (metres); keeps the
     head's orientation right, which the world terms alone trade against the joints."""
-    foot_contact_weight: float = 0.0
+    foot_contact_weight: float = 1.0
     """'world' loss: weight of the mean world velocity error of the foot joints on the steps the
     true foot is planted (metres/frame); ties the head's motion to the legs, against skating."""
     head_orientation_weight: float = 0.0

@@ -62,10 +62,11 @@ class MotionVAEConfig:
     """Weight of the KL term in the training loss."""
     logvar_clamp: float = 10.0
     """The encoder's log-variance is clamped to [-logvar_clamp, logvar_clamp]."""
-    linear_path: bool = False
+    linear_path: bool = True
     """Add a linear map from each latent's 4 frames to its moments (encoder) and from each latent
     to its 4 frames (decoder) to the conv stacks: a path that passes values through without the
-    stacks' per-frame LayerNorms, which keep only the direction of a hidden vector."""
+    stacks' per-frame LayerNorms, which keep only the direction of a hidden vector (off: the
+    seed's architecture; chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden_dim", "latent_dim", "blocks_per_stage", "kernel_size",
