@@ -51,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.bench_train_step import ReferenceMotionVAE
-from train.config import RunConfig, TrainConfig
+from train.config import ADDED_MODEL_FIELDS, ADDED_TRAIN_FIELDS, RunConfig, TrainConfig
 from train.evaluate import evaluate
 from train.fit import fit
 from train.model import MotionVAEConfig
@@ -121,7 +121,7 @@ ROWS = {
         model={"linear_path": True},
     ),
     "world_w01_head_foot_linear": Row(
-        "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1, blend 0.95",
+        "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1 (default)",
         {**_W01_HEAD, "foot_contact_weight": 1.0},
         model={"linear_path": True},
     ),
@@ -244,9 +244,12 @@ def collect_rows(keys: list[str], workdir: Path) -> dict[str, dict]:
         raise SystemExit(f"--collect: no results for rows {missing} in {workdir} (ROW.json)")
     results = {k: json.loads((workdir / f"{k}.json").read_text())["results"][k] for k in keys}
     for key, result in results.items():
-        same_model = result.get("model", {"linear_path": False}) == ROWS[key].model
-        if result["train"] == ROWS[key].train and same_model:
-            result["name"] = ROWS[key].name
+        # A row run before a setting existed ran without it (train.config's ADDED_* values).
+        row = ROWS[key]
+        train = {k: v for k, v in ADDED_TRAIN_FIELDS.items() if k in row.train} | result["train"]
+        model = {k: v for k, v in ADDED_MODEL_FIELDS.items() if k in row.model}
+        if train == row.train and model | result.get("model", {}) == row.model:
+            result["name"] = row.name
     return results
 
 
@@ -269,7 +272,7 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4 + 0.22 * len(results)))
     for r in results.values():
         steps = [c["step"] for c in r["curve"]]
         axes[0].plot(
@@ -283,8 +286,10 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    # Below the panels: the best curves end in the corner a legend inside would cover.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * len(results) / 2 + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
