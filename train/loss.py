@@ -151,8 +151,9 @@ def world_loss(
     contact_speed_m_per_frame: float,
 ) -> dict[str, torch.Tensor]:
     """Mean position and velocity error (metres, metres/frame) of world joints and head, mean
-    position error of the joints in the head frame (metres), and mean velocity error of the foot
-    joints on their contact steps (metres/frame).
+    position error of the joints in the head frame (metres), mean velocity error of the foot
+    joints on their contact steps (metres/frame) and mean angle of the head orientation's error
+    (radians, to first order).
 
     recon, target: (B, T, 294) canonical features in physical units (denormalised); mask:
     (B, T) bool. The target is decoded exactly (`features_to_world`), the reconstruction

@@ -15,6 +15,10 @@ frames of a step (frames 2i, 2i+1 from steps <= i). The left context can instead
 `StreamingDecoder` continue a sequence chunk by chunk and get the numbers of a
 whole-sequence pass.
 
+Beside the conv stacks, `linear_path` (default on) adds a linear map from each latent's own 4
+frames to its moments and from each latent to its own 4 frames: it reads no other frame or
+latent, so the contract above holds unchanged, and it carries no state while streaming.
+
 Layout: activations are (B, T, C) throughout, like the data code, so LayerNorm, the
 residual adds and the upsampler's interleave work on contiguous memory. The one switch
 to convolution layout is inside `CausalConv1d.forward`, and it is free: see there.
