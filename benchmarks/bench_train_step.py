@@ -6,7 +6,8 @@ One step = forward + loss + backward + AdamW step, on random (batch, frames, 294
 Rows: the causal MotionVAE with the seed's loss (`vae_loss`), the same with the default
 `--loss world` (plus `world_loss`: world joints and head decoded with the head blend, in
 metres), and the non-causal seed design with `vae_loss`. The models are built from the same
-`MotionVAEConfig` and have (almost) the same parameter count; their steps are interleaved in
+`MotionVAEConfig`; the seed design has no linear path (`linear_path`: 25.7M parameters against
+28.4M, the conv stacks alike to within 0.01%); their steps are interleaved in
 one process, rotating which goes first, so drift in machine load hits all alike. On a shared
 machine the fastest steps, the per-round ratio (ours / reference within one round) and process
 CPU time are the steadier numbers; the load average is printed so a contended run shows itself.
