@@ -125,6 +125,12 @@ ROWS = {
         {**_W01_HEAD, "foot_contact_weight": 1.0},
         model={"linear_path": True},
     ),
+    "world_w03_head_foot_linear": Row(
+        "causal + linear path, world loss 0.3/3 + head-frame 1 + foot contact 1, blend 0.95",
+        {**_W01_HEAD, "world_position_weight": 0.3, "world_velocity_weight": 3.0}
+        | {"foot_contact_weight": 1.0},
+        model={"linear_path": True},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
