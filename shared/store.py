@@ -604,12 +604,18 @@ def _file_sizes(fs: fsspec.AbstractFileSystem, root: str, keys: list[str]) -> di
     return sizes
 
 
+def is_checksum_error(error: BaseException) -> bool:
+    """True for the error zarr's crc32c codec raises on a chunk whose bytes changed ("Stored and
+    computed checksum do not match"): the one place that recognises it."""
+    return "checksum" in str(error)
+
+
 def _check_chunk_content(array: zarr.Array, chunk: _Chunk) -> list[str]:
     """Checksum (verified by zarr's crc32c codec on decode) and finiteness of one chunk."""
     try:
         values = array.get_block_selection(chunk.coords)
     except Exception as error:  # noqa: BLE001 - any decode failure is damage to name, not to raise
-        if "checksum" in str(error):
+        if is_checksum_error(error):
             return [f"{chunk}: checksum mismatch (the bytes changed after they were written)"]
         return [f"{chunk}: cannot be decoded ({type(error).__name__}: {error})"]
     if values.dtype.kind not in "fc":

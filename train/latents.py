@@ -59,7 +59,7 @@ from shared.layout import FEATURE_DIM
 from shared.moments import Moments
 from shared.remote import url_options
 from shared.skeleton import NUM_JOINTS
-from shared.store import STATS_ATTR_COUNT, open_store, store_compressors
+from shared.store import STATS_ATTR_COUNT, is_checksum_error, open_store, store_compressors
 from shared.zarr_output import (
     ATTR_FPS,
     ATTR_SPLIT,
@@ -312,8 +312,8 @@ def read_sequence_latents(
     def read(path: str) -> torch.Tensor:
         try:
             return torch.as_tensor(group[path][rows])
-        except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
-            if "checksum" not in str(e):
+        except ValueError as e:
+            if not is_checksum_error(e):
                 raise
             raise ValueError(
                 f"latent store: array {path!r}, windows {rows.start}..{rows.stop - 1} (sequence "
