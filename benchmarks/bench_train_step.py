@@ -35,7 +35,7 @@ from torch import nn
 
 from train.config import RunConfig, TrainConfig
 from train.loss import total_of, vae_loss, world_loss
-from train.metrics import CONTACT_SPEED_M_S
+from train.metrics import contact_speed_m_per_frame
 from train.model import MotionVAE, MotionVAEConfig
 
 
@@ -110,7 +110,7 @@ MODELS: dict[str, tuple[Callable[[MotionVAEConfig], nn.Module], str]] = {
 }
 
 
-_CONTACT_30FPS = CONTACT_SPEED_M_S / 30.0  # foot-contact threshold of a 30 fps store
+_CONTACT_30FPS = contact_speed_m_per_frame(30.0)  # foot-contact threshold of a 30 fps store
 
 
 def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, loss: str) -> torch.Tensor:

@@ -47,6 +47,7 @@ from train.metrics import (
     MPJPE_WORLD_PER_JOINT,
     RECON_LOSS,
     MaskedSum,
+    contact_speed_m_per_frame,
     pool,
     reconstruction_errors,
 )
@@ -212,7 +213,7 @@ def evaluate(
     examples = set(
         windows[np.linspace(0, len(windows) - 1, NUM_EXAMPLE_WINDOWS).round().astype(int)].tolist()
     )
-    speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
+    speed_m_per_frame = contact_speed_m_per_frame(store.fps)
 
     batches: list[dict[str, MaskedSum]] = []
     examples_m: list[tuple[int, np.ndarray, np.ndarray]] = []  # (window, gt, recon) canonical

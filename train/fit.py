@@ -41,7 +41,7 @@ from train.data import (
 from train.evaluate import evaluate_batch
 from train.inference import config_from_checkpoint, resolve_device
 from train.loss import KL, RECON, TOTAL, WORLD_TERMS, total_of, training_loss
-from train.metrics import CONTACT_SPEED_M_S, RECON_LOSS, pool
+from train.metrics import RECON_LOSS, contact_speed_m_per_frame, pool
 from train.model import MotionVAE
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def validate(
     """
     was_training = model.training
     model.eval()
-    speed_m_per_frame = CONTACT_SPEED_M_S / val.store.fps
+    speed_m_per_frame = contact_speed_m_per_frame(val.store.fps)
     batches = []
     for chunk in val.windows.split(config.train.batch_size):
         windows = read_windows(val.store, val.index, chunk.numpy()).to(device)
@@ -416,7 +416,7 @@ class TrainBatches:
         )  # fmt: skip
         self.loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))
         self.device, self.store_url = device, store.url
-        self.contact_speed_m_per_frame = CONTACT_SPEED_M_S / store.fps
+        self.contact_speed_m_per_frame = contact_speed_m_per_frame(store.fps)
         self.wait_s = 0.0
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)

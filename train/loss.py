@@ -204,7 +204,7 @@ def training_loss(
     """Every loss term of one batch under `config.train.loss`, and TOTAL, the one to minimise.
 
     `contact_speed_m_per_frame`: the foot-contact speed threshold at the store's frame rate
-    (`train.metrics.CONTACT_SPEED_M_S / fps`)."""
+    (`train.metrics.contact_speed_m_per_frame(fps)`)."""
     terms = vae_loss(
         out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask,
         config.model.lambda_kl,

@@ -35,7 +35,14 @@ CONTACT_HEIGHT_M = 0.05
 """A foot joint may be in contact when it is within this height of its lowest point in the
 window."""
 CONTACT_SPEED_M_S = 0.2
-"""... and moves slower than this between two frames (ground truth); divide by fps for m/frame."""
+"""... and moves slower than this between two frames (ground truth); per frame:
+`contact_speed_m_per_frame(fps)`."""
+
+
+def contact_speed_m_per_frame(fps: float) -> float:
+    """The contact speed threshold (`CONTACT_SPEED_M_S`) at a store's frame rate, metres/frame."""
+    return CONTACT_SPEED_M_S / fps
+
 
 # Keys of `reconstruction_errors` whose value is a vector rather than a scalar.
 RECON_LOSS = "recon_loss"  # mean of the per-group MSEs: the training reconstruction loss
@@ -203,7 +210,7 @@ def reconstruction_errors(
 
     recon, target: (B, T, 294) canonical features of the same windows in physical units
     (denormalised); mask: (B, T) bool; contact_speed_m_per_frame: the contact speed
-    threshold at the store's frame rate (`CONTACT_SPEED_M_S / fps`). Keys carry units;
+    threshold at the store's frame rate (`contact_speed_m_per_frame(fps)`). Keys carry units;
     `*_by_frame_*` keep the frame index (T,), `*_per_joint_*` the joint index (23,).
     Foot contact comes from the target only. The reconstruction's world motion is decoded
     with `head_blend` (`shared.features.decoded_to_world`), as the model was trained.

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from shared.layout import FEATURE_DIM, HP, HP_DOT, LOSS_GROUPS
 from shared.skeleton import FOOT_JOINTS
 from train.loss import KL, RECON, TOTAL, latent_mask, mse_key, vae_loss
-from train.metrics import CONTACT_SPEED_M_S
+from train.metrics import contact_speed_m_per_frame
 
 L = 5  # latent channels: small, the loss does not care
 
@@ -165,7 +165,7 @@ def test_rejects_mismatched_shapes(change: str, message: str) -> None:
         vae_loss(recon, target, mean, logvar, mask)
 
 
-SPEED = CONTACT_SPEED_M_S / 30.0  # the foot-contact threshold of a 30 fps store, m/frame
+SPEED = contact_speed_m_per_frame(30.0)  # the foot-contact threshold of a 30 fps store
 
 
 def _canonical_windows(
