@@ -47,10 +47,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks import realmotion
 from benchmarks.bench_train_step import ReferenceMotionVAE
+from shared.store import open_store
 from train.config import ADDED_MODEL_FIELDS, ADDED_TRAIN_FIELDS, RunConfig, TrainConfig
 from train.evaluate import evaluate
 from train.fit import fit
@@ -131,6 +134,11 @@ ROWS = {
         | {"foot_contact_weight": 1.0},
         model={"linear_path": True},
     ),
+    "world_w01_head_foot_linear_mirror": Row(
+        "default + left/right mirroring 0.5",
+        {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
+        model={"linear_path": True},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
@@ -204,14 +212,35 @@ def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Names
     with swap, quiet:
         fit(RunConfig(model=model, train=train), str(store), run_dir)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    with swap_eval, mock.patch("train.evaluate.tqdm", lambda it, **k: it):
-        metrics = evaluate(run_dir / "checkpoints" / "last.pt", str(store), "test",
-                           run_dir / "eval", max_windows=args.max_windows,
-                           device="cpu")  # fmt: skip
+    by_set = {}
+    for label, windows in evaluation_windows(store, args).items():
+        with swap_eval, mock.patch("train.evaluate.tqdm", lambda it, **k: it):
+            metrics = evaluate(run_dir / "checkpoints" / "last.pt", str(store), "test",
+                               run_dir / "eval" / label.replace(" ", "_"),
+                               max_windows=args.max_windows, device="cpu",
+                               windows=windows)  # fmt: skip
+        by_set[label] = derived(metrics)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [c for c in curve if "val/mpjpe_world_mm" in c]
     return {"name": row.name, "train": row.train, "model": row.model, "wall_s": wall, "cpu_s": cpu,
-            "metrics": derived(metrics), "curve": curve}  # fmt: skip
+            "metrics": next(iter(by_set.values())), "metrics_by_set": by_set,
+            "curve": curve}  # fmt: skip
+
+
+def evaluation_windows(store: Path, args: argparse.Namespace) -> dict[str, np.ndarray | None]:
+    """What each row is evaluated on: the test split's unseen participants (synthetic), or the
+    unseen style and the unseen content (real, `benchmarks.realmotion`); None = evenly spaced
+    windows of the whole test split."""
+    if args.data == "synth":
+        return {"unseen participant": None}
+    opened = open_store(store)
+    records = opened.split("test")
+    return {
+        label: realmotion.subset_windows(
+            records, subset, MotionVAEConfig().seq_len, args.max_windows
+        )
+        for label, subset in realmotion.evaluation_sets(opened).items()
+    }
 
 
 def run_rows_in_processes(
@@ -219,7 +248,8 @@ def run_rows_in_processes(
 ) -> dict[str, dict]:
     """Each row in a `python -m benchmarks.bench_quality --rows KEY` child on the shared store."""
     shared_options = ("steps", "batch", "lr", "warmup", "hidden", "latent", "recordings",
-                      "participants", "seed", "max_windows", "threads")  # fmt: skip
+                      "participants", "seed", "max_windows", "threads", "data", "real_source",
+                      "real_cache")  # fmt: skip
     passed = [x for name in shared_options
               for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]  # fmt: skip
     pending, running, results = list(keys), {}, {}
@@ -260,16 +290,23 @@ def collect_rows(keys: list[str], workdir: Path) -> dict[str, dict]:
 
 
 def format_table(results: dict[str, dict]) -> str:
+    """One table per evaluation set (synthetic: the unseen participant; real: unseen style and
+    unseen content)."""
+    sets = next(iter(results.values())).get("metrics_by_set") or {"test": None}
     width = max(len(r["name"]) for r in results.values()) + 2
-    head = f"{'row':<{width}}" + "".join(f"{h:>13}" for _, h, _ in COLUMNS) + f"{'wall min':>10}"
-    lines = [head]
-    for r in results.values():
-        cells = []
-        for key, _, fmt in COLUMNS:
-            value = r["metrics"].get(key)
-            cells.append(f"{'n/a' if value is None else fmt.format(value):>13}")
-        lines.append(f"{r['name']:<{width}}" + "".join(cells) + f"{r['wall_s'] / 60:>10.1f}")
-    return "\n".join(lines)
+    tables = []
+    for label in sets:
+        head = f"{label:<{width}}" + "".join(f"{h:>13}" for _, h, _ in COLUMNS)
+        lines = [head + f"{'wall min':>10}"]
+        for r in results.values():
+            metrics = r.get("metrics_by_set", {}).get(label, r["metrics"])
+            cells = []
+            for key, _, fmt in COLUMNS:
+                value = metrics.get(key)
+                cells.append(f"{'n/a' if value is None else fmt.format(value):>13}")
+            lines.append(f"{r['name']:<{width}}" + "".join(cells) + f"{r['wall_s'] / 60:>10.1f}")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def plot_curves(results: dict[str, dict], path: Path) -> None:
@@ -312,7 +349,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recordings", type=int, default=40)
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-windows", type=int, default=256, help="test windows evaluated")
+    parser.add_argument("--max-windows", type=int, default=256,
+                        help="test windows evaluated (per evaluation set)")  # fmt: skip
+    parser.add_argument("--data", choices=("synth", "real"), default="synth",
+                        help="synth: `preprocess synth` recordings; real: real motion capture "
+                             "from --real-source (benchmarks.realmotion) [synth]")  # fmt: skip
+    parser.add_argument("--real-source", type=Path, default=realmotion.DEFAULT_SOURCE,
+                        help="folder with bandai2-bvh.tar.xz and make_clips.py "
+                             "[../shared/realmotion beside the checkout]")  # fmt: skip
+    parser.add_argument(
+        "--real-cache",
+        type=Path,
+        default=realmotion.DEFAULT_CACHE,
+        help="where the real clips and store are built once [data/bench_real]",
+    )
     parser.add_argument(
         "--rows",
         default=",".join(DEFAULT_ROWS),
@@ -345,14 +395,25 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         store = workdir / "store.zarr"
-        if not store.exists() and not args.collect:
+        if args.data == "real":
+            try:
+                store = realmotion.real_store(args.real_source, args.real_cache)
+            except realmotion.RealDataMissing as error:
+                print(f"quality --data real: skipped: {error}")
+                return
+        elif not store.exists() and not args.collect:
             store = build_store(workdir, args.recordings, args.participants, args.seed)
         keys = args.rows.split(",")
         if args.collect:
             print(f"quality: rows collected from {workdir} (each row's settings are in its JSON)")
         else:
-            print(f"quality: {args.recordings} recordings / {args.participants} participants, "
-                  f"test = unseen participants; each row {args.steps} steps x batch {args.batch}, "
+            data = (
+                f"real motion capture ({store})"
+                if args.data == "real"
+                else f"{args.recordings} recordings / {args.participants} participants"
+            )
+            print(f"quality: {data}, test = unseen participants; "
+                  f"each row {args.steps} steps x batch {args.batch}, "
                   f"hidden {args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} "
                   "threads", flush=True)  # fmt: skip
         if args.collect:

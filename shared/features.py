@@ -34,7 +34,7 @@ from shared.rotations import (
     yaw_matrix,
     yaw_of,
 )
-from shared.skeleton import NUM_JOINTS
+from shared.skeleton import MIRROR, NUM_JOINTS, SEGMENT_LATERAL_AXIS
 
 Array = Any
 
@@ -42,6 +42,11 @@ WORLD_UP_AXIS: tuple[float, float, float] = (0.0, 0.0, 1.0)
 """Nymeria / XSens world frame is Z up."""
 HEAD_FORWARD_AXIS: tuple[float, float, float] = (0.0, 0.0, 1.0)
 """Viewing direction of the Aria CPF in its own frame (+Z; X left, Y up)."""
+HEAD_LATERAL_AXIS: int = 0
+"""The left/right axis of the Aria CPF (X left)."""
+WORLD_MIRROR_AXIS: int = 1
+"""The world axis `mirror_features` reverses (any horizontal axis would do: canonical windows
+remove the heading)."""
 
 
 @dataclass(frozen=True)
@@ -297,3 +302,49 @@ def _check_dim(features: Array) -> None:
             f"features must have {FEATURE_DIM} channels in the last axis, found shape "
             f"{tuple(features.shape)}"
         )
+
+
+def _mirror_map() -> tuple[np.ndarray, np.ndarray]:
+    """(source index, sign) per feature dim: the mirror image is a signed permutation.
+
+    With W the world reflection (WORLD_MIRROR_AXIS reversed) and S a frame's own left/right
+    reflection (HEAD_LATERAL_AXIS of the CPF, SEGMENT_LATERAL_AXIS of a segment), a rotation
+    R_world_local becomes W R S (a proper rotation again), so its 6D columns c_k become
+    s_k W c_k; hr_dot (head frame on both sides) becomes S D S; world vectors W v; head-frame
+    vectors S v; and every joint takes its mirror joint's values.
+    """
+
+    def reflection(axis: int) -> np.ndarray:
+        signs = np.ones(3)
+        signs[axis] = -1.0
+        return signs
+
+    world = reflection(WORLD_MIRROR_AXIS)
+    head, segment = reflection(HEAD_LATERAL_AXIS), reflection(SEGMENT_LATERAL_AXIS)
+
+    def rot6d(outer: np.ndarray, local: np.ndarray) -> np.ndarray:
+        return np.concatenate([local[0] * outer, local[1] * outer])
+
+    source, sign = np.arange(FEATURE_DIM), np.ones(FEATURE_DIM)
+    sign[HR], sign[HR_DOT] = rot6d(world, head), rot6d(head, head)
+    sign[HP], sign[HP_DOT] = world, world
+    for field, width, signs in ((JP, 3, head), (JV, 3, head), (JR, 6, rot6d(world, segment))):
+        for j, m in enumerate(MIRROR):
+            source[field.start + j * width : field.start + (j + 1) * width] = np.arange(
+                field.start + m * width, field.start + (m + 1) * width
+            )
+            sign[field.start + j * width : field.start + (j + 1) * width] = signs
+    return source, sign
+
+
+_MIRROR_SOURCE, _MIRROR_SIGN = _mirror_map()
+
+
+def mirror_features(features: Array) -> Array:
+    """Features (..., 294) of the left/right mirror image of the motion: the world reflected
+    across a vertical plane and every Left* segment swapped with its Right* counterpart (the
+    skeleton's symmetry). An involution: mirroring twice gives the features back exactly."""
+    _check_dim(features)
+    xp = _xp(features)
+    index = _MIRROR_SOURCE if xp is np else xp.as_tensor(_MIRROR_SOURCE, device=features.device)
+    return features[..., index] * as_like(_MIRROR_SIGN, features)

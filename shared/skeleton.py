@@ -30,6 +30,16 @@ PARENTS: tuple[int, ...] = tuple(
     -1 if _PARENT_NAMES[n] is None else JOINT_INDEX[_PARENT_NAMES[n]] for n in JOINT_NAMES
 )
 
+MIRROR: tuple[int, ...] = tuple(
+    JOINT_INDEX[n.replace("Right", "\0").replace("Left", "Right").replace("\0", "Left")]
+    for n in JOINT_NAMES
+)
+"""The joint each joint becomes in the left/right mirror image of the body (Right* <-> Left*,
+the spine and head themselves)."""
+SEGMENT_LATERAL_AXIS: int = 1
+"""The left/right axis of every segment frame (XSens: X forward, Y left, Z up in the N-pose, so
+mirrored segments' frames are each other's with Y reversed)."""
+
 ROOT: int = JOINT_INDEX["Pelvis"]
 HEAD: int = JOINT_INDEX["Head"]
 

@@ -69,6 +69,10 @@ class TrainConfig:
     head_orientation_weight: float = 0.0
     """'world' loss: weight of the mean angle of the decoded head orientation's error (radians,
     to first order); the heading the head's world velocity and the world joints rotate with."""
+    mirror_prob: float = 0.0
+    """Probability that a training window is replaced by its left/right mirror image (the world
+    reflected, Left*/Right* segments swapped: shared.features.mirror_features), drawn per window
+    and step; 0 trains on the windows as stored."""
     head_blend: float = 0.95
     """'world' loss: weight of the integrated head deltas (hp_dot, hr_dot) against the absolute
     head pose (hp, hr) when decoding the head trajectory; 0 absolute, 1 pure integration
@@ -89,6 +93,10 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
+        if not 0.0 <= self.mirror_prob <= 1.0:
+            raise ValueError(
+                f"TrainConfig.mirror_prob must be in [0, 1], found {self.mirror_prob!r}"
+            )
         if not 0.0 <= self.head_blend <= 1.0:
             raise ValueError(f"TrainConfig.head_blend must be in [0, 1], found {self.head_blend!r}")
 
@@ -106,6 +114,7 @@ ADDED_TRAIN_FIELDS = {
     "head_frame_weight": 0.0,
     "foot_contact_weight": 0.0,
     "head_orientation_weight": 0.0,
+    "mirror_prob": 0.0,
 }
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shared.features import CanonicalFrame, canonicalize
+from shared.features import CanonicalFrame, canonicalize, mirror_features
 from shared.layout import FEATURE_DIM
 from shared.store import FeatureStore, NormStats, SequenceRecord, open_store
 
@@ -196,6 +196,16 @@ class PreparedBatch(NamedTuple):
     mask: torch.Tensor  # (B, T) bool
     canonical: torch.Tensor  # (B, T, 294) canonical features, physical units
     frame: CanonicalFrame  # per-window transform back to the world
+
+
+def mirror_some(batch: WindowBatch, probability: float) -> WindowBatch:
+    """Each window replaced by its left/right mirror image with `probability`, drawn from
+    torch's global generator (which the training step seeds per step and rank)."""
+    if probability <= 0:
+        return batch
+    x = batch.features
+    flip = torch.rand(x.shape[0], device=x.device) < probability
+    return batch._replace(features=torch.where(flip[:, None, None], mirror_features(x), x))
 
 
 def prepare_batch(batch: WindowBatch, normalizer: Normalizer) -> PreparedBatch:

@@ -35,6 +35,7 @@ from train.data import (
     WindowBatch,
     WindowIndex,
     make_loader,
+    mirror_some,
     prepare_batch,
     read_windows,
 )
@@ -452,7 +453,7 @@ def _train_step(
     cfg = config.train
     batch = batches.next()
     torch.manual_seed(_step_seed(cfg.seed, info.rank, state.step))
-    prep = prepare_batch(batch, normalizer)
+    prep = prepare_batch(mirror_some(batch, cfg.mirror_prob), normalizer)
     with batches.autocast:
         out = train_model(prep.x)
     terms = training_loss(out, prep, normalizer, config, batches.contact_speed_m_per_frame)

@@ -215,3 +215,51 @@ def test_decoded_to_world_is_exact_on_canonical_windows_and_anchors_the_start():
     shifted[..., 0, HP.start : HP.start + 2] += 0.3  # a decoder's error at the known start
     anchored = decoded_to_world(shifted, 0.95)
     torch.testing.assert_close(anchored.cpf_translation[:, 0], exact.cpf_translation[:, 0])
+
+
+def _mirrored_world(t_head, R_head, p_joints, R_joints):
+    """The mirror image of world motion, built from its definition: the world reflected
+    across the X-Z plane, Left*/Right* segments swapped, each frame's own left axis reversed
+    (CPF: X left; XSens segments: Y left) so every rotation stays proper."""
+    from shared.skeleton import MIRROR
+
+    W, S_head, S_seg = np.diag([1.0, -1, 1]), np.diag([-1.0, 1, 1]), np.diag([1.0, -1, 1])
+    mirror = list(MIRROR)
+    return (
+        t_head @ W,
+        W @ R_head @ S_head,
+        p_joints[:, mirror] @ W,
+        W @ R_joints[:, mirror] @ S_seg,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mirror_features_equal_features_of_the_mirrored_motion(seed):
+    from shared.features import mirror_features
+
+    motion = random_motion(seed)
+    mirrored = _mirrored_world(*motion)
+    assert np.allclose(np.linalg.det(mirrored[1]), 1) and np.allclose(np.linalg.det(mirrored[3]), 1)
+    expected = world_to_features(*mirrored)
+    got = mirror_features(world_to_features(*motion))
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    # An involution, and the same in torch (batched, float32) as in numpy.
+    np.testing.assert_array_equal(mirror_features(got), world_to_features(*motion))
+    batch = torch.from_numpy(np.stack([world_to_features(*motion)] * 2)).float()
+    np.testing.assert_allclose(mirror_features(batch)[1].numpy(), expected, atol=1e-5)
+
+
+def test_mirror_keeps_a_symmetric_pose_and_moves_a_raised_right_hand_to_the_left():
+    from shared.features import mirror_features
+    from shared.skeleton import JOINT_INDEX
+
+    T = 4
+    t_head, R_head = np.zeros((T, 3)), np.tile(np.eye(3), (T, 1, 1))
+    p = np.zeros((T, NUM_JOINTS, 3))
+    p[:, JOINT_INDEX["RightHand"]] = [0.0, -0.3, 0.5]  # right (-Y left) and up
+    p[:, JOINT_INDEX["LeftHand"]] = [0.0, 0.3, -0.6]
+    R = np.tile(np.eye(3), (T, NUM_JOINTS, 1, 1))
+    mirrored = features_to_world(mirror_features(world_to_features(t_head, R_head, p, R)))
+    hands = mirrored.joint_translation[0]
+    np.testing.assert_allclose(hands[JOINT_INDEX["LeftHand"]], [0.0, 0.3, 0.5], atol=1e-9)
+    np.testing.assert_allclose(hands[JOINT_INDEX["RightHand"]], [0.0, -0.3, -0.6], atol=1e-9)

@@ -114,3 +114,23 @@ def test_compressed_store_over_a_url_gives_the_same_windows(feature_store, tmp_p
     a, b = read_windows(local, index, k), read_windows(remote, index, k)
     torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
     torch.testing.assert_close(a.mask, b.mask, rtol=0, atol=0)
+
+
+def test_mirror_some_flips_a_seeded_subset_of_windows_into_their_mirror_image(feature_store):
+    from shared.features import mirror_features
+    from train.data import mirror_some
+
+    store = open_store(feature_store)
+    index = WindowIndex(store.split("train"), 32)
+    batch = read_windows(store, index, np.arange(0, index.num_windows, 7)[:16])
+    assert mirror_some(batch, 0.0) is batch
+    mirrored = mirror_features(batch.features)
+    torch.manual_seed(3)
+    half = mirror_some(batch, 0.5)
+    flipped = (half.features == mirrored).flatten(1).all(1)
+    kept = (half.features == batch.features).flatten(1).all(1)
+    assert (flipped ^ kept).all() and 0 < int(flipped.sum()) < len(flipped)
+    torch.manual_seed(3)
+    assert torch.equal(mirror_some(batch, 0.5).features, half.features)  # seeded: resumable
+    assert torch.equal(mirror_some(batch, 1.0).features, mirrored)
+    assert torch.equal(half.mask, batch.mask) and torch.equal(half.sequence, batch.sequence)
