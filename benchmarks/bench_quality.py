@@ -338,6 +338,18 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def print_motion_comparison(real: Path, workdir: Path, args: argparse.Namespace) -> None:
+    """What the real motion is like next to the synthetic generator's (a store of
+    --recordings / --participants built in the work dir)."""
+    synth = workdir / "synth_compare" / "store.zarr"
+    if not synth.exists():
+        synth = build_store(synth.parent, args.recordings, args.participants, args.seed)
+    columns = {name: realmotion.motion_statistics(open_store(path))
+               for name, path in (("real", real), ("synthetic", synth))}  # fmt: skip
+    print("motion statistics, real vs synthetic (benchmarks.realmotion.motion_statistics):")
+    print(realmotion.format_statistics(columns), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500, help="training steps per row")
@@ -404,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
         elif not store.exists() and not args.collect:
             store = build_store(workdir, args.recordings, args.participants, args.seed)
         keys = args.rows.split(",")
+        if args.data == "real" and not args.collect:
+            print_motion_comparison(store, workdir, args)
         if args.collect:
             print(f"quality: rows collected from {workdir} (each row's settings are in its JSON)")
         else:

@@ -154,3 +154,66 @@ def subset_windows(
     numbers = numbers[in_subset[sequence]]
     picks = np.linspace(0, len(numbers) - 1, min(max_windows, len(numbers))).round().astype(int)
     return np.unique(numbers[picks])
+
+
+# --- what real motion has that the synthetic generator may lack ---------------------------------
+
+MOTION_STATS = (  # (key, label, format)
+    ("head_speed_median", "head speed median (m/s)", "{:.2f}"),
+    ("head_speed_p95", "head speed p95 (m/s)", "{:.2f}"),
+    ("still_share", "frames with head < 0.1 m/s", "{:.0%}"),
+    ("yaw_rate_p95", "head yaw rate p95 (deg/s)", "{:.0f}"),
+    ("turn_in_place_share", "turning > 30 deg/s at < 0.3 m/s", "{:.1%}"),
+    ("hand_above_head_share", "a hand above the head", "{:.1%}"),
+    ("hand_speed_p95", "hand speed in head frame p95 (m/s)", "{:.2f}"),
+    ("head_height_median", "head height median (m)", "{:.2f}"),
+    ("head_height_p5", "head height p5 (m)", "{:.2f}"),
+    ("joint_accel_rms", "joint accel. RMS, head frame (mm/frame^2)", "{:.2f}"),
+)
+
+
+def motion_statistics(store: FeatureStore, max_frames: int = 200_000) -> dict[str, float]:
+    """What the motion of a store is like, from its features: head speed and stillness,
+    turning in place, hands raised, hand speed, head height, joint acceleration (jitter's
+    scale). Frames are taken evenly over the whole store (at most `max_frames`)."""
+    from shared.layout import HP, HP_DOT, HR, HR_DOT, JP, JV
+    from shared.rotations import rot6d_to_matrix
+    from shared.skeleton import JOINT_INDEX
+
+    n = store.num_frames
+    step = max(1, n // max_frames)
+    x = store.read_features(0, n)[::step].astype(np.float64)
+    fps = store.fps
+    speed = np.linalg.norm(x[:, HP_DOT], axis=-1) * fps
+    D = rot6d_to_matrix(x[:, HR_DOT])
+    yaw_rate = np.degrees(np.abs(np.arctan2(D[:, 0, 2] - D[:, 2, 0], D[:, 0, 0] + D[:, 2, 2])))
+    yaw_rate *= fps  # about the head's up axis (CPF Y): a good proxy of turning
+    jp = x[:, JP].reshape(len(x), -1, 3)  # head frame (CPF: X left, Y up, Z forward)
+    hands = [JOINT_INDEX["RightHand"], JOINT_INDEX["LeftHand"]]
+    R = rot6d_to_matrix(x[:, HR])
+    hand_world_up = np.einsum("nij,nkj->nki", R, jp[:, hands])[..., 2]
+    hand_speed = np.linalg.norm(x[:, JV].reshape(len(x), -1, 3)[:, hands], axis=-1) * fps
+    jv = x[:, JV].reshape(len(x), -1, 3)
+    accel = np.linalg.norm(np.diff(jv, axis=0), axis=-1) * 1000  # across store frames
+    return {
+        "head_speed_median": float(np.median(speed)),
+        "head_speed_p95": float(np.percentile(speed, 95)),
+        "still_share": float(np.mean(speed < 0.1)),
+        "yaw_rate_p95": float(np.percentile(yaw_rate, 95)),
+        "turn_in_place_share": float(np.mean((yaw_rate > 30) & (speed < 0.3))),
+        "hand_above_head_share": float(np.mean(hand_world_up.max(axis=1) > 0)),
+        "hand_speed_p95": float(np.percentile(hand_speed, 95)),
+        "head_height_median": float(np.median(x[:, HP][:, 2])),
+        "head_height_p5": float(np.percentile(x[:, HP][:, 2], 5)),
+        "joint_accel_rms": float(np.sqrt(np.mean(accel**2))) if step == 1 else float("nan"),
+    }
+
+
+def format_statistics(columns: dict[str, dict[str, float]]) -> str:
+    """Side by side: one column per store."""
+    width = max(len(label) for _, label, _ in MOTION_STATS) + 2
+    lines = [f"{'':<{width}}" + "".join(f"{name:>14}" for name in columns)]
+    for key, label, fmt in MOTION_STATS:
+        cells = "".join(f"{fmt.format(stats[key]):>14}" for stats in columns.values())
+        lines.append(f"{label:<{width}}" + cells)
+    return "\n".join(lines)
