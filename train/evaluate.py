@@ -43,6 +43,7 @@ from train.metrics import (
     CONTACT_HEIGHT_M,
     CONTACT_SPEED_M_S,
     MPJPE_HEAD_BY_FRAME,
+    MPJPE_HEAD_PER_JOINT,
     MPJPE_WORLD_BY_FRAME,
     MPJPE_WORLD_PER_JOINT,
     RECON_LOSS,
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 META = "meta"
+
+# Per-joint metrics, each a {joint name: value} dict, with the label of their plot panel.
+PER_JOINT = {MPJPE_WORLD_PER_JOINT: "world MPJPE", MPJPE_HEAD_PER_JOINT: "head-frame MPJPE"}
 
 NUM_EXAMPLE_WINDOWS = 3
 FRAMES_PER_EXAMPLE = 4
@@ -110,7 +114,7 @@ def summarize(sums: dict[str, MaskedSum]) -> dict:
     metrics: dict = {}
     for key, value in sums.items():
         mean = value.mean().tolist()
-        if key == MPJPE_WORLD_PER_JOINT:
+        if key in PER_JOINT:
             metrics[key] = {
                 name: _finite_or_none(v) for name, v in zip(JOINT_NAMES, mean, strict=True)
             }
@@ -119,6 +123,17 @@ def summarize(sums: dict[str, MaskedSum]) -> dict:
         else:
             metrics[key] = _finite_or_none(mean)
     return metrics
+
+
+def _format_value(key: str, value: float | None) -> str:
+    """A table cell: errors in mm and degrees to 0.1 (their useful precision); rates (mm per
+    frame, small for smooth motion) to 3 significant digits; other units (normalised MSE,
+    metres, nats, fractions) to 4."""
+    if value is None:
+        return "n/a"
+    if key.endswith(("_mm", "_deg")):
+        return f"{value:.1f}"
+    return f"{value:.3g}" if "_mm_per_" in key else f"{value:.4g}"
 
 
 def format_table(metrics: dict) -> str:
@@ -135,21 +150,21 @@ def format_table(metrics: dict) -> str:
         )
     for key, label in TABLE_ROWS.items():
         if key in metrics:
-            value = metrics[key]
-            lines.append(f"{label:<{width}}{'n/a' if value is None else f'{value:12.4f}'}")
+            lines.append(f"{label:<{width}}{_format_value(key, metrics[key]):>10}")
     by_frame = [v for v in metrics.get(MPJPE_WORLD_BY_FRAME, []) if v is not None]
     if len(by_frame) >= 2 * FRAMES_PER_LATENT:
         first, last = np.mean(by_frame[:FRAMES_PER_LATENT]), np.mean(by_frame[-FRAMES_PER_LATENT:])
         lines.append(
-            f"{'world MPJPE, first / last 4 frames (mm)':<{width}}{first:12.4f} / {last:.4f}"
+            f"{'world MPJPE, first / last 4 frames (mm)':<{width}}{first:10.1f} / {last:.1f}"
         )
-    per_joint = {k: v for k, v in metrics.get(MPJPE_WORLD_PER_JOINT, {}).items() if v is not None}
-    if per_joint:
-        worst = sorted(per_joint.items(), key=lambda kv: -kv[1])[:3]
-        lines.append(
-            f"{'worst joints, world MPJPE (mm)':<{width}}"
-            + ", ".join(f"{k} {v:.1f}" for k, v in worst)
-        )
+    for key, name in PER_JOINT.items():
+        per_joint = {k: v for k, v in metrics.get(key, {}).items() if v is not None}
+        if per_joint:
+            worst = sorted(per_joint.items(), key=lambda kv: -kv[1])[:3]
+            lines.append(
+                f"{f'worst joints, {name} (mm)':<{width}}"
+                + ", ".join(f"{k} {v:.1f}" for k, v in worst)
+            )
     return "\n".join(lines)
 
 
@@ -273,9 +288,10 @@ def _write_pictures(
         "head-frame MPJPE": np.array(metrics[MPJPE_HEAD_BY_FRAME], dtype=float),
     }
     pictures.append(plot_error_by_frame(curves, out_dir / "error_by_frame.png", FRAMES_PER_LATENT))
-    per_joint = np.array(
-        [metrics[MPJPE_WORLD_PER_JOINT][name] for name in JOINT_NAMES], dtype=float
-    )
+    per_joint = {
+        label: np.array([metrics[key][name] for name in JOINT_NAMES], dtype=float)
+        for key, label in PER_JOINT.items()
+    }
     pictures.append(plot_per_joint_error(per_joint, out_dir / "per_joint_error.png"))
     run_metrics = ckpt_path.parent.parent / "metrics.jsonl"
     loss_curves = plot_loss_curves(run_metrics, out_dir / "loss_curves.png")

@@ -49,6 +49,7 @@ RECON_LOSS = "recon_loss"  # mean of the per-group MSEs: the training reconstruc
 MPJPE_WORLD_BY_FRAME = "mpjpe_world_by_frame_mm"  # (T,) frame index inside the window
 MPJPE_HEAD_BY_FRAME = "mpjpe_head_by_frame_mm"  # (T,)
 MPJPE_WORLD_PER_JOINT = "mpjpe_world_per_joint_mm"  # (23,) in skeleton.JOINT_NAMES order
+MPJPE_HEAD_PER_JOINT = "mpjpe_head_per_joint_mm"  # (23,)
 
 
 # --- joint views ------------------------------------------------------------------------------
@@ -271,6 +272,7 @@ def reconstruction_errors(
         MPJPE_WORLD_BY_FRAME: masked_sum(world_err_mm, mask, keep=(1,)),
         MPJPE_HEAD_BY_FRAME: masked_sum(head_err_mm, mask, keep=(1,)),
         MPJPE_WORLD_PER_JOINT: masked_sum(world_err_mm, mask, keep=(2,)),
+        MPJPE_HEAD_PER_JOINT: masked_sum(head_err_mm, mask, keep=(2,)),
     }
 
 

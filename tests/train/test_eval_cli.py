@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -25,11 +26,12 @@ from shared.store import open_store
 from train import MotionCodec
 from train.cli import main as train_main
 from train.data import WindowIndex, prepare_batch, read_windows
-from train.evaluate import META, TABLE_ROWS, evaluate
+from train.evaluate import META, TABLE_ROWS, evaluate, format_table
 from train.inference import load_for_inference
 from train.metrics import (
     MM_PER_M,
     MPJPE_HEAD_BY_FRAME,
+    MPJPE_HEAD_PER_JOINT,
     MPJPE_WORLD_BY_FRAME,
     MPJPE_WORLD_PER_JOINT,
     joint_distance_m,
@@ -75,6 +77,8 @@ def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
                                  "--split", "val", "--out", out, "--max-windows", 6, "--animate",
                                  "--device", "cpu"])  # fmt: skip
     assert "PA-MPJPE" in result.output and "foot skating" in result.output
+    mpjpe_line = next(ln for ln in result.output.splitlines() if ln.startswith("MPJPE, head"))
+    assert re.search(r"\s\d+\.\d$", mpjpe_line), mpjpe_line  # mm to 0.1
 
     metrics = json.loads((out / "metrics.json").read_text())
     for key in TABLE_ROWS:
@@ -84,6 +88,9 @@ def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
     for key in (MPJPE_WORLD_BY_FRAME, MPJPE_HEAD_BY_FRAME):
         assert len(metrics[key]) == SEQ_LEN and all(math.isfinite(v) for v in metrics[key])
     assert list(metrics[MPJPE_WORLD_PER_JOINT]) == list(JOINT_NAMES)
+    head_per_joint = metrics[MPJPE_HEAD_PER_JOINT]
+    assert list(head_per_joint) == list(JOINT_NAMES)
+    assert np.mean(list(head_per_joint.values())) == pytest.approx(metrics["mpjpe_head_mm"])
     meta = metrics[META]
     assert meta["num_windows"] == 6 and meta["window_frames"] == SEQ_LEN and meta["split"] == "val"
     assert meta["store_fingerprint"] == open_store(run["store"]).fingerprint
@@ -97,6 +104,22 @@ def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
         if name.endswith(".png"):
             rgb = mpimg.imread(out / name)[..., :3].reshape(-1, 3)
             assert np.any(rgb < 0.97, axis=1).mean() > 0.005, name
+
+
+def test_table_gives_millimetres_and_degrees_to_a_tenth_and_keeps_small_values():
+    metrics = {"mpjpe_world_mm": 148.71234, "head_rot_error_deg": 3.04999, "kl": 0.0123456,
+               "foot_skating_gt_mm_per_frame": 0.031234, "world/position_m": 0.149876,
+               "pa_mpjpe_mm": None}  # fmt: skip
+    rows = {label: line[len(label) :].strip() for line in format_table(metrics).splitlines()
+            for label in TABLE_ROWS.values() if line.startswith(label)}  # fmt: skip
+    assert rows == {
+        TABLE_ROWS["mpjpe_world_mm"]: "148.7",
+        TABLE_ROWS["head_rot_error_deg"]: "3.0",
+        TABLE_ROWS["kl"]: "0.01235",
+        TABLE_ROWS["foot_skating_gt_mm_per_frame"]: "0.0312",
+        TABLE_ROWS["world/position_m"]: "0.1499",
+        TABLE_ROWS["pa_mpjpe_mm"]: "n/a",
+    }
 
 
 def test_eval_rejects_an_incomplete_store(run, tmp_path):
