@@ -105,9 +105,20 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+# A warm-up never takes more than this share of a run: a short run (e.g. 20 steps with the
+# default 500-step warm-up) still reaches the peak learning rate and decays from it.
+MAX_WARMUP_SHARE = 0.5
+
+
+def warmup_of(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up a run uses: `warmup_steps`, capped at MAX_WARMUP_SHARE of the run."""
+    return min(warmup_steps, int(MAX_WARMUP_SHARE * total_steps))
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total_steps`."""
-    warmup = min(warmup_steps, total_steps)
+    """Linear warm-up to 1 (capped by `warmup_of`), then cosine decay to `min_ratio` at
+    `total_steps`."""
+    warmup = warmup_of(warmup_steps, total_steps)
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
@@ -221,6 +232,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
     run_dir = Path(run_dir)
     store = open_store(store_url)
     _warn_if_stats_window_differs(store, config)
+    _warn_if_warmup_capped(config)
     resumed = _checkpoint_to_resume(run_dir, resume, config, store)
     state = TrainState.start(config, device, resumed)
     train_model = _wrap_for_training(state.model, info, device, cfg.compile)
@@ -266,6 +278,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
                 if val is not None and info.is_main:
                     last_val = validate(state.model, val, normalizer, config, device)
                     log.write(state.step, last_val)
+                    bar.write(validation_line(state.step, cfg.steps, last_val))
                     saver.save(is_best=state.record_val(last_val["val/total"]))
                 else:
                     saver.save()
@@ -360,6 +373,25 @@ class Throughput:
         self.wait_s = self.busy_s = 0.0
         self.windows = 0
         return rates
+
+
+def validation_line(step: int, steps: int, values: dict[str, float]) -> str:
+    """The console line of one validation (printed above the progress bar)."""
+    return (
+        f"step {step}/{steps}: val loss {values[f'val/{TOTAL}']:.4g}, MPJPE world "
+        f"{values['val/mpjpe_world_mm']:.1f} mm, head frame {values['val/mpjpe_head_mm']:.1f} mm"
+    )
+
+
+def _warn_if_warmup_capped(config: RunConfig) -> None:
+    cfg = config.train
+    warmup = warmup_of(cfg.warmup_steps, cfg.steps)
+    if warmup < cfg.warmup_steps:
+        logger.warning(
+            "--warmup-steps %d is more than %d%% of the %d-step run: warming up for %d steps, "
+            "then the cosine decay",
+            cfg.warmup_steps, round(100 * MAX_WARMUP_SHARE), cfg.steps, warmup,
+        )  # fmt: skip
 
 
 def _warn_if_stats_window_differs(store: FeatureStore, config: RunConfig) -> None:

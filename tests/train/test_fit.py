@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,10 @@ from tests.train.conftest import TINY_MODEL
 from train.checkpoint import load_checkpoint
 from train.cli import main
 from train.model import MotionVAE, MotionVAEConfig
+
+VALIDATION_LINE = (
+    r"(?m)step \d+/\d+: val loss [\d.e+-]+, MPJPE world [\d.]+ mm, head frame [\d.]+ mm$"
+)
 
 
 def _fit_args(store: Path, run: Path, *extra: str) -> list[str]:
@@ -61,6 +66,28 @@ def test_short_fit_lowers_the_loss_and_writes_a_loadable_checkpoint(feature_stor
     run_info = json.loads((run / "run_info.json").read_text())
     assert run_info["store"]["fingerprint"] == ckpt.store_fingerprint
     assert run_info["git_revision"]
+
+
+def test_each_validation_prints_a_line_and_a_short_run_still_warms_up_and_decays(
+    feature_store, tmp_path, caplog
+):
+    run = tmp_path / "run"
+    args = _fit_args(feature_store, run, "--steps", "6", "--val-every", "3", "--log-every", "1",
+                     "--batch-size", "2", "--seq-len", "32", "--device", "cpu")  # fmt: skip
+    result = CliRunner().invoke(main, args)  # --warmup-steps 500 by default: longer than the run
+    assert result.exit_code == 0, result.output
+    # CliRunner gives stdout (these lines) after stderr (the bar), without a newline between.
+    printed = re.findall(VALIDATION_LINE, result.output)
+    assert [ln.split(":")[0] for ln in printed] == ["step 3/6", "step 6/6"], result.output
+    assert "warming up for 3 steps, then the cosine decay" in caplog.text
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lr = [r["train/lr"] for r in rows if "train/lr" in r]
+    peak = max(lr)
+    assert peak == pytest.approx(1e-4) and lr.index(peak) < 3  # warmed up in half the run
+    assert lr[-1] == pytest.approx(1e-6)  # and decayed to the floor (min_lr_ratio 0.01)
+    for line, row in zip(printed, [r for r in rows if "val/total" in r], strict=True):
+        assert f"MPJPE world {row['val/mpjpe_world_mm']:.1f} mm" in line
+        assert f"head frame {row['val/mpjpe_head_mm']:.1f} mm" in line
 
 
 def test_missing_store_says_how_to_build_one(tmp_path):
