@@ -182,11 +182,11 @@ def _new_skeleton_axes(fig: plt.Figure, position, half: float, z_range, relative
     ax.view_init(elev=15, azim=-60)
     for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
         axis.set_major_locator(MaxNLocator(nbins=3))
-    ax.tick_params(labelsize=6, pad=0)
+    ax.tick_params(labelsize=7, pad=0)
     what = " from pelvis" if relative else ""
-    ax.set_xlabel(f"x{what} (m)", fontsize=7, labelpad=-4)
-    ax.set_ylabel(f"y{what} (m)", fontsize=7, labelpad=-4)
-    ax.set_zlabel("height (m)", fontsize=7, labelpad=-6)
+    ax.set_xlabel(f"x{what} (m)", fontsize=8, labelpad=-4)
+    ax.set_ylabel(f"y{what} (m)", fontsize=8, labelpad=-4)
+    ax.set_zlabel("height (m)", fontsize=8, labelpad=-3)
     return ax
 
 
@@ -241,7 +241,7 @@ def skeleton_figure(
     centres, half, z_range = _body_view(gt_m, pred_m, frames)
     cols = len(frames) + int(with_head)
     fig = plt.figure(figsize=(2.9 * cols, 3.5))
-    grid = fig.add_gridspec(1, cols, left=0.02, right=0.97, bottom=0.14, top=0.84, wspace=0.3)
+    grid = fig.add_gridspec(1, cols, left=0.02, right=0.97, bottom=0.16, top=0.86, wspace=0.4)
     for col, (t, centre) in enumerate(zip(frames, centres)):
         ax = _new_skeleton_axes(fig, grid[0, col], half, z_range, relative=True)
         shift = np.array([*centre, 0.0])
@@ -255,12 +255,12 @@ def skeleton_figure(
             ax.plot(head[:, 0], head[:, 1], color=color, lw=1.5)
             ax.plot(head[0, 0], head[0, 1], "o", color=color, ms=4)
         ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xlabel("x (m)", fontsize=7)
-        ax.set_ylabel("y (m)", fontsize=7, labelpad=1)
+        ax.set_xlabel("x (m)", fontsize=8)
+        ax.set_ylabel("y (m)", fontsize=8, labelpad=1)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.set_title("head path, top view", fontsize=8)
-        ax.tick_params(labelsize=6)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.legend(handles=_legend_handles(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
