@@ -42,7 +42,8 @@ class TrainConfig:
     val_windows: int = 256
     """Size of the fixed validation window set."""
     log_every: int = 50
-    """Write a metrics line every N steps."""
+    """Write a metrics line every N steps (more often in a run of fewer than 20 N steps: at
+    least 20 lines)."""
     num_workers: int = 2
     """DataLoader worker processes (0 loads in the main process)."""
     device: Device = "auto"

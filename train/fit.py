@@ -115,6 +115,16 @@ def warmup_of(warmup_steps: int, total_steps: int) -> int:
     return min(warmup_steps, int(MAX_WARMUP_SHARE * total_steps))
 
 
+# A run logs at least this many training lines: a short one still draws a loss curve.
+MIN_LOG_LINES = 20
+
+
+def log_interval(log_every: int, total_steps: int) -> int:
+    """Steps between training metrics lines: `log_every`, shorter when the run would
+    otherwise log fewer than MIN_LOG_LINES lines."""
+    return max(1, min(log_every, total_steps // MIN_LOG_LINES))
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """Linear warm-up to 1 (capped by `warmup_of`), then cosine decay to `min_ratio` at
     `total_steps`."""
@@ -253,6 +263,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         saver.save()
 
     last_val: dict[str, float] = {}
+    log_every = log_interval(cfg.log_every, cfg.steps)
     throughput = Throughput()
     # `with`: a failing step closes the bar first, so its error starts on a line of its own.
     with tqdm(
@@ -266,7 +277,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
             )
             windows = cfg.batch_size * info.world_size
             throughput.add(windows, batches.take_wait_s(), time.perf_counter() - t0)
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            if state.step % log_every == 0 or state.step == cfg.steps:
                 values = _train_values(terms, grad_norm, state, throughput.take())
                 log.write(state.step, values)
                 bar.set_postfix(

@@ -22,6 +22,7 @@ import shared.store
 from tests.train.conftest import TINY_MODEL
 from train.checkpoint import load_checkpoint
 from train.cli import main
+from train.fit import log_interval, lr_factor, warmup_of
 from train.model import MotionVAE, MotionVAEConfig
 
 VALIDATION_LINE = (
@@ -68,13 +69,14 @@ def test_short_fit_lowers_the_loss_and_writes_a_loadable_checkpoint(feature_stor
     assert run_info["git_revision"]
 
 
-def test_each_validation_prints_a_line_and_a_short_run_still_warms_up_and_decays(
+def test_each_validation_prints_a_line_and_a_short_run_warms_up_decays_and_logs(
     feature_store, tmp_path, caplog
 ):
     run = tmp_path / "run"
-    args = _fit_args(feature_store, run, "--steps", "6", "--val-every", "3", "--log-every", "1",
-                     "--batch-size", "2", "--seq-len", "32", "--device", "cpu")  # fmt: skip
-    result = CliRunner().invoke(main, args)  # --warmup-steps 500 by default: longer than the run
+    args = _fit_args(feature_store, run, "--steps", "6", "--val-every", "3", "--batch-size", "2",
+                     "--seq-len", "32", "--device", "cpu")  # fmt: skip
+    # --warmup-steps 500 and --log-every 50 by default: longer than the run.
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     # CliRunner gives stdout (these lines) after stderr (the bar), without a newline between.
     printed = re.findall(VALIDATION_LINE, result.output)
@@ -82,12 +84,23 @@ def test_each_validation_prints_a_line_and_a_short_run_still_warms_up_and_decays
     assert "warming up for 3 steps, then the cosine decay" in caplog.text
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     lr = [r["train/lr"] for r in rows if "train/lr" in r]
+    assert len(lr) == 6  # every step logged: a short run still draws a loss curve
     peak = max(lr)
     assert peak == pytest.approx(1e-4) and lr.index(peak) < 3  # warmed up in half the run
     assert lr[-1] == pytest.approx(1e-6)  # and decayed to the floor (min_lr_ratio 0.01)
     for line, row in zip(printed, [r for r in rows if "val/total" in r], strict=True):
         assert f"MPJPE world {row['val/mpjpe_world_mm']:.1f} mm" in line
         assert f"head frame {row['val/mpjpe_head_mm']:.1f} mm" in line
+
+
+def test_warm_up_and_log_interval_adapt_to_short_runs_only():
+    assert warmup_of(500, 20_000) == 500 and warmup_of(500, 1000) == 500
+    assert warmup_of(500, 20) == 10 and warmup_of(500, 1) == 0
+    factors = [lr_factor(s, 500, 20, 0.01) for s in range(21)]
+    assert factors[9] == pytest.approx(1.0) and factors[20] == pytest.approx(0.01)
+    assert lr_factor(0, 500, 1, 0.01) == pytest.approx(1.0)  # a 1-step run: no warm-up at all
+    assert log_interval(50, 20_000) == 50 and log_interval(50, 1000) == 50
+    assert log_interval(50, 240) == 12 and log_interval(50, 6) == 1
 
 
 def test_missing_store_says_how_to_build_one(tmp_path):
