@@ -38,6 +38,11 @@ def _save(fig: plt.Figure, out_path: Path, dpi: int = 110, tight: bool = True) -
     return out_path
 
 
+def _legend_beside(ax, **kwargs) -> None:
+    """The axes' legend to the right of its data, top-aligned: it never hides a curve."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, **kwargs)
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -131,8 +136,7 @@ def loss_figure(rows: Sequence[Mapping]) -> plt.Figure | None:
             for s in _SPLIT_STYLES
             if s in splits
         ]
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  borderaxespad=0)  # fmt: skip
+        _legend_beside(ax, handles=handles, fontsize=7)
     ax = axes[-1, 0]
     ax.set_xlabel("step")
     ax.set_xlim(0, max(last_step, 1) * 1.02)
@@ -286,7 +290,7 @@ def plot_error_by_frame(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-0.5, T - 0.5)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
+    _legend_beside(ax, fontsize=8)
     return _save(fig, out_path)
 
 
