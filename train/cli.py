@@ -253,6 +253,12 @@ def eval_command(
     click.echo(format_table(metrics))
     pictures = ", ".join(metrics[META]["pictures"])
     click.echo(f"wrote {out_dir / METRICS_FILE} and {pictures}")
+    meta = metrics[META]
+    click.echo(
+        f"{split}: world MPJPE {metrics['mpjpe_world_mm']:.1f} mm, head-frame MPJPE "
+        f"{metrics['mpjpe_head_mm']:.1f} mm over {meta['num_windows']} windows "
+        f"(checkpoint step {meta['checkpoint_step']})"
+    )
 
 
 @main.command("encode")

@@ -94,6 +94,11 @@ def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
     meta = metrics[META]
     assert meta["num_windows"] == 6 and meta["window_frames"] == SEQ_LEN and meta["split"] == "val"
     assert meta["store_fingerprint"] == open_store(run["store"]).fingerprint
+    assert result.output.rstrip().splitlines()[-1] == (  # the line that matters, last
+        f"val: world MPJPE {metrics['mpjpe_world_mm']:.1f} mm, head-frame MPJPE "
+        f"{metrics['mpjpe_head_mm']:.1f} mm over 6 windows "
+        f"(checkpoint step {meta['checkpoint_step']})"
+    )
 
     assert set(meta["pictures"]) == {
         "skeletons_window0.png", "skeletons_window1.png", "skeletons_window2.png",
