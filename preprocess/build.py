@@ -982,11 +982,13 @@ def _write_frames(
                 raise RuntimeError(
                     f"sequence {sequence.name}: computed {len(arrays)} frames, planned {length}"
                 )
-            if not np.isfinite(arrays.features).all():  # read_clip's bounds make this impossible
-                raise BuildError(
-                    f"sequence {sequence.name}: non-finite features computed from "
-                    f"{', '.join(sequence.source_files)}; nothing was published"
-                )
+            # As stored (float32); read_clip's bounds make this impossible.
+            for name, values in (("features", arrays.features), ("contact", arrays.contact)):
+                if not np.isfinite(values).all():
+                    raise BuildError(
+                        f"sequence {sequence.name}: non-finite {name} computed from "
+                        f"{', '.join(sequence.source_files)}; nothing was published"
+                    )
             skip = max(0, writer.position - start)  # rows already durable (a resumed build)
             rows_before, moments_before = writer.position, moments
             writer.append(
