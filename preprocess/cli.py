@@ -11,6 +11,7 @@ import h5py
 
 from preprocess import nymeria_format, synth
 from preprocess.build import (
+    AlreadyBuilt,
     BuildConfig,
     BuildError,
     BuildSummary,
@@ -210,9 +211,10 @@ def build_command(
 
     While it runs, STORE.lock holds the build's pid and host and STORE.build/ its per-file
     results and the store being written; the finished store is renamed to STORE. A killed
-    build continues with --resume (--overwrite --resume when it replaces a store). Exit
-    status 1 when no file is usable, with --strict when any file is not, and when the
-    environment stops the build (full disk, unreachable cluster, workers that cannot see DATA).
+    build continues with --resume (--overwrite --resume when it replaces a store); --resume of
+    a finished build says so and exits 0. Exit status 1 when no file is usable, with --strict
+    when any file is not, and when the environment stops the build (full disk, unreachable
+    cluster, workers that cannot see DATA).
     """
     if is_url(out):
         raise click.BadParameter(
@@ -242,6 +244,9 @@ def build_command(
             f"building {config.out} from {config.data} ({describe_executor(config)})", err=True
         )
         summary = build(config, progress=progress)
+    except AlreadyBuilt as error:
+        click.echo(str(error))
+        return
     except BuildError as error:
         _echo_problems(error.problems)
         raise click.ClickException(str(error)) from None
