@@ -541,7 +541,7 @@ def _check_finite(arrays: dict[str, np.ndarray], file: str) -> None:
 
 def _check_positions(arrays: dict[str, np.ndarray], file: str) -> None:
     for key in POSITION_KEYS:
-        largest = np.abs(arrays[key]).reshape(len(arrays[key]), -1).max(axis=1)
+        largest = np.abs(arrays[key]).reshape(len(arrays[key]), -1).max(axis=1).astype(float)
         if (largest > MAX_ABS_POSITION_M).any():
             frame = int(np.argmax(largest > MAX_ABS_POSITION_M))
             raise _ClipProblem(
