@@ -16,7 +16,7 @@ Stages, each restartable:
    merged in that fixed order. Progress is recorded as chunks become durable
    (preprocess.progress), and the per-file results of sequences wholly written are deleted.
 4. publish: stats, sequence table and attributes are written, `complete=True` last; the new
-   store's fingerprint is recorded in STORE.build/publishing, and the finished store is
+   store's identity is recorded in STORE.build/publishing, and the finished store is
    renamed into place (exchanged atomically with an old one: `shared.zarr_output.publish`).
 
 Where things are, for `--out STORE`:
@@ -25,7 +25,7 @@ Where things are, for `--out STORE`:
     STORE.build/work.json settings the per-file results depend on
     STORE.build/progress.record  how far stage 3 got (`preprocess.progress`)
     STORE.build/store.zarr the store being written (complete=False until the end)
-    STORE.build/publishing the fingerprint of the store being published (stage 4 only)
+    STORE.build/publishing the store being published: fingerprint and creation time (stage 4)
     STORE                 the published store; replaced only with --overwrite, by renaming the
                           new store into place after it is complete
 
@@ -107,6 +107,7 @@ from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
 from shared.zarr_output import (
     ATTR_COMPLETE,
+    ATTR_CREATED,
     ATTR_FPS,
     ATTR_SPLIT,
     ATTR_WINDOW_FRAMES,
@@ -1120,11 +1121,11 @@ def _created(paths: BuildPaths) -> str:
 
 
 def _publish(paths: BuildPaths, config: BuildConfig) -> None:
-    """Record the new store's fingerprint in the build directory, rename the complete staging
+    """Record the new store's identity in the build directory, rename the complete staging
     store to STORE (exchanging it with the old one) and clean up. From the record on, a build
     killed here is finished by the next one (`_recover_publish`)."""
     with atomic_path(paths.publishing) as tmp:
-        tmp.write_text(str(_published_fingerprint(paths.staging)))
+        tmp.write_text(str(_published_identity(paths.staging)))
     _publish_step("marked")
     try:
         publish(paths.staging, paths.out, config.overwrite, on_step=_publish_step)
@@ -1142,13 +1143,14 @@ def _publish_step(step: str) -> None:
     logger.debug("publishing: %s", step)
 
 
-def _published_fingerprint(store: Path) -> str | None:
-    """The fingerprint of the complete store at `store`, or None (nothing there, incomplete,
-    unreadable metadata)."""
+def _published_identity(store: Path) -> str | None:
+    """Fingerprint and creation time of the complete store at `store` (two builds of the same
+    content differ by when they were made), or None (nothing there, incomplete, unreadable
+    metadata)."""
     try:
         attrs = json.loads((store / "zarr.json").read_bytes())["attributes"]
         if attrs[ATTR_COMPLETE] is True:
-            return str(attrs[shared.store.ATTR_FINGERPRINT])
+            return f"{attrs[shared.store.ATTR_FINGERPRINT]} {attrs[ATTR_CREATED]}"
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         pass
     return None
@@ -1156,14 +1158,14 @@ def _published_fingerprint(store: Path) -> str | None:
 
 def _recover_publish(paths: BuildPaths) -> bool:
     """Finish what a build killed while publishing left (with the lock held): when the build
-    directory records a fingerprint, the store of that fingerprint is put at STORE (unless it
+    directory records a store's identity, the store of that identity is put at STORE (unless it
     is there already) and the build directory removed. Stores that older versions left as
     `STORE.replaced-<pid>` go back to STORE if nothing is there, else are deleted. True when a
     killed build's store was published here."""
     recorded = paths.publishing.read_text().strip() if paths.publishing.is_file() else None
-    finished = recorded is not None and _published_fingerprint(paths.out) == recorded
+    finished = recorded is not None and _published_identity(paths.out) == recorded
     if recorded is not None and not finished:
-        if _published_fingerprint(paths.staging) == recorded:
+        if _published_identity(paths.staging) == recorded:
             logger.warning("finishing the publication of %s a killed build began", paths.out)
             publish(paths.staging, paths.out, overwrite=True)
             finished = True
@@ -1174,7 +1176,7 @@ def _recover_publish(paths: BuildPaths) -> bool:
         shutil.rmtree(paths.build_dir)
     leftovers = paths.out.parent.glob(f"{glob.escape(paths.out.name)}.replaced-*")
     for leftover in sorted(leftovers, key=lambda p: p.stat().st_mtime_ns, reverse=True):
-        if not paths.out.exists() and _published_fingerprint(leftover) is not None:
+        if not paths.out.exists() and _published_identity(leftover) is not None:
             logger.warning("restoring %s from %s", paths.out, leftover)
             os.rename(leftover, paths.out)
         else:
@@ -1194,10 +1196,10 @@ def _check_resumable(paths: BuildPaths, config: BuildConfig, finished: bool) -> 
             f"the interrupted build of {paths.out} was finished: its store is published; "
             f"nothing to resume"
         )
-    fingerprint = _published_fingerprint(paths.out)
-    if fingerprint is not None and not config.overwrite:
+    identity = _published_identity(paths.out)
+    if identity is not None and not config.overwrite:
         raise AlreadyBuilt(
-            f"{paths.out} is already built (fingerprint {fingerprint[:12]}): nothing to resume; "
+            f"{paths.out} is already built (fingerprint {identity[:12]}): nothing to resume; "
             f"pass --overwrite to build it again"
         )
 

@@ -24,10 +24,7 @@ from preprocess import nymeria_format
 
 HDF5_LIKE_SUFFIXES: frozenset[str] = frozenset({".h5", ".hdf5", ".hdf", ".he5", ".h5py"})
 """Lower-case suffixes of files that are probably HDF5: listed when not read."""
-_NOT_UTF8 = (
-    "name is not valid UTF-8 (a store records file names as text): not read, nor anything in "
-    "it; rename it to include it"
-)
+_NOT_UTF8 = "name is not valid UTF-8 (a store records file names as text); rename it to read it"
 
 
 @dataclass(frozen=True)

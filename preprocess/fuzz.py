@@ -342,7 +342,8 @@ def run_campaign(
         report.builds += 1
         where = f"build of files {first}-{first + len(made) - 1} (seed {seed})"
         if status not in (0, 1) or "Traceback" in output:
-            report.crashes.append(f"{where}: exit {status}: {output[-2000:]}")
+            last = " | ".join(output.strip().splitlines()[-2:])
+            report.crashes.append(f"{where}: exit {status}: {last}")
         if status == 0:
             _check_published(out, made, verify, where, report)
         shutil.rmtree(data)
@@ -378,7 +379,8 @@ def _check_published(
             report.bad_publications.append(f"{where}: {rel!r} is neither used nor listed")
     status, output = verify(out)
     if status != 0:
-        report.bad_publications.append(f"{where}: preprocess verify rejects it: {output[-2000:]}")
+        last = " | ".join(output.strip().splitlines()[-3:])
+        report.bad_publications.append(f"{where}: preprocess verify rejects it: {last}")
     report.bad_publications += [f"{where}: {p}" for p in implausible_values(store)]
 
 
