@@ -1,6 +1,7 @@
 """The fuzz campaign: builds over mutated clip files, counting crashes and bad publications.
 
-    python -m benchmarks fuzz [--files 1000 --batch 100 --seed 0 --baseline-ref main]
+    python -m benchmarks fuzz [--files 1000 --batch 100 --seed 0 --baseline-ref main
+                               --exclude name,...]
 
 `preprocess.fuzz` makes `--files` mutated copies of three small synthetic clips (half damaged
 byte by byte, half with value mutations through h5py) and builds one store per `--batch` of
@@ -77,8 +78,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline-ref", default="main")
+    parser.add_argument(
+        "--exclude", default="",
+        help=f"Value mutations left out, comma-separated, of {', '.join(fuzz.VALUE_MUTATIONS)} "
+        f"(e.g. 'name': a baseline that stops at odd names then reaches the values).",
+    )  # fmt: skip
     parser.add_argument("--show", type=int, default=5, help="Crashes/bad publications printed.")
     args = parser.parse_args(argv)
+    exclude = frozenset(filter(None, args.exclude.split(",")))
+    if exclude - set(fuzz.VALUE_MUTATIONS):
+        parser.error(f"--exclude: unknown mutations {sorted(exclude - set(fuzz.VALUE_MUTATIONS))}")
+    campaign = {"files": args.files, "batch": args.batch, "seed": args.seed, "exclude": exclude}
 
     with tempfile.TemporaryDirectory(prefix="bench_fuzz_") as tmp:
         workdir = Path(tmp)
@@ -86,7 +96,6 @@ def main(argv: list[str] | None = None) -> None:
             workdir / "templates", recordings=3, clips_per_recording=1, seed=TEMPLATE_SEED,
             video_size=4,
         )  # fmt: skip
-        campaign = {"files": args.files, "batch": args.batch, "seed": args.seed}
         ours = fuzz.run_campaign(templates, workdir / "ours", **campaign)
         baseline = None
         if args.baseline_ref:
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         f"# fuzz campaign: {ours.files} mutated files (seed {args.seed}), {ours.builds} builds "
         f"of up to {args.batch} (plus 3 good templates each); baseline: "
         f"{args.baseline_ref or 'none'} on the same files"
+        + (f"; value mutations left out: {args.exclude}" if args.exclude else "")
     )
     print(_row("", "this code", args.baseline_ref or "-"))
 

@@ -234,9 +234,12 @@ def read_motion(path: Path) -> dict[str, Any]:
     return raw
 
 
-def mutate(template: Path, directory: Path, index: int, seed: int) -> tuple[str, str]:
-    """Write mutated copy number `index` of `template` into `directory` (as its own recording);
-    returns (file name, mutation name). A pure function of the arguments."""
+def mutate(
+    template: Path, directory: Path, index: int, seed: int, exclude: frozenset[str] = frozenset()
+) -> tuple[str, str]:
+    """Write mutated copy number `index` of `template` into `directory` (as its own recording),
+    with no value mutation named in `exclude`; returns (file name, mutation name). A pure
+    function of the arguments."""
     rng = np.random.default_rng([seed, index])
     raw = read_motion(template)
     name = str(raw["attrs"][nymeria_format.ATTR_SEQUENCE_NAME])
@@ -248,7 +251,8 @@ def mutate(template: Path, directory: Path, index: int, seed: int) -> tuple[str,
         (directory / file).write_bytes(corrupt(clean.read_bytes(), int(rng.integers(2**32))))
         clean.unlink()
         return file, "bytes"
-    chosen = list(rng.choice(list(VALUE_MUTATIONS), size=int(rng.integers(1, 3)), replace=False))
+    names = [name for name in VALUE_MUTATIONS if name not in exclude]
+    chosen = list(rng.choice(names, size=int(rng.integers(1, 3)), replace=False))
     edit = Edit(attrs={nymeria_format.ATTR_SEQUENCE_NAME: unique})
     for mutation in chosen:
         VALUE_MUTATIONS[mutation](raw, rng, edit)
@@ -305,13 +309,15 @@ class CampaignReport:
 
 
 def make_batch(
-    templates: list[Path], directory: Path, first: int, count: int, seed: int
-) -> dict[str, str]:
+    templates: list[Path], directory: Path, first: int, count: int, seed: int,
+    exclude: frozenset[str] = frozenset(),
+) -> dict[str, str]:  # fmt: skip
     """Mutated files `first` .. `first + count - 1` (templates in turn); file -> mutation."""
     directory.mkdir(parents=True, exist_ok=True)
     made = {}
     for index in range(first, first + count):
-        file, mutation = mutate(templates[index % len(templates)], directory, index, seed)
+        template = templates[index % len(templates)]
+        file, mutation = mutate(template, directory, index, seed, exclude)
         made[file] = mutation
     return made
 
@@ -322,18 +328,21 @@ def run_campaign(
     files: int,
     batch: int,
     seed: int,
+    exclude: frozenset[str] = frozenset(),
     build: Callable[[Path, Path], tuple[int, str]] | None = None,
     verify: Callable[[Path], tuple[int, str]] | None = None,
 ) -> CampaignReport:
-    """Mutate `files` copies of `templates`, `batch` files per build (beside good copies of the
-    templates, so every build has something to publish); check each build and its store.
+    """Mutate `files` copies of `templates` (no value mutation in `exclude`), `batch` files per
+    build (beside good copies of the templates, so every build has something to publish); check
+    each build and its store.
     `build(data, out)` and `verify(store)` return (exit status, output); by default the real
     CLI in a subprocess."""
     build, verify = build or cli_build, verify or cli_verify
     report, started = CampaignReport(), time.perf_counter()
     for first in range(0, files, batch):
         data, out = workdir / f"data{first}", workdir / f"store{first}.zarr"
-        made = make_batch(templates, data / "fuzzed", first, min(batch, files - first), seed)
+        count = min(batch, files - first)
+        made = make_batch(templates, data / "fuzzed", first, count, seed, exclude)
         for template in templates:
             shutil.copy(template, data / template.name)
         report.files += len(made)
