@@ -115,7 +115,7 @@ def discover_clip_files(data: Path) -> Discovery:
                 )  # fmt: skip
             elif is_link and not os.path.exists(entry.path):
                 target = os.readlink(entry.path)
-                ignored.append(Ignored(rel, f"dangling link to {target}"))
+                ignored.append(Ignored(rel, f"dangling link to {printable(target)}"))
             elif is_file:
                 other[suffix] += 1
             else:

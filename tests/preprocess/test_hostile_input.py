@@ -360,10 +360,12 @@ def test_a_file_named_h5_is_read_and_a_name_that_is_not_utf8_is_listed(
     shutil.copy(synthetic_dataset / third["file"], root / undecodable)
     (root / os.fsdecode(b"dir\xff")).mkdir()
     shutil.copy(synthetic_dataset / third["file"], root / os.fsdecode(b"dir\xff") / "x_00000.h5")
+    os.symlink(root / os.fsdecode(b"gone\xff.h5"), root / "dangling.h5")
 
     discovery = discover_clip_files(root)
     assert ".h5" in discovery.files and undecodable not in discovery.files
     reasons = {i.path: i.reason for i in discovery.ignored}
+    assert reasons.pop("dangling.h5") == f"dangling link to {root}/gone\\xff.h5"
     assert set(reasons) == {"caf\\xe9_00000.h5", "dir\\xff"}
     assert all(r.startswith("name is not valid UTF-8") for r in reasons.values())
 
@@ -375,7 +377,7 @@ def test_a_file_named_h5_is_read_and_a_name_that_is_not_utf8_is_listed(
     store = open_store(out)
     assert any(".h5" in r.source_files for r in store.sequences)
     ignored = store.attrs[shared.store.ATTR_SOURCE]["ignored"]
-    assert {i["path"] for i in ignored} == set(reasons)
+    assert {i["path"] for i in ignored} == {*reasons, "dangling.h5"}
 
 
 def test_unwritten_chunks_and_impossible_speeds_are_refused(
