@@ -442,7 +442,7 @@ def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: in
             key,
         )
     with _hdf5_errors(file, key, "cannot read dataset chunk metadata"):
-        unwritten = _first_unwritten_frame(ds)
+        unwritten = _first_unwritten_frame(ds, plist, shape)
     if unwritten is not None:
         raise _ClipProblem(
             "unwritten_data",
@@ -454,26 +454,27 @@ def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: in
     return ds
 
 
-def _first_unwritten_frame(ds: h5py.Dataset) -> int | None:
-    """First frame of `ds` whose storage HDF5 never allocated (reads would give fill values),
-    or None when every frame is written. Compact data is always written; contiguous data is
-    allocated whole or not at all; chunked data chunk by chunk."""
-    if ds.size == 0:
-        return None
-    layout = ds.id.get_create_plist().get_layout()
-    if layout == h5py.h5d.COMPACT:
+def _first_unwritten_frame(
+    ds: h5py.Dataset, plist: h5py.h5p.PropDCID, shape: tuple[int, ...]
+) -> int | None:
+    """First frame of `ds` (of creation properties `plist`) whose storage HDF5 never allocated
+    (reads would give fill values), or None when every frame is written. Compact data is always
+    written; contiguous data is allocated whole or not at all; chunked data chunk by chunk."""
+    layout = plist.get_layout()
+    if math.prod(shape) == 0 or layout == h5py.h5d.COMPACT:
         return None
     if layout != h5py.h5d.CHUNKED:
         allocated = ds.id.get_space_status() == h5py.h5d.SPACE_STATUS_ALLOCATED
         return None if allocated else 0
-    grid = [-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]
+    chunks = plist.get_chunk()
+    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
     written = ds.id.get_num_chunks()
     if written >= math.prod(grid):
         return None
     # Chunks written at each first frame; a chunk row of the frame axis holds prod(grid[1:]).
     at_frame = Counter(ds.id.get_chunk_info(i).chunk_offset[0] for i in range(written))
     per_row = math.prod(grid[1:])
-    return next(f for f in range(0, ds.shape[0], ds.chunks[0]) if at_frame[f] < per_row)
+    return next(f for f in range(0, shape[0], chunks[0]) if at_frame[f] < per_row)
 
 
 def _check_frame_counts(datasets: dict[str, h5py.Dataset], file: str) -> int:
