@@ -45,7 +45,7 @@ class Discovery:
     other_files: dict[str, int] = field(default_factory=dict)  # suffix (or "") -> count
 
 
-def extension(name: str) -> str:
+def _extension(name: str) -> str:
     """The last `.suffix` of a file name, including a whole name such as `.h5` (which
     `Path.suffix` takes for a hidden file without one); "" when there is no dot."""
     dot = name.rfind(".")
@@ -86,7 +86,7 @@ def discover_clip_files(data: Path) -> Discovery:
             if not _is_utf8(entry.name):
                 ignored.append(Ignored(printable(rel), _NOT_UTF8))
                 continue
-            suffix = extension(entry.name)
+            suffix = _extension(entry.name)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
                 is_file = not is_dir and entry.is_file(follow_symlinks=True)
