@@ -6,6 +6,7 @@ import sys
 
 from benchmarks import (
     bench_footprint,
+    bench_fuzz,
     bench_loader,
     bench_preprocess,
     bench_quality,
@@ -18,6 +19,7 @@ BENCHMARKS = {
     "train_step": bench_train_step.main,
     "footprint": bench_footprint.main,
     "quality": bench_quality.main,
+    "fuzz": bench_fuzz.main,
 }
 
 

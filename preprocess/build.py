@@ -15,8 +15,9 @@ Stages, each restartable:
    sequences); results are written in sequence order, whole chunks at a time, and the moments
    merged in that fixed order. Progress is recorded as chunks become durable
    (preprocess.progress), and the per-file results of sequences wholly written are deleted.
-4. publish: stats, sequence table and attributes are written, `complete=True` last, and the
-   finished store is renamed into place.
+4. publish: stats, sequence table and attributes are written, `complete=True` last; the new
+   store's identity is recorded in STORE.build/publishing, and the finished store is
+   renamed into place (exchanged atomically with an old one: `shared.zarr_output.publish`).
 
 Where things are, for `--out STORE`:
     STORE.lock            the lock (pid + host); one build per STORE at a time
@@ -24,13 +25,18 @@ Where things are, for `--out STORE`:
     STORE.build/work.json settings the per-file results depend on
     STORE.build/progress.record  how far stage 3 got (`preprocess.progress`)
     STORE.build/store.zarr the store being written (complete=False until the end)
+    STORE.build/publishing the store being published: fingerprint and creation time (stage 4)
     STORE                 the published store; replaced only with --overwrite, by renaming the
                           new store into place after it is complete
 
 A killed build therefore never leaves anything at STORE that looks complete; `--resume` (with
 `--overwrite` too when it replaces a store) reuses every finished per-file result and every
 durable chunk, and redoes the rest, which is deterministic (sorted inputs, fixed merge order),
-so the result is byte-identical to an uninterrupted build.
+so the result is byte-identical to an uninterrupted build. A build killed while publishing is
+finished by the next build of STORE, whatever its options, before anything else
+(`_recover_publish`): a reader finds the old store or the new one at STORE throughout (where
+the system cannot exchange two directories atomically, STORE is missing between two renames
+until then). `--resume` of a build that is finished says so and does nothing.
 
 Failures of the environment stop the build with one line and leave STORE.build/ for `--resume`:
 a full disk (naming the path and roughly the space needed; temp files are removed), a Dask
@@ -41,8 +47,10 @@ DATA or STORE.build/ at the paths this process uses.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -99,6 +107,7 @@ from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
 from shared.zarr_output import (
     ATTR_COMPLETE,
+    ATTR_CREATED,
     ATTR_FPS,
     ATTR_SPLIT,
     ATTR_WINDOW_FRAMES,
@@ -132,6 +141,10 @@ class BuildError(RuntimeError):
     def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
         super().__init__(message)
         self.problems = tuple(problems)
+
+
+class AlreadyBuilt(BuildError):
+    """`--resume` found nothing to resume: the store is published (not a failure)."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +270,10 @@ class BuildPaths:
     def progress(self) -> Path:
         return self.build_dir / "progress.record"
 
+    @property
+    def publishing(self) -> Path:
+        return self.build_dir / "publishing"
+
 
 @dataclass(frozen=True)
 class BuildSummary:
@@ -315,6 +332,7 @@ def _build_locked(
     """The stages, with the lock held; environment failures become one-line BuildErrors."""
     space = _SpaceEstimate(config.chunk_frames)
     try:
+        _check_resumable(paths, config, finished=_recover_publish(paths))
         work = _check_existing(paths, config)
         discovery = _discover(data)
         space.files = len(discovery.files)
@@ -982,11 +1000,13 @@ def _write_frames(
                 raise RuntimeError(
                     f"sequence {sequence.name}: computed {len(arrays)} frames, planned {length}"
                 )
-            if not np.isfinite(arrays.features).all():  # read_clip's bounds make this impossible
-                raise BuildError(
-                    f"sequence {sequence.name}: non-finite features computed from "
-                    f"{', '.join(sequence.source_files)}; nothing was published"
-                )
+            # As stored (float32); read_clip's bounds make this impossible.
+            for name, values in (("features", arrays.features), ("contact", arrays.contact)):
+                if not np.isfinite(values).all():
+                    raise BuildError(
+                        f"sequence {sequence.name}: non-finite {name} computed from "
+                        f"{', '.join(sequence.source_files)}; nothing was published"
+                    )
             skip = max(0, writer.position - start)  # rows already durable (a resumed build)
             rows_before, moments_before = writer.position, moments
             writer.append(
@@ -1101,15 +1121,87 @@ def _created(paths: BuildPaths) -> str:
 
 
 def _publish(paths: BuildPaths, config: BuildConfig) -> None:
-    """Rename the complete staging store to STORE (replacing the old one) and clean up."""
+    """Record the new store's identity in the build directory, rename the complete staging
+    store to STORE (exchanging it with the old one) and clean up. From the record on, a build
+    killed here is finished by the next one (`_recover_publish`)."""
+    with atomic_path(paths.publishing) as tmp:
+        tmp.write_text(str(_published_identity(paths.staging)))
+    _publish_step("marked")
     try:
-        publish(paths.staging, paths.out, config.overwrite)
+        publish(paths.staging, paths.out, config.overwrite, on_step=_publish_step)
     except DestinationExistsError:
+        paths.publishing.unlink()
         raise BuildError(
             f"{paths.out} appeared during the build; the new store is left in {paths.staging}"
         ) from None
     shutil.rmtree(paths.build_dir)
     logger.info("published %s", paths.out)
+
+
+def _publish_step(step: str) -> None:
+    """Called after each step of publishing (`_publish`, `shared.zarr_output.publish`)."""
+    logger.debug("publishing: %s", step)
+
+
+def _published_identity(store: Path) -> str | None:
+    """Fingerprint and creation time of the complete store at `store` (two builds of the same
+    content differ by when they were made), or None (nothing there, incomplete, unreadable
+    metadata)."""
+    try:
+        attrs = json.loads((store / "zarr.json").read_bytes())["attributes"]
+        if attrs[ATTR_COMPLETE] is True:
+            return f"{attrs[shared.store.ATTR_FINGERPRINT]} {attrs[ATTR_CREATED]}"
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        pass
+    return None
+
+
+def _recover_publish(paths: BuildPaths) -> bool:
+    """Finish what a build killed while publishing left (with the lock held): when the build
+    directory records a store's identity, the store of that identity is put at STORE (unless it
+    is there already) and the build directory removed. Stores that older versions left as
+    `STORE.replaced-<pid>` go back to STORE if nothing is there, else are deleted. True when a
+    killed build's store was published here."""
+    recorded = paths.publishing.read_text().strip() if paths.publishing.is_file() else None
+    finished = recorded is not None and _published_identity(paths.out) == recorded
+    if recorded is not None and not finished:
+        if _published_identity(paths.staging) == recorded:
+            logger.warning("finishing the publication of %s a killed build began", paths.out)
+            publish(paths.staging, paths.out, overwrite=True)
+            finished = True
+        else:
+            logger.warning("%s records an unfinished publication; ignored", paths.publishing)
+            paths.publishing.unlink()
+    if finished:
+        shutil.rmtree(paths.build_dir)
+    leftovers = paths.out.parent.glob(f"{glob.escape(paths.out.name)}.replaced-*")
+    for leftover in sorted(leftovers, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        if not paths.out.exists() and _published_identity(leftover) is not None:
+            logger.warning("restoring %s from %s", paths.out, leftover)
+            os.rename(leftover, paths.out)
+        else:
+            logger.warning("removing %s, left by a killed build", leftover)
+            shutil.rmtree(leftover)
+    return finished
+
+
+def _check_resumable(paths: BuildPaths, config: BuildConfig, finished: bool) -> None:
+    """`AlreadyBuilt` for `--resume` of a build that has nothing left to do: its publication
+    was just finished, or (without --overwrite) there is no build directory and a store is
+    published."""
+    if not config.resume or paths.build_dir.exists():
+        return
+    if finished:
+        raise AlreadyBuilt(
+            f"the interrupted build of {paths.out} was finished: its store is published; "
+            f"nothing to resume"
+        )
+    identity = _published_identity(paths.out)
+    if identity is not None and not config.overwrite:
+        raise AlreadyBuilt(
+            f"{paths.out} is already built (fingerprint {identity[:12]}): nothing to resume; "
+            f"pass --overwrite to build it again"
+        )
 
 
 def describe_executor(config: BuildConfig) -> str:

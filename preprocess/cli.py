@@ -11,6 +11,7 @@ import h5py
 
 from preprocess import nymeria_format, synth
 from preprocess.build import (
+    AlreadyBuilt,
     BuildConfig,
     BuildError,
     BuildSummary,
@@ -210,9 +211,10 @@ def build_command(
 
     While it runs, STORE.lock holds the build's pid and host and STORE.build/ its per-file
     results and the store being written; the finished store is renamed to STORE. A killed
-    build continues with --resume (--overwrite --resume when it replaces a store). Exit
-    status 1 when no file is usable, with --strict when any file is not, and when the
-    environment stops the build (full disk, unreachable cluster, workers that cannot see DATA).
+    build continues with --resume (--overwrite --resume when it replaces a store); --resume of
+    a finished build says so and exits 0. Exit status 1 when no file is usable, with --strict
+    when any file is not, and when the environment stops the build (full disk, unreachable
+    cluster, workers that cannot see DATA).
     """
     if is_url(out):
         raise click.BadParameter(
@@ -242,6 +244,9 @@ def build_command(
             f"building {config.out} from {config.data} ({describe_executor(config)})", err=True
         )
         summary = build(config, progress=progress)
+    except AlreadyBuilt as error:
+        click.echo(str(error))
+        return
     except BuildError as error:
         _echo_problems(error.problems)
         raise click.ClickException(str(error)) from None
@@ -293,23 +298,21 @@ def verify_command(
     store: str | Path, data: Path | None, sample: int, seed: int, progress: bool,
     storage_options: dict | None,
 ) -> None:  # fmt: skip
-    """Check every chunk of STORE (checksum, finite values), its metadata and its stats; with
-    --data also recompute sampled sequences from the source files. Exit 1 on any problem."""
+    """Check STORE's metadata (as every reader does), then every chunk (checksum, finite
+    values) and its stats; with --data also recompute sampled sequences from the source files.
+    Exit 1 on any problem; metadata that cannot be trusted is one line, before any chunk is
+    read (so nothing is sized from it)."""
     try:
+        opened = open_store(  # chunks are checked next, in depth
+            store, check_chunk_files=False, storage_options=storage_options
+        )
         problems = check_chunks(
             store, deep=True, progress=progress, storage_options=storage_options
         )
-    except MissingExtraError as error:
+    except (StoreError, MissingExtraError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"checked every chunk's checksum and values: {_count(len(problems), 'problem')}")
-    try:
-        opened = open_store(  # chunks checked just now, in depth
-            store, check_chunk_files=False, storage_options=storage_options
-        )
-    except StoreError as error:
-        problems.append(str(error))
-        opened = None
-    if opened is not None and not problems:
+    if not problems:
         problems += verify_stats(opened)
         click.echo(f"recomputed stats over {len(opened.split('train'))} train sequences")
         if data is not None:

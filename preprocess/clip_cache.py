@@ -216,7 +216,7 @@ class ClipCache:
         return self.directory / self.INDEX_NAME
 
     def path_of(self, file: str) -> Path:
-        return self.directory / (hashlib.sha256(file.encode()).hexdigest()[:32] + ".clip")
+        return self.directory / (hashlib.sha256(os.fsencode(file)).hexdigest()[:32] + ".clip")
 
     def has_result(self, file: str) -> bool:
         return self.path_of(file).exists()

@@ -3,12 +3,14 @@
 The tree is walked once, following symbolic links: a linked directory is entered the first
 time its real directory is met and listed as ignored on any later meeting (a loop when it
 links to one of its own ancestors), so no file is read twice through links and no loop runs
-forever. Clip files are the regular files named `*.h5` (`nymeria_format.CLIP_SUFFIX`,
-case-sensitive, as the exporter writes them). Candidates that are not used and are listed
-with a reason: files with another HDF5-like extension (`.hdf5`, `.H5`, ...), directories named
-like a clip file, dangling links, link loops, directories already walked through another link,
-and entries that cannot be read. Other files (videos beside the clips, notes) are only counted,
-by extension.
+forever. Clip files are the regular files whose name ends in `.h5`
+(`nymeria_format.CLIP_SUFFIX`, case-sensitive, as the exporter writes them; a file named just
+`.h5` too). Candidates that are not used and are listed with a reason: files with another
+HDF5-like extension (`.hdf5`, `.H5`, ...), directories named like a clip file, dangling links,
+link loops, directories already walked through another link, entries that cannot be read, and
+entries whose name is not valid UTF-8 (a store records file names as UTF-8 text; the listing
+shows the undecodable bytes as `\\xNN`). Other files (videos beside the clips, notes) are only
+counted, by extension.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from preprocess import nymeria_format
 
 HDF5_LIKE_SUFFIXES: frozenset[str] = frozenset({".h5", ".hdf5", ".hdf", ".he5", ".h5py"})
 """Lower-case suffixes of files that are probably HDF5: listed when not read."""
+_NOT_UTF8 = "name is not valid UTF-8 (a store records file names as text); rename it to read it"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,27 @@ class Discovery:
     other_files: dict[str, int] = field(default_factory=dict)  # suffix (or "") -> count
 
 
+def _extension(name: str) -> str:
+    """The last `.suffix` of a file name, including a whole name such as `.h5` (which
+    `Path.suffix` takes for a hidden file without one); "" when there is no dot."""
+    dot = name.rfind(".")
+    return name[dot:] if dot >= 0 else ""
+
+
+def printable(path: str) -> str:
+    """`path` as UTF-8 text: bytes of a name that is not valid UTF-8 (which Python holds as
+    surrogate escapes) shown as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def discover_clip_files(data: Path) -> Discovery:
     """Walk `data` (see the module doc)."""
     data = Path(data)
@@ -59,7 +83,10 @@ def discover_clip_files(data: Path) -> Discovery:
             return
         for entry in entries:
             rel = entry.name if relative == "." else f"{relative}/{entry.name}"
-            suffix = Path(entry.name).suffix
+            if not _is_utf8(entry.name):
+                ignored.append(Ignored(printable(rel), _NOT_UTF8))
+                continue
+            suffix = _extension(entry.name)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
                 is_file = not is_dir and entry.is_file(follow_symlinks=True)
@@ -88,7 +115,7 @@ def discover_clip_files(data: Path) -> Discovery:
                 )  # fmt: skip
             elif is_link and not os.path.exists(entry.path):
                 target = os.readlink(entry.path)
-                ignored.append(Ignored(rel, f"dangling link to {target}"))
+                ignored.append(Ignored(rel, f"dangling link to {printable(target)}"))
             elif is_file:
                 other[suffix] += 1
             else:

@@ -6,9 +6,11 @@ optional) is never opened, and neither are `root_translation`/`root_orientation`
 features do not use.
 
 No file can make it raise: every way a file can be unusable (not HDF5, damaged metadata or
-data, a dangling or external link, a declared size the file does not store, wrong
-shape/dtype, NaN/Inf, absurd positions, non-rotations, timestamps that do not increase, an
-implausible frame rate) becomes a `Problem` naming the file, the key and the frame where known;
+data, a dangling or external link, a declared size the file does not store, chunks never
+written (HDF5 would read them as zeros), wrong shape/dtype, NaN/Inf (also after the cast to the
+float32 the store holds), absurd positions, joints moving faster than any body can, non-rotations,
+timestamps out of range or that do not increase, an implausible step or frame rate) becomes a
+`Problem` naming the file, the key and the frame where known;
 anything else raised while reading one file (an HDF5 failure not seen before, or a bug) is
 logged with its traceback and recorded as an `unexpected_error` problem, so one file never
 stops a build.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,7 +71,19 @@ MAX_EXPANSION = 1100
 """Largest ratio of a dataset's declared bytes to the bytes the file stores for it: above what
 any HDF5 compression filter reaches on real data (deflate's maximum is ~1032)."""
 ALWAYS_READABLE_BYTES = 64 * 2**20
-"""A dataset this small may be read whatever it stores (unwritten chunks read as fill values)."""
+"""A dataset this small may be read whatever it stores (its chunks are then checked to be
+written: HDF5 reads an unwritten chunk as fill values)."""
+MAX_SPEED_M_PER_S = 30.0
+"""Fastest a joint or the head may move between two frames (a thrown ball's speed; no body part
+gets near it): beyond, positions jump, and the velocity features would be garbage."""
+MAX_TIMESTAMP_NS = 2**62
+"""Largest timestamp accepted (146 years of nanoseconds): sums and differences of timestamps
+stay far from int64's wrap-around."""
+MAX_TIMESTAMP_STEP_NS = 3600 * 10**9
+"""Longest step between two frames of one clip (an atomic action lasts seconds): beyond, the
+timestamps are garbage, not a hole."""
+STORED_FLOAT = np.dtype(np.float32)
+"""The dtype the store holds every float value in (features, contact)."""
 
 # What h5py raises for damaged files, depending on where the damage is (metadata, B-tree,
 # chunk data, attribute encoding): converted into a Problem for the file, never caught around
@@ -93,8 +108,10 @@ PROBLEM_KINDS: tuple[str, ...] = (
     "bad_size",
     "frame_count_mismatch",
     "empty_clip",
+    "unwritten_data",
     "non_finite",
     "out_of_range",
+    "implausible_motion",
     "not_rotation",
     "timestamps_not_increasing",
     "frame_rate",
@@ -424,7 +441,40 @@ def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: in
             f"written; not read",
             key,
         )
+    with _hdf5_errors(file, key, "cannot read dataset chunk metadata"):
+        unwritten = _first_unwritten_frame(ds, plist, shape)
+    if unwritten is not None:
+        raise _ClipProblem(
+            "unwritten_data",
+            f"{file}: dataset {key!r}, frame {unwritten}: never written (HDF5 reports its "
+            f"storage unallocated and would read it as {ds.fillvalue!r}); the file is incomplete",
+            key,
+            unwritten,
+        )
     return ds
+
+
+def _first_unwritten_frame(
+    ds: h5py.Dataset, plist: h5py.h5p.PropDCID, shape: tuple[int, ...]
+) -> int | None:
+    """First frame of `ds` (of creation properties `plist`) whose storage HDF5 never allocated
+    (reads would give fill values), or None when every frame is written. Compact data is always
+    written; contiguous data is allocated whole or not at all; chunked data chunk by chunk."""
+    layout = plist.get_layout()
+    if math.prod(shape) == 0 or layout == h5py.h5d.COMPACT:
+        return None
+    if layout != h5py.h5d.CHUNKED:
+        allocated = ds.id.get_space_status() == h5py.h5d.SPACE_STATUS_ALLOCATED
+        return None if allocated else 0
+    chunks = plist.get_chunk()
+    grid = [-(-n // c) for n, c in zip(shape, chunks, strict=True)]
+    written = ds.id.get_num_chunks()
+    if written >= math.prod(grid):
+        return None
+    # Chunks written at each first frame; a chunk row of the frame axis holds prod(grid[1:]).
+    at_frame = Counter(ds.id.get_chunk_info(i).chunk_offset[0] for i in range(written))
+    per_row = math.prod(grid[1:])
+    return next(f for f in range(0, shape[0], chunks[0]) if at_frame[f] < per_row)
 
 
 def _check_frame_counts(datasets: dict[str, h5py.Dataset], file: str) -> int:
@@ -446,19 +496,53 @@ def _read(ds: h5py.Dataset, key: str, file: str) -> np.ndarray:
 
 
 def _check_values(arrays: dict[str, np.ndarray], file: str, rotation_atol: float) -> None:
+    _check_finite(arrays, file)
+    _check_positions(arrays, file)
+    _check_timestamps(arrays[nymeria_format.KEY_TIMESTAMP_NS], file)
+    _check_speed(arrays, file)
+    _check_rotations(arrays, file, rotation_atol)
+
+
+def _first_bad_frame(bad: np.ndarray) -> int:
+    """First frame (row) of `bad` (frames, ...) with any True."""
+    return int(np.argmax(bad.reshape(len(bad), -1).any(axis=1)))
+
+
+def _check_finite(arrays: dict[str, np.ndarray], file: str) -> None:
+    """Every value finite as read, and still finite once cast to the float32 the store holds
+    (a float64 1e39 is finite, its float32 is inf)."""
     for key, values in arrays.items():
-        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
-        if not finite.all():
-            frame = int(np.argmin(finite))
+        bad = ~np.isfinite(values)
+        if bad.any():
+            frame = _first_bad_frame(bad)
             raise _ClipProblem(
                 "non_finite",
                 f"{file}: dataset {key!r}, frame {frame}: NaN or Inf "
-                f"({int((~finite).sum())} of {len(values)} frames affected)",
+                f"({int(bad.reshape(len(bad), -1).any(axis=1).sum())} of {len(values)} frames "
+                f"affected)",
                 key,
                 frame,
             )
+    for key, values in arrays.items():
+        if values.dtype.kind != "f" or values.dtype.itemsize <= STORED_FLOAT.itemsize:
+            continue
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(values.astype(STORED_FLOAT))
+        if bad.any():
+            frame = _first_bad_frame(bad)
+            value = float(values[frame][bad[frame]].reshape(-1)[0])
+            raise _ClipProblem(
+                "out_of_range",
+                f"{file}: dataset {key!r}, frame {frame}: value {value:.3g} overflows "
+                f"{STORED_FLOAT} (the stored dtype, largest {np.finfo(STORED_FLOAT).max:.3g})",
+                key,
+                frame,
+            )
+
+
+def _check_positions(arrays: dict[str, np.ndarray], file: str) -> None:
     for key in POSITION_KEYS:
-        largest = np.abs(arrays[key]).reshape(len(arrays[key]), -1).max(axis=1)
+        largest = np.abs(arrays[key]).reshape(len(arrays[key]), -1).max(axis=1).astype(float)
         if (largest > MAX_ABS_POSITION_M).any():
             frame = int(np.argmax(largest > MAX_ABS_POSITION_M))
             raise _ClipProblem(
@@ -469,16 +553,41 @@ def _check_values(arrays: dict[str, np.ndarray], file: str, rotation_atol: float
                 key,
                 frame,
             )
-    timestamp_ns = arrays[nymeria_format.KEY_TIMESTAMP_NS]
-    steps = np.diff(timestamp_ns)
+
+
+def _check_timestamps(timestamp_ns: np.ndarray, file: str) -> None:
+    """In [0, MAX_TIMESTAMP_NS] (so no difference wraps around), strictly increasing, no step
+    longer than MAX_TIMESTAMP_STEP_NS, a median step of a plausible frame rate."""
+    key = nymeria_format.KEY_TIMESTAMP_NS
+    outside = (timestamp_ns < 0) | (timestamp_ns > MAX_TIMESTAMP_NS)
+    if outside.any():
+        frame = int(np.argmax(outside))
+        raise _ClipProblem(
+            "out_of_range",
+            f"{file}: dataset {key!r}, frame {frame}: timestamp {int(timestamp_ns[frame])} ns is "
+            f"outside [0, 2^62] ns (negative, or wrapped around int64)",
+            key,
+            frame,
+        )
+    steps = np.diff(timestamp_ns)  # cannot wrap: every timestamp is in [0, 2^62]
     if (steps <= 0).any():
         frame = int(np.argmax(steps <= 0)) + 1
         raise _ClipProblem(
             "timestamps_not_increasing",
-            f"{file}: dataset {nymeria_format.KEY_TIMESTAMP_NS!r}, frame {frame}: timestamp "
+            f"{file}: dataset {key!r}, frame {frame}: timestamp "
             f"{int(timestamp_ns[frame])} ns does not increase on frame {frame - 1} "
             f"({int(timestamp_ns[frame - 1])} ns)",
-            nymeria_format.KEY_TIMESTAMP_NS,
+            key,
+            frame,
+        )
+    if (steps > MAX_TIMESTAMP_STEP_NS).any():
+        frame = int(np.argmax(steps > MAX_TIMESTAMP_STEP_NS)) + 1
+        raise _ClipProblem(
+            "frame_rate",
+            f"{file}: dataset {key!r}, frame {frame}: {int(steps[frame - 1]) / 1e9:.6g} s after "
+            f"frame {frame - 1}, more than {MAX_TIMESTAMP_STEP_NS / 1e9:g} s between two frames "
+            f"of one clip",
+            key,
             frame,
         )
     if len(steps):
@@ -487,10 +596,35 @@ def _check_values(arrays: dict[str, np.ndarray], file: str, rotation_atol: float
         if not low <= fps <= high:
             raise _ClipProblem(
                 "frame_rate",
-                f"{file}: dataset {nymeria_format.KEY_TIMESTAMP_NS!r}: median step "
+                f"{file}: dataset {key!r}: median step "
                 f"{median_ns:.6g} ns is {fps:.3g} fps, outside [{low:g}, {high:g}] fps",
-                nymeria_format.KEY_TIMESTAMP_NS,
+                key,
             )
+
+
+def _check_speed(arrays: dict[str, np.ndarray], file: str) -> None:
+    """No joint (nor the head) faster than MAX_SPEED_M_PER_S between two frames."""
+    seconds = np.diff(arrays[nymeria_format.KEY_TIMESTAMP_NS]) / 1e9
+    for key in POSITION_KEYS:
+        positions = arrays[key].astype(np.float64).reshape(len(seconds) + 1, -1, 3)
+        distance = np.linalg.norm(np.diff(positions, axis=0), axis=-1)  # (T - 1, joints)
+        speed = distance / seconds[:, None]
+        fast = speed > MAX_SPEED_M_PER_S
+        if fast.any():
+            step, joint = np.unravel_index(int(np.argmax(fast)), fast.shape)
+            where = "" if positions.shape[1] == 1 else f", joint {int(joint)}"
+            raise _ClipProblem(
+                "implausible_motion",
+                f"{file}: dataset {key!r}, frame {int(step) + 1}{where}: moves "
+                f"{float(distance[step, joint]):.3g} m in {float(seconds[step]):.3g} s since frame "
+                f"{int(step)} ({float(speed[step, joint]):.3g} m/s, faster than "
+                f"{MAX_SPEED_M_PER_S:g} m/s); {int(fast.any(axis=1).sum())} such steps in the clip",
+                key,
+                int(step) + 1,
+            )
+
+
+def _check_rotations(arrays: dict[str, np.ndarray], file: str, rotation_atol: float) -> None:
     for key in ROTATION_KEYS:
         R = arrays[key].astype(np.float64)
         ok = is_rotation(R, atol=rotation_atol)

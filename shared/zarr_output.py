@@ -3,7 +3,8 @@
 
 - Staging: a store is written in a directory beside its destination and renamed into place once
   complete (`publish`), so a failed run never leaves anything at the destination that looks like
-  a store. An existing store there is refused, or replaced only when asked (`check_destination`).
+  a store. An existing store there is refused, or replaced only when asked (`check_destination`),
+  by exchanging the two atomically where the system can (`exchange_paths`).
   `staged_store` does it all for a store written in one go; the build keeps its staging
   directory across runs for `--resume` and calls the pieces itself.
 - `complete` is the last root attribute written (`mark_complete`); a reader refuses a store
@@ -21,10 +22,12 @@ This module must not import h5py or hdf5plugin: the trainer imports it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,17 +181,67 @@ def check_destination(out: Path, overwrite: bool, how_to_replace: str) -> None:
         raise DestinationExistsError(f"a store already exists at {out}; {how_to_replace}")
 
 
-def publish(staging: Path, out: Path, overwrite: bool) -> None:
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
+_RENAME_EXCHANGE = 2  # <linux/fs.h>
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap what `a` and `b` name in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`, both
+    must exist); False, changing nothing, where the C library, kernel or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, TypeError, AttributeError):  # no C library to load, or no renameat2 in it
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(error, os.strerror(error), str(a), None, str(b))
+
+
+def replaced_path(staging: Path) -> Path:
+    """Where `publish` moves the store it replaces when it cannot exchange the two (beside
+    the staging directory, so whatever owns that cleans it up with it)."""
+    return staging.with_name(f"{staging.name}.replaced")
+
+
+def _no_step(step: str) -> None:
+    """Default `on_step` of `publish`."""
+
+
+def publish(
+    staging: Path, out: Path, overwrite: bool, on_step: Callable[[str], None] = _no_step
+) -> None:
     """Rename the complete store `staging` to `out`. A store already at `out` is replaced only
-    with `overwrite`: renamed aside, the new one renamed in, the old one deleted (a reader finds
-    the old store or the new one, never a mix); else `DestinationExistsError`."""
+    with `overwrite` (else `DestinationExistsError`), so that a reader finds the old store or
+    the new one at `out`, never a mix: the two are exchanged in one atomic step
+    (`exchange_paths`; `staging` then holds the old store, which is deleted). Where that is not
+    available the old one is renamed to `replaced_path(staging)` and the new one renamed in:
+    a kill between the two renames leaves nothing at `out` until the owner of `staging`
+    restores it (`preprocess.build` does at its next start). `on_step(name)` is called after
+    each step ("exchanged"; "moved aside", "renamed in"; then "old deleted")."""
     if out.exists():
         if not (overwrite and is_zarr_store(out)):
             raise DestinationExistsError(f"{out} appeared while the new store was written")
-        replaced = out.with_name(f"{out.name}.replaced-{os.getpid()}")
-        os.rename(out, replaced)
-        os.rename(staging, out)
-        shutil.rmtree(replaced)
+        if exchange_paths(staging, out):
+            on_step("exchanged")
+            shutil.rmtree(staging)
+        else:
+            old = replaced_path(staging)
+            os.rename(out, old)
+            on_step("moved aside")
+            os.rename(staging, out)
+            on_step("renamed in")
+            shutil.rmtree(old)
+        on_step("old deleted")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, out)

@@ -32,6 +32,8 @@ def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, .
     stalled[9] = stalled[8]
     absurd = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
     absurd[5, 2, 0] = 3e38  # finite, but its features would overflow float32
+    jumping = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
+    jumping[20, 4, 0] += 5.0  # 5 m in one 30 fps frame: 150 m/s
     slow = raw[nymeria_format.KEY_TIMESTAMP_NS][0] + np.arange(n, dtype=np.int64) * 2_000_000_000
     empty = {key: raw[key][:0] for key in (
         nymeria_format.KEY_TIMESTAMP_NS, nymeria_format.KEY_CPF_TRANSLATION,
@@ -41,6 +43,7 @@ def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, .
     return {
         "missing_key": ({nymeria_format.KEY_JOINT_TRANSLATION: None}, {}, ()),
         "out_of_range": ({nymeria_format.KEY_JOINT_TRANSLATION: absurd}, {}, ()),
+        "implausible_motion": ({nymeria_format.KEY_JOINT_TRANSLATION: jumping}, {}, ()),
         "frame_rate": ({nymeria_format.KEY_TIMESTAMP_NS: slow}, {}, ()),
         "bad_shape": (
             {nymeria_format.KEY_JOINT_TRANSLATION: np.zeros((n, 22, 3), np.float32)},
@@ -87,6 +90,8 @@ EXPECTED_DETAIL = {
     "bad_link": "'joint_translation' is a dangling soft link to '/nowhere'",
     "bad_size": "dataset 'timestamp_ns' declares 100000000000 frames (800000000000 bytes) but the",
     "out_of_range": "dataset 'joint_translation', frame 5: coordinate 3e+38 m is beyond",
+    "implausible_motion": "dataset 'joint_translation', frame 20, joint 4: moves 5",
+    "unwritten_data": "dataset 'cpf_translation', frame 32: never written (HDF5 reports its",
     "frame_rate": "is 0.5 fps, outside [1, 1000] fps",
     "bad_shape": "dataset 'joint_translation' has shape (",
     "bad_dtype": "dataset 'timestamp_ns' has dtype float64, expected int64",
@@ -127,7 +132,7 @@ def mixed_dataset(
     (root / files["not_hdf5"]).write_text("this is a CSV, not HDF5\n1,2,3\n")
     files["unreadable"] = "bad/truncated_00000.h5"
     (root / files["unreadable"]).write_bytes(donor.read_bytes()[:3000])
-    for kind in ("bad_link", "bad_size"):
+    for kind in ("bad_link", "bad_size", "unwritten_data"):
         files[kind] = f"bad/{kind}/{donor_name}_00000.h5"
         write_variant(donor, root / files[kind])
     with h5py.File(root / files["bad_link"], "a") as f:
@@ -138,6 +143,12 @@ def mixed_dataset(
         f.create_dataset(
             nymeria_format.KEY_TIMESTAMP_NS, shape=(10**11,), dtype=np.int64, chunks=(4096,)
         )
+    with h5py.File(root / files["unwritten_data"], "a") as f:  # frames 32 on never written
+        cpf = f[nymeria_format.KEY_CPF_TRANSLATION][()]
+        del f[nymeria_format.KEY_CPF_TRANSLATION]
+        f.create_dataset(
+            nymeria_format.KEY_CPF_TRANSLATION, shape=cpf.shape, dtype=cpf.dtype, chunks=(16, 3)
+        )[:32] = cpf[:32]
     assert set(files) == set(FILE_KINDS)
     return root, files
 

@@ -1,39 +1,32 @@
 """Fuzzing the input side: copies of a real synthetic clip with random bytes overwritten or cut
 short at random offsets (fixed seeds). `read_clip` never raises and what it accepts is sound;
 one real build over a mix finishes with every good file in the store and every bad one
-recorded with the kind `read_clip` gave it."""
+recorded with the kind `read_clip` gave it. A seeded subset of the fuzz campaign
+(`preprocess.fuzz`, value mutations too) publishes nothing bad and crashes nowhere."""
 
 from __future__ import annotations
 
+import shutil
+import traceback
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from store_testing import cli_build
 
 import shared.store
 from preprocess import nymeria_format, synth
+from preprocess.cli import main
+from preprocess.fuzz import corrupt, implausible_values, run_campaign
 from preprocess.read_clip import MAX_ABS_POSITION_M, PROBLEM_KINDS, read_clip
 from shared.rotations import is_rotation
 from shared.store import open_store
 
 READ_CASES = 300
 BUILD_CASES = 40  # corrupted copies in the one build (plus the good originals)
-TRUNCATE_PROBABILITY = 0.2
-
-
-def corrupt(data: bytes, seed: int) -> bytes:
-    """`data` cut short (sometimes) and with 1-8 runs of 1-16 random bytes written over it."""
-    rng = np.random.default_rng(seed)
-    out = bytearray(data)
-    if rng.uniform() < TRUNCATE_PROBABILITY:
-        out = out[: int(rng.integers(0, len(out)))]
-    for _ in range(int(rng.integers(1, 9)) if out else 0):
-        offset = int(rng.integers(0, len(out)))
-        width = min(int(rng.integers(1, 17)), len(out) - offset)
-        out[offset : offset + width] = rng.integers(0, 256, width, dtype=np.uint8).tobytes()
-    return bytes(out)
+CAMPAIGN_FILES = 60  # the seeded subset of `python -m benchmarks fuzz` (1,000 files)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +108,49 @@ def test_a_build_over_good_and_corrupted_files_records_every_bad_one(
         assert f"skipped [{kind}] {file}: " in result.output
     features = store.read_features(0, store.num_frames)
     assert np.isfinite(features).all()
+
+
+def _in_process(*args: str) -> tuple[int, str]:
+    """The CLI in this process (fast): an exception it lets out is a crash, with traceback."""
+    result = CliRunner().invoke(main, list(args))
+    output = result.output
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        output += "".join(traceback.format_exception(result.exception))
+        return -1, output
+    return result.exit_code, output
+
+
+def test_a_seeded_fuzz_campaign_has_no_crash_and_no_bad_publication(
+    clips: list[Path], tmp_path: Path
+):
+    """Value mutations (1e39 float64, wrapped timestamps, 100 km jumps, unwritten chunks, odd
+    names, ...) beside byte damage: each file is used, refused or listed, and the published
+    store passes verify and holds nothing implausible."""
+    report = run_campaign(
+        clips, tmp_path, files=CAMPAIGN_FILES, batch=CAMPAIGN_FILES, seed=1,
+        build=lambda data, out: _in_process(
+            "build", str(data), "--out", str(out), "--scheduler", "synchronous",
+            "--no-progress", "--split", "1,0,0",
+        ),
+        verify=lambda store: _in_process("verify", str(store), "--no-progress"),
+    )  # fmt: skip
+    assert report.crashes == [] and report.bad_publications == []
+    assert report.files == CAMPAIGN_FILES == sum(report.outcomes.values()) and report.published == 1
+    assert len(report.mutations) >= 15 and len(report.outcomes) >= 10, report
+    for kind in ("used", "implausible_motion", "unwritten_data", "out_of_range"):
+        assert report.outcomes[kind] > 0, report.outcomes
+
+
+def test_implausible_values_finds_a_store_that_moves_too_fast(clips: list[Path], tmp_path: Path):
+    """The campaign's own check can fail: a store built by a reader without the speed check."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for clip in clips:
+        shutil.copy(clip, root / clip.name)
+    result = cli_build(root, tmp_path / "s.zarr", "--split", "1,0,0")
+    assert result.exit_code == 0, result.output
+    store = open_store(tmp_path / "s.zarr")
+    assert implausible_values(store) == []
+    slow = open_store(tmp_path / "s.zarr")
+    slow.timestamp_ns = np.asarray(store.timestamp_ns) // 100  # the same motion, 100x faster
+    assert any("moves at" in found for found in implausible_values(slow))

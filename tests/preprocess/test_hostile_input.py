@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from store_testing import (
     MOTION_KEYS,
     cli_build,
@@ -25,6 +26,7 @@ from store_testing import (
 
 import shared.store
 from preprocess import nymeria_format, synth
+from preprocess.cli import main
 from preprocess.discover import discover_clip_files
 from preprocess.info import format_info, store_info
 from preprocess.read_clip import read_clip
@@ -307,3 +309,108 @@ def test_nothing_to_read_names_what_was_not_read(tmp_path: Path):
     assert result.exit_code == 1
     assert "no *.h5 files under" in result.output
     assert "not read: clip_00000.hdf5 (extension '.hdf5'" in result.output
+
+
+# --- issue 20: values after the cast, wrapped timestamps, odd names ------------------------------
+
+
+def test_values_that_overflow_float32_or_timestamps_that_wrap_are_refused(
+    two_recordings, synthetic_dataset: Path, tmp_path: Path
+):
+    """A float64 1e39 is finite but becomes inf as the stored float32 (it used to be published,
+    and `verify` then rejected the store); int64 timestamps wrapping past the maximum looked
+    increasing (their int64 differences wrap too) and were stored."""
+    root, recordings = two_recordings
+    first, second = (clips[0] for clips in recordings.values())
+    contact = first[nymeria_format.KEY_CONTACT_INFORMATION].astype(np.float64)
+    contact[7, 2] = 1e39
+    write_variant(synthetic_dataset / first["file"], root / first["file"],
+                  {nymeria_format.KEY_CONTACT_INFORMATION: contact})  # fmt: skip
+    n = len(second[nymeria_format.KEY_TIMESTAMP_NS])
+    period = nymeria_format.EXPORTER_FRAME_PERIOD_NS
+    with np.errstate(over="ignore"):
+        wrapped = np.int64(np.iinfo(np.int64).max - 3 * period) + np.arange(n) * np.int64(period)
+    assert (np.diff(wrapped) > 0).all() and wrapped[4] < 0  # what the old check saw
+    write_variant(synthetic_dataset / second["file"], root / second["file"],
+                  {nymeria_format.KEY_TIMESTAMP_NS: wrapped})  # fmt: skip
+
+    out = tmp_path / "s.zarr"
+    result = cli_build(root, out)
+    assert result.exit_code == 0, result.output
+    problems = {p["file"]: p for p in open_store(out).attrs[shared.store.ATTR_PROBLEMS]}
+    cast = problems[first["file"]]
+    assert (cast["kind"], cast["key"], cast["frame"]) == ("out_of_range", "contact_information", 7)
+    assert "value 1e+39 overflows float32 (the stored dtype" in cast["reason"]
+    wrap = problems[second["file"]]
+    assert (wrap["kind"], wrap["key"], wrap["frame"]) == ("out_of_range", "timestamp_ns", 0)
+    assert "is outside [0, 2^62] ns (negative, or wrapped around int64)" in wrap["reason"]
+    verified = CliRunner().invoke(main, ["verify", str(out), "--no-progress"])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_a_file_named_h5_is_read_and_a_name_that_is_not_utf8_is_listed(
+    two_recordings, synthetic_dataset: Path, tmp_path: Path
+):
+    """A file named exactly `.h5` was neither read nor listed; a name that is not valid UTF-8
+    stopped the whole build with a UnicodeEncodeError."""
+    root, _ = two_recordings
+    third = list(raw_recordings(synthetic_dataset).values())[2][0]
+    shutil.copy(synthetic_dataset / third["file"], root / ".h5")
+    undecodable = os.fsdecode(b"caf\xe9_00000.h5")  # Latin-1, not UTF-8
+    shutil.copy(synthetic_dataset / third["file"], root / undecodable)
+    (root / os.fsdecode(b"dir\xff")).mkdir()
+    shutil.copy(synthetic_dataset / third["file"], root / os.fsdecode(b"dir\xff") / "x_00000.h5")
+    os.symlink(root / os.fsdecode(b"gone\xff.h5"), root / "dangling.h5")
+
+    discovery = discover_clip_files(root)
+    assert ".h5" in discovery.files and undecodable not in discovery.files
+    reasons = {i.path: i.reason for i in discovery.ignored}
+    assert reasons.pop("dangling.h5") == f"dangling link to {root}/gone\\xff.h5"
+    assert set(reasons) == {"caf\\xe9_00000.h5", "dir\\xff"}
+    assert all(r.startswith("name is not valid UTF-8") for r in reasons.values())
+
+    out = tmp_path / "s.zarr"
+    result = cli_build(root, out)
+    assert result.exit_code == 0, result.output
+    assert "7 used, 0 skipped" in result.output
+    assert "not read: caf\\xe9_00000.h5: name is not valid UTF-8" in result.output
+    store = open_store(out)
+    assert any(".h5" in r.source_files for r in store.sequences)
+    ignored = store.attrs[shared.store.ATTR_SOURCE]["ignored"]
+    assert {i["path"] for i in ignored} == {*reasons, "dangling.h5"}
+
+
+def test_unwritten_chunks_and_impossible_speeds_are_refused(
+    synthetic_dataset: Path, tmp_path: Path
+):
+    """Unwritten HDF5 chunks read as zeros (the head at the origin for half a clip) and joints
+    jumping 99 km between frames were accepted."""
+    donor = min(synthetic_dataset.glob("*.h5"))
+    raw = read_raw(donor)
+    half = len(raw[nymeria_format.KEY_TIMESTAMP_NS]) // 2
+    write_variant(donor, tmp_path / "holes_00000.h5")
+    with h5py.File(tmp_path / "holes_00000.h5", "a") as f:
+        del f[nymeria_format.KEY_CPF_TRANSLATION]
+        cpf = raw[nymeria_format.KEY_CPF_TRANSLATION]
+        written = f.create_dataset(
+            nymeria_format.KEY_CPF_TRANSLATION, shape=cpf.shape, dtype=cpf.dtype, chunks=(8, 3)
+        )
+        written[: half // 8 * 8] = cpf[: half // 8 * 8]
+    jumping = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
+    jumping[half::2, 9, 1] += 99_000.0  # +-99 km every other frame
+    write_variant(donor, tmp_path / "jumps_00000.h5",
+                  {nymeria_format.KEY_JOINT_TRANSLATION: jumping})  # fmt: skip
+    holes = read_clip(tmp_path, "holes_00000.h5").problem
+    assert (holes.kind, holes.key, holes.frame) == (
+        "unwritten_data",
+        nymeria_format.KEY_CPF_TRANSLATION,
+        half // 8 * 8,
+    )
+    jumps = read_clip(tmp_path, "jumps_00000.h5").problem
+    assert (jumps.kind, jumps.key, jumps.frame) == (
+        "implausible_motion",
+        nymeria_format.KEY_JOINT_TRANSLATION,
+        half,
+    )
+    assert f"frame {half}, joint 9: moves 9.9e+04 m in 0.0333 s" in jumps.reason
+    assert "faster than 30 m/s" in jumps.reason

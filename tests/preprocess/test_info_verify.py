@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -214,4 +215,55 @@ def test_edited_fps_is_refused(built, tmp_path: Path):
     assert result.exit_code == 1
     assert "do not match the fingerprint recorded at build time" in result.output
     verify = CliRunner().invoke(main, ["verify", str(copy), "--no-progress"])
-    assert verify.exit_code == 1 and "PROBLEM store" in verify.output
+    assert verify.exit_code == 1 and verify.output.startswith(f"Error: store {copy}")
+
+
+def _edit_metadata(store: Path, node: str, edit) -> None:
+    path = store / node / "zarr.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _with_frames(frames: int):
+    def edit(meta: dict) -> dict:
+        return {**meta, "shape": [frames, *meta["shape"][1:]]}
+
+    return edit
+
+
+@pytest.mark.slow
+def test_verify_refuses_untrusted_metadata_in_one_line_before_reading_chunks(built, tmp_path: Path):
+    """It used to crash with a traceback on a truncated root zarr.json or a negative shape, and
+    to grow memory without bound on a declared 1e12 frames (it listed every chunk first): now
+    it runs `open_store`'s metadata checks first. Each case runs in a subprocess limited to
+    2 GB of address space, with a timeout."""
+    _, out = built
+    cases = {
+        "truncated root": lambda s: (s / "zarr.json").write_bytes(
+            (s / "zarr.json").read_bytes()[:40]
+        ),
+        "negative shape": lambda s: _edit_metadata(s, shared.store.FEATURES, _with_frames(-5)),
+        "1e12 frames": lambda s: [
+            _edit_metadata(s, name, _with_frames(10**12)) for name in shared.store.FRAME_ARRAYS
+        ],
+    }
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+    for name, damage in cases.items():
+        store = tmp_path / f"{len(list(tmp_path.iterdir()))}.zarr"
+        shutil.copytree(out, store)
+        damage(store)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "preprocess", "verify", str(store), "--no-progress"],
+                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, preexec_fn=limit,
+                check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name}: verify still running after 60 s")
+        assert result.returncode == 1, (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: store {store}"), (name, lines)
+        assert result.stdout == "", name  # refused before any chunk was read
