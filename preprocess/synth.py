@@ -165,7 +165,7 @@ _NAME_POOL: tuple[tuple[str, str], ...] = (
     ("omar", "haddad"),
 )
 MAX_PARTICIPANTS = len(_NAME_POOL)
-_BONE_SCALE_RANGE = (0.88, 1.12)
+_BONE_SCALE_RANGE = (0.78, 1.12)
 
 
 def default_participants(count: int, rng: np.random.Generator) -> tuple[ParticipantSpec, ...]:
@@ -192,21 +192,54 @@ class Activity(enum.IntEnum):
     STAND = 1
     SIT = 2
     BEND = 3
+    WAVE = 4
+    RAISE_HANDS = 5
+    TURN = 6
 
 
 # Duration range (seconds) of one bout, and the ramp in/out (seconds) of its weight.
 _BOUT_DURATION_S: dict[Activity, tuple[float, float]] = {
-    Activity.WALK: (3.0, 6.0),
-    Activity.STAND: (1.0, 2.5),
-    Activity.SIT: (5.0, 8.0),
+    Activity.WALK: (2.5, 5.0),
+    Activity.STAND: (2.5, 5.0),
+    Activity.SIT: (4.0, 6.0),
     Activity.BEND: (2.5, 4.0),
+    Activity.WAVE: (3.0, 6.0),
+    Activity.RAISE_HANDS: (3.0, 5.5),
+    Activity.TURN: (2.0, 3.5),
 }
-_RAMP_S: dict[Activity, float] = {Activity.WALK: 1.0, Activity.SIT: 1.5, Activity.BEND: 1.0}
-_AFTER_WALK: tuple[Activity, ...] = (Activity.STAND, Activity.SIT, Activity.BEND)
-_AFTER_WALK_P = (0.4, 0.3, 0.3)
-_TURN_DEG_RANGE = (100.0, 170.0)  # turn at the start of every walking bout
-_TURN_S = 1.2
-_CURVE_RAD_S_RANGE = (0.2, 0.5)  # mean yaw rate of a walking bout
+_RAMP_S: dict[Activity, float] = {
+    Activity.WALK: 1.0,
+    Activity.SIT: 1.5,
+    Activity.BEND: 1.0,
+    Activity.WAVE: 0.5,
+    Activity.RAISE_HANDS: 0.6,
+    Activity.TURN: 0.6,
+}
+# Walks alternate with the other activities, taken in shuffled rounds of this tuple: every
+# activity comes back within a round, gestures, standing and turning twice as often as sitting or bending.
+_AFTER_WALK_ROUND: tuple[Activity, ...] = (
+    Activity.STAND,
+    Activity.STAND,
+    Activity.SIT,
+    Activity.BEND,
+    Activity.WAVE,
+    Activity.WAVE,
+    Activity.RAISE_HANDS,
+    Activity.RAISE_HANDS,
+    Activity.TURN,
+    Activity.TURN,
+)
+_SPEED_FACTOR_RANGE = (0.45, 1.6)  # a walking bout's speed over the cruising speed, log-uniform
+_TURN_DEG_RANGE = (20.0, 80.0)  # turn at the start of every walking bout
+_TURN_S = 2.0
+_TURN_IN_PLACE_DEG_RANGE = (60.0, 180.0)
+_TURN_IN_PLACE_SPEED_FACTOR = 0.7  # sets the cadence of the small steps
+_CURVE_RAD_S_RANGE = (0.15, 0.4)  # mean yaw rate of a walking bout
+_WALK_WAVE_P = 0.3  # chance that a walking bout has one hand waving for a while
+_WALK_WAVE_S = (1.5, 2.5)
+_WAVE_HZ_RANGE = (1.5, 3.0)  # forearm oscillation
+_WAVE_SWING_RAD_RANGE = (0.35, 0.6)
+_GESTURE_SIDES = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # (right, left): one or both
 
 ACTION_PHRASES: dict[Activity, tuple[str, ...]] = {
     Activity.WALK: (
@@ -221,18 +254,30 @@ ACTION_PHRASES: dict[Activity, tuple[str, ...]] = {
         "bending down to pick up a box",
         "bending over to reach something on a low table",
     ),
+    Activity.WAVE: ("waving at someone across the room", "waving hello"),
+    Activity.RAISE_HANDS: (
+        "raising a hand above the head",
+        "stretching the arms up over the head",
+    ),
+    Activity.TURN: ("turning around on the spot", "turning in place to look behind"),
 }
 
 
 @dataclass(frozen=True)
 class ActivityPlan:
-    """What the body does at each frame: the control signals `animate` turns into poses."""
+    """What the body does at each frame: the control signals `animate` turns into poses.
+    Arm signals are (N, 2): right arm, left arm (the order of `_SIDES`)."""
 
     fps: float
     activity: np.ndarray  # (N,) int8 Activity per frame
-    walk_weight: np.ndarray  # (N,) in [0, 1]: fraction of cruising speed and gait amplitude
+    walk_weight: np.ndarray  # (N,) in [0, 1]: fraction of the bout's speed and gait amplitude
+    speed_factor: np.ndarray  # (N,) the bout's walking speed over the cruising speed
+    step_weight: np.ndarray  # (N,) in [0, 1]: stepping on the spot (turning in place)
     sit_weight: np.ndarray  # (N,) in [0, 1]: 1 = seated
     bend_weight: np.ndarray  # (N,) in [0, 1]: 1 = bent forward, hands low
+    wave_weight: np.ndarray  # (N, 2) in [0, 1]: 1 = upper arm raised, forearm waving
+    wave_swing_rad: np.ndarray  # (N,) the waving forearm's oscillation
+    raise_weight: np.ndarray  # (N, 2) in [0, 1]: 1 = hand raised above the head
     yaw_rate_rad_s: np.ndarray  # (N,) heading rate of the body
 
     @property
@@ -251,46 +296,115 @@ def _bout_envelope(num_frames: int, ramp_frames: float) -> np.ndarray:
     return _smoothstep(np.minimum(i, num_frames - 1 - i) / max(ramp_frames, 1.0))
 
 
+def _turn_rate_rad_s(
+    rng: np.random.Generator, window: np.ndarray, deg_range: tuple[float, float], fps: float
+) -> np.ndarray:
+    """A turn by a random angle in `deg_range`, either way, with a yaw rate shaped as `window`."""
+    turn_rad = np.deg2rad(rng.uniform(*deg_range)) * rng.choice([-1.0, 1.0])
+    return turn_rad * window / (window.sum() / fps)
+
+
+def _wave_signals(
+    rng: np.random.Generator, weight: np.ndarray, sides: np.ndarray, fps: float
+) -> dict[str, np.ndarray]:
+    """A wave of the arms `sides` (right, left) with envelope `weight`: forearm oscillation at
+    a random frequency and amplitude."""
+    t_s = np.arange(len(weight)) / fps
+    swing_rad = rng.uniform(*_WAVE_SWING_RAD_RANGE)
+    phase_rad = 2 * np.pi * rng.uniform(*_WAVE_HZ_RANGE) * t_s + rng.uniform(0, 2 * np.pi)
+    return {"wave_weight": weight[:, None] * sides, "wave_swing_rad": swing_rad * np.sin(phase_rad)}
+
+
+def _walk_bout(rng: np.random.Generator, num_frames: int, fps: float) -> dict[str, np.ndarray]:
+    """Walking at a random speed on a curved path, after a turn; maybe waving one hand."""
+    envelope = _bout_envelope(num_frames, _RAMP_S[Activity.WALK] * fps)
+    t_s = np.arange(num_frames) / fps
+    turn_window = np.where(t_s < _TURN_S, np.sin(np.pi * t_s / _TURN_S) ** 2, 0.0)
+    turn_rate = _turn_rate_rad_s(rng, turn_window, _TURN_DEG_RANGE, fps)
+    wobble_hz, wobble_phase = rng.uniform(0.1, 0.3), rng.uniform(0, 2 * np.pi)
+    wobble = 0.1 * np.sin(2 * np.pi * wobble_hz * t_s + wobble_phase)
+    curve_rate = rng.uniform(*_CURVE_RAD_S_RANGE) * rng.choice([-1.0, 1.0]) + wobble
+    speed_factor = np.exp(rng.uniform(*np.log(_SPEED_FACTOR_RANGE)))
+    signals = {
+        "walk_weight": envelope,
+        "speed_factor": np.full(num_frames, speed_factor),
+        "yaw_rate_rad_s": turn_rate + curve_rate * envelope,
+    }
+    wave_frames = round(rng.uniform(*_WALK_WAVE_S) * fps)
+    if rng.uniform() < _WALK_WAVE_P and wave_frames < num_frames:
+        start = rng.integers(num_frames - wave_frames)
+        weight = np.zeros(num_frames)
+        weight[start : start + wave_frames] = _bout_envelope(wave_frames, 0.4 * fps)
+        signals |= _wave_signals(rng, weight, _GESTURE_SIDES[rng.integers(2)], fps)
+    return signals
+
+
+def _bout_signals(
+    activity: Activity, rng: np.random.Generator, num_frames: int, fps: float
+) -> dict[str, np.ndarray]:
+    """The `ActivityPlan` fields one bout of `activity` sets (the others stay at rest)."""
+    if activity == Activity.WALK:
+        return _walk_bout(rng, num_frames, fps)
+    envelope = _bout_envelope(num_frames, _RAMP_S.get(activity, 0.0) * fps)
+    if activity == Activity.SIT:
+        return {"sit_weight": envelope}
+    if activity == Activity.BEND:
+        return {"bend_weight": envelope}
+    if activity == Activity.WAVE:
+        return _wave_signals(rng, envelope, _GESTURE_SIDES[rng.integers(3)], fps)
+    if activity == Activity.RAISE_HANDS:
+        return {"raise_weight": envelope[:, None] * _GESTURE_SIDES[rng.integers(3)]}
+    if activity == Activity.TURN:
+        return {
+            "step_weight": envelope,
+            "speed_factor": np.full(num_frames, _TURN_IN_PLACE_SPEED_FACTOR),
+            "yaw_rate_rad_s": _turn_rate_rad_s(rng, envelope, _TURN_IN_PLACE_DEG_RANGE, fps),
+        }
+    return {}  # standing
+
+
 def plan_activities(
     rng: np.random.Generator, num_frames: int, fps: float = DEFAULT_FPS
 ) -> ActivityPlan:
-    """Random sequence of activity bouts covering `num_frames`, starting with a walk."""
+    """Random sequence of activity bouts covering `num_frames`, starting with a walk. Walks
+    alternate with the other activities, drawn in shuffled rounds of `_AFTER_WALK_ROUND`."""
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2 (for velocities), found {num_frames}")
-    activity = np.empty(num_frames, np.int8)
-    walk, sit, bend, yaw_rate = (np.zeros(num_frames) for _ in range(4))
-    current, start = Activity.WALK, 0
+    per_frame, per_arm = np.zeros(num_frames), np.zeros((num_frames, 2))
+    plan = ActivityPlan(
+        fps, np.empty(num_frames, np.int8), walk_weight=per_frame.copy(),
+        speed_factor=np.ones(num_frames), step_weight=per_frame.copy(),
+        sit_weight=per_frame.copy(), bend_weight=per_frame.copy(), wave_weight=per_arm.copy(),
+        wave_swing_rad=per_frame.copy(), raise_weight=per_arm.copy(),
+        yaw_rate_rad_s=per_frame.copy(),
+    )  # fmt: skip
+    current, start, upcoming = Activity.WALK, 0, []
     while start < num_frames:
         bout_frames = max(2, round(rng.uniform(*_BOUT_DURATION_S[current]) * fps))
-        stop = min(start + bout_frames, num_frames)
-        kept = slice(0, stop - start)  # the last bout is cut at the end of the recording
-        activity[start:stop] = current
-        envelope = _bout_envelope(bout_frames, _RAMP_S.get(current, 0.0) * fps)
-        if current == Activity.WALK:
-            walk[start:stop] = envelope[kept]
-            t_s = np.arange(bout_frames) / fps
-            turn_rad = np.deg2rad(rng.uniform(*_TURN_DEG_RANGE)) * rng.choice([-1.0, 1.0])
-            turn_window = np.where(t_s < _TURN_S, np.sin(np.pi * t_s / _TURN_S) ** 2, 0.0)
-            turn_rate = turn_rad * turn_window / (turn_window.sum() / fps)
-            wobble_hz, wobble_phase = rng.uniform(0.1, 0.3), rng.uniform(0, 2 * np.pi)
-            wobble = 0.15 * np.sin(2 * np.pi * wobble_hz * t_s + wobble_phase)
-            curve_rate = rng.uniform(*_CURVE_RAD_S_RANGE) * rng.choice([-1.0, 1.0]) + wobble
-            yaw_rate[start:stop] = (turn_rate + curve_rate * envelope)[kept]
-            current = Activity(rng.choice(_AFTER_WALK, p=_AFTER_WALK_P))
-        else:
-            if current == Activity.SIT:
-                sit[start:stop] = envelope[kept]
-            elif current == Activity.BEND:
-                bend[start:stop] = envelope[kept]
+        stop = min(start + bout_frames, num_frames)  # the last bout is cut at the end
+        plan.activity[start:stop] = current
+        for field, values in _bout_signals(current, rng, bout_frames, fps).items():
+            getattr(plan, field)[start:stop] = values[: stop - start]
+        if current != Activity.WALK:
             current = Activity.WALK
+        else:
+            upcoming = upcoming or list(rng.permutation(_AFTER_WALK_ROUND))
+            current = Activity(upcoming.pop())
         start = stop
-    return ActivityPlan(fps, activity, walk, sit, bend, yaw_rate)
+    return plan
 
 
 # --- motion -----------------------------------------------------------------------------------
 
-_STANCE_FRACTION = 0.6
+_STANCE_FRACTION = 0.6  # of the gait cycle, up to the cruising speed
+_JOG_STANCE_FRACTION = 0.5  # at `_SPEED_FACTOR_RANGE[1]` x the cruising speed
 _STRIDE_LENGTH_M = 1.3  # at bone_scale 1 and cruising speed
+_CADENCE_EXPONENT = 0.75  # cadence grows as speed**0.75 (the stride as speed**0.25)
+_WALK_SPEED_RANGE_MPS = (0.4, 2.2)
+_SWAY_M = np.array([0.025, 0.02])  # (forward, left) amplitude of the postural sway
+_SWAY_MAX_HZ = 0.4
+_WAVE_ELEVATION_RAD = 2.0  # upper arm raised sideways while waving (from hanging down)
+_RAISE_ELEVATION_RAD = 2.7  # ... and with the hand above the head
 _MAX_LEG_EXTENSION = 0.995  # hip-ankle distance over leg length when the leg is straightest
 
 
@@ -342,16 +456,16 @@ def _pivot_shift_m(
 
 
 def _foot_targets(
-    u: np.ndarray, stride_m: np.ndarray, gait: np.ndarray, scale: float
+    u: np.ndarray, stride_m: np.ndarray, beta: np.ndarray, gait: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gait cycle phase u in [0, 1) (0 = heel strike) -> (ankle forward of the hip (m), ankle
     height above the ground (m), sagittal foot pitch in the body frame (rad)).
 
-    Stance (`_STANCE_FRACTION` of the cycle): the foot stays put while the hip passes over it, so
+    Stance (a fraction `beta` of the cycle): the foot stays put while the hip passes over it, so
     the ankle moves back linearly by the distance the body travels; it lands toes up and rolls
-    off the toes at the end. Swing: the ankle eases forward, lifted mid-way.
+    off the toes at the end. Swing: the ankle eases forward, lifted mid-way. `gait` scales
+    the foot's roll and lift (stepping on the spot has them with a zero stride).
     """
-    beta = _STANCE_FRACTION
     stance = u < beta
     stance_progress = np.where(stance, u / beta, 1.0)
     swing_progress = np.where(stance, 0.0, (u - beta) / (1 - beta))
@@ -413,6 +527,10 @@ class _Gait:
     path_xy_m: np.ndarray  # (N, 2) the body's place on the ground
     u_right: np.ndarray  # (N,) gait phase of the right leg in [0, 1), 0 = heel strike
     stride_m: np.ndarray  # (N,) stride length
+    stance_fraction: np.ndarray  # (N,) of the gait cycle
+    speed_ratio: np.ndarray  # (N,) the bout's walking speed over the cruising speed
+    amplitude: np.ndarray  # (N,) in [0, 1]: how much the legs step (walking or on the spot)
+    sway_m: np.ndarray  # (N, 2) the pelvis' (forward, left) shift over the feet, standing
 
     @property
     def cos_right(self) -> np.ndarray:
@@ -427,25 +545,40 @@ def animate(
     gait = _gait(plan, participant, rng)
     angles = np.zeros((plan.num_frames, NUM_JOINTS, 3))  # of R_parent_segment, see _ROLL
     _set_pelvis_angles(angles, plan, gait)
-    thigh_pitch_body = _set_limb_angles(angles, plan, gait, participant.bone_scale)
+    legs = _set_leg_angles(angles, plan, gait, participant.bone_scale)
+    _set_arm_angles(angles, plan, gait)
     _set_spine_and_head_angles(angles, plan, gait, rng)
     R_body_segment, pos_body_m, contact_body_m = _body_pose(
-        angles, thigh_pitch_body, plan, participant.bone_scale
+        angles, legs, plan, gait, participant.bone_scale
     )
     return _world_arrays(R_body_segment, pos_body_m, contact_body_m, gait, plan.fps, rng)
 
 
 def _gait(plan: ActivityPlan, participant: ParticipantSpec, rng: np.random.Generator) -> _Gait:
-    N, fps = plan.num_frames, plan.fps
+    N, fps, cruise_mps = plan.num_frames, plan.fps, participant.walk_speed_mps
     # Path of the body on the ground.
-    speed_mps = participant.walk_speed_mps * plan.walk_weight
+    bout_speed_mps = np.clip(cruise_mps * plan.speed_factor, *_WALK_SPEED_RANGE_MPS)
+    speed_mps = bout_speed_mps * plan.walk_weight
     heading_rad = rng.uniform(-np.pi, np.pi) + np.cumsum(plan.yaw_rate_rad_s) / fps
     step_m = speed_mps[:, None] * np.stack([np.cos(heading_rad), np.sin(heading_rad)], -1) / fps
     path_xy_m = rng.uniform(-2.0, 2.0, 2) + np.cumsum(step_m, axis=0) - step_m[0]
-    # Stride length scales with speed at a fixed cadence, so legs stop when the body does.
-    stride_hz = participant.walk_speed_mps / (_STRIDE_LENGTH_M * participant.bone_scale)
-    u_right = (rng.uniform() + np.arange(N) * stride_hz / fps) % 1.0
-    return _Gait(heading_rad, path_xy_m, u_right, speed_mps / stride_hz)
+    # Cadence and stride grow with the bout's speed, the stance shortening towards a jog;
+    # within a bout the stride follows the speed at a fixed cadence, so legs stop with the body.
+    speed_ratio = bout_speed_mps / cruise_mps
+    stride_hz = cruise_mps / (_STRIDE_LENGTH_M * participant.bone_scale)
+    stride_hz = stride_hz * speed_ratio**_CADENCE_EXPONENT
+    u_right = (rng.uniform() + np.cumsum(stride_hz) / fps) % 1.0
+    jog = np.clip((speed_ratio - 1.0) / (_SPEED_FACTOR_RANGE[1] - 1.0), 0.0, 1.0)
+    stance_fraction = _STANCE_FRACTION + (_JOG_STANCE_FRACTION - _STANCE_FRACTION) * jog
+    amplitude = np.maximum(plan.walk_weight, plan.step_weight)
+    # Standing, the pelvis sways slowly over the planted feet (legs lean, see _set_leg_angles).
+    idle = (1.0 - amplitude) * (1.0 - plan.sit_weight) * (1.0 - plan.bend_weight)
+    sway = np.stack([_smooth_noise(rng, N, fps, _SWAY_MAX_HZ) for _ in range(2)], axis=-1)
+    sway_m = idle[:, None] * _SWAY_M * sway
+    return _Gait(
+        heading_rad, path_xy_m, u_right, speed_mps / stride_hz, stance_fraction, speed_ratio,
+        amplitude, sway_m,
+    )  # fmt: skip
 
 
 def _set_pelvis_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> None:
@@ -454,64 +587,93 @@ def _set_pelvis_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> N
     pelvis = angles[:, JOINT_INDEX["Pelvis"]]
     pelvis[:, _PITCH] = 0.05 * walk - 0.1 * sit + 0.5 * sit_transition + 0.75 * bend
     pelvis[:, _YAW] = 0.08 * walk * gait.cos_right
-    pelvis[:, _ROLL] = 0.03 * walk * np.sin(2 * np.pi * gait.u_right)
+    pelvis[:, _ROLL] = 0.03 * gait.amplitude * np.sin(2 * np.pi * gait.u_right)
 
 
-def _set_limb_angles(
+def _set_leg_angles(
     angles: np.ndarray, plan: ActivityPlan, gait: _Gait, scale: float
-) -> dict[str, np.ndarray]:
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Legs: foot targets along the gait cycle; the pelvis as high as the stiffer leg allows
-    (giving the vertical bob); IK for hip and knee; then sitting and bending on top. Arms swing
-    against the same-side leg. Returns each thigh's pitch in the body frame (the thighs are
-    set there, not relative to the pelvis)."""
+    (giving the vertical bob); IK for hip and knee; then sitting and bending on top. The
+    standing sway moves the hips over still feet: forward through the IK, sideways by leaning
+    the leg's plane. Returns each thigh's (pitch, lean) in the body frame (the thighs are set
+    there, not relative to the pelvis): `R_body_thigh = Rx(lean) @ Ry(pitch)`."""
     J = JOINT_INDEX
-    walk, sit, bend = plan.walk_weight, plan.sit_weight, plan.bend_weight
+    sit, bend = plan.sit_weight, plan.bend_weight
+    sway_forward_m, sway_left_m = gait.sway_m.T
     offsets_m = _rest_offsets_m(scale)
     thigh_m, shank_m = _THIGH_M * scale, _SHANK_M * scale
     R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
     targets, root_height_limits_m = {}, []
     for side, phase_shift in _SIDES:
         u_side = (gait.u_right + phase_shift) % 1.0
-        forward_m, ankle_height_m, foot_pitch = _foot_targets(u_side, gait.stride_m, walk, scale)
+        forward_m, ankle_height_m, foot_pitch = _foot_targets(
+            u_side, gait.stride_m, gait.stance_fraction, gait.amplitude, scale
+        )
         hip_body_m = R_body_pelvis @ offsets_m[J[f"{side}UpperLeg"]]  # root at the origin
-        forward_of_hip_m = forward_m - hip_body_m[:, 0]  # the foot ignores the pelvis' sway
+        # The foot ignores the pelvis' sway.
+        forward_of_hip_m = forward_m - hip_body_m[:, 0] - sway_forward_m
         vertical_reach_m = np.sqrt(
             np.maximum((_MAX_LEG_EXTENSION * (thigh_m + shank_m)) ** 2 - forward_of_hip_m**2, 0.0)
         )
         root_height_limits_m.append(ankle_height_m + vertical_reach_m - hip_body_m[:, 2])
-        targets[side] = (u_side, forward_of_hip_m, ankle_height_m, foot_pitch, hip_body_m[:, 2])
+        targets[side] = (forward_of_hip_m, ankle_height_m, foot_pitch, hip_body_m[:, 2])
     root_height_m = np.minimum(*root_height_limits_m)
 
-    thigh_pitch_body = {}
+    legs = {}
     for side, _ in _SIDES:
-        u_side, forward_of_hip_m, ankle_height_m, foot_pitch, hip_height_m = targets[side]
+        forward_of_hip_m, ankle_height_m, foot_pitch, hip_height_m = targets[side]
+        drop_m = root_height_m + hip_height_m - ankle_height_m
         thigh_forward, knee_flex = _two_link_ik(
-            forward_of_hip_m, root_height_m + hip_height_m - ankle_height_m, thigh_m, shank_m
+            forward_of_hip_m, np.hypot(drop_m, sway_left_m), thigh_m, shank_m
         )
         # Sagittal pitches of thigh, shank and foot in the body frame; joints take differences.
-        thigh_pitch_body[side] = -thigh_forward - 1.5 * sit - 0.5 * bend
+        thigh_pitch_body = -thigh_forward - 1.5 * sit - 0.5 * bend
         knee_flex = knee_flex + 1.5 * sit + 0.9 * bend
         angles[:, J[f"{side}LowerLeg"], _PITCH] = knee_flex
-        angles[:, J[f"{side}Foot"], _PITCH] = foot_pitch - (thigh_pitch_body[side] + knee_flex)
+        angles[:, J[f"{side}Foot"], _PITCH] = foot_pitch - (thigh_pitch_body + knee_flex)
         angles[:, J[f"{side}Toe"], _PITCH] = -np.maximum(foot_pitch, 0.0)  # toes flat on heel rise
+        legs[side] = (thigh_pitch_body, -np.arctan2(sway_left_m, drop_m))
+    return legs
 
-        # Arms swing against the same-side leg; rest on the thighs when seated; reach when bent.
+
+def _set_arm_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> None:
+    """Arms swing against the same-side leg (wider, elbows bent, when faster); rest on the
+    thighs when seated; reach when bent. A gesture takes an arm over: raised sideways with the
+    forearm turned up (twisted a quarter turn about the upper arm) and, waving, the elbow
+    flexing to and fro in the body's frontal plane; or lifted above the head."""
+    J = JOINT_INDEX
+    walk, sit, bend = plan.walk_weight, plan.sit_weight, plan.bend_weight
+    swing = 0.35 * walk * np.sqrt(gait.speed_ratio)
+    jog_elbow = 0.8 * walk * np.clip(gait.speed_ratio - 1.0, 0.0, 1.0)
+    for i, (side, phase_shift) in enumerate(_SIDES):
         outward = -1.0 if side == "Right" else 1.0
-        arm_forward = -np.cos(2 * np.pi * u_side)
+        arm_forward = -np.cos(2 * np.pi * (gait.u_right + phase_shift))
+        wave, lift = plan.wave_weight[:, i], plan.raise_weight[:, i]
+        rest = 1.0 - wave - lift
         upper_arm = angles[:, J[f"{side}UpperArm"]]
-        upper_arm[:, _PITCH] = -0.35 * walk * arm_forward - 0.5 * sit - 1.4 * bend
-        upper_arm[:, _ROLL] = outward * 0.1
-        angles[:, J[f"{side}ForeArm"], _PITCH] = (
-            -0.3 - 0.25 * walk * np.clip(arm_forward, 0, None) - 0.9 * sit - 0.2 * bend
+        upper_arm[:, _PITCH] = rest * (-swing * arm_forward - 0.5 * sit - 1.4 * bend) + 0.3 * (
+            wave + lift
         )
-    return thigh_pitch_body
+        upper_arm[:, _ROLL] = outward * (
+            0.1 * rest + _WAVE_ELEVATION_RAD * wave + _RAISE_ELEVATION_RAD * lift
+        )
+        forearm = angles[:, J[f"{side}ForeArm"]]
+        forearm[:, _PITCH] = (
+            rest * (-0.3 - 0.25 * walk * np.clip(arm_forward, 0, None) - 0.9 * sit - 0.2 * bend)
+            - rest * jog_elbow
+            - wave * (np.pi - _WAVE_ELEVATION_RAD + plan.wave_swing_rad)
+            - 0.25 * lift
+        )
+        forearm[:, _YAW] = outward * 0.5 * np.pi * (wave + lift)
 
 
 def _set_spine_and_head_angles(
     angles: np.ndarray, plan: ActivityPlan, gait: _Gait, rng: np.random.Generator
 ) -> None:
     """The spine leans with walking and bending and counters the pelvis' gait yaw; the head
-    looks around, the neck also cancelling the thorax's gait oscillation to steady the head."""
+    looks around calmly, the neck also cancelling the thorax's gait oscillation to steady the
+    head."""
     J, N, fps = JOINT_INDEX, plan.num_frames, plan.fps
     walk, bend = plan.walk_weight, plan.bend_weight
     thorax_counter_yaw = -0.06 * walk * gait.cos_right
@@ -520,8 +682,8 @@ def _set_spine_and_head_angles(
     for segment in ("T12", "T8"):
         angles[:, J[segment], _YAW] = thorax_counter_yaw
 
-    look_yaw = 0.9 * _smooth_noise(rng, N, fps, max_hz=0.35)
-    look_pitch = 0.1 + 0.3 * _smooth_noise(rng, N, fps, max_hz=0.3) - 0.4 * bend
+    look_yaw = 0.7 * _smooth_noise(rng, N, fps, max_hz=0.15)
+    look_pitch = 0.1 + 0.3 * _smooth_noise(rng, N, fps, max_hz=0.2) - 0.4 * bend
     thorax_yaw = angles[:, J["Pelvis"], _YAW] + 2 * thorax_counter_yaw
     angles[:, J["Neck"], _YAW] = 0.4 * look_yaw - thorax_yaw
     angles[:, J["Head"], _YAW] = 0.6 * look_yaw
@@ -530,25 +692,39 @@ def _set_spine_and_head_angles(
 
 
 def _body_pose(
-    angles: np.ndarray, thigh_pitch_body: dict[str, np.ndarray], plan: ActivityPlan, scale: float
+    angles: np.ndarray,
+    legs: dict[str, tuple[np.ndarray, np.ndarray]],
+    plan: ActivityPlan,
+    gait: _Gait,
+    scale: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Joint angles -> (R_body_segment (N, 23, 3, 3), segment origins (N, 23, 3), contact
-    points (N, 4, 3)) in the body frame: the lowest foot point on the ground, and the feet kept
-    in place while sitting or bending."""
+    """Joint angles and thigh poses (`_set_leg_angles`) -> (R_body_segment (N, 23, 3, 3),
+    segment origins (N, 23, 3), contact points (N, 4, 3)) in the body frame: the lowest foot
+    point on the ground, the feet kept in place while sitting or bending, the pelvis swaying
+    over them standing."""
     J = JOINT_INDEX
     R_parent_segment = _euler_to_matrix(angles)
     R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
     for side, _ in _SIDES:
+        thigh, shank, foot = (J[f"{side}{s}"] for s in ("UpperLeg", "LowerLeg", "Foot"))
+        pitch, lean = legs[side]
         # Thighs are set in the body frame, undoing the pelvis' own rotation.
-        R_body_thigh = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), thigh_pitch_body[side])
-        R_parent_segment[:, J[f"{side}UpperLeg"]] = R_body_pelvis.swapaxes(-1, -2) @ R_body_thigh
+        R_unleaned_thigh = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), pitch)
+        R_body_thigh = axis_angle_to_matrix(np.array([1.0, 0.0, 0.0]), lean) @ R_unleaned_thigh
+        R_parent_segment[:, thigh] = R_body_pelvis.swapaxes(-1, -2) @ R_body_thigh
+        # The ankle undoes the lean: the foot keeps its pose in the body frame.
+        R_unleaned_shank = R_unleaned_thigh @ R_parent_segment[:, shank]
+        R_body_shank = R_body_thigh @ R_parent_segment[:, shank]
+        R_parent_segment[:, foot] = (
+            R_body_shank.swapaxes(-1, -2) @ R_unleaned_shank @ R_parent_segment[:, foot]
+        )
     R_body_segment, pos_body_m = forward_kinematics(R_parent_segment, _rest_offsets_m(scale))
 
     contact_body_m = _contact_points_m(R_body_segment, pos_body_m, scale)
     ankle_mid_xy_m = 0.5 * (pos_body_m[:, J["RightFoot"], :2] + pos_body_m[:, J["LeftFoot"], :2])
     root_body_m = np.zeros((plan.num_frames, 3))
     feet_kept = np.clip(plan.sit_weight + plan.bend_weight, 0.0, 1.0)
-    root_body_m[:, :2] = -ankle_mid_xy_m * feet_kept[:, None]
+    root_body_m[:, :2] = -ankle_mid_xy_m * feet_kept[:, None] + gait.sway_m
     root_body_m[:, 2] = -contact_body_m[..., 2].min(axis=1)
     pos_body_m += root_body_m[:, None]
     contact_body_m += root_body_m[:, None]
