@@ -204,7 +204,7 @@ _BOUT_DURATION_S: dict[Activity, tuple[float, float]] = {
     Activity.SIT: (4.0, 6.0),
     Activity.BEND: (2.5, 4.0),
     Activity.WAVE: (3.0, 6.0),
-    Activity.RAISE_HANDS: (3.0, 5.5),
+    Activity.RAISE_HANDS: (3.5, 6.5),
     Activity.TURN: (2.0, 3.5),
 }
 _RAMP_S: dict[Activity, float] = {
@@ -212,7 +212,7 @@ _RAMP_S: dict[Activity, float] = {
     Activity.SIT: 1.5,
     Activity.BEND: 1.0,
     Activity.WAVE: 0.5,
-    Activity.RAISE_HANDS: 0.6,
+    Activity.RAISE_HANDS: 0.45,
     Activity.TURN: 0.6,
 }
 # Walks alternate with the other activities, taken in shuffled rounds of this tuple: every
@@ -238,7 +238,7 @@ _CURVE_RAD_S_RANGE = (0.15, 0.4)  # mean yaw rate of a walking bout
 _WALK_WAVE_P = 0.3  # chance that a walking bout has one hand waving for a while
 _WALK_WAVE_S = (1.5, 2.5)
 _WAVE_HZ_RANGE = (1.5, 3.0)  # forearm oscillation
-_WAVE_SWING_RAD_RANGE = (0.35, 0.6)
+_WAVE_SWING_RAD_RANGE = (0.4, 0.7)
 _GESTURE_SIDES = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # (right, left): one or both
 
 ACTION_PHRASES: dict[Activity, tuple[str, ...]] = {
@@ -352,8 +352,11 @@ def _bout_signals(
         return {"bend_weight": envelope}
     if activity == Activity.WAVE:
         return _wave_signals(rng, envelope, _GESTURE_SIDES[rng.integers(3)], fps)
-    if activity == Activity.RAISE_HANDS:
-        return {"raise_weight": envelope[:, None] * _GESTURE_SIDES[rng.integers(3)]}
+    if activity == Activity.RAISE_HANDS:  # up and down once to three times
+        parts = np.array_split(np.arange(num_frames), rng.integers(1, 4))
+        ramp_frames = _RAMP_S[activity] * fps
+        weight = np.concatenate([_bout_envelope(len(part), ramp_frames) for part in parts])
+        return {"raise_weight": weight[:, None] * _GESTURE_SIDES[rng.integers(3)]}
     if activity == Activity.TURN:
         return {
             "step_weight": envelope,
@@ -401,7 +404,7 @@ _JOG_STANCE_FRACTION = 0.5  # at `_SPEED_FACTOR_RANGE[1]` x the cruising speed
 _STRIDE_LENGTH_M = 1.3  # at bone_scale 1 and cruising speed
 _CADENCE_EXPONENT = 0.75  # cadence grows as speed**0.75 (the stride as speed**0.25)
 _WALK_SPEED_RANGE_MPS = (0.4, 2.2)
-_SWAY_M = np.array([0.025, 0.02])  # (forward, left) amplitude of the postural sway
+_SWAY_M = np.array([0.03, 0.025])  # (forward, left) amplitude of the postural sway
 _SWAY_MAX_HZ = 0.4
 _WAVE_ELEVATION_RAD = 2.0  # upper arm raised sideways while waving (from hanging down)
 _RAISE_ELEVATION_RAD = 2.7  # ... and with the hand above the head
@@ -641,7 +644,8 @@ def _set_arm_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> None
     """Arms swing against the same-side leg (wider, elbows bent, when faster); rest on the
     thighs when seated; reach when bent. A gesture takes an arm over: raised sideways with the
     forearm turned up (twisted a quarter turn about the upper arm) and, waving, the elbow
-    flexing to and fro in the body's frontal plane; or lifted above the head."""
+    flexing to and fro in the body's frontal plane, the upper arm following a little; or lifted
+    above the head."""
     J = JOINT_INDEX
     walk, sit, bend = plan.walk_weight, plan.sit_weight, plan.bend_weight
     swing = 0.35 * walk * np.sqrt(gait.speed_ratio)
@@ -656,7 +660,9 @@ def _set_arm_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> None
             wave + lift
         )
         upper_arm[:, _ROLL] = outward * (
-            0.1 * rest + _WAVE_ELEVATION_RAD * wave + _RAISE_ELEVATION_RAD * lift
+            0.1 * rest
+            + (_WAVE_ELEVATION_RAD - 0.3 * plan.wave_swing_rad) * wave
+            + _RAISE_ELEVATION_RAD * lift
         )
         forearm = angles[:, J[f"{side}ForeArm"]]
         forearm[:, _PITCH] = (
@@ -682,7 +688,7 @@ def _set_spine_and_head_angles(
     for segment in ("T12", "T8"):
         angles[:, J[segment], _YAW] = thorax_counter_yaw
 
-    look_yaw = 0.7 * _smooth_noise(rng, N, fps, max_hz=0.15)
+    look_yaw = 0.6 * _smooth_noise(rng, N, fps, max_hz=0.12)
     look_pitch = 0.1 + 0.3 * _smooth_noise(rng, N, fps, max_hz=0.2) - 0.4 * bend
     thorax_yaw = angles[:, J["Pelvis"], _YAW] + 2 * thorax_counter_yaw
     angles[:, J["Neck"], _YAW] = 0.4 * look_yaw - thorax_yaw
