@@ -34,15 +34,22 @@ random (the exporter skips frames it fails to extract: `num_frames` keeps the de
 the datasets hold fewer, `timestamp_ns` has holes) and no `egoview_RGB` (later exporter
 versions keep the video in an MP4 beside the file; none is written here).
 
-Motion: each recording is a sequence of activities (`Activity`): walking on curved paths, each
-walking bout starting with a turn of 100-170 degrees; standing pauses; sitting down on an
-(invisible) chair and standing up; bending down to pick something up. Walking has a
-stance/swing gait solved by two-link leg IK (stance feet stay planted; they slip only while the
-path turns), knee lift, heel rise, pelvis bob and rotation with thorax counter-rotation, and arm
-swing in antiphase with the legs; the head looks around (yaw/pitch split over Neck and Head)
-throughout. The pelvis height is set every frame so that the lowest foot point touches the
-ground, and during sitting/bending the pelvis shifts so that the feet stay in place. A clip's
-`atomic_action` describes the activity filling most of its frames.
+Motion: each recording is a sequence of activities (`Activity`): walking bouts, each at its own
+speed (slow strolls to a jog, `_SPEED_FACTOR_RANGE` of the person's cruising speed, cadence,
+stride and stance adapting) on a curved path after a turn of 15-60 degrees, alternating with
+standing (the pelvis swaying a few centimetres at < 0.5 Hz over planted feet), waving one or
+both hands (upper arm raised sideways, forearm up and oscillating at 1.5-3 Hz), raising one or
+both hands above the head, turning on the spot with small steps, sitting down on an
+(invisible) chair and standing up, and bending down to pick something up. A walking bout may
+also have one hand waving. Walking has a stance/swing gait solved by two-link leg IK (stance
+feet stay planted, also while the body turns: the leg turns under the hip and the foot turns
+at its next step), knee lift, heel rise, pelvis bob and rotation with thorax
+counter-rotation, and arm swing in antiphase with the legs; the head looks around calmly
+(yaw/pitch split over Neck and Head) throughout. The pelvis height is set every frame so that
+the lowest foot point touches the ground, and during sitting/bending the pelvis shifts so that
+the feet stay in place. A clip's `atomic_action` describes the activity filling most of its
+frames. `BENCHMARKS.md` ("Synthetic motion vs real") compares the motion with real optical
+motion capture.
 """
 
 from __future__ import annotations
@@ -205,7 +212,7 @@ _BOUT_DURATION_S: dict[Activity, tuple[float, float]] = {
     Activity.BEND: (2.5, 4.0),
     Activity.WAVE: (3.0, 6.0),
     Activity.RAISE_HANDS: (3.5, 6.5),
-    Activity.TURN: (2.0, 3.5),
+    Activity.TURN: (2.5, 4.0),
 }
 _RAMP_S: dict[Activity, float] = {
     Activity.WALK: 1.0,
@@ -216,7 +223,8 @@ _RAMP_S: dict[Activity, float] = {
     Activity.TURN: 0.6,
 }
 # Walks alternate with the other activities, taken in shuffled rounds of this tuple: every
-# activity comes back within a round, gestures, standing and turning twice as often as sitting or bending.
+# activity comes back within a round; gestures, standing and turning twice as often as sitting
+# or bending.
 _AFTER_WALK_ROUND: tuple[Activity, ...] = (
     Activity.STAND,
     Activity.STAND,
@@ -230,10 +238,10 @@ _AFTER_WALK_ROUND: tuple[Activity, ...] = (
     Activity.TURN,
 )
 _SPEED_FACTOR_RANGE = (0.45, 1.6)  # a walking bout's speed over the cruising speed, log-uniform
-_TURN_DEG_RANGE = (20.0, 80.0)  # turn at the start of every walking bout
-_TURN_S = 2.0
-_TURN_IN_PLACE_DEG_RANGE = (60.0, 180.0)
-_TURN_IN_PLACE_SPEED_FACTOR = 0.7  # sets the cadence of the small steps
+_TURN_DEG_RANGE = (15.0, 60.0)  # turn at the start of every walking bout
+_TURN_S = 3.0
+_TURN_IN_PLACE_DEG_RANGE = (45.0, 150.0)
+_TURN_IN_PLACE_SPEED_FACTOR = 1.2  # sets the cadence of the small steps
 _CURVE_RAD_S_RANGE = (0.15, 0.4)  # mean yaw rate of a walking bout
 _WALK_WAVE_P = 0.3  # chance that a walking bout has one hand waving for a while
 _WALK_WAVE_S = (1.5, 2.5)
@@ -320,7 +328,7 @@ def _walk_bout(rng: np.random.Generator, num_frames: int, fps: float) -> dict[st
     envelope = _bout_envelope(num_frames, _RAMP_S[Activity.WALK] * fps)
     t_s = np.arange(num_frames) / fps
     turn_window = np.where(t_s < _TURN_S, np.sin(np.pi * t_s / _TURN_S) ** 2, 0.0)
-    turn_rate = _turn_rate_rad_s(rng, turn_window, _TURN_DEG_RANGE, fps)
+    turn_rate = _turn_rate_rad_s(rng, turn_window * envelope, _TURN_DEG_RANGE, fps)
     wobble_hz, wobble_phase = rng.uniform(0.1, 0.3), rng.uniform(0, 2 * np.pi)
     wobble = 0.1 * np.sin(2 * np.pi * wobble_hz * t_s + wobble_phase)
     curve_rate = rng.uniform(*_CURVE_RAD_S_RANGE) * rng.choice([-1.0, 1.0]) + wobble
@@ -361,7 +369,7 @@ def _bout_signals(
         return {
             "step_weight": envelope,
             "speed_factor": np.full(num_frames, _TURN_IN_PLACE_SPEED_FACTOR),
-            "yaw_rate_rad_s": _turn_rate_rad_s(rng, envelope, _TURN_IN_PLACE_DEG_RANGE, fps),
+            "yaw_rate_rad_s": _turn_rate_rad_s(rng, envelope**3, _TURN_IN_PLACE_DEG_RANGE, fps),
         }
     return {}  # standing
 
@@ -408,6 +416,7 @@ _SWAY_M = np.array([0.03, 0.025])  # (forward, left) amplitude of the postural s
 _SWAY_MAX_HZ = 0.4
 _WAVE_ELEVATION_RAD = 2.0  # upper arm raised sideways while waving (from hanging down)
 _RAISE_ELEVATION_RAD = 2.7  # ... and with the hand above the head
+_LIFT_TO_TURN = 0.25  # step amplitude from which a swinging foot fully re-places its yaw
 _MAX_LEG_EXTENSION = 0.995  # hip-ankle distance over leg length when the leg is straightest
 
 
@@ -593,17 +602,45 @@ def _set_pelvis_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> N
     pelvis[:, _ROLL] = 0.03 * gait.amplitude * np.sin(2 * np.pi * gait.u_right)
 
 
+def _planted_foot_yaw_rad(
+    u: np.ndarray, beta: np.ndarray, amplitude: np.ndarray, heading_rad: np.ndarray
+) -> np.ndarray:
+    """(N,) the foot's yaw in the body frame that keeps it planted while the body turns. In
+    stance (`u < beta`) the foot keeps its yaw in the world; in swing it turns towards the mean
+    heading of the next stance, slower when the step's `amplitude` is below `_LIFT_TO_TURN` (a
+    foot that does not lift does not turn: the leg twists until a step re-places it)."""
+    cycle = np.concatenate([[0], np.cumsum(np.diff(u) < 0)])  # a new cycle at each heel strike
+    stance = u < beta
+    count = np.bincount(cycle, weights=stance)
+    first_rad = heading_rad[np.searchsorted(cycle, np.arange(len(count)))]
+    mean_rad = np.bincount(cycle, weights=stance * heading_rad) / np.maximum(count, 1)
+    mean_rad = np.append(np.where(count > 0, mean_rad, first_rad), heading_rad[-1])
+    # Turning progress through each swing, slowed where the foot barely lifts.
+    swing = _smoothstep(np.where(stance, 0.0, (u - beta) / (1.0 - beta)))
+    lifted = np.minimum(amplitude / _LIFT_TO_TURN, 1.0)
+    turned = lifted * np.maximum(np.diff(swing, prepend=0.0), 0.0)
+    turned_so_far = np.cumsum(turned)
+    turned_so_far -= (turned_so_far - turned)[np.searchsorted(cycle, cycle)]  # within its cycle
+    planted_rad = mean_rad.copy()
+    for k, fraction in enumerate(np.bincount(cycle, weights=turned)):
+        planted_rad[k + 1] = planted_rad[k] + fraction * (mean_rad[k + 1] - planted_rad[k])
+    start_rad = planted_rad[cycle]
+    foot_world_rad = start_rad + (mean_rad[cycle + 1] - start_rad) * turned_so_far
+    return foot_world_rad - heading_rad
+
+
 def _set_leg_angles(
     angles: np.ndarray, plan: ActivityPlan, gait: _Gait, scale: float
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Legs: foot targets along the gait cycle; the pelvis as high as the stiffer leg allows
-    (giving the vertical bob); IK for hip and knee; then sitting and bending on top. The
-    standing sway moves the hips over still feet: forward through the IK, sideways by leaning
-    the leg's plane. Returns each thigh's (pitch, lean) in the body frame (the thighs are set
-    there, not relative to the pelvis): `R_body_thigh = Rx(lean) @ Ry(pitch)`."""
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Legs: foot targets along the gait cycle, turned about the body's centre so that a foot
+    in stance stays put while the body turns; the pelvis as high as the stiffer leg allows
+    (giving the vertical bob); IK for hip and knee in the leg's plane, which turns with the
+    foot and leans to reach a foot off to the side (the standing sway moves the hips over
+    still feet); then sitting and bending on top. Returns each thigh's (pitch, lean, yaw) in
+    the body frame (the thighs are set there, not relative to the pelvis):
+    `R_body_thigh = Rz(yaw) @ Rx(lean) @ Ry(pitch)`."""
     J = JOINT_INDEX
     sit, bend = plan.sit_weight, plan.bend_weight
-    sway_forward_m, sway_left_m = gait.sway_m.T
     offsets_m = _rest_offsets_m(scale)
     thigh_m, shank_m = _THIGH_M * scale, _SHANK_M * scale
     R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
@@ -613,30 +650,46 @@ def _set_leg_angles(
         forward_m, ankle_height_m, foot_pitch = _foot_targets(
             u_side, gait.stride_m, gait.stance_fraction, gait.amplitude, scale
         )
-        hip_body_m = R_body_pelvis @ offsets_m[J[f"{side}UpperLeg"]]  # root at the origin
-        # The foot ignores the pelvis' sway.
-        forward_of_hip_m = forward_m - hip_body_m[:, 0] - sway_forward_m
+        yaw_rad = _planted_foot_yaw_rad(
+            u_side, gait.stance_fraction, gait.amplitude, gait.heading_rad
+        )
+        c, s = np.cos(yaw_rad), np.sin(yaw_rad)
+        rest_hip_m = offsets_m[J[f"{side}UpperLeg"]]
+        hip_body_m = R_body_pelvis @ rest_hip_m  # root at the origin
+        # Ankle from hip in the body frame; the foot ignores the pelvis' sway and rotation.
+        dx_m = c * forward_m - s * rest_hip_m[1] - hip_body_m[:, 0] - gait.sway_m[:, 0]
+        dy_m = s * forward_m + c * rest_hip_m[1] - hip_body_m[:, 1] - gait.sway_m[:, 1]
+        forward_of_hip_m, left_of_hip_m = c * dx_m + s * dy_m, c * dy_m - s * dx_m  # leg frame
         vertical_reach_m = np.sqrt(
-            np.maximum((_MAX_LEG_EXTENSION * (thigh_m + shank_m)) ** 2 - forward_of_hip_m**2, 0.0)
+            np.maximum(
+                (_MAX_LEG_EXTENSION * (thigh_m + shank_m)) ** 2
+                - forward_of_hip_m**2
+                - left_of_hip_m**2,
+                0.0,
+            )
         )
         root_height_limits_m.append(ankle_height_m + vertical_reach_m - hip_body_m[:, 2])
-        targets[side] = (forward_of_hip_m, ankle_height_m, foot_pitch, hip_body_m[:, 2])
+        targets[side] = (
+            forward_of_hip_m, left_of_hip_m, yaw_rad, ankle_height_m, foot_pitch, hip_body_m[:, 2]
+        )  # fmt: skip
     root_height_m = np.minimum(*root_height_limits_m)
 
     legs = {}
     for side, _ in _SIDES:
-        forward_of_hip_m, ankle_height_m, foot_pitch, hip_height_m = targets[side]
+        forward_of_hip_m, left_of_hip_m, yaw_rad, ankle_height_m, foot_pitch, hip_height_m = (
+            targets[side]
+        )
         drop_m = root_height_m + hip_height_m - ankle_height_m
         thigh_forward, knee_flex = _two_link_ik(
-            forward_of_hip_m, np.hypot(drop_m, sway_left_m), thigh_m, shank_m
+            forward_of_hip_m, np.hypot(drop_m, left_of_hip_m), thigh_m, shank_m
         )
-        # Sagittal pitches of thigh, shank and foot in the body frame; joints take differences.
+        # Sagittal pitches of thigh, shank and foot in the leg's plane; joints take differences.
         thigh_pitch_body = -thigh_forward - 1.5 * sit - 0.5 * bend
         knee_flex = knee_flex + 1.5 * sit + 0.9 * bend
         angles[:, J[f"{side}LowerLeg"], _PITCH] = knee_flex
         angles[:, J[f"{side}Foot"], _PITCH] = foot_pitch - (thigh_pitch_body + knee_flex)
         angles[:, J[f"{side}Toe"], _PITCH] = -np.maximum(foot_pitch, 0.0)  # toes flat on heel rise
-        legs[side] = (thigh_pitch_body, -np.arctan2(sway_left_m, drop_m))
+        legs[side] = (thigh_pitch_body, np.arctan2(left_of_hip_m, drop_m), yaw_rad)
     return legs
 
 
@@ -699,7 +752,7 @@ def _set_spine_and_head_angles(
 
 def _body_pose(
     angles: np.ndarray,
-    legs: dict[str, tuple[np.ndarray, np.ndarray]],
+    legs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     plan: ActivityPlan,
     gait: _Gait,
     scale: float,
@@ -713,12 +766,14 @@ def _body_pose(
     R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
     for side, _ in _SIDES:
         thigh, shank, foot = (J[f"{side}{s}"] for s in ("UpperLeg", "LowerLeg", "Foot"))
-        pitch, lean = legs[side]
+        pitch, lean, yaw = legs[side]
         # Thighs are set in the body frame, undoing the pelvis' own rotation.
-        R_unleaned_thigh = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), pitch)
-        R_body_thigh = axis_angle_to_matrix(np.array([1.0, 0.0, 0.0]), lean) @ R_unleaned_thigh
+        R_yaw = axis_angle_to_matrix(UP_AXIS, yaw)
+        R_pitch = axis_angle_to_matrix(np.array([0.0, 1.0, 0.0]), pitch)
+        R_unleaned_thigh = R_yaw @ R_pitch
+        R_body_thigh = R_yaw @ axis_angle_to_matrix(np.array([1.0, 0.0, 0.0]), lean) @ R_pitch
         R_parent_segment[:, thigh] = R_body_pelvis.swapaxes(-1, -2) @ R_body_thigh
-        # The ankle undoes the lean: the foot keeps its pose in the body frame.
+        # The ankle undoes the lean: the foot stays flat, turned by the leg's yaw.
         R_unleaned_shank = R_unleaned_thigh @ R_parent_segment[:, shank]
         R_body_shank = R_body_thigh @ R_parent_segment[:, shank]
         R_parent_segment[:, foot] = (

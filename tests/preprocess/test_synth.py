@@ -363,7 +363,7 @@ def test_motion_walks_turns_and_pauses(recordings: dict[str, Arrays]) -> None:
         assert speed_mps.sum() / 30.0 > 2.0, name  # path length, metres
         assert speed_mps.max() < 2.6, name  # a jog at most
         heading = heading_rad(arrays)
-        assert np.rad2deg(heading.max() - heading.min()) > 90.0, name
+        assert np.rad2deg(heading.max() - heading.min()) > 60.0, name
         assert (speed_mps < 0.02).sum() >= 15, name  # at least half a second standing still
 
 
@@ -520,6 +520,14 @@ def test_turning_in_place_steps_with_the_feet_near_the_pelvis(long_recording) ->
         left_down, right_down = contact[bout][:, :2].max(axis=1), contact[bout][:, 2:].max(axis=1)
         assert (left_down == 0).any() and (right_down == 0).any()  # each foot steps
         assert np.maximum(left_down, right_down).mean() > 0.9
+    # A flat foot stays put while the body turns above it (it does not pivot with the body).
+    feet = [JOINT_INDEX["LeftFoot"], JOINT_INDEX["RightFoot"]]
+    foot_speed_mps = np.linalg.norm(np.gradient(joints_m[:, feet, :2], axis=0), axis=-1) * 30.0
+    flat = (contact[:, [0, 2]] == 1) & (contact[:, [1, 3]] == 1)
+    turning = np.zeros(len(flat), bool)
+    for bout in turns:
+        turning[bout] = True
+    assert np.median(foot_speed_mps[flat & turning[:, None]]) < 0.02
 
 
 def test_no_joint_moves_implausibly_fast(recordings: dict[str, Arrays], long_recording) -> None:
