@@ -33,7 +33,7 @@ def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, .
     absurd = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
     absurd[5, 2, 0] = 3e38  # finite, but its features would overflow float32
     jumping = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
-    jumping[20, 4, 0] += 5.0  # 5 m in one 30 fps frame: 150 m/s
+    jumping[20, 4] = jumping[19, 4] + (5.0, 0.0, 0.0)  # 5 m in one 30 fps frame: 150 m/s
     slow = raw[nymeria_format.KEY_TIMESTAMP_NS][0] + np.arange(n, dtype=np.int64) * 2_000_000_000
     empty = {key: raw[key][:0] for key in (
         nymeria_format.KEY_TIMESTAMP_NS, nymeria_format.KEY_CPF_TRANSLATION,

@@ -91,7 +91,9 @@ def test_a_build_over_good_and_corrupted_files_records_every_bad_one(
         template = tmp_path / "template.h5"
         _renamed_copy(clips[seed % len(clips)], template, seed)
         file = f"fuzzed/fuzz{seed:03d}_00000.h5"
-        (root / file).write_bytes(corrupt(template.read_bytes(), 10_000 + seed))
+        # Seeds giving a mix with accepted files for the synthetic data of issue 18 (about 1 in
+        # 15 corrupted copies stays readable: 10_000 + seed gave none).
+        (root / file).write_bytes(corrupt(template.read_bytes(), 20_000 + seed))
         result = read_clip(root, file)
         expected[file] = "ok" if result.ok else result.problem.kind
     assert "ok" in expected.values() and len(set(expected.values())) >= 2
