@@ -6,7 +6,10 @@ TORCH_SPEC  ?= torch==2.13.0
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 
-DATA        ?= data/synthetic
+# `make preprocess` without DATA builds from synthetic clips, written to SYNTH_DATA first if missing.
+SYNTH_DATA  ?= data/synthetic
+SYNTH_ARGS  ?= --recordings 16 --participants 8 --seed 0 --drop-frames 0.01 --no-video
+DATA        ?= $(SYNTH_DATA)
 STORE       ?= data/nymeria.zarr
 RUN         ?= runs/$(shell date +%Y%m%d-%H%M%S)
 STEPS       ?=
@@ -43,8 +46,7 @@ DEMO_WIDTH  ?= 128
 DEMO_LATENT ?= 64
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR) $(DEMO_RUN)
-	$(BIN)/python -m preprocess synth $(DEMO_DIR)/hdf5 --recordings 16 --participants 8 --seed 0 \
-		--drop-frames 0.01 --no-video
+	$(BIN)/python -m preprocess synth $(DEMO_DIR)/hdf5 $(SYNTH_ARGS)
 	$(BIN)/python -m preprocess build $(DEMO_DIR)/hdf5 --out $(DEMO_DIR)/nymeria.zarr
 	$(BIN)/python -m preprocess info $(DEMO_DIR)/nymeria.zarr
 	$(BIN)/python -m train fit --store $(DEMO_DIR)/nymeria.zarr --out $(DEMO_RUN) --steps $(DEMO_STEPS) \
@@ -56,6 +58,11 @@ demo: $(STAMP)
 		--out $(DEMO_RUN)/eval --max-windows 64
 
 preprocess: $(STAMP)
+ifeq ($(origin DATA),file)
+	@echo "make preprocess: no DATA given, so synthetic clips from $(DATA) (the real dataset:" \
+		"make preprocess DATA=/path/to/nymeria/hdf5 STORE=$(STORE))"
+	test -d $(DATA) || $(BIN)/python -m preprocess synth $(DATA) $(SYNTH_ARGS)
+endif
 	$(BIN)/python -m preprocess build $(DATA) --out $(STORE) $(if $(WORKERS),--workers $(WORKERS),)
 
 train: $(STAMP)

@@ -39,7 +39,7 @@ from benchmarks.bench_preprocess import subset
 from preprocess import nymeria_format, synth
 from preprocess.build import BuildPaths, discover_clip_files
 from preprocess.clip_cache import decode_record
-from preprocess.info import store_size_bytes
+from shared.remote import store_size_bytes
 from shared.store import open_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -43,11 +43,11 @@ from preprocess import nymeria_format, synth
 from preprocess.build import BuildConfig, build
 from preprocess.discover import discover_clip_files
 from preprocess.executor import default_workers
-from preprocess.info import store_size_bytes
 from preprocess.stats import default_stride, sequence_moments
 from shared.features import world_to_features
 from shared.layout import FEATURE_DIM
 from shared.moments import Moments
+from shared.remote import store_size_bytes
 from shared.store import ChunkMemmapArray, memmap_array, open_store
 
 WINDOW_FRAMES = 152

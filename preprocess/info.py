@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlparse
-
-import fsspec
-
 import shared.store
 import shared.zarr_output
+from shared.remote import store_size_bytes
 from shared.store import FeatureStore
-
-
-def store_size_bytes(url: str) -> int:
-    """Bytes of all files of the store, local or remote."""
-    parsed = urlparse(url)
-    if not parsed.scheme:
-        return sum(p.stat().st_size for p in Path(url).rglob("*") if p.is_file())
-    fs, path = fsspec.core.url_to_fs(url)
-    return int(fs.du(path, total=True))
 
 
 def store_info(store: FeatureStore) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import inspect
 import itertools
 import json
@@ -166,27 +167,51 @@ def config_values(
 
 
 def config_error(
-    error: Exception, cls: type, flags: Mapping[str, str] | None = None
+    error: Exception, cls: type | tuple[type, ...], flags: Mapping[str, str] | None = None
 ) -> click.UsageError:
     """A dataclass's own validation error (which names fields) as a usage error that also
-    names the options: "worker_timeout must be positive, found 0.0 (--worker-timeout)"."""
+    names the options: "worker_timeout must be positive, found 0.0 (--worker-timeout)".
+    `cls` may be several dataclasses whose options one command takes (e.g. model and train)."""
     message = str(error)
     named = [
         (flags or {}).get(f.name, _flag(f.name))
-        for f in dataclasses.fields(cls)
+        for c in (cls if isinstance(cls, tuple) else (cls,))
+        for f in dataclasses.fields(c)
         if re.search(rf"\b{f.name}\b", message)
     ]
+    named = list(dict.fromkeys(named))
     return click.UsageError(message + (f" ({', '.join(named)})" if named else ""))
 
 
-def load_config_file(path: Path) -> dict:
-    """A JSON or TOML file (TOML by the `.toml` suffix) as a dict; errors name the file."""
-    path = Path(path)
+def _load_yaml(text: str) -> Any:
+    import yaml  # PyYAML, a dependency of dask; imported only for a YAML file
+
     try:
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(" ".join(str(error).split())) from None
+
+
+# (format, parser) of a config file by its suffix; any other suffix is read as JSON.
+CONFIG_FORMATS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    ".toml": ("TOML", tomllib.loads),
+    ".yaml": ("YAML", _load_yaml),
+    ".yml": ("YAML", _load_yaml),
+}
+
+
+def load_config_file(path: Path) -> dict:
+    """A JSON, TOML (`.toml`) or YAML (`.yaml`, `.yml`) file as a dict; errors name the file."""
+    path = Path(path)
+    kind, parse = CONFIG_FORMATS.get(path.suffix.lower(), ("JSON", json.loads))
+    try:
+        data = parse(path.read_text())
     except (OSError, ValueError) as error:
-        raise click.BadParameter(f"{path}: {error}", param_hint="--config") from None
+        raise click.BadParameter(
+            f"{path}: not valid {kind} ({error}); config files are JSON, TOML (.toml) or YAML "
+            "(.yaml, .yml)",
+            param_hint="--config",
+        ) from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path}: expected a table of options", param_hint="--config")
     return data
@@ -196,7 +221,7 @@ config_file_option = click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSON or TOML file of options (by field name); options given here win.",
+    help="JSON, TOML or YAML file of options (by field name); options given here win.",
 )
 
 
@@ -247,8 +272,9 @@ def cli_group(func: Callable) -> Callable:
 class StoreLocation(click.ParamType):
     """A store given as a local path (-> `Path`) or an fsspec URL such as `s3://team/x.zarr`
     (-> `str`, unchanged); `file://` URLs become paths. With `kind`, a store that is read: a
-    local path must exist, else the error names it and says how to make one (`hint`, with
-    `{path}`). Without, a store to write: anything goes."""
+    local path must exist, else the error names it and the existing store its name is a typo
+    of, or says how to make one (`hint`, with `{path}`). Without, a store to write: anything
+    goes."""
 
     name = "PATH|URL"
 
@@ -262,9 +288,35 @@ class StoreLocation(click.ParamType):
                 self.fail("expected a path or a URL, found an empty string", param, ctx)
             value = text if is_url(text) else local_path(text)
         if self.kind is not None and isinstance(value, Path) and not value.exists():
-            hint = f"; {self.hint.format(path=value)}" if self.hint else ""
-            self.fail(f"no {self.kind} at {value}{hint}", param, ctx)
+            near = near_match(value, _is_zarr_store)
+            hint = f"did you mean {near}?" if near else self.hint.format(path=value)
+            self.fail(f"no {self.kind} at {value}" + (f"; {hint}" if hint else ""), param, ctx)
         return value
+
+
+def near_match(path: Path, accept: Callable[[Path], bool] = Path.exists) -> Path | None:
+    """A path that `accept`s and differs from the missing `path` in its first missing part only,
+    by a typo (`difflib`'s close match among that part's existing siblings); else None."""
+    parts = path.parts
+    i = 0  # parts[i] is the first one missing
+    while i < len(parts) and Path(*parts[: i + 1]).exists():
+        i += 1
+    parent = Path(*parts[:i]) if i else Path()
+    if i == len(parts) or not parent.is_dir():
+        return None
+    try:
+        siblings = [child.name for child in parent.iterdir()]
+    except OSError:
+        return None
+    for name in difflib.get_close_matches(parts[i], siblings, n=3, cutoff=0.75):
+        candidate = parent.joinpath(name, *parts[i + 1 :])
+        if accept(candidate):
+            return candidate
+    return None
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return (path / "zarr.json").is_file()
 
 
 class StorageOptions(click.ParamType):

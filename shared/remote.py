@@ -45,6 +45,14 @@ def url_options(path_or_url: str | Path, storage_options: dict | None) -> dict |
     return storage_options if is_url(path_or_url) else None
 
 
+def store_size_bytes(url: str) -> int:
+    """Bytes of all files of the store at `url`, local or remote."""
+    if not is_url(url):
+        return sum(p.stat().st_size for p in local_path(url).rglob("*") if p.is_file())
+    fs, path = fsspec.core.url_to_fs(url)
+    return int(fs.du(path, total=True))
+
+
 def missing_extra_message(url: str, error: ImportError) -> str:
     scheme = urlparse(url).scheme
     extra = EXTRAS.get(scheme)

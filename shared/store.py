@@ -67,6 +67,7 @@ from shared.zarr_output import (
     ATTR_GIT_REVISION,
     ATTR_PACKAGE_VERSION,
     ATTR_WINDOW_FRAMES,
+    FEATURE_SCHEMA_NAME,
     SEQUENCES_GROUP,
     Schema,
     StoreError,
@@ -76,7 +77,7 @@ from shared.zarr_output import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_NAME = "nymeria-motion-features"
+SCHEMA_NAME = FEATURE_SCHEMA_NAME
 SCHEMA_VERSION = 2  # v2: per-chunk crc32c, every chunk written, fingerprint over root attributes
 REBUILD_HINT = "rebuild it with `python -m preprocess build DATA --out STORE --overwrite`"
 RESUME_HINT = "finish it with `python -m preprocess build DATA --out {out} --resume`"

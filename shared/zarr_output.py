@@ -54,6 +54,19 @@ SEQUENCES_GROUP = "sequences"
 ATTR_TABLE = "table"  # on SEQUENCES_GROUP: the sequence table, {column: [value per row]}
 
 
+# The project's store schemas, named here rather than by their writers (`preprocess` never
+# imports `train`), so that a store opened as the wrong kind is named for what it is: what each
+# is called and the command that describes one.
+FEATURE_SCHEMA_NAME = "nymeria-motion-features"
+LATENT_SCHEMA_NAME = "nymeria-motion-latents"
+DECODED_SCHEMA_NAME = "nymeria-motion-decoded"
+STORE_KINDS: dict[str, tuple[str, str]] = {
+    FEATURE_SCHEMA_NAME: ("feature store", "python -m preprocess info"),
+    LATENT_SCHEMA_NAME: ("latent store", "python -m train info"),
+    DECODED_SCHEMA_NAME: ("decoded store", "python -m train info"),
+}
+
+
 class StoreError(ValueError):
     """A store that cannot be used as it is; the message says what to do."""
 
@@ -105,6 +118,14 @@ def check_root_attrs(
     `schema` (name, then version, then `complete`); `incomplete_hint` says what to do with an
     incomplete one."""
     found = attrs.get(ATTR_SCHEMA)
+    name = found.get("name") if isinstance(found, Mapping) else None
+    if name != schema.name and isinstance(name, str) and name in STORE_KINDS:
+        kind, describe = STORE_KINDS[name]
+        wanted = STORE_KINDS[schema.name][0] if schema.name in STORE_KINDS else "store"
+        raise StoreError(
+            f"{url} is a {kind} (schema {name!r}), not a {wanted} ({schema.name!r}); "
+            f"`{describe} {url}` describes it"
+        )
     if not isinstance(found, Mapping) or found.get("name") != schema.name:
         raise StoreError(
             f"{url} is not a {schema.name!r} store (root attribute {ATTR_SCHEMA!r} is "

@@ -42,8 +42,10 @@ from train.latents import (
     WORLD_ARRAYS,
     decode_store,
     encode_store,
+    format_store_info,
     read_decoded_table,
     read_latent_table,
+    store_info,
 )
 from train.model import FRAMES_PER_LATENT, MotionVAE, MotionVAEConfig
 
@@ -53,15 +55,22 @@ def main() -> None:
     """Train and use the causal motion VAE on a Nymeria feature store."""
 
 
-def _table_rows(model: MotionVAE) -> Iterator[tuple[str, nn.Module]]:
-    """The encoder's and decoder's layers in execution order, ModuleLists expanded."""
-    for part_name in ("encoder", "decoder"):
-        for name, child in getattr(model, part_name).named_children():
-            if isinstance(child, nn.ModuleList):
-                for i, layer in enumerate(child):
-                    yield f"{part_name}.{name}.{i}", layer
-            else:
-                yield f"{part_name}.{name}", child
+# The model's parts, each a conv stack and the linear path beside it (when the model has one).
+_PARTS = {"encoder": ("encoder", "linear_encoder"), "decoder": ("decoder", "linear_decoder")}
+
+
+def _table_rows(model: MotionVAE, part: str) -> Iterator[tuple[str, nn.Module]]:
+    """The layers of `part` (see _PARTS) in execution order, ModuleLists expanded: every
+    parameter of the part is in exactly one row."""
+    stack, linear = (getattr(model, name, None) for name in _PARTS[part])
+    for name, child in stack.named_children():
+        if isinstance(child, nn.ModuleList):
+            for i, layer in enumerate(child):
+                yield f"{part}.{name}.{i}", layer
+        else:
+            yield f"{part}.{name}", child
+    if linear is not None:
+        yield _PARTS[part][1], linear
 
 
 # Set by the feature layout, not by the user.
@@ -79,14 +88,14 @@ def describe(**options: Any) -> None:
         raise config_error(e, MotionVAEConfig) from None
     model = MotionVAE(config).eval()
 
-    rows = list(_table_rows(model))
+    rows = {part: list(_table_rows(model, part)) for part in _PARTS}
     shapes: dict[nn.Module, str] = {}
 
     def record(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         _, T, C = output.shape
         shapes[module] = f"{T} x {C}"
 
-    hooks = [module.register_forward_hook(record) for _, module in rows]
+    hooks = [module.register_forward_hook(record) for part in rows.values() for _, module in part]
     with torch.no_grad():
         model(torch.zeros(1, config.seq_len, config.input_dim))
     for hook in hooks:
@@ -95,12 +104,15 @@ def describe(**options: Any) -> None:
     click.echo(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
     click.echo(f"{'module':<20} {'type':<16} {'output T x C':>14} {'params':>12}")
     click.echo(f"{'input':<20} {'frames':<16} {f'{config.seq_len} x {config.input_dim}':>14}")
-    for name, module in rows:
-        params = sum(p.numel() for p in module.parameters())
-        click.echo(f"{name:<20} {type(module).__name__:<16} {shapes[module]:>14} {params:>12,}")
-    for part_name in ("encoder", "decoder"):
-        params = sum(p.numel() for p in getattr(model, part_name).parameters())
-        click.echo(f"{part_name + ' total':<20} {'':<16} {'':>14} {params:>12,}")
+    totals = {}
+    for part, part_rows in rows.items():
+        for name, module in part_rows:
+            params = sum(p.numel() for p in module.parameters())
+            totals[part] = totals.get(part, 0) + params
+            kind = type(module).__name__.lstrip("_")
+            click.echo(f"{name:<20} {kind:<16} {shapes[module]:>14} {params:>12,}")
+    for part, params in totals.items():
+        click.echo(f"{part + ' total':<20} {'':<16} {'':>14} {params:>12,}")
     click.echo(f"total parameters: {model.num_parameters():,}")
 
 
@@ -181,7 +193,7 @@ def fit(
     try:
         config = RunConfig.from_dict(base, source=str(config_file or "options"))
     except (ValueError, TypeError) as e:
-        raise config_error(e, TrainConfig) from None
+        raise config_error(e, (MotionVAEConfig, TrainConfig)) from None
     store_url = _local_store(store_url, cache_dir, storage_options)
     try:
         metrics = run_fit(config, str(store_url), run_dir, resume=resume)
@@ -359,3 +371,18 @@ def decode_command(
     )
     sequences = len(read_decoded_table(root)["name"])
     click.echo(f"wrote {out}: {sequences} sequences; {arrays}")
+
+
+@main.command("info")
+@click.argument("store", type=LATENT_STORE)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@storage_options_option
+def info_command(store: str | Path, as_json: bool, storage_options: dict | None) -> None:
+    """Describe the latent store (`encode`) or decoded store (`decode`) STORE, a path or an
+    fsspec URL: its checkpoint and feature store, sequences, windows and latents, statistics.
+    A feature store is described by `python -m preprocess info`."""
+    try:
+        info = store_info(store, storage_options)
+    except _INPUT_ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(info, indent=2) if as_json else format_store_info(info))

@@ -80,11 +80,18 @@ class TrainConfig:
     (shared.features.head_pose)."""
 
     def __post_init__(self) -> None:
+        """Every bad value is refused here, so the command line (exit 2, naming the option), a
+        --config file and a resumed run's config are all checked alike."""
         for name in ("steps", "batch_size", "val_every", "val_windows", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)!r}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:  # also refuses NaN
+                raise ValueError(f"TrainConfig.{name} must be > 0, found {getattr(self, name)!r}")
         for name in (
+            "weight_decay",
             "warmup_steps",
+            "seed",
             "num_workers",
             "world_position_weight",
             "world_velocity_weight",
@@ -92,14 +99,13 @@ class TrainConfig:
             "foot_contact_weight",
             "head_orientation_weight",
         ):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
-        if not 0.0 <= self.mirror_prob <= 1.0:
-            raise ValueError(
-                f"TrainConfig.mirror_prob must be in [0, 1], found {self.mirror_prob!r}"
-            )
-        if not 0.0 <= self.head_blend <= 1.0:
-            raise ValueError(f"TrainConfig.head_blend must be in [0, 1], found {self.head_blend!r}")
+        for name in ("min_lr_ratio", "mirror_prob", "head_blend"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"TrainConfig.{name} must be in [0, 1], found {getattr(self, name)!r}"
+                )
 
     @property
     def decode_head_blend(self) -> float:

@@ -57,13 +57,20 @@ from shared.chunked_writer import ChunkedRowWriter
 from shared.features import CanonicalFrame
 from shared.layout import FEATURE_DIM
 from shared.moments import Moments
-from shared.remote import url_options
+from shared.remote import store_size_bytes, url_options
 from shared.skeleton import NUM_JOINTS
 from shared.store import STATS_ATTR_COUNT, is_checksum_error, open_store, store_compressors
 from shared.zarr_output import (
+    ATTR_CREATED,
     ATTR_FPS,
+    ATTR_GIT_REVISION,
+    ATTR_PACKAGE_VERSION,
+    ATTR_SCHEMA,
     ATTR_SPLIT,
     ATTR_WINDOW_FRAMES,
+    DECODED_SCHEMA_NAME,
+    LATENT_SCHEMA_NAME,
+    STORE_KINDS,
     Schema,
     check_root_attrs,
     mark_complete,
@@ -84,8 +91,8 @@ logger = logging.getLogger(__name__)
 # numbers.
 COMPRESSORS = store_compressors(zstd_level=0)
 
-LATENT_SCHEMA = "nymeria-motion-latents"
-DECODED_SCHEMA = "nymeria-motion-decoded"
+LATENT_SCHEMA = LATENT_SCHEMA_NAME
+DECODED_SCHEMA = DECODED_SCHEMA_NAME
 SCHEMA_VERSION = 3  # v3: sequence tables as the feature store's (JSON); v2: latents per window
 LATENTS = Schema(
     LATENT_SCHEMA,
@@ -274,13 +281,17 @@ def check_latent_attrs(attrs: Mapping[str, Any], url: str | Path) -> None:
     check_root_attrs(attrs, url, LATENTS, "write it again with `train encode`")
 
 
-def open_latents(url: str | Path, storage_options: dict | None = None) -> zarr.Group:
-    """A complete latent store, or a ValueError saying what is wrong with it."""
+def _open_group(url: str | Path, storage_options: dict | None) -> zarr.Group:
     try:
         options = url_options(url, storage_options)
-        group = zarr.open_group(str(url), mode="r", storage_options=options)
+        return zarr.open_group(str(url), mode="r", storage_options=options)
     except FileNotFoundError:
         raise FileNotFoundError(f"no Zarr store at {url}") from None
+
+
+def open_latents(url: str | Path, storage_options: dict | None = None) -> zarr.Group:
+    """A complete latent store, or a ValueError saying what is wrong with it."""
+    group = _open_group(url, storage_options)
     check_latent_attrs(group.attrs.asdict(), url)
     return group
 
@@ -393,3 +404,126 @@ def decode_store(
         mark_complete(root)
     logger.info("decoded %d sequences (%d frames) to %s", len(sequences), total, out)
     return zarr.open_group(str(out), mode="r", storage_options=url_options(out, storage_options))
+
+
+# --- describing (`train info`) -----------------------------------------------------------------
+
+
+def store_info(url: str | Path, storage_options: dict | None = None) -> dict:
+    """JSON-ready summary of a complete latent or decoded store; a ValueError says what is wrong
+    with anything else (of a feature store: which command describes it)."""
+    group = _open_group(url, storage_options)
+    attrs = group.attrs.asdict()
+    schema = attrs.get(ATTR_SCHEMA)
+    if isinstance(schema, Mapping) and schema.get("name") == DECODED_SCHEMA:
+        check_root_attrs(attrs, url, DECODED, "write it again with `train decode`")
+        info = _decoded_info(group)
+    else:
+        check_latent_attrs(attrs, url)
+        info = _latent_info(group)
+    return {
+        "url": str(url),
+        "schema": attrs[ATTR_SCHEMA],
+        "created": attrs.get(ATTR_CREATED),
+        "package_version": attrs.get(ATTR_PACKAGE_VERSION),
+        "git_revision": attrs.get(ATTR_GIT_REVISION),
+        **info,
+        "padding": attrs.get(ATTR_PADDING),
+        "overlap": attrs.get(ATTR_OVERLAP),
+        "size_bytes": store_size_bytes(str(url)),
+    }
+
+
+def _latent_info(group: zarr.Group) -> dict:
+    attrs, table, mean = group.attrs, read_latent_table(group), group[MEAN]
+    splits = {
+        split: {
+            "sequences": len(rows),
+            "windows": sum(r.num_windows for r in rows),
+            "frames": sum(r.num_frames for r in rows),
+        }
+        for split in dict.fromkeys(r.split for r in table)
+        for rows in [[r for r in table if r.split == split]]
+    }
+    return {
+        "kind": STORE_KINDS[LATENT_SCHEMA][0],
+        "checkpoint": attrs[ATTR_CHECKPOINT],
+        "feature_store": attrs[ATTR_FEATURE_STORE],
+        "split": attrs[ATTR_SPLIT],
+        "sequences": len(table),
+        "frames": sum(r.num_frames for r in table),
+        "splits": splits,
+        "windows": mean.shape[0],
+        "window_frames": attrs[ATTR_WINDOW_FRAMES],
+        "hop_frames": attrs[ATTR_HOP_FRAMES],
+        "latents_per_window": mean.shape[1],
+        "latent_dim": mean.shape[2],
+        "fps": attrs[ATTR_FPS],
+        "frame_fps": attrs[ATTR_FRAME_FPS],
+        "has_logvar": LOGVAR in group,
+        "latent_stats": dict(group[LATENT_STATS].attrs),
+    }
+
+
+def _decoded_info(group: zarr.Group) -> dict:
+    attrs, table = group.attrs, read_decoded_table(group)
+    arrays = WORLD_ARRAYS if attrs[ATTR_KIND] == "world" else (FEATURES,)
+    return {
+        "kind": STORE_KINDS[DECODED_SCHEMA][0],
+        "contents": attrs[ATTR_KIND],
+        "latents": attrs[ATTR_LATENTS],
+        "sequences": len(table["name"]),
+        "frames": sum(table["num_frames"]),
+        "fps": attrs[ATTR_FPS],
+        "arrays": {name: list(group[name].shape) for name in arrays},
+    }
+
+
+def format_store_info(info: dict) -> str:
+    """`store_info` as text, one property a line."""
+    schema = info["schema"]
+    lines = [
+        f"store        {info['url']} ({info['kind']})",
+        (
+            f"schema       {schema['name']} v{schema['version']} (package "
+            f"{info['package_version']}, git {info['git_revision']}, created {info['created']})"
+        ),
+    ]
+    if info["kind"] == STORE_KINDS[LATENT_SCHEMA][0]:
+        lines += _format_latent_info(info)
+    else:
+        lines += [
+            (
+                f"latents      {info['latents']['url']} (checkpoint sha256 "
+                f"{info['latents']['checkpoint_sha256'][:12]})"
+            ),
+            f"sequences    {info['sequences']}, {info['frames']} frames at {info['fps']:g} fps",
+            f"{info['contents']:<13}"
+            + ", ".join(f"{name} {tuple(shape)}" for name, shape in info["arrays"].items()),
+        ]
+    return "\n".join([*lines, f"on disk      {info['size_bytes'] / 1e6:.2f} MB"])
+
+
+def _format_latent_info(info: dict) -> list[str]:
+    ckpt, features, stats = info["checkpoint"], info["feature_store"], info["latent_stats"]
+    logvar = "means and log-variances" if info["has_logvar"] else "means (no log-variances)"
+    return [
+        f"checkpoint   {ckpt['path']} (step {ckpt['step']}, sha256 {ckpt['sha256'][:12]})",
+        f"features     {features['url']} (fingerprint {features['fingerprint'][:16]})",
+        f"sequences    {info['sequences']} of split {info['split']}, {info['frames']} frames",
+        *(
+            f"  {split:<6}     {v['sequences']} sequences, {v['windows']} windows, "
+            f"{v['frames']} frames"
+            for split, v in info["splits"].items()
+        ),
+        (
+            f"windows      {info['windows']} of {info['window_frames']} frames every "
+            f"{info['hop_frames']} -> {info['latents_per_window']} latents x {info['latent_dim']} "
+            f"channels each ({info['fps']:g} latents/s, frames at {info['frame_fps']:g} fps)"
+        ),
+        f"latents      {logvar}",
+        (
+            f"stats        per-channel mean/std of {stats.get(STATS_ATTR_COUNT)} latents of split "
+            f"{stats.get(ATTR_SPLIT)}"
+        ),
+    ]

@@ -61,7 +61,8 @@ class MotionVAEConfig:
     kernel_size: int = 3
     """Temporal kernel of the ResNet convs and input projections (reads kernel_size - 1 past)."""
     seq_len: int = 152
-    """Training window in frames; a multiple of 4. Default latents per window for `sample`."""
+    """Training window in frames, a multiple of 4 (frames per latent); also the window `train
+    encode` cuts sequences into unless given --window."""
     lambda_kl: float = 1e-4
     """Weight of the KL term in the training loss."""
     logvar_clamp: float = 10.0
@@ -83,9 +84,9 @@ class MotionVAEConfig:
                 f"MotionVAEConfig.seq_len must be a multiple of {FRAMES_PER_LATENT} "
                 f"(frames per latent), found {self.seq_len}"
             )
-        if self.lambda_kl < 0:
+        if not self.lambda_kl >= 0:  # also refuses NaN
             raise ValueError(f"MotionVAEConfig.lambda_kl must be >= 0, found {self.lambda_kl}")
-        if self.logvar_clamp <= 0:
+        if not self.logvar_clamp > 0:
             raise ValueError(f"MotionVAEConfig.logvar_clamp must be > 0, found {self.logvar_clamp}")
 
     @property
@@ -112,7 +113,6 @@ class CausalConv1d(nn.Conv1d):
             )
         super().__init__(in_channels, out_channels, kernel_size, stride=stride)
         self.context = kernel_size - stride
-
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
         T = x.shape[1]
         stride = self.stride[0]

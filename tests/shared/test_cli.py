@@ -151,3 +151,49 @@ def test_both_clis_have_version_and_verbose(cli: str, tmp_path: Path):
     )
     kind = "feature store" if cli == "preprocess" else "latent store"
     assert result.returncode == 2 and f"no {kind} at {tmp_path / 'missing.zarr'}" in result.stderr
+
+
+def test_a_typo_in_a_store_path_names_the_store_it_misspells(tmp_path: Path, monkeypatch):
+    @click.command()
+    @click.argument("store", type=FEATURE_STORE)
+    def show(store: object) -> None:
+        click.echo(repr(store))
+
+    store = tmp_path / "data" / "nymeria.zarr"
+    store.mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    (tmp_path / "data" / "nymeria.zarr.build").mkdir()  # an interrupted build is no store
+    monkeypatch.chdir(tmp_path)
+    for typo in ("data/nymeria.zar", "data/nymria.zarr", "dat/nymeria.zarr"):
+        result = CliRunner().invoke(show, [typo])
+        assert result.exit_code == 2
+        assert f"no feature store at {typo}; did you mean data/nymeria.zarr?" in result.output
+    result = CliRunner().invoke(show, [str(tmp_path / "data" / "nymeria.zar")])
+    assert f"did you mean {store}?" in result.output  # absolute stays absolute
+    for far in ("data/other.zarr", "elsewhere/nymeria.zarr"):
+        result = CliRunner().invoke(show, [far])
+        assert result.exit_code == 2 and "did you mean" not in result.output
+        assert "build one with" in result.output
+    (store / "zarr.json").unlink()  # not a store any more: the .build directory is no match
+    result = CliRunner().invoke(show, ["data/nymeria.zar"])
+    assert "did you mean" not in result.output and "build one with" in result.output
+
+
+def test_config_files_are_json_toml_or_yaml(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 7\nmode: fast\n")
+    assert run("--config", str(config))["config"]["steps"] == 7
+    config.write_text("steps: [7\n")
+    result = CliRunner().invoke(command, ["--config", str(config)])
+    assert result.exit_code == 2 and f"{config}: not valid YAML" in result.output
+    assert "config files are JSON, TOML (.toml) or YAML (.yaml, .yml)" in result.output
+
+
+def test_errors_of_several_dataclasses_name_their_options():
+    @dataclass(frozen=True)
+    class Other:
+        rate_limit: float = 1.0
+        """A limit."""
+
+    error = config_error(ValueError("Other.rate_limit must be > 0, found 0"), (Example, Other))
+    assert error.message == "Other.rate_limit must be > 0, found 0 (--rate-limit)"

@@ -91,3 +91,49 @@ def test_a_run_saved_before_a_field_existed_trains_without_it(section, name):
     config = RunConfig.from_dict(saved_config(before))
     added = ADDED_MODEL_FIELDS if section == "model" else ADDED_TRAIN_FIELDS
     assert getattr(getattr(config, section), name) == added[name] in (0.0, False)
+
+
+def _numeric_options() -> list[str]:
+    """The option of every int or float field `train fit` takes (model fields but input_dim)."""
+    import dataclasses
+    import typing
+
+    from train.model import MotionVAEConfig
+
+    return [
+        "--" + f.name.replace("_", "-")
+        for cls in (TrainConfig, MotionVAEConfig)
+        for f in dataclasses.fields(cls)
+        if typing.get_type_hints(cls)[f.name] in (int, float) and f.name != "input_dim"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[option, "-1"] for option in _numeric_options()]
+    + [["--lr", "0"], ["--lr", "nan"], ["--grad-clip", "0"], ["--min-lr-ratio", "1.5"]]
+    + [["--seq-len", "150"], ["--logvar-clamp", "0"]],
+    ids=" ".join,
+)
+def test_every_bad_option_value_exits_2_naming_the_option(args, tmp_path):
+    """A value no run can use is a usage error naming its option, for the model's fields as for
+    training's, before anything is read or written."""
+    from click.testing import CliRunner
+
+    from train.cli import main
+
+    result = CliRunner().invoke(
+        main, ["fit", "--store", str(tmp_path), "--out", str(tmp_path / "run"), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"({args[0]})" in result.output.splitlines()[-1]  # the error line names the option
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_files_in_yaml(tmp_path):
+    """`--config` reads YAML (.yaml, .yml) beside JSON and TOML, with the same sections."""
+    for name in ("c.yaml", "c.yml"):
+        path = tmp_path / name
+        path.write_text("train:\n  steps: 9\n  lr: 3.0e-4\nmodel:\n  latent_dim: 32\n")
+        config = RunConfig.from_dict(load_config_file(path))
+        assert (config.train.steps, config.train.lr, config.model.latent_dim) == (9, 3e-4, 32)

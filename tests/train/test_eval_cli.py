@@ -441,3 +441,40 @@ def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(
         ],
     )
     assert zarr.open_group(str(decoded), mode="r").attrs["complete"] is True
+
+
+def test_train_info_describes_latent_and_decoded_stores(run, latents, tmp_path):
+    """`train info` describes what `encode` and `decode` wrote; `preprocess info` on either
+    names it and points there, and `train info` on a feature store points back."""
+    store = open_store(run["store"])
+    info = json.loads(invoke(train_main, ["info", latents, "--json"]).output)
+    group = zarr.open_group(str(latents), mode="r")
+    assert info["kind"] == "latent store" and info["schema"]["name"] == latent_store.LATENT_SCHEMA
+    assert info["windows"] == group["mean"].shape[0] and info["has_logvar"]
+    assert (info["latents_per_window"], info["latent_dim"]) == (SEQ_LEN // 4, LATENT_DIM)
+    assert info["sequences"] == len(store.sequences) and info["frames"] == store.num_frames
+    assert sum(s["windows"] for s in info["splits"].values()) == info["windows"]
+    assert info["feature_store"]["fingerprint"] == store.fingerprint
+    assert info["checkpoint"]["sha256"] == hashlib.sha256(run["ckpt"].read_bytes()).hexdigest()
+    assert info["latent_stats"]["split"] == "train" and info["size_bytes"] > 0
+    text = invoke(train_main, ["info", latents]).output
+    assert f"{info['windows']} of {SEQ_LEN} frames every {SEQ_LEN} -> {SEQ_LEN // 4}" in text
+    assert "means and log-variances" in text and store.fingerprint[:16] in text
+
+    decoded = tmp_path / "decoded.zarr"
+    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", decoded,
+                        "--device", "cpu"])  # fmt: skip
+    info = json.loads(invoke(train_main, ["info", decoded, "--json"]).output)
+    assert info["kind"] == "decoded store" and info["contents"] == "features"
+    assert info["arrays"] == {"features": [store.num_frames, FEATURE_DIM]}
+
+    for path in (latents, decoded):
+        result = CliRunner().invoke(preprocess_main, ["info", str(path)])
+        assert result.exit_code == 1 and "build one" not in result.output
+        assert f"`python -m train info {path}` describes it" in result.output
+    result = CliRunner().invoke(train_main, ["info", str(run["store"])])
+    assert result.exit_code == 1
+    assert "is a feature store (schema 'nymeria-motion-features'), not a latent store" in (
+        result.output
+    )
+    assert f"`python -m preprocess info {run['store']}` describes it" in result.output

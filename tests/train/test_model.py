@@ -414,3 +414,24 @@ def test_the_linear_path_starts_at_zero_and_is_trained() -> None:
     loss.backward()
     assert float(linear.linear_decoder.weight.grad.abs().sum()) > 0
     assert float(linear.linear_encoder.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("linear_path", [True, False])
+def test_describe_rows_add_up_to_the_total(linear_path: bool) -> None:
+    """Every parameter is in exactly one row of the table, the linear path's included: the rows
+    sum to each part's total and the parts to the model's count."""
+    args = ["describe", "--hidden-dim", "32", "--latent-dim", "16", "--blocks-per-stage", "1"]
+    result = CliRunner().invoke(main, [*args, f"--{'' if linear_path else 'no-'}linear-path"])
+    assert result.exit_code == 0, result.output
+    config = MotionVAEConfig(hidden_dim=32, latent_dim=16, blocks_per_stage=1,
+                             linear_path=linear_path)  # fmt: skip
+    total = MotionVAE(config).num_parameters()
+    rows, totals = {}, {}
+    for line in result.output.splitlines():
+        name, count = line.split()[0], line.split()[-1].replace(",", "")
+        if line.startswith(("encoder", "decoder", "linear_")) and count.isdigit():
+            (totals if " total " in line else rows)[name] = int(count)
+    assert sum(rows.values()) == sum(totals.values()) == total
+    assert ("linear_encoder" in rows and "linear_decoder" in rows) == linear_path
+    assert f"total parameters: {total:,}" in result.output
+
