@@ -1,11 +1,15 @@
 """Training-step time and memory: the causal MotionVAE vs the non-causal seed design.
 
-    python -m benchmarks.bench_train_step [--batch 32 --frames 152 --steps 10 --warmup 2]
+    python -m benchmarks.bench_train_step [--batch 32 --frames 152 --hidden 512 --steps 10
+        --warmup 2 --rows ROW,ROW --profile N]
 
 One step = forward + loss + backward + AdamW step, on random (batch, frames, 294) data.
 Rows: the causal MotionVAE with the seed's loss (`vae_loss`), the same with the default
 `--loss world` (plus `world_loss`: world joints and head decoded with the head blend, in
-metres), and the non-causal seed design with `vae_loss`. The models are built from the same
+metres), that under `train fit --precision bf16-mixed` (bfloat16 autocast) and `--compile`
+(torch.compile, inductor; its first, warm-up step compiles), and the non-causal seed design
+with `vae_loss`. `--profile N` also prints the N operators of one step of each row that take
+the most CPU time (torch.profiler). The models are built from the same
 `MotionVAEConfig`; the seed design has no linear path (`linear_path`: 25.7M parameters against
 28.4M, the conv stacks alike to within 0.01%); their steps are interleaved in
 one process, rotating which goes first, so drift in machine load hits all alike. On a shared
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -102,12 +107,31 @@ class ReferenceMotionVAE(nn.Module):
         return {"recon": recon, "mean": mean, "logvar": logvar, "z": z}
 
 
-# row -> (model, loss): "seed" is `vae_loss`, "world" adds the default world terms.
-MODELS: dict[str, tuple[Callable[[MotionVAEConfig], nn.Module], str]] = {
-    "ours": (MotionVAE, "seed"),
-    "ours+world": (MotionVAE, "world"),
-    "reference": (ReferenceMotionVAE, "seed"),
+@dataclass(frozen=True)
+class Row:
+    """One row: a model, its loss ("seed" is `vae_loss`, "world" adds the default world terms)
+    and how `train fit` would run it (`--precision`, `--compile`)."""
+
+    build: Callable[[MotionVAEConfig], nn.Module]
+    loss: str
+    precision: str = "32"
+    compile: bool = False
+
+
+ROWS: dict[str, Row] = {
+    "ours": Row(MotionVAE, "seed"),
+    "ours+world": Row(MotionVAE, "world"),
+    "ours+world bf16-mixed": Row(MotionVAE, "world", precision="bf16-mixed"),
+    "ours+world compiled": Row(MotionVAE, "world", compile=True),
+    "reference": Row(ReferenceMotionVAE, "seed"),
 }
+RATIOS = (
+    ("ours", "reference"),
+    ("ours+world", "reference"),
+    ("ours+world", "ours"),
+    ("ours+world bf16-mixed", "ours+world"),
+    ("ours+world compiled", "ours+world"),
+)
 
 
 _CONTACT_30FPS = contact_speed_m_per_frame(30.0)  # foot-contact threshold of a 30 fps store
@@ -123,14 +147,18 @@ def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, loss: str) -> torch.Ten
     return total_of(terms, config)
 
 
-def _make_step(model: nn.Module, x: torch.Tensor, loss: str) -> Callable[[], tuple[float, float]]:
-    """One training step as a closure returning (wall seconds, process CPU seconds)."""
+def _make_step(model: nn.Module, x: torch.Tensor, row: Row) -> Callable[[], tuple[float, float]]:
+    """One training step of `row` as a closure returning (wall seconds, process CPU seconds):
+    the forward under the autocast `train fit --precision` uses, compiled as `--compile` does."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    forward = torch.compile(model) if row.compile else model
+    autocast = TrainConfig(precision=row.precision).autocast(torch.device("cpu"))
 
     def step() -> tuple[float, float]:
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        out = model(x)
-        loss_value = _loss(out, x, loss)
+        with autocast:
+            out = forward(x)
+        loss_value = _loss(out, x, row.loss)
         opt.zero_grad(set_to_none=True)
         loss_value.backward()
         opt.step()
@@ -149,26 +177,49 @@ def _peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: peak-memory measurement needs Linux")
 
 
-def _measure_memory(name: str, batch: int, frames: int, steps: int) -> float:
-    """Peak RSS rise (MiB) of `steps` training steps of one model, in this process."""
+def _config(hidden: int) -> MotionVAEConfig:
+    return MotionVAEConfig(hidden_dim=hidden)
+
+
+def _measure_memory(name: str, batch: int, frames: int, hidden: int, steps: int) -> float:
+    """Peak RSS rise (MiB) of `steps` training steps of one row, in this process."""
     baseline = _peak_rss_mib()
     torch.manual_seed(0)
-    config = MotionVAEConfig()
-    build, loss = MODELS[name]
-    model = build(config).train()
-    step = _make_step(model, torch.randn(batch, frames, config.input_dim), loss)
+    config = _config(hidden)
+    row = ROWS[name]
+    step = _make_step(row.build(config).train(), torch.randn(batch, frames, config.input_dim), row)
     for _ in range(steps):
         step()
     return _peak_rss_mib() - baseline
 
 
-def _memory_in_subprocess(name: str, args: argparse.Namespace) -> float:
+def _memory_in_subprocess(name: str, args: argparse.Namespace) -> float | None:
+    """The row's peak RSS rise, or None for a compiled row (the compiler's own memory would
+    count)."""
+    if ROWS[name].compile:
+        return None
     cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--memory-of", name,
-           "--batch", str(args.batch), "--frames", str(args.frames)]  # fmt: skip
+           "--batch", str(args.batch), "--frames", str(args.frames),
+           "--hidden", str(args.hidden)]  # fmt: skip
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     result = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return float(result.stdout.strip().splitlines()[-1])
+
+
+def _profile(steps: dict[str, Callable[[], tuple[float, float]]], top: int) -> None:
+    """torch.profiler over one more step of each row: the `top` operators by self CPU time,
+    and the share of copies (weights converted between layouts, padding)."""
+    for name, step in steps.items():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step()
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"profile of one step, {name}: {total / 1e6:.3f} s self CPU")
+        for e in events[:top]:
+            seconds = e.self_cpu_time_total / 1e6
+            share = e.self_cpu_time_total / total
+            print(f"  {e.key:<36} {seconds:8.3f} s {share:6.1%} {e.count:6d} calls")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,28 +228,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=152)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    parser.add_argument("--hidden", type=int, default=MotionVAEConfig.hidden_dim,
+                        help="model width (default: the default model's)")  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile one step of each row: the top N operators")  # fmt: skip
     parser.add_argument(
-        "--memory-of", choices=sorted(MODELS), help="internal: print one model's peak RSS rise, MiB"
+        "--memory-of", choices=sorted(ROWS), help="internal: print one row's peak RSS rise, MiB"
     )
     args = parser.parse_args(argv)
     if args.frames % 4:
         parser.error(f"--frames must be a multiple of 4, found {args.frames}")
+    names = args.rows.split(",")
+    if unknown := sorted(set(names) - set(ROWS)):
+        parser.error(f"--rows: unknown {unknown}; rows are {', '.join(ROWS)}")
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_of:
-        print(f"{_measure_memory(args.memory_of, args.batch, args.frames, steps=2):.1f}")
+        memory = _measure_memory(args.memory_of, args.batch, args.frames, args.hidden, steps=2)
+        print(f"{memory:.1f}")
         return
 
-    config = MotionVAEConfig()
+    config = _config(args.hidden)
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.frames, config.input_dim)
-    models = {name: build(config).train() for name, (build, _) in MODELS.items()}
-    steps = {name: _make_step(models[name], x, loss) for name, (_, loss) in MODELS.items()}
+    models = {name: ROWS[name].build(config).train() for name in names}
+    steps = {name: _make_step(models[name], x, ROWS[name]) for name in names}
     wall: dict[str, list[float]] = {name: [] for name in models}
     cpu: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
     load_before = os.getloadavg()[0]
     for i in range(args.warmup + args.steps):
         order = names[i % len(names) :] + names[: i % len(names)]
@@ -211,23 +270,27 @@ def main(argv: list[str] | None = None) -> None:
     memory = {name: _memory_in_subprocess(name, args) for name in models}
 
     med = statistics.median
-    print(f"train step: batch {args.batch} x {args.frames} frames, forward + loss + backward "
-          f"+ AdamW, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps each after {args.warmup} warm-up, interleaved; "
-          f"1-min load average {load_before:.1f} before, {load_after:.1f} after")  # fmt: skip
-    print(f"{'row':<10} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
+    print(f"train step: batch {args.batch} x {args.frames} frames, width {args.hidden}, forward "
+          f"+ loss + backward + AdamW, CPU, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {args.steps} timed steps each after "
+          f"{args.warmup} warm-up, interleaved; 1-min load average {load_before:.1f} before, "
+          f"{load_after:.1f} after")  # fmt: skip
+    print(f"{'row':<22} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
           f"{'median CPU s':>13} {'peak RSS rise MiB':>18}")  # fmt: skip
     for name, model in models.items():
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name:<10} {params:>12,} {med(wall[name]):>14.3f} {min(wall[name]):>11.3f} "
-              f"{med(cpu[name]):>13.3f} {memory[name]:>18.0f}")  # fmt: skip
-    for a, b in (("ours", "reference"), ("ours+world", "reference"), ("ours+world", "ours")):
+        rss = "n/a" if memory[name] is None else f"{memory[name]:.0f}"
+        print(f"{name:<22} {params:>12,} {med(wall[name]):>14.3f} {min(wall[name]):>11.3f} "
+              f"{med(cpu[name]):>13.3f} {rss:>18}")  # fmt: skip
+    for a, b in (pair for pair in RATIOS if set(pair) <= set(names)):
         print(f"ratio {a} / {b}:")
         print(f"  median wall time       {med(wall[a]) / med(wall[b]):.3f}")
         print(f"  fastest wall time      {min(wall[a]) / min(wall[b]):.3f}")
         rounds = (x / y for x, y in zip(wall[a], wall[b], strict=True))
         print(f"  median per-round ratio {med(rounds):.3f}")
         print(f"  median CPU time        {med(cpu[a]) / med(cpu[b]):.3f}")
+    if args.profile:
+        _profile(steps, args.profile)
 
 
 if __name__ == "__main__":

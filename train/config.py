@@ -8,13 +8,17 @@ or TOML, sections `model` and `train`) sets them in bulk, and explicit options w
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import torch
 
 from train.model import MotionVAEConfig
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Loss = Literal["seed", "world"]
+Precision = Literal["auto", "32", "bf16-mixed"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,11 @@ class TrainConfig:
     device: Device = "auto"
     """Training device; auto picks CUDA, then MPS, then CPU."""
     compile: bool = False
-    """torch.compile the model."""
-    bf16: bool = True
-    """bf16 autocast on CUDA (CPU always trains in float32)."""
+    """torch.compile the model (the first steps are slower while it compiles)."""
+    precision: Precision = "auto"
+    """'32': float32 throughout; 'bf16-mixed': the model's forward under bfloat16 autocast on
+    the training device (weights, optimizer and loss in float32); 'auto': bf16-mixed on CUDA,
+    else 32."""
     loss: Loss = "world"
     """'seed': per-group MSE on normalised features + KL, world motion decoded from the
     absolute head pose (the seed's numbers, exactly). 'world': the same plus the position and
@@ -107,6 +113,12 @@ class TrainConfig:
                     f"TrainConfig.{name} must be in [0, 1], found {getattr(self, name)!r}"
                 )
 
+    def autocast(self, device: torch.device) -> AbstractContextManager:
+        """The context the model's training forward runs in on `device`, for `precision`."""
+        if self.precision == "bf16-mixed" or (self.precision == "auto" and device.type == "cuda"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
     @property
     def decode_head_blend(self) -> float:
         """The head blend world motion is decoded with: 0 under the seed loss."""
@@ -132,7 +144,9 @@ ADDED_MODEL_FIELDS = {"linear_path": False}
 def saved_config(data: dict) -> dict:
     """A run's saved config (config.json, a checkpoint's) with the fields it predates filled in
     as it was trained, so that today's defaults never silently change an old run."""
-    model, train = data.get("model", {}), data.get("train", {})
+    model, train = data.get("model", {}), dict(data.get("train", {}))
+    if "bf16" in train:  # before `precision`: bf16 autocast on CUDA, or never
+        train.setdefault("precision", "auto" if train.pop("bf16") else "32")
     return {
         **data,
         "model": {**ADDED_MODEL_FIELDS, **model},

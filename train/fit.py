@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -462,11 +461,7 @@ class TrainBatches:
         self.device, self.store_url = device, store.url
         self.contact_speed_m_per_frame = contact_speed_m_per_frame(store.fps)
         self.wait_s = 0.0
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if device.type == "cuda" and cfg.bf16
-            else nullcontext()
-        )
+        self.autocast = cfg.autocast(device)
 
     def next(self) -> WindowBatch:
         t0 = time.perf_counter()

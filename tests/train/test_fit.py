@@ -249,3 +249,55 @@ def test_ddp_two_processes_on_cpu(feature_store, tmp_path):
     losses = _train_losses(run)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes metrics: one line per step
     assert load_checkpoint(run / "checkpoints" / "last.pt").step == 6
+
+
+def _two_steps(feature_store: Path, run: Path, *extra: str) -> dict[int, float]:
+    args = _fit_args(feature_store, run, "--steps", "2", "--batch-size", "4", "--seq-len", "32",
+                     "--log-every", "1", "--val-every", "2", "--device", "cpu", *extra)  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return _train_losses(run)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(feature_store, tmp_path):
+    """--precision bf16-mixed runs the forward under bfloat16 autocast on the CPU too: the same
+    run's losses move by bf16 rounding, not more; a run saved with the old `bf16` flag resumes
+    with the precision it had."""
+    full = _two_steps(feature_store, tmp_path / "32", "--precision", "32")
+    mixed = _two_steps(feature_store, tmp_path / "bf16", "--precision", "bf16-mixed")
+    assert list(full) == list(mixed) == [1, 2]
+    for step, loss in full.items():
+        assert mixed[step] != loss and mixed[step] == pytest.approx(loss, rel=0.05)
+    saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert saved["train"]["precision"] == "bf16-mixed"
+
+    from train.config import RunConfig, saved_config
+
+    for bf16, precision in ((True, "auto"), (False, "32")):
+        old = {**saved, "train": {**saved["train"], "bf16": bf16}}
+        del old["train"]["precision"]
+        assert RunConfig.from_dict(saved_config(old)).train.precision == precision
+
+
+@pytest.mark.slow
+def test_compile_trains_on_cpu_with_the_eager_losses(feature_store, tmp_path, monkeypatch):
+    """--compile runs the model through torch.compile and gives the eager run's losses to float32
+    rounding. The backend is AOTAutograd without code generation (`aot_eager`): the graphs fit
+    builds are those inductor would compile, and inductor's own C++ compile of even the tiny
+    model took minutes on the shared 2-core machine."""
+    import functools
+
+    import train.fit
+
+    monkeypatch.setattr(
+        train.fit.torch, "compile", functools.partial(torch.compile, backend="aot_eager")
+    )
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = _two_steps(feature_store, tmp_path / "eager", "--precision", "32")
+    compiled = _two_steps(feature_store, tmp_path / "compiled", "--precision", "32", "--compile")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert list(compiled) == [1, 2]
+    for step, loss in eager.items():
+        assert compiled[step] == pytest.approx(loss, rel=1e-4)
+    torch._dynamo.reset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -13,7 +14,7 @@ from shared.layout import FEATURE_DIM
 from train import MotionVAE, MotionVAEConfig
 from train.cli import main
 from train.loss import TOTAL, vae_loss
-from train.model import FRAMES_PER_LATENT, CausalUpsample
+from train.model import FRAMES_PER_LATENT, CausalConv1d, CausalUpsample
 
 SMALL = MotionVAEConfig(hidden_dim=32, latent_dim=16, seq_len=32)
 T_SMALL = 32
@@ -435,3 +436,42 @@ def test_describe_rows_add_up_to_the_total(linear_path: bool) -> None:
     assert ("linear_encoder" in rows and "linear_decoder" in rows) == linear_path
     assert f"total parameters: {total:,}" in result.output
 
+
+def _conv_weights_contiguous(model: MotionVAE) -> MotionVAE:
+    """A copy of `model` with every conv weight laid out contiguously, as before the layout
+    for channels-last convs: the same weights, the old layout."""
+    old = copy.deepcopy(model)
+    for conv in (m for m in old.modules() if isinstance(m, CausalConv1d)):
+        conv.weight = torch.nn.Parameter(conv.weight.detach().contiguous())
+    return old
+
+
+def test_conv_weights_are_kept_channels_last_with_the_same_numbers(small_model: MotionVAE) -> None:
+    """Every causal conv's weight is laid out as conv2d on channels-last frames reads it (no
+    copy per step); outputs and gradients are those of the same weights laid out contiguously,
+    and state dicts load both ways (checkpoints written before)."""
+    convs = [m for m in small_model.modules() if isinstance(m, CausalConv1d)]
+    for conv in convs:
+        assert conv.weight.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
+        assert conv.kernel_size[0] == 1 or not conv.weight.is_contiguous()
+    new, old = copy.deepcopy(small_model).train(), _conv_weights_contiguous(small_model).train()
+    x = torch.randn(3, T_SMALL, FEATURE_DIM)
+    outputs = []
+    for model in (new, old):
+        torch.manual_seed(1)  # the same sampling noise
+        out = model(x)
+        vae_loss(out["recon"], x, out["mean"], out["logvar"], lambda_kl=1e-4)[TOTAL].backward()
+        outputs.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (out_new, grads_new), (out_old, grads_old) = outputs
+    for key in out_new:
+        torch.testing.assert_close(out_new[key], out_old[key], rtol=1e-6, atol=1e-6)
+    for name, grad in grads_new.items():
+        assert grad.stride() == dict(new.named_parameters())[name].stride(), name
+        torch.testing.assert_close(grad, grads_old[name], rtol=1e-5, atol=1e-6)
+
+    loaded = MotionVAE(small_model.config)
+    loaded.load_state_dict(old.state_dict())  # an old checkpoint into today's layout
+    for conv in (m for m in loaded.modules() if isinstance(m, CausalConv1d)):
+        assert conv.weight.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
+    old.load_state_dict(new.state_dict())  # and back
+    assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), new.parameters()))
