@@ -20,7 +20,13 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
   ..._foot, _foot3 + the foot-contact term (weight 1, 3); world_w03_head_foot at 0.3/3
   ..._rot          + the head-orientation term (world_w01_head_foot_rot: foot 1 + rot 0.3)
   *_linear         the model with `linear_path` (causal_seed_linear: with the seed loss);
-                   world_w01_head_foot_linear is the default
+                   world_w01_head_foot_linear is the previous default
+  ..._mirror       + left/right mirroring of half the training windows (`--mirror-prob 0.5`):
+                   world_w01_head_foot_linear_mirror is the default
+
+`--data real` trains and evaluates on real motion capture instead (benchmarks.realmotion: built
+once from ../shared/realmotion into data/bench_real; skipped with a message without it), and
+reports every row on the unseen style and on the unseen content.
 
 Without --rows, the rows of the decision (DEFAULT_ROWS) run, as many at once as there are
 cores; `--rows all` runs every row.
@@ -43,7 +49,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from unittest import mock
 
@@ -124,7 +130,7 @@ ROWS = {
         model={"linear_path": True},
     ),
     "world_w01_head_foot_linear": Row(
-        "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1 (default)",
+        "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1 (previous default)",
         {**_W01_HEAD, "foot_contact_weight": 1.0},
         model={"linear_path": True},
     ),
@@ -135,7 +141,7 @@ ROWS = {
         model={"linear_path": True},
     ),
     "world_w01_head_foot_linear_mirror": Row(
-        "default + left/right mirroring 0.5",
+        "the same + left/right mirroring 0.5 (default)",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
         model={"linear_path": True},
     ),
@@ -144,9 +150,12 @@ ROWS = {
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
     ),
 }
+# Rows from before the augmentation existed train without it (today's default mirrors).
+ROWS = {key: replace(row, train={"mirror_prob": 0.0, **row.train}) for key, row in ROWS.items()}
 
-# What `make bench` runs: the baselines, the previous default and today's default.
-DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head", "world_w01_head_foot_linear")
+# What `make bench` runs: the baselines, the previous defaults and today's default.
+DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head_foot_linear",
+                "world_w01_head_foot_linear_mirror")  # fmt: skip
 
 COLUMNS = (  # (metrics key or derived name, header, format)
     ("mpjpe_head_mm", "MPJPE head", "{:.1f}"),

@@ -76,7 +76,7 @@ class TrainConfig:
     head_orientation_weight: float = 0.0
     """'world' loss: weight of the mean angle of the decoded head orientation's error (radians,
     to first order); the heading the head's world velocity and the world joints rotate with."""
-    mirror_prob: float = 0.0
+    mirror_prob: float = 0.5
     """Probability that a training window is replaced by its left/right mirror image (the world
     reflected, Left*/Right* segments swapped: shared.features.mirror_features), drawn per window
     and step; 0 trains on the windows as stored."""
