@@ -145,13 +145,24 @@ ROWS = {
         {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
         model={"linear_path": True},
     ),
+    "world_w01_head_foot_linear_mirror_acc": Row(
+        "the same + world acceleration 1",
+        {
+            **_W01_HEAD,
+            "foot_contact_weight": 1.0,
+            "mirror_prob": 0.5,
+            "world_acceleration_weight": 1.0,
+        },
+        model={"linear_path": True},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
     ),
 }
 # Rows from before the augmentation existed train without it (today's default mirrors).
-ROWS = {key: replace(row, train={"mirror_prob": 0.0, **row.train}) for key, row in ROWS.items()}
+ROWS = {key: replace(row, train={"mirror_prob": 0.0, "world_acceleration_weight": 0.0,
+                                  **row.train}) for key, row in ROWS.items()}  # fmt: skip
 
 # What `make bench` runs: the baselines, the previous defaults and today's default.
 DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head_foot_linear",

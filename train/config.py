@@ -76,6 +76,9 @@ class TrainConfig:
     head_orientation_weight: float = 0.0
     """'world' loss: weight of the mean angle of the decoded head orientation's error (radians,
     to first order); the heading the head's world velocity and the world joints rotate with."""
+    world_acceleration_weight: float = 0.0
+    """'world' loss: weight of the mean acceleration error (second differences, metres/frame^2)
+    of the world joints and head: what jitter is made of."""
     mirror_prob: float = 0.5
     """Probability that a training window is replaced by its left/right mirror image (the world
     reflected, Left*/Right* segments swapped: shared.features.mirror_features), drawn per window
@@ -104,6 +107,7 @@ class TrainConfig:
             "head_frame_weight",
             "foot_contact_weight",
             "head_orientation_weight",
+            "world_acceleration_weight",
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
@@ -134,6 +138,7 @@ ADDED_TRAIN_FIELDS = {
     "foot_contact_weight": 0.0,
     "head_orientation_weight": 0.0,
     "mirror_prob": 0.0,
+    "world_acceleration_weight": 0.0,
 }
 
 

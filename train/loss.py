@@ -7,6 +7,7 @@
                                 + w_head * head_frame/position_m
                                 + w_foot * world/foot_contact_velocity_m_per_frame
                                 + w_rot * world/head_orientation_rad
+                                + w_acc * world/acceleration_m_per_frame2
 
 The world terms measure what a reconstruction looks like in the world: the decoded canonical
 window is turned into world joints and head position (`shared.features.decoded_to_world`,
@@ -18,7 +19,9 @@ of the foot joints on the steps where the true foot is planted (`train.metrics`'
 foot skating is measured on): a planted foot ties the head's world velocity to the legs, which
 the model reconstructs well relative to the head. The head-orientation term is the angle of
 the decoded head rotation's error: the world terms see it only through the joints, weighted by
-their distance to the head.
+their distance to the head. The acceleration term is the error of the second differences of the
+world joints and head (metres/frame^2): it sees jitter, which position and velocity errors of a
+few millimetres hardly do.
 
 Masks are (B, T) bool, True for a real frame. Padded frames are dropped with
 `torch.where` before any arithmetic, so whatever they hold (even inf or nan) changes
@@ -47,6 +50,7 @@ WORLD_VELOCITY = "world/velocity_m_per_frame"
 HEAD_FRAME_POSITION = "head_frame/position_m"
 FOOT_CONTACT_VELOCITY = "world/foot_contact_velocity_m_per_frame"
 HEAD_ORIENTATION = "world/head_orientation_rad"
+WORLD_ACCELERATION = "world/acceleration_m_per_frame2"
 # Per-frame (per-step) means in metres or radians.
 WORLD_TERMS = (
     WORLD_POSITION,
@@ -54,6 +58,7 @@ WORLD_TERMS = (
     HEAD_FRAME_POSITION,
     FOOT_CONTACT_VELOCITY,
     HEAD_ORIENTATION,
+    WORLD_ACCELERATION,
 )
 
 
@@ -152,16 +157,18 @@ def world_loss(
 ) -> dict[str, torch.Tensor]:
     """Mean position and velocity error (metres, metres/frame) of world joints and head, mean
     position error of the joints in the head frame (metres), mean velocity error of the foot
-    joints on their contact steps (metres/frame) and mean angle of the head orientation's error
-    (radians, to first order).
+    joints on their contact steps (metres/frame), mean angle of the head orientation's error
+    (radians, to first order) and mean acceleration error of world joints and head
+    (metres/frame^2).
 
     recon, target: (B, T, 294) canonical features in physical units (denormalised); mask:
     (B, T) bool. The target is decoded exactly (`features_to_world`), the reconstruction
     with `head_blend`. Padded frames are replaced by the target before decoding (the head
     trajectory is causal, so they cannot reach a valid frame) and masked out of both means;
-    a velocity counts where both of its frames are valid. Contact steps come from the target
-    (`train.metrics.foot_contact_steps` with `contact_speed_m_per_frame`, i.e. 0.2 m/s at the
-    store's frame rate); a batch without one gives 0.
+    a velocity (acceleration) counts where both (all three) of its frames are valid. Contact
+    steps come from the target (`train.metrics.foot_contact_steps` with
+    `contact_speed_m_per_frame`, i.e. 0.2 m/s at the store's frame rate); a batch without one
+    gives 0.
     """
     valid = mask[:, :, None]  # (B, T, 1)
     recon = torch.where(valid, recon.float(), target.float())
@@ -170,6 +177,8 @@ def world_loss(
     position_err = joint_distance_m(pred_m, true_m)  # (B, T, 24)
     velocity_err = joint_distance_m(torch.diff(pred_m, dim=1), torch.diff(true_m, dim=1))
     step_valid = (mask[:, 1:] & mask[:, :-1])[:, :, None]
+    accel_err = joint_distance_m(torch.diff(pred_m, 2, dim=1), torch.diff(true_m, 2, dim=1))
+    accel_valid = step_valid[:, 1:] & step_valid[:, :-1]
     points = pred_m.shape[2]
     B, T, _ = recon.shape
     head_frame_err = joint_distance_m(
@@ -191,6 +200,8 @@ def world_loss(
         FOOT_CONTACT_VELOCITY: torch.where(contact, foot_err, 0.0).sum()
         / contact.sum().clamp_min(1),
         HEAD_ORIENTATION: torch.where(mask, orientation_err, 0.0).sum() / mask.sum().clamp_min(1),
+        WORLD_ACCELERATION: torch.where(accel_valid, accel_err, 0.0).sum()
+        / (accel_valid.sum().clamp_min(1) * points),
     }
 
 
@@ -227,6 +238,7 @@ def total_of(terms: dict[str, torch.Tensor | float], config: RunConfig):
         total = total + config.train.head_frame_weight * terms[HEAD_FRAME_POSITION]
         total = total + config.train.foot_contact_weight * terms[FOOT_CONTACT_VELOCITY]
         total = total + config.train.head_orientation_weight * terms[HEAD_ORIENTATION]
+        total = total + config.train.world_acceleration_weight * terms[WORLD_ACCELERATION]
     return total
 
 

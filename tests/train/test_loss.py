@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.layout import FEATURE_DIM, HP, HP_DOT, LOSS_GROUPS
-from shared.skeleton import FOOT_JOINTS
+from shared.layout import FEATURE_DIM, HP, HP_DOT, JP, LOSS_GROUPS
+from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
 from train.loss import KL, RECON, TOTAL, latent_mask, mse_key, vae_loss
 from train.metrics import contact_speed_m_per_frame
 
@@ -309,3 +309,25 @@ def test_the_foot_contact_term_measures_planted_feet_sliding(blend):
     walking = _canonical_windows()  # feet move with the other joints: no contact step
     no_contact = world_loss(walking + 0.01, walking, mask, blend, SPEED)[FOOT_CONTACT_VELOCITY]
     assert float(no_contact) == 0.0
+
+
+def test_the_acceleration_term_sees_jitter_that_position_and_velocity_barely_do():
+    """A +-1 mm zig-zag of every joint in the head frame: position error 1 mm, velocity error
+    2 mm/frame, acceleration error 4 mm/frame^2 (second difference of +-1); the whole body 1 cm
+    off in the world has no acceleration error at all."""
+    from train.loss import WORLD_ACCELERATION, WORLD_POSITION, world_loss
+
+    target = _canonical_windows()
+    mask = torch.ones(target.shape[:2], dtype=torch.bool)
+    T = target.shape[1]
+    jittered = target.clone()
+    sign = torch.where(torch.arange(T) % 2 == 0, 1.0, -1.0).to(target.dtype)
+    jittered[..., JP.start + 2 :: 3][..., :NUM_JOINTS] += 0.001 * sign[None, :, None]
+    terms = world_loss(jittered, target, mask, 0.0, SPEED)
+    joints = NUM_JOINTS / (NUM_JOINTS + 1)  # the head point itself does not move
+    # (not exactly: the zig-zag is along the head's forward axis, which turns a little)
+    assert float(terms[WORLD_ACCELERATION]) == pytest.approx(0.004 * joints, rel=1e-2)
+    assert float(terms[WORLD_POSITION]) == pytest.approx(0.001 * joints, rel=1e-2)
+    offset = target.clone()
+    offset[..., HP] += 0.01
+    assert float(world_loss(offset, target, mask, 0.0, SPEED)[WORLD_ACCELERATION]) < 1e-6
