@@ -21,6 +21,14 @@ baseline, measured for each model in a fresh subprocess over 2 steps (weights,
 gradients, AdamW state and activations all count).
 
 DESIGN.md target: ours / reference <= 1.0.
+
+The chunk check rows: what `train fit`'s loader workers add when they first read a chunk
+(`open_store(check_chunks_on_use=True)`: crc32c and finiteness of the chunk of `features`,
+`timestamp_ns` and `contact` holding its frames, and its two seams), timed on chunk files of
+the default build size (8192 frames) with a warm page cache, beside the measured ours+world
+step: for the worst step (a batch of 32 windows whose up to 64 chunks are all unseen, checked
+by one worker) and averaged over a default run on the real dataset (~3,900 chunks, each
+checked once by each of 2 workers, over 20,000 steps). Issue 20's target: <= 3% of a step.
 """
 
 from __future__ import annotations
@@ -30,14 +38,20 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import zarr
 from torch import nn
 
+import shared.store
+from shared.store import create_store_array, memmap_array, seam_problem
 from train.config import RunConfig, TrainConfig
 from train.loss import total_of, vae_loss, world_loss
 from train.metrics import contact_speed_m_per_frame
@@ -222,6 +236,57 @@ def _profile(steps: dict[str, Callable[[], tuple[float, float]]], top: int) -> N
             print(f"  {e.key:<36} {seconds:8.3f} s {share:6.1%} {e.count:6d} calls")
 
 
+DEFAULT_CHUNK_FRAMES = 8192  # preprocess.build's default (benchmarks do not import preprocess)
+REAL_DATASET_CHUNKS = 3_900  # chunks of the real dataset's features (BENCHMARKS.md, loader)
+DEFAULT_RUN = (20_000, 2)  # steps, loader workers of a default `train fit`
+WORST_BATCH_CHUNKS = 2 * 32  # 32 windows of 152 frames, each in at most two chunks
+
+
+def _chunk_check_s(chunks: int = 4) -> list[float]:
+    """Seconds to check one frame chunk of the default size, as the loader's first read does
+    (the three arrays' chunk files, then the seams), once per chunk of a fresh store."""
+    rng = np.random.default_rng(0)
+    frames = chunks * DEFAULT_CHUNK_FRAMES
+    with tempfile.TemporaryDirectory() as tmp:
+        root = zarr.open_group(Path(tmp) / "store.zarr", mode="w", zarr_format=3)
+        arrays = {}
+        for name, row, dtype in ((shared.store.FEATURES, (294,), np.float32),
+                                 (shared.store.TIMESTAMP_NS, (), np.int64),
+                                 (shared.store.CONTACT, (4,), np.float32)):  # fmt: skip
+            array = create_store_array(
+                root, name, shape=(frames, *row), chunks=(DEFAULT_CHUNK_FRAMES, *row),
+                dtype=dtype, dimension_names=None,
+            )  # fmt: skip
+            array[:] = rng.normal(size=(frames, *row)).astype(dtype)
+            arrays[name] = memmap_array(array)
+        times = []
+        for index in range(chunks):
+            t0 = time.perf_counter()
+            for array in arrays.values():
+                assert array.verify_chunk(index) is None
+            for seam in (index * DEFAULT_CHUNK_FRAMES, (index + 1) * DEFAULT_CHUNK_FRAMES):
+                seam_problem(arrays[shared.store.FEATURES], seam, frozenset())
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _print_chunk_check(step_s: float) -> None:
+    check_s = statistics.median(_chunk_check_s())
+    steps, workers = DEFAULT_RUN
+    worst = WORST_BATCH_CHUNKS * check_s
+    mean = REAL_DATASET_CHUNKS * workers * check_s / steps
+    print(
+        f"chunk check (loader workers, first read of each chunk; --no-chunk-check skips): "
+        f"{1000 * check_s:.1f} ms per {DEFAULT_CHUNK_FRAMES}-frame chunk, warm page cache"
+    )
+    print(f"  worst step, {WORST_BATCH_CHUNKS} unseen chunks in one worker: {worst:.3f} s = "
+          f"{100 * worst / step_s:.1f}% of the ours+world step ({step_s:.3f} s), overlapped "
+          f"with it (the worker prepares batches ahead)")  # fmt: skip
+    print(f"  default run, {REAL_DATASET_CHUNKS:,} chunks x {workers} workers over {steps:,} "
+          f"steps: {1000 * mean:.2f} ms per step = {100 * mean / step_s:.3f}% of a step "
+          f"(target <= 3%)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -289,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         rounds = (x / y for x, y in zip(wall[a], wall[b], strict=True))
         print(f"  median per-round ratio {med(rounds):.3f}")
         print(f"  median CPU time        {med(cpu[a]) / med(cpu[b]):.3f}")
+    if "ours+world" in wall:
+        _print_chunk_check(med(wall["ours+world"]))
     if args.profile:
         _profile(steps, args.profile)
 

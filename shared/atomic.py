@@ -7,23 +7,75 @@ then `os.replace` it over the target. On any error, or an interrupt, the temp fi
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 TEMP_SUFFIX = ".partial"
+# What follows `.{name}.` in a temp name: host (absent in names from before hosts were
+# recorded), pid, token. A host name keeps only [A-Za-z0-9-] so that it holds no dot.
+_TEMP_OWNER = re.compile(r"(?:(?P<host>[A-Za-z0-9-]+)\.)?(?P<pid>\d+)\.[0-9a-f]{8}")
+
+
+def _host_label() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def temp_path_for(path: Path) -> Path:
-    """A fresh, hidden temp name next to `path`.
+    """A fresh, hidden temp name next to `path`: `.{name}.{host}.{pid}.{token}.partial`.
 
     Hidden and without `path`'s suffix, so globs such as `*.h5` or `*.clip` never pick up a
-    half-written file; pid and a random token keep concurrent writers apart.
+    half-written file; host, pid and a random token keep concurrent writers apart and let
+    `remove_dead_temp_files` tell a dead writer's leftovers from a live writer's file.
     """
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    token = uuid.uuid4().hex[:8]
+    return path.with_name(f".{path.name}.{_host_label()}.{os.getpid()}.{token}{TEMP_SUFFIX}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_dead_temp_files(path: Path) -> list[Path]:
+    """Remove the temp files of `path` that processes of this host which are no longer running
+    left behind (a kill during a write); returns them.
+
+    A temp file can be a hard link to a complete old file (`os.link` then rename), so leftovers
+    can cost a whole file each. Files of live processes, and of other hosts (a shared file
+    system), are kept; a name without a host (older code) counts as this host's.
+    """
+    path = Path(path)
+    prefix, host, removed = f".{path.name}.", _host_label(), []
+    try:
+        candidates = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return []
+    for candidate in candidates:
+        name = candidate.name
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+            continue
+        owner = _TEMP_OWNER.fullmatch(name[len(prefix) : -len(TEMP_SUFFIX)])
+        if owner is None or owner["host"] not in (None, host) or _pid_alive(int(owner["pid"])):
+            continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    if removed:
+        logger.info("removed %d temp files of %s left by dead processes", len(removed), path)
+    return removed
 
 
 def _fsync_file(path: Path) -> None:

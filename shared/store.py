@@ -43,22 +43,24 @@ import math
 import os
 import sys
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import fsspec
+import google_crc32c
 import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from shared.layout import FEATURE_DIM, field_of_dim, layout_description
+from shared.layout import FEATURE_DIM, HP, HP_DOT, JP, JV, field_of_dim, layout_description
 from shared.remote import MissingExtraError, filesystem, missing_extra_message, url_options
 from shared.zarr_output import (
     ATTR_COMPLETE,
@@ -277,6 +279,12 @@ class ChunkMemmapArray:
     Slicing rows returns an `np.ndarray`: a view into one chunk's memory map when the rows lie
     inside one chunk, else a copy. Picklable (maps are reopened lazily after unpickling).
 
+    With `check_on_first_use`, the first use of each chunk in a process also checks its crc32c
+    and (float arrays) that every value is finite, and calls `on_first_use(index)` (the
+    store's own checks across arrays and chunks); damage raises `ChunkDamageError` naming the
+    array, chunk, file and frames. A chunk is checked once per process, however often it is
+    mapped again.
+
     Every chunk is mapped on first use and kept: at the real dataset's ~3,900 chunks an evicting
     cache of a few hundred maps thrashes (each remap costs more than the window it serves,
     BENCHMARKS.md). A map holds a file descriptor (Python's mmap keeps a duplicate), so the
@@ -293,23 +301,29 @@ class ChunkMemmapArray:
         dtype: np.dtype,
         checksum_bytes: int = CHECKSUM_BYTES,
         max_maps: int | None = None,
+        array_path: str | None = None,
+        check_on_first_use: bool = False,
     ) -> None:
         self.array_dir = Path(array_dir)
+        self.array_path = array_dir.name if array_path is None else array_path
         self.shape = tuple(int(s) for s in shape)
         self.chunk_frames = int(chunk_frames)
         self.dtype = np.dtype(dtype)
         self.checksum_bytes = int(checksum_bytes)
         self.num_chunks = -(-self.shape[0] // self.chunk_frames)
         self.max_maps = max_maps  # None: one map per chunk while the open-file limit allows
+        self.check_on_first_use = check_on_first_use
+        self.on_first_use: Callable[[int], None] | None = None
         self._init_cache()
 
     def _init_cache(self) -> None:
         self._maps: dict[int, np.ndarray] = {}  # chunk index -> map, oldest first
         self._warned_limit = False
+        self._checked: set[int] = set()  # chunks checked in this process
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_maps"], state["_warned_limit"]
+        del state["_maps"], state["_warned_limit"], state["_checked"]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -335,7 +349,46 @@ class ChunkMemmapArray:
                 )  # fmt: skip
             del self._maps[next(iter(self._maps))]  # evict the oldest
         chunk = self._maps[index] = self._map_chunk(index)
+        if self.check_on_first_use and index not in self._checked:
+            self.ensure_checked(index)
         return chunk
+
+    @property
+    def store_dir(self) -> Path:
+        """The store this array belongs to."""
+        return self.array_dir.parents[len(Path(self.array_path).parts) - 1]
+
+    def describe_chunk(self, index: int) -> _Chunk:
+        """Chunk `index` named for humans: array, chunk, file (relative to the store), frames."""
+        first = index * self.chunk_frames
+        key = "/".join(self.chunk_path(index).relative_to(self.array_dir).parts)
+        return _Chunk(
+            self.array_path, (index, *(0 for _ in self.row_shape)), f"{self.array_path}/{key}",
+            (first, min(first + self.chunk_frames, self.shape[0]) - 1),
+        )  # fmt: skip
+
+    def verify_chunk(self, index: int) -> str | None:
+        """What is wrong with chunk `index`'s file (its crc32c does not match its bytes; a float
+        value is not finite), as one line naming array, chunk, file and frames; None when good.
+        Reads the whole file."""
+        path, chunk = self.chunk_path(index), self.describe_chunk(index)
+        raw = np.memmap(path, dtype=np.uint8, mode="r")  # pages shared with the chunk's own map
+        if not chunk_checksum_ok(raw):
+            return f"{chunk}: {CHECKSUM_MISMATCH}"
+        values = raw[: -self.checksum_bytes or None].view(self.dtype)
+        return _non_finite_problem(values.reshape(self.chunk_frames, *self.row_shape), chunk)
+
+    def ensure_checked(self, index: int) -> None:
+        """Check chunk `index` once in this process (`verify_chunk`, then `on_first_use`);
+        raises `ChunkDamageError` on damage."""
+        if index in self._checked:
+            return
+        problem = self.verify_chunk(index)
+        if problem is not None:
+            raise ChunkDamageError.of(self.store_dir, problem)
+        self._checked.add(index)
+        if self.on_first_use is not None:
+            self.on_first_use(index)
 
     @property
     def ndim(self) -> int:
@@ -463,6 +516,52 @@ def _room_for_another_map() -> bool:
     return needed <= raised
 
 
+# Fields whose value at a frame is the step of another field from the frame before (layout).
+_DIFFERENCES = ((HP, HP_DOT), (JP, JV))
+
+
+def seam_problem(features: ChunkMemmapArray, frame: int, sequence_starts: frozenset[int]) -> (
+    str | None
+):  # fmt: skip
+    """Whether frame `frame` (the first of a chunk) continues frame `frame - 1` (the last of the
+    chunk before): `hp_dot` and `jv` at a frame are the steps of `hp` and `jp` from the frame
+    before, exactly up to float32 rounding, so a chunk swapped with another, moved, or
+    overwritten with other values breaks the relation at its seams, which its checksum cannot
+    see. None at the store's ends and at sequence starts (velocities restart there). Reads the
+    two rows from the files (a neighbour is not mapped, nor checked, for this)."""
+    if frame <= 0 or frame >= len(features) or frame in sequence_starts:
+        return None
+    before, after = (_raw_row(features, f).astype(np.float64) for f in (frame - 1, frame))
+    worst, worst_field = 0.0, ""
+    for value, step in _DIFFERENCES:
+        a, b, d = before[value], after[value], after[step]
+        # Each stored value is within half a float32 spacing of the exact one; twice that.
+        tolerance = 2 * np.spacing(np.maximum(abs(a), abs(b)).astype(np.float32)) + np.spacing(
+            abs(d).astype(np.float32)
+        )
+        excess = abs(b - a - d) - tolerance
+        at = int(np.argmax(excess))
+        if excess[at] > worst:
+            worst, worst_field = float(abs(b - a - d)[at]), field_of_dim(step.start + at)
+    if not worst_field:
+        return None
+    chunk = features.describe_chunk(frame // features.chunk_frames)
+    return (
+        f"{chunk}: frame {frame} does not continue frame {frame - 1} of its sequence "
+        f"({worst_field} differs from the step by {worst:.3g}): chunks swapped, moved or "
+        f"overwritten"
+    )
+
+
+def _raw_row(array: ChunkMemmapArray, frame: int) -> np.ndarray:
+    index, row = divmod(frame, array.chunk_frames)
+    row_shape = array.row_shape
+    count = math.prod(row_shape)
+    offset = row * count * array.dtype.itemsize
+    values = np.fromfile(array.chunk_path(index), array.dtype, count=count, offset=offset)
+    return values.reshape(row_shape)
+
+
 def _check_range(start: int, stop: int, num_rows: int) -> None:
     if not 0 <= start <= stop <= num_rows:
         raise IndexError(f"frame range [{start}, {stop}) is not within [0, {num_rows}]")
@@ -513,7 +612,9 @@ def memmap_array(array: zarr.Array) -> ChunkMemmapArray | None:
     chunk_shape = tuple(array.chunks)
     if chunk_shape[1:] != tuple(array.shape[1:]):
         return None
-    return ChunkMemmapArray(array_dir, array.shape, chunk_shape[0], array.dtype, checksum_bytes)
+    return ChunkMemmapArray(
+        array_dir, array.shape, chunk_shape[0], array.dtype, checksum_bytes, array_path=array.path
+    )
 
 
 # --- chunk checks -----------------------------------------------------------------------------
@@ -605,6 +706,29 @@ def _file_sizes(fs: fsspec.AbstractFileSystem, root: str, keys: list[str]) -> di
     return sizes
 
 
+CHECKSUM_MISMATCH = "checksum mismatch (the bytes changed after they were written)"
+
+
+class ChunkDamageError(StoreError):
+    """A chunk whose content is damaged (checksum, non-finite values, out of place); the message
+    is one line naming the store, array, chunk, file and frames, and what to run."""
+
+    @classmethod
+    def of(cls, store_dir: Path, problem: str) -> ChunkDamageError:
+        hint = VERIFY_HINT.format(url=store_dir)
+        return cls(f"store {store_dir} is damaged: {problem}; {hint}; {REBUILD_HINT}")
+
+
+def chunk_checksum_ok(data: np.ndarray | bytes) -> bool:
+    """True when the bytes of one chunk file (any codec chain ending in crc32c) end with the
+    little-endian CRC-32C of the bytes before it: the check zarr's codec makes on decode."""
+    raw = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    if raw.size < CHECKSUM_BYTES:
+        return False
+    stored = int.from_bytes(raw[-CHECKSUM_BYTES:].tobytes(), "little")
+    return google_crc32c.value(np.ascontiguousarray(raw[:-CHECKSUM_BYTES])) == stored
+
+
 def is_checksum_error(error: BaseException) -> bool:
     """True for the error zarr's crc32c codec raises on a chunk whose bytes changed ("Stored and
     computed checksum do not match"): the one place that recognises it."""
@@ -617,22 +741,30 @@ def _check_chunk_content(array: zarr.Array, chunk: _Chunk) -> list[str]:
         values = array.get_block_selection(chunk.coords)
     except Exception as error:  # noqa: BLE001 - any decode failure is damage to name, not to raise
         if is_checksum_error(error):
-            return [f"{chunk}: checksum mismatch (the bytes changed after they were written)"]
+            return [f"{chunk}: {CHECKSUM_MISMATCH}"]
         return [f"{chunk}: cannot be decoded ({type(error).__name__}: {error})"]
+    problem = _non_finite_problem(values, chunk)
+    return [] if problem is None else [problem]
+
+
+def _non_finite_problem(values: np.ndarray, chunk: _Chunk) -> str | None:
+    """The non-finite values of a float chunk, named by frame and dimension; None when finite
+    (or not floats). A chunk at an array's end may hold fill rows past its last frame: they
+    count like the others (the build writes them finite)."""
     if values.dtype.kind not in "fc":
-        return []
+        return None
     bad = ~np.isfinite(values)
     if not bad.any():
-        return []
+        return None
     at = tuple(int(i) for i in np.argwhere(bad)[0])
     where = f"element {at}"
     if chunk.frames is not None:
         where = f"frame {chunk.frames[0] + at[0]}"
-        if array.path == FEATURES:
+        if chunk.array == FEATURES:
             where += f", dim {at[1]} ({field_of_dim(at[1])})"
         elif len(at) > 1:
             where += f", column {at[1]}"
-    return [f"{chunk}: {int(bad.sum())} non-finite values, first {values[at]} at {where}"]
+    return f"{chunk}: {int(bad.sum())} non-finite values, first {values[at]} at {where}"
 
 
 _SCHEMA_ARRAYS = (*FRAME_ARRAYS, f"{STATS_GROUP}/{STATS_MEAN}", f"{STATS_GROUP}/{STATS_STD}")
@@ -750,10 +882,12 @@ class FeatureStore:
         memory_map: bool,
         storage_options: dict[str, Any] | None,
         check_chunk_files: bool = True,
+        check_chunks_on_use: bool = False,
     ) -> None:
         self.url = url
         self._memory_map_requested = memory_map
         self._storage_options = storage_options
+        self._check_chunks_on_use = check_chunks_on_use
         self.attrs: dict = group.attrs.asdict()
         _check_root_attrs(self.attrs, url)
         self.layout: dict = self.attrs[ATTR_LAYOUT]
@@ -820,6 +954,31 @@ class FeatureStore:
         self.features = source[FEATURES]
         self.timestamp_ns = source[TIMESTAMP_NS]
         self.contact = source[CONTACT]
+        if self.is_memory_mapped and check_chunks_on_use:
+            for array in mapped.values():
+                array.check_on_first_use = True
+            self.features.on_first_use = self._check_frame_chunk
+
+    def _check_frame_chunk(self, index: int) -> None:
+        """First use of `features` chunk `index` (its checksum and values already checked):
+        check the chunks holding the same frames in `timestamp_ns` and `contact`, and that the
+        chunk continues its neighbours (`seam_problem`); raises `ChunkDamageError`."""
+        first, last = self.features.describe_chunk(index).frames
+        for array in (self.timestamp_ns, self.contact):
+            for other in range(first // array.chunk_frames, last // array.chunk_frames + 1):
+                array.ensure_checked(other)
+        starts, features = self._sequence_starts, self.features
+        for seam in (first, last + 1):
+            problem = seam_problem(features, seam, starts)
+            if problem is not None:  # a damaged chunk on either side is the better name for it
+                sides = (seam - 1, seam)
+                found = (features.verify_chunk(f // features.chunk_frames) for f in sides)
+                problem = next((p for p in found if p is not None), problem)
+                raise ChunkDamageError.of(features.store_dir, problem)
+
+    @cached_property
+    def _sequence_starts(self) -> frozenset[int]:
+        return frozenset(r.start for r in self.sequences)
 
     def split(self, name: str) -> tuple[SequenceRecord, ...]:
         """Sequences of split `name` (one of SPLITS), in store order."""
@@ -853,7 +1012,11 @@ class FeatureStore:
     def __reduce__(self) -> tuple:
         # Reopen (and revalidate the metadata) in the receiving process, e.g. a DataLoader
         # worker; the chunk files were checked when this one was opened.
-        return (_reopen, (self.url, self._memory_map_requested, self._storage_options))
+        return (
+            _reopen,
+            (self.url, self._memory_map_requested, self._storage_options,
+             self._check_chunks_on_use),
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -862,10 +1025,13 @@ class FeatureStore:
         )
 
 
-def _reopen(url: str, memory_map: bool, storage_options: dict | None) -> FeatureStore:
+def _reopen(
+    url: str, memory_map: bool, storage_options: dict | None, check_chunks_on_use: bool
+) -> FeatureStore:
     return open_store(
-        url, memory_map=memory_map, storage_options=storage_options, check_chunk_files=False
-    )
+        url, memory_map=memory_map, storage_options=storage_options, check_chunk_files=False,
+        check_chunks_on_use=check_chunks_on_use,
+    )  # fmt: skip
 
 
 def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
@@ -928,6 +1094,7 @@ def open_store(
     memory_map: bool = True,
     storage_options: dict[str, Any] | None = None,
     check_chunk_files: bool = True,
+    check_chunks_on_use: bool = False,
 ) -> FeatureStore:
     """Open and validate a complete feature store at a local path or an fsspec URL.
 
@@ -935,13 +1102,19 @@ def open_store(
     layout-mismatched store, metadata that does not match its fingerprint, and (with
     `check_chunk_files`) a missing or wrongly sized chunk file. With `memory_map` (default)
     local uncompressed stores are read through `np.memmap` chunk maps; otherwise, and for
-    remote or compressed stores, through `zarr.Array`.
+    remote or compressed stores, through `zarr.Array`. With `check_chunks_on_use` a memory-
+    mapped store checks each frame chunk the first time this process reads it (checksums of
+    all frame arrays' chunks, finite values, continuity with the neighbouring chunks:
+    `ChunkMemmapArray`, `seam_problem`) and raises `ChunkDamageError`; zarr checks the
+    checksum of every chunk it decodes anyway.
     """
     url = _url_of(path_or_url)
     storage_options = url_options(url, storage_options)
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
-        return FeatureStore(url, group, memory_map, storage_options, check_chunk_files)
+        return FeatureStore(
+            url, group, memory_map, storage_options, check_chunk_files, check_chunks_on_use
+        )
     except StoreError:
         raise
     except ImportError as error:

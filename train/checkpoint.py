@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass, fields
@@ -149,6 +151,25 @@ def link_checkpoint(source: Path, target: Path) -> None:
         raise full from error
 
 
+def _refusal(path: Path, error: Exception) -> str:
+    """One line on why torch refused `path`, in our words: torch's own message for a pickle that
+    needs more than tensors and plain values advises re-running `torch.load` with
+    `weights_only=False`, i.e. running the file's code; only its specific reason is kept."""
+    lines = (line.strip() for line in str(error).splitlines())
+    reasons = [line for line in lines if line and not _TORCH_ADVICE.search(line)]
+    reason = (reasons or [type(error).__name__])[0][:200]
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            f"{path} cannot be loaded safely as a checkpoint: it holds more than tensors and plain "
+            f"values ({reason}); loading it would run code from the file, so it is refused"
+        )
+    return f"{path} cannot be loaded safely as a checkpoint ({type(error).__name__}: {reason})"
+
+
+# Sentences of torch's load errors that advise loading with weights_only=False (unsafe).
+_TORCH_ADVICE = re.compile(r"weights_only|torch\.load|trusted source", re.IGNORECASE)
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load with `weights_only=True` (no pickled code ever runs); a missing, unreadable,
     damaged or foreign file raises `CheckpointError` with one line naming it."""
@@ -169,11 +190,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001  (untrusted bytes: any failure means "unusable")
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(
-            f"{path} cannot be loaded safely as a checkpoint ({type(error).__name__}: "
-            f"{first_line[:200]})"
-        ) from None
+        raise CheckpointError(_refusal(path, error)) from None
     fmt = payload.pop("format", None) if isinstance(payload, dict) else None
     if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(

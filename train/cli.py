@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import sys
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import click
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from shared.cli import (
     FEATURE_STORE,
@@ -33,7 +36,7 @@ from shared.transfer import TransferError, cached_store
 from shared.zarr_output import ATTR_FPS, ATTR_WINDOW_FRAMES
 from train.config import Device, RunConfig, TrainConfig, saved_config
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
-from train.fit import TrainingDiverged
+from train.fit import TrainingDiverged, TrainingInterrupted
 from train.fit import fit as run_fit
 from train.latents import (
     ATTR_HOP_FRAMES,
@@ -147,33 +150,45 @@ def _local_store(
         raise click.ClickException(f"--store {store_url}: {error}") from None
 
 
+DEFAULT_STORE = "data/nymeria.zarr"
+
+
 @main.command()
 @_store_options(
-    default="data/nymeria.zarr",
-    show_default=True,
-    help="Feature store (local path or fsspec URL) built by `python -m preprocess build`.",
+    default=None,
+    help=f"Feature store (local path or fsspec URL) built by `python -m preprocess build` "
+    f"[default: {DEFAULT_STORE}; with --resume: the run's store].",
 )
 @click.option(
     "--out",
     "run_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Run directory: config, metrics, checkpoints, pictures.",
+    default=None,
+    help="Run directory: config, metrics, checkpoints, pictures (required unless --resume RUN).",
 )
 @config_file_option
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option(
+    "--resume", "resume_run", is_flag=False, flag_value="", default=None, metavar="[RUN]",
+    help="Continue the run RUN (or --out) from its last checkpoint; its config and store come "
+         "from the run directory.",
+)  # fmt: skip
 @dataclass_options(TrainConfig, prefix="train__")
 @_model_options
 def fit(
-    store_url: str | Path, cache_dir: Path | None, storage_options: dict | None, run_dir: Path,
-    config_file: Path | None, resume: bool, **options: Any,
+    store_url: str | Path | None, cache_dir: Path | None, storage_options: dict | None,
+    run_dir: Path | None, config_file: Path | None, resume_run: str | None, **options: Any,
 ) -> None:  # fmt: skip
     """Train the motion VAE on the store's train split (also under `torchrun --nproc_per_node=N`).
 
     The configuration is, from the bottom up: the defaults below, the run's saved
     config.json (with --resume), the --config file (sections `model` and `train`), and the
-    options given here.
+    options given here. Ctrl-C (or SIGTERM) writes a checkpoint after the current step and
+    prints the command that resumes; a second one aborts at once.
     """
+    ctx = click.get_current_context()
+    resume = resume_run is not None
+    run_dir = _run_dir(run_dir, resume_run)
+    store_url = _fit_store(ctx, store_url, run_dir if resume else None)
     base: dict = {}
     if resume and (run_dir / "config.json").exists():
         base = saved_config(json.loads((run_dir / "config.json").read_text()))
@@ -184,7 +199,6 @@ def fit(
             if isinstance(base.get(section), dict) and isinstance(from_file.get(section), dict):
                 merged[section] = {**base[section], **from_file[section]}
         base = merged
-    ctx = click.get_current_context()
     sections = {"model": MotionVAEConfig, "train": TrainConfig}
     base = {
         **base,
@@ -194,9 +208,21 @@ def fit(
         config = RunConfig.from_dict(base, source=str(config_file or "options"))
     except (ValueError, TypeError) as e:
         raise config_error(e, (MotionVAEConfig, TrainConfig)) from None
-    store_url = _local_store(store_url, cache_dir, storage_options)
+    local = _local_store(store_url, cache_dir, storage_options)
+    notify = functools.partial(tqdm.write, file=sys.stderr)
     try:
-        metrics = run_fit(config, str(store_url), run_dir, resume=resume)
+        metrics = run_fit(
+            config,
+            str(local),
+            run_dir,
+            resume=resume,
+            notify=notify,
+            store_source=store_url if isinstance(store_url, str) else None,
+        )
+    except TrainingInterrupted as e:
+        if os.environ.get("RANK", "0") == "0":
+            click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     except (
         StoreError,
         TrainingDiverged,
@@ -215,6 +241,43 @@ def fit(
             f"world {metrics['val/mpjpe_world_mm']:.1f} mm"
         )
     click.echo(f"run written to {run_dir}")
+
+
+def _run_dir(out: Path | None, resume_run: str | None) -> Path:
+    """The run directory: --out, or RUN of --resume RUN (both given must agree)."""
+    if resume_run:
+        if out is not None and out != Path(resume_run):
+            raise click.UsageError(
+                f"--resume {resume_run} and --out {out} name different runs; give one of them"
+            )
+        return Path(resume_run)
+    if out is None:
+        raise click.UsageError("Missing option '--out' (or '--resume RUN' to continue a run).")
+    return out
+
+
+def _fit_store(ctx: click.Context, given: str | Path | None, resumed_run: Path | None) -> (
+    str | Path
+):  # fmt: skip
+    """The store to train on: --store, else the store of the resumed run (as its run_info.json
+    records it), else DEFAULT_STORE; checked like a --store value."""
+    value = given
+    if value is None and resumed_run is not None:
+        value = _recorded_store(resumed_run)
+    if value is None:
+        value = DEFAULT_STORE
+    param = next(p for p in ctx.command.params if p.name == "store_url")
+    return FEATURE_STORE.convert(value, param, ctx)
+
+
+def _recorded_store(run_dir: Path) -> str | None:
+    """The store a run was started on (as the user named it), or None when the run has no
+    readable run_info.json."""
+    try:
+        recorded = json.loads((run_dir / "run_info.json").read_text())["store"]
+        return str(recorded.get("source", recorded["url"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --- eval, encode, decode ---------------------------------------------------------------------

@@ -42,7 +42,9 @@ class TrainConfig:
     seed: int = 0
     """Seed for weights, windows and sampling noise."""
     val_every: int = 500
-    """Validate and write checkpoints every N steps (and at the end)."""
+    """Validate every N steps (and at the end), then write a checkpoint."""
+    ckpt_every: int = 500
+    """Also write a checkpoint every N steps, validation or not."""
     val_windows: int = 256
     """Size of the fixed validation window set."""
     log_every: int = 50
@@ -58,6 +60,9 @@ class TrainConfig:
     """'32': float32 throughout; 'bf16-mixed': the model's forward under bfloat16 autocast on
     the training device (weights, optimizer and loss in float32); 'auto': bf16-mixed on CUDA,
     else 32."""
+    chunk_check: bool = True
+    """Check each store chunk the first time a loader worker reads it: its crc32c, that its
+    values are finite, that it continues its neighbours (a damaged store stops the run)."""
     loss: Loss = "world"
     """'seed': per-group MSE on normalised features + KL, world motion decoded from the
     absolute head pose (the seed's numbers, exactly). 'world': the same plus the position and
@@ -91,7 +96,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Every bad value is refused here, so the command line (exit 2, naming the option), a
         --config file and a resumed run's config are all checked alike."""
-        for name in ("steps", "batch_size", "val_every", "val_windows", "log_every"):
+        for name in ("steps", "batch_size", "val_every", "ckpt_every", "val_windows", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)!r}")
         for name in ("lr", "grad_clip"):

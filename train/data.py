@@ -11,6 +11,8 @@ on the training device (`prepare_batch`), never in the workers.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shared.features import CanonicalFrame, canonicalize, mirror_features
 from shared.layout import FEATURE_DIM
-from shared.store import FeatureStore, NormStats, SequenceRecord, open_store
+from shared.store import ChunkDamageError, FeatureStore, NormStats, SequenceRecord, open_store
 
 
 class WindowBatch(NamedTuple):
@@ -136,10 +138,19 @@ def read_windows(store: FeatureStore, index: WindowIndex, k: np.ndarray) -> Wind
     )
 
 
+class DamagedWindows(NamedTuple):
+    """What the stream yields, in place of a batch, when its windows read a damaged chunk (the
+    stream then ends): the error crosses the worker boundary as one line, not a traceback."""
+
+    problem: str
+
+
 class TrainWindows(IterableDataset):
     """Endless stream of batches from one split; each worker takes every `num_workers`-th batch.
 
-    The store is opened inside each worker (memory maps are per process), from its URL.
+    The store is opened inside each worker (memory maps are per process), from its URL; with
+    `check_chunks` each chunk is checked the first time the worker reads it
+    (`open_store(check_chunks_on_use=True)`), and damage ends the stream with `DamagedWindows`.
     """
 
     def __init__(
@@ -151,18 +162,35 @@ class TrainWindows(IterableDataset):
         seed: int,
         rank: int = 0,
         first_batch: int = 0,
+        check_chunks: bool = False,
     ) -> None:
         self.store_url, self.split = store_url, split
         self.window_frames, self.batch_size = window_frames, batch_size
         self.seed, self.rank, self.first_batch = seed, rank, first_batch
+        self.check_chunks = check_chunks
 
-    def __iter__(self) -> Iterator[WindowBatch]:
-        store = open_store(self.store_url)
+    def __iter__(self) -> Iterator[WindowBatch | DamagedWindows]:
+        store = open_store(self.store_url, check_chunks_on_use=self.check_chunks)
         index = WindowIndex(store.split(self.split), self.window_frames)
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         for i in count(self.first_batch + worker, num_workers):
-            yield read_windows(store, index, index.sample(self.seed, self.rank, i, self.batch_size))
+            windows = index.sample(self.seed, self.rank, i, self.batch_size)
+            try:
+                batch = read_windows(store, index, windows)
+            except ChunkDamageError as error:
+                yield DamagedWindows(str(error))
+                return
+            yield batch
+
+
+def _leave_signals_to_training(_worker_id: int) -> None:
+    """Loader workers leave SIGINT (a Ctrl-C reaches the whole process group) to the training
+    process, which stops at a step boundary; SIGTERM, which torch itself sends to stop a worker,
+    ends a worker quietly (exit status 0: not reported as a crash), so a SIGTERM sent to the
+    whole group also leaves the stop to the training process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: os._exit(0))
 
 
 def make_loader(dataset: TrainWindows, num_workers: int, pin_memory: bool) -> DataLoader:
@@ -174,6 +202,7 @@ def make_loader(dataset: TrainWindows, num_workers: int, pin_memory: bool) -> Da
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
+        worker_init_fn=_leave_signals_to_training,
     )
 
 

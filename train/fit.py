@@ -5,6 +5,12 @@ function of `(seed, r, i)` (train.data); the sampling noise of step `i` comes fr
 global torch RNG re-seeded from `(seed, r, i)` at the start of the step. A checkpoint
 therefore needs only model, optimizer, scheduler and step to continue exactly as an
 uninterrupted run would.
+
+Stopping: SIGINT (Ctrl-C) or SIGTERM asks the loop to stop at the next step boundary, where
+it writes a checkpoint and raises `TrainingInterrupted` naming the command that resumes; a
+second signal aborts at once (the previous checkpoint stays). A damaged store chunk
+(`ChunkDamageError`), a non-finite loss or one far above the recent median
+(`TrainingDiverged`) stop the run before the step that met it changes the model.
 """
 
 from __future__ import annotations
@@ -13,9 +19,17 @@ import json
 import logging
 import math
 import os
+import shlex
+import signal
+import statistics
+import sys
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +37,14 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from shared.atomic import remove_dead_temp_files
 from shared.layout import field_of_dim
 from shared.provenance import git_revision, package_version
-from shared.store import FeatureStore, open_store
+from shared.store import ChunkDamageError, FeatureStore, open_store
 from train.checkpoint import Checkpoint, link_checkpoint, load_checkpoint, save_checkpoint
 from train.config import RunConfig, diff_configs
 from train.data import (
+    DamagedWindows,
     Normalizer,
     TrainWindows,
     WindowBatch,
@@ -55,12 +71,29 @@ RESUMABLE_CHANGES = {
     "train.device",
     "train.log_every",
     "train.val_every",
+    "train.ckpt_every",
     "train.compile",
+    "train.chunk_check",
 }
+# A step loss above this many times the median of the last LOSS_HISTORY_STEPS steps stops the
+# run as exploded (once LOSS_MIN_HISTORY steps are known: the first steps fall fast).
+LOSS_EXPLOSION_FACTOR = 100.0
+LOSS_HISTORY_STEPS = 200
+LOSS_MIN_HISTORY = 20
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss; the message names the step and every loss term."""
+    """A non-finite or exploding loss; the message names the step, every loss term and the
+    batch's store frames."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped the run; the message says what was saved and how to resume.
+    `exit_code` is the shell's for the signal (128 + its number)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _non_finite_input(batch: WindowBatch, store_url: str) -> str:
@@ -234,15 +267,25 @@ class MetricsLog:
             self.tb.close()
 
 
-def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) -> dict[str, float]:
-    """Train per `config` on the store's train split; returns the last validation metrics."""
+def fit(
+    config: RunConfig, store_url: str, run_dir: Path, resume: bool = False,
+    notify: Callable[[str], None] = logger.info, store_source: str | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Train per `config` on the store's train split; returns the last validation metrics.
+
+    `notify` gets the notes a user at the console should see (the step a resumed run starts
+    at, a signal received); `store_source` is the store as the user named it (a URL whose local
+    copy is `store_url`), recorded in run_info.json for `--resume`.
+    """
     cfg = config.train
     info, device = init_distributed(cfg.device)
     run_dir = Path(run_dir)
-    store = open_store(store_url)
+    store = open_store(store_url, check_chunks_on_use=cfg.chunk_check)
     _warn_if_stats_window_differs(store, config)
     _warn_if_warmup_capped(config)
     resumed = _checkpoint_to_resume(run_dir, resume, config, store)
+    if resumed is not None and info.is_main:
+        notify(f"resuming at step {resumed.step} of {cfg.steps} ({run_dir})")
     state = TrainState.start(config, device, resumed)
     train_model = _wrap_for_training(state.model, info, device, cfg.compile)
     normalizer = Normalizer(store.stats, device)
@@ -251,7 +294,7 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         if val is None:
             logger.warning("store has no validation sequences; training without validation")
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_files(run_dir, config, store, info, device)
+        _write_run_files(run_dir, config, store, info, device, store_source)
     log = MetricsLog(run_dir, enabled=info.is_main)
     log.truncate_after(state.step)
     batches = TrainBatches(store, config, info, state.step, device)
@@ -260,10 +303,37 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         # A run is resumable from its first moment, and a disk too full for a checkpoint is
         # found before any training time is spent (the model alone: optimizer state is empty).
         saver.save()
+    stop = StopSignals(notify if info.is_main else logger.info)
+    try:
+        with stop:
+            return _train_loop(
+                train_model, state, batches, normalizer, val, config, info, saver, log, stop
+            )
+    except KeyboardInterrupt:  # a second signal: abort at once, the last checkpoint stays
+        if stop.received is None:
+            raise
+        raise TrainingInterrupted(
+            f"aborted at once by a second {stop.name} during step {state.step + 1} of "
+            f"{cfg.steps}: {saver.last} holds step {saver.saved_step}; resume with: "
+            f"{resume_command(run_dir, info)}",
+            128 + stop.received,
+        ) from None
+    finally:
+        log.close()
 
+
+def _train_loop(
+    train_model: nn.Module, state: TrainState, batches: TrainBatches, normalizer: Normalizer,
+    val: ValidationSet | None, config: RunConfig, info: DistInfo, saver: Checkpointer,
+    log: MetricsLog, stop: StopSignals,
+) -> dict[str, float]:  # fmt: skip
+    """Steps until `config.train.steps`, validating, logging and saving on their schedules;
+    raises `TrainingInterrupted` at the step boundary after a signal."""
+    cfg = config.train
     last_val: dict[str, float] = {}
     log_every = log_interval(cfg.log_every, cfg.steps)
     throughput = Throughput()
+    watch = LossWatch()
     # `with`: a failing step closes the bar first, so its error starts on a line of its own.
     with tqdm(
         total=cfg.steps, initial=state.step, disable=not info.is_main, desc="train", unit="step"
@@ -271,8 +341,8 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
         train_model.train()
         while state.step < cfg.steps:
             t0 = time.perf_counter()
-            terms, grad_norm = _train_step(
-                train_model, state, batches, normalizer, config, info, saver
+            terms, grad_norm, stopping = _train_step(
+                train_model, state, batches, normalizer, config, info, saver, watch, stop
             )
             windows = cfg.batch_size * info.world_size
             throughput.add(windows, batches.take_wait_s(), time.perf_counter() - t0)
@@ -286,16 +356,87 @@ def fit(config: RunConfig, store_url: str, run_dir: Path, resume: bool = False) 
                 )
             if state.step % cfg.val_every == 0 or state.step == cfg.steps:
                 if val is not None and info.is_main:
-                    last_val = validate(state.model, val, normalizer, config, device)
+                    last_val = validate(state.model, val, normalizer, config, batches.device)
                     log.write(state.step, last_val)
                     bar.write(validation_line(state.step, cfg.steps, last_val))
                     saver.save(is_best=state.record_val(last_val["val/total"]))
                 else:
                     saver.save()
+            elif state.step % cfg.ckpt_every == 0:
+                saver.save()
             bar.update(1)
-    log.close()
-    _finish(run_dir, info)
+            if stopping:
+                break
+    if state.step < cfg.steps:
+        if saver.saved_step != state.step:
+            saver.save()
+        _finish(saver.directory.parent, info)
+        raise TrainingInterrupted(
+            f"interrupted by {stop.name} after step {state.step} of {cfg.steps}: checkpoint "
+            f"saved to {saver.last}; resume with: {resume_command(saver.directory.parent, info)}",
+            128 + (stop.received or signal.SIGINT),
+        )
+    _finish(saver.directory.parent, info)
     return last_val
+
+
+def resume_command(run_dir: Path, info: DistInfo) -> str:
+    """The command that continues the run in `run_dir` (everything else is in the run)."""
+    launcher = [sys.executable, "-m"]
+    if info.world_size > 1:
+        launcher = ["torchrun", f"--nproc_per_node={info.world_size}"]
+    return shlex.join([*launcher, "train", "fit", "--resume", str(run_dir)])
+
+
+class StopSignals:
+    """While entered (in the main thread): the first SIGINT or SIGTERM is recorded in
+    `received` for the loop to stop at the next step boundary; a second one raises
+    KeyboardInterrupt at once. The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self.notify = notify
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a signal"
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        self.notify(
+            f"{self.name}: stopping after this step to write a checkpoint (send it again to abort "
+            f"at once)"
+        )
+
+
+class LossWatch:
+    """The running median of recent finite step losses, to tell an exploding loss."""
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque(maxlen=LOSS_HISTORY_STEPS)
+
+    def exploded(self, loss: float) -> float | None:
+        """The median `loss` exceeds LOSS_EXPLOSION_FACTOR times, or None (and `loss` is
+        recorded) when it does not or too few steps are known."""
+        if len(self.recent) >= LOSS_MIN_HISTORY:
+            median = statistics.median(self.recent)
+            if loss > LOSS_EXPLOSION_FACTOR * median:
+                return median
+        self.recent.append(loss)
+        return None
 
 
 @dataclass
@@ -342,8 +483,13 @@ class Checkpointer:
         self, directory: Path, state: TrainState, config: RunConfig, store: FeatureStore,
         enabled: bool,
     ) -> None:  # fmt: skip
+        self.directory = directory
         self.last, self.best = directory / "last.pt", directory / "best.pt"
         self.state, self.config, self.store, self.enabled = state, config, store, enabled
+        self.saved_step = state.step  # what `last` holds (a new run saves step 0 at once)
+        if enabled:  # a process killed while writing left its temp file (maybe a whole copy)
+            for path in (self.last, self.best):
+                remove_dead_temp_files(path)
 
     def save(self, is_best: bool = False) -> None:
         # last.pt first: it is what --resume needs, so a disk with room for one more file
@@ -357,6 +503,7 @@ class Checkpointer:
                 s.model, s.optimizer, s.scheduler, s.step, s.best_val, self.config, self.store
             ),
         )
+        self.saved_step = s.step
         if is_best:
             link_checkpoint(self.last, self.best)
 
@@ -455,19 +602,32 @@ class TrainBatches:
         cfg = config.train
         dataset = TrainWindows(
             store.url, "train", config.model.seq_len, cfg.batch_size, cfg.seed, info.rank,
-            first_batch=first_step,
+            first_batch=first_step, check_chunks=cfg.chunk_check,
         )  # fmt: skip
         self.loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))
         self.device, self.store_url = device, store.url
+        self.sequences = store.split("train")
         self.contact_speed_m_per_frame = contact_speed_m_per_frame(store.fps)
         self.wait_s = 0.0
         self.autocast = cfg.autocast(device)
 
     def next(self) -> WindowBatch:
+        """The next batch; `ChunkDamageError` when its windows read a damaged chunk."""
         t0 = time.perf_counter()
-        batch = next(self.loader).to(self.device, non_blocking=True)
+        batch = next(self.loader)
+        if isinstance(batch, DamagedWindows):
+            raise ChunkDamageError(batch.problem)
+        batch = batch.to(self.device, non_blocking=True)
         self.wait_s += time.perf_counter() - t0
         return batch
+
+    def describe(self, batch: WindowBatch, worst: int) -> str:
+        """The store frames of a batch's windows, window `worst` first with its sequence."""
+        start, valid = batch.start_frame.tolist(), batch.mask.sum(1).tolist()
+        spans = [f"{s}-{s + n - 1}" for s, n in zip(start, valid)]
+        name = self.sequences[int(batch.sequence[worst])].name
+        others = ", ".join(sorted(set(spans) - {spans[worst]}, key=lambda r: int(r.split("-")[0])))
+        return f"store frames {spans[worst]} (sequence {name}, the worst window), then {others}"
 
     def take_wait_s(self) -> float:
         """Seconds spent waiting for batches since the last call."""
@@ -483,10 +643,14 @@ def _train_step(
     config: RunConfig,
     info: DistInfo,
     saver: Checkpointer,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step (state.step += 1); returns the loss terms and the gradient norm.
+    watch: LossWatch,
+    stop: StopSignals,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
+    """One optimizer step (state.step += 1); returns the loss terms, the gradient norm and
+    whether a rank received a stop signal (the loop then stops after this step).
 
-    A non-finite loss on any rank saves the last good state and raises TrainingDiverged.
+    A non-finite or exploding loss on any rank saves the last good state (this step has not
+    changed it) and raises TrainingDiverged.
     """
     cfg = config.train
     batch = batches.next()
@@ -495,11 +659,22 @@ def _train_step(
     with batches.autocast:
         out = train_model(prep.x)
     terms = training_loss(out, prep, normalizer, config, batches.contact_speed_m_per_frame)
-    if _any_rank(~torch.isfinite(terms[TOTAL]), info):
+    loss = float(terms[TOTAL].detach())
+    median = watch.exploded(loss) if math.isfinite(loss) else None
+    bad = not math.isfinite(loss) or median is not None
+    bad, stopping = _any_rank_flags((bad, stop.received is not None), batches.device, info)
+    if bad:
         saver.save()
         described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        what = "non-finite loss" if median is None else (
+            f"exploding loss ({loss:.4g} > {LOSS_EXPLOSION_FACTOR:g} x the median {median:.4g} "
+            f"of the last {len(watch.recent)} steps)"
+        )  # fmt: skip
+        error = (out["recon"].detach().float() - prep.x) ** 2  # (B, T, D)
+        worst = int(error.mean((1, 2)).nan_to_num(math.inf).argmax())
         raise TrainingDiverged(
-            f"non-finite loss at step {state.step} ({described}); last good state saved to "
+            f"{what} at step {state.step} ({described}); the batch: "
+            f"{batches.describe(batch, worst)}; last good state saved to "
             f"{saver.last}{_non_finite_input(batch, batches.store_url)}"
         )
     state.optimizer.zero_grad(set_to_none=True)
@@ -510,7 +685,7 @@ def _train_step(
     if batches.device.type == "cuda":
         torch.cuda.synchronize(batches.device)
     state.step += 1
-    return terms, grad_norm
+    return terms, grad_norm, stopping
 
 
 def _train_values(
@@ -533,12 +708,16 @@ def _finish(run_dir: Path, info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def _any_rank(flag: torch.Tensor, info: DistInfo) -> bool:
-    """True when `flag` is true on any rank, so that all ranks take the same branch."""
-    if info.world_size > 1:
-        flag = flag.to(torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag)
+def _any_rank_flags(
+    flags: tuple[bool, ...], device: torch.device, info: DistInfo
+) -> tuple[bool, ...]:
+    """Each flag true when it is true on any rank (one all-reduce), so that all ranks take the
+    same branch."""
+    if info.world_size == 1:
+        return flags
+    reduced = torch.tensor(flags, dtype=torch.int32, device=device)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return tuple(bool(f) for f in reduced.tolist())
 
 
 def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -> None:
@@ -568,8 +747,9 @@ def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -
 
 
 def _write_run_files(
-    run_dir: Path, config: RunConfig, store: FeatureStore, info: DistInfo, device: torch.device
-) -> None:
+    run_dir: Path, config: RunConfig, store: FeatureStore, info: DistInfo, device: torch.device,
+    store_source: str | None,
+) -> None:  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     run_info = {
         "package_version": package_version(),
@@ -577,6 +757,10 @@ def _write_run_files(
         "torch_version": torch.__version__,
         "device": str(device),
         "world_size": info.world_size,
-        "store": {"url": store.url, "fingerprint": store.fingerprint},
+        "store": {
+            "url": store.url,
+            "source": store_source or store.url,
+            "fingerprint": store.fingerprint,
+        },
     }
     (run_dir / "run_info.json").write_text(json.dumps(run_info, indent=2) + "\n")

@@ -20,8 +20,8 @@ from hypothesis import strategies as hst
 
 import shared.store
 import shared.zarr_output
-from shared.layout import FEATURE_DIM, layout_description
-from shared.store import ChunkMemmapArray, StoreError, open_store
+from shared.layout import FEATURE_DIM, HP, HP_DOT, JP, JV, layout_description
+from shared.store import ChunkDamageError, ChunkMemmapArray, StoreError, open_store
 
 CHUNK_FRAMES = 16
 LENGTHS = (20, 7, 30)  # 57 frames: chunks of 16, last one partial
@@ -35,10 +35,18 @@ def write_store(
     lengths: tuple[int, ...] = LENGTHS,
     chunk_frames: int = CHUNK_FRAMES,
 ) -> np.ndarray:
-    """A small valid store; returns its features."""
+    """A small valid store; returns its features (random, but `hp_dot` and `jv` are the steps of
+    `hp` and `jp` within each sequence, as a build writes them)."""
     rng = np.random.default_rng(0)
     num_frames = sum(lengths)
     features = rng.normal(size=(num_frames, FEATURE_DIM)).astype(np.float32)
+    first = 0
+    for n in lengths:
+        seq = features[first : first + n]
+        for value, step in ((HP, HP_DOT), (JP, JV)):
+            seq[0, step] = 0
+            seq[1:, step] = seq[1:, value] - seq[:-1, value]
+        first += n
     root = zarr.open_group(path, mode="w", zarr_format=3)
     arrays = {
         shared.store.FEATURES: (features, (chunk_frames, FEATURE_DIM)),
@@ -472,3 +480,98 @@ def test_reader_imports_no_hdf5():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the check on first use (what `train fit` runs in its loader workers) ----------------------
+
+
+def _flip_to_huge(path: Path) -> None:
+    """Overwrite one float of a chunk file with 3.2e38, leaving its checksum stale."""
+    raw = bytearray(path.read_bytes())
+    raw[4 * 300 : 4 * 301] = np.float32(3.2e38).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def _swap(a: Path, b: Path) -> None:
+    """Swap two whole chunk files: each keeps its own, valid, checksum."""
+    tmp = a.with_name("swap")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+
+
+DAMAGE = {
+    "flipped byte with a stale checksum": (
+        lambda root: _flip_to_huge(root / "features/c/1/0"),
+        "features chunk 1 (file features/c/1/0, frames 16-31): checksum mismatch",
+    ),
+    "swapped chunks": (
+        lambda root: _swap(root / "features/c/2/0", root / "features/c/3/0"),
+        (
+            "features chunk 2 (file features/c/2/0, frames 32-47): frame 32 does not continue "
+            "frame 31 of its sequence"
+        ),
+    ),
+    "zeroed chunk file": (
+        lambda root: (root / "features/c/2/0").write_bytes(
+            bytes((root / "features/c/2/0").stat().st_size)
+        ),
+        "features chunk 2 (file features/c/2/0, frames 32-47): checksum mismatch",
+    ),
+    "NaN in contact, valid checksum": (
+        lambda root: zarr.open_group(root, mode="r+")[shared.store.CONTACT].set_basic_selection(
+            (40, 2), np.nan
+        ),
+        (
+            "contact chunk 2 (file contact/c/2/0, frames 32-47): 1 non-finite values, first nan at "
+            "frame 40, column 2"
+        ),
+    ),
+}
+
+
+def test_check_on_first_use_passes_every_chunk_of_a_good_store(store_path):
+    path, features = store_path
+    store = open_store(path, check_chunks_on_use=True)
+    np.testing.assert_array_equal(store.read_features(0, store.num_frames), features)
+    assert store.features._checked == set(range(store.features.num_chunks))
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_check_on_first_use_names_damage_the_open_checks_cannot_see(store_path, damage):
+    path, _ = store_path
+    make_damage, expected = DAMAGE[damage]
+    make_damage(path)
+    unchecked = open_store(path)  # sizes are right: only the content tells
+    unchecked.read_features(0, unchecked.num_frames)
+    store = open_store(path, check_chunks_on_use=True)
+    with pytest.raises(ChunkDamageError) as raised:
+        for start in range(0, store.num_frames, 8):  # windows, as training reads them
+            store.read_features(start, min(start + 8, store.num_frames))
+    message = str(raised.value)
+    assert expected in message and len(message.splitlines()) == 1
+    assert f"store {path} is damaged" in message and "preprocess verify" in message
+
+
+def test_each_chunk_is_checked_once_per_process(store_path, monkeypatch):
+    path, _ = store_path
+    store = open_store(path, check_chunks_on_use=True, memory_map=True)
+    store.features.max_maps = 1  # every chunk change remaps
+    checked = []
+    real = ChunkMemmapArray.verify_chunk
+    monkeypatch.setattr(
+        ChunkMemmapArray, "verify_chunk", lambda self, i: checked.append(i) or real(self, i)
+    )
+    for _ in range(2):
+        store.read_features(0, store.num_frames)
+    assert sorted(checked) == sorted([0, 1, 2, 3] * 3)  # features, timestamp_ns, contact: once each
+    clone = pickle.loads(pickle.dumps(store))  # another process checks again
+    assert clone.features._checked == set()
+
+
+def test_checksum_of_chunk_bytes(store_path):
+    path, _ = store_path
+    raw = (path / "features/c/0/0").read_bytes()
+    assert shared.store.chunk_checksum_ok(raw)
+    assert not shared.store.chunk_checksum_ok(raw[:-1] + bytes([raw[-1] ^ 1]))
+    assert not shared.store.chunk_checksum_ok(b"abc")
