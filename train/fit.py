@@ -384,7 +384,7 @@ def resume_command(run_dir: Path, info: DistInfo) -> str:
     """The command that continues the run in `run_dir` (everything else is in the run)."""
     launcher = [sys.executable, "-m"]
     if info.world_size > 1:
-        launcher = ["torchrun", f"--nproc_per_node={info.world_size}"]
+        launcher = ["torchrun", f"--nproc_per_node={info.world_size}", "-m"]
     return shlex.join([*launcher, "train", "fit", "--resume", str(run_dir)])
 
 
