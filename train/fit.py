@@ -623,11 +623,12 @@ class TrainBatches:
 
     def describe(self, batch: WindowBatch, worst: int) -> str:
         """The store frames of a batch's windows, window `worst` first with its sequence."""
-        start, valid = batch.start_frame.tolist(), batch.mask.sum(1).tolist()
-        spans = [f"{s}-{s + n - 1}" for s, n in zip(start, valid)]
+        windows = list(zip(batch.start_frame.tolist(), batch.mask.sum(1).tolist()))
+        first, n = windows[worst]
         name = self.sequences[int(batch.sequence[worst])].name
-        others = ", ".join(sorted(set(spans) - {spans[worst]}, key=lambda r: int(r.split("-")[0])))
-        return f"store frames {spans[worst]} (sequence {name}, the worst window), then {others}"
+        others = ", ".join(f"{s}-{s + k - 1}" for s, k in sorted(set(windows) - {windows[worst]}))
+        worst_span = f"{first}-{first + n - 1} (sequence {name}, the worst window)"
+        return f"store frames {worst_span}, then {others}"
 
     def take_wait_s(self) -> float:
         """Seconds spent waiting for batches since the last call."""
@@ -666,10 +667,14 @@ def _train_step(
     if bad:
         saver.save()
         described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-        what = "non-finite loss" if median is None else (
-            f"exploding loss ({loss:.4g} > {LOSS_EXPLOSION_FACTOR:g} x the median {median:.4g} "
-            f"of the last {len(watch.recent)} steps)"
-        )  # fmt: skip
+        what = "a non-finite or exploding loss on another rank"
+        if not math.isfinite(loss):
+            what = "non-finite loss"
+        elif median is not None:
+            what = (
+                f"exploding loss ({loss:.4g} > {LOSS_EXPLOSION_FACTOR:g} x the median "
+                f"{median:.4g} of the last {len(watch.recent)} steps)"
+            )
         error = (out["recon"].detach().float() - prep.x) ** 2  # (B, T, D)
         worst = int(error.mean((1, 2)).nan_to_num(math.inf).argmax())
         raise TrainingDiverged(
