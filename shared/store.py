@@ -305,7 +305,7 @@ class ChunkMemmapArray:
         check_on_first_use: bool = False,
     ) -> None:
         self.array_dir = Path(array_dir)
-        self.array_path = array_dir.name if array_path is None else array_path
+        self.array_path = self.array_dir.name if array_path is None else array_path
         self.shape = tuple(int(s) for s in shape)
         self.chunk_frames = int(chunk_frames)
         self.dtype = np.dtype(dtype)
@@ -348,9 +348,10 @@ class ChunkMemmapArray:
                     3 * self.num_chunks + OPEN_FILES_RESERVE,
                 )  # fmt: skip
             del self._maps[next(iter(self._maps))]  # evict the oldest
-        chunk = self._maps[index] = self._map_chunk(index)
-        if self.check_on_first_use and index not in self._checked:
+        chunk = self._map_chunk(index)
+        if self.check_on_first_use:  # before the map is kept: a damaged chunk is never served
             self.ensure_checked(index)
+        self._maps[index] = chunk
         return chunk
 
     @property
