@@ -4,15 +4,23 @@ Remote protocols need packages this project does not install by default; each is
 extra in pyproject.toml, and a missing one is reported as one line naming the extra to install.
 Credentials come from the usual places of each package (AWS_* environment variables and
 ~/.aws for s3fs, GOOGLE_APPLICATION_CREDENTIALS for gcsfs) unless storage options give them.
+
+Every request has a timeout and transient failures are retried a bounded number of times with
+backoff: `remote_options` adds the timeout (and the library's own retry settings) to a URL's
+storage options, `retrying` retries one call, `read_bounded` reads an object without ever holding
+more than a given number of bytes.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 
 EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http",
                           "https": "http"}  # fmt: skip
@@ -69,3 +77,111 @@ def filesystem(
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except ImportError as error:
         raise MissingExtraError(missing_extra_message(url, error)) from None
+
+
+# --- timeouts and retries ---------------------------------------------------------------------
+
+DEFAULT_TIMEOUT_S = 60.0
+"""Seconds a request may wait to connect or for its next bytes (`--timeout`)."""
+RETRY_ATTEMPTS = 3  # per request, for protocols whose library does not retry (http, gs, ...)
+S3_LIBRARY_ATTEMPTS = 5  # s3fs retries a timed-out request itself: 5 attempts with backoff
+RETRY_BACKOFF_S = 0.5  # before the second attempt; doubled before each later one
+
+T = TypeVar("T")
+
+
+def remote_options(
+    url: str | Path, storage_options: dict[str, Any] | None, timeout: float = DEFAULT_TIMEOUT_S
+) -> dict[str, Any] | None:
+    """`storage_options` for `url` with a per-request `timeout` (seconds to connect and between
+    received bytes) added, None for a local path. s3: botocore's connect and read timeouts (its
+    own retries off: s3fs retries a failed request, 5 attempts with backoff); http(s): aiohttp's.
+    Options the caller gives win (e.g. `config_kwargs.read_timeout`). The same options serve
+    zarr (`zarr.open_group(url, storage_options=...)`) and `filesystem`."""
+    options = url_options(url, storage_options)
+    if options is None:
+        return None
+    scheme = urlparse(str(url)).scheme
+    if scheme in ("s3", "s3a"):
+        timeouts = {"connect_timeout": timeout, "read_timeout": timeout,
+                    "retries": {"total_max_attempts": 1}}  # fmt: skip
+        return {**options, "config_kwargs": {**timeouts, **options.get("config_kwargs", {})}}
+    if scheme in READ_ONLY_PROTOCOLS:
+        try:
+            import aiohttp
+        except ImportError:
+            return options  # `filesystem` names the extra
+        client_timeout = aiohttp.ClientTimeout(connect=timeout, sock_read=timeout)
+        client = {"timeout": client_timeout, **options.get("client_kwargs", {})}
+        return {**options, "client_kwargs": client}
+    return options
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Failures worth another attempt: timeouts, refused or dropped connections, 5xx answers."""
+    errors: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError, FSTimeoutError)
+    try:
+        import aiohttp
+
+        errors += (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+    except ImportError:
+        pass
+    try:
+        import botocore.exceptions
+
+        errors += (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError)
+    except ImportError:
+        pass
+    return errors
+
+
+class RemoteUnavailableError(OSError):
+    """A request kept failing (timeouts, connection errors) after its bounded retries."""
+
+
+def _describe(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def retrying(call: Callable[[], T], what: str, url: str | Path | None = None) -> T:
+    """`call()`, tried again after a transient failure (timeout, connection error) with
+    backoff, `RETRY_ATTEMPTS` times in all (once for s3 `url`s: s3fs retries each request
+    itself); then `RemoteUnavailableError`, one line naming `what`. Other errors (a missing
+    object, a refused credential) are raised at once."""
+    scheme = urlparse(str(url or what)).scheme
+    attempts = 1 if scheme in ("s3", "s3a") else RETRY_ATTEMPTS
+    transient = _transient_errors()
+    for attempt in range(attempts):
+        try:
+            return call()
+        except transient as error:
+            if attempt + 1 == attempts:
+                tries = attempts * (S3_LIBRARY_ATTEMPTS if attempts == 1 else 1)
+                raise RemoteUnavailableError(
+                    f"{what}: no answer after {tries} attempts ({_describe(error)}); check the "
+                    f"endpoint and the network, or raise --timeout"
+                ) from None
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def read_bounded(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> bytes:
+    """The bytes of object `path`, refused (`ValueError`) as soon as more than `limit` arrive:
+    memory stays bounded whatever the server sends. HTTP is streamed (one GET, no size request);
+    other protocols read the byte range `[0, limit + 1)`."""
+    if "http" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        parts, received = [], 0
+        with fs.open(path, "rb", block_size=0, size=limit + 1) as handle:
+            while received <= limit:
+                part = handle.read(min(limit + 1 - received, 4 << 20))
+                if not part:
+                    break
+                parts.append(part)
+                received += len(part)
+        data = b"".join(parts)
+    else:
+        data = fs.cat_file(path, start=0, end=limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} has more than the {limit} bytes expected of it")
+    return data
