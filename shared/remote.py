@@ -53,11 +53,11 @@ def url_options(path_or_url: str | Path, storage_options: dict | None) -> dict |
     return storage_options if is_url(path_or_url) else None
 
 
-def store_size_bytes(url: str) -> int:
+def store_size_bytes(url: str, storage_options: dict | None = None) -> int:
     """Bytes of all files of the store at `url`, local or remote."""
     if not is_url(url):
         return sum(p.stat().st_size for p in local_path(url).rglob("*") if p.is_file())
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = filesystem(url, storage_options)
     return int(fs.du(path, total=True))
 
 
@@ -98,9 +98,9 @@ def remote_options(
     own retries off: s3fs retries a failed request, 5 attempts with backoff); http(s): aiohttp's.
     Options the caller gives win (e.g. `config_kwargs.read_timeout`). The same options serve
     zarr (`zarr.open_group(url, storage_options=...)`) and `filesystem`."""
-    options = url_options(url, storage_options)
-    if options is None:
+    if not is_url(url):
         return None
+    options = dict(storage_options or {})
     scheme = urlparse(str(url)).scheme
     if scheme in ("s3", "s3a"):
         timeouts = {"connect_timeout": timeout, "read_timeout": timeout,

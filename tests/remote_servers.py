@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -84,3 +85,35 @@ def s3_filesystem(options: dict):  # -> s3fs.S3FileSystem, imported lazily
     import s3fs
 
     return s3fs.S3FileSystem(skip_instance_cache=True, **options)
+
+
+@contextmanager
+def stalled_server() -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; yields its base
+    URL. Runs in a thread with a bounded accept loop; stops (and closes every connection) when
+    the context ends."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        deadline = time.monotonic() + 600  # never outlives a test run
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()
+        listener.close()
