@@ -686,6 +686,7 @@ def _pull(url: str, resolved: Any, dest: str | Path, storage_options: dict | Non
         )
     found = _store_fingerprint(dest) if dest.exists() else None
     if dest.exists() and any(dest.iterdir()) and found != fingerprint and not overwrite:
+        shutil.rmtree(staging)  # nothing to resume: this destination is refused
         what = f"a store with fingerprint {found}" if found else "other files"
         raise TransferError(
             f"{dest} already holds {what}, not this store ({fingerprint}); pass --overwrite to "
