@@ -263,6 +263,7 @@ def build_command(
     _echo_summary(summary)
 
 
+_REMOTE_ERRORS = (StoreError, TransferError, MissingExtraError, OSError)  # each one line
 timeout_option = click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
     show_default=True,
@@ -297,7 +298,7 @@ def info_command(
     try:
         store, storage_options = _published(store, storage_options, timeout)
         opened = open_store(store, storage_options=storage_options)
-    except (StoreError, OSError) as error:
+    except _REMOTE_ERRORS as error:
         raise click.ClickException(str(error)) from None
     info = store_info(opened, storage_options)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
@@ -347,7 +348,7 @@ def verify_command(
         problems = check_chunks(
             store, deep=True, progress=progress, storage_options=storage_options
         )
-    except (StoreError, OSError, MissingExtraError) as error:
+    except _REMOTE_ERRORS as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"checked every chunk's checksum and values: {_count(len(problems), 'problem')}")
     if not problems:
@@ -367,7 +368,6 @@ def verify_command(
 
 # --- sharing ---------------------------------------------------------------------------------
 
-_TRANSFER_ERRORS = (StoreError, TransferError, MissingExtraError, OSError)
 _jobs_option = click.option(
     "--jobs", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
     help="Requests in flight at the same time.",
@@ -380,7 +380,7 @@ _progress_option = click.option(
 def _transfer_errors_as_one_line(run: Callable[[], Any]) -> Any:
     try:
         return run()
-    except _TRANSFER_ERRORS as error:
+    except _REMOTE_ERRORS as error:
         raise click.ClickException(f"{type(error).__name__}: {error}" if isinstance(
             error, OSError) else str(error)) from None  # fmt: skip
 

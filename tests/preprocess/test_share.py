@@ -255,7 +255,12 @@ def test_a_damaged_remote_never_replaces_a_good_local_copy(stores, tmp_path):
     code, output = _cli("pull", str(served), str(tmp_path / "fresh.zarr"), "--no-progress")
     line = _one_line_failure(code, output)
     assert "features/c/2/0" in line and "checksum" in line
-    # Over the good copy: its verified chunks are reused, the damaged metadata stops the pull.
+    assert not (tmp_path / "fresh.zarr").exists()
+    # Over the good copy: its chunks verify and are kept, the damaged one is never written.
+    code, output = _cli("pull", str(served), str(good), "--no-progress")
+    assert code == 0, output
+    assert _files(good) == before
+    # Damaged metadata at the remote stops the pull and leaves the good copy.
     stats = served / "stats" / "zarr.json"
     stats.write_bytes(stats.read_bytes()[:40])
     code, output = _cli("pull", str(served), str(good), "--no-progress")
