@@ -43,6 +43,7 @@ from shared.transfer import (
     TransferError,
     TransferSummary,
     list_versions,
+    published,
     pull,
     push,
     remove_versions,
@@ -277,12 +278,13 @@ def _published(
 ) -> tuple[str | Path, dict | None]:
     """The store a location publishes (a URL's pointer resolved once) and its storage options
     with the request timeout; a local path without a published store is returned as it is."""
-    try:
-        location = resolve(str(store), storage_options, timeout).root_url
-    except LayoutError:
-        if is_url(store):
-            raise
-        location = store
+    if is_url(store):
+        location = published(str(store), storage_options, timeout)[0].root_url
+    else:
+        try:
+            location = resolve(str(store), storage_options, timeout).root_url
+        except LayoutError:
+            location = store  # open_store says what is missing
     return location, remote_options(location, storage_options, timeout)
 
 

@@ -77,6 +77,7 @@ from shared.remote_layout import (
     VERSIONS,
     LayoutError,
     ManifestEntry,
+    Resolved,
     check_key,
     is_fingerprint,
     manifest_document,
@@ -326,6 +327,22 @@ def _local_object(source: Path, key: str) -> Path:
     return path
 
 
+def _root_attributes(data: bytes | None) -> dict:
+    """The attributes of a root `zarr.json`, {} when it is missing or malformed."""
+    try:
+        attrs = json.loads(data)["attributes"] if data is not None else {}
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _unfinished(url: str) -> TransferError:
+    return TransferError(
+        f"the store at {url} is incomplete (a copy to it did not finish): run the push again, "
+        f"`python -m preprocess push STORE {url}`"
+    )
+
+
 def _published_fingerprint(endpoint: _Endpoint) -> str | None:
     """The fingerprint of what the URL publishes now (pointer, or the previous layout's root
     metadata), None for nothing."""
@@ -337,12 +354,27 @@ def _published_fingerprint(endpoint: _Endpoint) -> str | None:
         raise
     if resolved.fingerprint is not None:
         return resolved.fingerprint
-    try:
-        root = json.loads(endpoint.read(ROOT_METADATA, MAX_METADATA_BYTES))
-        fingerprint = root["attributes"][ATTR_FINGERPRINT]
-    except (ValueError, TypeError, KeyError):
-        fingerprint = None
+    attrs = _root_attributes(endpoint.read(ROOT_METADATA, MAX_METADATA_BYTES))
+    fingerprint = attrs.get(ATTR_FINGERPRINT)
     return fingerprint if is_fingerprint(fingerprint) else "an unreadable store"
+
+
+def published(
+    url: str, storage_options: dict | None = None, timeout: float = DEFAULT_TIMEOUT_S
+) -> tuple[Resolved, str]:
+    """What `url` publishes and its fingerprint, reading only the pointer (the root metadata for
+    the previous layout, whose unfinished copy says to run the push again)."""
+    resolved = resolve(url, storage_options, timeout)
+    if resolved.fingerprint is not None:
+        return resolved, resolved.fingerprint
+    endpoint = _Endpoint(url, storage_options, timeout)
+    attrs = _root_attributes(endpoint.read(ROOT_METADATA, MAX_METADATA_BYTES))
+    if attrs.get(ATTR_COMPLETE) is not True:
+        raise _unfinished(url)
+    fingerprint = attrs.get(ATTR_FINGERPRINT)
+    if not is_fingerprint(fingerprint):
+        raise TransferError(f"{url}/{ROOT_METADATA} records no valid fingerprint: {fingerprint!r}")
+    return resolved, fingerprint
 
 
 def _location(path_or_url: str | Path) -> str:
@@ -490,11 +522,9 @@ def _read_local(path: Path, limit: int) -> bytes | None:
 
 def _store_fingerprint(directory: Path) -> str | None:
     """The fingerprint a local store's root metadata records (None when there is none)."""
-    data = _read_local(directory / ROOT_METADATA, MAX_METADATA_BYTES)
-    try:
-        return json.loads(data)["attributes"][ATTR_FINGERPRINT] if data else None
-    except (ValueError, TypeError, KeyError):
-        return None
+    return _root_attributes(_read_local(directory / ROOT_METADATA, MAX_METADATA_BYTES)).get(
+        ATTR_FINGERPRINT
+    )
 
 
 class _Pull:
@@ -650,7 +680,7 @@ def pull(
                  overwrite, jobs, timeout, progress)  # fmt: skip
 
 
-def _pull(url: str, resolved: Any, dest: str | Path, storage_options: dict | None,
+def _pull(url: str, resolved: Resolved, dest: str | Path, storage_options: dict | None,
           decompress: bool, overwrite: bool, jobs: int, timeout: float,
           progress: bool) -> TransferSummary:  # fmt: skip
     manifest = None
@@ -672,13 +702,10 @@ def _pull(url: str, resolved: Any, dest: str | Path, storage_options: dict | Non
 
     limits = dict.fromkeys(METADATA_KEYS, MAX_METADATA_BYTES)
     copy.fetch(list(METADATA_KEYS), dict.fromkeys(METADATA_KEYS), limits)
-    attrs = json.loads((staging / ROOT_METADATA).read_bytes()).get("attributes") or {}
+    attrs = _root_attributes(_read_local(staging / ROOT_METADATA, MAX_METADATA_BYTES))
     fingerprint = attrs.get(ATTR_FINGERPRINT)
     if attrs.get(ATTR_COMPLETE) is not True:
-        raise TransferError(
-            f"the store at {url} is incomplete (a copy to it did not finish): run the push "
-            f"again, `python -m preprocess push STORE {url}`"
-        )
+        raise _unfinished(url)
     if not is_fingerprint(fingerprint) or fingerprint != (resolved.fingerprint or fingerprint):
         raise TransferError(
             f"{source.where(ROOT_METADATA)} records fingerprint {fingerprint!r}, the pointer "
@@ -825,12 +852,7 @@ def cached_store(
     if not is_url(path_or_url):
         return path_or_url
     url = str(path_or_url).rstrip("/")
-    resolved = resolve(url, storage_options, timeout)
-    fingerprint = resolved.fingerprint or _published_fingerprint(
-        _Endpoint(url, storage_options, timeout)
-    )
-    if not is_fingerprint(fingerprint):
-        raise TransferError(f"{url} holds no complete store (no fingerprint in its metadata)")
+    resolved, fingerprint = published(url, storage_options, timeout)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{fingerprint}.zarr"

@@ -277,6 +277,10 @@ def test_pull_of_an_unfinished_copy_says_to_push_again(stores, tmp_path):
     line = _one_line_failure(*_cli("pull", str(served), str(tmp_path / "d"), "--no-progress"))
     assert "push" in line and "--resume" not in line
     assert not (tmp_path / "d").exists()
+    with http_server(tmp_path) as base:
+        for command in ("info", "verify"):
+            line = _one_line_failure(*_cli(command, f"{base}/served.zarr"))
+            assert "push" in line and "--resume" not in line
 
 
 def test_pull_from_a_server_that_does_not_list_directories(stores, tmp_path):
