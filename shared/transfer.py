@@ -161,6 +161,10 @@ def _content_crc(key: str, data: bytes, chunk: bool) -> str:
 # --- what a store holds, from its own metadata ------------------------------------------------
 
 
+def _is_chunk(key: str) -> bool:
+    return key not in METADATA_KEYS
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Every object of a store: key -> the size the schema fixes (None: metadata, compressed
@@ -169,9 +173,6 @@ class _Plan:
     sizes: dict[str, int | None]
     limits: dict[str, int]
     compressed: tuple[str, ...]  # arrays whose chunks are not raw
-
-    def is_chunk(self, key: str) -> bool:
-        return key not in METADATA_KEYS
 
 
 def _plan(group: zarr.Group, where: str) -> _Plan:
@@ -235,22 +236,21 @@ class _Endpoint:
         return f"{self.url}/{key}"
 
     def read(self, key: str, limit: int) -> bytes:
+        data = self.read_optional(key, limit)
+        if data is None:
+            raise TransferError(f"{self.where(key)} is missing")
+        return data
+
+    def read_optional(self, key: str, limit: int) -> bytes | None:
+        """Object `key` (None when missing), refused when larger than `limit` bytes."""
         try:
             return retrying(
                 lambda: read_bounded(self.fs, self.path(key), limit), self.where(key), self.url
             )
         except FileNotFoundError:
-            raise TransferError(f"{self.where(key)} is missing") from None
+            return None
         except ValueError as error:
             raise TransferError(f"{self.where(key)}: larger than expected ({error})") from None
-
-    def read_optional(self, key: str, limit: int) -> bytes | None:
-        try:
-            return self.read(key, limit)
-        except TransferError:
-            if not retrying(lambda: self.fs.exists(self.path(key)), self.where(key), self.url):
-                return None
-            raise
 
     def write(self, key: str, data: bytes) -> None:
         """Write one object whole: locally a temp file and a rename; an object store makes a
@@ -404,7 +404,7 @@ def _local_manifest(
         data = files[key].read_bytes()
         if plan.sizes[key] is not None and len(data) != plan.sizes[key]:
             raise TransferError(f"{files[key]}: {len(data)} bytes, expected {plan.sizes[key]}")
-        entry = ManifestEntry(len(data), _content_crc(str(files[key]), data, plan.is_chunk(key)))
+        entry = ManifestEntry(len(data), _content_crc(str(files[key]), data, _is_chunk(key)))
         return entry, upload(key, data, entry) if upload else None
 
     desc = "upload" if upload else "checksum"
@@ -497,10 +497,6 @@ def _write_pointer(endpoint: _Endpoint, fingerprint: str) -> None:
 
 
 # --- pull -------------------------------------------------------------------------------------
-
-
-def _is_chunk(key: str) -> bool:
-    return key not in METADATA_KEYS
 
 
 def _remove_temp_files(directory: Path) -> None:

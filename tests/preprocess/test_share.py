@@ -23,7 +23,14 @@ from preprocess.cli import main
 from shared.remote_layout import MANIFEST, POINTER, version_prefix
 from shared.store import ChunkMemmapArray, open_store
 from shared.transfer import MARKER, STAGING_SUFFIX
-from tests.remote_servers import S3_ENV, http_server, s3_filesystem, s3_server, stalled_server
+from tests.remote_servers import (
+    S3_ENV,
+    flaky_http_server,
+    http_server,
+    s3_filesystem,
+    s3_server,
+    stalled_server,
+)
 
 CHUNK_FRAMES = "32"  # ~40 chunks per frame array: a copy long enough to kill mid-way
 HANG_GUARD_S = 120  # a subprocess still running after this is hung (the old code hung > 200 s)
@@ -419,3 +426,36 @@ def test_missing_protocol_package_names_the_extra(stores):
     assert "pip install 'nymeria-mvae[gcs]'" in _one_line_failure(code, output)
     code, output = _cli("push", str(stores["none"]), "gs://team/x.zarr")
     assert "pip install 'nymeria-mvae[gcs]'" in _one_line_failure(code, output)
+
+
+def test_push_refuses_a_symlink_out_of_the_store_and_a_damaged_chunk(stores, tmp_path):
+    store = tmp_path / "store.zarr"
+    shutil.copytree(stores["none"], store)
+    secret = tmp_path / "secret"
+    secret.write_bytes((store / "features" / "c" / "1" / "0").read_bytes())  # same size
+    chunk = store / "features" / "c" / "1" / "0"
+    chunk.unlink()
+    chunk.symlink_to(secret)
+    line = _one_line_failure(*_cli("push", str(store), str(tmp_path / "remote"), "--no-progress"))
+    assert "features/c/1/0" in line and "symlink" in line
+    assert not (tmp_path / "remote" / POINTER).exists()
+
+    chunk.unlink()
+    damaged = bytearray(secret.read_bytes())
+    damaged[10] ^= 0xFF  # a local chunk whose stored checksum no longer matches
+    chunk.write_bytes(bytes(damaged))
+    line = _one_line_failure(*_cli("push", str(store), str(tmp_path / "remote"), "--no-progress"))
+    assert "features/c/1/0" in line and "checksum" in line
+    assert not (tmp_path / "remote" / POINTER).exists()  # a damaged store is never published
+
+
+def test_dropped_connections_are_retried(stores, tmp_path):
+    served = tmp_path / "served" / "x.zarr"
+    shutil.copytree(stores["none"], served)
+    copy = tmp_path / "copy.zarr"
+    with flaky_http_server(served.parent) as (base, counts):
+        code, output = _cli("pull", f"{base}/x.zarr", str(copy), "--no-progress", "--jobs", "4")
+    assert code == 0, output
+    assert _files(copy) == _files(stores["none"])
+    fetched = {path: n for path, n in counts.items() if path.startswith("/x.zarr/features/c/")}
+    assert fetched and set(fetched.values()) == {2}  # each chunk: dropped once, then served
