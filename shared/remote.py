@@ -27,6 +27,7 @@ EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "h
 """URL scheme -> the extra of nymeria-mvae that installs its fsspec implementation."""
 
 READ_ONLY_PROTOCOLS: frozenset[str] = frozenset({"http", "https"})
+S3_SCHEMES = ("s3", "s3a")
 
 
 class MissingExtraError(ImportError):
@@ -69,22 +70,30 @@ def missing_extra_message(url: str, error: ImportError) -> str:
 
 
 def filesystem(
-    url: str, storage_options: dict[str, Any] | None = None
+    url: str, storage_options: dict[str, Any] | None = None, *, retried: bool = False
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec file system of `url` and the path of `url` on it; `MissingExtraError` (one
-    line naming the extra) when the protocol's package is missing."""
+    line naming the extra) when the protocol's package is missing. `retried`: the caller wraps
+    every request in `retrying`, so an s3 file system gets a private instance that does not
+    retry on its own (s3fs would retry a timed-out read 5 x 5 times, nested)."""
+    s3 = urlparse(url).scheme in S3_SCHEMES
+    options = dict(storage_options or {})
+    if retried and s3:
+        options["skip_instance_cache"] = True
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as error:
         raise MissingExtraError(missing_extra_message(url, error)) from None
+    if retried and s3:
+        fs.retries = 1  # an instance attribute over s3fs's class default: one attempt a call
+    return fs, path
 
 
 # --- timeouts and retries ---------------------------------------------------------------------
 
 DEFAULT_TIMEOUT_S = 60.0
 """Seconds a request may wait to connect or for its next bytes (`--timeout`)."""
-RETRY_ATTEMPTS = 3  # per request, for protocols whose library does not retry (http, gs, ...)
-S3_LIBRARY_ATTEMPTS = 5  # s3fs retries a timed-out request itself: 5 attempts with backoff
+RETRY_ATTEMPTS = 3  # per request
 RETRY_BACKOFF_S = 0.5  # before the second attempt; doubled before each later one
 
 T = TypeVar("T")
@@ -94,15 +103,16 @@ def remote_options(
     url: str | Path, storage_options: dict[str, Any] | None, timeout: float = DEFAULT_TIMEOUT_S
 ) -> dict[str, Any] | None:
     """`storage_options` for `url` with a per-request `timeout` (seconds to connect and between
-    received bytes) added, None for a local path. s3: botocore's connect and read timeouts (its
-    own retries off: s3fs retries a failed request, 5 attempts with backoff); http(s): aiohttp's.
-    Options the caller gives win (e.g. `config_kwargs.read_timeout`). The same options serve
-    zarr (`zarr.open_group(url, storage_options=...)`) and `filesystem`."""
+    received bytes) added, None for a local path. s3: botocore's connect and read timeouts
+    (botocore's own retries off); http(s): aiohttp's. Options the caller gives win (e.g.
+    `config_kwargs.read_timeout`). The same options serve `filesystem` and zarr
+    (`zarr.open_group(url, storage_options=...)`); a file system zarr makes retries as its
+    library does (s3fs: up to 5 x 5 attempts of a read, nested; http: none)."""
     if not is_url(url):
         return None
     options = dict(storage_options or {})
     scheme = urlparse(str(url)).scheme
-    if scheme in ("s3", "s3a"):
+    if scheme in S3_SCHEMES:
         timeouts = {"connect_timeout": timeout, "read_timeout": timeout,
                     "retries": {"total_max_attempts": 1}}  # fmt: skip
         return {**options, "config_kwargs": {**timeouts, **options.get("config_kwargs", {})}}
@@ -144,23 +154,20 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def retrying(call: Callable[[], T], what: str, url: str | Path | None = None) -> T:
+def retrying(call: Callable[[], T], what: str) -> T:
     """`call()`, tried again after a transient failure (timeout, connection error) with
-    backoff, `RETRY_ATTEMPTS` times in all (once for s3 `url`s: s3fs retries each request
-    itself); then `RemoteUnavailableError`, one line naming `what`. Other errors (a missing
-    object, a refused credential) are raised at once."""
-    scheme = urlparse(str(url or what)).scheme
-    attempts = 1 if scheme in ("s3", "s3a") else RETRY_ATTEMPTS
+    backoff, `RETRY_ATTEMPTS` times in all; then `RemoteUnavailableError`, one line naming
+    `what`. Other errors (a missing object, a refused credential) are raised at once. Use it
+    with a file system from `filesystem(..., retried=True)`."""
     transient = _transient_errors()
-    for attempt in range(attempts):
+    for attempt in range(RETRY_ATTEMPTS):
         try:
             return call()
         except transient as error:
-            if attempt + 1 == attempts:
-                tries = attempts * (S3_LIBRARY_ATTEMPTS if attempts == 1 else 1)
+            if attempt + 1 == RETRY_ATTEMPTS:
                 raise RemoteUnavailableError(
-                    f"{what}: no answer after {tries} attempts ({_describe(error)}); check the "
-                    f"endpoint and the network, or raise --timeout"
+                    f"{what}: no answer after {RETRY_ATTEMPTS} attempts ({_describe(error)}); "
+                    f"check the endpoint and the network, or raise --timeout"
                 ) from None
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
     raise AssertionError("unreachable")

@@ -167,7 +167,7 @@ def parse_manifest(data: bytes, fingerprint: str, where: str) -> dict[str, Manif
 def _read_optional(fs: Any, path: str, limit: int, url: str) -> bytes | None:
     """Object `path` (`url` for humans), None when it does not exist; one bounded read."""
     try:
-        return retrying(lambda: read_bounded(fs, path, limit), url, url)
+        return retrying(lambda: read_bounded(fs, path, limit), url)
     except FileNotFoundError:
         return None
     except ValueError:
@@ -181,13 +181,13 @@ def resolve(
     layout's store at the URL itself, else `LayoutError` ("nothing is published at URL").
     Reads the pointer once (and, without one, checks for the root `zarr.json`)."""
     url = url.rstrip("/")
-    fs, root = filesystem(url, remote_options(url, storage_options, timeout))
+    fs, root = filesystem(url, remote_options(url, storage_options, timeout), retried=True)
     root = root.rstrip("/")
     pointer = _read_optional(fs, f"{root}/{POINTER}", MAX_POINTER_BYTES, f"{url}/{POINTER}")
     if pointer is not None:
         fingerprint = parse_pointer(pointer, f"{url}/{POINTER}")
         return Resolved(f"{url}/{version_prefix(fingerprint)}", fingerprint, "versioned")
-    if retrying(lambda: fs.exists(f"{root}/{ROOT_METADATA}"), f"{url}/{ROOT_METADATA}", url):
+    if retrying(lambda: fs.exists(f"{root}/{ROOT_METADATA}"), f"{url}/{ROOT_METADATA}"):
         return Resolved(url, None, "legacy")
     raise LayoutError(
         f"nothing is published at {url} (no {POINTER} and no {ROOT_METADATA}); publish a store "
@@ -204,7 +204,7 @@ def read_manifest(
     """The manifest of version `fingerprint` at `url` (the URL given to `resolve`, not the
     version's), or None while that version is unfinished (no manifest yet)."""
     url = url.rstrip("/")
-    fs, root = filesystem(url, remote_options(url, storage_options, timeout))
+    fs, root = filesystem(url, remote_options(url, storage_options, timeout), retried=True)
     where = f"{url}/{version_prefix(fingerprint)}/{MANIFEST}"
     path = f"{root.rstrip('/')}/{version_prefix(fingerprint)}/{MANIFEST}"
     data = _read_optional(fs, path, MAX_MANIFEST_BYTES, where)

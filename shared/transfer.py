@@ -63,6 +63,7 @@ from shared.atomic import TEMP_SUFFIX, atomic_path
 from shared.remote import (
     DEFAULT_TIMEOUT_S,
     READ_ONLY_PROTOCOLS,
+    S3_SCHEMES,
     filesystem,
     is_url,
     local_path,
@@ -225,7 +226,7 @@ class _Endpoint:
         self.url = location.rstrip("/")
         self.storage_options, self.timeout = storage_options, timeout
         self.options = remote_options(self.url, storage_options, timeout)
-        self.fs, root = filesystem(self.url, self.options)
+        self.fs, root = filesystem(self.url, self.options, retried=True)
         self.root = root.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
 
@@ -244,9 +245,7 @@ class _Endpoint:
     def read_optional(self, key: str, limit: int) -> bytes | None:
         """Object `key` (None when missing), refused when larger than `limit` bytes."""
         try:
-            return retrying(
-                lambda: read_bounded(self.fs, self.path(key), limit), self.where(key), self.url
-            )
+            return retrying(lambda: read_bounded(self.fs, self.path(key), limit), self.where(key))
         except FileNotFoundError:
             return None
         except ValueError as error:
@@ -259,12 +258,10 @@ class _Endpoint:
             _write_file(Path(self.path(key)), data)
             return
         extra = {}
-        if urlparse(self.url).scheme in ("s3", "s3a"):
+        if urlparse(self.url).scheme in S3_SCHEMES:
             crc = google_crc32c.value(data).to_bytes(4, "big")
             extra["ChecksumCRC32C"] = base64.b64encode(crc).decode()
-        retrying(
-            lambda: self.fs.pipe_file(self.path(key), data, **extra), self.where(key), self.url
-        )
+        retrying(lambda: self.fs.pipe_file(self.path(key), data, **extra), self.where(key))
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """Size of every object under `prefix` by key relative to it (one listing): what a push
@@ -272,9 +269,7 @@ class _Endpoint:
         root = self.path(prefix).rstrip("/")
         self.fs.invalidate_cache()
         try:
-            listing = retrying(
-                lambda: self.fs.find(root, detail=True), self.where(prefix), self.url
-            )
+            listing = retrying(lambda: self.fs.find(root, detail=True), self.where(prefix))
         except FileNotFoundError:
             return {}
         start = len(root) + 1
@@ -287,9 +282,7 @@ class _Endpoint:
 
     def remove(self, prefix: str) -> None:
         try:
-            retrying(
-                lambda: self.fs.rm(self.path(prefix), recursive=True), self.where(prefix), self.url
-            )
+            retrying(lambda: self.fs.rm(self.path(prefix), recursive=True), self.where(prefix))
         except FileNotFoundError:
             pass
 
