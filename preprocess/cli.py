@@ -36,7 +36,7 @@ from shared.cli import (
     storage_options_option,
 )
 from shared.remote import DEFAULT_TIMEOUT_S, MissingExtraError, is_url, remote_options
-from shared.remote_layout import LayoutError, resolve
+from shared.remote_layout import NothingPublishedError, resolve
 from shared.store import StoreError, check_chunks, open_store
 from shared.transfer import (
     DEFAULT_JOBS,
@@ -283,7 +283,7 @@ def _published(
     else:
         try:
             location = resolve(str(store), storage_options, timeout).root_url
-        except LayoutError:
+        except NothingPublishedError:
             location = store  # open_store says what is missing
     return location, remote_options(location, storage_options, timeout)
 

@@ -46,6 +46,10 @@ class LayoutError(StoreError):
     """Nothing usable is published at a URL, or its pointer or manifest is malformed."""
 
 
+class NothingPublishedError(LayoutError):
+    """A URL holds neither a pointer nor a store of the previous layout."""
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What a URL publishes: the store to read and how it was found."""
@@ -178,7 +182,7 @@ def resolve(
     url: str, storage_options: dict | None = None, timeout: float = DEFAULT_TIMEOUT_S
 ) -> Resolved:
     """What `url` publishes: the version its pointer names (validated), else the previous
-    layout's store at the URL itself, else `LayoutError` ("nothing is published at URL").
+    layout's store at the URL itself, else `NothingPublishedError`.
     Reads the pointer once (and, without one, checks for the root `zarr.json`)."""
     url = url.rstrip("/")
     fs, root = filesystem(url, remote_options(url, storage_options, timeout), retried=True)
@@ -189,7 +193,7 @@ def resolve(
         return Resolved(f"{url}/{version_prefix(fingerprint)}", fingerprint, "versioned")
     if retrying(lambda: fs.exists(f"{root}/{ROOT_METADATA}"), f"{url}/{ROOT_METADATA}"):
         return Resolved(url, None, "legacy")
-    raise LayoutError(
+    raise NothingPublishedError(
         f"nothing is published at {url} (no {POINTER} and no {ROOT_METADATA}); publish a store "
         f"with `python -m preprocess push STORE {url}`"
     )
