@@ -13,6 +13,7 @@ more than a given number of bytes.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from urllib.parse import urlparse
 
 import fsspec
 from fsspec.exceptions import FSTimeoutError
+from fsspec.utils import tokenize
 
 EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http",
                           "https": "http"}  # fmt: skip
@@ -69,24 +71,30 @@ def missing_extra_message(url: str, error: ImportError) -> str:
     return f"{scheme}:// URLs ({url}) need a package that is not installed ({error}): {install}"
 
 
+_RETRIED_S3: dict[str, fsspec.AbstractFileSystem] = {}  # see `filesystem`
+
+
 def filesystem(
     url: str, storage_options: dict[str, Any] | None = None, *, retried: bool = False
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec file system of `url` and the path of `url` on it; `MissingExtraError` (one
     line naming the extra) when the protocol's package is missing. `retried`: the caller wraps
-    every request in `retrying`, so an s3 file system gets a private instance that does not
-    retry on its own (s3fs would retry a timed-out read 5 x 5 times, nested)."""
-    s3 = urlparse(url).scheme in S3_SCHEMES
+    every request in `retrying`, so an s3 file system is an instance of our own that does not
+    retry on its own (s3fs would retry a timed-out read 5 x 5 times, nested), kept per process,
+    bucket and options (making an s3fs client costs ~0.3 s)."""
     options = dict(storage_options or {})
-    if retried and s3:
-        options["skip_instance_cache"] = True
     try:
-        fs, path = fsspec.core.url_to_fs(url, **options)
+        if not (retried and urlparse(url).scheme in S3_SCHEMES):
+            return fsspec.core.url_to_fs(url, **options)
+        token = tokenize(os.getpid(), urlparse(url).netloc, options)
+        fs = _RETRIED_S3.get(token)
+        if fs is None:
+            fs, _ = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+            fs.retries = 1  # an instance attribute over s3fs's class default: one attempt a call
+            _RETRIED_S3[token] = fs
+        return fs, fs._strip_protocol(url)
     except ImportError as error:
         raise MissingExtraError(missing_extra_message(url, error)) from None
-    if retried and s3:
-        fs.retries = 1  # an instance attribute over s3fs's class default: one attempt a call
-    return fs, path
 
 
 # --- timeouts and retries ---------------------------------------------------------------------
