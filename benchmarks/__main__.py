@@ -10,6 +10,7 @@ from benchmarks import (
     bench_loader,
     bench_preprocess,
     bench_quality,
+    bench_share,
     bench_train_step,
 )
 
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "footprint": bench_footprint.main,
     "quality": bench_quality.main,
     "fuzz": bench_fuzz.main,
+    "share": bench_share.main,
 }
 
 

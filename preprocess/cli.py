@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,19 @@ from shared.cli import (
     load_config_file,
     storage_options_option,
 )
-from shared.remote import MissingExtraError, is_url
+from shared.remote import DEFAULT_TIMEOUT_S, MissingExtraError, is_url, remote_options
+from shared.remote_layout import NothingPublishedError, resolve
 from shared.store import StoreError, check_chunks, open_store
-from shared.transfer import DEFAULT_JOBS, TransferError, TransferSummary, transfer
+from shared.transfer import (
+    DEFAULT_JOBS,
+    TransferError,
+    TransferSummary,
+    list_versions,
+    published,
+    pull,
+    push,
+    remove_versions,
+)
 
 
 @cli_group
@@ -253,17 +264,45 @@ def build_command(
     _echo_summary(summary)
 
 
+_REMOTE_ERRORS = (StoreError, TransferError, MissingExtraError, OSError)  # each one line
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a request to a URL may wait to connect or for its next bytes; a request that "
+         "times out is retried a few times with backoff, then the command fails.",
+)  # fmt: skip
+
+
+def _published(
+    store: str | Path, storage_options: dict | None, timeout: float
+) -> tuple[str | Path, dict | None]:
+    """The store a location publishes (a URL's pointer resolved once) and its storage options
+    with the request timeout; a local path without a published store is returned as it is."""
+    if is_url(store):
+        location = published(str(store), storage_options, timeout)[0].root_url
+    else:
+        try:
+            location = resolve(str(store), storage_options, timeout).root_url
+        except NothingPublishedError:
+            location = store  # open_store says what is missing
+    return location, remote_options(location, storage_options, timeout)
+
+
 @main.command("info")
 @click.argument("store", type=FEATURE_STORE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @storage_options_option
-def info_command(store: str | Path, as_json: bool, storage_options: dict | None) -> None:
-    """Describe the feature store STORE (a path or an fsspec URL)."""
+@timeout_option
+def info_command(
+    store: str | Path, as_json: bool, storage_options: dict | None, timeout: float
+) -> None:
+    """Describe the feature store STORE (a path or an fsspec URL; a URL's published version)."""
     try:
+        store, storage_options = _published(store, storage_options, timeout)
         opened = open_store(store, storage_options=storage_options)
-    except StoreError as error:
+    except _REMOTE_ERRORS as error:
         raise click.ClickException(str(error)) from None
-    info = store_info(opened)
+    info = store_info(opened, storage_options)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
@@ -294,22 +333,24 @@ def _count(n: int, noun: str) -> str:
     help="Show a progress bar on stderr.",
 )
 @storage_options_option
+@timeout_option
 def verify_command(
     store: str | Path, data: Path | None, sample: int, seed: int, progress: bool,
-    storage_options: dict | None,
+    storage_options: dict | None, timeout: float,
 ) -> None:  # fmt: skip
     """Check STORE's metadata (as every reader does), then every chunk (checksum, finite
     values) and its stats; with --data also recompute sampled sequences from the source files.
     Exit 1 on any problem; metadata that cannot be trusted is one line, before any chunk is
     read (so nothing is sized from it)."""
     try:
+        store, storage_options = _published(store, storage_options, timeout)
         opened = open_store(  # chunks are checked next, in depth
             store, check_chunk_files=False, storage_options=storage_options
         )
         problems = check_chunks(
             store, deep=True, progress=progress, storage_options=storage_options
         )
-    except (StoreError, MissingExtraError) as error:
+    except _REMOTE_ERRORS as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"checked every chunk's checksum and values: {_count(len(problems), 'problem')}")
     if not problems:
@@ -327,38 +368,29 @@ def verify_command(
     click.echo(f"verify passed: every chunk, the metadata and the stats are intact{sources}")
 
 
-# --- sharing ----------------------------------------------------------------------------------
+# --- sharing ---------------------------------------------------------------------------------
 
-_TRANSFER_ERRORS = (StoreError, TransferError, MissingExtraError, OSError)
 _jobs_option = click.option(
     "--jobs", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
-    help="Objects copied at the same time.",
+    help="Requests in flight at the same time.",
 )  # fmt: skip
-_overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace another store (or other files) at the destination."
-)
 _progress_option = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
 
 
-def _run_transfer(**arguments: object) -> TransferSummary:
+def _transfer_errors_as_one_line(run: Callable[[], Any]) -> Any:
     try:
-        return transfer(**arguments)
-    except _TRANSFER_ERRORS as error:
+        return run()
+    except _REMOTE_ERRORS as error:
         raise click.ClickException(f"{type(error).__name__}: {error}" if isinstance(
             error, OSError) else str(error)) from None  # fmt: skip
 
 
-def _echo_transfer(summary: TransferSummary) -> None:
-    reencoded = (
-        f"; re-encoded as raw chunks: {', '.join(summary.reencoded_arrays)}"
-        if summary.reencoded_arrays else ""
-    )  # fmt: skip
-    click.echo(
-        f"copied {summary.source} -> {summary.destination}: {summary.copied_objects} objects "
-        f"({summary.copied_bytes / 1e6:.1f} MB) copied, {summary.kept_objects} kept from an "
-        f"earlier run{reencoded}; every chunk verified, fingerprint {summary.fingerprint[:16]}"
+def _copied(summary: TransferSummary) -> str:
+    return (
+        f"{summary.copied_objects} objects ({summary.copied_bytes / 1e6:.1f} MB) copied, "
+        f"{summary.kept_objects} already there and verified"
     )
 
 
@@ -366,24 +398,41 @@ def _echo_transfer(summary: TransferSummary) -> None:
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("url", type=NEW_STORE)
 @storage_options_option
+@timeout_option
 @_jobs_option
-@_overwrite_option
+@click.option(
+    "--overwrite", is_flag=True,
+    help="Publish STORE although URL publishes another store: a new version, then the pointer "
+         "moves to it (the old version stays until `versions --remove`).",
+)  # fmt: skip
 @_progress_option
 def push_command(
-    store: Path, url: str | Path, storage_options: dict | None, jobs: int, overwrite: bool,
-    progress: bool,
+    store: Path, url: str | Path, storage_options: dict | None, timeout: float, jobs: int,
+    overwrite: bool, progress: bool,
 ) -> None:  # fmt: skip
-    """Copy the complete store STORE to URL (s3://, gs://, file:// or a path), byte for byte.
+    """Publish the complete store STORE at URL (s3://, gs://, file:// or a path).
 
-    Objects are copied in parallel, the root metadata (with `complete`) last; a killed push
-    continues where it stopped when run again (objects already there with the right size and
-    checksum are kept). The copy is verified at the end: every chunk's checksum, then the
-    fingerprint. http(s) is read-only.
+    The store goes to URL/versions/FINGERPRINT/ (in parallel; a killed push resumes), with a
+    MANIFEST.json of every object's size and crc32c computed from the local files; then the
+    pointer URL/CURRENT.json moves to it, so readers always see one complete version. Pushing
+    the published store again uploads nothing. http(s) is read-only.
     """
-    _echo_transfer(_run_transfer(
-        source=store, destination=url, destination_options=storage_options, jobs=jobs,
-        overwrite=overwrite, progress=progress,
+    summary = _transfer_errors_as_one_line(lambda: push(
+        store, url, storage_options=storage_options, overwrite=overwrite, jobs=jobs,
+        timeout=timeout, progress=progress,
     ))  # fmt: skip
+    fingerprint = summary.fingerprint[:16]
+    if summary.outcome == "already published":
+        click.echo(f"{url} already publishes this store ({fingerprint}, its manifest matches "
+                   f"the local checksums): nothing uploaded")  # fmt: skip
+    elif summary.outcome == "pointer moved":
+        click.echo(f"{url} now points at {summary.destination} again (already uploaded and "
+                   f"matching the local checksums): nothing uploaded")  # fmt: skip
+    else:
+        click.echo(
+            f"published {store} at {summary.destination}: {_copied(summary)}; sizes checked, "
+            f"MANIFEST.json written, {url}/CURRENT.json -> {fingerprint}"
+        )
 
 
 @main.command("pull")
@@ -397,19 +446,68 @@ def push_command(
     "trainer memory-maps; a raw store is copied as it is either way.",
 )
 @storage_options_option
+@timeout_option
 @_jobs_option
-@_overwrite_option
+@click.option(
+    "--overwrite", is_flag=True,
+    help="Replace another store (or other files) at DEST, once the copy is verified.",
+)  # fmt: skip
 @_progress_option
 def pull_command(
-    url: str | Path, dest: Path, decompress: bool, storage_options: dict | None, jobs: int,
-    overwrite: bool, progress: bool,
+    url: str | Path, dest: Path, decompress: bool, storage_options: dict | None, timeout: float,
+    jobs: int, overwrite: bool, progress: bool,
 ) -> None:  # fmt: skip
-    """Copy the complete store at URL (s3://, gs://, http(s)://, file://) to the directory DEST.
+    """Copy the store published at URL (s3://, gs://, http(s)://, file://, a path) to DEST.
 
-    As `push`, resumable and verified; by default compressed arrays arrive as raw,
-    memory-mappable chunks (the fingerprint is unchanged: it covers content, not codecs).
+    Reads the pointer URL/CURRENT.json once and copies that version (a URL of the previous
+    layout, a store at the URL itself, works too) into DEST.pull/, checking every object as it
+    arrives (size, crc32c); DEST is replaced only by a complete, verified copy. A killed pull
+    resumes. By default compressed arrays arrive as raw, memory-mappable chunks (the
+    fingerprint is unchanged: it covers content, not codecs).
     """
-    _echo_transfer(_run_transfer(
-        source=url, destination=dest, source_options=storage_options, decompress=decompress,
-        jobs=jobs, overwrite=overwrite, progress=progress,
+    summary = _transfer_errors_as_one_line(lambda: pull(
+        url, dest, storage_options=storage_options, decompress=decompress, overwrite=overwrite,
+        jobs=jobs, timeout=timeout, progress=progress,
     ))  # fmt: skip
+    reencoded = (
+        f"; re-encoded as raw chunks: {', '.join(summary.reencoded_arrays)}"
+        if summary.reencoded_arrays else ""
+    )  # fmt: skip
+    click.echo(
+        f"pulled {url} -> {dest}: {_copied(summary)}{reencoded}; every object verified, "
+        f"fingerprint {summary.fingerprint[:16]}"
+    )
+
+
+@main.command("versions")
+@click.argument("url", type=FEATURE_STORE)
+@click.option("--remove", "remove", multiple=True, metavar="FINGERPRINT",
+              help="Delete this version (repeatable); the current one is refused.")  # fmt: skip
+@click.option("--keep-latest", type=click.IntRange(min=1), default=None,
+              help="Delete every version but the current one and the N most recent.")  # fmt: skip
+@storage_options_option
+@timeout_option
+def versions_command(
+    url: str, remove: tuple[str, ...], keep_latest: int | None, storage_options: dict | None,
+    timeout: float,
+) -> None:  # fmt: skip
+    """List the versions published at URL (the current one marked `*`, unfinished pushes
+    marked `unfinished`), or delete old ones with --remove / --keep-latest."""
+    listed = _transfer_errors_as_one_line(lambda: list_versions(url, storage_options, timeout))
+    doomed = list(remove)
+    if keep_latest is not None:
+        complete = [v for v in listed if v.complete]
+        kept = {v.fingerprint for v in complete[-keep_latest:]}
+        doomed += [v.fingerprint for v in listed if v.fingerprint not in kept and not v.current]
+    if doomed:
+        _transfer_errors_as_one_line(lambda: remove_versions(url, doomed, storage_options, timeout))
+        click.echo(
+            f"removed {_count(len(set(doomed)), 'version')}: {', '.join(sorted(set(doomed)))}"
+        )
+        return
+    for v in listed:
+        state = "*" if v.current else ("unfinished" if not v.complete else "")
+        click.echo(f"{state:>10} {v.fingerprint} {v.created or '-':>25} {v.objects:>7} objects "
+                   f"{v.nbytes / 1e9:8.2f} GB")  # fmt: skip
+    if not listed:
+        click.echo(f"no versions at {url}")

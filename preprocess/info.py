@@ -8,8 +8,8 @@ from shared.remote import store_size_bytes
 from shared.store import FeatureStore
 
 
-def store_info(store: FeatureStore) -> dict:
-    """JSON-ready summary of a store."""
+def store_info(store: FeatureStore, storage_options: dict | None = None) -> dict:
+    """JSON-ready summary of a store (`storage_options`: those it was opened with)."""
     splits = {}
     for split in shared.store.SPLITS:
         records = store.split(split)
@@ -18,7 +18,7 @@ def store_info(store: FeatureStore) -> dict:
             "frames": sum(r.length for r in records),
             "participants": sorted({r.participant for r in records}),
         }
-    size = store_size_bytes(store.url)
+    size = store_size_bytes(store.url, storage_options)
     features = store.zarr_arrays[shared.store.FEATURES]
     codecs = [c.to_dict()["name"] for c in features.metadata.codecs]
     attrs = store.attrs

@@ -8,10 +8,12 @@ machine.
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -84,3 +86,72 @@ def s3_filesystem(options: dict):  # -> s3fs.S3FileSystem, imported lazily
     import s3fs
 
     return s3fs.S3FileSystem(skip_instance_cache=True, **options)
+
+
+@contextmanager
+def stalled_server() -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; yields its base
+    URL. Runs in a thread with a bounded accept loop; stops (and closes every connection) when
+    the context ends."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        deadline = time.monotonic() + 600  # never outlives a test run
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+@contextmanager
+def flaky_http_server(directory: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """An HTTP server on 127.0.0.1 serving `directory` that drops the connection of the first
+    GET of every path without answering (as an overloaded proxy may); yields its base URL and
+    the GET count per path. Runs in a thread; stops when the context ends."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def do_GET(self) -> None:
+            with lock:
+                counts[self.path] = counts.get(self.path, 0) + 1
+                first = counts[self.path] == 1
+            if first:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", counts
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

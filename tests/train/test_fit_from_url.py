@@ -10,8 +10,9 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
+from shared.remote_layout import version_prefix
 from shared.store import FRAME_ARRAYS, open_store
-from shared.transfer import transfer
+from shared.transfer import push
 from tests.remote_servers import S3_ENV, s3_filesystem, s3_server
 from tests.train.conftest import TINY_MODEL
 from train.cli import main
@@ -30,7 +31,7 @@ def test_fit_from_s3_pulls_once_then_uses_the_cache(feature_store, tmp_path, mon
         fs = s3_filesystem(options)
         fs.mkdir("team")
         url = "s3://team/nymeria.zarr"
-        transfer(feature_store, url, destination_options=options, progress=False)
+        push(feature_store, url, storage_options=options, progress=False)
 
         def fit(run: Path) -> None:
             args = ["fit", "--store", url, "--storage-options", json.dumps(options),
@@ -49,7 +50,7 @@ def test_fit_from_s3_pulls_once_then_uses_the_cache(feature_store, tmp_path, mon
         # Without the frame arrays' chunks at the URL, only the cached copy can feed the run.
         fs.invalidate_cache()
         for name in FRAME_ARRAYS:
-            fs.rm(f"team/nymeria.zarr/{name}/c", recursive=True)
+            fs.rm(f"team/nymeria.zarr/{version_prefix(fingerprint)}/{name}/c", recursive=True)
         fit(tmp_path / "second")
 
         # encode reads the cached copy and writes its latents to the bucket; decode reads them.
