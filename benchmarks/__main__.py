@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from benchmarks import (
+    bench_chunk_cache,
     bench_footprint,
     bench_fuzz,
     bench_loader,
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "quality": bench_quality.main,
     "fuzz": bench_fuzz.main,
     "share": bench_share.main,
+    "chunk_cache": bench_chunk_cache.main,
 }
 
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import fsspec
@@ -59,6 +59,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from shared.layout import FEATURE_DIM, HP, HP_DOT, JP, JV, field_of_dim, layout_description
 from shared.remote import MissingExtraError, filesystem, missing_extra_message, url_options
@@ -271,6 +272,17 @@ def compute_fingerprint(
 # --- memory-mapped chunk access ---------------------------------------------------------------
 
 
+class ChunkSource(Protocol):
+    """Where the chunk files of a memory-mapped store come from when they are not all local yet
+    (`shared.chunk_cache.ChunkCache`). Picklable, so DataLoader workers fetch too."""
+
+    def map_chunk(self, array: ChunkMemmapArray, index: int) -> np.ndarray:
+        """Chunk `index` of `array`, its file made present first (`array.map_chunk_file`)."""
+
+    def prefetch(self, array: ChunkMemmapArray, indices: Sequence[int]) -> None:
+        """Start fetching chunks `indices` of `array` that are not local, without waiting."""
+
+
 class ChunkMemmapArray:
     """Read-only `(N, *row_shape)` array over the raw chunk files of an uncompressed Zarr v3
     array chunked along its first axis only (each file: the C-order chunk, then
@@ -291,6 +303,10 @@ class ChunkMemmapArray:
     process's soft open-file limit is raised as maps are made, toward its hard limit; only
     when that fails are the oldest maps evicted, with a warning. `max_maps` caps the maps
     (oldest evicted) regardless: the previous design, kept for the benchmark.
+
+    With a `chunk_source` (`shared.chunk_cache.ChunkCache`: a local cache of a store at a URL)
+    chunk files need not exist yet: `chunk_source.map_chunk(self, index)` makes the file present
+    (fetching it) and maps it with `map_chunk_file`, and may `drop_map` chunks it evicts.
     """
 
     def __init__(
@@ -303,6 +319,7 @@ class ChunkMemmapArray:
         max_maps: int | None = None,
         array_path: str | None = None,
         check_on_first_use: bool = False,
+        chunk_source: ChunkSource | None = None,
     ) -> None:
         self.array_dir = Path(array_dir)
         self.array_path = self.array_dir.name if array_path is None else array_path
@@ -314,16 +331,18 @@ class ChunkMemmapArray:
         self.max_maps = max_maps  # None: one map per chunk while the open-file limit allows
         self.check_on_first_use = check_on_first_use
         self.on_first_use: Callable[[int], None] | None = None
+        self.chunk_source = chunk_source
         self._init_cache()
 
     def _init_cache(self) -> None:
         self._maps: dict[int, np.ndarray] = {}  # chunk index -> map, oldest first
+        self.is_mapped_mask = np.zeros(self.num_chunks, dtype=bool)  # the keys of _maps
         self._warned_limit = False
         self._checked: set[int] = set()  # chunks checked in this process
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_maps"], state["_warned_limit"], state["_checked"]
+        del state["_maps"], state["_warned_limit"], state["_checked"], state["is_mapped_mask"]
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -347,12 +366,26 @@ class ChunkMemmapArray:
                     self.array_dir, self.num_chunks, len(self._maps),
                     3 * self.num_chunks + OPEN_FILES_RESERVE,
                 )  # fmt: skip
-            del self._maps[next(iter(self._maps))]  # evict the oldest
-        chunk = self._map_chunk(index)
+            self.drop_map(next(iter(self._maps)))  # evict the oldest
+        source = self.chunk_source
+        chunk = self.map_chunk_file(index) if source is None else source.map_chunk(self, index)
         if self.check_on_first_use:  # before the map is kept: a damaged chunk is never served
             self.ensure_checked(index)
         self._maps[index] = chunk
+        self.is_mapped_mask[index] = True
         return chunk
+
+    def is_mapped(self, index: int) -> bool:
+        return index in self._maps
+
+    def mapped_chunks(self) -> list[int]:
+        """Indices of the chunks this process maps, oldest map first."""
+        return list(self._maps)
+
+    def drop_map(self, index: int) -> None:
+        """Forget the map of chunk `index` (views already handed out stay valid)."""
+        self._maps.pop(index, None)
+        self.is_mapped_mask[index] = False
 
     @property
     def store_dir(self) -> Path:
@@ -406,10 +439,16 @@ class ChunkMemmapArray:
         """Zarr v3 default chunk key encoding: `c/<i>/0/...` (one chunk along other axes)."""
         return self.array_dir.joinpath("c", str(index), *("0" for _ in self.row_shape))
 
-    def _map_chunk(self, index: int) -> np.ndarray:
+    def chunk_nbytes(self) -> int:
+        """Bytes of every chunk file: the full-size raw chunk and its checksum."""
+        raw_bytes = self.chunk_frames * math.prod(self.row_shape) * self.dtype.itemsize
+        return raw_bytes + self.checksum_bytes
+
+    def map_chunk_file(self, index: int) -> np.ndarray:
+        """Map chunk file `index` as it is on disk (StoreError when missing or of a wrong size)."""
         chunk_shape = (self.chunk_frames, *self.row_shape)
         path = self.chunk_path(index)
-        expected_bytes = math.prod(chunk_shape) * self.dtype.itemsize + self.checksum_bytes
+        expected_bytes = self.chunk_nbytes()
         try:
             found_bytes = path.stat().st_size
         except FileNotFoundError:
@@ -568,10 +607,11 @@ def _check_range(start: int, stop: int, num_rows: int) -> None:
         raise IndexError(f"frame range [{start}, {stop}) is not within [0, {num_rows}]")
 
 
-def _raw_checksum_bytes(array: zarr.Array) -> int | None:
+def _raw_checksum_bytes(array: zarr.Array | ArrayV3Metadata) -> int | None:
     """Bytes after the raw C-order chunk in each chunk file of `array` (0, or 4 with crc32c), or
     None when the chunk files are not raw native-endian bytes (compressed, filtered, sharded)."""
-    first, *rest = array.metadata.codecs
+    metadata = array.metadata if isinstance(array, zarr.Array) else array
+    first, *rest = metadata.codecs
     if not isinstance(first, BytesCodec) or not all(isinstance(c, Crc32cCodec) for c in rest):
         return None
     endian = first.endian
@@ -580,9 +620,9 @@ def _raw_checksum_bytes(array: zarr.Array) -> int | None:
     return CHECKSUM_BYTES * len(rest)
 
 
-def has_raw_chunks(array: zarr.Array) -> bool:
-    """True when every chunk file of `array` is its raw C-order chunk (plus checksum bytes): what
-    `memmap_array` maps once the array is local."""
+def has_raw_chunks(array: zarr.Array | ArrayV3Metadata) -> bool:
+    """True when every chunk file of `array` (or of an array with this metadata) is its raw
+    C-order chunk (plus checksum bytes): what `memmap_array` maps once the array is local."""
     return _raw_checksum_bytes(array) is not None
 
 
@@ -599,9 +639,12 @@ def _local_dir(array: zarr.Array) -> Path | None:
     return None
 
 
-def memmap_array(array: zarr.Array) -> ChunkMemmapArray | None:
-    """A `ChunkMemmapArray` over `array`, or None when it is remote, compressed, or not
-    chunked along its first axis only with the default `/` chunk key encoding."""
+def memmap_array(
+    array: zarr.Array, chunk_source: ChunkSource | None = None
+) -> ChunkMemmapArray | None:
+    """A `ChunkMemmapArray` over `array` (its chunk files fetched by `chunk_source` if given),
+    or None when it is remote, compressed, or not chunked along its first axis only with the
+    default `/` chunk key encoding."""
     meta = array.metadata
     array_dir = _local_dir(array)
     checksum_bytes = _raw_checksum_bytes(array)
@@ -614,8 +657,9 @@ def memmap_array(array: zarr.Array) -> ChunkMemmapArray | None:
     if chunk_shape[1:] != tuple(array.shape[1:]):
         return None
     return ChunkMemmapArray(
-        array_dir, array.shape, chunk_shape[0], array.dtype, checksum_bytes, array_path=array.path
-    )
+        array_dir, array.shape, chunk_shape[0], array.dtype, checksum_bytes, array_path=array.path,
+        chunk_source=chunk_source,
+    )  # fmt: skip
 
 
 # --- chunk checks -----------------------------------------------------------------------------
@@ -874,6 +918,7 @@ class FeatureStore:
             float64 values in `stats_mean_f64`, `stats_std_f64` and the attributes of `stats/`
             (count, window_frames, stride_frames, std_floor, split) in `stats_attrs`.
         num_frames: N; chunk_frames: frames per chunk.
+        chunk_source: where missing chunk files come from (a local cache of a URL), or None.
     """
 
     def __init__(
@@ -884,11 +929,13 @@ class FeatureStore:
         storage_options: dict[str, Any] | None,
         check_chunk_files: bool = True,
         check_chunks_on_use: bool = False,
+        chunk_source: ChunkSource | None = None,
     ) -> None:
         self.url = url
         self._memory_map_requested = memory_map
         self._storage_options = storage_options
         self._check_chunks_on_use = check_chunks_on_use
+        self.chunk_source = chunk_source
         self.attrs: dict = group.attrs.asdict()
         _check_root_attrs(self.attrs, url)
         self.layout: dict = self.attrs[ATTR_LAYOUT]
@@ -945,7 +992,11 @@ class FeatureStore:
                     f"again from where it came from"
                 )
 
-        mapped = {name: memmap_array(array) for name, array in arrays.items()} if memory_map else {}
+        mapped = (
+            {name: memmap_array(array, chunk_source) for name, array in arrays.items()}
+            if memory_map
+            else {}
+        )
         self.is_memory_mapped = memory_map and all(m is not None for m in mapped.values())
         if memory_map and not self.is_memory_mapped:
             logger.info(
@@ -1006,6 +1057,23 @@ class FeatureStore:
         out[:] = self.features[start : start + len(out)]
         return out
 
+    def prefetch_features(self, starts: np.ndarray, lengths: np.ndarray) -> None:
+        """Start fetching the chunks of `features` frames `[start, start + length)` holds that
+        are not mapped yet (a store read through a chunk cache); returns at once. Cheap when
+        they all are: the warm training loader calls it for every batch."""
+        if self.chunk_source is None or not self.is_memory_mapped:
+            return
+        C, mapped = self.features.chunk_frames, self.features.is_mapped_mask
+        first = np.asarray(starts, dtype=np.int64) // C
+        last = (np.asarray(starts) + np.asarray(lengths) - 1) // C
+        if (last - first <= 1).all() and mapped[first].all() and mapped[last].all():
+            return  # warm: every chunk of these windows is mapped (windows within two chunks)
+        missing = {
+            i for a, b in zip(first.tolist(), last.tolist()) for i in range(a, b + 1)
+            if not mapped[i]
+        }  # fmt: skip
+        self.chunk_source.prefetch(self.features, sorted(missing))
+
     @property
     def chunk_frames(self) -> int:
         return int(self.zarr_arrays[FEATURES].chunks[0])
@@ -1016,7 +1084,7 @@ class FeatureStore:
         return (
             _reopen,
             (self.url, self._memory_map_requested, self._storage_options,
-             self._check_chunks_on_use),
+             self._check_chunks_on_use, self.chunk_source),
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -1027,11 +1095,12 @@ class FeatureStore:
 
 
 def _reopen(
-    url: str, memory_map: bool, storage_options: dict | None, check_chunks_on_use: bool
-) -> FeatureStore:
+    url: str, memory_map: bool, storage_options: dict | None, check_chunks_on_use: bool,
+    chunk_source: ChunkSource | None,
+) -> FeatureStore:  # fmt: skip
     return open_store(
         url, memory_map=memory_map, storage_options=storage_options, check_chunk_files=False,
-        check_chunks_on_use=check_chunks_on_use,
+        check_chunks_on_use=check_chunks_on_use, chunk_source=chunk_source,
     )  # fmt: skip
 
 
@@ -1096,6 +1165,7 @@ def open_store(
     storage_options: dict[str, Any] | None = None,
     check_chunk_files: bool = True,
     check_chunks_on_use: bool = False,
+    chunk_source: ChunkSource | None = None,
 ) -> FeatureStore:
     """Open and validate a complete feature store at a local path or an fsspec URL.
 
@@ -1107,14 +1177,21 @@ def open_store(
     mapped store checks each frame chunk the first time this process reads it (checksums of
     all frame arrays' chunks, finite values, continuity with the neighbouring chunks:
     `ChunkMemmapArray`, `seam_problem`) and raises `ChunkDamageError`; zarr checks the
-    checksum of every chunk it decodes anyway.
+    checksum of every chunk it decodes anyway. `chunk_source` makes chunk files present as
+    they are first mapped (a local chunk cache of a URL: `shared.chunk_cache`).
     """
     url = _url_of(path_or_url)
     storage_options = url_options(url, storage_options)
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
         return FeatureStore(
-            url, group, memory_map, storage_options, check_chunk_files, check_chunks_on_use
+            url,
+            group,
+            memory_map,
+            storage_options,
+            check_chunk_files,
+            check_chunks_on_use,
+            chunk_source,
         )
     except StoreError:
         raise

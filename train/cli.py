@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from shared.chunk_cache import open_cached_store
 from shared.cli import (
     FEATURE_STORE,
     LATENT_STORE,
@@ -30,8 +31,8 @@ from shared.cli import (
     storage_options_option,
 )
 from shared.diskspace import DiskFullError
-from shared.remote import MissingExtraError
-from shared.store import SPLITS, StoreError
+from shared.remote import MissingExtraError, is_url
+from shared.store import SPLITS, FeatureStore, StoreError
 from shared.transfer import TransferError, cached_store
 from shared.zarr_output import ATTR_FPS, ATTR_WINDOW_FRAMES
 from train.config import Device, RunConfig, TrainConfig, saved_config
@@ -120,12 +121,13 @@ def describe(**options: Any) -> None:
 
 
 def _store_options(**store_kwargs: Any) -> Callable:
-    """--store PATH|URL, --cache-dir, --storage-options: a URL is copied once into the cache."""
+    """--store PATH|URL, --cache-dir, --storage-options: a URL is read through the local cache."""
     options = (
         click.option("--store", "store_url", type=FEATURE_STORE, **store_kwargs),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Where a --store URL is copied once (one directory per store "
-                          "fingerprint, reused while it verifies) and memory-mapped from "
+                     help="Where a --store URL is cached and memory-mapped from, one directory "
+                          "per store fingerprint: `fit` fetches chunks as it first uses them, "
+                          "`eval`/`encode` copy the store once "
                           "[default: $NYMERIA_MVAE_CACHE, else ~/.cache/nymeria-mvae/stores]."),
         storage_options_option,
     )  # fmt: skip
@@ -151,6 +153,21 @@ def _local_store(
 
 
 DEFAULT_STORE = "data/nymeria.zarr"
+
+
+def _training_store(
+    store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
+    cache_max_gb: float | None,
+) -> str | FeatureStore:  # fmt: skip
+    """The store `fit` reads: a path as given; a URL through the local chunk cache (chunks
+    fetched on first use, at most `cache_max_gb` kept)."""
+    if not is_url(store_url):
+        return str(store_url)
+    max_bytes = None if cache_max_gb is None else int(cache_max_gb * 1e9)
+    try:
+        return open_cached_store(str(store_url), cache_dir, storage_options, max_bytes)
+    except (StoreError, TransferError, MissingExtraError, OSError) as error:
+        raise click.ClickException(f"--store {store_url}: {error}") from None
 
 
 @main.command()
@@ -208,12 +225,12 @@ def fit(
         config = RunConfig.from_dict(base, source=str(config_file or "options"))
     except (ValueError, TypeError) as e:
         raise config_error(e, (MotionVAEConfig, TrainConfig)) from None
-    local = _local_store(store_url, cache_dir, storage_options)
+    store = _training_store(store_url, cache_dir, storage_options, config.train.cache_max_gb)
     notify = functools.partial(tqdm.write, file=sys.stderr)
     try:
         metrics = run_fit(
             config,
-            str(local),
+            store,
             run_dir,
             resume=resume,
             notify=notify,

@@ -63,6 +63,9 @@ class TrainConfig:
     chunk_check: bool = True
     """Check each store chunk the first time a loader worker reads it: its crc32c, that its
     values are finite, that it continues its neighbours (a damaged store stops the run)."""
+    cache_max_gb: float | None = None
+    """With --store URL: size limit in GB of the local chunk cache the store is read through
+    (least recently used chunks are evicted); no limit when not given."""
     loss: Loss = "world"
     """'seed': per-group MSE on normalised features + KL, world motion decoded from the
     absolute head pose (the seed's numbers, exactly). 'world': the same plus the position and
@@ -116,6 +119,8 @@ class TrainConfig:
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
+        if self.cache_max_gb is not None and not self.cache_max_gb > 0:
+            raise ValueError(f"TrainConfig.cache_max_gb must be > 0, found {self.cache_max_gb!r}")
         for name in ("min_lr_ratio", "mirror_prob", "head_blend"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(

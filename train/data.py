@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import count
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -118,10 +120,19 @@ class WindowIndex:
         return np.unique(np.linspace(0, self.num_windows - 1, n).round().astype(np.int64))
 
 
-def read_windows(store: FeatureStore, index: WindowIndex, k: np.ndarray) -> WindowBatch:
-    """Copy the windows numbered `k` out of the store (one memcpy per window when memory-mapped)."""
+def read_windows(
+    store: FeatureStore, index: WindowIndex, k: np.ndarray, located: tuple | None = None
+) -> WindowBatch:
+    """Copy the windows numbered `k` out of the store (one memcpy per window when memory-mapped).
+
+    The windows' chunks are first announced to the store (`prefetch_features`: a store read
+    through a chunk cache fetches them in parallel), unless the caller did and passes
+    `located`, its `index.locate(k)`."""
     T = index.window_frames
-    seq, first, valid = index.locate(k)
+    if located is None:
+        located = index.locate(k)
+        store.prefetch_features(*located[1:])
+    seq, first, valid = located
     features = np.empty((len(k), T, FEATURE_DIM), dtype=np.float32)
     for b, (start, n) in enumerate(zip(first.tolist(), valid.tolist())):
         store.read_features_into(features[b, :n], start)
@@ -145,17 +156,25 @@ class DamagedWindows(NamedTuple):
     problem: str
 
 
+READ_AHEAD_BATCHES = 4
+"""Batches whose chunks a worker asks the store to fetch ahead (a store read through a chunk
+cache fetches them in the background; a local store ignores it)."""
+
+
 class TrainWindows(IterableDataset):
     """Endless stream of batches from one split; each worker takes every `num_workers`-th batch.
 
-    The store is opened inside each worker (memory maps are per process), from its URL; with
-    `check_chunks` each chunk is checked the first time the worker reads it
-    (`open_store(check_chunks_on_use=True)`), and damage ends the stream with `DamagedWindows`.
+    `store` is a path, opened inside each worker (memory maps are per process; with
+    `check_chunks` each chunk is checked the first time the worker reads it:
+    `open_store(check_chunks_on_use=True)`), or an opened store (pickled into spawned workers,
+    which reopen it; inherited by forked ones). Damage ends the stream with `DamagedWindows`. A
+    worker announces the windows of its next READ_AHEAD_BATCHES batches to the store before
+    reading (a store read through a chunk cache fetches them in the background).
     """
 
     def __init__(
         self,
-        store_url: str,
+        store: str | Path | FeatureStore,
         split: str,
         window_frames: int,
         batch_size: int,
@@ -164,20 +183,27 @@ class TrainWindows(IterableDataset):
         first_batch: int = 0,
         check_chunks: bool = False,
     ) -> None:
-        self.store_url, self.split = store_url, split
+        self.store, self.split = store, split
         self.window_frames, self.batch_size = window_frames, batch_size
         self.seed, self.rank, self.first_batch = seed, rank, first_batch
         self.check_chunks = check_chunks
 
     def __iter__(self) -> Iterator[WindowBatch | DamagedWindows]:
-        store = open_store(self.store_url, check_chunks_on_use=self.check_chunks)
+        store = self.store
+        if not isinstance(store, FeatureStore):
+            store = open_store(store, check_chunks_on_use=self.check_chunks)
         index = WindowIndex(store.split(self.split), self.window_frames)
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        for i in count(self.first_batch + worker, num_workers):
-            windows = index.sample(self.seed, self.rank, i, self.batch_size)
+        numbers, upcoming = count(self.first_batch + worker, num_workers), deque()
+        while True:
+            while len(upcoming) <= READ_AHEAD_BATCHES:
+                k = index.sample(self.seed, self.rank, next(numbers), self.batch_size)
+                located = index.locate(k)
+                store.prefetch_features(*located[1:])
+                upcoming.append((k, located))
             try:
-                batch = read_windows(store, index, windows)
+                batch = read_windows(store, index, *upcoming.popleft())
             except ChunkDamageError as error:
                 yield DamagedWindows(str(error))
                 return

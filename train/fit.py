@@ -74,6 +74,7 @@ RESUMABLE_CHANGES = {
     "train.ckpt_every",
     "train.compile",
     "train.chunk_check",
+    "train.cache_max_gb",
 }
 # A step loss above this many times the median of the last LOSS_HISTORY_STEPS steps stops the
 # run as exploded (once LOSS_MIN_HISTORY steps are known: the first steps fall fast).
@@ -268,19 +269,21 @@ class MetricsLog:
 
 
 def fit(
-    config: RunConfig, store_url: str, run_dir: Path, resume: bool = False,
+    config: RunConfig, store: str | FeatureStore, run_dir: Path, resume: bool = False,
     notify: Callable[[str], None] = logger.info, store_source: str | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Train per `config` on the store's train split; returns the last validation metrics.
+    """Train per `config` on the train split of `store` (a path, opened here, or an opened
+    store such as `shared.chunk_cache.open_cached_store`'s); returns the last validation metrics.
 
     `notify` gets the notes a user at the console should see (the step a resumed run starts
     at, a signal received); `store_source` is the store as the user named it (a URL whose local
-    copy is `store_url`), recorded in run_info.json for `--resume`.
+    copy or cache `store` is), recorded in run_info.json for `--resume`.
     """
     cfg = config.train
     info, device = init_distributed(cfg.device)
     run_dir = Path(run_dir)
-    store = open_store(store_url, check_chunks_on_use=cfg.chunk_check)
+    if not isinstance(store, FeatureStore):
+        store = open_store(store, check_chunks_on_use=cfg.chunk_check)
     _warn_if_stats_window_differs(store, config)
     _warn_if_warmup_capped(config)
     resumed = _checkpoint_to_resume(run_dir, resume, config, store)
@@ -601,7 +604,7 @@ class TrainBatches:
     ) -> None:  # fmt: skip
         cfg = config.train
         dataset = TrainWindows(
-            store.url, "train", config.model.seq_len, cfg.batch_size, cfg.seed, info.rank,
+            store, "train", config.model.seq_len, cfg.batch_size, cfg.seed, info.rank,
             first_batch=first_step, check_chunks=cfg.chunk_check,
         )  # fmt: skip
         self.loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))

@@ -137,3 +137,19 @@ def test_config_files_in_yaml(tmp_path):
         path.write_text("train:\n  steps: 9\n  lr: 3.0e-4\nmodel:\n  latent_dim: 32\n")
         config = RunConfig.from_dict(load_config_file(path))
         assert (config.train.steps, config.train.lr, config.model.latent_dim) == (9, 3e-4, 32)
+
+
+def test_cache_max_gb_is_checked_and_may_change_when_a_run_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from train.cli import main
+    from train.fit import RESUMABLE_CHANGES
+
+    args = ["fit", "--store", str(tmp_path), "--out", str(tmp_path / "run"), "--cache-max-gb"]
+    result = CliRunner().invoke(main, [*args, "0"])
+    assert result.exit_code == 2 and "--cache-max-gb" in result.output
+    saved = RunConfig().to_dict()
+    del saved["train"]["cache_max_gb"]  # a run saved before the option existed
+    limited = RunConfig.from_dict({"train": {"cache_max_gb": 20.0}}).to_dict()
+    assert [d.split(":")[0] for d in diff_configs(saved, limited)] == ["train.cache_max_gb"]
+    assert "train.cache_max_gb" in RESUMABLE_CHANGES

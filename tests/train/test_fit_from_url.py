@@ -1,21 +1,28 @@
-"""`train fit --store s3://...` against moto's S3 server on 127.0.0.1: the first run pulls the
-store into the cache and memory-maps it, the second uses the cache without downloading a chunk."""
+"""`train fit --store s3://...` against moto's S3 server on 127.0.0.1: the run reads the store
+through the local chunk cache, fetching only the chunks its windows use (its DataLoader worker
+fetches too) before and while it trains; a second run with the same windows reads them all from
+the cache. `encode` copies the store into the cache once and writes latents to the bucket."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
 
 from shared.remote_layout import version_prefix
-from shared.store import FRAME_ARRAYS, open_store
+from shared.store import FEATURES, FRAME_ARRAYS, open_store
 from shared.transfer import push
 from tests.remote_servers import S3_ENV, s3_filesystem, s3_server
 from tests.train.conftest import TINY_MODEL
 from train.cli import main
+
+CHUNK_FRAMES = 32  # ~110 chunks per frame array, of which a short run needs a few
 
 
 def _losses(run: Path) -> list[float]:
@@ -23,38 +30,67 @@ def _losses(run: Path) -> list[float]:
     return [r["train/total"] for r in rows if "train/total" in r]
 
 
-def test_fit_from_s3_pulls_once_then_uses_the_cache(feature_store, tmp_path, monkeypatch):
+def _cached(cache: Path, array: str) -> set[int]:
+    """Indices of the chunks of `array` in a chunk cache."""
+    folder = cache / array / "c"
+    return {int(p.relative_to(folder).parts[0]) for p in folder.rglob("*") if p.is_file()}
+
+
+def _chunks_of_split(store, split: str) -> set[int]:
+    return {
+        i
+        for r in store.split(split)
+        for i in range(r.start // CHUNK_FRAMES, (r.stop - 1) // CHUNK_FRAMES + 1)
+    }
+
+
+@pytest.fixture(scope="module")
+def small_chunk_store(feature_store: Path) -> Path:
+    """The session's feature store built again with CHUNK_FRAMES-frame chunks."""
+    store = feature_store.parent / f"chunks{CHUNK_FRAMES}.zarr"
+    if not store.exists():
+        subprocess.run(
+            [sys.executable, "-m", "preprocess", "build", str(feature_store.parent / "hdf5"),
+             "--out", str(store), "--scheduler", "synchronous", "--chunk-frames",
+             str(CHUNK_FRAMES)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return store
+
+
+def test_fit_from_s3_reads_only_the_chunks_it_uses(small_chunk_store, tmp_path, monkeypatch):
     for key, value in S3_ENV.items():
         monkeypatch.setenv(key, value)
     cache = tmp_path / "cache"
+    local = open_store(small_chunk_store)
     with s3_server() as options:
         fs = s3_filesystem(options)
         fs.mkdir("team")
         url = "s3://team/nymeria.zarr"
-        push(feature_store, url, storage_options=options, progress=False)
+        push(small_chunk_store, url, storage_options=options, progress=False)
 
-        def fit(run: Path) -> None:
+        def fit(run: Path, workers: str) -> None:
             args = ["fit", "--store", url, "--storage-options", json.dumps(options),
-                    "--cache-dir", str(cache), "--out", str(run), "--num-workers", "0",
-                    "--val-windows", "8", "--steps", "3", "--log-every", "1", "--val-every", "3",
-                    "--seq-len", "32", *TINY_MODEL]  # fmt: skip
+                    "--cache-dir", str(cache), "--out", str(run), "--num-workers", workers,
+                    "--batch-size", "4", "--val-windows", "8", "--steps", "3", "--log-every",
+                    "1", "--val-every", "3", "--seq-len", "32", *TINY_MODEL]  # fmt: skip
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 0, result.output
 
-        fit(tmp_path / "first")
-        fingerprint = open_store(feature_store).fingerprint
-        cached = open_store(cache / f"{fingerprint}.zarr")
-        assert cached.is_memory_mapped
-        assert (cached.features[:] == open_store(feature_store).features[:]).all()
+        fit(tmp_path / "first", workers="1")  # the DataLoader worker fetches its windows
+        cached = cache / f"{local.fingerprint}.chunks"
+        features, timestamps, contact = (_cached(cached, a) for a in FRAME_ARRAYS)
+        # Training and validation windows only: no test-split chunk, no contact or timestamps.
+        used = _chunks_of_split(local, "train") | _chunks_of_split(local, "val")
+        assert features and not features & (_chunks_of_split(local, "test") - used)
+        assert len(features) < local.features.num_chunks
+        assert not contact and not timestamps
+        for i in features:  # byte for byte the store's chunk files, checksums included
+            key = f"{FEATURES}/c/{i}/0"
+            assert (cached / key).read_bytes() == (small_chunk_store / key).read_bytes()
 
-        # Without the frame arrays' chunks at the URL, only the cached copy can feed the run.
-        fs.invalidate_cache()
-        for name in FRAME_ARRAYS:
-            fs.rm(f"team/nymeria.zarr/{version_prefix(fingerprint)}/{name}/c", recursive=True)
-        fit(tmp_path / "second")
-
-        # encode reads the cached copy and writes its latents to the bucket; decode reads them.
-        ckpt = str(tmp_path / "second" / "checkpoints" / "last.pt")
+        # encode copies the whole store into the cache once and writes latents to the bucket.
+        ckpt = str(tmp_path / "first" / "checkpoints" / "last.pt")
         s3 = ["--storage-options", json.dumps(options)]
         latents = "s3://team/latents.zarr"
         encode = ["encode", "--ckpt", ckpt, "--store", url, "--cache-dir", str(cache),
@@ -65,9 +101,17 @@ def test_fit_from_s3_pulls_once_then_uses_the_cache(feature_store, tmp_path, mon
         decode = ["decode", "--ckpt", ckpt, "--latents", latents, "--out", str(decoded), *s3]
         result = CliRunner().invoke(main, decode)
         assert result.exit_code == 0, result.output
-        assert zarr.open_group(decoded, mode="r")["features"].shape == cached.features.shape
+        assert zarr.open_group(decoded, mode="r")["features"].shape == local.features.shape
+
+        # Without the frame arrays' chunks at the URL, the same windows come from the cache.
+        fs.invalidate_cache()
+        for name in FRAME_ARRAYS:
+            version = version_prefix(local.fingerprint)
+            fs.rm(f"team/nymeria.zarr/{version}/{name}/c", recursive=True)
+        fit(tmp_path / "second", workers="0")
     first = _losses(tmp_path / "first")
     assert len(first) == 3
     assert _losses(tmp_path / "second") == pytest.approx(first)
     run_info = json.loads((tmp_path / "second" / "run_info.json").read_text())
-    assert run_info["store"]["fingerprint"] == fingerprint
+    assert run_info["store"]["fingerprint"] == local.fingerprint
+    assert np.isfinite(first).all()
