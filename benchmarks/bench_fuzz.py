@@ -1,6 +1,6 @@
 """The fuzz campaign: builds over mutated clip files, counting crashes and bad publications.
 
-    python -m benchmarks fuzz [--files 1000 --batch 100 --seed 0 --baseline-ref main
+    python -m benchmarks fuzz [--files 1000 --batch 100 --seed 0 --baseline-ref 0860500
                                --exclude name,...]
 
 `preprocess.fuzz` makes `--files` mutated copies of three small synthetic clips (half damaged
@@ -12,8 +12,8 @@ publications (a published store verify rejects or with implausible values, a mut
 neither used nor listed).
 
 Baseline, in the same run and on the same mutated files: the `preprocess` and `shared` packages
-of git revision `--baseline-ref` (exported with `git archive`), built and verified the same way
-(skip with `--baseline-ref ''`).
+of git revision `--baseline-ref` (exported with `git archive`; default BASELINE_REF, the code
+before the issue-20 checks), built and verified the same way (skip with `--baseline-ref ''`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from preprocess import fuzz, synth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_SEED = 7
+BASELINE_REF = "0860500"  # main before issue 20's checks: the figures in BENCHMARKS.md
 
 
 def code_of(ref: str, into: Path) -> Path:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--baseline-ref", default="main")
+    parser.add_argument("--baseline-ref", default=BASELINE_REF)
     parser.add_argument(
         "--exclude", default="",
         help=f"Value mutations left out, comma-separated, of {', '.join(fuzz.VALUE_MUTATIONS)} "

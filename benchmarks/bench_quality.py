@@ -233,7 +233,7 @@ def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Names
         fit(RunConfig(model=model, train=train), str(store), run_dir)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     by_set = {}
-    for label, windows in evaluation_windows(store, args).items():
+    for label, windows in evaluation_windows(store, args, model.seq_len).items():
         with swap_eval, mock.patch("train.evaluate.tqdm", lambda it, **k: it):
             metrics = evaluate(run_dir / "checkpoints" / "last.pt", str(store), "test",
                                run_dir / "eval" / label.replace(" ", "_"),
@@ -247,7 +247,9 @@ def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Names
             "curve": curve}  # fmt: skip
 
 
-def evaluation_windows(store: Path, args: argparse.Namespace) -> dict[str, np.ndarray | None]:
+def evaluation_windows(
+    store: Path, args: argparse.Namespace, seq_len: int
+) -> dict[str, np.ndarray | None]:
     """What each row is evaluated on: the test split's unseen participants (synthetic), or the
     unseen style and the unseen content (real, `benchmarks.realmotion`); None = evenly spaced
     windows of the whole test split."""
@@ -256,10 +258,9 @@ def evaluation_windows(store: Path, args: argparse.Namespace) -> dict[str, np.nd
     opened = open_store(store)
     records = opened.split("test")
     return {
-        label: realmotion.subset_windows(
-            records, subset, MotionVAEConfig().seq_len, args.max_windows
-        )
+        label: realmotion.subset_windows(records, subset, seq_len, args.max_windows)
         for label, subset in realmotion.evaluation_sets(opened).items()
+        if subset
     }
 
 

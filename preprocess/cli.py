@@ -484,7 +484,8 @@ def pull_command(
 @click.option("--remove", "remove", multiple=True, metavar="FINGERPRINT",
               help="Delete this version (repeatable); the current one is refused.")  # fmt: skip
 @click.option("--keep-latest", type=click.IntRange(min=1), default=None,
-              help="Delete every version but the current one and the N most recent.")  # fmt: skip
+              help="Delete every finished version but the current one and the N most recent "
+                   "(unfinished pushes, which may be running, are kept).")  # fmt: skip
 @storage_options_option
 @timeout_option
 def versions_command(
@@ -498,7 +499,7 @@ def versions_command(
     if keep_latest is not None:
         complete = [v for v in listed if v.complete]
         kept = {v.fingerprint for v in complete[-keep_latest:]}
-        doomed += [v.fingerprint for v in listed if v.fingerprint not in kept and not v.current]
+        doomed += [v.fingerprint for v in complete if v.fingerprint not in kept and not v.current]
     if doomed:
         _transfer_errors_as_one_line(lambda: remove_versions(url, doomed, storage_options, timeout))
         click.echo(

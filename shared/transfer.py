@@ -465,10 +465,10 @@ def push(
             )
     version = version_prefix(fingerprint)
     version_url = endpoint.where(version)
-    published = read_manifest(url, fingerprint, storage_options, timeout)
-    if published is not None:
+    manifest_there = read_manifest(url, fingerprint, storage_options, timeout)
+    if manifest_there is not None:
         local, _ = _local_manifest(files, plan, jobs, progress)
-        if published != local:
+        if manifest_there != local:
             remedy = (
                 "pull it from there, or publish this form at another URL"
                 if current == fingerprint

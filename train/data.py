@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shared.features import CanonicalFrame, canonicalize, mirror_features
 from shared.layout import FEATURE_DIM
-from shared.store import ChunkDamageError, FeatureStore, NormStats, SequenceRecord, open_store
+from shared.store import FeatureStore, NormStats, SequenceRecord, StoreError, open_store
 
 
 class WindowBatch(NamedTuple):
@@ -204,7 +204,7 @@ class TrainWindows(IterableDataset):
                 upcoming.append((k, located))
             try:
                 batch = read_windows(store, index, *upcoming.popleft())
-            except ChunkDamageError as error:
+            except StoreError as error:  # a damaged local chunk, or a remote one (chunk cache)
                 yield DamagedWindows(str(error))
                 return
             yield batch

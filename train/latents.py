@@ -430,7 +430,7 @@ def store_info(url: str | Path, storage_options: dict | None = None) -> dict:
         **info,
         "padding": attrs.get(ATTR_PADDING),
         "overlap": attrs.get(ATTR_OVERLAP),
-        "size_bytes": store_size_bytes(str(url)),
+        "size_bytes": store_size_bytes(str(url), url_options(url, storage_options)),
     }
 
 
