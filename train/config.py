@@ -2,7 +2,8 @@
 
 `python -m train fit` turns every field of `TrainConfig` and of the model's
 `MotionVAEConfig` into a `--option` (`shared.cli.dataclass_options`); `--config FILE` (JSON,
-TOML or YAML, sections `model` and `train`) sets them in bulk, and explicit options win over the file.
+TOML or YAML, sections `model` and `train`) sets them in bulk, and explicit options win over
+the file.
 """
 
 from __future__ import annotations
