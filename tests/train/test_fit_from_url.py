@@ -115,3 +115,33 @@ def test_fit_from_s3_reads_only_the_chunks_it_uses(small_chunk_store, tmp_path, 
     run_info = json.loads((tmp_path / "second" / "run_info.json").read_text())
     assert run_info["store"]["fingerprint"] == local.fingerprint
     assert np.isfinite(first).all()
+
+
+def test_a_damaged_remote_chunk_stops_fit_with_one_line_from_a_loader_worker(
+    small_chunk_store, tmp_path, monkeypatch
+):
+    """A chunk whose bytes changed at the URL (its stored crc32c no longer matches) is named in
+    one line and the run stops, also when a DataLoader worker is the one fetching it (the
+    worker's error must not come back as torch's multi-line re-raise)."""
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    local = open_store(small_chunk_store)
+    with s3_server() as options:
+        fs = s3_filesystem(options)
+        fs.mkdir("team")
+        url = "s3://team/nymeria.zarr"
+        push(small_chunk_store, url, storage_options=options, progress=False)
+        folder = f"team/nymeria.zarr/{version_prefix(local.fingerprint)}/{FEATURES}/c"
+        for key in fs.find(folder):  # every features chunk: one byte flipped, size kept
+            data = bytearray(fs.cat_file(key))
+            data[10] ^= 0xFF
+            fs.pipe_file(key, bytes(data))
+        args = ["fit", "--store", url, "--storage-options", json.dumps(options),
+                "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                "--num-workers", "1", "--batch-size", "4", "--val-windows", "8", "--steps",
+                "3", "--val-every", "3", "--seq-len", "32", *TINY_MODEL]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and FEATURES in errors[0], result.output
+    assert "Traceback" not in result.output and "DataLoader worker" not in result.output
