@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,16 +60,23 @@ def small_chunk_store(feature_store: Path) -> Path:
     return store
 
 
-def test_fit_from_s3_reads_only_the_chunks_it_uses(small_chunk_store, tmp_path, monkeypatch):
+@contextmanager
+def _pushed(store: Path, monkeypatch) -> Iterator[tuple[dict, object, str]]:
+    """`store` pushed to moto's S3 on 127.0.0.1: (storage options, file system, URL)."""
     for key, value in S3_ENV.items():
         monkeypatch.setenv(key, value)
-    cache = tmp_path / "cache"
-    local = open_store(small_chunk_store)
     with s3_server() as options:
         fs = s3_filesystem(options)
         fs.mkdir("team")
         url = "s3://team/nymeria.zarr"
-        push(small_chunk_store, url, storage_options=options, progress=False)
+        push(store, url, storage_options=options, progress=False)
+        yield options, fs, url
+
+
+def test_fit_from_s3_reads_only_the_chunks_it_uses(small_chunk_store, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    local = open_store(small_chunk_store)
+    with _pushed(small_chunk_store, monkeypatch) as (options, fs, url):
 
         def fit(run: Path, workers: str) -> None:
             args = ["fit", "--store", url, "--storage-options", json.dumps(options),
@@ -123,14 +132,8 @@ def test_a_damaged_remote_chunk_stops_fit_with_one_line_from_a_loader_worker(
     """A chunk whose bytes changed at the URL (its stored crc32c no longer matches) is named in
     one line and the run stops, also when a DataLoader worker is the one fetching it (the
     worker's error must not come back as torch's multi-line re-raise)."""
-    for key, value in S3_ENV.items():
-        monkeypatch.setenv(key, value)
     local = open_store(small_chunk_store)
-    with s3_server() as options:
-        fs = s3_filesystem(options)
-        fs.mkdir("team")
-        url = "s3://team/nymeria.zarr"
-        push(small_chunk_store, url, storage_options=options, progress=False)
+    with _pushed(small_chunk_store, monkeypatch) as (options, fs, url):
         folder = f"team/nymeria.zarr/{version_prefix(local.fingerprint)}/{FEATURES}/c"
         for key in fs.find(folder):  # every features chunk: one byte flipped, size kept
             data = bytearray(fs.cat_file(key))
