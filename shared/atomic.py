@@ -7,6 +7,7 @@ then `os.replace` it over the target. On any error, or an interrupt, the temp fi
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -105,3 +106,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing): a new open file each time, so
+    threads of one process exclude each other too, as do processes and DDP ranks of a node."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

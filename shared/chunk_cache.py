@@ -65,7 +65,7 @@ import numpy as np
 import zarr
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from shared.atomic import atomic_path
+from shared.atomic import atomic_path, exclusive_lock
 from shared.remote import (
     DEFAULT_TIMEOUT_S,
     RemoteUnavailableError,
@@ -171,18 +171,6 @@ class _FetchThreads:
                 future.set_exception(error)
 
 
-@contextmanager
-def _flocked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path`: a new open file each time, so threads of one process
-    exclude each other too."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _mtime_ns(path: Path) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
@@ -250,7 +238,7 @@ class ChunkCache:
         """Fetch the metadata and stats into the cache unless there (root zarr.json last), check
         that a cache filled earlier has the same arrays, and recount its usage."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        with _flocked(self.directory / ".lock"):
+        with exclusive_lock(self.directory / ".lock"):
             documents = {node: self._remote_json(node) for node in NODES}
             for name in ARRAYS:
                 documents[name] = self._local_array_json(name, documents[name])
@@ -508,7 +496,7 @@ class ChunkCache:
             if spec.name not in FRAME_ARRAYS:  # the stats: fetched by prepare(), under `.lock`
                 os.replace(tmp, path)
             else:
-                with _flocked(self.directory / ".lock"):
+                with exclusive_lock(self.directory / ".lock"):
                     self._make_room(len(data), keep=(spec.name, index))
                     os.replace(tmp, path)
                     self._write_usage(self._read_usage() + len(data))

@@ -38,15 +38,13 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import fcntl
 import json
 import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import product
@@ -60,7 +58,7 @@ from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 from zarr.codecs import Crc32cCodec
 
-from shared.atomic import TEMP_SUFFIX, atomic_path, temp_path_for
+from shared.atomic import TEMP_SUFFIX, atomic_path, exclusive_lock, temp_path_for
 from shared.remote import (
     DEFAULT_TIMEOUT_S,
     READ_ONLY_PROTOCOLS,
@@ -839,17 +837,6 @@ def default_cache_dir() -> Path:
     return base / "nymeria-mvae" / "stores"
 
 
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (torchrun ranks share one cache entry)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cached_store(
     path_or_url: str | Path,
     cache_dir: Path | None = None,
@@ -868,7 +855,7 @@ def cached_store(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{fingerprint}.zarr"
-    with _exclusive(cache_dir / f"{fingerprint}.lock"):
+    with exclusive_lock(cache_dir / f"{fingerprint}.lock"):
         if target.exists():
             try:
                 if open_store(target).fingerprint == fingerprint:
