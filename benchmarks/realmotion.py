@@ -182,7 +182,10 @@ def motion_statistics(store: FeatureStore, max_frames: int = 200_000) -> dict[st
 
     n = store.num_frames
     step = max(1, n // max_frames)
-    x = store.read_features(0, n)[::step].astype(np.float64)
+    block = step * 8192  # read a block at a time: memory bounded by max_frames, not the store
+    x = np.concatenate(
+        [store.read_features(s, min(s + block, n))[::step] for s in range(0, n, block)]
+    ).astype(np.float64)
     fps = store.fps
     speed = np.linalg.norm(x[:, HP_DOT], axis=-1) * fps
     D = rot6d_to_matrix(x[:, HR_DOT])
