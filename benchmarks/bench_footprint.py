@@ -37,8 +37,9 @@ import numpy as np
 
 from benchmarks.bench_preprocess import subset
 from preprocess import nymeria_format, synth
-from preprocess.build import BuildPaths, discover_clip_files
+from preprocess.build import BuildPaths
 from preprocess.clip_cache import decode_record
+from preprocess.discover import discover_clip_files
 from shared.remote import store_size_bytes
 from shared.store import open_store
 

@@ -278,6 +278,29 @@ def test_plan_prints_what_the_build_writes_and_writes_nothing(
     assert str(plan) == printed.rstrip("\n") and plan.records() == list(store.sequences)
 
 
+def test_build_executes_the_plan_it_prints(synthetic_dataset: Path, tmp_path: Path, monkeypatch):
+    """A build plans once, with the code `--plan` prints from, and hands that plan object to the
+    write stage: its summary records it, it prints as `--plan` did, and the store holds it."""
+    import preprocess.build.run
+
+    out = tmp_path / "store.zarr"
+    printed = cli_build(synthetic_dataset, out, "--plan", "--chunk-frames", "500")
+    assert printed.exit_code == 0, printed.output
+    executed, write_store = [], preprocess.build.run.write_store
+
+    def recording_write_store(plan: object, *args: object) -> None:
+        executed.append(plan)
+        write_store(plan, *args)
+
+    monkeypatch.setattr(preprocess.build.run, "write_store", recording_write_store)
+    summary = synchronous_build(synthetic_dataset, out, chunk_frames=500)
+    assert len(executed) == 1 and executed[0] is summary.plan
+    assert str(summary.plan) == printed.output.rstrip("\n")
+    store = open_store(out)
+    assert summary.plan.records() == list(store.sequences)
+    np.testing.assert_array_equal(np.concatenate(summary.plan.timestamps), store.timestamp_ns[:])
+
+
 def test_refuses_to_replace_something_that_is_not_a_store(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "precious"
     out.mkdir()

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from store_testing import cli_build, content_files, feature_chunk_files, synchronous_build
 from test_resume import REPO_ROOT, kill, wait_for
 
-import preprocess.build
+import preprocess.build.run
 from preprocess.build import BuildPaths
 from preprocess.cli import main
 from shared.store import StoreError, open_store
@@ -36,11 +36,11 @@ CHUNK_FRAMES = 512  # 18 clips of ~150 frames: several chunks, so stage 3 record
 STALLING_BUILD = """
 import sys, time
 from pathlib import Path
-import preprocess.build
+import preprocess.build.write
 from preprocess.cli import main
 
 stop_after, marker = int(sys.argv[1]), Path(sys.argv[2])
-save, saved = preprocess.build.save_progress, []
+save, saved = preprocess.build.write.save_progress, []
 
 def stalling_save(path, progress):
     save(path, progress)
@@ -50,7 +50,7 @@ def stalling_save(path, progress):
         time.sleep(600)
         sys.exit("stalled build was not killed")
 
-preprocess.build.save_progress = stalling_save
+preprocess.build.write.save_progress = stalling_save
 main(sys.argv[3:], prog_name="preprocess")
 """
 
@@ -184,7 +184,7 @@ def test_resume_with_other_chunking_rereads_what_it_needs(synthetic_dataset, tmp
         raise OSError("killed before publishing")
 
     with monkeypatch.context() as patch:  # every frame written, every per-file result used
-        patch.setattr(preprocess.build, "_publish", fail_to_publish)
+        patch.setattr(preprocess.build.run, "publish_store", fail_to_publish)
         with pytest.raises(OSError, match="killed before publishing"):
             synchronous_build(synthetic_dataset, out, chunk_frames=64)
     assert not list(paths.clips.glob("*.clip")) and paths.clips.joinpath("entries.index").exists()

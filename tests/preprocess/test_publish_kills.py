@@ -3,7 +3,7 @@ complete store (old or new) throughout, and the next build finishes the publicat
 nothing behind and, run with `--resume`, says the build is finished (exit 0).
 
 The build runs in a subprocess that SIGKILLs itself right after the named step
-(`preprocess.build._publish_step`), once with the atomic exchange of the two stores and once
+(`preprocess.build.publish._publish_step`), once with the atomic exchange of the two stores and once
 with it made unavailable (the fallback of two renames)."""
 
 from __future__ import annotations
@@ -26,21 +26,21 @@ OLD = ("--max-fill-frames", "2")  # another stitching setting: another fingerpri
 
 KILLING_BUILD = """
 import os, signal, sys
-import preprocess.build
+import preprocess.build.publish
 import shared.zarr_output
 from preprocess.cli import main
 
 step, mode = sys.argv[1], sys.argv[2]
 if mode == "fallback":
     shared.zarr_output.exchange_paths = lambda a, b: False
-publish_step = preprocess.build._publish_step
+publish_step = preprocess.build.publish._publish_step
 
 def killing_step(name):
     publish_step(name)
     if name == step:
         os.kill(os.getpid(), signal.SIGKILL)
 
-preprocess.build._publish_step = killing_step
+preprocess.build.publish._publish_step = killing_step
 main(sys.argv[3:], prog_name="preprocess")
 """
 

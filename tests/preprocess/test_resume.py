@@ -141,7 +141,7 @@ def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: 
 def test_build_that_fails_while_writing_resumes_with_its_first_created_time(
     synthetic_dataset: Path, tmp_path: Path, monkeypatch
 ):
-    import preprocess.build
+    import preprocess.build.write
 
     out = tmp_path / "store.zarr"
 
@@ -149,7 +149,7 @@ def test_build_that_fails_while_writing_resumes_with_its_first_created_time(
         raise RuntimeError("killed while writing frames")
 
     with monkeypatch.context() as patched:
-        patched.setattr(preprocess.build, "_write_frames", crash)
+        patched.setattr(preprocess.build.write, "_write_frames", crash)
         with pytest.raises(RuntimeError, match="killed while writing frames"):
             synchronous_build(synthetic_dataset, out)
     created = (BuildPaths(out).build_dir / "created").read_text()
@@ -166,7 +166,7 @@ def test_resumed_frame_writing_keeps_writing_all_zero_chunks(
 ):
     """Zarr skips chunks that hold only the fill value unless told otherwise, and that setting is
     not stored with an array: a resumed stage 3 must set it again, or the store misses chunks."""
-    import preprocess.build
+    import preprocess.build.write
 
     data = tmp_path / "no_contact"
     for clip in sorted(synthetic_dataset.glob("*.h5")):
@@ -174,7 +174,7 @@ def test_resumed_frame_writing_keeps_writing_all_zero_chunks(
         zeros = np.zeros((frames, shared.store.NUM_CONTACTS), np.float32)
         write_variant(clip, data / clip.name, {nymeria_format.KEY_CONTACT_INFORMATION: zeros})
     out = tmp_path / "store.zarr"
-    save, saved = preprocess.build.save_progress, []
+    save, saved = preprocess.build.write.save_progress, []
 
     def save_then_die(path: Path, progress: object) -> None:
         save(path, progress)
@@ -183,7 +183,7 @@ def test_resumed_frame_writing_keeps_writing_all_zero_chunks(
             raise RuntimeError("killed while writing frames")
 
     with monkeypatch.context() as patched:
-        patched.setattr(preprocess.build, "save_progress", save_then_die)
+        patched.setattr(preprocess.build.write, "save_progress", save_then_die)
         with pytest.raises(RuntimeError, match="killed while writing frames"):
             synchronous_build(data, out, chunk_frames=256)
     synchronous_build(data, out, chunk_frames=256, resume=True)

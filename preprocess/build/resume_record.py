@@ -1,7 +1,7 @@
 """How far the frame arrays of an interrupted build are written, so `--resume` continues there.
 
-Stage 3 of a build (preprocess.build) appends sequences in plan order, whole chunks at a time.
-Each time whole chunks reach the staging store, their chunk files are fsynced and a
+Stage 3 of a build (preprocess.build.write) appends sequences in plan order, whole chunks at a
+time. Each time whole chunks reach the staging store, their chunk files are fsynced and a
 `FrameProgress` record is replaced atomically: the rows now durable, the first sequence not
 wholly inside them, and the train moments merged over the sequences before it. A resumed build
 whose plan and settings hash to the same `digest` reopens the staging store and recomputes only
