@@ -105,12 +105,8 @@ from shared.chunked_writer import ChunkedRowWriter
 from shared.diskspace import disk_full_error, format_bytes
 from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
-from shared.zarr_output import (
-    ATTR_COMPLETE,
-    ATTR_CREATED,
-    ATTR_FPS,
-    ATTR_SPLIT,
-    ATTR_WINDOW_FRAMES,
+from shared.store import ATTR_COMPLETE, ATTR_CREATED, ATTR_FPS, ATTR_SPLIT, ATTR_WINDOW_FRAMES
+from shared.store.write import (
     DestinationExistsError,
     check_destination,
     mark_complete,
