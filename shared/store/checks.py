@@ -209,6 +209,7 @@ def chunk_problems(
     progress: bool,
     storage_options: Mapping[str, Any] | None,
 ) -> list[str]:
+    """`check_chunks` on an opened group (`open_store` checks with `deep=False`)."""
     arrays, problems = {}, []
     for path in _SCHEMA_ARRAYS:
         try:  # by name: listing a store's members needs a server that lists (HTTP may not)
@@ -274,6 +275,7 @@ def check_chunks(
 
 
 def url_of(path_or_url: str | Path) -> str:
+    """A URL as given; a local path expanded and resolved."""
     text = str(path_or_url)
     if "://" in text:
         return text
@@ -281,6 +283,7 @@ def url_of(path_or_url: str | Path) -> str:
 
 
 def display_path(url: str) -> str:
+    """`url` for messages: the path of a file:// URL."""
     parsed = urlparse(url)
     return parsed.path if parsed.scheme == "file" else url
 
