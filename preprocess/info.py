@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shared.store
-import shared.zarr_output
 from shared.remote import store_size_bytes
 from shared.store import FeatureStore
 
@@ -24,11 +23,11 @@ def store_info(store: FeatureStore, storage_options: dict | None = None) -> dict
     attrs = store.attrs
     return {
         "url": store.url,
-        "schema": attrs[shared.zarr_output.ATTR_SCHEMA],
+        "schema": attrs[shared.store.ATTR_SCHEMA],
         "fingerprint": store.fingerprint,
-        "created": attrs.get(shared.zarr_output.ATTR_CREATED),
-        "package_version": attrs.get(shared.zarr_output.ATTR_PACKAGE_VERSION),
-        "git_revision": attrs.get(shared.zarr_output.ATTR_GIT_REVISION),
+        "created": attrs.get(shared.store.ATTR_CREATED),
+        "package_version": attrs.get(shared.store.ATTR_PACKAGE_VERSION),
+        "git_revision": attrs.get(shared.store.ATTR_GIT_REVISION),
         "frames": store.num_frames,
         "fps": store.fps,
         "source_fps": attrs.get(shared.store.ATTR_SOURCE_FPS),

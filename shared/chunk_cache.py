@@ -80,6 +80,7 @@ from shared.store import (
     FEATURES,
     FRAME_ARRAYS,
     REBUILD_HINT,
+    SEQUENCES_GROUP,
     STATS_GROUP,
     STATS_MEAN,
     STATS_STD,
@@ -96,7 +97,6 @@ from shared.transfer import (
     default_cache_dir,
     published,
 )
-from shared.zarr_output import SEQUENCES_GROUP
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.remote import DEFAULT_TIMEOUT_S, filesystem, read_bounded, remote_options, retrying
-from shared.zarr_output import StoreError
+from shared.store import StoreError
 
 POINTER = "CURRENT.json"
 POINTER_FORMAT = "nymeria-store-pointer/1"

@@ -87,8 +87,10 @@ from shared.remote_layout import (
     version_prefix,
 )
 from shared.store import (
+    ATTR_COMPLETE,
     ATTR_FINGERPRINT,
     FRAME_ARRAYS,
+    SEQUENCES_GROUP,
     STATS_GROUP,
     STATS_MEAN,
     STATS_STD,
@@ -99,7 +101,6 @@ from shared.store import (
     open_store,
     schema_object_keys,
 )
-from shared.zarr_output import ATTR_COMPLETE, SEQUENCES_GROUP
 
 logger = logging.getLogger(__name__)
 

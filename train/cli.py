@@ -32,9 +32,8 @@ from shared.cli import (
 )
 from shared.diskspace import DiskFullError
 from shared.remote import MissingExtraError, is_url
-from shared.store import SPLITS, FeatureStore, StoreError
+from shared.store import ATTR_FPS, ATTR_WINDOW_FRAMES, SPLITS, FeatureStore, StoreError
 from shared.transfer import TransferError, cached_store
-from shared.zarr_output import ATTR_FPS, ATTR_WINDOW_FRAMES
 from train.config import Device, RunConfig, TrainConfig, saved_config
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
 from train.fit import TrainingDiverged, TrainingInterrupted

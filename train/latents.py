@@ -59,8 +59,7 @@ from shared.layout import FEATURE_DIM
 from shared.moments import Moments
 from shared.remote import store_size_bytes, url_options
 from shared.skeleton import NUM_JOINTS
-from shared.store import STATS_ATTR_COUNT, is_checksum_error, open_store, store_compressors
-from shared.zarr_output import (
+from shared.store import (
     ATTR_CREATED,
     ATTR_FPS,
     ATTR_GIT_REVISION,
@@ -70,16 +69,16 @@ from shared.zarr_output import (
     ATTR_WINDOW_FRAMES,
     DECODED_SCHEMA_NAME,
     LATENT_SCHEMA_NAME,
+    STATS_ATTR_COUNT,
     STORE_KINDS,
     Schema,
     check_root_attrs,
-    mark_complete,
-    provenance_attrs,
+    is_checksum_error,
+    open_store,
     read_table,
-    staged_store,
-    utc_now,
-    write_table,
+    store_compressors,
 )
+from shared.store.write import mark_complete, provenance_attrs, staged_store, utc_now, write_table
 from train.codec import OVERLAP_RULE, PADDING_RULE, MotionCodec, MotionLatents, WindowPlan
 from train.inference import file_sha256, warn_if_other_store
 from train.model import FRAMES_PER_LATENT

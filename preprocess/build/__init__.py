@@ -1,4 +1,4 @@
-"""Build a feature store (schema v2, see shared/store.py) from a tree of Nymeria clip files.
+"""Build a feature store (schema v2, see shared/store/) from a tree of Nymeria clip files.
 
 Stages, each restartable:
 1. read: every clip file under DATA (`preprocess.discover`: links followed once, every file
@@ -17,7 +17,7 @@ Stages, each restartable:
    and the per-file results of sequences wholly written are deleted.
 4. publish: stats, sequence table and attributes are written, `complete=True` last; the new
    store's identity is recorded in STORE.build/publishing, and the finished store is
-   renamed into place (exchanged atomically with an old one: `shared.zarr_output.publish`).
+   renamed into place (exchanged atomically with an old one: `shared.store.write.publish`).
 
 Where things are, for `--out STORE`:
     STORE.lock            the lock (pid + host); one build per STORE at a time

@@ -1,5 +1,5 @@
 """Stage 4 of a build: the complete staging store renamed into place (exchanged atomically with
-an old one: `shared.zarr_output.publish`) after its identity is recorded in
+an old one: `shared.store.write.publish`) after its identity is recorded in
 STORE.build/publishing, so that a build killed while publishing is finished by the next build of
 STORE, whatever its options, before anything else (`recover_publish`)."""
 
@@ -17,7 +17,8 @@ from preprocess.build.config import BuildConfig
 from preprocess.build.errors import AlreadyBuilt, BuildError
 from preprocess.build.paths import BuildPaths
 from shared.atomic import atomic_path
-from shared.zarr_output import ATTR_COMPLETE, ATTR_CREATED, DestinationExistsError, publish
+from shared.store import ATTR_COMPLETE, ATTR_CREATED
+from shared.store.write import DestinationExistsError, publish
 
 logger = logging.getLogger(__package__)  # one logger for the whole build
 
@@ -41,7 +42,7 @@ def publish_store(paths: BuildPaths, config: BuildConfig) -> None:
 
 
 def _publish_step(step: str) -> None:
-    """Called after each step of publishing (`publish_store`, `shared.zarr_output.publish`)."""
+    """Called after each step of publishing (`publish_store`, `shared.store.write.publish`)."""
     logger.debug("publishing: %s", step)
 
 

@@ -31,7 +31,7 @@ from preprocess.discover import Discovery
 from preprocess.executor import ClusterError, Executor, open_executor
 from preprocess.lock import BuildLock, LockError
 from shared.diskspace import disk_full_error
-from shared.zarr_output import DestinationExistsError, check_destination
+from shared.store.write import DestinationExistsError, check_destination
 
 logger = logging.getLogger(__package__)  # one logger for the whole build
 

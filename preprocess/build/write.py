@@ -40,16 +40,8 @@ from shared.atomic import atomic_path
 from shared.chunked_writer import ChunkedRowWriter
 from shared.layout import FEATURE_DIM, layout_description
 from shared.moments import Moments
-from shared.zarr_output import (
-    ATTR_COMPLETE,
-    ATTR_FPS,
-    ATTR_SPLIT,
-    ATTR_WINDOW_FRAMES,
-    mark_complete,
-    provenance_attrs,
-    utc_now,
-    write_table,
-)
+from shared.store import ATTR_COMPLETE, ATTR_FPS, ATTR_SPLIT, ATTR_WINDOW_FRAMES
+from shared.store.write import mark_complete, provenance_attrs, utc_now, write_table
 
 logger = logging.getLogger(__package__)  # one logger for the whole build
 

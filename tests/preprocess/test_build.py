@@ -22,7 +22,6 @@ from store_testing import (
 )
 
 import shared.store
-import shared.zarr_output
 from preprocess import nymeria_format
 from preprocess.build import BuildConfig, plan_build
 from preprocess.cli import main
@@ -85,15 +84,15 @@ def test_cluster_build_sizes_chunks_and_attributes(cluster_store: Path, syntheti
     assert {p.stat().st_size for p in chunk_files} == {CHUNK_FRAMES * FEATURE_DIM * 4 + 4}
 
     attrs = store.attrs
-    assert attrs[shared.zarr_output.ATTR_SCHEMA] == {
+    assert attrs[shared.store.ATTR_SCHEMA] == {
         "name": "nymeria-motion-features",
         "version": 2,
     }
     assert attrs[shared.store.ATTR_LAYOUT] == layout_description()
-    assert attrs[shared.zarr_output.ATTR_COMPLETE] is True
+    assert attrs[shared.store.ATTR_COMPLETE] is True
     assert store.fps == attrs[shared.store.ATTR_SOURCE_FPS] == pytest.approx(30.0)
-    assert attrs[shared.zarr_output.ATTR_PACKAGE_VERSION] == metadata.version("nymeria-mvae")
-    assert attrs[shared.zarr_output.ATTR_GIT_REVISION]
+    assert attrs[shared.store.ATTR_PACKAGE_VERSION] == metadata.version("nymeria-mvae")
+    assert attrs[shared.store.ATTR_GIT_REVISION]
     assert attrs[shared.store.ATTR_SOURCE] == {
         "root": str(synthetic_dataset.resolve()), "file_count": 18, "files_used": 18,
         "ignored": [], "other_files": {},
@@ -106,7 +105,7 @@ def test_cluster_build_sizes_chunks_and_attributes(cluster_store: Path, syntheti
     assert config["workers"] == 2 and config["chunk_frames"] == CHUNK_FRAMES
     assert config["compression"] == "none" and config["scheduler"] is None
     assert config["split"] == [0.8, 0.1, 0.1] and config["stats_stride"] == STRIDE
-    assert datetime.fromisoformat(attrs[shared.zarr_output.ATTR_CREATED]).tzinfo is not None
+    assert datetime.fromisoformat(attrs[shared.store.ATTR_CREATED]).tzinfo is not None
     assert attrs[shared.store.ATTR_FINGERPRINT] == store.fingerprint
 
 
@@ -214,14 +213,14 @@ def test_resampling_to_15_fps(synthetic_dataset: Path, tmp_path: Path):
 def test_existing_store_is_replaced_only_with_overwrite(synthetic_dataset: Path, tmp_path: Path):
     out = tmp_path / "store.zarr"
     assert cli_build(synthetic_dataset, out).exit_code == 0
-    before = open_store(out).attrs[shared.zarr_output.ATTR_CREATED]
+    before = open_store(out).attrs[shared.store.ATTR_CREATED]
     refused = cli_build(synthetic_dataset, out)
     assert refused.exit_code == 1
     assert "already exists" in refused.output and "--overwrite" in refused.output
     replaced = cli_build(synthetic_dataset, out, "--overwrite", "--chunk-frames", "1000")
     assert replaced.exit_code == 0, replaced.output
     store = open_store(out)
-    assert store.chunk_frames == 1000 and store.attrs[shared.zarr_output.ATTR_CREATED] >= before
+    assert store.chunk_frames == 1000 and store.attrs[shared.store.ATTR_CREATED] >= before
     assert not list(tmp_path.glob("store.zarr.*"))  # no lock, build dir or replaced copy left
 
 

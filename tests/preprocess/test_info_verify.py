@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from store_testing import feature_chunk_files, synchronous_build
 
 import shared.store
-import shared.zarr_output
 from preprocess import nymeria_format
 from preprocess.cli import main
 from shared.layout import FEATURE_DIM
@@ -84,9 +83,7 @@ def copy_with_root_attrs(store: Path, copy: Path, **updates: object) -> Path:
 
 def test_info_refuses_incomplete_store(built, tmp_path: Path):
     _, out = built
-    copy = copy_with_root_attrs(
-        out, tmp_path / "copy.zarr", **{shared.zarr_output.ATTR_COMPLETE: False}
-    )
+    copy = copy_with_root_attrs(out, tmp_path / "copy.zarr", **{shared.store.ATTR_COMPLETE: False})
     result = CliRunner().invoke(main, ["info", str(copy)])
     assert result.exit_code == 1 and "incomplete" in result.output and "--resume" in result.output
 
@@ -139,7 +136,7 @@ def test_verify_detects_wrong_stats(built, tmp_path: Path):
     mean[20] += 0.1
     root[shared.store.STATS_GROUP][shared.store.STATS_MEAN][:] = mean
     std = root[shared.store.STATS_GROUP][shared.store.STATS_STD][:]
-    table = root[shared.zarr_output.SEQUENCES_GROUP].attrs[shared.zarr_output.ATTR_TABLE]
+    table = root[shared.store.SEQUENCES_GROUP].attrs[shared.store.ATTR_TABLE]
     fingerprint = shared.store.compute_fingerprint(
         root.attrs.asdict(), table, mean, std, root[shared.store.STATS_GROUP].attrs.asdict()
     )
@@ -210,7 +207,7 @@ def test_verify_without_data_passes_on_a_good_store(built):
 
 def test_edited_fps_is_refused(built, tmp_path: Path):
     _, out = built
-    copy = copy_with_root_attrs(out, tmp_path / "fps.zarr", **{shared.zarr_output.ATTR_FPS: 60.0})
+    copy = copy_with_root_attrs(out, tmp_path / "fps.zarr", **{shared.store.ATTR_FPS: 60.0})
     result = _train_cli(copy, tmp_path / "run")
     assert result.exit_code == 1
     assert "do not match the fingerprint recorded at build time" in result.output

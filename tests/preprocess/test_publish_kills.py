@@ -27,12 +27,12 @@ OLD = ("--max-fill-frames", "2")  # another stitching setting: another fingerpri
 KILLING_BUILD = """
 import os, signal, sys
 import preprocess.build.publish
-import shared.zarr_output
+import shared.store.write
 from preprocess.cli import main
 
 step, mode = sys.argv[1], sys.argv[2]
 if mode == "fallback":
-    shared.zarr_output.exchange_paths = lambda a, b: False
+    shared.store.write.exchange_paths = lambda a, b: False
 publish_step = preprocess.build.publish._publish_step
 
 def killing_step(name):

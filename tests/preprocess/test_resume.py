@@ -24,7 +24,6 @@ from store_testing import (
 )
 
 import shared.store
-import shared.zarr_output
 from preprocess import nymeria_format
 from preprocess.build import BuildPaths
 from preprocess.clip_cache import ClipCache
@@ -127,13 +126,10 @@ def test_killed_build_resumes_byte_identical(synthetic_dataset: Path, tmp_path: 
     resumed_attrs, reference_attrs = root_attrs(out), root_attrs(reference)
     # The resumed build keeps the time its first attempt wrote the store; --resume is not
     # recorded. The two builds differ only in when they started and where they wrote.
-    assert (
-        resumed_attrs[shared.zarr_output.ATTR_CREATED]
-        <= reference_attrs[shared.zarr_output.ATTR_CREATED]
-    )
+    assert resumed_attrs[shared.store.ATTR_CREATED] <= reference_attrs[shared.store.ATTR_CREATED]
     assert "resume" not in resumed_attrs[shared.store.ATTR_BUILD_CONFIG]
     for attrs in (resumed_attrs, reference_attrs):
-        del attrs[shared.zarr_output.ATTR_CREATED], attrs[shared.store.ATTR_BUILD_CONFIG]["out"]
+        del attrs[shared.store.ATTR_CREATED], attrs[shared.store.ATTR_BUILD_CONFIG]["out"]
     assert resumed_attrs == reference_attrs
     assert open_store(out).fingerprint == open_store(reference).fingerprint
 
@@ -156,7 +152,7 @@ def test_build_that_fails_while_writing_resumes_with_its_first_created_time(
     time.sleep(1.1)  # `created` has whole seconds: a new time would differ
     synchronous_build(synthetic_dataset, out, resume=True)
     attrs = root_attrs(out)
-    assert attrs[shared.zarr_output.ATTR_CREATED] == created
+    assert attrs[shared.store.ATTR_CREATED] == created
     assert "resume" not in attrs[shared.store.ATTR_BUILD_CONFIG]
     open_store(out)
 

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as hst
 
 import shared.store
-import shared.zarr_output
+import shared.store.write
 from shared.layout import FEATURE_DIM, HP, HP_DOT, JP, JV, layout_description
 from shared.store import ChunkDamageError, ChunkMemmapArray, StoreError, open_store
 
@@ -71,7 +71,7 @@ def write_store(
         for i, n in enumerate(lengths)
     ]
     table = shared.store.table_to_json(records)
-    shared.zarr_output.write_table(root, table)
+    shared.store.write.write_table(root, table)
     mean, std = features.mean(0).astype(np.float64), features.std(0).astype(np.float64)
     stats = root.create_group(shared.store.STATS_GROUP)
     for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
@@ -81,18 +81,18 @@ def write_store(
         array[:] = values
     stats_attrs = {
         shared.store.STATS_ATTR_COUNT: num_frames,
-        shared.zarr_output.ATTR_WINDOW_FRAMES: 152,
+        shared.store.ATTR_WINDOW_FRAMES: 152,
     }
     stats.attrs.update(stats_attrs)
     attrs = {
-        shared.zarr_output.ATTR_SCHEMA: {
+        shared.store.ATTR_SCHEMA: {
             "name": shared.store.SCHEMA_NAME,
             "version": shared.store.SCHEMA_VERSION,
         },
         shared.store.ATTR_LAYOUT: layout_description(),
-        shared.zarr_output.ATTR_FPS: 30.0,
+        shared.store.ATTR_FPS: 30.0,
         shared.store.ATTR_BUILD_CONFIG: {"out": str(path)},
-        shared.zarr_output.ATTR_COMPLETE: complete,
+        shared.store.ATTR_COMPLETE: complete,
     }
     attrs = json.loads(json.dumps(attrs))
     attrs[shared.store.ATTR_FINGERPRINT] = shared.store.compute_fingerprint(
@@ -463,9 +463,9 @@ def test_descriptive_attributes_are_outside_the_fingerprint(store_path):
 
 def test_refuses_tampered_sequence_table(store_path):
     path, _ = store_path
-    meta_path = path / shared.zarr_output.SEQUENCES_GROUP / "zarr.json"
+    meta_path = path / shared.store.SEQUENCES_GROUP / "zarr.json"
     meta = json.loads(meta_path.read_text())
-    meta["attributes"][shared.zarr_output.ATTR_TABLE]["split"][0] = "val"
+    meta["attributes"][shared.store.ATTR_TABLE]["split"][0] = "val"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="fingerprint"):
         open_store(path)

@@ -10,12 +10,15 @@
 - `complete` is the last root attribute written (`mark_complete`); a reader refuses a store
   without it.
 - Schema and provenance: every store's root attributes hold its schema {name, version}
-  (`Schema.attrs`), the package version, git revision and creation time (`provenance_attrs`);
-  `check_root_attrs` is the one check of them on open, its messages naming what to run.
+  (`shared.store.schema.Schema.attrs`), the package version, git revision and creation time
+  (`provenance_attrs`); `shared.store.schema.check_root_attrs` is the one check of them on
+  open, its messages naming what to run.
 - The sequence table: column-wise JSON in the `table` attribute of a `sequences/` group
-  (`write_table`, `read_table`), one list per column. JSON rather than arrays because Zarr v3
-  has no standard variable-length string dtype yet, and the table is small (one row per
-  sequence).
+  (`write_table`; read back by `shared.store.schema.read_table`), one list per column. JSON
+  rather than arrays because Zarr v3 has no standard variable-length string dtype yet, and the
+  table is small (one row per sequence).
+- Arrays: every store array is created with the same codecs (crc32c last) and writes every
+  chunk (`create_store_array`, `store_compressors`, `ARRAY_CONFIG`).
 
 This module must not import h5py or hdf5plugin: the trainer imports it.
 """
@@ -29,72 +32,31 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from shared.diskspace import disk_full_error
 from shared.provenance import git_revision, package_version
 from shared.remote import is_url, local_path, url_options
-
-# --- attributes every store of this project has (or shares with another) -----------------------
-ATTR_SCHEMA = "schema"  # {"name": ..., "version": ...}
-ATTR_PACKAGE_VERSION = "package_version"  # of the code that wrote the store
-ATTR_GIT_REVISION = "git_revision"  # of the code that wrote the store
-ATTR_CREATED = "created"  # ISO 8601, UTC
-ATTR_COMPLETE = "complete"  # True, written last
-ATTR_FPS = "fps"  # rows per second of the store's main arrays (frames/s; latents/s in latents)
-ATTR_SPLIT = "split"  # which split (or "all") the sequences or statistics are of
-ATTR_WINDOW_FRAMES = "window_frames"  # frames per window (of the statistics, of the latents)
-
-SEQUENCES_GROUP = "sequences"
-ATTR_TABLE = "table"  # on SEQUENCES_GROUP: the sequence table, {column: [value per row]}
-
-
-# The project's store schemas, named here rather than by their writers (`preprocess` never
-# imports `train`), so that a store opened as the wrong kind is named for what it is: what each
-# is called and the command that describes one.
-FEATURE_SCHEMA_NAME = "nymeria-motion-features"
-LATENT_SCHEMA_NAME = "nymeria-motion-latents"
-DECODED_SCHEMA_NAME = "nymeria-motion-decoded"
-STORE_KINDS: dict[str, tuple[str, str]] = {
-    FEATURE_SCHEMA_NAME: ("feature store", "python -m preprocess info"),
-    LATENT_SCHEMA_NAME: ("latent store", "python -m train info"),
-    DECODED_SCHEMA_NAME: ("decoded store", "python -m train info"),
-}
-
-
-class StoreError(ValueError):
-    """A store that cannot be used as it is; the message says what to do."""
+from shared.store.schema import (
+    ATTR_COMPLETE,
+    ATTR_CREATED,
+    ATTR_GIT_REVISION,
+    ATTR_PACKAGE_VERSION,
+    ATTR_TABLE,
+    SEQUENCES_GROUP,
+)
 
 
 class DestinationExistsError(FileExistsError):
     """Something is at the destination of a store and may not be replaced."""
 
 
-# --- schema and provenance ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Schema:
-    """A store's schema name and version, and what to tell the user of another one."""
-
-    name: str
-    version: int
-    about_version: str
-    """What this version holds that others do not, e.g. "v2 added per-chunk checksums"."""
-    how_to_write: str
-    """The command that writes a store of this schema, e.g. "build one with `...`"."""
-    how_to_upgrade: str
-    """What to do with a store of another version, e.g. "rebuild it with `...`"."""
-    old_versions: Mapping[int, str] = field(default_factory=dict)
-    """Why a store of an older version is refused, by version (said after the version)."""
-
-    def attrs(self) -> dict[str, Any]:
-        return {ATTR_SCHEMA: {"name": self.name, "version": self.version}}
+# --- provenance and completion ------------------------------------------------------------------
 
 
 def utc_now() -> str:
@@ -111,41 +73,6 @@ def provenance_attrs(created: str) -> dict[str, str]:
     }
 
 
-def check_root_attrs(
-    attrs: Mapping[str, Any], url: str | Path, schema: Schema, incomplete_hint: str
-) -> None:
-    """Raise `StoreError` unless `attrs` are the root attributes of a complete store of
-    `schema` (name, then version, then `complete`); `incomplete_hint` says what to do with an
-    incomplete one."""
-    found = attrs.get(ATTR_SCHEMA)
-    name = found.get("name") if isinstance(found, Mapping) else None
-    if name != schema.name and isinstance(name, str) and name in STORE_KINDS:
-        kind, describe = STORE_KINDS[name]
-        wanted = STORE_KINDS[schema.name][0] if schema.name in STORE_KINDS else "store"
-        raise StoreError(
-            f"{url} is a {kind} (schema {name!r}), not a {wanted} ({schema.name!r}); "
-            f"`{describe} {url}` describes it"
-        )
-    if not isinstance(found, Mapping) or found.get("name") != schema.name:
-        raise StoreError(
-            f"{url} is not a {schema.name!r} store (root attribute {ATTR_SCHEMA!r} is "
-            f"{found!r}); {schema.how_to_write}"
-        )
-    version = found.get("version")
-    if version != schema.version:
-        why = schema.old_versions.get(version, "") if isinstance(version, int) else ""
-        raise StoreError(
-            f"store {url} has schema version {version!r}{why}, this code reads version "
-            f"{schema.version} ({schema.about_version}); {schema.how_to_upgrade} (or use the code "
-            f"version that wrote it: package {attrs.get(ATTR_PACKAGE_VERSION)!r})"
-        )
-    if attrs.get(ATTR_COMPLETE) is not True:
-        raise StoreError(
-            f"store {url} is incomplete (the run writing it was interrupted or is still "
-            f"running): {incomplete_hint}"
-        )
-
-
 def mark_complete(group: zarr.Group) -> None:
     """Set `complete`: the last write to a store, after which readers accept it."""
     group.attrs.update({ATTR_COMPLETE: True})
@@ -160,26 +87,6 @@ def write_table(parent: zarr.Group, table: Mapping[str, list]) -> zarr.Group:
     group = parent.create_group(SEQUENCES_GROUP, overwrite=True)
     group.attrs.update({ATTR_TABLE: table})
     return group
-
-
-def read_table(
-    parent: zarr.Group, columns: Sequence[str], where: str, hint: str
-) -> dict[str, list]:
-    """The sequence table of `parent`, checked to have `columns`, all of one length; a
-    `StoreError` naming `where` and ending with `hint` otherwise."""
-    try:
-        table = parent[SEQUENCES_GROUP].attrs[ATTR_TABLE]
-    except KeyError:
-        raise StoreError(f"{where} has no sequence table; {hint}") from None
-    if not isinstance(table, Mapping):
-        raise StoreError(f"{where}: the sequence table is {type(table).__name__}; {hint}")
-    missing = [c for c in columns if c not in table]
-    if missing:
-        raise StoreError(f"{where}: sequence table lacks columns {missing}; {hint}")
-    lengths = {c: len(table[c]) for c in columns}
-    if len(set(lengths.values())) != 1:
-        raise StoreError(f"{where}: sequence table columns differ in length {lengths}; {hint}")
-    return {c: list(table[c]) for c in columns}
 
 
 # --- staging and publishing ---------------------------------------------------------------------
@@ -306,3 +213,38 @@ def staged_store(
         if full is not None:
             raise full from error
         raise
+
+
+# --- arrays -----------------------------------------------------------------------------------
+
+ARRAY_CONFIG: Mapping[str, Any] = {"write_empty_chunks": True}
+"""Zarr array config of every store array: write every chunk, so a missing file is damage."""
+
+
+def store_compressors(zstd_level: int | None = None) -> tuple:
+    """Bytes-to-bytes codecs of every store array: zstd when a level is given, then always
+    crc32c, so the checksum covers the bytes as stored and an uncompressed chunk file is the raw
+    C-order array followed by 4 checksum bytes (memory-mappable from offset 0)."""
+    compression = () if zstd_level is None else (ZstdCodec(level=zstd_level),)
+    return (*compression, Crc32cCodec())
+
+
+def create_store_array(
+    parent: zarr.Group,
+    name: str,
+    *,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    dimension_names: Sequence[str] | None,
+    zstd_level: int | None = None,
+    fill_value: Any = 0,
+    overwrite: bool = False,
+) -> zarr.Array:
+    """Create an array of a store: the one place that sets codecs and array config, used by the
+    build and by `pull` when it re-encodes a compressed array as raw chunks."""
+    return parent.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, compressors=store_compressors(zstd_level),
+        fill_value=fill_value, dimension_names=dimension_names, config=ARRAY_CONFIG,
+        overwrite=overwrite,
+    )  # fmt: skip
