@@ -174,7 +174,7 @@ def test_non_finite_store_features_are_not_blamed_on_divergence(feature_store, t
 def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
     common = [
         "--steps",
-        "150",
+        "60",
         "--val-every",
         "15",
         "--log-every",
@@ -214,7 +214,7 @@ def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped_at = load_checkpoint(last).step
-    assert 0 < stopped_at < 150, "the run finished before it could be killed; make it longer"
+    assert 0 < stopped_at < 60, "the run finished before it could be killed; make it longer"
     subprocess.run(
         [*cmd, *_fit_args(feature_store, killed, *common), "--resume"],
         check=True,
@@ -223,8 +223,8 @@ def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
     )
 
     expected, resumed = _train_losses(reference), _train_losses(killed)
-    assert sorted(resumed) == list(range(1, 151))
-    for step in range(1, 151):
+    assert sorted(resumed) == list(range(1, 61))
+    for step in range(1, 61):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), step
     final_a = load_checkpoint(reference / "checkpoints" / "last.pt").model
     final_b = load_checkpoint(killed / "checkpoints" / "last.pt").model
