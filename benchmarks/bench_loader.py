@@ -17,7 +17,7 @@ a median over repeats:
   window per clip (generous to it: a clip is ~150 frames, about one window). The
   synthetic video is 256 px square by default; the real one is 1408, so on real files
   the reference is slower still.
-DESIGN.md target: >= 30,000 windows/s of 152 x 294 float32 on one core.
+Target (docs/design.md "Performance targets"): >= 30,000 windows/s of 152 x 294 float32 on one core.
 
 Many-chunk store (`--chunks` per array at `--chunk-frames`, default 4,000 x 64 frames): the
 real dataset has ~3,900 chunks of 8,192 frames (~32M frames); small chunks give that chunk

@@ -18,7 +18,7 @@ parts and scales the video part to 1408x1408 by pixel count (an estimate, labell
 Also reported: bytes per frame (uncompressed vs zstd), build time as the number of files
 doubles (should grow ~linearly), the chunk-size sweep behind DEFAULT_CHUNK_FRAMES (build time
 and memory-mapped 152-frame window reads), and how far stats with the default stride are from
-stride 1. DESIGN.md target: build frames/s >= 5x the reference.
+stride 1. Target (docs/design.md "Performance targets"): build frames/s >= 5x the reference.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Peak memory is the rise of the process's peak RSS (Linux VmHWM) over its post-im
 baseline, measured for each model in a fresh subprocess over 2 steps (weights,
 gradients, AdamW state and activations all count).
 
-DESIGN.md target: ours / reference <= 1.0.
+Target (docs/design.md "Performance targets"): ours / reference <= 1.0.
 
 The chunk check rows: what `train fit`'s loader workers add when they first read a chunk
 (`open_store(check_chunks_on_use=True)`: crc32c and finiteness of the chunk of `features`,

@@ -71,7 +71,7 @@ def world_to_features(
     joint_translation: Array,
     joint_orientation: Array,
 ) -> Array:
-    """World head pose and joints -> (..., T, 294) features (DESIGN.md "Features").
+    """World head pose and joints -> (..., T, 294) features (docs/design.md "Features").
 
     Velocities at a sequence's first frame are zero (`hr_dot` the identity), so call
     this on whole stitched sequences, never on arbitrary windows of one.

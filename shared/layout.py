@@ -1,7 +1,7 @@
 """The 294-D head-centric frame vector: named slices and loss groups, defined once.
 
 Every consumer slices features through these names; no other module spells out
-feature offsets. See DESIGN.md "Features" for the definitions.
+feature offsets. See docs/design.md "Features" for the definitions.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Precision = Literal["auto", "32", "bf16-mixed"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, data and logging settings of one training run (DESIGN.md "Training")."""
+    """Optimisation, data and logging settings of one training run (docs/design.md "Training")."""
 
     steps: int = 20_000
     """Optimizer steps to run in total."""

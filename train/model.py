@@ -1,6 +1,6 @@
 """Causal 1D-convolutional motion VAE: (B, T, 294) frames <-> (B, T/4, latent) Gaussians.
 
-Causality contract (DESIGN.md "Model"), with F = FRAMES_PER_LATENT = 4:
+Causality contract (docs/design.md "Model and causality"), with F = FRAMES_PER_LATENT = 4:
 
 * latent k depends only on input frames < F * (k + 1);
 * output frame t depends only on latents <= t // F;

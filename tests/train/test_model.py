@@ -77,8 +77,8 @@ def test_config_rejects_bad_values(bad: dict, message: str) -> None:
 
 
 def test_default_parameter_count(default_model: MotionVAE) -> None:
-    """DESIGN.md's ~25.7M are the conv stacks; the linear path adds (4 * 294 + 1) * 2 * 768 in
-    the encoder and (768 + 1) * 4 * 294 in the decoder."""
+    """The ~25.7M of docs/design.md "Model and causality" are the conv stacks; the linear path adds
+    (4 * 294 + 1) * 2 * 768 in the encoder and (768 + 1) * 4 * 294 in the decoder."""
     n = default_model.num_parameters()
     linear = (4 * 294 + 1) * 2 * 768 + (768 + 1) * 4 * 294
     assert default_model.config.linear_path and n - linear == 25_681_702, n
