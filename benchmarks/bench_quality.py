@@ -89,8 +89,8 @@ _W01 = {
 }  # fmt: skip
 _W01_HEAD = {**_W01, "head_frame_weight": 1.0, "head_blend": 0.95}
 ROWS = {
-    "seed": Row("seed design (non-causal, seed loss)", {"loss": "seed"}, reference_model=True),
-    "causal_seed": Row("causal, seed loss", {"loss": "seed"}),
+    "seed": Row("seed design (non-causal, seed loss)", {"loss": "features"}, reference_model=True),
+    "causal_seed": Row("causal, seed loss", {"loss": "features"}),
     "world_blend0": Row("causal, world loss 1/10, blend 0", {**_W1_10, "head_blend": 0.0}),
     "world_blend1": Row("causal, world loss 1/10, blend 1", {**_W1_10, "head_blend": 1.0}),
     "world": Row("causal, world loss 1/10, blend 0.95", {**_W1_10, "head_blend": 0.95}),
@@ -122,7 +122,7 @@ ROWS = {
         {**_W01_HEAD, "foot_contact_weight": 3.0},
     ),
     "causal_seed_linear": Row(
-        "causal + linear path, seed loss", {"loss": "seed"}, model={"linear_path": True}
+        "causal + linear path, seed loss", {"loss": "features"}, model={"linear_path": True}
     ),
     "world_w01_head_linear": Row(
         "causal + linear path, world loss 0.1/1 + head-frame 1, blend 0.95",

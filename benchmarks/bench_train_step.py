@@ -53,7 +53,7 @@ from torch import nn
 import shared.store
 from shared.store import create_store_array, memmap_array, seam_problem
 from train.config import RunConfig, TrainConfig
-from train.loss import total_of, vae_loss, world_loss
+from train.loss import total_of, vae_terms, world_loss
 from train.metrics import contact_speed_m_per_frame
 from train.model import MotionVAE, MotionVAEConfig
 
@@ -123,7 +123,7 @@ class ReferenceMotionVAE(nn.Module):
 
 @dataclass(frozen=True)
 class Row:
-    """One row: a model, its loss ("seed" is `vae_loss`, "world" adds the default world terms)
+    """One row: a model, its loss ("features" is `vae_loss`, "world" adds the default world terms)
     and how `train fit` would run it (`--precision`, `--compile`)."""
 
     build: Callable[[MotionVAEConfig], nn.Module]
@@ -133,11 +133,11 @@ class Row:
 
 
 ROWS: dict[str, Row] = {
-    "ours": Row(MotionVAE, "seed"),
+    "ours": Row(MotionVAE, "features"),
     "ours+world": Row(MotionVAE, "world"),
     "ours+world bf16-mixed": Row(MotionVAE, "world", precision="bf16-mixed"),
     "ours+world compiled": Row(MotionVAE, "world", compile=True),
-    "reference": Row(ReferenceMotionVAE, "seed"),
+    "reference": Row(ReferenceMotionVAE, "features"),
 }
 RATIOS = (
     ("ours", "reference"),
@@ -154,7 +154,7 @@ _CONTACT_30FPS = contact_speed_m_per_frame(30.0)  # foot-contact threshold of a 
 def _loss(out: dict[str, torch.Tensor], x: torch.Tensor, loss: str) -> torch.Tensor:
     """The training loss `loss` with the default settings, totalled as training does."""
     config = RunConfig(train=TrainConfig(loss=loss))
-    terms = vae_loss(out["recon"], x, out["mean"], out["logvar"], lambda_kl=config.model.lambda_kl)
+    terms = vae_terms(out["recon"], x, out["mean"], out["logvar"])
     if loss == "world":  # unit statistics: the normalised features are the physical ones
         mask = torch.ones(x.shape[:2], dtype=torch.bool)
         terms |= world_loss(out["recon"], x, mask, config.train.head_blend, _CONTACT_30FPS)

@@ -51,9 +51,9 @@ from shared.layout import FEATURE_DIM
 from shared.skeleton import NUM_JOINTS
 from train.checkpoint import Checkpoint
 from train.data import Normalizer
-from train.inference import config_from_checkpoint, load_for_inference, resolve_device
-from train.loss import latent_mask
-from train.model import FRAMES_PER_LATENT, MotionVAE
+from train.device import resolve_device
+from train.inference import config_from_checkpoint, load_for_inference
+from train.model import FRAMES_PER_LATENT, MotionVAE, latent_mask
 
 PADDING_RULE = (
     "the last window of a sequence is padded to the window length by repeating the sequence's "

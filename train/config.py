@@ -18,7 +18,11 @@ import torch
 from train.model import MotionVAEConfig
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-Loss = Literal["seed", "world"]
+Loss = Literal["features", "world", "seed"]
+LOSS_ALIASES = {"seed": "features"}
+"""Old names of `TrainConfig.loss` values, read as the new one wherever a config comes from (a
+--config file, a run's config.json, a checkpoint): 'seed' (the seed design's loss) read like a
+random seed."""
 Precision = Literal["auto", "32", "bf16-mixed"]
 
 
@@ -68,10 +72,10 @@ class TrainConfig:
     """With --store URL: size limit in GB of the local chunk cache the store is read through
     (least recently used chunks are evicted); no limit when not given."""
     loss: Loss = "world"
-    """'seed': per-group MSE on normalised features + KL, world motion decoded from the
-    absolute head pose (the seed's numbers, exactly). 'world': the same plus the position and
-    velocity error of world joints and head in metres, world motion decoded with
-    head_blend (chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
+    """'features': per-group MSE on normalised features + KL, world motion decoded from the
+    absolute head pose (the seed design's loss, exactly; 'seed' is its old name). 'world': the
+    same plus the position and velocity error of world joints and head in metres, world motion
+    decoded with head_blend (chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
     world_position_weight: float = 0.1
     """'world' loss: weight of the mean world joint + head position error (metres)."""
     world_velocity_weight: float = 1.0
@@ -100,6 +104,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Every bad value is refused here, so the command line (exit 2, naming the option), a
         --config file and a resumed run's config are all checked alike."""
+        if self.loss in LOSS_ALIASES:
+            object.__setattr__(self, "loss", LOSS_ALIASES[self.loss])
         for name in ("steps", "batch_size", "val_every", "ckpt_every", "val_windows", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)!r}")
@@ -136,15 +142,15 @@ class TrainConfig:
 
     @property
     def decode_head_blend(self) -> float:
-        """The head blend world motion is decoded with: 0 under the seed loss."""
-        return 0.0 if self.loss == "seed" else self.head_blend
+        """The head blend world motion is decoded with: 0 under the features loss."""
+        return 0.0 if self.loss == "features" else self.head_blend
 
 
 # Train fields added after runs were saved, with the value that reproduces those runs: a run
-# from before `loss` trained with the seed loss, one from before `head_frame_weight` (or
+# from before `loss` trained with the features loss, one from before `head_frame_weight` (or
 # a later term) without that term.
 ADDED_TRAIN_FIELDS = {
-    "loss": "seed",
+    "loss": "features",
     "head_frame_weight": 0.0,
     "foot_contact_weight": 0.0,
     "head_orientation_weight": 0.0,

@@ -20,12 +20,8 @@ from shared.skeleton import JOINT_NAMES
 from shared.store import open_store
 from train.config import RunConfig
 from train.data import Normalizer, PreparedBatch, WindowIndex, prepare_batch, read_windows
-from train.inference import (
-    config_from_checkpoint,
-    load_for_inference,
-    resolve_device,
-    warn_if_other_store,
-)
+from train.device import resolve_device
+from train.inference import config_from_checkpoint, load_for_inference, warn_if_other_store
 from train.loss import (
     FOOT_CONTACT_VELOCITY,
     HEAD_FRAME_POSITION,
@@ -33,7 +29,6 @@ from train.loss import (
     KL,
     WORLD_POSITION,
     WORLD_VELOCITY,
-    latent_mask,
     loss_sums,
     mse_key,
     training_loss,
@@ -52,7 +47,7 @@ from train.metrics import (
     pool,
     reconstruction_errors,
 )
-from train.model import FRAMES_PER_LATENT, MotionVAE
+from train.model import FRAMES_PER_LATENT, MotionVAE, latent_mask
 from train.plots import (
     animate_skeletons,
     plot_error_by_frame,

@@ -54,8 +54,9 @@ from train.data import (
     prepare_batch,
     read_windows,
 )
+from train.device import resolve_device
 from train.evaluate import evaluate_batch
-from train.inference import config_from_checkpoint, resolve_device
+from train.inference import config_from_checkpoint
 from train.loss import KL, RECON, TOTAL, WORLD_TERMS, total_of, training_loss
 from train.metrics import RECON_LOSS, contact_speed_m_per_frame, pool
 from train.model import MotionVAE

@@ -1,4 +1,4 @@
-"""A trained checkpoint put to use: device choice and loading for inference (used by evaluation,
+"""A trained checkpoint put to use: loading for inference (used by evaluation,
 `train.codec.MotionCodec` and the latent store).
 """
 
@@ -18,21 +18,6 @@ from train.data import Normalizer
 from train.model import MotionVAE
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> CUDA, then MPS, then CPU; an explicit name must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but MPS is not available")
-    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
 
 
 def config_from_checkpoint(ckpt: Checkpoint) -> RunConfig:

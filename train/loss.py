@@ -1,9 +1,11 @@
 """VAE training loss: per-group masked MSE on normalized features plus a small KL term
-(the seed's loss, `vae_loss`), and the world-space terms of the default loss (`world_loss`).
+(the seed design's loss, `vae_loss`), and the world-space terms of the default loss
+(`world_loss`).
 
-    seed:   total = recon + lambda_kl * kl,
-            recon = mean over the groups of shared.layout.LOSS_GROUPS
-    world:  total = seed total + w_pos * world/position_m + w_vel * world/velocity_m_per_frame
+    features: total = recon + lambda_kl * kl,
+              recon = mean over the groups of shared.layout.LOSS_GROUPS
+    world:    total = features total + w_pos * world/position_m
+                                + w_vel * world/velocity_m_per_frame
                                 + w_head * head_frame/position_m
                                 + w_foot * world/foot_contact_velocity_m_per_frame
                                 + w_rot * world/head_orientation_rad
@@ -40,7 +42,7 @@ from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
 from train.config import RunConfig
 from train.data import Normalizer, PreparedBatch
 from train.metrics import RECON_LOSS, MaskedSum, foot_contact_steps, joint_distance_m
-from train.model import FRAMES_PER_LATENT
+from train.model import MotionVAEConfig, latent_mask
 
 TOTAL = "total"
 RECON = "recon"
@@ -67,30 +69,26 @@ def mse_key(group: str) -> str:
     return f"mse/{group}"
 
 
-def latent_mask(mask: torch.Tensor, num_latents: int) -> torch.Tensor:
-    """(B, T) frame mask -> (B, num_latents): a latent is valid if any of its 4 frames is.
-
-    T may be short of 4 * num_latents (a sequence padded by `encode_sequence`); the
-    missing frames count as padding.
-    """
-    B, T = mask.shape
-    if not FRAMES_PER_LATENT * (num_latents - 1) < T <= FRAMES_PER_LATENT * num_latents:
-        raise ValueError(
-            f"a mask of {T} frames does not match {num_latents} latents "
-            f"({FRAMES_PER_LATENT} frames per latent)"
-        )
-    padded = mask.new_zeros(B, FRAMES_PER_LATENT * num_latents)
-    padded[:, :T] = mask
-    return padded.view(B, num_latents, FRAMES_PER_LATENT).any(dim=2)  # (B, N)
-
-
 def vae_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
     mean: torch.Tensor,
     logvar: torch.Tensor,
     mask: torch.Tensor | None = None,
-    lambda_kl: float = 1e-4,
+    lambda_kl: float = MotionVAEConfig.lambda_kl,
+) -> dict[str, torch.Tensor]:
+    """`vae_terms` and their TOTAL under the features loss (recon + lambda_kl * kl)."""
+    terms = vae_terms(recon, target, mean, logvar, mask)
+    terms[TOTAL] = _features_total(terms, lambda_kl)
+    return terms
+
+
+def vae_terms(
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss terms of one batch, as float32 scalars.
 
@@ -98,8 +96,8 @@ def vae_loss(
     mask: (B, T) bool, True = valid frame (None: all valid).
 
     Returns `mse_key(g)` for every loss group g (squared error averaged over valid
-    frames x the group's dims), RECON (mean of the group MSEs), KL (KL(N(mean,
-    exp(logvar)) || N(0, I)) averaged over valid latents x latent dims) and TOTAL.
+    frames x the group's dims), RECON (mean of the group MSEs) and KL (KL(N(mean,
+    exp(logvar)) || N(0, I)) averaged over valid latents x latent dims); no TOTAL.
     A batch with no valid frame gives zeros rather than nan.
     """
     if recon.shape != target.shape:
@@ -135,7 +133,6 @@ def vae_loss(
     logvar = torch.where(latent_valid, logvar.float(), 0.0)
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)  # (B, N, L), 0 where invalid
     losses[KL] = kl.sum() / (latent_valid.sum().clamp_min(1) * mean.shape[2])
-    losses[TOTAL] = losses[RECON] + lambda_kl * losses[KL]
     return losses
 
 
@@ -216,22 +213,21 @@ def training_loss(
 
     `contact_speed_m_per_frame`: the foot-contact speed threshold at the store's frame rate
     (`train.metrics.contact_speed_m_per_frame(fps)`)."""
-    terms = vae_loss(
-        out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask,
-        config.model.lambda_kl,
-    )  # fmt: skip
+    terms = vae_terms(
+        out["recon"].float(), prep.x, out["mean"].float(), out["logvar"].float(), prep.mask
+    )
     if config.train.loss == "world":
         recon = normalizer.denormalize(out["recon"].float())
         terms |= world_loss(
             recon, prep.canonical, prep.mask, config.train.head_blend, contact_speed_m_per_frame
         )
-        terms[TOTAL] = total_of(terms, config)
+    terms[TOTAL] = total_of(terms, config)
     return terms
 
 
 def total_of(terms: dict[str, torch.Tensor | float], config: RunConfig):
     """TOTAL from the other terms (also from terms pooled over batches)."""
-    total = terms[RECON] + config.model.lambda_kl * terms[KL]
+    total = _features_total(terms, config.model.lambda_kl)
     if config.train.loss == "world":
         total = total + config.train.world_position_weight * terms[WORLD_POSITION]
         total = total + config.train.world_velocity_weight * terms[WORLD_VELOCITY]
@@ -240,6 +236,10 @@ def total_of(terms: dict[str, torch.Tensor | float], config: RunConfig):
         total = total + config.train.head_orientation_weight * terms[HEAD_ORIENTATION]
         total = total + config.train.world_acceleration_weight * terms[WORLD_ACCELERATION]
     return total
+
+
+def _features_total(terms: dict[str, torch.Tensor | float], lambda_kl: float):
+    return terms[RECON] + lambda_kl * terms[KL]
 
 
 def loss_sums(

@@ -46,6 +46,23 @@ FRAMES_PER_LATENT = 2**NUM_DOWNSAMPLES  # 4: each stride-2 stage halves the fram
 ConvCache = dict[nn.Module, torch.Tensor]
 
 
+def latent_mask(mask: torch.Tensor, num_latents: int) -> torch.Tensor:
+    """(B, T) frame mask -> (B, num_latents): a latent is valid if any of its 4 frames is.
+
+    T may be short of 4 * num_latents (a sequence padded by `encode_sequence`); the
+    missing frames count as padding.
+    """
+    B, T = mask.shape
+    if not FRAMES_PER_LATENT * (num_latents - 1) < T <= FRAMES_PER_LATENT * num_latents:
+        raise ValueError(
+            f"a mask of {T} frames does not match {num_latents} latents "
+            f"({FRAMES_PER_LATENT} frames per latent)"
+        )
+    padded = mask.new_zeros(B, FRAMES_PER_LATENT * num_latents)
+    padded[:, :T] = mask
+    return padded.view(B, num_latents, FRAMES_PER_LATENT).any(dim=2)  # (B, N)
+
+
 @dataclass(frozen=True)
 class MotionVAEConfig:
     """Architecture and KL weight of `MotionVAE`; stored in checkpoints via `dataclasses.asdict`."""

@@ -73,9 +73,30 @@ def test_a_saved_run_keeps_the_loss_it_was_trained_with():
     before_loss = RunConfig().to_dict()
     del before_loss["train"]["loss"], before_loss["train"]["head_frame_weight"]
     config = RunConfig.from_dict(saved_config(before_loss))
-    assert config.train.loss == "seed" and config.train.decode_head_blend == 0.0
+    assert config.train.loss == "features" and config.train.decode_head_blend == 0.0
     today = RunConfig().to_dict()
     assert saved_config(today) == today and RunConfig().train.head_frame_weight == 1.0
+
+
+def test_the_features_loss_is_read_under_its_old_name_seed(tmp_path):
+    """`loss = "seed"` (the old name) in a --config file, a run's config.json or a checkpoint
+    is the features loss; what is saved from then on says `features`."""
+    from click.testing import CliRunner
+
+    from train.cli import main
+    from train.config import saved_config
+
+    assert TrainConfig(loss="features").decode_head_blend == 0.0
+    old = RunConfig().to_dict()
+    old["train"]["loss"] = "seed"
+    config = RunConfig.from_dict(saved_config(old))
+    assert config == RunConfig(train=TrainConfig(loss="features"))
+    assert config.to_dict()["train"]["loss"] == "features"
+    path = tmp_path / "old.toml"
+    path.write_text('[train]\nloss = "seed"\n')
+    assert RunConfig.from_dict(load_config_file(path)).train.loss == "features"
+    help_text = CliRunner().invoke(main, ["fit", "--help"], terminal_width=200).output
+    assert "'features': per-group MSE" in help_text and "[features|world|seed]" in help_text
 
 
 @pytest.mark.parametrize(

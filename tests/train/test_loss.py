@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from shared.layout import FEATURE_DIM, HP, HP_DOT, JP, LOSS_GROUPS
 from shared.skeleton import FOOT_JOINTS, NUM_JOINTS
-from train.loss import KL, RECON, TOTAL, latent_mask, mse_key, vae_loss
+from train.loss import KL, RECON, TOTAL, mse_key, vae_loss
 from train.metrics import contact_speed_m_per_frame
+from train.model import latent_mask
 
 L = 5  # latent channels: small, the loss does not care
 
