@@ -10,7 +10,7 @@ Latent store (Zarr v3 group, schema `LATENT_SCHEMA` version 3; version 1 held on
 pass per whole sequence, version 2 its sequence table as string arrays; both are refused):
 
     <latents>/
-      zarr.json     root attributes (ATTR_* below and shared.zarr_output's schema, fps, split,
+      zarr.json     root attributes (ATTR_* below and shared.store.write's schema, fps, split,
                     window_frames, package_version, git_revision, created); `complete` last
       mean          (N_windows, K, latent_dim) float32: posterior means, K = window / 4 latents
                     per window, the windows of all sequences in order
@@ -21,21 +21,22 @@ pass per whole sequence, version 2 its sequence table as string arrays; both are
                     window's canonical transform, its heading and origin
                     (p_canon = R_canon_world @ (p_world - offset_world))
       sequences/    attribute `table`, the sequence table as the feature store holds its own
-                    (shared.zarr_output.write_table), one row per sequence: name, participant,
+                    (shared.store.write.write_table), one row per sequence: name, participant,
                     split, num_frames, store_start_frame, first_window, num_windows
       latent_stats/ mean, std (latent_dim,) float64 per-channel moments of the valid latents
                     (any of their 4 frames valid) of `mean` over the sequences of split
                     attribute `split` (train when encoded, else all); attribute `count`
 
-Every array of both stores ends its codec chain with crc32c (`COMPRESSORS`), as the feature
-store's do; a damaged chunk is named when read (stores written before have none and still read).
+Every array of both stores is created by `shared.store.create_store_array` (zstd level
+`ZSTD_LEVEL`, then crc32c) as the feature store's are; a damaged chunk is named when read
+(stores written before have no crc32c and still read).
 
 Decoded store (schema `DECODED_SCHEMA`): `features` (N_frames, 294) world features, or with
 `world=True` the world motion arrays `cpf_translation` (N, 3), `cpf_orientation` (N, 3, 3),
 `joint_translation` (N, 23, 3), `joint_orientation` (N, 23, 3, 3); and the sequence table
 `sequences/` with name, participant, split, first_frame, num_frames.
 
-Both stores are written through `shared.zarr_output.staged_store`, so a failed run leaves
+Both stores are written through `shared.store.write.staged_store`, so a failed run leaves
 nothing that looks usable at a local `out` (a remote URL, which has no atomic rename, is left
 incomplete, and readers refuse it).
 """
@@ -71,12 +72,14 @@ from shared.store import (
     LATENT_SCHEMA_NAME,
     STATS_ATTR_COUNT,
     STORE_KINDS,
+    FeatureStore,
     Schema,
+    SequenceRecord,
     check_root_attrs,
+    create_store_array,
     is_checksum_error,
     open_store,
     read_table,
-    store_compressors,
 )
 from shared.store.write import mark_complete, provenance_attrs, staged_store, utc_now, write_table
 from train.codec import OVERLAP_RULE, PADDING_RULE, MotionCodec, MotionLatents, WindowPlan
@@ -88,7 +91,7 @@ logger = logging.getLogger(__name__)
 # zarr's default compression (zstd level 0), then a crc32c of every chunk as the feature store
 # has: a damaged chunk fails to decode and is named (`read_sequence_latents`), never read as
 # numbers.
-COMPRESSORS = store_compressors(zstd_level=0)
+ZSTD_LEVEL = 0
 
 LATENT_SCHEMA = LATENT_SCHEMA_NAME
 DECODED_SCHEMA = DECODED_SCHEMA_NAME
@@ -119,9 +122,12 @@ WINDOWS = "windows"
 LATENT_STATS = "latent_stats"
 FEATURES = "features"
 DECODED_COLUMNS = ("name", "participant", "split", "first_frame", "num_frames")
-WORLD_ARRAYS = ("cpf_translation", "cpf_orientation", "joint_translation", "joint_orientation")
+WORLD_SHAPES = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
+                "joint_translation": (NUM_JOINTS, 3),
+                "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
+WORLD_ARRAYS = tuple(WORLD_SHAPES)
 
-# --- root attributes (and shared.zarr_output's) ------------------------------------------------
+# --- root attributes (and shared.store.write's) ------------------------------------------------
 ATTR_LATENT_DIM = "latent_dim"
 ATTR_FRAMES_PER_LATENT = "frames_per_latent"
 ATTR_HOP_FRAMES = "hop_frames"
@@ -147,11 +153,32 @@ Split = Literal["all", "train", "val", "test"]
 def _write_arrays(group: zarr.Group, arrays: dict[str, np.ndarray]) -> None:
     """One array per column of a numeric table (windows, latent statistics)."""
     for name, values in arrays.items():
-        array = group.create_array(
-            name, shape=values.shape, dtype=values.dtype, compressors=COMPRESSORS
-        )
+        array = _create_array(group, name, values.shape, "auto", values.dtype)
         if values.size:
             array[...] = values
+
+
+def _create_array(
+    group: zarr.Group, name: str, shape: tuple[int, ...], chunks: Any, dtype: Any = "float32"
+) -> zarr.Array:
+    """An array of a latent or decoded store: `shared.store.create_store_array` at `ZSTD_LEVEL`;
+    `chunks` may be "auto" (zarr's choice, for the small tables)."""
+    return create_store_array(
+        group, name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=None,
+        zstd_level=ZSTD_LEVEL,
+    )  # fmt: skip
+
+
+def _row_writer(
+    root: zarr.Group, shapes: Mapping[str, tuple[int, ...]], rows: int, chunk_rows: int
+) -> ChunkedRowWriter:
+    """A writer of new float32 arrays of `rows` rows of each shape, `chunk_rows` to a chunk."""
+    return ChunkedRowWriter(
+        {
+            name: _create_array(root, name, (rows, *shape), (chunk_rows, *shape))
+            for name, shape in shapes.items()
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -189,86 +216,107 @@ def encode_store(
         raise ValueError(f"store {store.url} has no sequences in split {split!r}")
     plans = [codec.plan(r.length, window_frames, hop_frames) for r in records]
     num_windows = np.array([plan.num_windows for plan in plans], dtype=np.int64)
-    first_window = np.concatenate([[0], np.cumsum(num_windows)[:-1]]).astype(np.int64)
     total, K, L = int(num_windows.sum()), plans[0].latents_per_window, codec.model.config.latent_dim
-
     arrays_bytes = total * K * L * 4 * (2 if logvar else 1)
     with staged_store(out, arrays_bytes, storage_options) as root:
-        chunks = (min(WINDOW_CHUNK_ROWS, total), K, L)
-        writer = ChunkedRowWriter(
-            {name: root.create_array(name, shape=(total, K, L), dtype="float32", chunks=chunks,
-                                     compressors=COMPRESSORS)
-             for name in ((MEAN, LOGVAR) if logvar else (MEAN,))}
-        )  # fmt: skip
         stats_split = "train" if any(r.split == "train" for r in records) else split
-        moments = Moments.empty(L)
-        R_canon_world = np.empty((total, 3, 3), dtype=np.float32)
-        offset_world = np.empty((total, 3), dtype=np.float32)
-        for i, record in enumerate(tqdm(records, desc="encode", unit="seq")):
-            features = np.array(store.read_features(record.start, record.stop))
-            latents = codec.encode_features(features, plans[i].window_frames, plans[i].hop_frames)
-            mean = latents.mean.float().cpu().numpy()  # (W, K, L)
-            writer.append(
-                {MEAN: mean, LOGVAR: latents.logvar.float().cpu().numpy()}
-                if logvar
-                else {MEAN: mean}
-            )
-            rows = slice(first_window[i], first_window[i] + num_windows[i])
-            R_canon_world[rows] = latents.frame.R_canon_world.cpu().numpy()
-            offset_world[rows] = latents.frame.offset_world.cpu().numpy()
-            if stats_split in ("all", record.split):  # Chan merge: no sum-of-squares cancellation
-                moments = moments.merge(Moments.of(mean[plans[i].latent_valid()]))
-        writer.close()
-
-        _write_arrays(
-            root.create_group(WINDOWS),
-            {
-                "sequence": np.repeat(np.arange(len(records), dtype=np.int64), num_windows),
-                "first_frame": np.concatenate([plan.first_frame for plan in plans]),
-                "valid_frames": np.concatenate([plan.valid_frames for plan in plans]),
-                "R_canon_world": R_canon_world,
-                "offset_world": offset_world,
-            },
-        )
-        table = [
-            LatentSequence(r.name, r.participant, r.split, r.length, r.start, int(first), int(n))
-            for r, first, n in zip(records, first_window, num_windows, strict=True)
-        ]
-        write_table(
-            root, {f.name: [getattr(row, f.name) for row in table] for f in fields(LatentSequence)}
-        )
+        moments, frame = _encode_windows(root, codec, store, records, plans, logvar, stats_split)
+        _write_windows(root, plans, frame)
+        _write_latent_table(root, records, num_windows)
         channel_mean, channel_std = moments.mean_std(std_floor=0.0)
         stats = root.create_group(
             LATENT_STATS, attributes={STATS_ATTR_COUNT: moments.count, ATTR_SPLIT: stats_split}
         )
         _write_arrays(stats, {"mean": channel_mean, "std": channel_std})
-
-        checkpoint = {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path),
-                      "step": codec.checkpoint.step}  # fmt: skip
-        root.attrs.update(
-            {
-                **LATENTS.attrs(),
-                ATTR_LATENT_DIM: L,
-                ATTR_FRAMES_PER_LATENT: FRAMES_PER_LATENT,
-                ATTR_WINDOW_FRAMES: plans[0].window_frames,
-                ATTR_HOP_FRAMES: plans[0].hop_frames,
-                ATTR_LATENTS_PER_WINDOW: K,
-                ATTR_FPS: store.fps / FRAMES_PER_LATENT,
-                ATTR_FRAME_FPS: store.fps,
-                ATTR_CHECKPOINT: checkpoint,
-                ATTR_FEATURE_STORE: {"url": store.url, "fingerprint": store.fingerprint},
-                ATTR_SPLIT: split,
-                ATTR_HAS_LOGVAR: logvar,
-                ATTR_PADDING: PADDING_RULE,
-                ATTR_OVERLAP: OVERLAP_RULE,
-                **provenance_attrs(utc_now()),
-            }
-        )
+        root.attrs.update(_latent_attrs(ckpt_path, codec, store, plans[0], split, logvar))
         mark_complete(root)
     logger.info(
         "encoded %d sequences into %d windows of %d latents at %s", len(records), total, K, out
     )
     return zarr.open_group(str(out), mode="r", storage_options=url_options(out, storage_options))
+
+
+def _encode_windows(
+    root: zarr.Group, codec: MotionCodec, store: FeatureStore, records: list[SequenceRecord],
+    plans: list[WindowPlan], logvar: bool, stats_split: str,
+) -> tuple[Moments, CanonicalFrame]:  # fmt: skip
+    """Write `mean` (and `logvar`) of every window of `records`; the moments of the valid mean
+    latents of `stats_split` and every window's canonical frame."""
+    total = sum(plan.num_windows for plan in plans)
+    K, L = plans[0].latents_per_window, codec.model.config.latent_dim
+    names = (MEAN, LOGVAR) if logvar else (MEAN,)
+    writer = _row_writer(root, dict.fromkeys(names, (K, L)), total, min(WINDOW_CHUNK_ROWS, total))
+    moments, rotations, offsets = Moments.empty(L), [], []
+    for record, plan in zip(tqdm(records, desc="encode", unit="seq"), plans, strict=True):
+        features = np.array(store.read_features(record.start, record.stop))
+        latents = codec.encode_features(features, plan.window_frames, plan.hop_frames)
+        blocks = {MEAN: latents.mean.float().cpu().numpy()}  # (W, K, L)
+        if logvar:
+            blocks[LOGVAR] = latents.logvar.float().cpu().numpy()
+        writer.append(blocks)
+        rotations.append(latents.frame.R_canon_world.cpu().numpy())
+        offsets.append(latents.frame.offset_world.cpu().numpy())
+        if stats_split in ("all", record.split):  # Chan merge: no sum-of-squares cancellation
+            moments = moments.merge(Moments.of(blocks[MEAN][plan.latent_valid()]))
+    writer.close()
+    frame = CanonicalFrame(
+        np.concatenate(rotations).astype(np.float32), np.concatenate(offsets).astype(np.float32)
+    )
+    return moments, frame
+
+
+def _write_windows(root: zarr.Group, plans: list[WindowPlan], frame: CanonicalFrame) -> None:
+    """The window table: sequence, first and valid frames, canonical transform."""
+    num_windows = [plan.num_windows for plan in plans]
+    _write_arrays(
+        root.create_group(WINDOWS),
+        {
+            "sequence": np.repeat(np.arange(len(plans), dtype=np.int64), num_windows),
+            "first_frame": np.concatenate([plan.first_frame for plan in plans]),
+            "valid_frames": np.concatenate([plan.valid_frames for plan in plans]),
+            "R_canon_world": frame.R_canon_world,
+            "offset_world": frame.offset_world,
+        },
+    )
+
+
+def _write_latent_table(
+    root: zarr.Group, records: list[SequenceRecord], num_windows: np.ndarray
+) -> None:
+    first_window = np.concatenate([[0], np.cumsum(num_windows)[:-1]]).astype(np.int64)
+    table = [
+        LatentSequence(r.name, r.participant, r.split, r.length, r.start, int(first), int(n))
+        for r, first, n in zip(records, first_window, num_windows, strict=True)
+    ]
+    write_table(
+        root, {f.name: [getattr(row, f.name) for row in table] for f in fields(LatentSequence)}
+    )
+
+
+def _latent_attrs(
+    ckpt_path: Path, codec: MotionCodec, store: FeatureStore, plan: WindowPlan, split: str,
+    logvar: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Root attributes of a latent store (`complete` aside)."""
+    checkpoint = {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path),
+                  "step": codec.checkpoint.step}  # fmt: skip
+    return {
+        **LATENTS.attrs(),
+        ATTR_LATENT_DIM: codec.model.config.latent_dim,
+        ATTR_FRAMES_PER_LATENT: FRAMES_PER_LATENT,
+        ATTR_WINDOW_FRAMES: plan.window_frames,
+        ATTR_HOP_FRAMES: plan.hop_frames,
+        ATTR_LATENTS_PER_WINDOW: plan.latents_per_window,
+        ATTR_FPS: store.fps / FRAMES_PER_LATENT,
+        ATTR_FRAME_FPS: store.fps,
+        ATTR_CHECKPOINT: checkpoint,
+        ATTR_FEATURE_STORE: {"url": store.url, "fingerprint": store.fingerprint},
+        ATTR_SPLIT: split,
+        ATTR_HAS_LOGVAR: logvar,
+        ATTR_PADDING: PADDING_RULE,
+        ATTR_OVERLAP: OVERLAP_RULE,
+        **provenance_attrs(utc_now()),
+    }
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -343,34 +391,16 @@ def decode_store(
     """Decode the mean latents of a latent store into world features (or world motion) at `out`;
     `storage_options` (fsspec) apply to both when they are URLs."""
     latents = open_latents(latents_url, storage_options)
-    recorded = latents.attrs[ATTR_CHECKPOINT]["sha256"]
-    found = file_sha256(ckpt_path)
-    if recorded != found:
-        raise ValueError(
-            f"{latents_url} was encoded with checkpoint {latents.attrs[ATTR_CHECKPOINT]['path']} "
-            f"(sha256 {recorded[:12]}), but {ckpt_path} has sha256 {found[:12]}; decode with the "
-            f"checkpoint that encoded it"
-        )
+    found = _check_decoding_checkpoint(latents, latents_url, ckpt_path)
     codec = MotionCodec.from_checkpoint(ckpt_path, device)
-    window, hop = latents.attrs[ATTR_WINDOW_FRAMES], latents.attrs[ATTR_HOP_FRAMES]
     sequences = read_latent_table(latents)
     num_frames = np.array([s.num_frames for s in sequences], dtype=np.int64)
     total = int(num_frames.sum())
-
-    if world:
-        shapes = {"cpf_translation": (3,), "cpf_orientation": (3, 3),
-                  "joint_translation": (NUM_JOINTS, 3),
-                  "joint_orientation": (NUM_JOINTS, 3, 3)}  # fmt: skip
-    else:
-        shapes = {FEATURES: (FEATURE_DIM,)}
+    shapes = WORLD_SHAPES if world else {FEATURES: (FEATURE_DIM,)}
     arrays_bytes = total * 4 * sum(int(np.prod(s)) for s in shapes.values())
     with staged_store(out, arrays_bytes, storage_options) as root:
-        chunk = min(FRAME_CHUNK_ROWS, max(total, 1))
-        writer = ChunkedRowWriter(
-            {name: root.create_array(name, shape=(total, *s), dtype="float32", chunks=(chunk, *s),
-                                     compressors=COMPRESSORS)
-             for name, s in shapes.items()}
-        )  # fmt: skip
+        writer = _row_writer(root, shapes, total, min(FRAME_CHUNK_ROWS, max(total, 1)))
+        window, hop = latents.attrs[ATTR_WINDOW_FRAMES], latents.attrs[ATTR_HOP_FRAMES]
         for seq in tqdm(sequences, desc="decode", unit="seq"):
             windows = read_sequence_latents(latents, seq, WindowPlan(seq.num_frames, window, hop))
             if world:
@@ -379,16 +409,7 @@ def decode_store(
             else:
                 writer.append({FEATURES: codec.decode_features(windows).cpu().numpy()})
         writer.close()
-
-        first_frame = np.concatenate([[0], np.cumsum(num_frames)[:-1]])
-        columns = (
-            [s.name for s in sequences],
-            [s.participant for s in sequences],
-            [s.split for s in sequences],
-            [int(f) for f in first_frame],
-            [s.num_frames for s in sequences],
-        )
-        write_table(root, dict(zip(DECODED_COLUMNS, columns, strict=True)))
+        _write_decoded_table(root, sequences)
         root.attrs.update(
             {
                 **DECODED.attrs(),
@@ -403,6 +424,33 @@ def decode_store(
         mark_complete(root)
     logger.info("decoded %d sequences (%d frames) to %s", len(sequences), total, out)
     return zarr.open_group(str(out), mode="r", storage_options=url_options(out, storage_options))
+
+
+def _check_decoding_checkpoint(
+    latents: zarr.Group, latents_url: str | Path, ckpt_path: Path
+) -> str:
+    """The sha256 of `ckpt_path`, which must be the checkpoint that encoded `latents`."""
+    recorded = latents.attrs[ATTR_CHECKPOINT]["sha256"]
+    found = file_sha256(ckpt_path)
+    if recorded != found:
+        raise ValueError(
+            f"{latents_url} was encoded with checkpoint {latents.attrs[ATTR_CHECKPOINT]['path']} "
+            f"(sha256 {recorded[:12]}), but {ckpt_path} has sha256 {found[:12]}; decode with the "
+            f"checkpoint that encoded it"
+        )
+    return found
+
+
+def _write_decoded_table(root: zarr.Group, sequences: list[LatentSequence]) -> None:
+    first_frame = np.concatenate([[0], np.cumsum([s.num_frames for s in sequences])[:-1]])
+    columns = (
+        [s.name for s in sequences],
+        [s.participant for s in sequences],
+        [s.split for s in sequences],
+        [int(f) for f in first_frame],
+        [s.num_frames for s in sequences],
+    )
+    write_table(root, dict(zip(DECODED_COLUMNS, columns, strict=True)))
 
 
 # --- describing (`train info`) -----------------------------------------------------------------
