@@ -70,6 +70,7 @@ from shared.remote import (
     DEFAULT_TIMEOUT_S,
     RemoteUnavailableError,
     filesystem,
+    normalize_location,
     read_bounded,
     remote_options,
     retrying,
@@ -193,7 +194,7 @@ class ChunkCache:
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.url, self.fingerprint = url.rstrip("/"), fingerprint
-        self.directory = Path(directory).expanduser().resolve()
+        self.directory = Path(normalize_location(directory))
         self.storage_options = remote_options(self.url, storage_options, timeout)
         self.max_bytes = max_bytes
         self.manifest = manifest  # a published version's: every chunk's crc32c, checked too

@@ -50,6 +50,12 @@ def local_path(path_or_url: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+def normalize_location(path_or_url: str | Path) -> str:
+    """The one spelling of where a store or directory is: a URL (other than `file://`) as given;
+    a plain path or a `file://` URL as the absolute local path, `~` expanded, links resolved."""
+    return str(path_or_url) if is_url(path_or_url) else str(local_path(path_or_url).resolve())
+
+
 def url_options(path_or_url: str | Path, storage_options: dict | None) -> dict | None:
     """`storage_options` for a URL, None for a local path (zarr refuses options it cannot use;
     a command's --storage-options may meet a local path, e.g. a cached copy)."""

@@ -65,7 +65,7 @@ from shared.remote import (
     S3_SCHEMES,
     filesystem,
     is_url,
-    local_path,
+    normalize_location,
     read_bounded,
     remote_options,
     retrying,
@@ -391,10 +391,6 @@ def published(
     return resolved, fingerprint
 
 
-def _location(path_or_url: str | Path) -> str:
-    return str(path_or_url) if is_url(path_or_url) else str(local_path(path_or_url).resolve())
-
-
 def _summary(source: str, destination: str, fingerprint: str, outcomes: dict[str, int | None],
              reencoded: tuple[str, ...], outcome: str) -> TransferSummary:  # fmt: skip
     """`outcomes`: key -> bytes copied in this run, None for an object kept: each counted once."""
@@ -439,7 +435,7 @@ def push(
 ) -> TransferSummary:
     """Publish the complete local store `store` at `url` as version `versions/FP/` and point
     `CURRENT.json` at it (see the module docstring); resumable, a no-op when already published."""
-    source, url = local_path(store).resolve(), _location(url)
+    source, url = Path(normalize_location(store)), normalize_location(url)
     if is_url(url) and urlparse(url).scheme in READ_ONLY_PROTOCOLS:
         raise TransferError(
             f"{url}: http(s) locations are read-only; push to s3://, gs:// or a path"
@@ -449,6 +445,25 @@ def push(
     files = {key: _local_object(source, key) for key in plan.sizes}
     endpoint = _Endpoint(url, storage_options, timeout)
     current = _published_fingerprint(endpoint)
+    _check_publishable(endpoint, url, current, fingerprint, overwrite)
+    version_url = endpoint.where(version_prefix(fingerprint))
+    manifest_there = read_manifest(url, fingerprint, storage_options, timeout)
+    if manifest_there is not None:
+        local, _ = _local_manifest(files, plan, jobs, progress)
+        _check_same_form(manifest_there, local, url, version_url, current, fingerprint)
+        outcome = "already published" if current == fingerprint else "pointer moved"
+        if current != fingerprint:
+            _write_pointer(endpoint, fingerprint)
+        return _summary(str(source), version_url, fingerprint, dict.fromkeys(local), (), outcome)
+    outcomes = _upload_version(endpoint, fingerprint, files, plan, jobs, progress)
+    _write_pointer(endpoint, fingerprint)
+    return _summary(str(source), version_url, fingerprint, outcomes, (), "published")
+
+
+def _check_publishable(
+    endpoint: _Endpoint, url: str, current: str | None, fingerprint: str, overwrite: bool
+) -> None:
+    """Refuse, unless `overwrite`, a URL that publishes another store or holds other objects."""
     if current not in (None, fingerprint) and not overwrite:
         raise TransferError(
             f"{url} publishes {current}, not this store ({fingerprint}); pass --overwrite to "
@@ -462,27 +477,34 @@ def push(
                 f"{url} holds {len(foreign)} objects that are not a published store (e.g. "
                 f"{foreign[0]}); pass --overwrite to publish beside them, or choose another URL"
             )
-    version = version_prefix(fingerprint)
-    version_url = endpoint.where(version)
-    manifest_there = read_manifest(url, fingerprint, storage_options, timeout)
-    if manifest_there is not None:
-        local, _ = _local_manifest(files, plan, jobs, progress)
-        if manifest_there != local:
-            remedy = (
-                "pull it from there, or publish this form at another URL"
-                if current == fingerprint
-                else f"remove it with `python -m preprocess versions {url} --remove "
-                f"{fingerprint}` and push again"
-            )
-            raise TransferError(
-                f"{version_url} holds this store's content in another form (codecs or "
-                f"chunking: its {MANIFEST} differs); {remedy}"
-            )
-        outcome = "already published" if current == fingerprint else "pointer moved"
-        if current != fingerprint:
-            _write_pointer(endpoint, fingerprint)
-        return _summary(str(source), version_url, fingerprint, dict.fromkeys(local), (), outcome)
 
+
+def _check_same_form(
+    there: dict[str, ManifestEntry], local: dict[str, ManifestEntry], url: str, version_url: str,
+    current: str | None, fingerprint: str,
+) -> None:  # fmt: skip
+    """Refuse a version already at the URL whose manifest differs from the local store's."""
+    if there == local:
+        return
+    remedy = (
+        "pull it from there, or publish this form at another URL"
+        if current == fingerprint
+        else f"remove it with `python -m preprocess versions {url} --remove "
+        f"{fingerprint}` and push again"
+    )
+    raise TransferError(
+        f"{version_url} holds this store's content in another form (codecs or chunking: its "
+        f"{MANIFEST} differs); {remedy}"
+    )
+
+
+def _upload_version(
+    endpoint: _Endpoint, fingerprint: str, files: dict[str, Path], plan: _Plan, jobs: int,
+    progress: bool,
+) -> dict[str, int | None]:  # fmt: skip
+    """Upload the objects of version `fingerprint` missing at `endpoint` (of an interrupted push
+    too), check every size, then write its manifest; bytes uploaded per object."""
+    version = version_prefix(fingerprint)
     present = endpoint.sizes(version)
 
     def upload(key: str, data: bytes, entry: ManifestEntry) -> int | None:
@@ -496,14 +518,13 @@ def push(
     wrong = [k for k, e in manifest.items() if uploaded.get(k) != e.size]
     if wrong:
         raise TransferError(
-            f"{len(wrong)} objects of {version_url} are missing or of the wrong size after the "
-            f"upload (e.g. {wrong[0]}: {uploaded.get(wrong[0])} bytes, expected "
+            f"{len(wrong)} objects of {endpoint.where(version)} are missing or of the wrong size "
+            f"after the upload (e.g. {wrong[0]}: {uploaded.get(wrong[0])} bytes, expected "
             f"{manifest[wrong[0]].size}); run the push again"
         )
     document = manifest_document(fingerprint, manifest, _now())
     endpoint.write(f"{version}/{MANIFEST}", json.dumps(document, indent=1).encode())
-    _write_pointer(endpoint, fingerprint)
-    return _summary(str(source), version_url, fingerprint, outcomes, (), "published")
+    return outcomes
 
 
 def _write_pointer(endpoint: _Endpoint, fingerprint: str) -> None:
@@ -685,7 +706,7 @@ def pull(
 ) -> TransferSummary:
     """Copy the store published at `url` into the local directory `dest` (see the module
     docstring); `dest` changes only once the copy is complete and verified."""
-    url = _location(url)
+    url = normalize_location(url)
     return _pull(url, resolve(url, storage_options, timeout), dest, storage_options, decompress,
                  overwrite, jobs, timeout, progress)  # fmt: skip
 
@@ -693,18 +714,8 @@ def pull(
 def _pull(url: str, resolved: Resolved, dest: str | Path, storage_options: dict | None,
           decompress: bool, overwrite: bool, jobs: int, timeout: float,
           progress: bool) -> TransferSummary:  # fmt: skip
-    manifest = None
-    if resolved.layout == "versioned":
-        manifest = read_manifest(url, resolved.fingerprint, storage_options, timeout)
-        if manifest is None:
-            raise TransferError(
-                f"{resolved.root_url} has no {MANIFEST}: its push did not finish; run the push "
-                f"again"
-            )
-        missing = [k for k in METADATA_KEYS if k not in manifest]
-        if missing:
-            raise TransferError(f"{resolved.root_url}/{MANIFEST} lacks {missing[0]}")
-    dest = local_path(dest).resolve()
+    manifest = _pull_manifest(url, resolved, storage_options, timeout)
+    dest = Path(normalize_location(dest))
     staging = dest.with_name(f"{dest.name}{STAGING_SUFFIX}")
     source = _Endpoint(resolved.root_url, storage_options, timeout)
     _prepare_staging(staging, dest, source.url)
@@ -712,15 +723,7 @@ def _pull(url: str, resolved: Resolved, dest: str | Path, storage_options: dict 
 
     limits = dict.fromkeys(METADATA_KEYS, MAX_METADATA_BYTES)
     copy.fetch(list(METADATA_KEYS), dict.fromkeys(METADATA_KEYS), limits)
-    attrs = _root_attributes(_read_local(staging / ROOT_METADATA, MAX_METADATA_BYTES))
-    fingerprint = attrs.get(ATTR_FINGERPRINT)
-    if attrs.get(ATTR_COMPLETE) is not True:
-        raise _unfinished(url)
-    if not is_fingerprint(fingerprint) or fingerprint != (resolved.fingerprint or fingerprint):
-        raise TransferError(
-            f"{source.where(ROOT_METADATA)} records fingerprint {fingerprint!r}, the pointer "
-            f"{resolved.fingerprint}: the published version is damaged"
-        )
+    fingerprint = _staged_fingerprint(url, resolved, source, staging)
     found = _store_fingerprint(dest) if dest.exists() else None
     if dest.exists() and any(dest.iterdir()) and found != fingerprint and not overwrite:
         shutil.rmtree(staging)  # nothing to resume: this destination is refused
@@ -730,24 +733,8 @@ def _pull(url: str, resolved: Resolved, dest: str | Path, storage_options: dict 
             f"replace it (only once the new copy is verified), or choose another destination"
         )
     copy.reuse = dest if found == fingerprint else None
-
-    try:
-        plan = _plan(zarr.open_group(staging, mode="r"), resolved.root_url)
-    except (ValueError, TypeError, KeyError, zarr.errors.BaseZarrError) as error:
-        if isinstance(error, TransferError):
-            raise
-        raise TransferError(f"{resolved.root_url}: malformed metadata ({error})") from None
-    if manifest is not None:
-        wrong = [k for k, size in plan.sizes.items()
-                 if k not in manifest or (size is not None and manifest[k].size != size)
-                 or manifest[k].size > plan.limits[k]]  # fmt: skip
-        if wrong:
-            raise TransferError(
-                f"{resolved.root_url}/{MANIFEST} does not match the store's metadata: "
-                f"{wrong[0]} is {'missing' if wrong[0] not in manifest else 'of another size'}"
-            )
-    chunks = [k for k in plan.sizes if _is_chunk(k)]
-    copy.fetch(chunks, plan.sizes, plan.limits)
+    plan = _staged_plan(staging, resolved.root_url, manifest)
+    copy.fetch([k for k in plan.sizes if _is_chunk(k)], plan.sizes, plan.limits)
     final = _reencode(staging, plan, jobs) if decompress and plan.compressed else staging
     try:
         copied = open_store(final, memory_map=False)
@@ -761,6 +748,58 @@ def _pull(url: str, resolved: Resolved, dest: str | Path, storage_options: dict 
     shutil.rmtree(staging, ignore_errors=True)
     reencoded = plan.compressed if final != staging else ()
     return _summary(url, str(dest), fingerprint, copy.outcomes, reencoded, "pulled")
+
+
+def _pull_manifest(
+    url: str, resolved: Resolved, storage_options: dict | None, timeout: float
+) -> dict[str, ManifestEntry] | None:
+    """The manifest of a published version (None for a store of the previous layout); one
+    without the metadata objects is refused."""
+    if resolved.layout != "versioned":
+        return None
+    manifest = read_manifest(url, resolved.fingerprint, storage_options, timeout)
+    if manifest is None:
+        raise TransferError(
+            f"{resolved.root_url} has no {MANIFEST}: its push did not finish; run the push again"
+        )
+    missing = [k for k in METADATA_KEYS if k not in manifest]
+    if missing:
+        raise TransferError(f"{resolved.root_url}/{MANIFEST} lacks {missing[0]}")
+    return manifest
+
+
+def _staged_fingerprint(url: str, resolved: Resolved, source: _Endpoint, staging: Path) -> str:
+    """The fingerprint of the complete store whose metadata is in `staging`: the pointer's."""
+    attrs = _root_attributes(_read_local(staging / ROOT_METADATA, MAX_METADATA_BYTES))
+    fingerprint = attrs.get(ATTR_FINGERPRINT)
+    if attrs.get(ATTR_COMPLETE) is not True:
+        raise _unfinished(url)
+    if not is_fingerprint(fingerprint) or fingerprint != (resolved.fingerprint or fingerprint):
+        raise TransferError(
+            f"{source.where(ROOT_METADATA)} records fingerprint {fingerprint!r}, the pointer "
+            f"{resolved.fingerprint}: the published version is damaged"
+        )
+    return fingerprint
+
+
+def _staged_plan(staging: Path, root_url: str, manifest: dict[str, ManifestEntry] | None) -> _Plan:
+    """The objects of the store whose metadata is in `staging`, checked against `manifest`."""
+    try:
+        plan = _plan(zarr.open_group(staging, mode="r"), root_url)
+    except (ValueError, TypeError, KeyError, zarr.errors.BaseZarrError) as error:
+        if isinstance(error, TransferError):
+            raise
+        raise TransferError(f"{root_url}: malformed metadata ({error})") from None
+    if manifest is not None:
+        wrong = [k for k, size in plan.sizes.items()
+                 if k not in manifest or (size is not None and manifest[k].size != size)
+                 or manifest[k].size > plan.limits[k]]  # fmt: skip
+        if wrong:
+            raise TransferError(
+                f"{root_url}/{MANIFEST} does not match the store's metadata: "
+                f"{wrong[0]} is {'missing' if wrong[0] not in manifest else 'of another size'}"
+            )
+    return plan
 
 
 # --- versions ---------------------------------------------------------------------------------
@@ -780,7 +819,7 @@ def list_versions(
     url: str | Path, storage_options: dict | None = None, timeout: float = DEFAULT_TIMEOUT_S
 ) -> list[VersionInfo]:
     """Every version under `url/versions/`, oldest first (unfinished ones last)."""
-    endpoint = _Endpoint(_location(url), storage_options, timeout)
+    endpoint = _Endpoint(normalize_location(url), storage_options, timeout)
     current = _published_fingerprint(endpoint)
     by_version: dict[str, list[int]] = {}
     for key, size in endpoint.sizes(VERSIONS).items():
@@ -811,7 +850,7 @@ def remove_versions(
 ) -> None:
     """Delete versions of `url` (manifest first, so a half-removed version reads as
     unfinished); the current one is refused."""
-    endpoint = _Endpoint(_location(url), storage_options, timeout)
+    endpoint = _Endpoint(normalize_location(url), storage_options, timeout)
     current = _published_fingerprint(endpoint)
     for fingerprint in fingerprints:
         if fingerprint == current:
