@@ -367,6 +367,31 @@ def _declared_frames(handle: h5py.File, file: str) -> tuple[int | None, list[Dis
 def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: int) -> h5py.Dataset:
     """The dataset `key`, with its link, shape, dtype, filters and size checked (no data read)."""
     spec = nymeria_format.MOTION_DATASETS[key]
+    ds = _open_dataset(handle, key, file)
+    with _hdf5_errors(file, key, "cannot read dataset metadata"):
+        shape, dtype = ds.shape, ds.dtype
+        plist = ds.id.get_create_plist()
+        external = ds.is_virtual or plist.get_external_count() > 0
+        filters = [plist.get_filter(index) for index in range(plist.get_nfilters())]
+        storage = ds.id.get_storage_size()
+    _check_layout(file, key, spec, shape, dtype, external, filters)
+    _check_size(file, key, shape, dtype, storage, size, stored_bytes)
+    with _hdf5_errors(file, key, "cannot read dataset chunk metadata"):
+        unwritten = _first_unwritten_frame(ds, plist, shape)
+    if unwritten is not None:
+        raise _ClipProblem(
+            "unwritten_data",
+            f"{file}: dataset {key!r}, frame {unwritten}: never written (HDF5 reports its "
+            f"storage unallocated and would read it as {ds.fillvalue!r}); the file is incomplete",
+            key,
+            unwritten,
+        )
+    return ds
+
+
+def _open_dataset(handle: h5py.File, key: str, file: str) -> h5py.Dataset:
+    """The dataset `key` of this file: a missing key, a link out of the file or a group is a
+    problem."""
     with _hdf5_errors(file, key, "cannot open dataset"):
         try:
             ds = handle[key]  # the common case first: inspecting links costs ~0.3 ms
@@ -391,12 +416,14 @@ def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: in
         raise _ClipProblem(
             "missing_key", f"{file}: {key!r} is a {type(ds).__name__}, expected a dataset", key
         )
-    with _hdf5_errors(file, key, "cannot read dataset metadata"):
-        shape, dtype = ds.shape, ds.dtype
-        plist = ds.id.get_create_plist()
-        external = ds.is_virtual or plist.get_external_count() > 0
-        filters = [plist.get_filter(index) for index in range(plist.get_nfilters())]
-        storage = ds.id.get_storage_size()
+    return ds
+
+
+def _check_layout(
+    file: str, key: str, spec: nymeria_format.DatasetSpec, shape: tuple | None, dtype: np.dtype,
+    external: bool, filters: list,
+) -> None:  # fmt: skip
+    """Shape and dtype as `spec` says, data inside the file, every filter available."""
     expected_shape = "(" + ", ".join(["N", *map(str, spec.frame_shape)]) + ")"
     if shape is None or len(shape) != 1 + len(spec.frame_shape) or shape[1:] != spec.frame_shape:
         raise _ClipProblem(
@@ -425,6 +452,13 @@ def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: in
                 f"({label or 'unnamed'}): HDF5 filter not available; is hdf5plugin installed?",
                 key,
             )
+
+
+def _check_size(
+    file: str, key: str, shape: tuple, dtype: np.dtype, storage: int, size: int, stored_bytes: int
+) -> None:
+    """The dataset's storage fits in the file, and its declared size is no implausible multiple
+    of what the file stores of it."""
     declared = math.prod(shape) * dtype.itemsize
     if storage > size:
         raise _ClipProblem(
@@ -441,17 +475,6 @@ def _dataset(handle: h5py.File, key: str, file: str, size: int, stored_bytes: in
             f"written; not read",
             key,
         )
-    with _hdf5_errors(file, key, "cannot read dataset chunk metadata"):
-        unwritten = _first_unwritten_frame(ds, plist, shape)
-    if unwritten is not None:
-        raise _ClipProblem(
-            "unwritten_data",
-            f"{file}: dataset {key!r}, frame {unwritten}: never written (HDF5 reports its "
-            f"storage unallocated and would read it as {ds.fillvalue!r}); the file is incomplete",
-            key,
-            unwritten,
-        )
-    return ds
 
 
 def _first_unwritten_frame(

@@ -201,13 +201,7 @@ def plan_recording(
     max_fill_frames: int = DEFAULT_MAX_FILL_FRAMES,
 ) -> RecordingPlan:
     """Stitch the clips of one recording (see the module doc for the rules)."""
-    if not 0 < tolerance < 1:
-        raise ValueError(f"stitch tolerance must be in (0, 1) frame periods, found {tolerance}")
-    if max_fill_frames < 0:
-        raise ValueError(f"max_fill_frames must be >= 0, found {max_fill_frames}")
-    recordings = {c.sequence_name for c in clips}
-    if len(recordings) != 1:
-        raise ValueError(f"plan_recording needs clips of one recording, found {sorted(recordings)}")
+    _check_stitch_args(clips, tolerance, max_fill_frames)
     ordered = sorted(clips, key=lambda c: (int(c.timestamp_ns[0]), c.file))
     segments: list[_Segment] = []
     holes: list[Hole] = []
@@ -245,9 +239,25 @@ def plan_recording(
         segments[-1].add(clip, piece_start, len(ts))
         last_ns, last_file = int(ts[-1]), clip.file
 
-    recording = ordered[0].sequence_name
-    participant = ordered[0].participant
-    plans = [
+    return RecordingPlan(_sequence_plans(ordered[0], segments), dropped, fully_dropped, holes)
+
+
+def _check_stitch_args(
+    clips: Sequence[ClipTimeline], tolerance: float, max_fill_frames: int
+) -> None:
+    if not 0 < tolerance < 1:
+        raise ValueError(f"stitch tolerance must be in (0, 1) frame periods, found {tolerance}")
+    if max_fill_frames < 0:
+        raise ValueError(f"max_fill_frames must be >= 0, found {max_fill_frames}")
+    recordings = {c.sequence_name for c in clips}
+    if len(recordings) != 1:
+        raise ValueError(f"plan_recording needs clips of one recording, found {sorted(recordings)}")
+
+
+def _sequence_plans(first: ClipTimeline, segments: list[_Segment]) -> list[SequencePlan]:
+    """One sequence per segment, named after the recording of its `first` clip."""
+    recording, participant = first.sequence_name, first.participant
+    return [
         SequencePlan(
             name=segment_name(recording, k),
             recording=recording,
@@ -257,7 +267,6 @@ def plan_recording(
         )
         for k, segment in enumerate(segments)
     ]
-    return RecordingPlan(plans, dropped, fully_dropped, holes)
 
 
 def plan_sequences(

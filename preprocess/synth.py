@@ -641,37 +641,12 @@ def _set_leg_angles(
     `R_body_thigh = Rz(yaw) @ Rx(lean) @ Ry(pitch)`."""
     J = JOINT_INDEX
     sit, bend = plan.sit_weight, plan.bend_weight
-    offsets_m = _rest_offsets_m(scale)
     thigh_m, shank_m = _THIGH_M * scale, _SHANK_M * scale
     R_body_pelvis = _euler_to_matrix(angles[:, J["Pelvis"]])
     targets, root_height_limits_m = {}, []
     for side, phase_shift in _SIDES:
-        u_side = (gait.u_right + phase_shift) % 1.0
-        forward_m, ankle_height_m, foot_pitch = _foot_targets(
-            u_side, gait.stride_m, gait.stance_fraction, gait.amplitude, scale
-        )
-        yaw_rad = _planted_foot_yaw_rad(
-            u_side, gait.stance_fraction, gait.amplitude, gait.heading_rad
-        )
-        c, s = np.cos(yaw_rad), np.sin(yaw_rad)
-        rest_hip_m = offsets_m[J[f"{side}UpperLeg"]]
-        hip_body_m = R_body_pelvis @ rest_hip_m  # root at the origin
-        # Ankle from hip in the body frame; the foot ignores the pelvis' sway and rotation.
-        dx_m = c * forward_m - s * rest_hip_m[1] - hip_body_m[:, 0] - gait.sway_m[:, 0]
-        dy_m = s * forward_m + c * rest_hip_m[1] - hip_body_m[:, 1] - gait.sway_m[:, 1]
-        forward_of_hip_m, left_of_hip_m = c * dx_m + s * dy_m, c * dy_m - s * dx_m  # leg frame
-        vertical_reach_m = np.sqrt(
-            np.maximum(
-                (_MAX_LEG_EXTENSION * (thigh_m + shank_m)) ** 2
-                - forward_of_hip_m**2
-                - left_of_hip_m**2,
-                0.0,
-            )
-        )
-        root_height_limits_m.append(ankle_height_m + vertical_reach_m - hip_body_m[:, 2])
-        targets[side] = (
-            forward_of_hip_m, left_of_hip_m, yaw_rad, ankle_height_m, foot_pitch, hip_body_m[:, 2]
-        )  # fmt: skip
+        targets[side], limit_m = _leg_target(side, phase_shift, gait, scale, R_body_pelvis)
+        root_height_limits_m.append(limit_m)
     root_height_m = np.minimum(*root_height_limits_m)
 
     legs = {}
@@ -691,6 +666,40 @@ def _set_leg_angles(
         angles[:, J[f"{side}Toe"], _PITCH] = -np.maximum(foot_pitch, 0.0)  # toes flat on heel rise
         legs[side] = (thigh_pitch_body, np.arctan2(left_of_hip_m, drop_m), yaw_rad)
     return legs
+
+
+def _leg_target(
+    side: str, phase_shift: float, gait: _Gait, scale: float, R_body_pelvis: np.ndarray
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """One leg's ankle target from its hip in the leg's frame (forward, left), the leg's yaw,
+    ankle height, foot pitch and hip height; and the highest root that leg allows."""
+    J = JOINT_INDEX
+    offsets_m = _rest_offsets_m(scale)
+    thigh_m, shank_m = _THIGH_M * scale, _SHANK_M * scale
+    u_side = (gait.u_right + phase_shift) % 1.0
+    forward_m, ankle_height_m, foot_pitch = _foot_targets(
+        u_side, gait.stride_m, gait.stance_fraction, gait.amplitude, scale
+    )
+    yaw_rad = _planted_foot_yaw_rad(u_side, gait.stance_fraction, gait.amplitude, gait.heading_rad)
+    c, s = np.cos(yaw_rad), np.sin(yaw_rad)
+    rest_hip_m = offsets_m[J[f"{side}UpperLeg"]]
+    hip_body_m = R_body_pelvis @ rest_hip_m  # root at the origin
+    # Ankle from hip in the body frame; the foot ignores the pelvis' sway and rotation.
+    dx_m = c * forward_m - s * rest_hip_m[1] - hip_body_m[:, 0] - gait.sway_m[:, 0]
+    dy_m = s * forward_m + c * rest_hip_m[1] - hip_body_m[:, 1] - gait.sway_m[:, 1]
+    forward_of_hip_m, left_of_hip_m = c * dx_m + s * dy_m, c * dy_m - s * dx_m  # leg frame
+    vertical_reach_m = np.sqrt(
+        np.maximum(
+            (_MAX_LEG_EXTENSION * (thigh_m + shank_m)) ** 2
+            - forward_of_hip_m**2
+            - left_of_hip_m**2,
+            0.0,
+        )
+    )
+    target = (
+        forward_of_hip_m, left_of_hip_m, yaw_rad, ankle_height_m, foot_pitch, hip_body_m[:, 2]
+    )  # fmt: skip
+    return target, ankle_height_m + vertical_reach_m - hip_body_m[:, 2]
 
 
 def _set_arm_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> None:
@@ -965,6 +974,21 @@ def generate_dataset(
     one); `video_size` None writes no video. Recording i depends only on (seed, i, its
     participant), and its motion not on the drop probability.
     """
+    _check_dataset_args(recordings, clips_per_recording, drop_frame_probability, seed)
+    specs = _resolve_participants(participants, recordings, seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i in range(recordings):
+        paths += _write_recording(
+            out_dir, i, seed, specs, clips_per_recording, fps, video_size, drop_frame_probability
+        )
+    return paths
+
+
+def _check_dataset_args(
+    recordings: int, clips_per_recording: int, drop_frame_probability: float, seed: int
+) -> None:
     if recordings < 1 or clips_per_recording < 1:
         raise ValueError(
             "recordings and clips_per_recording must be >= 1, "
@@ -976,45 +1000,47 @@ def generate_dataset(
         )
     if seed < 0:
         raise ValueError(f"seed must be >= 0, found {seed}")
-    specs = _resolve_participants(participants, recordings, seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    for i in range(recordings):
-        rng = np.random.default_rng([seed, 1, i])
-        drop_rng = np.random.default_rng([seed, 2, i])
-        participant_idx, act = i % len(specs), i // len(specs)
-        participant = specs[participant_idx]
-        day = _FIRST_RECORDING_DATE + timedelta(days=3 * participant_idx)
-        uid = "".join(rng.choice(_UID_ALPHABET, size=6))
-        sequence_name = f"{day:%Y%m%d}_s0_{participant.name}_act{act}_{uid}"
 
-        shortest, longest = CLIP_FRAMES_RANGE
-        clip_frames = rng.integers(shortest, longest + 1, clips_per_recording)
-        plan = plan_activities(rng, int(clip_frames.sum()), fps)
-        arrays = animate(plan, participant, rng)
-        bounds = np.concatenate([[0], np.cumsum(clip_frames)])
-        for datapoint_id, (start, stop) in enumerate(pairwise(bounds)):
-            counts = np.bincount(plan.activity[start:stop], minlength=len(Activity))
-            majority = Activity(counts.argmax())
-            attrs = {
-                nymeria_format.ATTR_SEQUENCE_NAME: sequence_name,
-                nymeria_format.ATTR_ATOMIC_ACTION: str(rng.choice(ACTION_PHRASES[majority])),
-                nymeria_format.ATTR_START_IDX: int(start),
-                nymeria_format.ATTR_END_IDX: int(stop - 1),  # inclusive
-                nymeria_format.ATTR_NUM_FRAMES: int(stop - start),
-            }
-            held = drop_rng.uniform(size=stop - start) >= drop_frame_probability
-            kept = start + np.flatnonzero(held) if held.any() else np.array([start])
-            path = out_dir / nymeria_format.clip_file_name(sequence_name, datapoint_id)
-            clip_arrays = {key: value[kept] for key, value in arrays.items()}
-            write_clip(path, clip_arrays, attrs, video_size)
-            paths.append(path)
-        logger.info(
-            "synthesized %s (bone scale %.3f): %d frames in %d clips",
-            sequence_name,
-            participant.bone_scale,
-            bounds[-1],
-            clips_per_recording,
-        )
+
+def _write_recording(
+    out_dir: Path, i: int, seed: int, specs: Sequence[ParticipantSpec], clips_per_recording: int,
+    fps: float, video_size: int | None, drop_frame_probability: float,
+) -> list[Path]:  # fmt: skip
+    """The clip files of recording `i` (see `generate_dataset`)."""
+    rng = np.random.default_rng([seed, 1, i])
+    drop_rng = np.random.default_rng([seed, 2, i])
+    participant_idx, act = i % len(specs), i // len(specs)
+    participant = specs[participant_idx]
+    day = _FIRST_RECORDING_DATE + timedelta(days=3 * participant_idx)
+    uid = "".join(rng.choice(_UID_ALPHABET, size=6))
+    sequence_name = f"{day:%Y%m%d}_s0_{participant.name}_act{act}_{uid}"
+
+    shortest, longest = CLIP_FRAMES_RANGE
+    clip_frames = rng.integers(shortest, longest + 1, clips_per_recording)
+    plan = plan_activities(rng, int(clip_frames.sum()), fps)
+    arrays = animate(plan, participant, rng)
+    bounds = np.concatenate([[0], np.cumsum(clip_frames)])
+    paths = []
+    for datapoint_id, (start, stop) in enumerate(pairwise(bounds)):
+        counts = np.bincount(plan.activity[start:stop], minlength=len(Activity))
+        majority = Activity(counts.argmax())
+        attrs = {
+            nymeria_format.ATTR_SEQUENCE_NAME: sequence_name,
+            nymeria_format.ATTR_ATOMIC_ACTION: str(rng.choice(ACTION_PHRASES[majority])),
+            nymeria_format.ATTR_START_IDX: int(start),
+            nymeria_format.ATTR_END_IDX: int(stop - 1),  # inclusive
+            nymeria_format.ATTR_NUM_FRAMES: int(stop - start),
+        }
+        held = drop_rng.uniform(size=stop - start) >= drop_frame_probability
+        kept = start + np.flatnonzero(held) if held.any() else np.array([start])
+        path = out_dir / nymeria_format.clip_file_name(sequence_name, datapoint_id)
+        write_clip(path, {key: value[kept] for key, value in arrays.items()}, attrs, video_size)
+        paths.append(path)
+    logger.info(
+        "synthesized %s (bone scale %.3f): %d frames in %d clips",
+        sequence_name,
+        participant.bone_scale,
+        bounds[-1],
+        clips_per_recording,
+    )
     return paths

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from shared.skeleton import JOINT_NAMES
-from shared.store import open_store
+from shared.store import FeatureStore, open_store
 from train.config import RunConfig
 from train.data import Normalizer, PreparedBatch, WindowIndex, prepare_batch, read_windows
 from train.device import resolve_device
@@ -217,12 +217,7 @@ def evaluate(
         raise ValueError(f"store {store.url} has no sequences in split {split!r}")
     T = model.config.seq_len
     index = WindowIndex(records, T)
-    windows = (
-        index.evenly_spaced(max_windows) if windows is None else np.asarray(windows, dtype=np.int64)
-    )
-    examples = set(
-        windows[np.linspace(0, len(windows) - 1, NUM_EXAMPLE_WINDOWS).round().astype(int)].tolist()
-    )
+    windows, examples = _windows_and_examples(index, max_windows, windows)
     speed_m_per_frame = contact_speed_m_per_frame(store.fps)
 
     batches: list[dict[str, MaskedSum]] = []
@@ -232,13 +227,7 @@ def evaluate(
         prep = prepare_batch(read_windows(store, index, chunk).to(torch_device), normalizer)
         sums, recon = evaluate_batch(model, prep, normalizer, config, speed_m_per_frame)
         batches.append(sums)
-        for b, k in enumerate(chunk.tolist()):
-            if k in examples:
-                valid = int(prep.mask[b].sum())
-                gt = world_points_m(prep.canonical[b : b + 1, :valid], 0.0)[0].cpu().numpy()
-                blend = config.train.decode_head_blend
-                pred = world_points_m(recon[b : b + 1, :valid], blend)[0].cpu().numpy()
-                examples_m.append((k, gt, pred))  # (T, 24, 3): 23 joints, then the head
+        examples_m += _example_points(chunk, examples, prep, recon, config)
 
     metrics = summarize(pool(batches))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,14 +235,7 @@ def evaluate(
     metrics[META] = {
         "checkpoint": str(ckpt_path),
         "checkpoint_step": ckpt.step,
-        "store_url": store.url,
-        "store_fingerprint": store.fingerprint,
-        "split": split,
-        "num_windows": len(windows),
-        "window_frames": T,
-        "fps": store.fps,
-        "contact_height_m": CONTACT_HEIGHT_M,
-        "contact_speed_m_s": CONTACT_SPEED_M_S,
+        **_store_meta(store, split, len(windows), T),
         "pictures": [p.name for p in pictures],
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -261,6 +243,49 @@ def evaluate(
         "evaluated %d windows of %s: metrics in %s", len(windows), split, out_dir / METRICS_FILE
     )
     return metrics
+
+
+def _windows_and_examples(
+    index: WindowIndex, max_windows: int, windows: np.ndarray | None
+) -> tuple[np.ndarray, set[int]]:
+    """The windows to evaluate (`windows`, else `max_windows` evenly spaced) and the
+    `NUM_EXAMPLE_WINDOWS` of them, evenly spaced, whose pictures are drawn."""
+    windows = (
+        index.evenly_spaced(max_windows) if windows is None else np.asarray(windows, dtype=np.int64)
+    )
+    picks = np.linspace(0, len(windows) - 1, NUM_EXAMPLE_WINDOWS).round().astype(int)
+    return windows, set(windows[picks].tolist())
+
+
+def _example_points(
+    chunk: np.ndarray, examples: set[int], prep: PreparedBatch, recon: torch.Tensor,
+    config: RunConfig,
+) -> list[tuple[int, np.ndarray, np.ndarray]]:  # fmt: skip
+    """(window, gt, recon) world points (T, 24, 3: 23 joints, then the head) of the windows of
+    `chunk` that are `examples`, valid frames only."""
+    points = []
+    for b, k in enumerate(chunk.tolist()):
+        if k in examples:
+            valid = int(prep.mask[b].sum())
+            gt = world_points_m(prep.canonical[b : b + 1, :valid], 0.0)[0].cpu().numpy()
+            blend = config.train.decode_head_blend
+            pred = world_points_m(recon[b : b + 1, :valid], blend)[0].cpu().numpy()
+            points.append((k, gt, pred))
+    return points
+
+
+def _store_meta(store: FeatureStore, split: str, num_windows: int, window_frames: int) -> dict:
+    """What `metrics.json` records of the windows evaluated and the contact thresholds."""
+    return {
+        "store_url": store.url,
+        "store_fingerprint": store.fingerprint,
+        "split": split,
+        "num_windows": num_windows,
+        "window_frames": window_frames,
+        "fps": store.fps,
+        "contact_height_m": CONTACT_HEIGHT_M,
+        "contact_speed_m_s": CONTACT_SPEED_M_S,
+    }
 
 
 def _write_pictures(

@@ -20,6 +20,7 @@ import torch
 
 from shared.features import (
     WORLD_UP_AXIS,
+    WorldMotion,
     decoded_to_world,
     features_to_world,
     integrate_head_deltas,
@@ -221,58 +222,66 @@ def reconstruction_errors(
     target, which changes no distance, geodesic angle, height or horizontal length; and
     coordinates near the origin keep float32 precision that room coordinates would lose.
     """
-    joints_head_pred, joints_head_gt = joints_in_head_frame(recon), joints_in_head_frame(target)
     world_pred, world_gt = decoded_to_world(recon, head_blend), features_to_world(target)
-    joints_pred, joints_gt = (
-        world_pred.joint_translation,
-        world_gt.joint_translation,
-    )  # (B, T, J, 3)
+    errors = _pose_errors(recon, target, world_pred, world_gt)
+    joints_pred, joints_gt = world_pred.joint_translation, world_gt.joint_translation
+    drift_pos_m, drift_rot_rad = head_drift(recon, mask)
+    window_valid = mask.any(1)
+    return {
+        **{key: masked_sum(error, mask) for key, error in errors.items()},
+        **_motion_errors(joints_pred, joints_gt, mask, contact_speed_m_per_frame, contact_height_m),
+        "head_drift_pos_mm": masked_sum(drift_pos_m * MM_PER_M, window_valid),
+        "head_drift_rot_deg": masked_sum(drift_rot_rad * DEG_PER_RAD, window_valid),
+        MPJPE_WORLD_BY_FRAME: masked_sum(errors["mpjpe_world_mm"], mask, keep=(1,)),
+        MPJPE_HEAD_BY_FRAME: masked_sum(errors["mpjpe_head_mm"], mask, keep=(1,)),
+        MPJPE_WORLD_PER_JOINT: masked_sum(errors["mpjpe_world_mm"], mask, keep=(2,)),
+        MPJPE_HEAD_PER_JOINT: masked_sum(errors["mpjpe_head_mm"], mask, keep=(2,)),
+    }
 
-    head_err_mm = joint_distance_m(joints_head_pred, joints_head_gt) * MM_PER_M  # (B, T, J)
-    world_err_mm = joint_distance_m(joints_pred, joints_gt) * MM_PER_M
-    pa_err_mm = joint_distance_m(procrustes_align(joints_pred, joints_gt), joints_gt) * MM_PER_M
-    head_pos_mm = joint_distance_m(world_pred.cpf_translation, world_gt.cpf_translation) * MM_PER_M
-    head_rot_deg = (
-        geodesic_angle(world_pred.cpf_orientation, world_gt.cpf_orientation) * DEG_PER_RAD
-    )
-    joint_rot_deg = (
-        geodesic_angle(world_pred.joint_orientation, world_gt.joint_orientation) * DEG_PER_RAD
-    )
 
+def _pose_errors(
+    recon: torch.Tensor, target: torch.Tensor, world_pred: WorldMotion, world_gt: WorldMotion
+) -> dict[str, torch.Tensor]:
+    """Per-frame pose errors, (B, T, J) or (B, T): joints in the head frame and in the world
+    (also after Procrustes alignment), head position and rotation, joint rotations."""
+    joints_pred, joints_gt = world_pred.joint_translation, world_gt.joint_translation
+    return {
+        "mpjpe_head_mm": joint_distance_m(joints_in_head_frame(recon), joints_in_head_frame(target))
+        * MM_PER_M,
+        "mpjpe_world_mm": joint_distance_m(joints_pred, joints_gt) * MM_PER_M,
+        "pa_mpjpe_mm": joint_distance_m(procrustes_align(joints_pred, joints_gt), joints_gt)
+        * MM_PER_M,
+        "head_pos_error_mm": joint_distance_m(world_pred.cpf_translation, world_gt.cpf_translation)
+        * MM_PER_M,
+        "head_rot_error_deg": geodesic_angle(world_pred.cpf_orientation, world_gt.cpf_orientation)
+        * DEG_PER_RAD,
+        "mpjre_deg": geodesic_angle(world_pred.joint_orientation, world_gt.joint_orientation)
+        * DEG_PER_RAD,
+    }
+
+
+def _motion_errors(
+    joints_pred: torch.Tensor, joints_gt: torch.Tensor, mask: torch.Tensor,
+    contact_speed_m_per_frame: float, contact_height_m: float,
+) -> dict[str, MaskedSum]:  # fmt: skip
+    """Acceleration error, jitter and foot skating of world joints (B, T, J, 3)."""
     accel_pred, accel_valid = finite_difference(joints_pred, mask, 2)
     accel_gt, _ = finite_difference(joints_gt, mask, 2)
     accel_err_mm = joint_distance_m(accel_pred, accel_gt) * MM_PER_M  # (B, T - 2, J)
     jerk_pred, jerk_valid = finite_difference(joints_pred, mask, 3)
     jerk_gt, _ = finite_difference(joints_gt, mask, 3)
-
     contact = foot_contact_steps(joints_gt, mask, contact_speed_m_per_frame, contact_height_m)
     feet = list(FOOT_JOINTS)
     step_valid = mask[:, 1:] & mask[:, :-1]
     skate_pred_mm = horizontal_displacement_m(joints_pred[:, :, feet]) * MM_PER_M  # (B, T - 1, F)
     skate_gt_mm = horizontal_displacement_m(joints_gt[:, :, feet]) * MM_PER_M
-
-    drift_pos_m, drift_rot_rad = head_drift(recon, mask)
-    window_valid = mask.any(1)
-
     return {
-        "mpjpe_head_mm": masked_sum(head_err_mm, mask),
-        "mpjpe_world_mm": masked_sum(world_err_mm, mask),
-        "pa_mpjpe_mm": masked_sum(pa_err_mm, mask),
-        "head_pos_error_mm": masked_sum(head_pos_mm, mask),
-        "head_rot_error_deg": masked_sum(head_rot_deg, mask),
-        "mpjre_deg": masked_sum(joint_rot_deg, mask),
         "accel_error_mm_per_frame2": masked_sum(accel_err_mm, accel_valid),
         "jitter_pred_mm_per_frame3": masked_sum(jerk_pred.norm(dim=-1) * MM_PER_M, jerk_valid),
         "jitter_gt_mm_per_frame3": masked_sum(jerk_gt.norm(dim=-1) * MM_PER_M, jerk_valid),
         "foot_skating_pred_mm_per_frame": masked_sum(skate_pred_mm, contact),
         "foot_skating_gt_mm_per_frame": masked_sum(skate_gt_mm, contact),
         "foot_contact_fraction": masked_sum(contact.float(), step_valid),
-        "head_drift_pos_mm": masked_sum(drift_pos_m * MM_PER_M, window_valid),
-        "head_drift_rot_deg": masked_sum(drift_rot_rad * DEG_PER_RAD, window_valid),
-        MPJPE_WORLD_BY_FRAME: masked_sum(world_err_mm, mask, keep=(1,)),
-        MPJPE_HEAD_BY_FRAME: masked_sum(head_err_mm, mask, keep=(1,)),
-        MPJPE_WORLD_PER_JOINT: masked_sum(world_err_mm, mask, keep=(2,)),
-        MPJPE_HEAD_PER_JOINT: masked_sum(head_err_mm, mask, keep=(2,)),
     }
 
 
