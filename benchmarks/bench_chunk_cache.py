@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         _run(args, Path(tmp))
 
 
-def _run(args: argparse.Namespace, workdir: Path) -> None:
+def _build_store(args: argparse.Namespace, workdir: Path) -> tuple[Path, int]:
+    """The benchmark's store, built from synthetic clips, and its size in bytes (printed)."""
     data, store_path = workdir / "hdf5", workdir / "store.zarr"
     synth.generate_dataset(
         data, recordings=args.recordings, seed=0, participants=min(6, args.recordings),
@@ -99,7 +100,13 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     print(f"store: {local.num_frames:,} frames, {local.features.num_chunks} chunks per array of "
           f"{args.chunk_frames} frames ({chunk_bytes / 1e6:.2f} MB each), "
           f"{store_bytes / 1e6:.0f} MB in all")  # fmt: skip
+    return store_path, store_bytes
 
+
+def _run(args: argparse.Namespace, workdir: Path) -> None:
+    store_path, store_bytes = _build_store(args, workdir)
+    local = open_store(store_path)
+    chunk_bytes = local.features.chunk_nbytes()
     with s3_server() as options:
         s3_filesystem(options).mkdir("team")
         url, cache, pulled = "s3://team/store.zarr", workdir / "cache", workdir / "pulled.zarr"
@@ -138,14 +145,20 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
           f"{store_bytes / first['full pull first (previous)'] / 1e6:.1f} MB/s "
           f"(verification included), both on loopback")  # fmt: skip
 
-    for store in (warm, pulled_store, local):  # every train chunk cached and mapped
+    _warm_rates(
+        {"local (memory-mapped)": local, "chunk cache, warm": warm, "pulled copy": pulled_store},
+        args.seconds,
+    )
+
+
+def _warm_rates(stores: dict[str, FeatureStore], seconds: float) -> None:
+    """Loader rates of `stores` once every train chunk is cached and mapped, interleaved."""
+    for store in stores.values():
         for r in store.split("train"):
             store.read_features(r.start, r.stop)
-    streams = {name: _batches(s) for name, s in
-               (("local (memory-mapped)", local), ("chunk cache, warm", warm),
-                ("pulled copy", pulled_store))}  # fmt: skip
+    streams = {name: _batches(store) for name, store in stores.items()}
     rates = interleaved_rates(
-        {name: (lambda _i, s=s: next(s)) for name, s in streams.items()}, args.seconds
+        {name: (lambda _i, s=s: next(s)) for name, s in streams.items()}, seconds
     )
     print_rates("warm loader (1 process, CPU time)", rates, "chunk cache, warm")
 

@@ -135,7 +135,7 @@ _frames_cache: dict[Path, int] = {}
 def _frames_of(data: Path) -> int:
     if data not in _frames_cache:
         total = 0
-        for file in discover_clip_files(data):
+        for file in discover_clip_files(data).files:
             with h5py.File(data / file, "r") as f:
                 total += f[nymeria_format.KEY_TIMESTAMP_NS].shape[0]
         _frames_cache[data] = total
@@ -158,6 +158,21 @@ def add_real_size_video(path: Path, size: int, seed: int) -> None:
             video[t] = np.roll(base, t, axis=-1)
 
 
+@dataclass
+class _Measured:
+    """What one benchmark run measured: builds of half and all of the clips, and a resume."""
+
+    clips: int
+    half_clips: int
+    half: BuildRun
+    full: BuildRun
+    half_frames: int
+    stored_frames: int
+    store_bytes: int
+    killed_meta: dict  # the progress record the killed build left
+    resumed: BuildRun
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -167,62 +182,72 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video-clips", type=int, default=3)
     parser.add_argument("--video-size", type=int, default=1408)
     args = parser.parse_args(argv)
-
     with tempfile.TemporaryDirectory(prefix="bench_footprint_") as tmp:
         workdir = Path(tmp)
-        data = workdir / "data"
-        started = time.perf_counter()
-        synth.generate_dataset(
-            data / "small", recordings=args.recordings, seed=0,
-            clips_per_recording=args.clips_per_recording,
-        )  # fmt: skip
-        big = synth.generate_dataset(
-            data / "video", recordings=args.video_clips, seed=1, clips_per_recording=1
-        )
-        for i, path in enumerate(big):
-            add_real_size_video(path, args.video_size, seed=i)
-        files = discover_clip_files(data)
-        frames = _frames_of(data)
-        data_bytes = tree_bytes(data)
-        print(
-            f"# {len(files)} clips ({args.recordings} x {args.clips_per_recording} with a 16 px "
-            f"video, {args.video_clips} with a real-size (N, 3, {args.video_size}, "
-            f"{args.video_size}) video), {frames} frames, {data_bytes / 1e9:.2f} GB on disk; "
-            f"generated in {time.perf_counter() - started:.0f} s; builds: --scheduler "
-            f"synchronous (1 core), {os.cpu_count()} cores on the machine",
-            flush=True,
-        )
+        files = _make_data(args, workdir / "data")
+        measured = _measure(workdir, workdir / "data", files)
+    _print_results(measured)
 
-        half_files = files[: len(files) // 2]
-        half_data = subset(data, half_files, workdir / "half")
-        half = run_build(half_data, workdir / "half.zarr")
-        full = run_build(data, workdir / "full.zarr")
-        store = workdir / "full.zarr"
-        store_bytes = store_size_bytes(str(store))
-        opened = open_store(store)
-        stored_frames = opened.num_frames
-        half_frames = open_store(workdir / "half.zarr").num_frames
 
-        killed_out = workdir / "killed.zarr"
-        run_build(data, killed_out, kill_at_fraction=0.5)
-        left = BuildPaths(killed_out)
-        meta, _ = decode_record(left.progress.read_bytes(), ())
-        resumed = run_build(data, killed_out, "--resume")
+def _make_data(args: argparse.Namespace, data: Path) -> list[str]:
+    """The synthetic clips (a few with a real-size video) under `data`, described; their files."""
+    started = time.perf_counter()
+    synth.generate_dataset(
+        data / "small", recordings=args.recordings, seed=0,
+        clips_per_recording=args.clips_per_recording,
+    )  # fmt: skip
+    big = synth.generate_dataset(
+        data / "video", recordings=args.video_clips, seed=1, clips_per_recording=1
+    )
+    for i, path in enumerate(big):
+        add_real_size_video(path, args.video_size, seed=i)
+    files = discover_clip_files(data).files
+    print(
+        f"# {len(files)} clips ({args.recordings} x {args.clips_per_recording} with a 16 px "
+        f"video, {args.video_clips} with a real-size (N, 3, {args.video_size}, "
+        f"{args.video_size}) video), {_frames_of(data)} frames, {tree_bytes(data) / 1e9:.2f} GB "
+        f"on disk; generated in {time.perf_counter() - started:.0f} s; builds: --scheduler "
+        f"synchronous (1 core), {os.cpu_count()} cores on the machine",
+        flush=True,
+    )
+    return files
 
-    fps = stored_frames / full.seconds
-    rss_growth = full.peak_rss_bytes - half.peak_rss_bytes
-    rss_per_frame = rss_growth / max(stored_frames - half_frames, 1)
+
+def _measure(workdir: Path, data: Path, files: list[str]) -> _Measured:
+    """Build half the clips, all of them, and all of them again killed halfway and resumed."""
+    half_files = files[: len(files) // 2]
+    half = run_build(subset(data, half_files, workdir / "half"), workdir / "half.zarr")
+    full = run_build(data, workdir / "full.zarr")
+    killed_out = workdir / "killed.zarr"
+    run_build(data, killed_out, kill_at_fraction=0.5)
+    meta, _ = decode_record(BuildPaths(killed_out).progress.read_bytes(), ())
+    return _Measured(
+        clips=len(files),
+        half_clips=len(half_files),
+        half=half,
+        full=full,
+        half_frames=open_store(workdir / "half.zarr").num_frames,
+        stored_frames=open_store(workdir / "full.zarr").num_frames,
+        store_bytes=store_size_bytes(str(workdir / "full.zarr")),
+        killed_meta=meta,
+        resumed=run_build(data, killed_out, "--resume"),
+    )
+
+
+def _print_results(m: _Measured) -> None:
+    full, stored_frames = m.full, m.stored_frames
+    rss_growth = full.peak_rss_bytes - m.half.peak_rss_bytes
+    rss_per_frame = rss_growth / max(stored_frames - m.half_frames, 1)
     rss_base = full.peak_rss_bytes - rss_per_frame * stored_frames
     staging_pf = full.peak_staging_bytes / stored_frames
     results_pf = full.peak_results_bytes / stored_frames
-    store_pf = store_bytes / stored_frames
+    store_pf = m.store_bytes / stored_frames
     before_pf = results_pf + store_pf  # every result kept until publish, beside the store
-    stage3_s = full.seconds - full.stage1_seconds
 
     print("\n## Full build (synchronous, 1 core)")
     print(f"{'clips':>7}{'frames':>10}{'seconds':>9}{'frames/s':>10}{'peak RSS MB':>13}")
-    for label, run, n_frames in (("half", half, half_frames), ("all", full, stored_frames)):
-        count = len(half_files) if label == "half" else len(files)
+    for count, run, n_frames in ((m.half_clips, m.half, m.half_frames),
+                                 (m.clips, full, stored_frames)):  # fmt: skip
         print(f"{count:>7}{n_frames:>10}{run.seconds:>9.1f}{n_frames / run.seconds:>10.0f}"
               f"{run.peak_rss_bytes / 1e6:>13.0f}")  # fmt: skip
     print(f"peak RSS grows {rss_per_frame:.1f} B per frame over a {rss_base / 1e6:.0f} MB base")
@@ -235,12 +260,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'peak, before (all results kept beside the store)':<56}{before_pf:>8.0f}")
 
     print("\n## Resume after a kill at half of the frame writing")
-    print(f"killed with {meta['rows_written']} of {stored_frames} frames durable "
-          f"(sequence {meta['next_sequence']})")  # fmt: skip
-    print(f"resume took {resumed.seconds:.1f} s; a full build {full.seconds:.1f} s, of which "
-          f"reading clips {full.stage1_seconds:.1f} s and the feature stage {stage3_s:.1f} s "
-          f"(before: a resume redid the whole feature stage)")  # fmt: skip
+    print(f"killed with {m.killed_meta['rows_written']} of {stored_frames} frames durable "
+          f"(sequence {m.killed_meta['next_sequence']})")  # fmt: skip
+    print(f"resume took {m.resumed.seconds:.1f} s; a full build {full.seconds:.1f} s, of which "
+          f"reading clips {full.stage1_seconds:.1f} s and the feature stage "
+          f"{full.seconds - full.stage1_seconds:.1f} s (before: a resume redid the whole feature "
+          f"stage)")  # fmt: skip
 
+    fps = stored_frames / full.seconds
     hours = REAL_FRAMES / fps / 3600
     real = f"{REAL_CLIPS:,} clips, {REAL_FRAMES / 1e6:.0f}M frames"
     print(f"\n## Extrapolation to the real dataset ({real})")

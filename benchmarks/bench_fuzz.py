@@ -72,19 +72,7 @@ def _row(label: str, ours: object, baseline: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--baseline-ref", default=BASELINE_REF)
-    parser.add_argument(
-        "--exclude", default="",
-        help=f"Value mutations left out, comma-separated, of {', '.join(fuzz.VALUE_MUTATIONS)} "
-        f"(e.g. 'name': a baseline that stops at odd names then reaches the values).",
-    )  # fmt: skip
-    parser.add_argument("--show", type=int, default=5, help="Crashes/bad publications printed.")
+    parser = _parser()
     args = parser.parse_args(argv)
     exclude = frozenset(filter(None, args.exclude.split(",")))
     if exclude - set(fuzz.VALUE_MUTATIONS):
@@ -104,7 +92,30 @@ def main(argv: list[str] | None = None) -> None:
             baseline = fuzz.run_campaign(
                 templates, workdir / "baseline", **campaign, build=build, verify=verify
             )
+    _print_report(args, ours, baseline)
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-ref", default=BASELINE_REF)
+    parser.add_argument(
+        "--exclude", default="",
+        help=f"Value mutations left out, comma-separated, of {', '.join(fuzz.VALUE_MUTATIONS)} "
+        f"(e.g. 'name': a baseline that stops at odd names then reaches the values).",
+    )  # fmt: skip
+    parser.add_argument("--show", type=int, default=5, help="Crashes/bad publications printed.")
+    return parser
+
+
+def _print_report(
+    args: argparse.Namespace, ours: fuzz.CampaignReport, baseline: fuzz.CampaignReport | None
+) -> None:
+    """The table of this code against the baseline, then the outcomes and examples of each."""
     print(
         f"# fuzz campaign: {ours.files} mutated files (seed {args.seed}), {ours.builds} builds "
         f"of up to {args.batch} (plus 3 good templates each); baseline: "

@@ -372,6 +372,48 @@ def print_motion_comparison(real: Path, workdir: Path, args: argparse.Namespace)
 
 
 def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.collect and args.workdir is None:
+        parser.error("--collect reads the rows' results from --workdir: give it")
+    if args.rows == "all":
+        args.rows = ",".join(ROWS)
+    unknown = set(args.rows.split(",")) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+    torch.set_num_threads(args.threads)
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        store = _store(args, workdir)
+        if store is None:
+            return
+        keys = args.rows.split(",")
+        if args.data == "real" and not args.collect:
+            print_motion_comparison(store, workdir, args)
+        _print_header(args, store, workdir)
+        if args.collect:
+            results = collect_rows(keys, workdir)
+        elif args.parallel > 1 and len(keys) > 1:
+            results = run_rows_in_processes(keys, workdir, args)
+        else:
+            results = {key: _run_and_save_row(key, store, workdir, args) for key in keys}
+        print(format_table(results))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                             "results": results}, indent=1) + "\n")  # fmt: skip
+        plot_curves(results, args.curves)
+        print(
+            f"learning curves in {args.curves}" + (f", results in {args.json}" if args.json else "")
+        )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500, help="training steps per row")
     parser.add_argument("--batch", type=int, default=32)
@@ -414,69 +456,46 @@ def main(argv: list[str] | None = None) -> None:
         help="train nothing: print the table and curves of rows already run in --workdir "
         "(each row leaves WORKDIR/ROW.json), e.g. rows run on other machines or interrupted",
     )
-    args = parser.parse_args(argv)
-    if args.collect and args.workdir is None:
-        parser.error("--collect reads the rows' results from --workdir: give it")
-    if args.rows == "all":
-        args.rows = ",".join(ROWS)
-    unknown = set(args.rows.split(",")) - set(ROWS)
-    if unknown:
-        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
-    torch.set_num_threads(args.threads)
+    return parser
 
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_quality_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        store = workdir / "store.zarr"
-        if args.data == "real":
-            try:
-                store = realmotion.real_store(args.real_source, args.real_cache)
-            except realmotion.RealDataMissing as error:
-                print(f"quality --data real: skipped: {error}")
-                return
-        elif not store.exists() and not args.collect:
-            store = build_store(workdir, args.recordings, args.participants, args.seed)
-        keys = args.rows.split(",")
-        if args.data == "real" and not args.collect:
-            print_motion_comparison(store, workdir, args)
-        if args.collect:
-            print(f"quality: rows collected from {workdir} (each row's settings are in its JSON)")
-        else:
-            data = (
-                f"real motion capture ({store})"
-                if args.data == "real"
-                else f"{args.recordings} recordings / {args.participants} participants"
-            )
-            print(f"quality: {data}, test = unseen participants; "
-                  f"each row {args.steps} steps x batch {args.batch}, "
-                  f"hidden {args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} "
-                  "threads", flush=True)  # fmt: skip
-        if args.collect:
-            results = collect_rows(keys, workdir)
-        elif args.parallel > 1 and len(keys) > 1:
-            results = run_rows_in_processes(keys, workdir, args)
-        else:
-            results = {}
-            for key in keys:
-                results[key] = run_row(key, ROWS[key], store, workdir, args)
-                row_json = {"args": {k: str(v) for k, v in vars(args).items()},
-                            "results": {key: results[key]}}  # fmt: skip
-                (workdir / f"{key}.json").write_text(json.dumps(row_json, indent=1) + "\n")
-                print(
-                    f"  {ROWS[key].name}: done in {results[key]['wall_s'] / 60:.1f} min", flush=True
-                )
-        print(format_table(results))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                             "results": results}, indent=1) + "\n")  # fmt: skip
-        plot_curves(results, args.curves)
-        print(
-            f"learning curves in {args.curves}" + (f", results in {args.json}" if args.json else "")
-        )
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+
+def _store(args: argparse.Namespace, workdir: Path) -> Path | None:
+    """The store the rows train on: the real one (None, said, when its data is missing) or a
+    synthetic one built in `workdir` once."""
+    store = workdir / "store.zarr"
+    if args.data == "real":
+        try:
+            return realmotion.real_store(args.real_source, args.real_cache)
+        except realmotion.RealDataMissing as error:
+            print(f"quality --data real: skipped: {error}")
+            return None
+    if not store.exists() and not args.collect:
+        store = build_store(workdir, args.recordings, args.participants, args.seed)
+    return store
+
+
+def _print_header(args: argparse.Namespace, store: Path, workdir: Path) -> None:
+    if args.collect:
+        print(f"quality: rows collected from {workdir} (each row's settings are in its JSON)")
+        return
+    data = (
+        f"real motion capture ({store})"
+        if args.data == "real"
+        else f"{args.recordings} recordings / {args.participants} participants"
+    )
+    print(f"quality: {data}, test = unseen participants; "
+          f"each row {args.steps} steps x batch {args.batch}, "
+          f"hidden {args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} "
+          "threads", flush=True)  # fmt: skip
+
+
+def _run_and_save_row(key: str, store: Path, workdir: Path, args: argparse.Namespace) -> dict:
+    """Train and evaluate row `key` in this process; its results also in WORKDIR/KEY.json."""
+    result = run_row(key, ROWS[key], store, workdir, args)
+    row_json = {"args": {k: str(v) for k, v in vars(args).items()}, "results": {key: result}}
+    (workdir / f"{key}.json").write_text(json.dumps(row_json, indent=1) + "\n")
+    print(f"  {ROWS[key].name}: done in {result['wall_s'] / 60:.1f} min", flush=True)
+    return result
 
 
 if __name__ == "__main__":

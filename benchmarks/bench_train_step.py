@@ -288,20 +288,7 @@ def _print_chunk_check(step_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--frames", type=int, default=152)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
-    parser.add_argument("--hidden", type=int, default=MotionVAEConfig.hidden_dim,
-                        help="model width (default: the default model's)")  # fmt: skip
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also profile one step of each row: the top N operators")  # fmt: skip
-    parser.add_argument(
-        "--memory-of", choices=sorted(ROWS), help="internal: print one row's peak RSS rise, MiB"
-    )
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.frames % 4:
         parser.error(f"--frames must be a multiple of 4, found {args.frames}")
@@ -334,12 +321,40 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()[0]
     memory = {name: _memory_in_subprocess(name, args) for name in models}
 
-    med = statistics.median
     print(f"train step: batch {args.batch} x {args.frames} frames, width {args.hidden}, forward "
           f"+ loss + backward + AdamW, CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.steps} timed steps each after "
           f"{args.warmup} warm-up, interleaved; 1-min load average {load_before:.1f} before, "
           f"{load_after:.1f} after")  # fmt: skip
+    _print_table(models, wall, cpu, memory)
+    if args.profile:
+        _profile(steps, args.profile)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=152)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    parser.add_argument("--hidden", type=int, default=MotionVAEConfig.hidden_dim,
+                        help="model width (default: the default model's)")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile one step of each row: the top N operators")  # fmt: skip
+    parser.add_argument(
+        "--memory-of", choices=sorted(ROWS), help="internal: print one row's peak RSS rise, MiB"
+    )
+    return parser
+
+
+def _print_table(
+    models: dict[str, nn.Module], wall: dict[str, list[float]], cpu: dict[str, list[float]],
+    memory: dict[str, float | None],
+) -> None:  # fmt: skip
+    """One line per row, the ratios of `RATIOS` between the rows run, the chunk check's cost."""
+    med = statistics.median
     print(f"{'row':<22} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
           f"{'median CPU s':>13} {'peak RSS rise MiB':>18}")  # fmt: skip
     for name, model in models.items():
@@ -347,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         rss = "n/a" if memory[name] is None else f"{memory[name]:.0f}"
         print(f"{name:<22} {params:>12,} {med(wall[name]):>14.3f} {min(wall[name]):>11.3f} "
               f"{med(cpu[name]):>13.3f} {rss:>18}")  # fmt: skip
-    for a, b in (pair for pair in RATIOS if set(pair) <= set(names)):
+    for a, b in (pair for pair in RATIOS if set(pair) <= set(models)):
         print(f"ratio {a} / {b}:")
         print(f"  median wall time       {med(wall[a]) / med(wall[b]):.3f}")
         print(f"  fastest wall time      {min(wall[a]) / min(wall[b]):.3f}")
@@ -356,8 +371,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  median CPU time        {med(cpu[a]) / med(cpu[b]):.3f}")
     if "ours+world" in wall:
         _print_chunk_check(med(wall["ours+world"]))
-    if args.profile:
-        _profile(steps, args.profile)
 
 
 if __name__ == "__main__":
