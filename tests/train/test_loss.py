@@ -332,3 +332,31 @@ def test_the_acceleration_term_sees_jitter_that_position_and_velocity_barely_do(
     offset = target.clone()
     offset[..., HP] += 0.01
     assert float(world_loss(offset, target, mask, 0.0, SPEED)[WORLD_ACCELERATION]) < 1e-6
+
+
+@pytest.mark.parametrize("loss", ["features", "world"])
+def test_training_loss_totals_once_as_pooled_terms_are_totalled(loss):
+    """TOTAL of `training_loss` is `total_of` its terms (what validation pools), computed once;
+    under the features loss it is `vae_loss`'s, whose lambda_kl default is the model config's."""
+    from shared.store import NormStats
+    from train.config import RunConfig, TrainConfig
+    from train.data import Normalizer, WindowBatch, prepare_batch
+    from train.loss import total_of, training_loss, vae_terms
+    from train.model import MotionVAEConfig
+
+    config = RunConfig(MotionVAEConfig(lambda_kl=0.25), TrainConfig(loss=loss))
+    normalizer = Normalizer(NormStats(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), 1, 32), "cpu")
+    world = _canonical_windows(B=2, T=32, planted_feet=True).float()
+    mask = torch.ones(2, 32, dtype=torch.bool)
+    prep = prepare_batch(WindowBatch(world, mask, torch.zeros(2), torch.zeros(2)), normalizer)
+    recon, _, mean, logvar = _batch(2, 32, seed=3)
+    terms = training_loss(
+        {"recon": recon, "mean": mean, "logvar": logvar}, prep, normalizer, config, SPEED
+    )
+    assert terms[TOTAL] == total_of({k: v for k, v in terms.items() if k != TOTAL}, config)
+    assert TOTAL not in vae_terms(recon, prep.x, mean, logvar, prep.mask)
+    features = vae_loss(recon, prep.x, mean, logvar, prep.mask, lambda_kl=0.25)[TOTAL]
+    assert (terms[TOTAL] == features) == (loss == "features")
+    default = vae_loss(recon, prep.x, mean, logvar, prep.mask)[TOTAL]
+    kl_weighted = vae_loss(recon, prep.x, mean, logvar, prep.mask, MotionVAEConfig().lambda_kl)
+    assert default == kl_weighted[TOTAL]
