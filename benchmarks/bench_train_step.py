@@ -350,9 +350,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_table(
-    models: dict[str, nn.Module], wall: dict[str, list[float]], cpu: dict[str, list[float]],
+    models: dict[str, nn.Module],
+    wall: dict[str, list[float]],
+    cpu: dict[str, list[float]],
     memory: dict[str, float | None],
-) -> None:  # fmt: skip
+) -> None:
     """One line per row, the ratios of `RATIOS` between the rows run, the chunk check's cost."""
     med = statistics.median
     print(f"{'row':<22} {'params':>12} {'median wall s':>14} {'min wall s':>11} "

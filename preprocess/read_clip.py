@@ -420,9 +420,14 @@ def _open_dataset(handle: h5py.File, key: str, file: str) -> h5py.Dataset:
 
 
 def _check_layout(
-    file: str, key: str, spec: nymeria_format.DatasetSpec, shape: tuple | None, dtype: np.dtype,
-    external: bool, filters: list,
-) -> None:  # fmt: skip
+    file: str,
+    key: str,
+    spec: nymeria_format.DatasetSpec,
+    shape: tuple | None,
+    dtype: np.dtype,
+    external: bool,
+    filters: list,
+) -> None:
     """Shape and dtype as `spec` says, data inside the file, every filter available."""
     expected_shape = "(" + ", ".join(["N", *map(str, spec.frame_shape)]) + ")"
     if shape is None or len(shape) != 1 + len(spec.frame_shape) or shape[1:] != spec.frame_shape:

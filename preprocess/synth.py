@@ -1003,9 +1003,15 @@ def _check_dataset_args(
 
 
 def _write_recording(
-    out_dir: Path, i: int, seed: int, specs: Sequence[ParticipantSpec], clips_per_recording: int,
-    fps: float, video_size: int | None, drop_frame_probability: float,
-) -> list[Path]:  # fmt: skip
+    out_dir: Path,
+    i: int,
+    seed: int,
+    specs: Sequence[ParticipantSpec],
+    clips_per_recording: int,
+    fps: float,
+    video_size: int | None,
+    drop_frame_probability: float,
+) -> list[Path]:
     """The clip files of recording `i` (see `generate_dataset`)."""
     rng = np.random.default_rng([seed, 1, i])
     drop_rng = np.random.default_rng([seed, 2, i])

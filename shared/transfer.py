@@ -480,9 +480,13 @@ def _check_publishable(
 
 
 def _check_same_form(
-    there: dict[str, ManifestEntry], local: dict[str, ManifestEntry], url: str, version_url: str,
-    current: str | None, fingerprint: str,
-) -> None:  # fmt: skip
+    there: dict[str, ManifestEntry],
+    local: dict[str, ManifestEntry],
+    url: str,
+    version_url: str,
+    current: str | None,
+    fingerprint: str,
+) -> None:
     """Refuse a version already at the URL whose manifest differs from the local store's."""
     if there == local:
         return
@@ -499,9 +503,13 @@ def _check_same_form(
 
 
 def _upload_version(
-    endpoint: _Endpoint, fingerprint: str, files: dict[str, Path], plan: _Plan, jobs: int,
+    endpoint: _Endpoint,
+    fingerprint: str,
+    files: dict[str, Path],
+    plan: _Plan,
+    jobs: int,
     progress: bool,
-) -> dict[str, int | None]:  # fmt: skip
+) -> dict[str, int | None]:
     """Upload the objects of version `fingerprint` missing at `endpoint` (of an interrupted push
     too), check every size, then write its manifest; bytes uploaded per object."""
     version = version_prefix(fingerprint)

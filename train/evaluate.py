@@ -258,9 +258,12 @@ def _windows_and_examples(
 
 
 def _example_points(
-    chunk: np.ndarray, examples: set[int], prep: PreparedBatch, recon: torch.Tensor,
+    chunk: np.ndarray,
+    examples: set[int],
+    prep: PreparedBatch,
+    recon: torch.Tensor,
     config: RunConfig,
-) -> list[tuple[int, np.ndarray, np.ndarray]]:  # fmt: skip
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(window, gt, recon) world points (T, 24, 3: 23 joints, then the head) of the windows of
     `chunk` that are `examples`, valid frames only."""
     points = []

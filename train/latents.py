@@ -164,9 +164,14 @@ def _create_array(
     """An array of a latent or decoded store: `shared.store.create_store_array` at `ZSTD_LEVEL`;
     `chunks` may be "auto" (zarr's choice, for the small tables)."""
     return create_store_array(
-        group, name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=None,
+        group,
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        dimension_names=None,
         zstd_level=ZSTD_LEVEL,
-    )  # fmt: skip
+    )
 
 
 def _row_writer(
@@ -237,9 +242,14 @@ def encode_store(
 
 
 def _encode_windows(
-    root: zarr.Group, codec: MotionCodec, store: FeatureStore, records: list[SequenceRecord],
-    plans: list[WindowPlan], logvar: bool, stats_split: str,
-) -> tuple[Moments, CanonicalFrame]:  # fmt: skip
+    root: zarr.Group,
+    codec: MotionCodec,
+    store: FeatureStore,
+    records: list[SequenceRecord],
+    plans: list[WindowPlan],
+    logvar: bool,
+    stats_split: str,
+) -> tuple[Moments, CanonicalFrame]:
     """Write `mean` (and `logvar`) of every window of `records`; the moments of the valid mean
     latents of `stats_split` and every window's canonical frame."""
     total = sum(plan.num_windows for plan in plans)
@@ -294,9 +304,13 @@ def _write_latent_table(
 
 
 def _latent_attrs(
-    ckpt_path: Path, codec: MotionCodec, store: FeatureStore, plan: WindowPlan, split: str,
+    ckpt_path: Path,
+    codec: MotionCodec,
+    store: FeatureStore,
+    plan: WindowPlan,
+    split: str,
     logvar: bool,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Root attributes of a latent store (`complete` aside)."""
     checkpoint = {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path),
                   "step": codec.checkpoint.step}  # fmt: skip

@@ -261,9 +261,12 @@ def _pose_errors(
 
 
 def _motion_errors(
-    joints_pred: torch.Tensor, joints_gt: torch.Tensor, mask: torch.Tensor,
-    contact_speed_m_per_frame: float, contact_height_m: float,
-) -> dict[str, MaskedSum]:  # fmt: skip
+    joints_pred: torch.Tensor,
+    joints_gt: torch.Tensor,
+    mask: torch.Tensor,
+    contact_speed_m_per_frame: float,
+    contact_height_m: float,
+) -> dict[str, MaskedSum]:
     """Acceleration error, jitter and foot skating of world joints (B, T, J, 3)."""
     accel_pred, accel_valid = finite_difference(joints_pred, mask, 2)
     accel_gt, _ = finite_difference(joints_gt, mask, 2)
