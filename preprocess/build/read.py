@@ -19,12 +19,13 @@ from preprocess.build.paths import SpaceEstimate
 from preprocess.clip_cache import CachedClip, ClipCache, read_and_persist
 from preprocess.discover import Discovery, discover_clip_files
 from preprocess.executor import Executor
+from shared.remote import normalize_location
 
 logger = logging.getLogger(__package__)  # one logger for the whole build
 
 
 def data_dir(config: BuildConfig) -> Path:
-    data = Path(config.data).resolve()
+    data = Path(normalize_location(config.data))
     if not data.is_dir():
         raise BuildError(f"DATA must be a directory of clip files, found {data}")
     return data

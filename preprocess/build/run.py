@@ -31,6 +31,7 @@ from preprocess.discover import Discovery
 from preprocess.executor import ClusterError, Executor, open_executor
 from preprocess.lock import BuildLock, LockError
 from shared.diskspace import disk_full_error
+from shared.remote import normalize_location
 from shared.store.write import DestinationExistsError, check_destination
 
 logger = logging.getLogger(__package__)  # one logger for the whole build
@@ -134,7 +135,7 @@ def _check_existing(paths: BuildPaths, config: BuildConfig) -> dict:
     except DestinationExistsError as error:
         raise BuildError(str(error)) from None
     work = {
-        "data": str(Path(config.data).resolve()),
+        "data": normalize_location(config.data),
         "rotation_atol": config.rotation_atol,
     }
     if paths.build_dir.exists():

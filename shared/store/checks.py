@@ -28,7 +28,13 @@ from tqdm import tqdm
 from zarr.codecs import Crc32cCodec
 
 from shared.layout import HP, HP_DOT, JP, JV, field_of_dim
-from shared.remote import MissingExtraError, filesystem, missing_extra_message, url_options
+from shared.remote import (
+    MissingExtraError,
+    filesystem,
+    missing_extra_message,
+    normalize_location,
+    url_options,
+)
 from shared.store.schema import (
     CHECKSUM_BYTES,
     FEATURES,
@@ -275,11 +281,10 @@ def check_chunks(
 
 
 def url_of(path_or_url: str | Path) -> str:
-    """A URL as given; a local path expanded and resolved."""
+    """A URL as given, a `file://` one too (read through fsspec, not memory-mapped unless asked);
+    a local path as `shared.remote.normalize_location` spells it."""
     text = str(path_or_url)
-    if "://" in text:
-        return text
-    return str(Path(text).expanduser().resolve())
+    return text if "://" in text else normalize_location(text)
 
 
 def display_path(url: str) -> str:
