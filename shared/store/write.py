@@ -234,7 +234,7 @@ def create_store_array(
     name: str,
     *,
     shape: tuple[int, ...],
-    chunks: tuple[int, ...],
+    chunks: tuple[int, ...] | str,
     dtype: Any,
     dimension_names: Sequence[str] | None,
     zstd_level: int | None = None,
@@ -242,7 +242,8 @@ def create_store_array(
     overwrite: bool = False,
 ) -> zarr.Array:
     """Create an array of a store: the one place that sets codecs and array config, used by the
-    build and by `pull` when it re-encodes a compressed array as raw chunks."""
+    build, by `pull` when it re-encodes a compressed array as raw chunks, and by the latent and
+    decoded stores (`train.latents`; `chunks="auto"` for their small tables)."""
     return parent.create_array(
         name, shape=shape, chunks=chunks, dtype=dtype, compressors=store_compressors(zstd_level),
         fill_value=fill_value, dimension_names=dimension_names, config=ARRAY_CONFIG,
