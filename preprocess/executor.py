@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from itertools import islice
 from typing import Any, Protocol
 
+from shared.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SYNCHRONOUS = "synchronous"
@@ -33,7 +35,7 @@ DEFAULT_WORKER_TIMEOUT_S = 300.0  # a build fails after this long without any wo
 POLL_S = 1.0  # how often a waiting build checks that the cluster still has workers
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """The cluster cannot run the build (unreachable, no workers, a task kills its workers)."""
 
 

@@ -20,11 +20,12 @@ from types import TracebackType
 from typing import Self
 
 from shared.atomic import temp_path_for
+from shared.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class LockError(RuntimeError):
+class LockError(UserError, RuntimeError):
     """The lock is held (or stale and not to be taken over); the message says what to do."""
 
 

@@ -15,10 +15,12 @@ import os
 import shutil
 from pathlib import Path
 
+from shared.errors import UserError
+
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """A write failed for lack of space (or a file size limit); the message is one line."""
 
     def __init__(self, message: str, path: Path) -> None:

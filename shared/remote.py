@@ -24,6 +24,8 @@ import fsspec
 from fsspec.exceptions import FSTimeoutError
 from fsspec.utils import tokenize
 
+from shared.errors import MissingInputError, UserError
+
 EXTRAS: dict[str, str] = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http",
                           "https": "http"}  # fmt: skip
 """URL scheme -> the extra of nymeria-mvae that installs its fsspec implementation."""
@@ -32,7 +34,7 @@ READ_ONLY_PROTOCOLS: frozenset[str] = frozenset({"http", "https"})
 S3_SCHEMES = ("s3", "s3a")
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(UserError, ImportError):
     """A URL's protocol needs a package that is not installed; the message names the extra."""
 
 
@@ -159,8 +161,16 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-class RemoteUnavailableError(OSError):
+class RemoteUnavailableError(UserError, OSError):
     """A request kept failing (timeouts, connection errors) after its bounded retries."""
+
+
+class RemoteRequestError(UserError, OSError):
+    """A request failed for good (access refused, a bad bucket or endpoint); names the object."""
+
+
+class RemoteObjectMissing(MissingInputError):
+    """No object at a requested location; callers that expect absence catch FileNotFoundError."""
 
 
 def _describe(error: BaseException) -> str:
@@ -172,7 +182,9 @@ def retrying(call: Callable[[], T], what: str) -> T:
     """`call()`, tried again after a transient failure (timeout, connection error) with
     backoff, `RETRY_ATTEMPTS` times in all; then `RemoteUnavailableError`, one line naming
     `what`. Other errors (a missing object, a refused credential) are raised at once. Use it
-    with a file system from `filesystem(..., retried=True)`."""
+    with a file system from `filesystem(..., retried=True)`. The file system's own errors
+    become `UserError`s naming `what`: a missing object `RemoteObjectMissing` (still a
+    FileNotFoundError), any other `RemoteRequestError`."""
     transient = _transient_errors()
     for attempt in range(RETRY_ATTEMPTS):
         try:
@@ -184,6 +196,12 @@ def retrying(call: Callable[[], T], what: str) -> T:
                     f"check the endpoint and the network, or raise --timeout"
                 ) from None
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
+        except UserError:
+            raise
+        except FileNotFoundError as error:
+            raise RemoteObjectMissing(f"{what}: no such object ({_describe(error)})") from None
+        except OSError as error:
+            raise RemoteRequestError(f"{what}: {_describe(error)}") from None
     raise AssertionError("unreachable")
 
 

@@ -59,6 +59,8 @@ from tqdm import tqdm
 from zarr.codecs import Crc32cCodec
 
 from shared.atomic import TEMP_SUFFIX, atomic_path, exclusive_lock, temp_path_for
+from shared.diskspace import disk_full_error
+from shared.errors import InputError
 from shared.remote import (
     DEFAULT_TIMEOUT_S,
     READ_ONLY_PROTOCOLS,
@@ -122,7 +124,7 @@ METADATA_KEYS = tuple(
 )  # every group and array of the schema: known before any metadata is read
 
 
-class TransferError(ValueError):
+class TransferError(InputError):
     """A copy cannot start or did not verify; the message says what to do."""
 
 
@@ -296,14 +298,17 @@ def _write_file(path: Path, data: bytes) -> None:
 def _write_staged(path: Path, data: bytes) -> None:
     """Write one object of a pull's staging directory: a temp file renamed into place, not
     synced (`_flush_to_disk` syncs the whole copy once before it replaces DEST; an fsync per
-    object cost a third of a pull's time)."""
+    object cost a third of a pull's time). A full disk is a `DiskFullError`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        full = disk_full_error(error, path.parent, None, f"pulling into {path.parent}")
+        if full is not None:
+            raise full from error
         raise
 
 

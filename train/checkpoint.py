@@ -23,6 +23,7 @@ from torch import nn
 
 from shared.atomic import atomic_path
 from shared.diskspace import disk_full_cause, disk_full_error
+from shared.errors import InputError
 from shared.layout import layout_description
 from shared.provenance import package_version
 from shared.store import FeatureStore, NormStats
@@ -32,7 +33,7 @@ CHECKPOINT_FORMAT = 1
 LINK_UNSUPPORTED_ERRNOS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK})
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file that is not a loadable checkpoint (missing, unreadable, damaged, foreign, unsafe)."""
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared.errors import InputError
 from shared.features import (
     CanonicalFrame,
     WorldMotion,
@@ -79,14 +80,14 @@ class WindowPlan:
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
-            raise ValueError(f"a sequence to encode needs a frame or more, found {self.num_frames}")
+            raise InputError(f"a sequence to encode needs a frame or more, found {self.num_frames}")
         if self.window_frames < 1 or self.window_frames % FRAMES_PER_LATENT:
-            raise ValueError(
+            raise InputError(
                 f"window_frames must be a positive multiple of {FRAMES_PER_LATENT} (frames per "
                 f"latent), found {self.window_frames}"
             )
         if not 1 <= self.hop_frames <= self.window_frames:
-            raise ValueError(
+            raise InputError(
                 f"hop_frames must be in 1..window_frames={self.window_frames} so that every frame "
                 f"is in a window, found {self.hop_frames}"
             )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shared.errors import InputError
 from shared.skeleton import JOINT_NAMES
 from shared.store import FeatureStore, open_store
 from train.config import RunConfig
@@ -214,7 +215,7 @@ def evaluate(
     warn_if_other_store(ckpt, store)
     records = store.split(split)
     if not records:
-        raise ValueError(f"store {store.url} has no sequences in split {split!r}")
+        raise InputError(f"store {store.url} has no sequences in split {split!r}")
     T = model.config.seq_len
     index = WindowIndex(records, T)
     windows, examples = _windows_and_examples(index, max_windows, windows)

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shared.atomic import remove_dead_temp_files
+from shared.errors import InputError, MissingInputError, OutputExistsError, UserError
 from shared.layout import field_of_dim
 from shared.provenance import git_revision, package_version
 from shared.store import ChunkDamageError, FeatureStore, open_store
@@ -84,12 +85,12 @@ LOSS_HISTORY_STEPS = 200
 LOSS_MIN_HISTORY = 20
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """A non-finite or exploding loss; the message names the step, every loss term and the
     batch's store frames."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(UserError, RuntimeError):
     """SIGINT/SIGTERM stopped the run; the message says what was saved and how to resume.
     `exit_code` is the shell's for the signal (128 + its number)."""
 
@@ -571,12 +572,12 @@ def _checkpoint_to_resume(
     path = run_dir / "checkpoints" / "last.pt"
     if not resume:
         if path.exists():  # every rank stops here, not only rank 0
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out"
             )
         return None
     if not path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume")
+        raise MissingInputError(f"--resume: no checkpoint at {path}; start without --resume")
     resumed = load_checkpoint(path)
     _check_resumable(resumed, config, store)
     logger.info("resumed %s at step %d", run_dir, resumed.step)
@@ -748,7 +749,7 @@ def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -
             ckpt.config["train"]["steps"],
         )
     if differences:
-        raise ValueError(
+        raise InputError(
             "cannot resume: the checkpoint was trained with a different setup:\n  "
             + "\n  ".join(differences)
             + "\nstart a new run (--out elsewhere) or resume with the original settings"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from shared.errors import InputError
 from shared.layout import layout_description
 from shared.store import FeatureStore
 from train.checkpoint import Checkpoint, load_checkpoint
@@ -39,7 +40,7 @@ def load_for_inference(
     """Checkpoint, its model in eval mode on `device`, and its normalisation statistics."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     if ckpt.layout != layout_description():
-        raise ValueError(
+        raise InputError(
             f"{ckpt_path}: trained on feature layout {ckpt.layout!r}, but shared.layout defines "
             f"{layout_description()!r}"
         )

@@ -55,6 +55,7 @@ import zarr
 from tqdm import tqdm
 
 from shared.chunked_writer import ChunkedRowWriter
+from shared.errors import InputError, MissingInputError
 from shared.features import CanonicalFrame
 from shared.layout import FEATURE_DIM
 from shared.moments import Moments
@@ -218,7 +219,7 @@ def encode_store(
     warn_if_other_store(codec.checkpoint, store)
     records = store.sequences if split == "all" else store.split(split)
     if not records:
-        raise ValueError(f"store {store.url} has no sequences in split {split!r}")
+        raise InputError(f"store {store.url} has no sequences in split {split!r}")
     plans = [codec.plan(r.length, window_frames, hop_frames) for r in records]
     num_windows = np.array([plan.num_windows for plan in plans], dtype=np.int64)
     total, K, L = int(num_windows.sum()), plans[0].latents_per_window, codec.model.config.latent_dim
@@ -347,7 +348,7 @@ def _open_group(url: str | Path, storage_options: dict | None) -> zarr.Group:
         options = url_options(url, storage_options)
         return zarr.open_group(str(url), mode="r", storage_options=options)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no Zarr store at {url}") from None
+        raise MissingInputError(f"no Zarr store at {url}") from None
 
 
 def open_latents(url: str | Path, storage_options: dict | None = None) -> zarr.Group:
@@ -374,7 +375,7 @@ def read_sequence_latents(
 ) -> MotionLatents:
     """The windows of one sequence of a latent store, as `MotionCodec.decode_*` take them."""
     if plan.num_windows != sequence.num_windows:
-        raise ValueError(
+        raise InputError(
             f"latent store: sequence {sequence.name!r} has {sequence.num_windows} windows, but "
             f"{sequence.num_frames} frames in windows of {plan.window_frames} every "
             f"{plan.hop_frames} frames make {plan.num_windows}"
@@ -387,7 +388,7 @@ def read_sequence_latents(
         except ValueError as e:
             if not is_checksum_error(e):
                 raise
-            raise ValueError(
+            raise InputError(
                 f"latent store: array {path!r}, windows {rows.start}..{rows.stop - 1} (sequence "
                 f"{sequence.name!r}): a chunk failed its checksum, the store is damaged; write it "
                 f"again with `train encode`"
@@ -447,7 +448,7 @@ def _check_decoding_checkpoint(
     recorded = latents.attrs[ATTR_CHECKPOINT]["sha256"]
     found = file_sha256(ckpt_path)
     if recorded != found:
-        raise ValueError(
+        raise InputError(
             f"{latents_url} was encoded with checkpoint {latents.attrs[ATTR_CHECKPOINT]['path']} "
             f"(sha256 {recorded[:12]}), but {ckpt_path} has sha256 {found[:12]}; decode with the "
             f"checkpoint that encoded it"

@@ -50,6 +50,8 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
+from shared.errors import InputError
+
 # --- attributes every store of this project has (or shares with another) ----------------------
 ATTR_SCHEMA = "schema"  # {"name": ..., "version": ...}
 ATTR_PACKAGE_VERSION = "package_version"  # of the code that wrote the store
@@ -77,7 +79,7 @@ STORE_KINDS: dict[str, tuple[str, str]] = {
 }
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that cannot be used as it is; the message says what to do."""
 
 

@@ -40,6 +40,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from shared.diskspace import disk_full_error
+from shared.errors import OutputExistsError
 from shared.provenance import git_revision, package_version
 from shared.remote import is_url, local_path, url_options
 from shared.store.schema import (
@@ -52,7 +53,7 @@ from shared.store.schema import (
 )
 
 
-class DestinationExistsError(FileExistsError):
+class DestinationExistsError(OutputExistsError):
     """Something is at the destination of a store and may not be replaced."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -459,3 +460,20 @@ def test_dropped_connections_are_retried(stores, tmp_path):
     assert _files(copy) == _files(stores["none"])
     fetched = {path: n for path, n in counts.items() if path.startswith("/x.zarr/features/c/")}
     assert fetched and set(fetched.values()) == {2}  # each chunk: dropped once, then served
+
+
+@pytest.mark.slow
+def test_pull_into_a_full_disk_is_one_line_naming_the_copy(stores, tmp_path):
+    """Writes that fail for lack of space (EFBIG under a file size limit, as ENOSPC) end the
+    pull in one line naming where it was copying to (it was `OSError: [Errno 27] File too
+    large`, and a traceback once commands stopped catching every OSError)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    dest = tmp_path / "copy.zarr"
+    result = _run(["pull", str(stores["none"]), str(dest), "--no-progress"], preexec_fn=limit)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: pulling into {dest}.pull"), lines
+    assert "file size limit" in lines[0] and not dest.exists()
