@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,11 @@ from shared.cli import (
     load_config_file,
     storage_options_option,
 )
-from shared.remote import DEFAULT_TIMEOUT_S, MissingExtraError, is_url, remote_options
+from shared.remote import DEFAULT_TIMEOUT_S, is_url, remote_options
 from shared.remote_layout import NothingPublishedError, resolve
-from shared.store import StoreError, check_chunks, open_store
+from shared.store import check_chunks, open_store
 from shared.transfer import (
     DEFAULT_JOBS,
-    TransferError,
     TransferSummary,
     list_versions,
     published,
@@ -264,7 +262,6 @@ def build_command(
     _echo_summary(summary)
 
 
-_REMOTE_ERRORS = (StoreError, TransferError, MissingExtraError, OSError)  # each one line
 timeout_option = click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
     show_default=True,
@@ -297,11 +294,8 @@ def info_command(
     store: str | Path, as_json: bool, storage_options: dict | None, timeout: float
 ) -> None:
     """Describe the feature store STORE (a path or an fsspec URL; a URL's published version)."""
-    try:
-        store, storage_options = _published(store, storage_options, timeout)
-        opened = open_store(store, storage_options=storage_options)
-    except _REMOTE_ERRORS as error:
-        raise click.ClickException(str(error)) from None
+    store, storage_options = _published(store, storage_options, timeout)
+    opened = open_store(store, storage_options=storage_options)
     info = store_info(opened, storage_options)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
@@ -342,16 +336,11 @@ def verify_command(
     values) and its stats; with --data also recompute sampled sequences from the source files.
     Exit 1 on any problem; metadata that cannot be trusted is one line, before any chunk is
     read (so nothing is sized from it)."""
-    try:
-        store, storage_options = _published(store, storage_options, timeout)
-        opened = open_store(  # chunks are checked next, in depth
-            store, check_chunk_files=False, storage_options=storage_options
-        )
-        problems = check_chunks(
-            store, deep=True, progress=progress, storage_options=storage_options
-        )
-    except _REMOTE_ERRORS as error:
-        raise click.ClickException(str(error)) from None
+    store, storage_options = _published(store, storage_options, timeout)
+    opened = open_store(  # chunks are checked next, in depth
+        store, check_chunk_files=False, storage_options=storage_options
+    )
+    problems = check_chunks(store, deep=True, progress=progress, storage_options=storage_options)
     click.echo(f"checked every chunk's checksum and values: {_count(len(problems), 'problem')}")
     if not problems:
         problems += verify_stats(opened)
@@ -377,14 +366,6 @@ _jobs_option = click.option(
 _progress_option = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
-
-
-def _transfer_errors_as_one_line(run: Callable[[], Any]) -> Any:
-    try:
-        return run()
-    except _REMOTE_ERRORS as error:
-        raise click.ClickException(f"{type(error).__name__}: {error}" if isinstance(
-            error, OSError) else str(error)) from None  # fmt: skip
 
 
 def _copied(summary: TransferSummary) -> str:
@@ -417,10 +398,10 @@ def push_command(
     pointer URL/CURRENT.json moves to it, so readers always see one complete version. Pushing
     the published store again uploads nothing. http(s) is read-only.
     """
-    summary = _transfer_errors_as_one_line(lambda: push(
+    summary = push(
         store, url, storage_options=storage_options, overwrite=overwrite, jobs=jobs,
         timeout=timeout, progress=progress,
-    ))  # fmt: skip
+    )  # fmt: skip
     fingerprint = summary.fingerprint[:16]
     if summary.outcome == "already published":
         click.echo(f"{url} already publishes this store ({fingerprint}, its manifest matches "
@@ -465,10 +446,10 @@ def pull_command(
     resumes. By default compressed arrays arrive as raw, memory-mappable chunks (the
     fingerprint is unchanged: it covers content, not codecs).
     """
-    summary = _transfer_errors_as_one_line(lambda: pull(
+    summary = pull(
         url, dest, storage_options=storage_options, decompress=decompress, overwrite=overwrite,
         jobs=jobs, timeout=timeout, progress=progress,
-    ))  # fmt: skip
+    )  # fmt: skip
     reencoded = (
         f"; re-encoded as raw chunks: {', '.join(summary.reencoded_arrays)}"
         if summary.reencoded_arrays else ""
@@ -494,14 +475,14 @@ def versions_command(
 ) -> None:  # fmt: skip
     """List the versions published at URL (the current one marked `*`, unfinished pushes
     marked `unfinished`), or delete old ones with --remove / --keep-latest."""
-    listed = _transfer_errors_as_one_line(lambda: list_versions(url, storage_options, timeout))
+    listed = list_versions(url, storage_options, timeout)
     doomed = list(remove)
     if keep_latest is not None:
         complete = [v for v in listed if v.complete]
         kept = {v.fingerprint for v in complete[-keep_latest:]}
         doomed += [v.fingerprint for v in complete if v.fingerprint not in kept and not v.current]
     if doomed:
-        _transfer_errors_as_one_line(lambda: remove_versions(url, doomed, storage_options, timeout))
+        remove_versions(url, doomed, storage_options, timeout)
         click.echo(
             f"removed {_count(len(set(doomed)), 'version')}: {', '.join(sorted(set(doomed)))}"
         )

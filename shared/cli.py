@@ -34,6 +34,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from shared.errors import UserError
 from shared.provenance import PACKAGE_NAME, git_revision, package_version
 from shared.remote import is_url, local_path
 
@@ -240,9 +241,10 @@ def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 
 def cli_group(func: Callable) -> Callable:
     """A Click group with `-v/--verbose` (INFO logging, else WARNING) and `--version`; the
-    group function is called with no arguments after logging is set up."""
+    group function is called with no arguments after logging is set up. A command's
+    `UserError` is one line (`UserErrorGroup`)."""
 
-    @click.group(help=func.__doc__)
+    @click.group(cls=UserErrorGroup, help=func.__doc__)
     @click.option("-v", "--verbose", is_flag=True, help="Log progress (INFO) to stderr.")
     @click.option(
         "--version",
@@ -264,6 +266,22 @@ def cli_group(func: Callable) -> Callable:
 
     group.name = func.__name__
     return group
+
+
+# --- errors: the user's in one line, the code's with a traceback ----------------------------
+
+
+class UserErrorGroup(click.Group):
+    """A group that ends a command's `UserError` as one line, `Error: MESSAGE` on stderr, and
+    exits with its `exit_code`; any other exception keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            one_line = click.ClickException(str(error))
+            one_line.exit_code = error.exit_code
+            raise one_line from None
 
 
 # --- parameter types ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,13 @@ from shared.cli import (
     load_config_file,
     storage_options_option,
 )
-from shared.diskspace import DiskFullError
-from shared.remote import MissingExtraError, is_url
-from shared.store import ATTR_FPS, ATTR_WINDOW_FRAMES, SPLITS, FeatureStore, StoreError
-from shared.transfer import TransferError, cached_store
+from shared.errors import UserError
+from shared.remote import is_url
+from shared.store import ATTR_FPS, ATTR_WINDOW_FRAMES, SPLITS, FeatureStore
+from shared.transfer import cached_store
 from train.config import Device, RunConfig, TrainConfig, saved_config
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
-from train.fit import TrainingDiverged, TrainingInterrupted
+from train.fit import TrainingInterrupted
 from train.fit import fit as run_fit
 from train.latents import (
     ATTR_HOP_FRAMES,
@@ -143,11 +144,18 @@ def _local_store(
     store_url: str | Path, cache_dir: Path | None, storage_options: dict | None
 ) -> str | Path:
     """The store to open: a path as given, a URL's local copy (pulled on first use)."""
-    try:
+    with _naming_the_store(store_url):
         return cached_store(
             store_url, cache_dir, storage_options, progress=os.environ.get("RANK", "0") == "0"
         )
-    except (StoreError, TransferError, MissingExtraError, OSError) as error:
+
+
+@contextmanager
+def _naming_the_store(store_url: str | Path) -> Iterator[None]:
+    """A `UserError` of fetching --store, its message led by the option and URL."""
+    try:
+        yield
+    except UserError as error:
         raise click.ClickException(f"--store {store_url}: {error}") from None
 
 
@@ -163,10 +171,8 @@ def _training_store(
     if not is_url(store_url):
         return str(store_url)
     max_bytes = None if cache_max_gb is None else int(cache_max_gb * 1e9)
-    try:
+    with _naming_the_store(store_url):
         return open_cached_store(str(store_url), cache_dir, storage_options, max_bytes)
-    except (StoreError, TransferError, MissingExtraError, OSError) as error:
-        raise click.ClickException(f"--store {store_url}: {error}") from None
 
 
 @main.command()
@@ -235,19 +241,10 @@ def fit(
             notify=notify,
             store_source=store_url if isinstance(store_url, str) else None,
         )
-    except TrainingInterrupted as e:
+    except TrainingInterrupted as e:  # not an error: rank 0 says how to resume
         if os.environ.get("RANK", "0") == "0":
             click.echo(str(e), err=True)
         sys.exit(e.exit_code)
-    except (
-        StoreError,
-        TrainingDiverged,
-        FileExistsError,
-        FileNotFoundError,
-        ValueError,
-        DiskFullError,
-    ) as e:
-        raise click.ClickException(str(e)) from e
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports
     if metrics:
@@ -306,9 +303,6 @@ _CKPT_OPTION = click.option(
     "--ckpt", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Checkpoint file, e.g. runs/NAME/checkpoints/best.pt.",
 )  # fmt: skip
-# Problems with the inputs (missing, incomplete, damaged or mismatched stores and checkpoints)
-# and a full disk are reported as one-line errors; anything else keeps its traceback.
-_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DiskFullError)
 
 
 @main.command("eval")
@@ -337,10 +331,7 @@ def eval_command(
     with its unit, in docs/metrics.md.
     """
     store_url = str(_local_store(store_url, cache_dir, storage_options))
-    try:
-        metrics = evaluate(ckpt, store_url, split, out_dir, max_windows, animate, device=device)
-    except _INPUT_ERRORS as e:
-        raise click.ClickException(str(e)) from e
+    metrics = evaluate(ckpt, store_url, split, out_dir, max_windows, animate, device=device)
     click.echo(format_table(metrics))
     pictures = ", ".join(metrics[META]["pictures"])
     click.echo(f"wrote {out_dir / METRICS_FILE} and {pictures}")
@@ -389,13 +380,9 @@ def encode_command(
     see train/latents.py. The same code runs from Python: `train.MotionCodec`.
     """
     store_url = str(_local_store(store_url, cache_dir, storage_options))
-    try:
-        root = encode_store(
-            ckpt, store_url, out, split, logvar, device, window_frames, hop_frames,
-            storage_options,
-        )  # fmt: skip
-    except _INPUT_ERRORS as e:
-        raise click.ClickException(str(e)) from e
+    root = encode_store(
+        ckpt, store_url, out, split, logvar, device, window_frames, hop_frames, storage_options
+    )
     mean = root[MEAN]
     click.echo(
         f"wrote {out}: {len(read_latent_table(root))} sequences, {mean.shape[0]} windows of "
@@ -441,10 +428,7 @@ def decode_command(
     has the most past context. CKPT must be the checkpoint that encoded the latents (checked
     by sha256).
     """
-    try:
-        root = decode_store(ckpt, latents, out, world, device, storage_options)
-    except _INPUT_ERRORS as e:
-        raise click.ClickException(str(e)) from e
+    root = decode_store(ckpt, latents, out, world, device, storage_options)
     arrays = ", ".join(
         f"{name} {root[name].shape}" for name in (WORLD_ARRAYS if world else (FEATURES,))
     )
@@ -460,8 +444,5 @@ def info_command(store: str | Path, as_json: bool, storage_options: dict | None)
     """Describe the latent store (`encode`) or decoded store (`decode`) STORE, a path or an
     fsspec URL: its checkpoint and feature store, sequences, windows and latents, statistics.
     A feature store is described by `python -m preprocess info`."""
-    try:
-        info = store_info(store, storage_options)
-    except _INPUT_ERRORS as e:
-        raise click.ClickException(str(e)) from None
+    info = store_info(store, storage_options)
     click.echo(json.dumps(info, indent=2) if as_json else format_store_info(info))

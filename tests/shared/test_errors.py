@@ -1,0 +1,129 @@
+"""One error family, caught once per command-line group: a `UserError` of any kind ends a
+command as one line, `Error: MESSAGE`, with the error's exit code; anything else is a bug and
+keeps its traceback (issue 22)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import preprocess.cli
+import train.cli
+from preprocess.executor import ClusterError, TaskFailed
+from preprocess.lock import LockError
+from shared.chunk_cache import ChunkCacheError
+from shared.diskspace import DiskFullError
+from shared.errors import InputError, MissingInputError, OutputExistsError, UserError
+from shared.remote import (
+    MissingExtraError,
+    RemoteObjectMissing,
+    RemoteRequestError,
+    RemoteUnavailableError,
+    retrying,
+)
+from shared.remote_layout import LayoutError, NothingPublishedError
+from shared.store import ChunkDamageError, StoreError
+from shared.store.write import DestinationExistsError
+from shared.transfer import TransferError
+from train.checkpoint import CheckpointError
+from train.fit import TrainingDiverged, TrainingInterrupted
+
+# One of every kind a command may end with, as the code raises them.
+USER_ERRORS = [
+    InputError("store /s has no sequences in split 'val'"),
+    MissingInputError("--resume: no checkpoint at run/checkpoints/last.pt"),
+    OutputExistsError("run already holds a run; pass --resume"),
+    StoreError("store /s is incomplete: finish it with `...`"),
+    ChunkDamageError("store /s: features chunk c/3/0 failed its checksum"),
+    ChunkCacheError("cache /c: chunk features/c/0/0 changed on the remote"),
+    LayoutError("s3://b/x/CURRENT.json is not a pointer"),
+    NothingPublishedError("nothing is published at s3://b/x"),
+    DestinationExistsError("a store already exists at /s; pass --overwrite"),
+    TransferError("s3://b/x/zarr.json: checksum mismatch"),
+    DiskFullError("writing /s: 2.0 GB needed, 1.0 GB free", Path("/s")),
+    MissingExtraError("s3://b/x needs `pip install nymeria-mvae[s3]`"),
+    RemoteUnavailableError("s3://b/x: no answer after 3 attempts"),
+    RemoteRequestError("s3://b/x: PermissionError: Forbidden"),
+    RemoteObjectMissing("s3://b/x/MANIFEST.json: no such object"),
+    LockError("another build (pid 7 on host) holds /s.lock"),
+    ClusterError("--scheduler tcp://127.0.0.1:1 did not answer in 10 s"),
+    TaskFailed("a task killed 3 workers: files a.h5, b.h5"),
+    CheckpointError("run/last.pt is not a checkpoint"),
+    TrainingDiverged("non-finite loss at step 3"),
+    TrainingInterrupted("interrupted by SIGTERM after step 3 of 9; resume with: ...", 143),
+]
+
+# Per group: a command, and the function it calls (replaced by one that raises).
+COMMANDS = {
+    "preprocess": (preprocess.cli, "list_versions", ["versions"]),
+    "train": (train.cli, "store_info", ["info"]),
+}
+
+
+def _raising(error: BaseException):
+    def call(*_args, **_kwargs):
+        raise error
+
+    return call
+
+
+@pytest.mark.parametrize("group", COMMANDS)
+@pytest.mark.parametrize("error", USER_ERRORS, ids=lambda e: type(e).__name__)
+def test_every_user_error_is_one_line_with_its_exit_code(group, error, monkeypatch, tmp_path):
+    module, function, command = COMMANDS[group]
+    monkeypatch.setattr(module, function, _raising(error))
+    result = CliRunner().invoke(module.main, [*command, str(tmp_path)])
+    assert isinstance(error, UserError)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert (
+        result.exit_code
+        == error.exit_code
+        == (143 if isinstance(error, TrainingInterrupted) else 1)
+    )
+    assert result.output == f"Error: {error}\n"
+
+
+# A command whose code has a bug, run as a user runs it.
+_BUGGY_RUN = """
+import importlib, sys
+cli = importlib.import_module(sys.argv[1])
+def buggy(*args, **kwargs):
+    raise {error!r}
+setattr(cli, sys.argv[2], buggy)
+cli.main(sys.argv[3:])
+"""
+BUGS = {
+    "preprocess": IsADirectoryError(21, "Is a directory"),  # was one line: every OSError was
+    "train": ValueError("operands could not be broadcast together with shapes (3,) (4,)"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", COMMANDS)
+def test_a_bug_in_a_command_keeps_its_traceback(group, tmp_path):
+    module, function, command = COMMANDS[group]
+    error = BUGS[group]
+    script = _BUGGY_RUN.format(error=error)
+    args = [module.__name__, function, *command, str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback (most recent call last):" in lines, result.stderr
+    assert lines[-1] == f"{type(error).__name__}: {error}", result.stderr
+    assert not any(line.startswith("Error:") for line in lines), result.stderr
+
+
+def test_a_remote_request_that_fails_for_good_is_a_user_error_naming_the_object():
+    refused = PermissionError(13, "Forbidden")
+    with pytest.raises(RemoteRequestError, match=r"^s3://b/x/CURRENT.json: PermissionError: "):
+        retrying(_raising(refused), "s3://b/x/CURRENT.json")
+    with pytest.raises(FileNotFoundError, match=r"^s3://b/x/zarr.json: no such object") as missing:
+        retrying(_raising(FileNotFoundError(2, "No such key")), "s3://b/x/zarr.json")
+    assert isinstance(missing.value, UserError)  # callers that expect absence still catch it
