@@ -13,7 +13,7 @@ import torch
 from shared.errors import InputError
 from shared.layout import layout_description
 from shared.store import FeatureStore
-from train.checkpoint import Checkpoint, load_checkpoint
+from train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from train.config import RunConfig, saved_config
 from train.data import Normalizer
 from train.model import MotionVAE
@@ -22,8 +22,15 @@ logger = logging.getLogger(__name__)
 
 
 def config_from_checkpoint(ckpt: Checkpoint) -> RunConfig:
-    """The run config a checkpoint was trained with (fields it predates as they were then)."""
-    return RunConfig.from_dict(saved_config(ckpt.config), source="checkpoint")
+    """The run config a checkpoint was trained with (fields it predates as they were then);
+    `CheckpointError` when this code cannot read it (e.g. fields of a newer version)."""
+    try:
+        return RunConfig.from_dict(saved_config(ckpt.config), source="checkpoint")
+    except (ValueError, TypeError) as error:  # the config's own checks, on untrusted values
+        raise CheckpointError(
+            f"{error}; this code cannot use the checkpoint's config: use the code version that "
+            f"trained it (package {ckpt.package_version!r})"
+        ) from None
 
 
 # --- model and checkpoint ---------------------------------------------------------------------

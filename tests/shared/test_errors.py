@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import preprocess.cli
@@ -18,6 +19,7 @@ from preprocess.lock import LockError
 from shared.chunk_cache import ChunkCacheError
 from shared.diskspace import DiskFullError
 from shared.errors import InputError, MissingInputError, OutputExistsError, UserError
+from shared.layout import FEATURE_DIM, layout_description
 from shared.remote import (
     MissingExtraError,
     RemoteObjectMissing,
@@ -29,7 +31,7 @@ from shared.remote_layout import LayoutError, NothingPublishedError
 from shared.store import ChunkDamageError, StoreError
 from shared.store.write import DestinationExistsError
 from shared.transfer import TransferError
-from train.checkpoint import CheckpointError
+from train.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from train.fit import TrainingDiverged, TrainingInterrupted
 
 # One of every kind a command may end with, as the code raises them.
@@ -127,3 +129,22 @@ def test_a_remote_request_that_fails_for_good_is_a_user_error_naming_the_object(
     with pytest.raises(FileNotFoundError, match=r"^s3://b/x/zarr.json: no such object") as missing:
         retrying(_raising(FileNotFoundError(2, "No such key")), "s3://b/x/zarr.json")
     assert isinstance(missing.value, UserError)  # callers that expect absence still catch it
+
+
+def test_a_checkpoint_of_a_newer_version_is_one_line_not_a_traceback(tmp_path):
+    """Its config has a field this code does not know: the config's own ValueError, on
+    untrusted values, is translated where the checkpoint is read."""
+    newer = {"model": {"hidden_dim": 16, "warp_factor": 9}, "train": {}}
+    zeros = torch.zeros(FEATURE_DIM)
+    ckpt = Checkpoint(
+        step=1, best_val=1.0, model={}, optimizer={}, scheduler={}, config=newer,
+        layout=layout_description(), stats_mean=zeros, stats_std=zeros + 1, stats_count=1,
+        stats_window_frames=152, store_url="s.zarr", store_fingerprint="f", package_version="9.0",
+    )  # fmt: skip
+    save_checkpoint(tmp_path / "newer.pt", ckpt)
+    args = ["eval", "--ckpt", tmp_path / "newer.pt", "--store", tmp_path, "--out", tmp_path / "e"]
+    result = CliRunner().invoke(train.cli.main, [str(a) for a in args])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "unknown keys ['warp_factor']" in lines[0], lines
+    assert lines[0].startswith("Error: ") and "package '9.0'" in lines[0], lines
