@@ -253,12 +253,12 @@ def build_command(
             f"building {config.out} from {config.data} ({describe_executor(config)})", err=True
         )
         summary = build(config, progress=progress)
-    except AlreadyBuilt as error:
+    except AlreadyBuilt as error:  # not an error: said on stdout, exit status 0
         click.echo(str(error))
         return
-    except BuildError as error:
+    except BuildError as error:  # the refused files first, then the error's one line
         _echo_problems(error.problems)
-        raise click.ClickException(str(error)) from None
+        raise
     _echo_summary(summary)
 
 
