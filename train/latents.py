@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +81,7 @@ from shared.store import (
     create_store_array,
     is_checksum_error,
     open_store,
+    read_metadata,
     read_table,
 )
 from shared.store.write import mark_complete, provenance_attrs, staged_store, utc_now, write_table
@@ -344,6 +346,13 @@ def check_latent_attrs(attrs: Mapping[str, Any], url: str | Path) -> None:
 
 
 def _open_group(url: str | Path, storage_options: dict | None) -> zarr.Group:
+    """The root group of a latent or decoded store; its zarr.json is untrusted input, so
+    what its parsing raises is one `StoreError` (`read_metadata`)."""
+    hint = "write it again with `train encode` (a decoded store: `train decode`)"
+    return read_metadata(str(url), "zarr.json", partial(_zarr_group, url, storage_options), hint)
+
+
+def _zarr_group(url: str | Path, storage_options: dict | None) -> zarr.Group:
     try:
         options = url_options(url, storage_options)
         return zarr.open_group(str(url), mode="r", storage_options=options)

@@ -24,7 +24,7 @@ from shared.store.checks import (
     schema_object_keys,
     seam_problem,
 )
-from shared.store.feature_store import FeatureStore, open_store
+from shared.store.feature_store import FeatureStore, open_store, read_metadata
 from shared.store.memmap import OPEN_FILES_RESERVE, ChunkMemmapArray, ChunkSource, memmap_array
 from shared.store.schema import (
     ATTR_BUILD_CONFIG,
@@ -148,6 +148,7 @@ __all__ = [
     "is_checksum_error",
     "memmap_array",
     "open_store",
+    "read_metadata",
     "read_table",
     "schema_object_keys",
     "seam_problem",

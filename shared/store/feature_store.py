@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from functools import cached_property
+from collections.abc import Callable, Mapping
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 
+from shared.errors import UserError
 from shared.layout import FEATURE_DIM, layout_description
 from shared.remote import missing_extra_message, url_options
 from shared.store.checks import (
@@ -41,6 +42,7 @@ from shared.store.schema import (
     NUM_CONTACTS,
     REBUILD_HINT,
     RESUME_HINT,
+    SEQUENCES_GROUP,
     SPLITS,
     STATS_ATTR_COUNT,
     STATS_GROUP,
@@ -59,6 +61,8 @@ from shared.store.schema import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class FeatureStore:
@@ -96,7 +100,7 @@ class FeatureStore:
         self.attrs: dict = group.attrs.asdict()
         _check_root_attrs(self.attrs, url)
         self.layout: dict = self.attrs[ATTR_LAYOUT]
-        self.fps = float(self.attrs[ATTR_FPS])
+        self.fps = read_metadata(url, "zarr.json", lambda: float(self.attrs[ATTR_FPS]))
         arrays = _frame_arrays(group, url)
         self.num_frames = int(arrays[FEATURES].shape[0])
         self.zarr_arrays: dict[str, zarr.Array] = arrays
@@ -218,12 +222,10 @@ def _reopen(
 def _frame_arrays(group: zarr.Group, url: str) -> dict[str, zarr.Array]:
     """The frame arrays of `group`, by name, checked to exist with the schema's shapes and
     dtypes (as many frames as `features`)."""
-    arrays = {}
-    for name in FRAME_ARRAYS:
-        try:
-            arrays[name] = group[name]
-        except KeyError:
-            raise StoreError(f"store {url} has no `{name}` array; {REBUILD_HINT}") from None
+    arrays = {
+        name: read_metadata(url, f"{name}/zarr.json", partial(_frame_array, group, url, name))
+        for name in FRAME_ARRAYS
+    }
     num_frames = int(arrays[FEATURES].shape[0])
     expected_shapes = {
         FEATURES: (num_frames, FEATURE_DIM),
@@ -239,6 +241,13 @@ def _frame_arrays(group: zarr.Group, url: str) -> dict[str, zarr.Array]:
                 f"{expected_dtypes[name]} of shape {shape}; {REBUILD_HINT}"
             )
     return arrays
+
+
+def _frame_array(group: zarr.Group, url: str, name: str) -> zarr.Array:
+    array = group.get(name)  # None when missing; a group where the array should be is refused
+    if not isinstance(array, zarr.Array):
+        raise StoreError(f"store {url} has no `{name}` array; {REBUILD_HINT}")
+    return array
 
 
 def _check_fingerprint(recorded: Any, computed: str, url: str) -> None:
@@ -279,7 +288,8 @@ def _memory_maps(
 
 
 def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
-    out = attrs.get(ATTR_BUILD_CONFIG, {}).get("out", "STORE")
+    config = attrs.get(ATTR_BUILD_CONFIG)
+    out = config.get("out", "STORE") if isinstance(config, Mapping) else "STORE"
     check_root_attrs(attrs, url, FEATURE_SCHEMA, RESUME_HINT.format(out=out))
     expected_layout = json.loads(json.dumps(layout_description()))
     if attrs.get(ATTR_LAYOUT) != expected_layout:
@@ -294,7 +304,10 @@ def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
 
 def _read_sequences(group: zarr.Group, url: str, num_frames: int) -> tuple[SequenceRecord, ...]:
     where = f"store {url}"
-    records = table_from_json(read_table(group, TABLE_COLUMNS, where, REBUILD_HINT), where)
+    records = read_metadata(
+        url, f"{SEQUENCES_GROUP}/zarr.json",
+        lambda: table_from_json(read_table(group, TABLE_COLUMNS, where, REBUILD_HINT), where),
+    )  # fmt: skip
     frame = 0
     for r in records:
         if r.start != frame or r.length <= 0:
@@ -313,14 +326,9 @@ def _read_sequences(group: zarr.Group, url: str, num_frames: int) -> tuple[Seque
 
 def _read_stats(group: zarr.Group, url: str) -> tuple[NormStats, np.ndarray, np.ndarray]:
     """The stats as `NormStats` (float32) plus the stored float64 mean and std."""
-    try:
-        stats = group[STATS_GROUP]
-        mean = np.asarray(stats[STATS_MEAN][:], dtype=np.float64)
-        std = np.asarray(stats[STATS_STD][:], dtype=np.float64)
-        count = int(stats.attrs[STATS_ATTR_COUNT])
-        window_frames = int(stats.attrs[ATTR_WINDOW_FRAMES])
-    except KeyError as missing:
-        raise StoreError(f"store {url}: stats lack {missing}; {REBUILD_HINT}") from None
+    mean, std, count, window_frames = read_metadata(
+        url, STATS_GROUP, partial(_stats_values, group, url)
+    )
     if mean.shape != (FEATURE_DIM,) or std.shape != (FEATURE_DIM,):
         raise StoreError(
             f"store {url}: stats have shapes {mean.shape}/{std.shape}, expected ({FEATURE_DIM},)"
@@ -331,6 +339,17 @@ def _read_stats(group: zarr.Group, url: str) -> tuple[NormStats, np.ndarray, np.
         )
     stats = NormStats(mean.astype(np.float32), std.astype(np.float32), count, window_frames)
     return stats, mean, std
+
+
+def _stats_values(group: zarr.Group, url: str) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The stored mean and std (float64), count and window frames of the stats."""
+    try:
+        stats = group[STATS_GROUP]
+        mean = np.asarray(stats[STATS_MEAN][:], dtype=np.float64)
+        std = np.asarray(stats[STATS_STD][:], dtype=np.float64)
+        return mean, std, int(stats.attrs[STATS_ATTR_COUNT]), int(stats.attrs[ATTR_WINDOW_FRAMES])
+    except KeyError as missing:
+        raise StoreError(f"store {url}: stats lack {missing}; {REBUILD_HINT}") from None
 
 
 def open_store(
@@ -352,23 +371,24 @@ def open_store(
     all frame arrays' chunks, finite values, continuity with the neighbouring chunks:
     `ChunkMemmapArray`, `seam_problem`) and raises `ChunkDamageError`; zarr checks the
     checksum of every chunk it decodes anyway. `chunk_source` makes chunk files present as
-    they are first mapped (a local chunk cache of a URL: `shared.chunk_cache`).
+    they are first mapped (a local chunk cache of a URL: `shared.chunk_cache`). Metadata is
+    untrusted input: what a truncated, garbage or hostile document makes its parsing raise is
+    one `StoreError` (`read_metadata`); an error of the code keeps its own type.
     """
     url = url_of(path_or_url)
     storage_options = url_options(url, storage_options)
+    group = read_metadata(url, "zarr.json", partial(_open_group, url, storage_options))
+    return FeatureStore(
+        url, group, memory_map, storage_options, check_chunk_files, check_chunks_on_use,
+        chunk_source,
+    )  # fmt: skip
+
+
+def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    """The store's root group, its zarr.json parsed; StoreError when there is no store or the
+    package of its URL's protocol is missing."""
     try:
-        group = zarr.open_group(url, mode="r", storage_options=storage_options)
-        return FeatureStore(
-            url,
-            group,
-            memory_map,
-            storage_options,
-            check_chunk_files,
-            check_chunks_on_use,
-            chunk_source,
-        )
-    except StoreError:
-        raise
+        return zarr.open_group(url, mode="r", storage_options=storage_options)
     except ImportError as error:
         raise StoreError(missing_extra_message(url, error)) from None
     except FileNotFoundError:
@@ -376,18 +396,28 @@ def open_store(
             f"no Zarr store at {display_path(url)}; build one with "
             f"`python -m preprocess build DATA --out STORE`"
         ) from None
-    except _MALFORMED_METADATA as error:
-        # Truncated, garbage or hostile metadata (zarr.json is untrusted input): one line.
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
-        raise StoreError(
-            f"store {display_path(url)} has unreadable or malformed metadata (zarr.json: "
-            f"{type(error).__name__}: {first_line}); {REBUILD_HINT}"
-        ) from None
 
 
-# What zarr and the attribute checks raise on a damaged or hostile zarr.json: invalid JSON or
-# UTF-8, wrong JSON types, nesting deep enough to exhaust the parser, an unreadable file.
-_MALFORMED_METADATA = (
+# What zarr, json and the conversion of a value raise on a damaged or hostile zarr.json: invalid
+# JSON or UTF-8, wrong JSON types, nesting deep enough to exhaust the parser, an unreadable file.
+MALFORMED_METADATA = (
     ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, PermissionError,
     IsADirectoryError, zarr.errors.BaseZarrError,
 )  # fmt: skip
+
+
+def read_metadata(url: str, what: str, read: Callable[[], T], hint: str = REBUILD_HINT) -> T:
+    """`read()`, which parses metadata of the store at `url` (`what`: which zarr.json, or the
+    group it is in); a `MALFORMED_METADATA` error from it is one `StoreError` naming the store
+    and `what`, ending with `hint`. Wrap nothing but the parsing: a bug elsewhere must keep its
+    own type and traceback. The `UserError`s of checks inside pass as they are."""
+    try:
+        return read()
+    except UserError:
+        raise
+    except MALFORMED_METADATA as error:
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        raise StoreError(
+            f"store {display_path(url)} has unreadable or malformed metadata ({what}: "
+            f"{type(error).__name__}: {first_line}); {hint}"
+        ) from None

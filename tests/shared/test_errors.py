@@ -4,6 +4,7 @@ keeps its traceback (issue 22)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import torch
 from click.testing import CliRunner
 
 import preprocess.cli
+import shared.store.feature_store
 import train.cli
+from preprocess.build import BuildError
 from preprocess.executor import ClusterError, TaskFailed
 from preprocess.lock import LockError
 from shared.chunk_cache import ChunkCacheError
@@ -28,9 +31,10 @@ from shared.remote import (
     retrying,
 )
 from shared.remote_layout import LayoutError, NothingPublishedError
-from shared.store import ChunkDamageError, StoreError
+from shared.store import SEQUENCES_GROUP, STATS_GROUP, ChunkDamageError, StoreError, open_store
 from shared.store.write import DestinationExistsError
 from shared.transfer import TransferError
+from tests.shared.test_store import write_store
 from train.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from train.fit import TrainingDiverged, TrainingInterrupted
 
@@ -52,6 +56,7 @@ USER_ERRORS = [
     RemoteRequestError("s3://b/x: PermissionError: Forbidden"),
     RemoteObjectMissing("s3://b/x/MANIFEST.json: no such object"),
     LockError("another build (pid 7 on host) holds /s.lock"),
+    BuildError("no usable clip file among the 3 under /data"),
     ClusterError("--scheduler tcp://127.0.0.1:1 did not answer in 10 s"),
     TaskFailed("a task killed 3 workers: files a.h5, b.h5"),
     CheckpointError("run/last.pt is not a checkpoint"),
@@ -148,3 +153,52 @@ def test_a_checkpoint_of_a_newer_version_is_one_line_not_a_traceback(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "unknown keys ['warp_factor']" in lines[0], lines
     assert lines[0].startswith("Error: ") and "package '9.0'" in lines[0], lines
+
+
+def _damage(store: Path, document: str) -> None:
+    """Make one metadata document of `store` hostile: valid JSON, values of the wrong kind."""
+    path = store / document / "zarr.json"
+    meta = json.loads(path.read_text())
+    if document == "features":
+        meta["shape"] = "many"
+    elif document == SEQUENCES_GROUP:
+        table = meta["attributes"]["table"]
+        table["start"] = ["the beginning"] * len(table["start"])
+    else:
+        meta["attributes"]["count"] = [1, 2]
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("document", ["features", SEQUENCES_GROUP, STATS_GROUP])
+def test_hostile_metadata_is_one_store_error_naming_its_document(document, tmp_path):
+    store = tmp_path / "store.zarr"
+    write_store(store)
+    _damage(store, document)
+    with pytest.raises(StoreError, match=rf"malformed metadata \({document}"):
+        open_store(store)
+    result = CliRunner().invoke(preprocess.cli.main, ["info", str(store)])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: store {store} has"), result
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_a_bug_while_opening_a_store_is_not_reported_as_malformed_metadata(tmp_path, monkeypatch):
+    """`_MALFORMED_METADATA` wrapped the whole constructor: any TypeError or KeyError of the
+    code became "unreadable or malformed metadata". Only the parsing is wrapped now."""
+    store = tmp_path / "store.zarr"
+    write_store(store)
+    bug = TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+    monkeypatch.setattr(shared.store.feature_store, "compute_fingerprint", _raising(bug))
+    with pytest.raises(TypeError, match="unsupported operand"):
+        open_store(store)
+    result = CliRunner().invoke(preprocess.cli.main, ["info", str(store)])
+    assert result.exception is bug and "Error:" not in result.output
+
+
+def test_hostile_metadata_of_a_latent_store_is_one_line(tmp_path):
+    store = tmp_path / "latents.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_bytes(b'{"zarr_format": 3, "node_type": "gr')
+    result = CliRunner().invoke(train.cli.main, ["info", str(store)])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.exception
+    assert result.output.startswith(f"Error: store {store} has unreadable or malformed metadata")
+    assert "`train encode`" in result.output and len(result.output.splitlines()) == 1
