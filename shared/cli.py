@@ -273,15 +273,25 @@ def cli_group(func: Callable) -> Callable:
 
 class UserErrorGroup(click.Group):
     """A group that ends a command's `UserError` as one line, `Error: MESSAGE` on stderr, and
-    exits with its `exit_code`; any other exception keeps its traceback."""
+    exits with its `exit_code`. An `OSError` that names its file (a path under a regular file,
+    a read-only or full disk, no permission) is the user's machine, not the code: one line too,
+    exit 1. Any other exception keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as error:
-            one_line = click.ClickException(str(error))
-            one_line.exit_code = error.exit_code
-            raise one_line from None
+            raise _one_line(str(error), error.exit_code) from None
+        except OSError as error:
+            if error.filename is None:
+                raise
+            raise _one_line(str(error), 1) from None
+
+
+def _one_line(message: str, exit_code: int) -> click.ClickException:
+    one_line = click.ClickException(message)
+    one_line.exit_code = exit_code
+    return one_line
 
 
 # --- parameter types ---------------------------------------------------------------------------

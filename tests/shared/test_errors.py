@@ -127,6 +127,18 @@ def test_a_bug_in_a_command_keeps_its_traceback(group, tmp_path):
     assert not any(line.startswith("Error:") for line in lines), result.stderr
 
 
+def test_an_os_error_naming_its_file_is_the_machine_not_a_bug_one_line(tmp_path):
+    """A path under a regular file (or no permission, a read-only disk): one line naming the
+    path, exit 1; an OSError without a file name is still a bug (above)."""
+    regular = tmp_path / "a_file"
+    regular.write_text("")
+    result = CliRunner().invoke(
+        preprocess.cli.main, ["synth", str(regular / "clips"), "--recordings", "1", "--no-video"]
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output == f"Error: [Errno 20] Not a directory: '{regular / 'clips'}'\n"
+
+
 def test_a_remote_request_that_fails_for_good_is_a_user_error_naming_the_object():
     refused = PermissionError(13, "Forbidden")
     with pytest.raises(RemoteRequestError, match=r"^s3://b/x/CURRENT.json: PermissionError: "):
