@@ -60,7 +60,13 @@ from tqdm import tqdm
 from benchmarks import realmotion
 from benchmarks.bench_train_step import ReferenceMotionVAE
 from shared.store import open_store
-from train.config import ADDED_MODEL_FIELDS, ADDED_TRAIN_FIELDS, RunConfig, TrainConfig
+from train.config import (
+    ADDED_MODEL_FIELDS,
+    ADDED_TRAIN_FIELDS,
+    RunConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
 from train.evaluate import evaluate
 from train.fit import fit
 from train.model import MotionVAEConfig
@@ -209,9 +215,12 @@ def derived(metrics: dict) -> dict:
 def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Namespace) -> dict:
     model = MotionVAEConfig(hidden_dim=args.hidden, latent_dim=args.latent, **row.model)
     train = TrainConfig(
-        steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
-        val_every=max(1, args.steps // 8), val_windows=64, log_every=max(1, args.steps // 20),
-        num_workers=0, device="cpu", seed=args.seed, **row.train,
+        batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup, val_windows=64,
+        seed=args.seed, **row.train,
+    )  # fmt: skip
+    runtime = RuntimeConfig(
+        steps=args.steps, val_every=max(1, args.steps // 8), log_every=max(1, args.steps // 20),
+        num_workers=0, device="cpu",
     )  # fmt: skip
     run_dir = workdir / key
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -230,7 +239,7 @@ def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Names
     quiet = mock.patch("train.fit.tqdm", lambda *a, **k: tqdm(*a, **{**k, "disable": True}))
     wall0, cpu0 = time.perf_counter(), time.process_time()
     with swap, quiet:
-        fit(RunConfig(model=model, train=train), str(store), run_dir)
+        fit(RunConfig(model=model, train=train, runtime=runtime), str(store), run_dir)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     by_set = {}
     for label, windows in evaluation_windows(store, args, model.seq_len).items():

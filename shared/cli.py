@@ -226,6 +226,194 @@ config_file_option = click.option(
 )
 
 
+# --- the config recipe of a command: sections, one file shape, one precedence -----------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One section of a command's configuration: the dataclass `cls`, its table `name` in a
+    config file (and the prefix of its options' keywords), and what its fields are about.
+
+    `computes`: the fields decide what the command computes (a model, its training maths, a
+    store's features): they are fingerprinted, and a resumed run must keep them. Otherwise the
+    fields say how it runs (workers, timeouts, logging, device) and may change at any time.
+    `skip`, `flags`, `types` are those of `dataclass_options`."""
+
+    name: str
+    cls: type
+    computes: bool
+    skip: tuple[str, ...] = ()
+    flags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    types: Mapping[str, click.ParamType] = dataclasses.field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}__"
+
+    def file_keys(self) -> set[str]:
+        """The keys of its table in a file: the fields with a default (the others are the
+        command's own arguments)."""
+        return {f.name for f in _option_fields(self.cls)}
+
+    def flag_names(self) -> dict[str, str]:
+        """Option flag of each option field."""
+        return {
+            f.name: self.flags.get(f.name, _flag(f.name))
+            for f in _option_fields(self.cls)
+            if f.name not in self.skip
+        }
+
+
+class ConfigSections:
+    """The configuration of a command as sections (`Section`), its one recipe:
+
+    - options: every section's fields are options (`options()`), with `--config FILE` when the
+      command takes one; two sections sharing a field name or an option is refused here, when
+      the command is built, so a key or an option always names one field of one section;
+    - file shape: `[section]` tables of field names (JSON, TOML or YAML, `load_config_file`);
+      a file of an older shape (flat keys, or a field under the section it used to be in) is
+      read the same way, since a field's name says its section;
+    - precedence (`resolve`): the dataclasses' defaults < a saved config (a resumed run's) <
+      the --config file < the options given on the command line;
+    - rules: `computing_changes` lists what differs in the sections that compute."""
+
+    def __init__(self, *sections: Section) -> None:
+        self.sections = sections
+        _refuse_clashes(sections, lambda s: _field_names(s.cls), "field")
+        _refuse_clashes(sections, lambda s: set(s.flag_names().values()), "option")
+        self.section_of = {key: s for s in sections for key in s.file_keys()}
+
+    def options(self, config_file: bool = True) -> Callable[[Callable], Callable]:
+        """A decorator adding every section's options (and `--config` unless told not to)."""
+        decorators = [
+            dataclass_options(s.cls, prefix=s.prefix, skip=s.skip, flags=s.flags, types=s.types)
+            for s in self.sections
+        ]
+        if config_file:
+            decorators.insert(0, config_file_option)
+
+        def decorate(func: Callable) -> Callable:
+            for decorator in reversed(decorators):
+                func = decorator(func)
+            return func
+
+        return decorate
+
+    def sectioned(self, data: Mapping[str, Any], source: str, what: str = "keys") -> dict:
+        """`data` (a file, a saved config) as {section: {field: value}}, whatever its shape;
+        a key that is no field of any section is a ValueError naming `source`."""
+        out: dict[str, dict] = {s.name: {} for s in self.sections}
+        names = {s.name for s in self.sections}
+        unknown = []
+        for key, value in data.items():
+            if key in names and isinstance(value, Mapping):
+                items = list(value.items())
+            elif key in names:
+                raise ValueError(f"{source}: [{key}] must be a table of options, found {value!r}")
+            else:
+                items = [(key, value)]
+            for name, item in items:
+                section = self.section_of.get(name)
+                if section is None:
+                    unknown.append(name)
+                else:
+                    out[section.name][name] = item
+        if unknown:
+            raise ValueError(self._unknown_message(source, sorted(unknown), what))
+        return out
+
+    def _unknown_message(self, source: str, unknown: list[str], what: str) -> str:
+        arguments = [f.name for s in self.sections for f in dataclasses.fields(s.cls)]
+        arguments = [name for name in arguments if name not in self.section_of]
+        tables = ", ".join(f"[{s.name}]" for s in self.sections)
+        return (
+            f"{source}: unknown {what} {unknown}; valid keys: {sorted(self.section_of)}, in "
+            f"the tables {tables}"
+            + (f" ({', '.join(arguments)}: given on the command line)" if arguments else "")
+        )
+
+    def resolve(
+        self, ctx: click.Context, config_file: Path | None, saved: Mapping | None = None,
+        saved_source: str = "saved config",
+    ) -> dict[str, dict[str, Any]]:  # fmt: skip
+        """{section: {field: value}} as configured: a `saved` config (read from
+        `saved_source`), under the --config file, under the options given on the command line
+        (fields set by none are left out: the dataclasses' defaults apply). File values are
+        converted and checked as the options' own."""
+        layers = []
+        if saved is not None:
+            try:
+                layers.append(self.sectioned(saved, saved_source))
+            except ValueError as error:
+                raise click.ClickException(str(error)) from None
+        if config_file is not None:
+            try:
+                file = load_config_file(config_file)
+                layers.append(self.sectioned(file, str(config_file), what="options"))
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--config") from None
+        return {
+            s.name: config_values(
+                ctx, s.cls, s.prefix, {k: v for layer in layers for k, v in layer[s.name].items()}
+            )
+            for s in self.sections
+        }
+
+    def make(self, values: Mapping[str, Mapping[str, Any]], **given: Any) -> dict[str, Any]:
+        """{section: its dataclass} from `resolve`'s values (and `given`, the command's own
+        arguments, to the section that has them); a value a dataclass refuses is a usage error
+        naming the option."""
+        try:
+            return {
+                s.name: s.cls(
+                    **values.get(s.name, {}),
+                    **{k: v for k, v in given.items() if k in _field_names(s.cls)},
+                )
+                for s in self.sections
+            }
+        except (ValueError, TypeError) as error:
+            flags = {k: v for s in self.sections for k, v in s.flag_names().items()}
+            raise config_error(error, tuple(s.cls for s in self.sections), flags) from None
+
+    def computing_changes(self, before: Mapping, after: Mapping) -> list[str]:
+        """What differs between two configs ({section: {field: value}}, any shape `sectioned`
+        reads) in the sections that compute, as "section.field: old -> new" lines."""
+        before, after = self.sectioned(before, "before"), self.sectioned(after, "after")
+        computing = [s.name for s in self.sections if s.computes]
+        return diff_configs(
+            {name: before[name] for name in computing}, {name: after[name] for name in computing}
+        )
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _refuse_clashes(
+    sections: tuple[Section, ...], names: Callable[[Section], set[str]], kind: str
+) -> None:
+    """TypeError when two sections share a name (`kind`: field or option)."""
+    for a, b in itertools.combinations(sections, 2):
+        shared = sorted(names(a) & names(b))
+        if shared:
+            raise TypeError(
+                f"sections [{a.name}] ({a.cls.__name__}) and [{b.name}] ({b.cls.__name__}) "
+                f"share the {kind} names {shared}; a {kind} must name one setting"
+            )
+
+
+def diff_configs(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += diff_configs(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out
+
+
 # --- the group options of both CLIs -----------------------------------------------------------
 
 

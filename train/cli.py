@@ -23,19 +23,15 @@ from shared.cli import (
     FEATURE_STORE,
     LATENT_STORE,
     NEW_STORE,
+    ConfigSections,
     cli_group,
-    config_error,
-    config_file_option,
-    config_values,
-    dataclass_options,
-    load_config_file,
     storage_options_option,
 )
 from shared.errors import UserError
 from shared.remote import is_url
 from shared.store import ATTR_FPS, ATTR_WINDOW_FRAMES, SPLITS, FeatureStore
 from shared.transfer import cached_store
-from train.config import Device, RunConfig, TrainConfig, saved_config
+from train.config import RUN_SECTIONS, Device, RunConfig, saved_config
 from train.evaluate import META, METRICS_FILE, evaluate, format_table
 from train.fit import TrainingInterrupted
 from train.fit import fit as run_fit
@@ -51,7 +47,7 @@ from train.latents import (
     read_latent_table,
     store_info,
 )
-from train.model import FRAMES_PER_LATENT, MotionVAE, MotionVAEConfig
+from train.model import FRAMES_PER_LATENT, MotionVAE
 
 
 @cli_group
@@ -77,19 +73,16 @@ def _table_rows(model: MotionVAE, part: str) -> Iterator[tuple[str, nn.Module]]:
         yield _PARTS[part][1], linear
 
 
-# Set by the feature layout, not by the user.
-_model_options = dataclass_options(MotionVAEConfig, prefix="model__", skip=("input_dim",))
+# The model's section alone (`describe`).
+_MODEL_SECTIONS = ConfigSections(RUN_SECTIONS.sections[0])
 
 
 @main.command()
-@_model_options
+@_MODEL_SECTIONS.options(config_file=False)
 def describe(**options: Any) -> None:
     """Print the layer table and parameter count of a MotionVAE (defaults unless overridden)."""
     ctx = click.get_current_context()
-    try:
-        config = MotionVAEConfig(**config_values(ctx, MotionVAEConfig, "model__"))
-    except ValueError as e:
-        raise config_error(e, MotionVAEConfig) from None
+    config = _MODEL_SECTIONS.make(_MODEL_SECTIONS.resolve(ctx, None))["model"]
     model = MotionVAE(config).eval()
 
     rows = {part: list(_table_rows(model, part)) for part in _PARTS}
@@ -188,14 +181,12 @@ def _training_store(
     default=None,
     help="Run directory: config, metrics, checkpoints, pictures (required unless --resume RUN).",
 )
-@config_file_option
 @click.option(
     "--resume", "resume_run", is_flag=False, flag_value="", default=None, metavar="[RUN]",
     help="Continue the run RUN (or --out) from its last checkpoint; its config and store come "
          "from the run directory.",
 )  # fmt: skip
-@dataclass_options(TrainConfig, prefix="train__")
-@_model_options
+@RUN_SECTIONS.options()
 def fit(
     store_url: str | Path | None, cache_dir: Path | None, storage_options: dict | None,
     run_dir: Path | None, config_file: Path | None, resume_run: str | None, **options: Any,
@@ -203,34 +194,21 @@ def fit(
     """Train the motion VAE on the store's train split (also under `torchrun --nproc_per_node=N`).
 
     The configuration is, from the bottom up: the defaults below, the run's saved
-    config.json (with --resume), the --config file (sections `model` and `train`), and the
-    options given here. Ctrl-C (or SIGTERM) writes a checkpoint after the current step and
+    config.json (with --resume), the --config file (sections `model`, `train`, `runtime`), and
+    the options given here. Ctrl-C (or SIGTERM) writes a checkpoint after the current step and
     prints the command that resumes; a second one aborts at once.
     """
     ctx = click.get_current_context()
     resume = resume_run is not None
     run_dir = _run_dir(run_dir, resume_run)
     store_url = _fit_store(ctx, store_url, run_dir if resume else None)
-    base: dict = {}
-    if resume and (run_dir / "config.json").exists():
-        base = saved_config(json.loads((run_dir / "config.json").read_text()))
-    if config_file is not None:  # on top of a resumed run's config, section by section
-        from_file = load_config_file(config_file)
-        merged = {**base, **from_file}
-        for section in ("model", "train"):
-            if isinstance(base.get(section), dict) and isinstance(from_file.get(section), dict):
-                merged[section] = {**base[section], **from_file[section]}
-        base = merged
-    sections = {"model": MotionVAEConfig, "train": TrainConfig}
-    base = {
-        **base,
-        **{k: config_values(ctx, cls, f"{k}__", base.get(k)) for k, cls in sections.items()},
-    }
-    try:
-        config = RunConfig.from_dict(base, source=str(config_file or "options"))
-    except (ValueError, TypeError) as e:
-        raise config_error(e, (MotionVAEConfig, TrainConfig)) from None
-    store = _training_store(store_url, cache_dir, storage_options, config.train.cache_max_gb)
+    saved_file = run_dir / "config.json"
+    saved = (
+        saved_config(json.loads(saved_file.read_text())) if resume and saved_file.exists() else None
+    )
+    values = RUN_SECTIONS.resolve(ctx, config_file, saved, str(saved_file))
+    config = RunConfig(**RUN_SECTIONS.make(values))
+    store = _training_store(store_url, cache_dir, storage_options, config.runtime.cache_max_gb)
     notify = functools.partial(tqdm.write, file=sys.stderr)
     try:
         metrics = run_fit(
@@ -249,7 +227,7 @@ def fit(
         return  # under torchrun, rank 0 reports
     if metrics:
         click.echo(
-            f"validation after {config.train.steps} steps: loss {metrics['val/total']:.4f}, "
+            f"validation after {config.runtime.steps} steps: loss {metrics['val/total']:.4f}, "
             f"MPJPE head frame {metrics['val/mpjpe_head_mm']:.1f} mm, "
             f"world {metrics['val/mpjpe_world_mm']:.1f} mm"
         )

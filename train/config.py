@@ -1,9 +1,10 @@
 """Training configuration: frozen dataclasses whose field docs are the CLI help.
 
-`python -m train fit` turns every field of `TrainConfig` and of the model's
-`MotionVAEConfig` into a `--option` (`shared.cli.dataclass_options`); `--config FILE` (JSON,
-TOML or YAML, sections `model` and `train`) sets them in bulk, and explicit options win over
-the file.
+`python -m train fit` takes its configuration in the sections of `RUN_SECTIONS`
+(`shared.cli.ConfigSections`): `model` (`MotionVAEConfig`) and `train` (`TrainConfig`) say
+what a run computes, `runtime` (`RuntimeConfig`) how it runs. Every field is a `--option`;
+`--config FILE` (JSON, TOML or YAML, the same sections) sets them in bulk, and explicit
+options win over the file. A resumed run may change `runtime` only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 
+from shared.cli import ConfigSections, Section
 from train.model import MotionVAEConfig
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -28,10 +30,9 @@ Precision = Literal["auto", "32", "bf16-mixed"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, data and logging settings of one training run (docs/design.md "Training")."""
+    """What a training run computes: optimisation, data and loss (docs/design.md "Training").
+    Resuming a run with any of these changed is refused; how it runs is `RuntimeConfig`."""
 
-    steps: int = 20_000
-    """Optimizer steps to run in total."""
     batch_size: int = 32
     """Windows per step (per rank under DDP)."""
     lr: float = 1e-4
@@ -46,31 +47,12 @@ class TrainConfig:
     """Max global gradient norm."""
     seed: int = 0
     """Seed for weights, windows and sampling noise."""
-    val_every: int = 500
-    """Validate every N steps (and at the end), then write a checkpoint."""
-    ckpt_every: int = 500
-    """Also write a checkpoint every N steps, validation or not."""
     val_windows: int = 256
     """Size of the fixed validation window set."""
-    log_every: int = 50
-    """Write a metrics line every N steps (more often in a run of fewer than 20 N steps: at
-    least 20 lines)."""
-    num_workers: int = 2
-    """DataLoader worker processes (0 loads in the main process)."""
-    device: Device = "auto"
-    """Training device; auto picks CUDA, then MPS, then CPU."""
-    compile: bool = False
-    """torch.compile the model (the first steps are slower while it compiles)."""
     precision: Precision = "auto"
     """'32': float32 throughout; 'bf16-mixed': the model's forward under bfloat16 autocast on
     the training device (weights, optimizer and loss in float32); 'auto': bf16-mixed on CUDA,
     else 32."""
-    chunk_check: bool = True
-    """Check each store chunk the first time a loader worker reads it: its crc32c, that its
-    values are finite, that it continues its neighbours (a damaged store stops the run)."""
-    cache_max_gb: float | None = None
-    """With --store URL: size limit in GB of the local chunk cache the store is read through
-    (least recently used chunks are evicted); no limit when not given."""
     loss: Loss = "world"
     """'features': per-group MSE on normalised features + KL, world motion decoded from the
     absolute head pose (the seed design's loss, exactly; 'seed' is its old name). 'world': the
@@ -106,9 +88,7 @@ class TrainConfig:
         --config file and a resumed run's config are all checked alike."""
         if self.loss in LOSS_ALIASES:
             object.__setattr__(self, "loss", LOSS_ALIASES[self.loss])
-        for name in ("steps", "batch_size", "val_every", "ckpt_every", "val_windows", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)!r}")
+        _at_least_one(self, ("batch_size", "val_windows"))
         for name in ("lr", "grad_clip"):
             if not getattr(self, name) > 0:  # also refuses NaN
                 raise ValueError(f"TrainConfig.{name} must be > 0, found {getattr(self, name)!r}")
@@ -116,7 +96,6 @@ class TrainConfig:
             "weight_decay",
             "warmup_steps",
             "seed",
-            "num_workers",
             "world_position_weight",
             "world_velocity_weight",
             "head_frame_weight",
@@ -126,8 +105,6 @@ class TrainConfig:
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
-        if self.cache_max_gb is not None and not self.cache_max_gb > 0:
-            raise ValueError(f"TrainConfig.cache_max_gb must be > 0, found {self.cache_max_gb!r}")
         for name in ("min_lr_ratio", "mirror_prob", "head_blend"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
@@ -144,6 +121,50 @@ class TrainConfig:
     def decode_head_blend(self) -> float:
         """The head blend world motion is decoded with: 0 under the features loss."""
         return 0.0 if self.loss == "features" else self.head_blend
+
+
+def _at_least_one(config: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be >= 1, found {getattr(config, name)!r}"
+            )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How a training run runs: its length, schedules of validation, checkpoints and logs,
+    device, loader and store checks. Any of these may change when the run is resumed (a new
+    `steps` stretches the cosine schedule from there on: warned)."""
+
+    steps: int = 20_000
+    """Optimizer steps to run in total."""
+    val_every: int = 500
+    """Validate every N steps (and at the end), then write a checkpoint."""
+    ckpt_every: int = 500
+    """Also write a checkpoint every N steps, validation or not."""
+    log_every: int = 50
+    """Write a metrics line every N steps (more often in a run of fewer than 20 N steps: at
+    least 20 lines)."""
+    num_workers: int = 2
+    """DataLoader worker processes (0 loads in the main process)."""
+    device: Device = "auto"
+    """Training device; auto picks CUDA, then MPS, then CPU."""
+    compile: bool = False
+    """torch.compile the model (the first steps are slower while it compiles)."""
+    chunk_check: bool = True
+    """Check each store chunk the first time a loader worker reads it: its crc32c, that its
+    values are finite, that it continues its neighbours (a damaged store stops the run)."""
+    cache_max_gb: float | None = None
+    """With --store URL: size limit in GB of the local chunk cache the store is read through
+    (least recently used chunks are evicted); no limit when not given."""
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, ("steps", "val_every", "ckpt_every", "log_every"))
+        if not self.num_workers >= 0:
+            raise ValueError(f"RuntimeConfig.num_workers must be >= 0, found {self.num_workers!r}")
+        if self.cache_max_gb is not None and not self.cache_max_gb > 0:
+            raise ValueError(f"RuntimeConfig.cache_max_gb must be > 0, found {self.cache_max_gb!r}")
 
 
 # Train fields added after runs were saved, with the value that reproduces those runs: a run
@@ -176,42 +197,28 @@ def saved_config(data: dict) -> dict:
     }
 
 
+# The sections of `train fit`'s configuration (and of config.json, a checkpoint's config).
+RUN_SECTIONS = ConfigSections(
+    Section("model", MotionVAEConfig, computes=True, skip=("input_dim",)),
+    Section("train", TrainConfig, computes=True),
+    Section("runtime", RuntimeConfig, computes=False),
+)
+
+
 @dataclass(frozen=True)
 class RunConfig:
+    """A run's whole configuration, one field per section of `RUN_SECTIONS`."""
+
     model: MotionVAEConfig = field(default_factory=MotionVAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> RunConfig:
-        unknown = set(data) - {"model", "train"}
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown sections {sorted(unknown)}; expected 'model' and 'train'"
-            )
-        return cls(
-            model=_build(MotionVAEConfig, data.get("model", {}), f"{source} [model]"),
-            train=_build(TrainConfig, data.get("train", {}), f"{source} [train]"),
-        )
-
-
-def _build(cls: type, values: dict, source: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ValueError(f"{source}: unknown keys {sorted(unknown)}; valid keys: {sorted(names)}")
-    return cls(**values)
-
-
-def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested config dicts."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += diff_configs(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
-    return out
+        """From sections (or an older shape: `RUN_SECTIONS.sectioned`); ValueError names
+        `source` and what is wrong."""
+        values = RUN_SECTIONS.sectioned(data, source)
+        return cls(**{s.name: s.cls(**values[s.name]) for s in RUN_SECTIONS.sections})

@@ -43,7 +43,7 @@ from shared.layout import field_of_dim
 from shared.provenance import git_revision, package_version
 from shared.store import ChunkDamageError, FeatureStore, open_store
 from train.checkpoint import Checkpoint, link_checkpoint, load_checkpoint, save_checkpoint
-from train.config import RunConfig, diff_configs
+from train.config import RUN_SECTIONS, RunConfig
 from train.data import (
     DamagedWindows,
     Normalizer,
@@ -64,20 +64,8 @@ from train.model import MotionVAE
 
 logger = logging.getLogger(__name__)
 
-# Fields that may change when a run is resumed: they do not alter what the run computes.
 # Errors logged at validation (the full set is `train eval`'s job).
 VAL_ERRORS = ("mpjpe_head_mm", "mpjpe_world_mm")
-RESUMABLE_CHANGES = {
-    "train.steps",
-    "train.num_workers",
-    "train.device",
-    "train.log_every",
-    "train.val_every",
-    "train.ckpt_every",
-    "train.compile",
-    "train.chunk_check",
-    "train.cache_max_gb",
-}
 # A step loss above this many times the median of the last LOSS_HISTORY_STEPS steps stops the
 # run as exploded (once LOSS_MIN_HISTORY steps are known: the first steps fall fast).
 LOSS_EXPLOSION_FACTOR = 100.0
@@ -281,18 +269,18 @@ def fit(
     at, a signal received); `store_source` is the store as the user named it (a URL whose local
     copy or cache `store` is), recorded in run_info.json for `--resume`.
     """
-    cfg = config.train
-    info, device = init_distributed(cfg.device)
+    run = config.runtime
+    info, device = init_distributed(run.device)
     run_dir = Path(run_dir)
     if not isinstance(store, FeatureStore):
-        store = open_store(store, check_chunks_on_use=cfg.chunk_check)
+        store = open_store(store, check_chunks_on_use=run.chunk_check)
     _warn_if_stats_window_differs(store, config)
     _warn_if_warmup_capped(config)
     resumed = _checkpoint_to_resume(run_dir, resume, config, store)
     if resumed is not None and info.is_main:
-        notify(f"resuming at step {resumed.step} of {cfg.steps} ({run_dir})")
+        notify(f"resuming at step {resumed.step} of {run.steps} ({run_dir})")
     state = TrainState.start(config, device, resumed)
-    train_model = _wrap_for_training(state.model, info, device, cfg.compile)
+    train_model = _wrap_for_training(state.model, info, device, run.compile)
     normalizer = Normalizer(store.stats, device)
     val = ValidationSet.of(store, config)
     if info.is_main:
@@ -319,7 +307,7 @@ def fit(
             raise
         raise TrainingInterrupted(
             f"aborted at once by a second {stop.name} during step {state.step + 1} of "
-            f"{cfg.steps}: {saver.last} holds step {saver.saved_step}; resume with: "
+            f"{run.steps}: {saver.last} holds step {saver.saved_step}; resume with: "
             f"{resume_command(run_dir, info)}",
             128 + stop.received,
         ) from None
@@ -332,26 +320,26 @@ def _train_loop(
     val: ValidationSet | None, config: RunConfig, info: DistInfo, saver: Checkpointer,
     log: MetricsLog, stop: StopSignals,
 ) -> dict[str, float]:  # fmt: skip
-    """Steps until `config.train.steps`, validating, logging and saving on their schedules;
+    """Steps until `config.runtime.steps`, validating, logging and saving on their schedules;
     raises `TrainingInterrupted` at the step boundary after a signal."""
-    cfg = config.train
+    run = config.runtime
     last_val: dict[str, float] = {}
-    log_every = log_interval(cfg.log_every, cfg.steps)
+    log_every = log_interval(run.log_every, run.steps)
     throughput = Throughput()
     watch = LossWatch()
     # `with`: a failing step closes the bar first, so its error starts on a line of its own.
     with tqdm(
-        total=cfg.steps, initial=state.step, disable=not info.is_main, desc="train", unit="step"
+        total=run.steps, initial=state.step, disable=not info.is_main, desc="train", unit="step"
     ) as bar:
         train_model.train()
-        while state.step < cfg.steps:
+        while state.step < run.steps:
             t0 = time.perf_counter()
             terms, grad_norm, stopping = _train_step(
                 train_model, state, batches, normalizer, config, info, saver, watch, stop
             )
-            windows = cfg.batch_size * info.world_size
+            windows = config.train.batch_size * info.world_size
             throughput.add(windows, batches.take_wait_s(), time.perf_counter() - t0)
-            if state.step % log_every == 0 or state.step == cfg.steps:
+            if state.step % log_every == 0 or state.step == run.steps:
                 values = _train_values(terms, grad_norm, state, throughput.take())
                 log.write(state.step, values)
                 bar.set_postfix(
@@ -359,25 +347,25 @@ def _train_loop(
                     win_s=f"{values['perf/windows_per_s']:.0f}",
                     wait=f"{100 * values['perf/data_wait_share']:.1f}%",
                 )
-            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+            if state.step % run.val_every == 0 or state.step == run.steps:
                 if val is not None and info.is_main:
                     last_val = validate(state.model, val, normalizer, config, batches.device)
                     log.write(state.step, last_val)
-                    bar.write(validation_line(state.step, cfg.steps, last_val))
+                    bar.write(validation_line(state.step, run.steps, last_val))
                     saver.save(is_best=state.record_val(last_val["val/total"]))
                 else:
                     saver.save()
-            elif state.step % cfg.ckpt_every == 0:
+            elif state.step % run.ckpt_every == 0:
                 saver.save()
             bar.update(1)
             if stopping:
                 break
-    if state.step < cfg.steps:
+    if state.step < run.steps:
         if saver.saved_step != state.step:
             saver.save()
         _finish(saver.directory.parent, info)
         raise TrainingInterrupted(
-            f"interrupted by {stop.name} after step {state.step} of {cfg.steps}: checkpoint "
+            f"interrupted by {stop.name} after step {state.step} of {run.steps}: checkpoint "
             f"saved to {saver.last}; resume with: {resume_command(saver.directory.parent, info)}",
             128 + (stop.received or signal.SIGINT),
         )
@@ -464,7 +452,8 @@ class TrainState:
         model = MotionVAE(config.model).to(device)
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+            optimizer,
+            lambda s: lr_factor(s, cfg.warmup_steps, config.runtime.steps, cfg.min_lr_ratio),
         )
         state = cls(model, optimizer, scheduler)
         if resumed is not None:
@@ -547,12 +536,12 @@ def validation_line(step: int, steps: int, values: dict[str, float]) -> str:
 
 def _warn_if_warmup_capped(config: RunConfig) -> None:
     cfg = config.train
-    warmup = warmup_of(cfg.warmup_steps, cfg.steps)
+    warmup = warmup_of(cfg.warmup_steps, config.runtime.steps)
     if warmup < cfg.warmup_steps:
         logger.warning(
             "--warmup-steps %d is more than %d%% of the %d-step run: warming up for %d steps, "
             "then the cosine decay",
-            cfg.warmup_steps, round(100 * MAX_WARMUP_SHARE), cfg.steps, warmup,
+            cfg.warmup_steps, round(100 * MAX_WARMUP_SHARE), config.runtime.steps, warmup,
         )  # fmt: skip
 
 
@@ -607,9 +596,11 @@ class TrainBatches:
         cfg = config.train
         dataset = TrainWindows(
             store, "train", config.model.seq_len, cfg.batch_size, cfg.seed, info.rank,
-            first_batch=first_step, check_chunks=cfg.chunk_check,
+            first_batch=first_step, check_chunks=config.runtime.chunk_check,
         )  # fmt: skip
-        self.loader = iter(make_loader(dataset, cfg.num_workers, pin_memory=device.type == "cuda"))
+        self.loader = iter(
+            make_loader(dataset, config.runtime.num_workers, pin_memory=device.type == "cuda")
+        )
         self.device, self.store_url = device, store.url
         self.sequences = store.split("train")
         self.contact_speed_m_per_frame = contact_speed_m_per_frame(store.fps)
@@ -731,22 +722,22 @@ def _any_rank_flags(
 
 
 def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -> None:
+    """Refuses a resume that changes what the run computes (the sections of `RUN_SECTIONS`
+    that compute, and the store); how it runs may change."""
     # Through config_from_checkpoint: a run from before `--loss` existed resumes as `--loss seed`.
-    saved = config_from_checkpoint(ckpt).to_dict()
-    differences = [
-        d for d in diff_configs(saved, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES
-    ]
+    saved = config_from_checkpoint(ckpt)
+    differences = RUN_SECTIONS.computing_changes(saved.to_dict(), config.to_dict())
     if ckpt.store_fingerprint != store.fingerprint:
         differences.append(
             f"store fingerprint: {ckpt.store_fingerprint} ({ckpt.store_url}) -> "
             f"{store.fingerprint} ({store.url})"
         )
-    if ckpt.config["train"]["steps"] != config.train.steps:
+    if saved.runtime.steps != config.runtime.steps:
         logger.warning(
             "resuming with steps %d instead of %d: the cosine schedule is stretched from here on, "
             "so this run will not match one started with the new step count",
-            config.train.steps,
-            ckpt.config["train"]["steps"],
+            config.runtime.steps,
+            saved.runtime.steps,
         )
     if differences:
         raise InputError(

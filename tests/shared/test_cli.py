@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 from shared.cli import (
     FEATURE_STORE,
+    ConfigSections,
+    Section,
     config_error,
     config_file_option,
     config_values,
@@ -197,3 +199,111 @@ def test_errors_of_several_dataclasses_name_their_options():
 
     error = config_error(ValueError("Other.rate_limit must be > 0, found 0"), (Example, Other))
     assert error.message == "Other.rate_limit must be > 0, found 0 (--rate-limit)"
+
+
+# --- the config recipe: sections, one file shape, one precedence, no clashes ----------------
+
+
+@dataclass(frozen=True)
+class Maths:
+    """What the example command computes."""
+
+    name: str
+    """The command's own argument."""
+    rate: float = 1.0
+    """A rate."""
+    order: int = 2
+    """An order."""
+
+    def __post_init__(self) -> None:
+        if self.order < 1:
+            raise ValueError(f"Maths.order must be >= 1, found {self.order}")
+
+
+@dataclass(frozen=True)
+class Running:
+    """How the example command runs."""
+
+    workers: int = 1
+    """Worker processes."""
+    timeout: float = 5.0
+    """Seconds to wait."""
+
+
+SECTIONS = ConfigSections(
+    Section("maths", Maths, computes=True), Section("running", Running, computes=False)
+)
+
+
+@click.command()
+@click.option("--saved", type=click.Path(path_type=Path), help="A resumed run's saved config.")
+@SECTIONS.options()
+def sectioned(saved: Path | None, config_file: Path | None, **options: object) -> None:
+    saved_values = json.loads(saved.read_text()) if saved else None
+    values = SECTIONS.resolve(click.get_current_context(), config_file, saved_values)
+    made = SECTIONS.make(values, name="x")
+    click.echo(json.dumps({name: config.__dict__ for name, config in made.items()}))
+
+
+def run_sectioned(*args: str) -> dict:
+    result = CliRunner().invoke(sectioned, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_one_sectioned_file_shape_and_the_older_shapes_read_the_same(tmp_path: Path):
+    expected = {"maths": {"name": "x", "rate": 2.0, "order": 3},
+                "running": {"workers": 4, "timeout": 5.0}}  # fmt: skip
+    files = {
+        "sections.toml": "[maths]\nrate = 2\norder = 3\n[running]\nworkers = 4\n",
+        "flat.json": '{"rate": 2, "order": 3, "workers": 4}',  # a `preprocess build` file
+        "moved.yaml": "maths:\n  rate: 2\n  order: 3\n  workers: 4\n",  # under an old section
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        assert run_sectioned("--config", str(tmp_path / name)) == expected, name
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[maths]\nrat = 2\nname = 'y'\n")
+    result = CliRunner().invoke(sectioned, ["--config", str(bad)])
+    assert result.exit_code == 2 and "--config" in result.output
+    assert f"{bad}: unknown options ['name', 'rat']" in result.output
+    assert "in the tables [maths], [running] (name: given on the command line)" in result.output
+    bad.write_text("maths = 3\n")
+    result = CliRunner().invoke(sectioned, ["--config", str(bad)])
+    assert result.exit_code == 2 and "[maths] must be a table of options, found 3" in result.output
+
+
+def test_precedence_defaults_saved_file_command_line(tmp_path: Path):
+    saved = tmp_path / "saved.json"
+    saved.write_text('{"maths": {"rate": 2, "order": 3}, "running": {"workers": 4}}')
+    config = tmp_path / "c.toml"
+    config.write_text("[maths]\norder = 5\n[running]\nworkers = 6\n")
+    out = run_sectioned("--saved", str(saved), "--config", str(config), "--workers", "7")
+    assert out == {"maths": {"name": "x", "rate": 2.0, "order": 5},
+                   "running": {"workers": 7, "timeout": 5.0}}  # fmt: skip
+    # A value from any layer is checked as the option's own, and names the option.
+    result = CliRunner().invoke(sectioned, ["--config", str(config), "--order", "0"])
+    assert result.exit_code == 2 and "Maths.order must be >= 1, found 0 (--order)" in result.output
+
+
+def test_two_sections_cannot_share_a_field_or_an_option():
+    @dataclass(frozen=True)
+    class Rated:
+        rate: float = 3.0
+        """Another rate."""
+
+    with pytest.raises(TypeError, match=r"\[maths\] \(Maths\) and \[other\] \(Rated\) share the "
+                                        r"field names \['rate'\]"):  # fmt: skip
+        ConfigSections(Section("maths", Maths, True), Section("other", Rated, False))
+    with pytest.raises(TypeError, match=r"share the option names \['--rate'\]"):
+        ConfigSections(
+            Section("maths", Maths, True),
+            Section("running", Running, False, flags={"workers": "--rate"}),
+        )
+
+
+def test_only_the_computing_sections_decide_a_resume():
+    before = {"maths": {"rate": 1.0, "order": 2}, "running": {"workers": 1}}
+    assert SECTIONS.computing_changes(before, {**before, "running": {"workers": 8}}) == []
+    after = {"rate": 1.5, "order": 2, "workers": 8}  # any shape the file reader takes
+    assert SECTIONS.computing_changes(before, after) == ["maths.rate: 1.0 -> 1.5"]

@@ -5,8 +5,8 @@ from itertools import pairwise
 
 import pytest
 
-from shared.cli import field_docs, load_config_file
-from train.config import RunConfig, TrainConfig, diff_configs
+from shared.cli import diff_configs, field_docs, load_config_file
+from train.config import RunConfig, TrainConfig
 from train.fit import lr_factor
 
 
@@ -22,7 +22,7 @@ def test_every_config_field_is_documented():
 
 def test_config_round_trip_and_unknown_keys(tmp_path):
     cfg = RunConfig.from_dict({"train": {"steps": 7, "lr": 3e-4}, "model": {"hidden_dim": 64}})
-    assert cfg.train.steps == 7 and cfg.model.hidden_dim == 64
+    assert cfg.runtime.steps == 7 and cfg.model.hidden_dim == 64
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg.to_dict()))
@@ -157,20 +157,20 @@ def test_config_files_in_yaml(tmp_path):
         path = tmp_path / name
         path.write_text("train:\n  steps: 9\n  lr: 3.0e-4\nmodel:\n  latent_dim: 32\n")
         config = RunConfig.from_dict(load_config_file(path))
-        assert (config.train.steps, config.train.lr, config.model.latent_dim) == (9, 3e-4, 32)
+        assert (config.runtime.steps, config.train.lr, config.model.latent_dim) == (9, 3e-4, 32)
 
 
 def test_cache_max_gb_is_checked_and_may_change_when_a_run_resumes(tmp_path):
     from click.testing import CliRunner
 
     from train.cli import main
-    from train.fit import RESUMABLE_CHANGES
+    from train.config import RUN_SECTIONS
 
     args = ["fit", "--store", str(tmp_path), "--out", str(tmp_path / "run"), "--cache-max-gb"]
     result = CliRunner().invoke(main, [*args, "0"])
     assert result.exit_code == 2 and "--cache-max-gb" in result.output
     saved = RunConfig().to_dict()
-    del saved["train"]["cache_max_gb"]  # a run saved before the option existed
-    limited = RunConfig.from_dict({"train": {"cache_max_gb": 20.0}}).to_dict()
-    assert [d.split(":")[0] for d in diff_configs(saved, limited)] == ["train.cache_max_gb"]
-    assert "train.cache_max_gb" in RESUMABLE_CHANGES
+    del saved["runtime"]["cache_max_gb"]  # a run saved before the option existed
+    limited = RunConfig.from_dict({"runtime": {"cache_max_gb": 20.0}}).to_dict()
+    assert [d.split(":")[0] for d in diff_configs(saved, limited)] == ["runtime.cache_max_gb"]
+    assert RUN_SECTIONS.computing_changes(saved, limited) == []

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 
 import shared.store
 from tests.train.conftest import TINY_MODEL
-from train.checkpoint import load_checkpoint
+from train.checkpoint import load_checkpoint, save_checkpoint
 from train.cli import main
 from train.fit import log_interval, lr_factor, warmup_of
 from train.model import MotionVAE, MotionVAEConfig
@@ -129,6 +130,38 @@ def test_existing_run_needs_resume_and_incompatible_resume_says_what_differs(
     from_file = CliRunner().invoke(main, [*bare, "--config", str(config)])
     assert from_file.exit_code != 0 and "train.lr: 0.0001 -> 0.5" in from_file.output
     assert "hidden_dim" not in from_file.output and "val_windows" not in from_file.output
+
+
+def _before_runtime_section(config: dict) -> dict:
+    """A run's config as saved before the `runtime` section: its fields under `train`."""
+    return {"model": config["model"], "train": {**config["train"], **config["runtime"]}}
+
+
+def test_a_run_saved_before_the_runtime_section_resumes_and_may_change_how_it_runs(
+    feature_store, tmp_path
+):
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, _fit_args(feature_store, run, "--steps", "2")).exit_code == 0
+    saved = run / "config.json"
+    saved.write_text(json.dumps(_before_runtime_section(json.loads(saved.read_text()))))
+    for path in (run / "checkpoints").glob("*.pt"):
+        ckpt = load_checkpoint(path)
+        save_checkpoint(path, replace(ckpt, config=_before_runtime_section(ckpt.config)))
+    config = tmp_path / "runtime.toml"
+    config.write_text("[runtime]\nlog_every = 1\nckpt_every = 1\n")
+    resume = ["fit", "--resume", str(run), "--config", str(config)]
+    resumed = CliRunner().invoke(main, [*resume, "--steps", "3", "--val-every", "3"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming at step 2 of 3" in resumed.output
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt.step == 3 and ckpt.config["runtime"]["log_every"] == 1
+    assert ckpt.config["runtime"]["steps"] == 3 and "steps" not in ckpt.config["train"]
+    # What the run computes may not change, from a file as from an option.
+    config.write_text("[train]\nbatch_size = 8\n")
+    changed = CliRunner().invoke(main, [*resume, "--steps", "4", "--hidden-dim", "16"])
+    assert changed.exit_code != 0
+    assert "train.batch_size: 32 -> 8" in changed.output
+    assert "model.hidden_dim: 32 -> 16" in changed.output and "steps" not in changed.output
 
 
 def test_non_finite_loss_stops_with_checkpoint_and_names_step(feature_store, tmp_path, monkeypatch):
