@@ -14,6 +14,9 @@ from preprocess.build import (
     AlreadyBuilt,
     BuildConfig,
     BuildError,
+    BuildRuntime,
+    BuildSettings,
+    BuildStart,
     BuildSummary,
     build,
     describe_executor,
@@ -26,12 +29,11 @@ from preprocess.verify import verify_sequences, verify_stats
 from shared.cli import (
     FEATURE_STORE,
     NEW_STORE,
+    ConfigSections,
+    Section,
     cli_group,
-    config_error,
-    config_file_option,
     config_values,
     dataclass_options,
-    load_config_file,
     storage_options_option,
 )
 from shared.remote import DEFAULT_TIMEOUT_S, is_url, remote_options
@@ -181,7 +183,12 @@ def _echo_summary(summary: BuildSummary) -> None:
     _echo_unused(summary)
 
 
-_BUILD_FLAGS = {"rotation_atol": "--rotation-tolerance"}
+# The sections of `preprocess build`'s configuration: what it computes, how it runs.
+BUILD_SECTIONS = ConfigSections(
+    Section("build", BuildSettings, computes=True, flags={"rotation_atol": "--rotation-tolerance"},
+            types={"split": Fractions()}),
+    Section("runtime", BuildRuntime, computes=False),
+)  # fmt: skip
 
 
 @main.command("build")
@@ -193,8 +200,8 @@ _BUILD_FLAGS = {"rotation_atol": "--rotation-tolerance"}
     required=True,
     help="Store to write (local directory), e.g. data/nymeria.zarr; share it with `push`.",
 )
-@config_file_option
-@dataclass_options(BuildConfig, flags=_BUILD_FLAGS, types={"split": Fractions()})
+@BUILD_SECTIONS.options()
+@dataclass_options(BuildStart)
 @click.option(
     "--plan",
     "plan_only",
@@ -232,19 +239,10 @@ def build_command(
             f"`python -m preprocess push data/store.zarr {out}`",
             param_hint="--out",
         )
-    base = load_config_file(config_file) if config_file is not None else {}
-    unknown = set(base) - set(options)
-    if unknown:
-        raise click.BadParameter(
-            f"{config_file}: unknown options {sorted(unknown)}; valid: {sorted(options)} "
-            "(DATA and --out are given on the command line)",
-            param_hint="--config",
-        )
-    values = config_values(click.get_current_context(), BuildConfig, base=base)
-    try:
-        config = BuildConfig(data=data, out=out, **values)
-    except ValueError as error:
-        raise config_error(error, BuildConfig, _BUILD_FLAGS) from None
+    ctx = click.get_current_context()
+    sections = BUILD_SECTIONS.make(BUILD_SECTIONS.resolve(ctx, config_file), data=data, out=out)
+    start = BuildStart(**config_values(ctx, BuildStart))
+    config = BuildConfig.of(*sections.values(), start)
     try:
         if plan_only:
             click.echo(plan_build(config, progress=progress))

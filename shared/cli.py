@@ -218,11 +218,17 @@ def load_config_file(path: Path) -> dict:
     return data
 
 
-config_file_option = click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSON, TOML or YAML file of options (by field name); options given here win.",
+def _config_option(help_text: str) -> Callable[[Callable], Callable]:
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+config_file_option = _config_option(
+    "JSON, TOML or YAML file of options (by field name); options given here win."
 )
 
 
@@ -290,7 +296,11 @@ class ConfigSections:
             for s in self.sections
         ]
         if config_file:
-            decorators.insert(0, config_file_option)
+            tables = ", ".join(f"[{s.name}]" for s in self.sections)
+            decorators.insert(0, _config_option(
+                f"JSON, TOML or YAML file of options: the tables {tables} of options by field "
+                "name (a flat file is read too); options given here win."
+            ))  # fmt: skip
 
         def decorate(func: Callable) -> Callable:
             for decorator in reversed(decorators):

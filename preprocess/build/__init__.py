@@ -52,7 +52,13 @@ The stages are the package's modules: `config` (BuildConfig and what derives fro
 prints is the plan a build executes (its summary records it).
 """
 
-from preprocess.build.config import BuildConfig, describe_executor
+from preprocess.build.config import (
+    BuildConfig,
+    BuildRuntime,
+    BuildSettings,
+    BuildStart,
+    describe_executor,
+)
 from preprocess.build.errors import AlreadyBuilt, BuildError
 from preprocess.build.paths import BuildPaths
 from preprocess.build.plan import BuildPlan
@@ -65,6 +71,9 @@ __all__ = [
     "BuildError",
     "BuildPaths",
     "BuildPlan",
+    "BuildRuntime",
+    "BuildSettings",
+    "BuildStart",
     "BuildSummary",
     "build",
     "describe_executor",

@@ -1,9 +1,10 @@
-"""The options of a build (`BuildConfig`, recorded in the store) and what derives from them
-alone: defaults, the statistics stride, the chunk compression, the executor described."""
+"""The options of a build (`BuildConfig`: what it computes, how it runs, what it does with an
+earlier build; the first two recorded in the store) and what derives from them alone:
+defaults, the statistics stride, the chunk compression, the executor described."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -35,22 +36,14 @@ def zstd_level(compression: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class BuildConfig:
-    """Every option of a build; recorded in the store's `build_config` attribute."""
+class BuildSettings:
+    """What a build computes: the `[build]` table of a config file. Recorded in the store's
+    `build_config` attribute, as is `BuildRuntime`."""
 
     data: Path
     """Folder searched recursively (following links once) for `*.h5` clip files."""
     out: Path
     """Store to write (a local directory)."""
-    workers: int | None = None
-    """Worker processes of the local Dask cluster (default: CPU cores)."""
-    scheduler: str | None = None
-    """Unset: start a local Dask cluster; "synchronous": a plain loop in this process; else the
-    address of a running Dask scheduler."""
-    worker_timeout: float = DEFAULT_WORKER_TIMEOUT_S
-    """Seconds a Dask cluster may have no worker before the build fails."""
-    connect_timeout: float = CONNECT_TIMEOUT_S
-    """Seconds to reach the Dask scheduler given with --scheduler ADDRESS."""
     fps: float | None = None
     """Resample every sequence to this rate (slerp rotations, linear positions); unset keeps the
     source rate (detected), and clips at another rate are not used."""
@@ -75,20 +68,8 @@ class BuildConfig:
     """Timestamp slack, in frame periods, when deciding contiguity and overlap."""
     rotation_atol: float = DEFAULT_ROTATION_ATOL
     """Tolerance on |R^T R - I| and |det R - 1| for a rotation matrix to be accepted."""
-    resume: bool = False
-    """Continue an interrupted build of --out, reusing its finished per-file results (with
-    --overwrite: one that replaces an existing store)."""
-    overwrite: bool = False
-    """Replace an existing store at --out; without --resume, an interrupted build is discarded."""
-    strict: bool = False
-    """Fail (publish nothing) if any file is unusable."""
 
     def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, found {self.workers}")
-        for name in ("worker_timeout", "connect_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, found {getattr(self, name)}")
         if self.fps is not None and not self.fps > 0:
             raise ValueError(f"fps must be positive, found {self.fps}")
         check_fractions(self.split)
@@ -111,21 +92,76 @@ class BuildConfig:
         if not self.rotation_atol > 0:
             raise ValueError(f"rotation_atol must be positive, found {self.rotation_atol}")
 
+
+@dataclass(frozen=True)
+class BuildRuntime:
+    """How a build runs: its executor, timeouts and strictness, the `[runtime]` table of a
+    config file. None of these changes what a store holds."""
+
+    workers: int | None = None
+    """Worker processes of the local Dask cluster (default: CPU cores)."""
+    scheduler: str | None = None
+    """Unset: start a local Dask cluster; "synchronous": a plain loop in this process; else the
+    address of a running Dask scheduler."""
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT_S
+    """Seconds a Dask cluster may have no worker before the build fails."""
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    """Seconds to reach the Dask scheduler given with --scheduler ADDRESS."""
+    strict: bool = False
+    """Fail (publish nothing) if any file is unusable."""
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, found {self.workers}")
+        for name in ("worker_timeout", "connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, found {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class BuildStart:
+    """What this build does with an earlier build of --out: options of the command alone (like
+    `train fit --resume`), in no config file and not recorded, so a resumed build records the
+    same config (and is byte-identical) as an uninterrupted one."""
+
+    resume: bool = False
+    """Continue an interrupted build of --out, reusing its finished per-file results (with
+    --overwrite: one that replaces an existing store)."""
+    overwrite: bool = False
+    """Replace an existing store at --out; without --resume, an interrupted build is discarded."""
+
+
+@dataclass(frozen=True)
+class BuildConfig(BuildStart, BuildRuntime, BuildSettings):
+    """Every option of a build: the config sections `BuildSettings` and `BuildRuntime`
+    (`preprocess build --config FILE`), recorded in the store's `build_config` attribute, and
+    `BuildStart`."""
+
+    def __post_init__(self) -> None:
+        BuildSettings.__post_init__(self)
+        BuildRuntime.__post_init__(self)
+
+    @classmethod
+    def of(cls, *parts: BuildSettings | BuildRuntime | BuildStart) -> BuildConfig:
+        """The config made of its parts (the command line's sections and start)."""
+        return cls(**{name: value for part in parts for name, value in vars(part).items()})
+
     @property
     def stride_frames(self) -> int:
         return self.stats_stride or default_stride(self.window_frames)
 
     def to_json(self) -> dict:
-        """Every option by name, with defaults resolved to the values used."""
-        values = asdict(self)
+        """The fields of the sections by name, with defaults resolved to the values used."""
+        values = {
+            f.name: getattr(self, f.name)
+            for section in (BuildSettings, BuildRuntime)
+            for f in fields(section)
+        }
         values["data"], values["out"] = str(self.data), str(self.out)
         if self.scheduler is None:
             values["workers"] = self.workers or default_workers()
         values["split"] = list(self.split)
         values["stats_stride"] = self.stride_frames
-        # How this run met an earlier one, not what it builds: a resumed build records the
-        # same config (and is byte-identical) as an uninterrupted one.
-        del values["resume"], values["overwrite"]
         return values
 
 

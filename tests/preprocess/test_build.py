@@ -3,6 +3,7 @@ against features, stats and splits recomputed independently (h5py + numpy) in th
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,7 @@ from store_testing import (
 
 import shared.store
 from preprocess import nymeria_format
-from preprocess.build import BuildConfig, plan_build
+from preprocess.build import BuildConfig, BuildRuntime, BuildSettings, plan_build
 from preprocess.cli import main
 from shared.features import canonicalize
 from shared.layout import FEATURE_DIM, HP, HP_DOT, layout_description
@@ -351,3 +352,29 @@ def test_build_options_from_a_config_file(synthetic_dataset: Path, tmp_path: Pat
     config.write_text("chunk_frame = 500\n")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "unknown options ['chunk_frame']" in result.output
+
+
+def test_build_config_file_in_sections_and_resume_outside_them(
+    synthetic_dataset: Path, tmp_path: Path
+):
+    """The tables [build] (what it computes) and [runtime] (how it runs) of `--config` are what
+    the store records; --resume and --overwrite are the command's alone, never recorded."""
+    config = tmp_path / "build.yaml"
+    config.write_text(
+        "build:\n  chunk_frames: 600\n  split_seed: 3\nruntime:\n  scheduler: synchronous\n"
+    )
+    out = tmp_path / "s.zarr"
+    args = ["build", str(synthetic_dataset), "--out", str(out), "--config", str(config)]
+    result = CliRunner().invoke(main, [*args, "--split-seed", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    recorded = open_store(out).attrs[shared.store.ATTR_BUILD_CONFIG]
+    assert (recorded["chunk_frames"], recorded["split_seed"]) == (600, 4)
+    assert recorded["scheduler"] == "synchronous" and recorded["strict"] is False
+    sections = (BuildSettings, BuildRuntime)
+    assert set(recorded) == {f.name for section in sections for f in fields(section)}
+    again = CliRunner().invoke(main, [*args, "--resume"])
+    assert again.exit_code == 0 and "nothing to resume" in again.output
+    config.write_text("resume: true\n")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "unknown options ['resume']" in result.output
+    assert "in the tables [build], [runtime]" in result.output
