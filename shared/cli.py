@@ -1,15 +1,21 @@
-"""What both command-line interfaces share: options generated from a config dataclass, the
-group options (`-v/--verbose`, `--version`), and the Click types of a store location and of
-fsspec storage options.
+"""What both command-line interfaces share: the config recipe, the group options
+(`-v/--verbose`, `--version`), and the Click types of a store location and of fsspec storage
+options.
 
-Configuration lives in frozen dataclasses whose field docstrings are the documentation;
-`dataclass_options` turns every field into a `--option` with the field's default and
-docstring, and `config_values` reads back which of them the user gave (Click's parameter
-source), so a `--config FILE` or a resumed run's saved config can sit underneath:
+Configuration lives in frozen dataclasses whose field docstrings are the documentation. A
+command's configuration is a `ConfigSections` of them, each a `Section`: what the command
+computes apart from how it runs. It turns every field into a `--option` with the field's
+default and docstring (`dataclass_options`), reads a `--config FILE` of one table per section,
+and layers the values once for every command (`resolve`: defaults < a resumed run's saved
+config < the file < the options given on the command line, as Click's parameter source
+tells; `config_values` for one dataclass):
 
-    @dataclass_options(TrainConfig, prefix="train__")
-    def fit(**options): values = config_values(click.get_current_context(), TrainConfig,
-                                               "train__", base=from_file)
+    FIT = ConfigSections(Section("train", TrainConfig, computes=True),
+                         Section("runtime", RuntimeConfig, computes=False))
+
+    @FIT.options()
+    def fit(config_file, **options):
+        sections = FIT.make(FIT.resolve(click.get_current_context(), config_file))
 """
 
 from __future__ import annotations
@@ -241,9 +247,9 @@ class Section:
     config file (and the prefix of its options' keywords), and what its fields are about.
 
     `computes`: the fields decide what the command computes (a model, its training maths, a
-    store's features): they are fingerprinted, and a resumed run must keep them. Otherwise the
-    fields say how it runs (workers, timeouts, logging, device) and may change at any time.
-    `skip`, `flags`, `types` are those of `dataclass_options`."""
+    store's features): a resumed run must keep them (`ConfigSections.computing_changes`).
+    Otherwise the fields say how it runs (workers, timeouts, logging, device) and may change
+    at any time. `skip`, `flags`, `types` are those of `dataclass_options`."""
 
     name: str
     cls: type
@@ -287,6 +293,11 @@ class ConfigSections:
         self.sections = sections
         _refuse_clashes(sections, lambda s: _field_names(s.cls), "field")
         _refuse_clashes(sections, lambda s: set(s.flag_names().values()), "option")
+        tables = {s.name for s in sections} & {n for s in sections for n in _field_names(s.cls)}
+        if tables:
+            raise TypeError(
+                f"fields named as sections: {sorted(tables)}; a key must name one thing"
+            )
         self.section_of = {key: s for s in sections for key in s.file_keys()}
 
     def options(self, config_file: bool = True) -> Callable[[Callable], Callable]:

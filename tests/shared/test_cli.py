@@ -300,6 +300,8 @@ def test_two_sections_cannot_share_a_field_or_an_option():
             Section("maths", Maths, True),
             Section("running", Running, False, flags={"workers": "--rate"}),
         )
+    with pytest.raises(TypeError, match=r"fields named as sections: \['order'\]"):
+        ConfigSections(Section("maths", Maths, True), Section("order", Running, False))
 
 
 def test_only_the_computing_sections_decide_a_resume():
