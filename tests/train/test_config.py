@@ -6,14 +6,14 @@ from itertools import pairwise
 import pytest
 
 from shared.cli import diff_configs, field_docs, load_config_file
-from train.config import RunConfig, TrainConfig
+from train.config import RunConfig, RuntimeConfig, TrainConfig
 from train.fit import lr_factor
 
 
 def test_every_config_field_is_documented():
     from train.model import MotionVAEConfig
 
-    for cls in (TrainConfig, MotionVAEConfig):
+    for cls in (TrainConfig, RuntimeConfig, MotionVAEConfig):
         import dataclasses
 
         missing = {f.name for f in dataclasses.fields(cls)} - set(field_docs(cls))
@@ -123,7 +123,7 @@ def _numeric_options() -> list[str]:
 
     return [
         "--" + f.name.replace("_", "-")
-        for cls in (TrainConfig, MotionVAEConfig)
+        for cls in (TrainConfig, RuntimeConfig, MotionVAEConfig)
         for f in dataclasses.fields(cls)
         if typing.get_type_hints(cls)[f.name] in (int, float) and f.name != "input_dim"
     ]
