@@ -14,6 +14,8 @@ STORE       ?= data/nymeria.zarr
 RUN         ?= runs/$(shell date +%Y%m%d-%H%M%S)
 STEPS       ?=
 WORKERS     ?=
+# The suite runs on up to 4 processes (one per core); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= auto --maxprocesses 4
 PYTEST_ARGS ?=
 
 .PHONY: install test demo preprocess train bench clean
@@ -31,7 +33,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The main job end to end on synthetic data shaped like the exporter's files (clips of varying
 # length, 1% of frames skipped, video kept elsewhere): clips -> store -> a few CPU-minutes of
