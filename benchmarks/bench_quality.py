@@ -23,6 +23,8 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
                    world_w01_head_foot_linear is the previous default
   ..._mirror       + left/right mirroring of half the training windows (`--mirror-prob 0.5`):
                    world_w01_head_foot_linear_mirror is the default
+  ..._mirror_join  + the linear decoder reading the previous latent as well as its own
+                   (`linear_decoder_kernel` 2), so the 4-frame blocks join
 
 `--data real` trains and evaluates on real motion capture instead (benchmarks.realmotion: built
 once from ../shared/realmotion into data/bench_real; skipped with a message without it), and
@@ -161,14 +163,22 @@ ROWS = {
         },
         model={"linear_path": True},
     ),
+    "world_w01_head_foot_linear_mirror_join": Row(
+        "the same + linear decoder reading the previous latent too (kernel 2)",
+        {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
+        model={"linear_path": True, "linear_decoder_kernel": 2},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
     ),
 }
-# Rows from before the augmentation existed train without it (today's default mirrors).
+# Rows from before the augmentation existed train without it (today's default mirrors), and
+# rows from before `linear_decoder_kernel` with the linear decoder reading its own latent only.
 ROWS = {key: replace(row, train={"mirror_prob": 0.0, "world_acceleration_weight": 0.0,
-                                  **row.train}) for key, row in ROWS.items()}  # fmt: skip
+                                  **row.train},
+                     model={"linear_decoder_kernel": 1, **row.model})
+        for key, row in ROWS.items()}  # fmt: skip
 
 # What `make bench` runs: the baselines, the previous defaults and today's default.
 DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head_foot_linear",

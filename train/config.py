@@ -180,8 +180,9 @@ ADDED_TRAIN_FIELDS = {
 }
 
 
-# Model fields added after runs were saved: a model from before `linear_path` has none.
-ADDED_MODEL_FIELDS = {"linear_path": False}
+# Model fields added after runs were saved: a model from before `linear_path` has none, one
+# from before `linear_decoder_kernel` decodes each latent's 4 frames from that latent alone.
+ADDED_MODEL_FIELDS = {"linear_path": False, "linear_decoder_kernel": 1}
 
 
 def saved_config(data: dict) -> dict:

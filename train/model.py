@@ -16,8 +16,10 @@ frames of a step (frames 2i, 2i+1 from steps <= i). The left context can instead
 whole-sequence pass.
 
 Beside the conv stacks, `linear_path` (default on) adds a linear map from each latent's own 4
-frames to its moments and from each latent to its own 4 frames: it reads no other frame or
-latent, so the contract above holds unchanged, and it carries no state while streaming.
+frames to its moments and from latents to frames: latent k's 4 frames read latent k and the
+`linear_decoder_kernel` - 1 latents before it (a causal conv over latents, so neighbouring
+blocks can join). Neither reads a later frame or latent, so the contract above holds
+unchanged; the decoder's map streams through the `ConvCache` like the conv stacks.
 
 Layout: activations are (B, T, C) throughout, like the data code, so LayerNorm, the
 residual adds and the upsampler's interleave work on contiguous memory. The one switch
@@ -89,10 +91,14 @@ class MotionVAEConfig:
     to its 4 frames (decoder) to the conv stacks: a path that passes values through without the
     stacks' per-frame LayerNorms, which keep only the direction of a hidden vector (off: the
     seed's architecture; chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
+    linear_decoder_kernel: int = 1
+    """Latents the decoder's linear path reads for each latent's 4 frames: its own and the
+    kernel - 1 before it (a causal conv over latents), so that neighbouring 4-frame blocks can
+    join; 1 reads its own latent only (the linear path of runs saved before this field)."""
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden_dim", "latent_dim", "blocks_per_stage", "kernel_size",
-                     "seq_len"):  # fmt: skip
+                     "seq_len", "linear_decoder_kernel"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"MotionVAEConfig.{name} must be a positive int, found {value!r}")
@@ -233,12 +239,34 @@ class CausalUpsample(nn.Module):
 
 class _LinearPath(nn.Linear):
     """The `linear_path` of `MotionVAEConfig`: starts at zero, so at init the model is its conv
-    stacks alone."""
+    stacks alone. Reads one step only, so it carries nothing while streaming."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features)
         nn.init.zeros_(self.weight)
         nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class _CausalLinearPath(CausalConv1d):
+    """The decoder's linear path with `linear_decoder_kernel` > 1: step k reads steps
+    k - kernel + 1 .. k (a causal conv, so it streams through a `ConvCache`); starts at zero."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int):
+        super().__init__(in_features, out_features, kernel_size)
+        with torch.no_grad():
+            self.weight.zero_()  # in place: keeps CausalConv1d's weight layout
+            self.bias.zero_()
+
+
+def _linear_decoder(config: MotionVAEConfig) -> nn.Module:
+    """Latent (B, N, L) -> each latent's 4 frames, flat (B, N, 4 * input_dim)."""
+    frames_dim = FRAMES_PER_LATENT * config.input_dim
+    if config.linear_decoder_kernel == 1:  # an nn.Linear, as in checkpoints from before the field
+        return _LinearPath(config.latent_dim, frames_dim)
+    return _CausalLinearPath(config.latent_dim, frames_dim, config.linear_decoder_kernel)
 
 
 def _init_output_projection(conv: nn.Conv1d) -> None:
@@ -320,7 +348,7 @@ class MotionVAE(nn.Module):
         if self.config.linear_path:
             frames_dim = FRAMES_PER_LATENT * self.config.input_dim  # a latent's 4 frames, flat
             self.linear_encoder = _LinearPath(frames_dim, 2 * self.config.latent_dim)
-            self.linear_decoder = _LinearPath(self.config.latent_dim, frames_dim)
+            self.linear_decoder = _linear_decoder(self.config)
         logger.debug("MotionVAE %s: %d parameters", dataclasses.asdict(self.config),
                      self.num_parameters())  # fmt: skip
 
@@ -376,8 +404,8 @@ class MotionVAE(nn.Module):
         """(B, N, L) latents -> (B, 4N, D) frames; `cache` continues a stream as in `encode`."""
         self._check_latents(z)
         y = self.decoder(z, cache)  # (B, 4N, D)
-        if self.config.linear_path:  # frames 4k..4k+3 read latent k only
-            y = y + self.linear_decoder(z).reshape(y.shape)
+        if self.config.linear_path:  # frames 4k..4k+3 read latents k - kernel + 1 .. k
+            y = y + self.linear_decoder(z, cache).reshape(y.shape)
         return y
 
     def forward(self, x: torch.Tensor, preprocess: bool = False) -> VAEOutput:

@@ -39,12 +39,17 @@ def randomized(model: MotionVAE, seed: int = 0) -> MotionVAE:
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["conv", "conv+linear_path"])
+@pytest.fixture(
+    scope="module",
+    params=[{"linear_path": False}, {"linear_path": True},
+            {"linear_path": True, "linear_decoder_kernel": 2}],
+    ids=["conv", "conv+linear_path", "conv+linear_path_k2"],
+)  # fmt: skip
 def small_model(request) -> MotionVAE:
-    """The small model, with and without the linear path (randomised too): every causality,
-    streaming and shape test holds for both."""
+    """The small model, without the linear path, with it, and with its decoder reading the
+    previous latent too (randomised): every causality, streaming and shape test holds for all."""
     torch.manual_seed(0)
-    return randomized(MotionVAE(dataclasses.replace(SMALL, linear_path=request.param)))
+    return randomized(MotionVAE(dataclasses.replace(SMALL, **request.param)))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,8 @@ def test_default_config_matches_design() -> None:
 @pytest.mark.parametrize(
     "bad, message",
     [({"seq_len": 150}, "multiple of 4"), ({"hidden_dim": 0}, "hidden_dim"),
-     ({"logvar_clamp": 0.0}, "logvar_clamp")],
+     ({"logvar_clamp": 0.0}, "logvar_clamp"),
+     ({"linear_decoder_kernel": 0}, "linear_decoder_kernel")],
 )  # fmt: skip
 def test_config_rejects_bad_values(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -415,6 +421,53 @@ def test_the_linear_path_starts_at_zero_and_is_trained() -> None:
     loss.backward()
     assert float(linear.linear_decoder.weight.grad.abs().sum()) > 0
     assert float(linear.linear_encoder.weight.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3])
+def test_the_linear_decoder_reads_its_latent_and_the_kernel_minus_1_before_it(kernel: int) -> None:
+    """The linear path alone (the conv stack's output projection zeroed): latent j moves the 4
+    frames of latents j .. j + kernel - 1 (so blocks can join) and no other frame, at any kernel
+    (streaming is in test_streaming_decoder_matches_whole)."""
+    model = randomized(MotionVAE(dataclasses.replace(SMALL, linear_path=True,
+                                                     linear_decoder_kernel=kernel)))  # fmt: skip
+    with torch.no_grad():
+        for p in model.decoder.out_proj.parameters():
+            p.zero_()
+    N, j = 6, 2
+    z = torch.randn(1, N, SMALL.latent_dim)
+    z2 = z.clone()
+    z2[:, j] += 1.0
+    with torch.no_grad():
+        moved = (model.decode(z2) - model.decode(z)).abs().amax(dim=(0, 2)) > 0  # (4N,) frames
+    F = FRAMES_PER_LATENT
+    expected = torch.zeros(F * N, dtype=torch.bool)
+    expected[F * j : F * (j + kernel)] = True
+    assert torch.equal(moved, expected), moved.nonzero().flatten().tolist()
+
+
+def test_a_checkpoint_from_before_the_decoder_kernel_loads_as_it_was_trained(tmp_path) -> None:
+    """A checkpoint whose config predates `linear_decoder_kernel` (an nn.Linear decoder path,
+    latent k -> its own 4 frames) loads strictly into that model and decodes the same frames."""
+    from shared.layout import layout_description
+    from train.checkpoint import Checkpoint, save_checkpoint
+    from train.config import RunConfig
+    from train.inference import load_for_inference
+
+    old = randomized(MotionVAE(dataclasses.replace(SMALL, linear_path=True,
+                                                   linear_decoder_kernel=1)))  # fmt: skip
+    config = RunConfig(model=old.config).to_dict()
+    del config["model"]["linear_decoder_kernel"]  # as saved before the field existed
+    ckpt = Checkpoint(step=1, best_val=0.0, model=old.state_dict(), optimizer={}, scheduler={},
+                      config=config, layout=layout_description(),
+                      stats_mean=torch.zeros(FEATURE_DIM), stats_std=torch.ones(FEATURE_DIM),
+                      stats_count=1, stats_window_frames=1, store_url="", store_fingerprint="",
+                      package_version="")  # fmt: skip
+    save_checkpoint(tmp_path / "old.pt", ckpt)
+    _, loaded, _ = load_for_inference(tmp_path / "old.pt", torch.device("cpu"))
+    assert loaded.config.linear_decoder_kernel == 1
+    z = torch.randn(2, 5, SMALL.latent_dim)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z), old.decode(z))
 
 
 @pytest.mark.parametrize("linear_path", [True, False])
