@@ -30,6 +30,9 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
 once from ../shared/realmotion into data/bench_real; skipped with a message without it), and
 reports every row on the unseen style and on the unseen content.
 
+`--seams` trains nothing: it prints, for each row's last checkpoint in --workdir, the jerk by
+the place in its latent's 4-frame block (where a decoder whose blocks do not join jumps).
+
 Without --rows, the rows of the decision (DEFAULT_ROWS) run, as many at once as there are
 cores; `--rows all` runs every row.
 
@@ -61,6 +64,7 @@ from tqdm import tqdm
 
 from benchmarks import realmotion
 from benchmarks.bench_train_step import ReferenceMotionVAE
+from shared.features import decoded_to_world, features_to_world
 from shared.store import open_store
 from train.config import (
     ADDED_MODEL_FIELDS,
@@ -69,9 +73,12 @@ from train.config import (
     RuntimeConfig,
     TrainConfig,
 )
+from train.data import WindowIndex, prepare_batch, read_windows
 from train.evaluate import evaluate
 from train.fit import fit
-from train.model import MotionVAEConfig
+from train.inference import config_from_checkpoint, load_for_inference
+from train.metrics import MM_PER_M, finite_difference, joints_in_head_frame
+from train.model import FRAMES_PER_LATENT, MotionVAEConfig
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,67 @@ def derived(metrics: dict) -> dict:
         metrics["foot_skating_pred_mm_per_frame"] / skate_gt if skate_gt else None
     )
     return out
+
+
+@torch.no_grad()
+def seam_jerk(
+    run_dir: Path, store_path: Path, windows: np.ndarray | None, max_windows: int
+) -> dict[str, list[float]]:
+    """Mean jerk (mm/frame^3, over joints and windows) of a row's last checkpoint on the
+    evaluation windows, by the place in its latent's 4-frame block of the last of the 4 frames
+    each third difference reads: at place 3 all four frames come from one latent, at 0-2 the
+    difference straddles a seam between blocks. Rows "model", "conv stack" (the decoder
+    without its linear path) and "ground truth", each in the head frame and in the world."""
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    ckpt, model, normalizer = load_for_inference(checkpoint, torch.device("cpu"))
+    blend = config_from_checkpoint(ckpt).train.decode_head_blend
+    store = open_store(store_path)
+    index = WindowIndex(store.split("test"), model.config.seq_len)
+    if windows is None:
+        windows = index.evenly_spaced(max_windows)
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(windows), 32):
+        prep = prepare_batch(read_windows(store, index, windows[start : start + 32]), normalizer)
+        z, _ = model.encode(prep.x)
+        decoded = {"model": model.decode(z), "conv stack": model.decoder(z)}
+        rows = {name: normalizer.denormalize(y.float()) for name, y in decoded.items()}
+        rows["ground truth"] = prep.canonical
+        for name, features in rows.items():
+            truth = name == "ground truth"
+            world = features_to_world(features) if truth else decoded_to_world(features, blend)
+            spaces = {"head frame": joints_in_head_frame(features),
+                      "world": world.joint_translation}  # fmt: skip
+            for space, points in spaces.items():
+                label = f"{name}, {space}"
+                sums[label] = sums.get(label, 0) + _jerk_by_place(points, prep.mask)
+    return {label: (total[0] / total[1]).tolist() for label, total in sums.items()}
+
+
+def _jerk_by_place(points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, J, 3) points -> (2, 4): jerk sums (mm/frame^3, mean over joints) and counts by
+    the block place of the last frame each third difference reads."""
+    jerk, valid = finite_difference(points, mask, 3)  # entry t reads frames t .. t + 3
+    mm = (jerk.norm(dim=-1).mean(-1) * MM_PER_M).double()  # (B, T - 3)
+    place = (torch.arange(mm.shape[1]) + 3) % FRAMES_PER_LATENT
+    total = torch.zeros(2, FRAMES_PER_LATENT, dtype=torch.float64)
+    total[0].index_add_(0, place, torch.where(valid, mm, 0.0).sum(0))
+    total[1].index_add_(0, place, valid.double().sum(0))
+    return total
+
+
+def print_seams(keys: list[str], store: Path, workdir: Path, args: argparse.Namespace) -> None:
+    """`--seams`: `seam_jerk` of each row's last checkpoint on the first evaluation set."""
+    for key in keys:
+        row_dir = workdir / key
+        label, windows = next(iter(evaluation_windows(store, args, read_seq_len(row_dir)).items()))
+        print(f"{key}: jerk (mm/frame^3) by the block place of the last frame read, {label}")
+        for name, values in seam_jerk(row_dir, store, windows, args.max_windows).items():
+            print(f"  {name:<26}" + "".join(f"{v:8.2f}" for v in values))
+
+
+def read_seq_len(run_dir: Path) -> int:
+    """The training window of the run in `run_dir` (its config.json)."""
+    return json.loads((run_dir / "config.json").read_text())["model"]["seq_len"]
 
 
 def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Namespace) -> dict:
@@ -393,8 +461,9 @@ def print_motion_comparison(real: Path, workdir: Path, args: argparse.Namespace)
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.collect and args.workdir is None:
-        parser.error("--collect reads the rows' results from --workdir: give it")
+    for flag in ("collect", "seams"):
+        if getattr(args, flag) and args.workdir is None:
+            parser.error(f"--{flag} reads the rows' results from --workdir: give it")
     if args.rows == "all":
         args.rows = ",".join(ROWS)
     unknown = set(args.rows.split(",")) - set(ROWS)
@@ -409,6 +478,9 @@ def main(argv: list[str] | None = None) -> None:
         if store is None:
             return
         keys = args.rows.split(",")
+        if args.seams:
+            print_seams(keys, store, workdir, args)
+            return
         if args.data == "real" and not args.collect:
             print_motion_comparison(store, workdir, args)
         _print_header(args, store, workdir)
@@ -475,6 +547,12 @@ def _parser() -> argparse.ArgumentParser:
         help="train nothing: print the table and curves of rows already run in --workdir "
         "(each row leaves WORKDIR/ROW.json), e.g. rows run on other machines or interrupted",
     )
+    parser.add_argument(
+        "--seams",
+        action="store_true",
+        help="train nothing: print the jerk of each row's last checkpoint in --workdir by the "
+        "place in its 4-frame latent block (seam_jerk), on --max-windows windows",
+    )
     return parser
 
 
@@ -488,7 +566,7 @@ def _store(args: argparse.Namespace, workdir: Path) -> Path | None:
         except realmotion.RealDataMissing as error:
             print(f"quality --data real: skipped: {error}")
             return None
-    if not store.exists() and not args.collect:
+    if not store.exists() and not (args.collect or args.seams):
         store = build_store(workdir, args.recordings, args.participants, args.seed)
     return store
 
