@@ -20,11 +20,12 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
   ..._foot, _foot3 + the foot-contact term (weight 1, 3); world_w03_head_foot at 0.3/3
   ..._rot          + the head-orientation term (world_w01_head_foot_rot: foot 1 + rot 0.3)
   *_linear         the model with `linear_path` (causal_seed_linear: with the seed loss);
-                   world_w01_head_foot_linear is the previous default
+                   world_w01_head_foot_linear is an earlier default
   ..._mirror       + left/right mirroring of half the training windows (`--mirror-prob 0.5`):
-                   world_w01_head_foot_linear_mirror is the default
+                   world_w01_head_foot_linear_mirror is the previous default
   ..._mirror_join  + the linear decoder reading the previous latent as well as its own
-                   (`linear_decoder_kernel` 2), so the 4-frame blocks join
+                   (`linear_decoder_kernel` 2), so the 4-frame blocks join: the default
+  ..._acc          + the world acceleration term (`--world-acceleration-weight 1`)
 
 `--data real` trains and evaluates on real motion capture instead (benchmarks.realmotion: built
 once from ../shared/realmotion into data/bench_real; skipped with a message without it), and
@@ -145,7 +146,7 @@ ROWS = {
         model={"linear_path": True},
     ),
     "world_w01_head_foot_linear": Row(
-        "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1 (previous default)",
+        "causal + linear path, world loss 0.1/1 + head-frame 1 + foot contact 1 (earlier default)",
         {**_W01_HEAD, "foot_contact_weight": 1.0},
         model={"linear_path": True},
     ),
@@ -156,7 +157,7 @@ ROWS = {
         model={"linear_path": True},
     ),
     "world_w01_head_foot_linear_mirror": Row(
-        "the same + left/right mirroring 0.5 (default)",
+        "the same + left/right mirroring 0.5 (previous default)",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
         model={"linear_path": True},
     ),
@@ -171,8 +172,18 @@ ROWS = {
         model={"linear_path": True},
     ),
     "world_w01_head_foot_linear_mirror_join": Row(
-        "the same + linear decoder reading the previous latent too (kernel 2)",
+        "the same + linear decoder reading the previous latent too, kernel 2 (default)",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
+        model={"linear_path": True, "linear_decoder_kernel": 2},
+    ),
+    "world_w01_head_foot_linear_mirror_join_acc": Row(
+        "the same + world acceleration 1",
+        {
+            **_W01_HEAD,
+            "foot_contact_weight": 1.0,
+            "mirror_prob": 0.5,
+            "world_acceleration_weight": 1.0,
+        },
         model={"linear_path": True, "linear_decoder_kernel": 2},
     ),
     "world_w01_head_foot_rot": Row(
@@ -188,8 +199,8 @@ ROWS = {key: replace(row, train={"mirror_prob": 0.0, "world_acceleration_weight"
         for key, row in ROWS.items()}  # fmt: skip
 
 # What `make bench` runs: the baselines, the previous defaults and today's default.
-DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head_foot_linear",
-                "world_w01_head_foot_linear_mirror")  # fmt: skip
+DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head_foot_linear_mirror",
+                "world_w01_head_foot_linear_mirror_join")  # fmt: skip
 
 COLUMNS = (  # (metrics key or derived name, header, format)
     ("mpjpe_head_mm", "MPJPE head", "{:.1f}"),

@@ -11,7 +11,7 @@ metres), that under `train fit --precision bf16-mixed` (bfloat16 autocast) and `
 with `vae_loss`. `--profile N` also prints the N operators of one step of each row that take
 the most CPU time (torch.profiler). The models are built from the same
 `MotionVAEConfig`; the seed design has no linear path (`linear_path`: 25.7M parameters against
-28.4M, the conv stacks alike to within 0.01%); their steps are interleaved in
+29.3M, the conv stacks alike to within 0.01%); their steps are interleaved in
 one process, rotating which goes first, so drift in machine load hits all alike. On a shared
 machine the fastest steps, the per-round ratio (ours / reference within one round) and process
 CPU time are the steadier numbers; the load average is printed so a contended run shows itself.

@@ -91,10 +91,11 @@ class MotionVAEConfig:
     to its 4 frames (decoder) to the conv stacks: a path that passes values through without the
     stacks' per-frame LayerNorms, which keep only the direction of a hidden vector (off: the
     seed's architecture; chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
-    linear_decoder_kernel: int = 1
+    linear_decoder_kernel: int = 2
     """Latents the decoder's linear path reads for each latent's 4 frames: its own and the
     kernel - 1 before it (a causal conv over latents), so that neighbouring 4-frame blocks can
-    join; 1 reads its own latent only (the linear path of runs saved before this field)."""
+    join; 1 reads its own latent only (the linear path of runs saved before this field; 2 was
+    chosen by `python -m benchmarks quality --data real`, see BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "hidden_dim", "latent_dim", "blocks_per_stage", "kernel_size",
