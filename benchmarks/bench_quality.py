@@ -25,6 +25,7 @@ learning rate, through the real `train.fit.fit`), evaluates the test split with 
                    world_w01_head_foot_linear_mirror is the previous default
   ..._mirror_join  + the linear decoder reading the previous latent as well as its own
                    (`linear_decoder_kernel` 2), so the 4-frame blocks join: the default
+  ..._join3        the same with kernel 3 (the previous two latents)
   ..._acc          + the world acceleration term (`--world-acceleration-weight 1`)
 
 `--data real` trains and evaluates on real motion capture instead (benchmarks.realmotion: built
@@ -175,6 +176,11 @@ ROWS = {
         "the same + linear decoder reading the previous latent too, kernel 2 (default)",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
         model={"linear_path": True, "linear_decoder_kernel": 2},
+    ),
+    "world_w01_head_foot_linear_mirror_join3": Row(
+        "the same with the linear decoder reading the 2 previous latents too (kernel 3)",
+        {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
+        model={"linear_path": True, "linear_decoder_kernel": 3},
     ),
     "world_w01_head_foot_linear_mirror_join_acc": Row(
         "the same + world acceleration 1",
