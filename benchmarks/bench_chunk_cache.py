@@ -87,9 +87,13 @@ def _build_store(args: argparse.Namespace, workdir: Path) -> tuple[Path, int]:
     """The benchmark's store, built from synthetic clips, and its size in bytes (printed)."""
     data, store_path = workdir / "hdf5", workdir / "store.zarr"
     synth.generate_dataset(
-        data, recordings=args.recordings, seed=0, participants=min(6, args.recordings),
-        clips_per_recording=args.clips_per_recording, video_size=None,
-    )  # fmt: skip
+        data,
+        recordings=args.recordings,
+        seed=0,
+        participants=min(6, args.recordings),
+        clips_per_recording=args.clips_per_recording,
+        video_size=None,
+    )
     config = BuildConfig(
         data=data, out=store_path, scheduler="synchronous", chunk_frames=args.chunk_frames
     )
@@ -97,9 +101,11 @@ def _build_store(args: argparse.Namespace, workdir: Path) -> tuple[Path, int]:
     local = open_store(store_path)
     store_bytes = sum(p.stat().st_size for p in store_path.rglob("*") if p.is_file())
     chunk_bytes = local.features.chunk_nbytes()
-    print(f"store: {local.num_frames:,} frames, {local.features.num_chunks} chunks per array of "
-          f"{args.chunk_frames} frames ({chunk_bytes / 1e6:.2f} MB each), "
-          f"{store_bytes / 1e6:.0f} MB in all")  # fmt: skip
+    print(
+        f"store: {local.num_frames:,} frames, {local.features.num_chunks} chunks per array of "
+        f"{args.chunk_frames} frames ({chunk_bytes / 1e6:.2f} MB each), "
+        f"{store_bytes / 1e6:.0f} MB in all"
+    )
     return store_path, store_bytes
 
 
@@ -135,15 +141,19 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     for name, seconds in first.items():
         ratio = first["full pull first (previous)"] / seconds
         print(f"{name:<40} {seconds:>8.2f} {ratio:>12.1f}x")
-    print(f"the first batch reads {_first_batch_chunks(local)} chunks of `features`; "
-          f"{fetched_at_first} of {local.features.num_chunks} were in the cache when it was "
-          f"returned")  # fmt: skip
+    print(
+        f"the first batch reads {_first_batch_chunks(local)} chunks of `features`; "
+        f"{fetched_at_first} of {local.features.num_chunks} were in the cache when it was "
+        f"returned"
+    )
     fetched_bytes = (cold_chunks - fetched_at_first) * chunk_bytes
-    print(f"\ncold phase: batches 2-{args.batches} at {(args.batches - 1) * BATCH / cold_s:,.0f} "
-          f"windows/s (wall clock), {cold_chunks} chunks cached by then; fetch "
-          f"{fetched_bytes / cold_s / 1e6:.1f} MB/s; full pull "
-          f"{store_bytes / first['full pull first (previous)'] / 1e6:.1f} MB/s "
-          f"(verification included), both on loopback")  # fmt: skip
+    print(
+        f"\ncold phase: batches 2-{args.batches} at {(args.batches - 1) * BATCH / cold_s:,.0f} "
+        f"windows/s (wall clock), {cold_chunks} chunks cached by then; fetch "
+        f"{fetched_bytes / cold_s / 1e6:.1f} MB/s; full pull "
+        f"{store_bytes / first['full pull first (previous)'] / 1e6:.1f} MB/s "
+        f"(verification included), both on loopback"
+    )
 
     _warm_rates(
         {"local (memory-mapped)": local, "chunk cache, warm": warm, "pulled copy": pulled_store},

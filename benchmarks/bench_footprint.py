@@ -83,11 +83,13 @@ def run_build(
     """One synchronous build in a subprocess, sampled; optionally SIGKILLed once its recorded
     progress passes `kill_at_fraction` of the frames."""
     paths = BuildPaths(out)
+    build = [sys.executable, "-m", "preprocess", "build", str(data), "--out", str(out)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "preprocess", "build", str(data), "--out", str(out),
-         "--scheduler", "synchronous", "--no-progress", *extra],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [*build, "--scheduler", "synchronous", "--no-progress", *extra],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     started = time.perf_counter()
     peak = {"staging": 0, "results": 0, "stage1": 0.0}
     done = threading.Event()
@@ -151,9 +153,12 @@ def add_real_size_video(path: Path, size: int, seed: int) -> None:
         frames = f[nymeria_format.KEY_TIMESTAMP_NS].shape[0]
         del f[nymeria_format.KEY_EGOVIEW]
         video = f.create_dataset(
-            nymeria_format.KEY_EGOVIEW, shape=(frames, *base.shape), dtype=np.uint8,
-            chunks=(1, *base.shape), **hdf5plugin.LZ4(),
-        )  # fmt: skip
+            nymeria_format.KEY_EGOVIEW,
+            shape=(frames, *base.shape),
+            dtype=np.uint8,
+            chunks=(1, *base.shape),
+            **hdf5plugin.LZ4(),
+        )
         for t in range(frames):
             video[t] = np.roll(base, t, axis=-1)
 
@@ -193,9 +198,11 @@ def _make_data(args: argparse.Namespace, data: Path) -> list[str]:
     """The synthetic clips (a few with a real-size video) under `data`, described; their files."""
     started = time.perf_counter()
     synth.generate_dataset(
-        data / "small", recordings=args.recordings, seed=0,
+        data / "small",
+        recordings=args.recordings,
+        seed=0,
         clips_per_recording=args.clips_per_recording,
-    )  # fmt: skip
+    )
     big = synth.generate_dataset(
         data / "video", recordings=args.video_clips, seed=1, clips_per_recording=1
     )
@@ -246,10 +253,14 @@ def _print_results(m: _Measured) -> None:
 
     print("\n## Full build (synchronous, 1 core)")
     print(f"{'clips':>7}{'frames':>10}{'seconds':>9}{'frames/s':>10}{'peak RSS MB':>13}")
-    for count, run, n_frames in ((m.half_clips, m.half, m.half_frames),
-                                 (m.clips, full, stored_frames)):  # fmt: skip
-        print(f"{count:>7}{n_frames:>10}{run.seconds:>9.1f}{n_frames / run.seconds:>10.0f}"
-              f"{run.peak_rss_bytes / 1e6:>13.0f}")  # fmt: skip
+    for count, run, n_frames in (
+        (m.half_clips, m.half, m.half_frames),
+        (m.clips, full, stored_frames),
+    ):
+        print(
+            f"{count:>7}{n_frames:>10}{run.seconds:>9.1f}{n_frames / run.seconds:>10.0f}"
+            f"{run.peak_rss_bytes / 1e6:>13.0f}"
+        )
     print(f"peak RSS grows {rss_per_frame:.1f} B per frame over a {rss_base / 1e6:.0f} MB base")
 
     print("\n## Disk (bytes per stored frame)")
@@ -260,24 +271,32 @@ def _print_results(m: _Measured) -> None:
     print(f"{'peak, before (all results kept beside the store)':<56}{before_pf:>8.0f}")
 
     print("\n## Resume after a kill at half of the frame writing")
-    print(f"killed with {m.killed_meta['rows_written']} of {stored_frames} frames durable "
-          f"(sequence {m.killed_meta['next_sequence']})")  # fmt: skip
-    print(f"resume took {m.resumed.seconds:.1f} s; a full build {full.seconds:.1f} s, of which "
-          f"reading clips {full.stage1_seconds:.1f} s and the feature stage "
-          f"{full.seconds - full.stage1_seconds:.1f} s (before: a resume redid the whole feature "
-          f"stage)")  # fmt: skip
+    print(
+        f"killed with {m.killed_meta['rows_written']} of {stored_frames} frames durable "
+        f"(sequence {m.killed_meta['next_sequence']})"
+    )
+    print(
+        f"resume took {m.resumed.seconds:.1f} s; a full build {full.seconds:.1f} s, of which "
+        f"reading clips {full.stage1_seconds:.1f} s and the feature stage "
+        f"{full.seconds - full.stage1_seconds:.1f} s (before: a resume redid the whole feature "
+        f"stage)"
+    )
 
     fps = stored_frames / full.seconds
     hours = REAL_FRAMES / fps / 3600
     real = f"{REAL_CLIPS:,} clips, {REAL_FRAMES / 1e6:.0f}M frames"
     print(f"\n## Extrapolation to the real dataset ({real})")
-    print(f"build time: {hours:.1f} h on 1 core at {fps:.0f} frames/s (~{hours / 8:.1f} h on 8 "
-          f"workers if reading scales)")  # fmt: skip
+    print(
+        f"build time: {hours:.1f} h on 1 core at {fps:.0f} frames/s (~{hours / 8:.1f} h on 8 "
+        f"workers if reading scales)"
+    )
     peak_rss = rss_base + rss_per_frame * REAL_FRAMES
     print(f"peak memory of the build process: {peak_rss / 1e9:.1f} GB")
-    print(f"store: {store_pf * REAL_FRAMES / 1e9:.0f} GB; free space a build needs (its staging "
-          f"peak, which becomes the store): {staging_pf * REAL_FRAMES / 1e9:.0f} GB (before: "
-          f"{before_pf * REAL_FRAMES / 1e9:.0f} GB)")  # fmt: skip
+    print(
+        f"store: {store_pf * REAL_FRAMES / 1e9:.0f} GB; free space a build needs (its staging "
+        f"peak, which becomes the store): {staging_pf * REAL_FRAMES / 1e9:.0f} GB (before: "
+        f"{before_pf * REAL_FRAMES / 1e9:.0f} GB)"
+    )
 
 
 if __name__ == "__main__":

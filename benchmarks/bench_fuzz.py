@@ -39,8 +39,9 @@ def code_of(ref: str, into: Path) -> Path:
     """The `preprocess` and `shared` packages of git revision `ref`, exported into `into`."""
     archive = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "archive", ref, "preprocess", "shared"],
-        capture_output=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        check=True,
+    ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
@@ -51,15 +52,30 @@ def cli_at(code: Path) -> tuple[Callable, Callable]:
 
     def run(args: list[str]) -> tuple[int, str]:
         result = subprocess.run(
-            [sys.executable, "-m", "preprocess", *args], cwd=code, capture_output=True,
-            text=True, timeout=fuzz.BUILD_TIMEOUT_S, check=False,
+            [sys.executable, "-m", "preprocess", *args],
+            cwd=code,
+            capture_output=True,
+            text=True,
+            timeout=fuzz.BUILD_TIMEOUT_S,
+            check=False,
             env={**os.environ, "PYTHONPATH": str(code)},
-        )  # fmt: skip
+        )
         return result.returncode, result.stdout + result.stderr
 
     def build(data: Path, out: Path) -> tuple[int, str]:
-        return run(["build", str(data), "--out", str(out), "--scheduler", "synchronous",
-                    "--no-progress", "--split", fuzz.SPLIT])  # fmt: skip
+        return run(
+            [
+                "build",
+                str(data),
+                "--out",
+                str(out),
+                "--scheduler",
+                "synchronous",
+                "--no-progress",
+                "--split",
+                fuzz.SPLIT,
+            ]
+        )
 
     def verify(store: Path) -> tuple[int, str]:
         return run(["verify", str(store), "--no-progress"])
@@ -82,9 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_fuzz_") as tmp:
         workdir = Path(tmp)
         templates = synth.generate_dataset(
-            workdir / "templates", recordings=3, clips_per_recording=1, seed=TEMPLATE_SEED,
+            workdir / "templates",
+            recordings=3,
+            clips_per_recording=1,
+            seed=TEMPLATE_SEED,
             video_size=4,
-        )  # fmt: skip
+        )
         ours = fuzz.run_campaign(templates, workdir / "ours", **campaign)
         baseline = None
         if args.baseline_ref:
@@ -104,10 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline-ref", default=BASELINE_REF)
     parser.add_argument(
-        "--exclude", default="",
+        "--exclude",
+        default="",
         help=f"Value mutations left out, comma-separated, of {', '.join(fuzz.VALUE_MUTATIONS)} "
         f"(e.g. 'name': a baseline that stops at odd names then reaches the values).",
-    )  # fmt: skip
+    )
     parser.add_argument("--show", type=int, default=5, help="Crashes/bad publications printed.")
     return parser
 

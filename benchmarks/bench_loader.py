@@ -92,8 +92,10 @@ def print_rates(title: str, rates: dict[str, float], ours: str) -> None:
     for name, rate in rates.items():
         print(f"{name:<52} {rate:>11,.0f} {rates[ours] / rate:>9.2f}x")
     verdict = "meets" if rates[ours] >= TARGET_WINDOWS_PER_S else "MISSES"
-    print(f"target {TARGET_WINDOWS_PER_S:,} windows/s: ours {verdict} it "
-          f"({rates[ours] / TARGET_WINDOWS_PER_S:.2f}x)")  # fmt: skip
+    print(
+        f"target {TARGET_WINDOWS_PER_S:,} windows/s: ours {verdict} it "
+        f"({rates[ours] / TARGET_WINDOWS_PER_S:.2f}x)"
+    )
 
 
 def memcpy_reader(store: FeatureStore, index: WindowIndex) -> Callable[[int], None]:
@@ -115,8 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--recordings", type=int, default=24)
     parser.add_argument("--clips-per-recording", type=int, default=8)
-    parser.add_argument("--video-size", type=int, default=256,
-                        help="synthetic video side in pixels (real Nymeria: 1408)")  # fmt: skip
+    parser.add_argument(
+        "--video-size",
+        type=int,
+        default=256,
+        help="synthetic video side in pixels (real Nymeria: 1408)",
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per contender")
     parser.add_argument(
         "--train-steps", type=int, default=12, help="steps of the data-wait measurement (0 skips)"
@@ -140,17 +146,22 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace, workdir: Path) -> None:
     data, store_path = workdir / "hdf5", workdir / "store.zarr"
     synth.generate_dataset(
-        data, recordings=args.recordings, seed=0, clips_per_recording=args.clips_per_recording,
+        data,
+        recordings=args.recordings,
+        seed=0,
+        clips_per_recording=args.clips_per_recording,
         video_size=args.video_size,
-    )  # fmt: skip
+    )
     build(BuildConfig(data=data, out=store_path, scheduler="synchronous"), progress=False)
     store = open_store(store_path)
     zarr_store = open_store(store_path, memory_map=False)
     index = WindowIndex(store.split("train"), WINDOW_FRAMES)
     np.asarray(store.features[: store.num_frames])  # page-cache the store
-    print(f"store: {store.num_frames} frames, {len(index.sequences)} train sequences, "
-          f"{index.num_windows} train windows; "
-          f"memory-mapped: {store.is_memory_mapped}")  # fmt: skip
+    print(
+        f"store: {store.num_frames} frames, {len(index.sequences)} train sequences, "
+        f"{index.num_windows} train windows; "
+        f"memory-mapped: {store.is_memory_mapped}"
+    )
 
     memcpy = memcpy_reader(store, index)
 
@@ -182,16 +193,20 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
         _data_wait(store_path, workdir / "run", args.train_steps)
 
 
-def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
-    """The loader on a store with `args.chunks` chunks per array (see the module doc)."""
+def _many_chunk_store(args: argparse.Namespace, workdir: Path) -> tuple[Path, WindowIndex]:
+    """Builds a store of about `args.chunks` chunks per array; its path and train windows."""
     data, store_path = workdir / "many_hdf5", workdir / "many.zarr"
     recordings, mean_clip_frames = 16, sum(synth.CLIP_FRAMES_RANGE) / 2
     clips = int(1.1 * args.chunks * args.chunk_frames / (recordings * mean_clip_frames)) + 1
     started = time.perf_counter()
     synth.generate_dataset(
-        data, recordings=recordings, seed=1, participants=8, clips_per_recording=clips,
+        data,
+        recordings=recordings,
+        seed=1,
+        participants=8,
+        clips_per_recording=clips,
         video_size=None,
-    )  # fmt: skip
+    )
     config = BuildConfig(
         data=data, out=store_path, scheduler="synchronous", chunk_frames=args.chunk_frames
     )
@@ -202,36 +217,59 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
     train_chunks = len(
         {s // features.chunk_frames for r in index.sequences for s in range(r.start, r.stop)}
     )
-    print(f"\nmany-chunk store ({time.perf_counter() - started:.0f} s to make): "
-          f"{store.num_frames} frames in {features.num_chunks} chunks of "
-          f"{features.chunk_frames} frames per array ({train_chunks} holding train windows); "
-          f"memory-mapped: {store.is_memory_mapped}")  # fmt: skip
+    print(
+        f"\nmany-chunk store ({time.perf_counter() - started:.0f} s to make): "
+        f"{store.num_frames} frames in {features.num_chunks} chunks of "
+        f"{features.chunk_frames} frames per array ({train_chunks} holding train windows); "
+        f"memory-mapped: {store.is_memory_mapped}"
+    )
+    return store_path, index
 
-    rows = np.empty((store.num_frames, *features.row_shape), features.dtype)
+
+def _mapping_cost(features: ChunkMemmapArray) -> None:
+    """Prints what mapping every chunk once costs a process, against a read of mapped chunks."""
+    rows = np.empty((features.shape[0], *features.row_shape), features.dtype)
     t0 = time.process_time()
     features.read_into(rows, 0)  # maps every chunk (page-cached by the build)
     first = time.process_time() - t0
     t0 = time.process_time()
     features.read_into(rows, 0)
     again = time.process_time() - t0
-    print(f"mapping every chunk: {1e3 * (first - again):.0f} ms once per process "
-          f"({1e6 * (first - again) / features.num_chunks:.0f} us a chunk; "
-          f"whole-store read {1e3 * again:.0f} ms)")  # fmt: skip
+    print(
+        f"mapping every chunk: {1e3 * (first - again):.0f} ms once per process "
+        f"({1e6 * (first - again) / features.num_chunks:.0f} us a chunk; "
+        f"whole-store read {1e3 * again:.0f} ms)"
+    )
 
+
+def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
+    """The loader on a store with `args.chunks` chunks per array (see the module doc)."""
+    store_path, index = _many_chunk_store(args, workdir)
+    store = open_store(store_path)
+    features = store.features
+    _mapping_cost(features)
     evicting = open_store(store_path)
     evicting.features = ChunkMemmapArray(
-        features.array_dir, features.shape, features.chunk_frames, features.dtype,
-        features.checksum_bytes, max_maps=256,
-    )  # fmt: skip
+        features.array_dir,
+        features.shape,
+        features.chunk_frames,
+        features.dtype,
+        features.checksum_bytes,
+        max_maps=256,
+    )
     one = WindowIndex(index.sequences[:1], WINDOW_FRAMES)
     one_chunks = -(-index.sequences[0].length // features.chunk_frames)
     ours = f"ours: {features.num_chunks} chunks, every map kept"
-    rates = interleaved_rates({
-        "memcpy of the same windows (ceiling)": memcpy_reader(store, index),
-        ours: lambda i: read_windows(store, index, index.sample(0, 0, i, BATCH)),
-        f"ours, windows within {one_chunks} chunks (1 sequence)":
-            lambda i: read_windows(store, one, one.sample(0, 0, i, BATCH)),
-    }, args.seconds)  # fmt: skip
+    rates = interleaved_rates(
+        {
+            "memcpy of the same windows (ceiling)": memcpy_reader(store, index),
+            ours: lambda i: read_windows(store, index, index.sample(0, 0, i, BATCH)),
+            f"ours, windows within {one_chunks} chunks (1 sequence)": lambda i: read_windows(
+                store, one, one.sample(0, 0, i, BATCH)
+            ),
+        },
+        args.seconds,
+    )
     rates["previous: evicting cache of 256 maps"] = windows_per_s(
         lambda i: read_windows(evicting, index, index.sample(0, 0, i, BATCH)),
         min(args.seconds, 2.0),
@@ -244,9 +282,28 @@ def _many_chunks(args: argparse.Namespace, workdir: Path) -> None:
 
 def _data_wait(store_path: Path, run: Path, steps: int) -> None:
     """Train the default model for `steps` steps and report the trainer's own data-wait share."""
-    cmd = [sys.executable, "-m", "train", "fit", "--store", str(store_path), "--out", str(run),
-           "--steps", str(steps), "--log-every", "1", "--val-every", str(10 * steps),
-           "--val-windows", "8", "--num-workers", "1", "--batch-size", str(BATCH)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "fit",
+        "--store",
+        str(store_path),
+        "--out",
+        str(run),
+        "--steps",
+        str(steps),
+        "--log-every",
+        "1",
+        "--val-every",
+        str(10 * steps),
+        "--val-windows",
+        "8",
+        "--num-workers",
+        "1",
+        "--batch-size",
+        str(BATCH),
+    ]
     subprocess.run(
         cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )

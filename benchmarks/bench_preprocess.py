@@ -126,9 +126,13 @@ def chunk_sweep(workdir: Path, data: Path, repeats: int) -> list[tuple[int, floa
         )
         path = workdir / f"sweep_{chunk_frames}.zarr"
         array = zarr.create_array(
-            path, shape=features.shape, chunks=(chunk_frames, FEATURE_DIM), dtype="float32",
-            compressors=None, fill_value=0.0,
-        )  # fmt: skip
+            path,
+            shape=features.shape,
+            chunks=(chunk_frames, FEATURE_DIM),
+            dtype="float32",
+            compressors=None,
+            fill_value=0.0,
+        )
         array[:] = features
         mapped = memmap_array(array)
         window_reads_per_s(mapped, 2000)  # fault the pages in
@@ -208,8 +212,14 @@ def _throughput(args: argparse.Namespace, data: Path, files: list[str], out: Pat
     print(_row("  same without the video (motion datasets only)", motion_s, frames, ref_s))
     print(_row(f"  estimate with {size}x{size} video (pixel-scaled)", real_ref_s, frames, ref_s))
     print(_row("build, --scheduler synchronous (1 core)", sync_s, frames, ref_s))
-    print(_row(f"build, new local cluster ({args.workers} workers, start-up incl.)", cluster_s,
-               frames, ref_s))  # fmt: skip
+    print(
+        _row(
+            f"build, new local cluster ({args.workers} workers, start-up incl.)",
+            cluster_s,
+            frames,
+            ref_s,
+        )
+    )
     print(_row("build, running local cluster (--scheduler ADDRESS)", running_s, frames, ref_s))
     print(
         f"{frames} frames per pass; target >= 5x. Against the estimated {size}x{size} reference: "
@@ -265,9 +275,13 @@ def _chunks(args: argparse.Namespace, data: Path, files: list[str], workdir: Pat
         mb = chunk_frames * FEATURE_DIM * 4 / 1e6
         print(f"{chunk_frames:>12}{mb:>10.1f}{seconds:>9.2f}{rate:>11.0f}{crossing:>10.1%}")
     array = zarr.create_array(
-        workdir / "zarr_reads.zarr", shape=(SWEEP_FRAMES, FEATURE_DIM), chunks=(8192, FEATURE_DIM),
-        dtype="float32", compressors=None, fill_value=0.0,
-    )  # fmt: skip
+        workdir / "zarr_reads.zarr",
+        shape=(SWEEP_FRAMES, FEATURE_DIM),
+        chunks=(8192, FEATURE_DIM),
+        dtype="float32",
+        compressors=None,
+        fill_value=0.0,
+    )
     array[:] = np.random.default_rng(1).normal(size=array.shape).astype(np.float32)
     rate = window_reads_per_s(array, 500)
     print(f"(the same windows sliced through zarr.Array, chunks of 8192: {rate:.0f} windows/s)")
@@ -277,9 +291,12 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     data = workdir / "clips"
     started = time.perf_counter()
     synth.generate_dataset(
-        data, recordings=args.recordings, clips_per_recording=args.clips_per_recording,
-        video_size=args.video_size, seed=0,
-    )  # fmt: skip
+        data,
+        recordings=args.recordings,
+        clips_per_recording=args.clips_per_recording,
+        video_size=args.video_size,
+        seed=0,
+    )
     files = discover_clip_files(data).files
     data_mb = sum((data / f).stat().st_size for f in files) / 1e6
     v = args.video_size

@@ -199,10 +199,14 @@ ROWS = {
 }
 # Rows from before the augmentation existed train without it (today's default mirrors), and
 # rows from before `linear_decoder_kernel` with the linear decoder reading its own latent only.
-ROWS = {key: replace(row, train={"mirror_prob": 0.0, "world_acceleration_weight": 0.0,
-                                  **row.train},
-                     model={"linear_decoder_kernel": 1, **row.model})
-        for key, row in ROWS.items()}  # fmt: skip
+ROWS = {
+    key: replace(
+        row,
+        train={"mirror_prob": 0.0, "world_acceleration_weight": 0.0, **row.train},
+        model={"linear_decoder_kernel": 1, **row.model},
+    )
+    for key, row in ROWS.items()
+}
 
 # What `make bench` runs: the baselines, the previous defaults and today's default.
 DEFAULT_ROWS = ("seed", "causal_seed", "world_w01_head_foot_linear_mirror",
@@ -228,10 +232,23 @@ def _run(cmd: list[str]) -> None:
 def build_store(workdir: Path, recordings: int, participants: int, seed: int) -> Path:
     data, store = workdir / "hdf5", workdir / "store.zarr"
     py = [sys.executable, "-m", "preprocess"]
-    _run(py + ["synth", str(data), "--recordings", str(recordings), "--participants",
-               str(participants), "--seed", str(seed)])  # fmt: skip
-    _run(py + ["build", str(data), "--out", str(store), "--scheduler", "synchronous",
-               "--no-progress"])  # fmt: skip
+    _run(
+        py
+        + [
+            "synth",
+            str(data),
+            "--recordings",
+            str(recordings),
+            "--participants",
+            str(participants),
+            "--seed",
+            str(seed),
+        ]
+    )
+    _run(
+        py
+        + ["build", str(data), "--out", str(store), "--scheduler", "synchronous", "--no-progress"]
+    )
     return store
 
 
@@ -272,8 +289,10 @@ def seam_jerk(
         for name, features in rows.items():
             truth = name == "ground truth"
             world = features_to_world(features) if truth else decoded_to_world(features, blend)
-            spaces = {"head frame": joints_in_head_frame(features),
-                      "world": world.joint_translation}  # fmt: skip
+            spaces = {
+                "head frame": joints_in_head_frame(features),
+                "world": world.joint_translation,
+            }
             for space, points in spaces.items():
                 label = f"{name}, {space}"
                 sums[label] = sums.get(label, 0) + _jerk_by_place(points, prep.mask)
@@ -310,13 +329,20 @@ def read_seq_len(run_dir: Path) -> int:
 def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Namespace) -> dict:
     model = MotionVAEConfig(hidden_dim=args.hidden, latent_dim=args.latent, **row.model)
     train = TrainConfig(
-        batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup, val_windows=64,
-        seed=args.seed, **row.train,
-    )  # fmt: skip
+        batch_size=args.batch,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        val_windows=64,
+        seed=args.seed,
+        **row.train,
+    )
     runtime = RuntimeConfig(
-        steps=args.steps, val_every=max(1, args.steps // 8), log_every=max(1, args.steps // 20),
-        num_workers=0, device="cpu",
-    )  # fmt: skip
+        steps=args.steps,
+        val_every=max(1, args.steps // 8),
+        log_every=max(1, args.steps // 20),
+        num_workers=0,
+        device="cpu",
+    )
     run_dir = workdir / key
     shutil.rmtree(run_dir, ignore_errors=True)
     # The seed row swaps the architecture for the non-causal reference; everything else
@@ -336,19 +362,39 @@ def run_row(key: str, row: Row, store: Path, workdir: Path, args: argparse.Names
     with swap, quiet:
         fit(RunConfig(model=model, train=train, runtime=runtime), str(store), run_dir)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    by_set = {}
-    for label, windows in evaluation_windows(store, args, model.seq_len).items():
-        with swap_eval, mock.patch("train.evaluate.tqdm", lambda it, **k: it):
-            metrics = evaluate(run_dir / "checkpoints" / "last.pt", str(store), "test",
-                               run_dir / "eval" / label.replace(" ", "_"),
-                               max_windows=args.max_windows, device="cpu",
-                               windows=windows)  # fmt: skip
-        by_set[label] = derived(metrics)
+    by_set = _evaluate_row(run_dir, store, args, model.seq_len, swap_eval)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [c for c in curve if "val/mpjpe_world_mm" in c]
-    return {"name": row.name, "train": row.train, "model": row.model, "wall_s": wall, "cpu_s": cpu,
-            "metrics": next(iter(by_set.values())), "metrics_by_set": by_set,
-            "curve": curve}  # fmt: skip
+    return {
+        "name": row.name,
+        "train": row.train,
+        "model": row.model,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "metrics": next(iter(by_set.values())),
+        "metrics_by_set": by_set,
+        "curve": curve,
+    }
+
+
+def _evaluate_row(
+    run_dir: Path, store: Path, args: argparse.Namespace, seq_len: int, swap_eval
+) -> dict[str, dict]:
+    """The row's last checkpoint on each evaluation set: derived metrics by set label."""
+    by_set = {}
+    for label, windows in evaluation_windows(store, args, seq_len).items():
+        with swap_eval, mock.patch("train.evaluate.tqdm", lambda it, **k: it):
+            metrics = evaluate(
+                run_dir / "checkpoints" / "last.pt",
+                str(store),
+                "test",
+                run_dir / "eval" / label.replace(" ", "_"),
+                max_windows=args.max_windows,
+                device="cpu",
+                windows=windows,
+            )
+        by_set[label] = derived(metrics)
+    return by_set
 
 
 def evaluation_windows(
@@ -375,15 +421,29 @@ def run_rows_in_processes(
     shared_options = ("steps", "batch", "lr", "warmup", "hidden", "latent", "recordings",
                       "participants", "seed", "max_windows", "threads", "data", "real_source",
                       "real_cache")  # fmt: skip
-    passed = [x for name in shared_options
-              for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]  # fmt: skip
+    passed = [
+        x
+        for name in shared_options
+        for x in (f"--{name.replace('_', '-')}", str(getattr(args, name)))
+    ]
     pending, running, results = list(keys), {}, {}
     while pending or running:
         while pending and len(running) < args.parallel:
             key = pending.pop(0)
-            cmd = [sys.executable, "-m", "benchmarks.bench_quality", *passed, "--rows", key,
-                   "--workdir", str(workdir), "--json", str(workdir / f"{key}.json"),
-                   "--curves", str(workdir / f"{key}.png")]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_quality",
+                *passed,
+                "--rows",
+                key,
+                "--workdir",
+                str(workdir),
+                "--json",
+                str(workdir / f"{key}.json"),
+                "--curves",
+                str(workdir / f"{key}.png"),
+            ]
             running[key] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         for key, proc in list(running.items()):
             if proc.poll() is not None:
@@ -469,8 +529,10 @@ def print_motion_comparison(real: Path, workdir: Path, args: argparse.Namespace)
     synth = workdir / "synth_compare" / "store.zarr"
     if not synth.exists():
         synth = build_store(synth.parent, args.recordings, args.participants, args.seed)
-    columns = {name: realmotion.motion_statistics(open_store(path))
-               for name, path in (("real", real), ("synthetic", synth))}  # fmt: skip
+    columns = {
+        name: realmotion.motion_statistics(open_store(path))
+        for name, path in (("real", real), ("synthetic", synth))
+    }
     print("motion statistics, real vs synthetic (benchmarks.realmotion.motion_statistics):")
     print(realmotion.format_statistics(columns), flush=True)
 
@@ -510,8 +572,13 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(results))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                             "results": results}, indent=1) + "\n")  # fmt: skip
+            args.json.write_text(
+                json.dumps(
+                    {"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                    indent=1,
+                )
+                + "\n"
+            )
         plot_curves(results, args.curves)
         print(
             f"learning curves in {args.curves}" + (f", results in {args.json}" if args.json else "")
@@ -519,6 +586,30 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Where the motion comes from: synthetic recordings or real motion capture."""
+    parser.add_argument(
+        "--data",
+        choices=("synth", "real"),
+        default="synth",
+        help="synth: `preprocess synth` recordings; real: real motion capture "
+        "from --real-source (benchmarks.realmotion) [synth]",
+    )
+    parser.add_argument(
+        "--real-source",
+        type=Path,
+        default=realmotion.DEFAULT_SOURCE,
+        help="folder with bandai2-bvh.tar.xz and make_clips.py "
+        "[../shared/realmotion beside the checkout]",
+    )
+    parser.add_argument(
+        "--real-cache",
+        type=Path,
+        default=realmotion.DEFAULT_CACHE,
+        help="where the real clips and store are built once [data/bench_real]",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -532,29 +623,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--recordings", type=int, default=40)
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-windows", type=int, default=256,
-                        help="test windows evaluated (per evaluation set)")  # fmt: skip
-    parser.add_argument("--data", choices=("synth", "real"), default="synth",
-                        help="synth: `preprocess synth` recordings; real: real motion capture "
-                             "from --real-source (benchmarks.realmotion) [synth]")  # fmt: skip
-    parser.add_argument("--real-source", type=Path, default=realmotion.DEFAULT_SOURCE,
-                        help="folder with bandai2-bvh.tar.xz and make_clips.py "
-                             "[../shared/realmotion beside the checkout]")  # fmt: skip
     parser.add_argument(
-        "--real-cache",
-        type=Path,
-        default=realmotion.DEFAULT_CACHE,
-        help="where the real clips and store are built once [data/bench_real]",
+        "--max-windows", type=int, default=256, help="test windows evaluated (per evaluation set)"
     )
+    _add_data_options(parser)
     parser.add_argument(
         "--rows",
         default=",".join(DEFAULT_ROWS),
         help=f"comma list of {list(ROWS)}, or 'all' [{','.join(DEFAULT_ROWS)}]",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per row")
-    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
-                        help="rows trained at once, each in its own process (they then share "
-                             "the machine's load alike) [the number of cores]")  # fmt: skip
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="rows trained at once, each in its own process (they then share "
+        "the machine's load alike) [the number of cores]",
+    )
     parser.add_argument("--workdir", type=Path, help="keep stores and runs here [temp dir]")
     parser.add_argument("--json", type=Path, help="also write every metric and curve here")
     parser.add_argument("--curves", type=Path, default=Path("docs/quality_curves.png"))
@@ -597,10 +682,13 @@ def _print_header(args: argparse.Namespace, store: Path, workdir: Path) -> None:
         if args.data == "real"
         else f"{args.recordings} recordings / {args.participants} participants"
     )
-    print(f"quality: {data}, test = unseen participants; "
-          f"each row {args.steps} steps x batch {args.batch}, "
-          f"hidden {args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} "
-          "threads", flush=True)  # fmt: skip
+    print(
+        f"quality: {data}, test = unseen participants; "
+        f"each row {args.steps} steps x batch {args.batch}, "
+        f"hidden {args.hidden}, latent {args.latent}, lr {args.lr}, CPU {args.threads} "
+        "threads",
+        flush=True,
+    )
 
 
 def _run_and_save_row(key: str, store: Path, workdir: Path, args: argparse.Namespace) -> dict:

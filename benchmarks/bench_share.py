@@ -51,10 +51,19 @@ def _store_files(store: Path) -> tuple[int, int]:
 
 def _aws_sync(options: dict, source: str, target: str) -> None:
     subprocess.run(
-        ["aws", "s3", "sync", source, target, "--endpoint-url", options["endpoint_url"],
-         "--only-show-errors"],
-        check=True, env={**os.environ, **S3_ENV},
-    )  # fmt: skip
+        [
+            "aws",
+            "s3",
+            "sync",
+            source,
+            target,
+            "--endpoint-url",
+            options["endpoint_url"],
+            "--only-show-errors",
+        ],
+        check=True,
+        env={**os.environ, **S3_ENV},
+    )
 
 
 def _contenders(
@@ -106,26 +115,35 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_share_") as tmp:
         workdir = Path(tmp)
         synth.generate_dataset(
-            workdir / "hdf5", recordings=args.recordings, seed=3,
-            clips_per_recording=args.clips_per_recording, video_size=None,
-        )  # fmt: skip
+            workdir / "hdf5",
+            recordings=args.recordings,
+            seed=3,
+            clips_per_recording=args.clips_per_recording,
+            video_size=None,
+        )
         store = workdir / "store.zarr"
         build(
             BuildConfig(
-                data=workdir / "hdf5", out=store, scheduler="synchronous",
+                data=workdir / "hdf5",
+                out=store,
+                scheduler="synchronous",
                 chunk_frames=args.chunk_frames,
             ),
             progress=False,
-        )  # fmt: skip
+        )
         objects, nbytes = _store_files(store)
-        print(f"store: {objects} objects, {nbytes / 1e6:.1f} MB, chunks of {args.chunk_frames} "
-              f"frames; {args.rounds} rounds against moto on 127.0.0.1", flush=True)  # fmt: skip
+        print(
+            f"store: {objects} objects, {nbytes / 1e6:.1f} MB, chunks of {args.chunk_frames} "
+            f"frames; {args.rounds} rounds against moto on 127.0.0.1",
+            flush=True,
+        )
         times = _rounds(args, store, workdir)
     medians = {name: statistics.median(t) for name, t in times.items()}
     print("\n| copy | median s | MB/s | objects/s |\n|---|---|---|---|")
     for name, seconds in medians.items():
-        print(f"| {name} | {seconds:.2f} | {nbytes / 1e6 / seconds:.1f} | "
-              f"{objects / seconds:.0f} |")  # fmt: skip
+        print(
+            f"| {name} | {seconds:.2f} | {nbytes / 1e6 / seconds:.1f} | {objects / seconds:.0f} |"
+        )
     pairs = [
         ("push (ours)", "put (s3fs)"),
         ("pull (ours)", "get (s3fs)"),

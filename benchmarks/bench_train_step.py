@@ -212,9 +212,19 @@ def _memory_in_subprocess(name: str, args: argparse.Namespace) -> float | None:
     count)."""
     if ROWS[name].compile:
         return None
-    cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--memory-of", name,
-           "--batch", str(args.batch), "--frames", str(args.frames),
-           "--hidden", str(args.hidden)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_train_step",
+        "--memory-of",
+        name,
+        "--batch",
+        str(args.batch),
+        "--frames",
+        str(args.frames),
+        "--hidden",
+        str(args.hidden),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     result = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -250,13 +260,19 @@ def _chunk_check_s(chunks: int = 4) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = zarr.open_group(Path(tmp) / "store.zarr", mode="w", zarr_format=3)
         arrays = {}
-        for name, row, dtype in ((shared.store.FEATURES, (294,), np.float32),
-                                 (shared.store.TIMESTAMP_NS, (), np.int64),
-                                 (shared.store.CONTACT, (4,), np.float32)):  # fmt: skip
+        for name, row, dtype in (
+            (shared.store.FEATURES, (294,), np.float32),
+            (shared.store.TIMESTAMP_NS, (), np.int64),
+            (shared.store.CONTACT, (4,), np.float32),
+        ):
             array = create_store_array(
-                root, name, shape=(frames, *row), chunks=(DEFAULT_CHUNK_FRAMES, *row),
-                dtype=dtype, dimension_names=None,
-            )  # fmt: skip
+                root,
+                name,
+                shape=(frames, *row),
+                chunks=(DEFAULT_CHUNK_FRAMES, *row),
+                dtype=dtype,
+                dimension_names=None,
+            )
             array[:] = rng.normal(size=(frames, *row)).astype(dtype)
             arrays[name] = memmap_array(array)
         times = []
@@ -279,12 +295,16 @@ def _print_chunk_check(step_s: float) -> None:
         f"chunk check (loader workers, first read of each chunk; --no-chunk-check skips): "
         f"{1000 * check_s:.1f} ms per {DEFAULT_CHUNK_FRAMES}-frame chunk, warm page cache"
     )
-    print(f"  worst step, {WORST_BATCH_CHUNKS} unseen chunks in one worker: {worst:.3f} s = "
-          f"{100 * worst / step_s:.1f}% of the ours+world step ({step_s:.3f} s), overlapped "
-          f"with it (the worker prepares batches ahead)")  # fmt: skip
-    print(f"  default run, {REAL_DATASET_CHUNKS:,} chunks x {workers} workers over {steps:,} "
-          f"steps: {1000 * mean:.2f} ms per step = {100 * mean / step_s:.3f}% of a step "
-          f"(target <= 3%)")  # fmt: skip
+    print(
+        f"  worst step, {WORST_BATCH_CHUNKS} unseen chunks in one worker: {worst:.3f} s = "
+        f"{100 * worst / step_s:.1f}% of the ours+world step ({step_s:.3f} s), overlapped "
+        f"with it (the worker prepares batches ahead)"
+    )
+    print(
+        f"  default run, {REAL_DATASET_CHUNKS:,} chunks x {workers} workers over {steps:,} "
+        f"steps: {1000 * mean:.2f} ms per step = {100 * mean / step_s:.3f}% of a step "
+        f"(target <= 3%)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -321,11 +341,13 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()[0]
     memory = {name: _memory_in_subprocess(name, args) for name in models}
 
-    print(f"train step: batch {args.batch} x {args.frames} frames, width {args.hidden}, forward "
-          f"+ loss + backward + AdamW, CPU, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.steps} timed steps each after "
-          f"{args.warmup} warm-up, interleaved; 1-min load average {load_before:.1f} before, "
-          f"{load_after:.1f} after")  # fmt: skip
+    print(
+        f"train step: batch {args.batch} x {args.frames} frames, width {args.hidden}, forward "
+        f"+ loss + backward + AdamW, CPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.steps} timed steps each after "
+        f"{args.warmup} warm-up, interleaved; 1-min load average {load_before:.1f} before, "
+        f"{load_after:.1f} after"
+    )
     _print_table(models, wall, cpu, memory)
     if args.profile:
         _profile(steps, args.profile)
@@ -337,12 +359,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=152)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
-    parser.add_argument("--hidden", type=int, default=MotionVAEConfig.hidden_dim,
-                        help="model width (default: the default model's)")  # fmt: skip
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=MotionVAEConfig.hidden_dim,
+        help="model width (default: the default model's)",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to run")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also profile one step of each row: the top N operators")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile one step of each row: the top N operators",
+    )
     parser.add_argument(
         "--memory-of", choices=sorted(ROWS), help="internal: print one row's peak RSS rise, MiB"
     )
@@ -357,13 +388,17 @@ def _print_table(
 ) -> None:
     """One line per row, the ratios of `RATIOS` between the rows run, the chunk check's cost."""
     med = statistics.median
-    print(f"{'row':<22} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
-          f"{'median CPU s':>13} {'peak RSS rise MiB':>18}")  # fmt: skip
+    print(
+        f"{'row':<22} {'params':>12} {'median wall s':>14} {'min wall s':>11} "
+        f"{'median CPU s':>13} {'peak RSS rise MiB':>18}"
+    )
     for name, model in models.items():
         params = sum(p.numel() for p in model.parameters())
         rss = "n/a" if memory[name] is None else f"{memory[name]:.0f}"
-        print(f"{name:<22} {params:>12,} {med(wall[name]):>14.3f} {min(wall[name]):>11.3f} "
-              f"{med(cpu[name]):>13.3f} {rss:>18}")  # fmt: skip
+        print(
+            f"{name:<22} {params:>12,} {med(wall[name]):>14.3f} {min(wall[name]):>11.3f} "
+            f"{med(cpu[name]):>13.3f} {rss:>18}"
+        )
     for a, b in (pair for pair in RATIOS if set(pair) <= set(models)):
         print(f"ratio {a} / {b}:")
         print(f"  median wall time       {med(wall[a]) / med(wall[b]):.3f}")

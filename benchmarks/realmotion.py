@@ -102,8 +102,17 @@ def _make_clips(source: Path, bvh: Path, cache: Path) -> Path:
     clips = cache / "clips"
     if not (cache / "clips.done").exists():
         shutil.rmtree(clips, ignore_errors=True)
-        _run([sys.executable, str(source / MAKE_CLIPS), str(clips), "--bvh-dir", str(bvh),
-              "--video", "0"])  # fmt: skip
+        _run(
+            [
+                sys.executable,
+                str(source / MAKE_CLIPS),
+                str(clips),
+                "--bvh-dir",
+                str(bvh),
+                "--video",
+                "0",
+            ]
+        )
         for clip in sorted(clips.glob("*.h5")):
             _relabel(clip)
         (cache / "clips.done").touch()
@@ -123,9 +132,25 @@ def real_store(source: Path = DEFAULT_SOURCE, cache: Path = DEFAULT_CACHE) -> Pa
     cache.mkdir(parents=True, exist_ok=True)
     clips = _make_clips(source, _unpack(source, cache), cache)
     split = ",".join(str(f) for f in SPLIT)
-    _run([sys.executable, "-m", "preprocess", "build", str(clips), "--out", str(store),
-          "--split", split, "--split-seed", str(split_seed()), "--scheduler", "synchronous",
-          "--no-progress", "--overwrite"])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess",
+            "build",
+            str(clips),
+            "--out",
+            str(store),
+            "--split",
+            split,
+            "--split-seed",
+            str(split_seed()),
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+            "--overwrite",
+        ]
+    )
     return store
 
 
@@ -139,9 +164,11 @@ def evaluation_sets(store: FeatureStore) -> dict[str, list[SequenceRecord]]:
 
 
 def subset_windows(
-    records: tuple[SequenceRecord, ...], subset: list[SequenceRecord], window_frames: int,
+    records: tuple[SequenceRecord, ...],
+    subset: list[SequenceRecord],
+    window_frames: int,
     max_windows: int,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """At most `max_windows` evenly spaced window numbers of `WindowIndex(records, ...)` whose
     windows lie in the sequences of `subset`."""
     from train.data import WindowIndex

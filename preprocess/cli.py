@@ -57,24 +57,56 @@ def main() -> None:
 
 @main.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--recordings", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Number of recordings to synthesize.")  # fmt: skip
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Random seed; the same seed writes identical files.")  # fmt: skip
-@click.option("--participants", type=click.IntRange(1, synth.MAX_PARTICIPANTS), default=None,
-              help="Number of distinct people [default: min(recordings, 4)].")  # fmt: skip
-@click.option("--clips-per-recording", type=click.IntRange(min=1), default=4, show_default=True,
-              help=f"Clips (of {synth.CLIP_FRAMES_RANGE[0]}-{synth.CLIP_FRAMES_RANGE[1]} frames) "
-                   f"each recording is cut into.")  # fmt: skip
-@click.option("--video-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Side in pixels of the stand-in egoview_RGB video.")  # fmt: skip
-@click.option("--no-video", is_flag=True,
-              help="Write no egoview_RGB dataset (as later exporter versions, which keep the "
-                   "video in an MP4 beside the file).")  # fmt: skip
-@click.option("--drop-frames", "drop_frames", type=click.FloatRange(0, 1, max_open=True),
-              default=0.0, show_default=True,
-              help="Probability that a frame is left out of its file, as the exporter skips "
-                   "frames it fails to extract (num_frames keeps the declared count).")  # fmt: skip
+@click.option(
+    "--recordings",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Number of recordings to synthesize.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed; the same seed writes identical files.",
+)
+@click.option(
+    "--participants",
+    type=click.IntRange(1, synth.MAX_PARTICIPANTS),
+    default=None,
+    help="Number of distinct people [default: min(recordings, 4)].",
+)
+@click.option(
+    "--clips-per-recording",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help=f"Clips (of {synth.CLIP_FRAMES_RANGE[0]}-{synth.CLIP_FRAMES_RANGE[1]} frames) "
+    f"each recording is cut into.",
+)
+@click.option(
+    "--video-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Side in pixels of the stand-in egoview_RGB video.",
+)
+@click.option(
+    "--no-video",
+    is_flag=True,
+    help="Write no egoview_RGB dataset (as later exporter versions, which keep the "
+    "video in an MP4 beside the file).",
+)
+@click.option(
+    "--drop-frames",
+    "drop_frames",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Probability that a frame is left out of its file, as the exporter skips "
+    "frames it fails to extract (num_frames keeps the declared count).",
+)
 def synth_command(
     out_dir: Path,
     recordings: int,
@@ -185,10 +217,15 @@ def _echo_summary(summary: BuildSummary) -> None:
 
 # The sections of `preprocess build`'s configuration: what it computes, how it runs.
 BUILD_SECTIONS = ConfigSections(
-    Section("build", BuildSettings, computes=True, flags={"rotation_atol": "--rotation-tolerance"},
-            types={"split": Fractions()}),
+    Section(
+        "build",
+        BuildSettings,
+        computes=True,
+        flags={"rotation_atol": "--rotation-tolerance"},
+        types={"split": Fractions()},
+    ),
     Section("runtime", BuildRuntime, computes=False),
-)  # fmt: skip
+)
 
 
 @main.command("build")
@@ -261,11 +298,13 @@ def build_command(
 
 
 timeout_option = click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT_S,
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_S,
     show_default=True,
     help="Seconds a request to a URL may wait to connect or for its next bytes; a request that "
-         "times out is retried a few times with backoff, then the command fails.",
-)  # fmt: skip
+    "times out is retried a few times with backoff, then the command fails.",
+)
 
 
 def _published(
@@ -327,9 +366,14 @@ def _count(n: int, noun: str) -> str:
 @storage_options_option
 @timeout_option
 def verify_command(
-    store: str | Path, data: Path | None, sample: int, seed: int, progress: bool,
-    storage_options: dict | None, timeout: float,
-) -> None:  # fmt: skip
+    store: str | Path,
+    data: Path | None,
+    sample: int,
+    seed: int,
+    progress: bool,
+    storage_options: dict | None,
+    timeout: float,
+) -> None:
     """Check STORE's metadata (as every reader does), then every chunk (checksum, finite
     values) and its stats; with --data also recompute sampled sequences from the source files.
     Exit 1 on any problem; metadata that cannot be trusted is one line, before any chunk is
@@ -358,9 +402,12 @@ def verify_command(
 # --- sharing ---------------------------------------------------------------------------------
 
 _jobs_option = click.option(
-    "--jobs", type=click.IntRange(min=1), default=DEFAULT_JOBS, show_default=True,
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=DEFAULT_JOBS,
+    show_default=True,
     help="Requests in flight at the same time.",
-)  # fmt: skip
+)
 _progress_option = click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
@@ -380,15 +427,21 @@ def _copied(summary: TransferSummary) -> str:
 @timeout_option
 @_jobs_option
 @click.option(
-    "--overwrite", is_flag=True,
+    "--overwrite",
+    is_flag=True,
     help="Publish STORE although URL publishes another store: a new version, then the pointer "
-         "moves to it (the old version stays until `versions --remove`).",
-)  # fmt: skip
+    "moves to it (the old version stays until `versions --remove`).",
+)
 @_progress_option
 def push_command(
-    store: Path, url: str | Path, storage_options: dict | None, timeout: float, jobs: int,
-    overwrite: bool, progress: bool,
-) -> None:  # fmt: skip
+    store: Path,
+    url: str | Path,
+    storage_options: dict | None,
+    timeout: float,
+    jobs: int,
+    overwrite: bool,
+    progress: bool,
+) -> None:
     """Publish the complete store STORE at URL (s3://, gs://, file:// or a path).
 
     The store goes to URL/versions/FINGERPRINT/ (in parallel; a killed push resumes), with a
@@ -397,16 +450,25 @@ def push_command(
     the published store again uploads nothing. http(s) is read-only.
     """
     summary = push(
-        store, url, storage_options=storage_options, overwrite=overwrite, jobs=jobs,
-        timeout=timeout, progress=progress,
-    )  # fmt: skip
+        store,
+        url,
+        storage_options=storage_options,
+        overwrite=overwrite,
+        jobs=jobs,
+        timeout=timeout,
+        progress=progress,
+    )
     fingerprint = summary.fingerprint[:16]
     if summary.outcome == "already published":
-        click.echo(f"{url} already publishes this store ({fingerprint}, its manifest matches "
-                   f"the local checksums): nothing uploaded")  # fmt: skip
+        click.echo(
+            f"{url} already publishes this store ({fingerprint}, its manifest matches "
+            f"the local checksums): nothing uploaded"
+        )
     elif summary.outcome == "pointer moved":
-        click.echo(f"{url} now points at {summary.destination} again (already uploaded and "
-                   f"matching the local checksums): nothing uploaded")  # fmt: skip
+        click.echo(
+            f"{url} now points at {summary.destination} again (already uploaded and "
+            f"matching the local checksums): nothing uploaded"
+        )
     else:
         click.echo(
             f"published {store} at {summary.destination}: {_copied(summary)}; sizes checked, "
@@ -428,14 +490,21 @@ def push_command(
 @timeout_option
 @_jobs_option
 @click.option(
-    "--overwrite", is_flag=True,
+    "--overwrite",
+    is_flag=True,
     help="Replace another store (or other files) at DEST, once the copy is verified.",
-)  # fmt: skip
+)
 @_progress_option
 def pull_command(
-    url: str | Path, dest: Path, decompress: bool, storage_options: dict | None, timeout: float,
-    jobs: int, overwrite: bool, progress: bool,
-) -> None:  # fmt: skip
+    url: str | Path,
+    dest: Path,
+    decompress: bool,
+    storage_options: dict | None,
+    timeout: float,
+    jobs: int,
+    overwrite: bool,
+    progress: bool,
+) -> None:
     """Copy the store published at URL (s3://, gs://, http(s)://, file://, a path) to DEST.
 
     Reads the pointer URL/CURRENT.json once and copies that version (a URL of the previous
@@ -445,13 +514,20 @@ def pull_command(
     fingerprint is unchanged: it covers content, not codecs).
     """
     summary = pull(
-        url, dest, storage_options=storage_options, decompress=decompress, overwrite=overwrite,
-        jobs=jobs, timeout=timeout, progress=progress,
-    )  # fmt: skip
+        url,
+        dest,
+        storage_options=storage_options,
+        decompress=decompress,
+        overwrite=overwrite,
+        jobs=jobs,
+        timeout=timeout,
+        progress=progress,
+    )
     reencoded = (
         f"; re-encoded as raw chunks: {', '.join(summary.reencoded_arrays)}"
-        if summary.reencoded_arrays else ""
-    )  # fmt: skip
+        if summary.reencoded_arrays
+        else ""
+    )
     click.echo(
         f"pulled {url} -> {dest}: {_copied(summary)}{reencoded}; every object verified, "
         f"fingerprint {summary.fingerprint[:16]}"
@@ -460,17 +536,29 @@ def pull_command(
 
 @main.command("versions")
 @click.argument("url", type=FEATURE_STORE)
-@click.option("--remove", "remove", multiple=True, metavar="FINGERPRINT",
-              help="Delete this version (repeatable); the current one is refused.")  # fmt: skip
-@click.option("--keep-latest", type=click.IntRange(min=1), default=None,
-              help="Delete every finished version but the current one and the N most recent "
-                   "(unfinished pushes, which may be running, are kept).")  # fmt: skip
+@click.option(
+    "--remove",
+    "remove",
+    multiple=True,
+    metavar="FINGERPRINT",
+    help="Delete this version (repeatable); the current one is refused.",
+)
+@click.option(
+    "--keep-latest",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Delete every finished version but the current one and the N most recent "
+    "(unfinished pushes, which may be running, are kept).",
+)
 @storage_options_option
 @timeout_option
 def versions_command(
-    url: str, remove: tuple[str, ...], keep_latest: int | None, storage_options: dict | None,
+    url: str,
+    remove: tuple[str, ...],
+    keep_latest: int | None,
+    storage_options: dict | None,
     timeout: float,
-) -> None:  # fmt: skip
+) -> None:
     """List the versions published at URL (the current one marked `*`, unfinished pushes
     marked `unfinished`), or delete old ones with --remove / --keep-latest."""
     listed = list_versions(url, storage_options, timeout)
@@ -487,7 +575,9 @@ def versions_command(
         return
     for v in listed:
         state = "*" if v.current else ("unfinished" if not v.complete else "")
-        click.echo(f"{state:>10} {v.fingerprint} {v.created or '-':>25} {v.objects:>7} objects "
-                   f"{v.nbytes / 1e9:8.2f} GB")  # fmt: skip
+        click.echo(
+            f"{state:>10} {v.fingerprint} {v.created or '-':>25} {v.objects:>7} objects "
+            f"{v.nbytes / 1e9:8.2f} GB"
+        )
     if not listed:
         click.echo(f"no versions at {url}")

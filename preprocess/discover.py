@@ -66,6 +66,14 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
+def _wrong_extension(rel: str, suffix: str) -> Ignored:
+    reason = (
+        f"extension {suffix!r}: only '{nymeria_format.CLIP_SUFFIX}' files are read; "
+        f"rename it to include it"
+    )
+    return Ignored(rel, reason)
+
+
 def discover_clip_files(data: Path) -> Discovery:
     """Walk `data` (see the module doc)."""
     data = Path(data)
@@ -109,10 +117,7 @@ def discover_clip_files(data: Path) -> Discovery:
             elif is_file and suffix == nymeria_format.CLIP_SUFFIX:
                 files.append(rel)
             elif is_file and suffix.lower() in HDF5_LIKE_SUFFIXES:
-                ignored.append(
-                    Ignored(rel, f"extension {suffix!r}: only '{nymeria_format.CLIP_SUFFIX}' "
-                                 f"files are read; rename it to include it")
-                )  # fmt: skip
+                ignored.append(_wrong_extension(rel, suffix))
             elif is_link and not os.path.exists(entry.path):
                 target = os.readlink(entry.path)
                 ignored.append(Ignored(rel, f"dangling link to {printable(target)}"))

@@ -189,16 +189,24 @@ def _rotation(raw, rng, edit):
 def _attribute(raw, rng, edit):
     name = str(rng.choice([nymeria_format.ATTR_SEQUENCE_NAME, *nymeria_format.INT_ATTRS]))
     edit.attrs[name] = [
-        _REMOVE, b"\xff\xfe not utf-8", np.int64(-(2**62)), "42", np.array([1.5, 2.5]), 10**18,
+        _REMOVE,
+        b"\xff\xfe not utf-8",
+        np.int64(-(2**62)),
+        "42",
+        np.array([1.5, 2.5]),
+        10**18,
         np.void(b"\x00\x01"),
-    ][int(rng.integers(0, 7))]  # fmt: skip
+    ][int(rng.integers(0, 7))]
 
 
 def _structure(raw, rng, edit):
     key = str(rng.choice(MOTION_KEYS))
     edit.links[key] = [
-        "group", h5py.SoftLink("/nowhere"), h5py.ExternalLink("missing.h5", "/x"), _REMOVE
-    ][int(rng.integers(0, 4))]  # fmt: skip
+        "group",
+        h5py.SoftLink("/nowhere"),
+        h5py.ExternalLink("missing.h5", "/x"),
+        _REMOVE,
+    ][int(rng.integers(0, 4))]
 
 
 def _empty(raw, rng, edit):
@@ -309,9 +317,13 @@ class CampaignReport:
 
 
 def make_batch(
-    templates: list[Path], directory: Path, first: int, count: int, seed: int,
+    templates: list[Path],
+    directory: Path,
+    first: int,
+    count: int,
+    seed: int,
     exclude: frozenset[str] = frozenset(),
-) -> dict[str, str]:  # fmt: skip
+) -> dict[str, str]:
     """Mutated files `first` .. `first + count - 1` (templates in turn); file -> mutation."""
     directory.mkdir(parents=True, exist_ok=True)
     made = {}
@@ -362,9 +374,12 @@ def run_campaign(
 
 
 def _check_published(
-    out: Path, made: dict[str, str], verify: Callable[[Path], tuple[int, str]], where: str,
+    out: Path,
+    made: dict[str, str],
+    verify: Callable[[Path], tuple[int, str]],
+    where: str,
     report: CampaignReport,
-) -> None:  # fmt: skip
+) -> None:
     report.published += 1
     try:
         store = open_store(out)
@@ -426,15 +441,29 @@ def implausible_values(store: FeatureStore) -> list[str]:
 def _run(args: list[str]) -> tuple[int, str]:
     result = subprocess.run(
         [sys.executable, "-m", "preprocess", *args],
-        capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
     return result.returncode, result.stdout + result.stderr
 
 
 def cli_build(data: Path, out: Path) -> tuple[int, str]:
     """`preprocess build` in a subprocess: (exit status, output)."""
-    return _run(["build", str(data), "--out", str(out), "--scheduler", "synchronous",
-                 "--no-progress", "--split", SPLIT])  # fmt: skip
+    return _run(
+        [
+            "build",
+            str(data),
+            "--out",
+            str(out),
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+            "--split",
+            SPLIT,
+        ]
+    )
 
 
 def cli_verify(store: Path) -> tuple[int, str]:

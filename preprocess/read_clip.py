@@ -141,9 +141,12 @@ class Problem:
 
     def to_json(self) -> dict[str, str | int | None]:
         return {
-            "file": self.file, "kind": self.kind, "reason": self.reason,
-            "key": self.key, "frame": self.frame,
-        }  # fmt: skip
+            "file": self.file,
+            "kind": self.kind,
+            "reason": self.reason,
+            "key": self.key,
+            "frame": self.frame,
+        }
 
 
 @dataclass(frozen=True)
@@ -158,9 +161,12 @@ class Discrepancy:
 
     def to_json(self) -> dict[str, str | int | None]:
         return {
-            "file": self.file, "kind": self.kind, "reason": self.reason,
-            "count": self.count, "frame": self.frame,
-        }  # fmt: skip
+            "file": self.file,
+            "kind": self.kind,
+            "reason": self.reason,
+            "count": self.count,
+            "frame": self.frame,
+        }
 
 
 @dataclass(frozen=True)

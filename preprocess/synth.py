@@ -383,12 +383,18 @@ def plan_activities(
         raise ValueError(f"num_frames must be >= 2 (for velocities), found {num_frames}")
     per_frame, per_arm = np.zeros(num_frames), np.zeros((num_frames, 2))
     plan = ActivityPlan(
-        fps, np.empty(num_frames, np.int8), walk_weight=per_frame.copy(),
-        speed_factor=np.ones(num_frames), step_weight=per_frame.copy(),
-        sit_weight=per_frame.copy(), bend_weight=per_frame.copy(), wave_weight=per_arm.copy(),
-        wave_swing_rad=per_frame.copy(), raise_weight=per_arm.copy(),
+        fps,
+        np.empty(num_frames, np.int8),
+        walk_weight=per_frame.copy(),
+        speed_factor=np.ones(num_frames),
+        step_weight=per_frame.copy(),
+        sit_weight=per_frame.copy(),
+        bend_weight=per_frame.copy(),
+        wave_weight=per_arm.copy(),
+        wave_swing_rad=per_frame.copy(),
+        raise_weight=per_arm.copy(),
         yaw_rate_rad_s=per_frame.copy(),
-    )  # fmt: skip
+    )
     current, start, upcoming = Activity.WALK, 0, []
     while start < num_frames:
         bout_frames = max(2, round(rng.uniform(*_BOUT_DURATION_S[current]) * fps))
@@ -588,9 +594,15 @@ def _gait(plan: ActivityPlan, participant: ParticipantSpec, rng: np.random.Gener
     sway = np.stack([_smooth_noise(rng, N, fps, _SWAY_MAX_HZ) for _ in range(2)], axis=-1)
     sway_m = idle[:, None] * _SWAY_M * sway
     return _Gait(
-        heading_rad, path_xy_m, u_right, speed_mps / stride_hz, stance_fraction, speed_ratio,
-        amplitude, sway_m,
-    )  # fmt: skip
+        heading_rad,
+        path_xy_m,
+        u_right,
+        speed_mps / stride_hz,
+        stance_fraction,
+        speed_ratio,
+        amplitude,
+        sway_m,
+    )
 
 
 def _set_pelvis_angles(angles: np.ndarray, plan: ActivityPlan, gait: _Gait) -> None:
@@ -697,8 +709,13 @@ def _leg_target(
         )
     )
     target = (
-        forward_of_hip_m, left_of_hip_m, yaw_rad, ankle_height_m, foot_pitch, hip_body_m[:, 2]
-    )  # fmt: skip
+        forward_of_hip_m,
+        left_of_hip_m,
+        yaw_rad,
+        ankle_height_m,
+        foot_pitch,
+        hip_body_m[:, 2],
+    )
     return target, ankle_height_m + vertical_reach_m - hip_body_m[:, 2]
 
 

@@ -273,8 +273,10 @@ class ChunkCache:
         try:
             document = json.loads(self._read(path, MAX_METADATA_BYTES))
         except FileNotFoundError:
-            raise ChunkCacheError(f"{path} is missing: the store at {self.url} is incomplete or "
-                                  f"damaged; push it again") from None  # fmt: skip
+            raise ChunkCacheError(
+                f"{path} is missing: the store at {self.url} is incomplete or "
+                f"damaged; push it again"
+            ) from None
         except (ValueError, UnicodeDecodeError) as error:
             raise ChunkCacheError(f"{path} is not JSON ({error}); {REBUILD_HINT}") from None
         if not isinstance(document, dict):
@@ -302,10 +304,13 @@ class ChunkCache:
                 f"first axis, default keys); copy the store with `python -m preprocess pull`"
             )
         spec = self.specs[name] = _ArraySpec(
-            name, tuple(remote.shape), chunks, str(remote.dtype.to_native_dtype()),
+            name,
+            tuple(remote.shape),
+            chunks,
+            str(remote.dtype.to_native_dtype()),
             remote.fill_value.item() if hasattr(remote.fill_value, "item") else remote.fill_value,
             decode,
-        )  # fmt: skip
+        )
         num_chunks = math.ceil(spec.shape[0] / max(chunks[0], 1))
         if num_chunks > MAX_CHUNKS_PER_ARRAY or spec.nbytes > MAX_CHUNK_BYTES:
             raise ChunkCacheError(
@@ -548,9 +553,11 @@ class ChunkCache:
         mine = {(name, i) for name, array in self._arrays.items() for i in array.mapped_chunks()}
         others = sorted(f for f in files if (f[2], f[3]) not in mine and (f[2], f[3]) != keep)
         own = [
-            (name, i) for name, array in self._arrays.items() for i in array.mapped_chunks()
+            (name, i)
+            for name, array in self._arrays.items()
+            for i in array.mapped_chunks()
             if (name, i) != keep
-        ]  # fmt: skip
+        ]
         for _, size, name, index in others:
             if total <= target:
                 break
@@ -610,9 +617,14 @@ def open_cached_store(
             )
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache = ChunkCache(
-        resolved.root_url, fingerprint, cache_dir / f"{fingerprint}{CACHE_SUFFIX}",
-        storage_options, max_bytes, manifest, timeout,
-    )  # fmt: skip
+        resolved.root_url,
+        fingerprint,
+        cache_dir / f"{fingerprint}{CACHE_SUFFIX}",
+        storage_options,
+        max_bytes,
+        manifest,
+        timeout,
+    )
     cache.prepare()
     limit = "no size limit" if max_bytes is None else f"at most {max_bytes / 1e9:.3g} GB"
     logger.info("%s: reading through the chunk cache %s (%s)", url, cache.directory, limit)

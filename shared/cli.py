@@ -308,10 +308,13 @@ class ConfigSections:
         ]
         if config_file:
             tables = ", ".join(f"[{s.name}]" for s in self.sections)
-            decorators.insert(0, _config_option(
-                f"JSON, TOML or YAML file of options: the tables {tables} of options by field "
-                "name (a flat file is read too); options given here win."
-            ))  # fmt: skip
+            decorators.insert(
+                0,
+                _config_option(
+                    f"JSON, TOML or YAML file of options: the tables {tables} of options by field "
+                    "name (a flat file is read too); options given here win."
+                ),
+            )
 
         def decorate(func: Callable) -> Callable:
             for decorator in reversed(decorators):
@@ -354,9 +357,12 @@ class ConfigSections:
         )
 
     def resolve(
-        self, ctx: click.Context, config_file: Path | None, saved: Mapping | None = None,
+        self,
+        ctx: click.Context,
+        config_file: Path | None,
+        saved: Mapping | None = None,
         saved_source: str = "saved config",
-    ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    ) -> dict[str, dict[str, Any]]:
         """{section: {field: value}} as configured: a `saved` config (read from
         `saved_source`), under the --config file, under the options given on the command line
         (fields set by none are left out: the dataclasses' defaults apply). File values are
@@ -586,7 +592,10 @@ LATENT_STORE = StoreLocation(
 NEW_STORE = StoreLocation()  # a store to write (or to copy to)
 
 storage_options_option = click.option(
-    "--storage-options", "storage_options", type=StorageOptions(), default=None,
+    "--storage-options",
+    "storage_options",
+    type=StorageOptions(),
+    default=None,
     help="fsspec storage options of the URL as a JSON object (credentials, endpoint_url, ...); "
-         "by default each protocol reads its usual environment variables.",
-)  # fmt: skip
+    "by default each protocol reads its usual environment variables.",
+)

@@ -129,8 +129,11 @@ def remote_options(
     options = dict(storage_options or {})
     scheme = urlparse(str(url)).scheme
     if scheme in S3_SCHEMES:
-        timeouts = {"connect_timeout": timeout, "read_timeout": timeout,
-                    "retries": {"total_max_attempts": 1}}  # fmt: skip
+        timeouts = {
+            "connect_timeout": timeout,
+            "read_timeout": timeout,
+            "retries": {"total_max_attempts": 1},
+        }
         return {**options, "config_kwargs": {**timeouts, **options.get("config_kwargs", {})}}
     if scheme in READ_ONLY_PROTOCOLS:
         try:

@@ -278,9 +278,10 @@ class _Endpoint:
         return {
             path[start:]: int(info["size"])
             for path, info in listing.items()
-            if path.startswith(f"{root}/") and info.get("type") != "directory"
+            if path.startswith(f"{root}/")
+            and info.get("type") != "directory"
             and info.get("size") is not None
-        }  # fmt: skip
+        }
 
     def remove(self, prefix: str) -> None:
         try:
@@ -396,14 +397,26 @@ def published(
     return resolved, fingerprint
 
 
-def _summary(source: str, destination: str, fingerprint: str, outcomes: dict[str, int | None],
-             reencoded: tuple[str, ...], outcome: str) -> TransferSummary:  # fmt: skip
+def _summary(
+    source: str,
+    destination: str,
+    fingerprint: str,
+    outcomes: dict[str, int | None],
+    reencoded: tuple[str, ...],
+    outcome: str,
+) -> TransferSummary:
     """`outcomes`: key -> bytes copied in this run, None for an object kept: each counted once."""
     copied = [n for n in outcomes.values() if n is not None]
     return TransferSummary(
-        source, destination, fingerprint, len(copied), len(outcomes) - len(copied), sum(copied),
-        reencoded, outcome,
-    )  # fmt: skip
+        source,
+        destination,
+        fingerprint,
+        len(copied),
+        len(outcomes) - len(copied),
+        sum(copied),
+        reencoded,
+        outcome,
+    )
 
 
 def _local_manifest(
@@ -575,8 +588,9 @@ class _Pull:
     """One pull of the store at `source` into `staging`, reusing verified objects of `staging`
     (an interrupted run) and of `dest` (an earlier copy of the same store)."""
 
-    def __init__(self, source: _Endpoint, staging: Path, manifest: dict | None, jobs: int,
-                 progress: bool) -> None:  # fmt: skip
+    def __init__(
+        self, source: _Endpoint, staging: Path, manifest: dict | None, jobs: int, progress: bool
+    ) -> None:
         self.source, self.staging, self.manifest = source, staging, manifest
         self.jobs, self.progress = jobs, progress
         self.reuse: Path | None = None  # dest, once it is known to hold the same store
@@ -638,8 +652,13 @@ class _Pull:
             return len(data)
 
         weight = {k: sizes[k] or 0 for k in keys}
-        with tqdm(total=sum(weight.values()), unit="B", unit_scale=True, desc="download",
-                  disable=not self.progress or len(keys) < 50) as bar:  # fmt: skip
+        with tqdm(
+            total=sum(weight.values()),
+            unit="B",
+            unit_scale=True,
+            desc="download",
+            disable=not self.progress or len(keys) < 50,
+        ) as bar:
             self.outcomes.update(_in_parallel(one, keys, self.jobs, bar, weight))
 
 
@@ -680,10 +699,15 @@ def _reencode(staging: Path, plan: _Plan, jobs: int) -> Path:
         parent_path, _, name = path.rpartition("/")
         parent = target_group[parent_path] if parent_path else target_group
         target = create_store_array(
-            parent, name, shape=source.shape, chunks=source.chunks, dtype=source.dtype,
+            parent,
+            name,
+            shape=source.shape,
+            chunks=source.chunks,
+            dtype=source.dtype,
             dimension_names=source.metadata.dimension_names,
-            fill_value=source.metadata.fill_value, overwrite=True,
-        )  # fmt: skip
+            fill_value=source.metadata.fill_value,
+            overwrite=True,
+        )
         target.attrs.update(source.attrs.asdict())
         coords = list(product(*(range(n) for n in source.cdata_shape)))
 
@@ -720,13 +744,30 @@ def pull(
     """Copy the store published at `url` into the local directory `dest` (see the module
     docstring); `dest` changes only once the copy is complete and verified."""
     url = normalize_location(url)
-    return _pull(url, resolve(url, storage_options, timeout), dest, storage_options, decompress,
-                 overwrite, jobs, timeout, progress)  # fmt: skip
+    return _pull(
+        url,
+        resolve(url, storage_options, timeout),
+        dest,
+        storage_options,
+        decompress,
+        overwrite,
+        jobs,
+        timeout,
+        progress,
+    )
 
 
-def _pull(url: str, resolved: Resolved, dest: str | Path, storage_options: dict | None,
-          decompress: bool, overwrite: bool, jobs: int, timeout: float,
-          progress: bool) -> TransferSummary:  # fmt: skip
+def _pull(
+    url: str,
+    resolved: Resolved,
+    dest: str | Path,
+    storage_options: dict | None,
+    decompress: bool,
+    overwrite: bool,
+    jobs: int,
+    timeout: float,
+    progress: bool,
+) -> TransferSummary:
     manifest = _pull_manifest(url, resolved, storage_options, timeout)
     dest = Path(normalize_location(dest))
     staging = dest.with_name(f"{dest.name}{STAGING_SUFFIX}")
@@ -804,9 +845,13 @@ def _staged_plan(staging: Path, root_url: str, manifest: dict[str, ManifestEntry
             raise
         raise TransferError(f"{root_url}: malformed metadata ({error})") from None
     if manifest is not None:
-        wrong = [k for k, size in plan.sizes.items()
-                 if k not in manifest or (size is not None and manifest[k].size != size)
-                 or manifest[k].size > plan.limits[k]]  # fmt: skip
+        wrong = [
+            k
+            for k, size in plan.sizes.items()
+            if k not in manifest
+            or (size is not None and manifest[k].size != size)
+            or manifest[k].size > plan.limits[k]
+        ]
         if wrong:
             raise TransferError(
                 f"{root_url}/{MANIFEST} does not match the store's metadata: "
@@ -850,8 +895,16 @@ def list_versions(
                 created = json.loads(data).get("created")
             except ValueError:
                 data = None
-        infos.append(VersionInfo(fingerprint, fingerprint == current, data is not None,
-                                 len(sizes), sum(sizes), created))  # fmt: skip
+        infos.append(
+            VersionInfo(
+                fingerprint,
+                fingerprint == current,
+                data is not None,
+                len(sizes),
+                sum(sizes),
+                created,
+            )
+        )
     return sorted(infos, key=lambda v: (not v.complete, v.created or ""))
 
 

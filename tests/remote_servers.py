@@ -59,8 +59,16 @@ def _serving(args: list[str], url: str, env: dict | None = None) -> Iterator[str
 def http_server(directory: Path) -> Iterator[str]:
     """`python -m http.server` serving `directory` (with listings); yields its base URL."""
     port = _free_port()
-    args = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-            "--directory", str(directory)]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "http.server",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        str(directory),
+    ]
     with _serving(args, f"http://127.0.0.1:{port}/") as url:
         yield url.rstrip("/")
 

@@ -119,10 +119,13 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
             torch.save(payload, handle)
     except (OSError, RuntimeError) as error:
         full = disk_full_error(
-            error, path, payload_bytes(payload), f"saving the checkpoint of step {ckpt.step}",
+            error,
+            path,
+            payload_bytes(payload),
+            f"saving the checkpoint of step {ckpt.step}",
             f"{path} still holds the previous checkpoint (if any): free space, then continue "
             f"with --resume",
-        )  # fmt: skip
+        )
         if full is None:
             raise
         raise full from error
@@ -144,9 +147,12 @@ def link_checkpoint(source: Path, target: Path) -> None:
             shutil.copyfile(source, tmp)
     except OSError as error:
         full = disk_full_error(
-            error, target, source.stat().st_size, f"copying the checkpoint {source}",
+            error,
+            target,
+            source.stat().st_size,
+            f"copying the checkpoint {source}",
             f"{target} still holds its previous content (if any)",
-        )  # fmt: skip
+        )
         if full is None:
             raise
         raise full from error

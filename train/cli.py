@@ -117,13 +117,17 @@ def _store_options(**store_kwargs: Any) -> Callable:
     """--store PATH|URL, --cache-dir, --storage-options: a URL is read through the local cache."""
     options = (
         click.option("--store", "store_url", type=FEATURE_STORE, **store_kwargs),
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Where a --store URL is cached and memory-mapped from, one directory "
-                          "per store fingerprint: `fit` fetches chunks as it first uses them, "
-                          "`eval`/`encode` copy the store once "
-                          "[default: $NYMERIA_MVAE_CACHE, else ~/.cache/nymeria-mvae/stores]."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Where a --store URL is cached and memory-mapped from, one directory "
+            "per store fingerprint: `fit` fetches chunks as it first uses them, "
+            "`eval`/`encode` copy the store once "
+            "[default: $NYMERIA_MVAE_CACHE, else ~/.cache/nymeria-mvae/stores].",
+        ),
         storage_options_option,
-    )  # fmt: skip
+    )
 
     def decorate(func: Callable) -> Callable:
         for option in reversed(options):
@@ -156,9 +160,11 @@ DEFAULT_STORE = "data/nymeria.zarr"
 
 
 def _training_store(
-    store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
+    store_url: str | Path,
+    cache_dir: Path | None,
+    storage_options: dict | None,
     cache_max_gb: float | None,
-) -> str | FeatureStore:  # fmt: skip
+) -> str | FeatureStore:
     """The store `fit` reads: a path as given; a URL through the local chunk cache (chunks
     fetched on first use, at most `cache_max_gb` kept)."""
     if not is_url(store_url):
@@ -182,15 +188,25 @@ def _training_store(
     help="Run directory: config, metrics, checkpoints, pictures (required unless --resume RUN).",
 )
 @click.option(
-    "--resume", "resume_run", is_flag=False, flag_value="", default=None, metavar="[RUN]",
+    "--resume",
+    "resume_run",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[RUN]",
     help="Continue the run RUN (or --out) from its last checkpoint; its config and store come "
-         "from the run directory.",
-)  # fmt: skip
+    "from the run directory.",
+)
 @RUN_SECTIONS.options()
 def fit(
-    store_url: str | Path | None, cache_dir: Path | None, storage_options: dict | None,
-    run_dir: Path | None, config_file: Path | None, resume_run: str | None, **options: Any,
-) -> None:  # fmt: skip
+    store_url: str | Path | None,
+    cache_dir: Path | None,
+    storage_options: dict | None,
+    run_dir: Path | None,
+    config_file: Path | None,
+    resume_run: str | None,
+    **options: Any,
+) -> None:
     """Train the motion VAE on the store's train split (also under `torchrun --nproc_per_node=N`).
 
     The configuration is, from the bottom up: the defaults below, the run's saved
@@ -247,9 +263,9 @@ def _run_dir(out: Path | None, resume_run: str | None) -> Path:
     return out
 
 
-def _fit_store(ctx: click.Context, given: str | Path | None, resumed_run: Path | None) -> (
-    str | Path
-):  # fmt: skip
+def _fit_store(
+    ctx: click.Context, given: str | Path | None, resumed_run: Path | None
+) -> str | Path:
     """The store to train on: --store, else the store of the resumed run (as its run_info.json
     records it), else DEFAULT_STORE; checked like a --store value."""
     value = given
@@ -274,24 +290,44 @@ def _recorded_store(run_dir: Path) -> str | None:
 # --- eval, encode, decode ---------------------------------------------------------------------
 
 _DEVICE_OPTION = click.option(
-    "--device", type=click.Choice(typing.get_args(Device)), default="auto", show_default=True,
+    "--device",
+    type=click.Choice(typing.get_args(Device)),
+    default="auto",
+    show_default=True,
     help="Where the model runs; auto picks CUDA, then MPS, then CPU.",
-)  # fmt: skip
+)
 _CKPT_OPTION = click.option(
-    "--ckpt", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--ckpt",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Checkpoint file, e.g. runs/NAME/checkpoints/best.pt.",
-)  # fmt: skip
+)
 
 
 @main.command("eval")
 @_CKPT_OPTION
 @_store_options(required=True, help="Feature store: a path or an fsspec URL.")
-@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
-              help="Split whose windows are evaluated.")  # fmt: skip
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for metrics.json and the pictures (created if missing).")  # fmt: skip
-@click.option("--max-windows", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Evaluate at most this many evenly spaced windows of the split.")  # fmt: skip
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="val",
+    show_default=True,
+    help="Split whose windows are evaluated.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for metrics.json and the pictures (created if missing).",
+)
+@click.option(
+    "--max-windows",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Evaluate at most this many evenly spaced windows of the split.",
+)
 @click.option(
     "--animate",
     is_flag=True,
@@ -299,9 +335,16 @@ _CKPT_OPTION = click.option(
 )
 @_DEVICE_OPTION
 def eval_command(
-    ckpt: Path, store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
-    split: str, out_dir: Path, max_windows: int, animate: bool, device: str,
-) -> None:  # fmt: skip
+    ckpt: Path,
+    store_url: str | Path,
+    cache_dir: Path | None,
+    storage_options: dict | None,
+    split: str,
+    out_dir: Path,
+    max_windows: int,
+    animate: bool,
+    device: str,
+) -> None:
     """Reconstruction metrics and pictures of a checkpoint on fixed windows of a split.
 
     Windows are canonicalised and normalised as in training, the model runs in eval mode
@@ -331,20 +374,39 @@ def eval_command(
     help="Latent store to create (Zarr v3, path or URL); must not exist.",
 )
 @click.option("--logvar", is_flag=True, help="Also store the posterior log-variances.")
-@click.option("--split", type=click.Choice(("all", *SPLITS)), default="all", show_default=True,
-              help="Which sequences to encode.")  # fmt: skip
-@click.option("--window", "window_frames", type=click.IntRange(min=FRAMES_PER_LATENT),
-              help="Window in frames, a multiple of 4 "
-                   "[default: the checkpoint's training window].")  # fmt: skip
-@click.option("--hop", "hop_frames", type=click.IntRange(min=1),
-              help="Frames between window starts, at most the window [default: the window, so "
-                   "every frame is in exactly one window].")  # fmt: skip
+@click.option(
+    "--split",
+    type=click.Choice(("all", *SPLITS)),
+    default="all",
+    show_default=True,
+    help="Which sequences to encode.",
+)
+@click.option(
+    "--window",
+    "window_frames",
+    type=click.IntRange(min=FRAMES_PER_LATENT),
+    help="Window in frames, a multiple of 4 [default: the checkpoint's training window].",
+)
+@click.option(
+    "--hop",
+    "hop_frames",
+    type=click.IntRange(min=1),
+    help="Frames between window starts, at most the window [default: the window, so "
+    "every frame is in exactly one window].",
+)
 @_DEVICE_OPTION
 def encode_command(
-    ckpt: Path, store_url: str | Path, cache_dir: Path | None, storage_options: dict | None,
-    out: str | Path, logvar: bool, split: str, window_frames: int | None,
-    hop_frames: int | None, device: str,
-) -> None:  # fmt: skip
+    ckpt: Path,
+    store_url: str | Path,
+    cache_dir: Path | None,
+    storage_options: dict | None,
+    out: str | Path,
+    logvar: bool,
+    split: str,
+    window_frames: int | None,
+    hop_frames: int | None,
+    device: str,
+) -> None:
     """Encode every sequence of a store, window by window as trained, into a latent store.
 
     Each sequence is cut into windows of the training length starting every --hop frames;
@@ -384,9 +446,12 @@ def encode_command(
     required=True,
     help="Zarr store to create (path or URL); must not exist.",
 )
-@click.option("--world", is_flag=True,
-              help="Write world motion (cpf_translation, cpf_orientation, joint_translation, "
-                   "joint_orientation) instead of 294-D world features.")  # fmt: skip
+@click.option(
+    "--world",
+    is_flag=True,
+    help="Write world motion (cpf_translation, cpf_orientation, joint_translation, "
+    "joint_orientation) instead of 294-D world features.",
+)
 @_DEVICE_OPTION
 @storage_options_option
 def decode_command(

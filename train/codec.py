@@ -194,13 +194,16 @@ _WORLD_SHAPES = ((3,), (3, 3), (NUM_JOINTS, 3), (NUM_JOINTS, 3, 3))  # per frame
 def _motion_arrays(*motion: Any) -> list[np.ndarray]:
     """The four world motion arrays (numpy, or torch on any device) as numpy arrays that share
     their leading (batch, time) axes, or a ValueError with the shapes expected and found."""
-    arrays = [m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
-              for m in motion]  # fmt: skip
+    arrays = [
+        m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m) for m in motion
+    ]
     lead = arrays[0].shape[:-1]
     for array, shape in zip(arrays, _WORLD_SHAPES, strict=True):
         if array.shape != (*lead, *shape) or len(lead) not in (1, 2):
-            expected = ", ".join(f"{name} ([B,] T, {', '.join(map(str, shape))})"
-                                 for name, shape in zip(_WORLD_FIELDS, _WORLD_SHAPES))  # fmt: skip
+            expected = ", ".join(
+                f"{name} ([B,] T, {', '.join(map(str, shape))})"
+                for name, shape in zip(_WORLD_FIELDS, _WORLD_SHAPES)
+            )
             found = ", ".join(f"{n} {tuple(a.shape)}" for n, a in zip(_WORLD_FIELDS, arrays))
             raise ValueError(f"world motion must be {expected}; found {found}")
     return arrays

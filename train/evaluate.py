@@ -180,9 +180,12 @@ def evaluate_batch(
     num_latents = int(latent_mask(prep.mask, out["mean"].shape[1]).sum())
     recon = normalizer.denormalize(out["recon"].float())
     sums = reconstruction_errors(
-        recon, prep.canonical, prep.mask, contact_speed_m_per_frame,
+        recon,
+        prep.canonical,
+        prep.mask,
+        contact_speed_m_per_frame,
         head_blend=config.train.decode_head_blend,
-    )  # fmt: skip
+    )
     return sums | loss_sums(terms, int(prep.mask.sum()), num_latents), recon
 
 
@@ -304,9 +307,17 @@ def _write_pictures(
     for i, (k, gt, pred) in enumerate(examples_m):
         frames = np.linspace(0, len(gt) - 1, FRAMES_PER_EXAMPLE).round().astype(int).tolist()
         path = out_dir / f"skeletons_window{i}.png"
-        pictures.append(plot_skeleton_frames(gt[:, :-1], pred[:, :-1], frames, path,
-                                             title=f"window {k}", gt_head_m=gt[:, -1],
-                                             pred_head_m=pred[:, -1]))  # fmt: skip
+        pictures.append(
+            plot_skeleton_frames(
+                gt[:, :-1],
+                pred[:, :-1],
+                frames,
+                path,
+                title=f"window {k}",
+                gt_head_m=gt[:, -1],
+                pred_head_m=pred[:, -1],
+            )
+        )
     curves = {
         "world MPJPE": np.array(metrics[MPJPE_WORLD_BY_FRAME], dtype=float),
         "head-frame MPJPE": np.array(metrics[MPJPE_HEAD_BY_FRAME], dtype=float),

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -259,9 +259,13 @@ class MetricsLog:
 
 
 def fit(
-    config: RunConfig, store: str | FeatureStore, run_dir: Path, resume: bool = False,
-    notify: Callable[[str], None] = logger.info, store_source: str | None = None,
-) -> dict[str, float]:  # fmt: skip
+    config: RunConfig,
+    store: str | FeatureStore,
+    run_dir: Path,
+    resume: bool = False,
+    notify: Callable[[str], None] = logger.info,
+    store_source: str | None = None,
+) -> dict[str, float]:
     """Train per `config` on the train split of `store` (a path, opened here, or an opened
     store such as `shared.chunk_cache.open_cached_store`'s); returns the last validation metrics.
 
@@ -316,10 +320,17 @@ def fit(
 
 
 def _train_loop(
-    train_model: nn.Module, state: TrainState, batches: TrainBatches, normalizer: Normalizer,
-    val: ValidationSet | None, config: RunConfig, info: DistInfo, saver: Checkpointer,
-    log: MetricsLog, stop: StopSignals,
-) -> dict[str, float]:  # fmt: skip
+    train_model: nn.Module,
+    state: TrainState,
+    batches: TrainBatches,
+    normalizer: Normalizer,
+    val: ValidationSet | None,
+    config: RunConfig,
+    info: DistInfo,
+    saver: Checkpointer,
+    log: MetricsLog,
+    stop: StopSignals,
+) -> dict[str, float]:
     """Steps until `config.runtime.steps`, validating, logging and saving on their schedules;
     raises `TrainingInterrupted` at the step boundary after a signal."""
     run = config.runtime
@@ -340,37 +351,71 @@ def _train_loop(
             windows = config.train.batch_size * info.world_size
             throughput.add(windows, batches.take_wait_s(), time.perf_counter() - t0)
             if state.step % log_every == 0 or state.step == run.steps:
-                values = _train_values(terms, grad_norm, state, throughput.take())
-                log.write(state.step, values)
-                bar.set_postfix(
-                    loss=f"{values['train/total']:.4f}",
-                    win_s=f"{values['perf/windows_per_s']:.0f}",
-                    wait=f"{100 * values['perf/data_wait_share']:.1f}%",
+                _log_train(
+                    log, bar, _train_values(terms, grad_norm, state, throughput.take()), state
                 )
-            if state.step % run.val_every == 0 or state.step == run.steps:
-                if val is not None and info.is_main:
-                    last_val = validate(state.model, val, normalizer, config, batches.device)
-                    log.write(state.step, last_val)
-                    bar.write(validation_line(state.step, run.steps, last_val))
-                    saver.save(is_best=state.record_val(last_val["val/total"]))
-                else:
-                    saver.save()
-            elif state.step % run.ckpt_every == 0:
-                saver.save()
+            checked = _validate_and_save(
+                state, val, normalizer, config, batches, info, saver, log, bar
+            )
+            last_val = checked or last_val
             bar.update(1)
             if stopping:
                 break
     if state.step < run.steps:
-        if saver.saved_step != state.step:
-            saver.save()
-        _finish(saver.directory.parent, info)
-        raise TrainingInterrupted(
-            f"interrupted by {stop.name} after step {state.step} of {run.steps}: checkpoint "
-            f"saved to {saver.last}; resume with: {resume_command(saver.directory.parent, info)}",
-            128 + (stop.received or signal.SIGINT),
-        )
+        _stop_interrupted(state, run.steps, saver, info, stop)
     _finish(saver.directory.parent, info)
     return last_val
+
+
+def _log_train(log: MetricsLog, bar: tqdm, values: dict[str, float], state: TrainState) -> None:
+    log.write(state.step, values)
+    bar.set_postfix(
+        loss=f"{values['train/total']:.4f}",
+        win_s=f"{values['perf/windows_per_s']:.0f}",
+        wait=f"{100 * values['perf/data_wait_share']:.1f}%",
+    )
+
+
+def _validate_and_save(
+    state: TrainState,
+    val: ValidationSet | None,
+    normalizer: Normalizer,
+    config: RunConfig,
+    batches: TrainBatches,
+    info: DistInfo,
+    saver: Checkpointer,
+    log: MetricsLog,
+    bar: tqdm,
+) -> dict[str, float] | None:
+    """At a validation step: validate (rank 0), log and print its line and checkpoint (`best`
+    too when it improved); at a checkpoint step: checkpoint. Returns the validation's values."""
+    run = config.runtime
+    if state.step % run.val_every == 0 or state.step == run.steps:
+        if val is not None and info.is_main:
+            values = validate(state.model, val, normalizer, config, batches.device)
+            log.write(state.step, values)
+            bar.write(validation_line(state.step, run.steps, values))
+            saver.save(is_best=state.record_val(values["val/total"]))
+            return values
+        saver.save()
+    elif state.step % run.ckpt_every == 0:
+        saver.save()
+    return None
+
+
+def _stop_interrupted(
+    state: TrainState, steps: int, saver: Checkpointer, info: DistInfo, stop: StopSignals
+) -> NoReturn:
+    """The step boundary after a signal: checkpoint (unless this step's is saved), then end
+    the run with the command that resumes it."""
+    if saver.saved_step != state.step:
+        saver.save()
+    _finish(saver.directory.parent, info)
+    raise TrainingInterrupted(
+        f"interrupted by {stop.name} after step {state.step} of {steps}: checkpoint "
+        f"saved to {saver.last}; resume with: {resume_command(saver.directory.parent, info)}",
+        128 + (stop.received or signal.SIGINT),
+    )
 
 
 def resume_command(run_dir: Path, info: DistInfo) -> str:
@@ -474,9 +519,13 @@ class Checkpointer:
     """Writes DIR/last.pt (what --resume needs) and, for the best validation, DIR/best.pt."""
 
     def __init__(
-        self, directory: Path, state: TrainState, config: RunConfig, store: FeatureStore,
+        self,
+        directory: Path,
+        state: TrainState,
+        config: RunConfig,
+        store: FeatureStore,
         enabled: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.directory = directory
         self.last, self.best = directory / "last.pt", directory / "best.pt"
         self.state, self.config, self.store, self.enabled = state, config, store, enabled
@@ -541,8 +590,11 @@ def _warn_if_warmup_capped(config: RunConfig) -> None:
         logger.warning(
             "--warmup-steps %d is more than %d%% of the %d-step run: warming up for %d steps, "
             "then the cosine decay",
-            cfg.warmup_steps, round(100 * MAX_WARMUP_SHARE), config.runtime.steps, warmup,
-        )  # fmt: skip
+            cfg.warmup_steps,
+            round(100 * MAX_WARMUP_SHARE),
+            config.runtime.steps,
+            warmup,
+        )
 
 
 def _warn_if_stats_window_differs(store: FeatureStore, config: RunConfig) -> None:
@@ -590,14 +642,24 @@ class TrainBatches:
     spent waiting for them."""
 
     def __init__(
-        self, store: FeatureStore, config: RunConfig, info: DistInfo, first_step: int,
+        self,
+        store: FeatureStore,
+        config: RunConfig,
+        info: DistInfo,
+        first_step: int,
         device: torch.device,
-    ) -> None:  # fmt: skip
+    ) -> None:
         cfg = config.train
         dataset = TrainWindows(
-            store, "train", config.model.seq_len, cfg.batch_size, cfg.seed, info.rank,
-            first_batch=first_step, check_chunks=config.runtime.chunk_check,
-        )  # fmt: skip
+            store,
+            "train",
+            config.model.seq_len,
+            cfg.batch_size,
+            cfg.seed,
+            info.rank,
+            first_batch=first_step,
+            check_chunks=config.runtime.chunk_check,
+        )
         self.loader = iter(
             make_loader(dataset, config.runtime.num_workers, pin_memory=device.type == "cuda")
         )
@@ -690,9 +752,11 @@ def _train_step(
 
 
 def _train_values(
-    terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, state: TrainState,
+    terms: dict[str, torch.Tensor],
+    grad_norm: torch.Tensor,
+    state: TrainState,
     rates: dict[str, float],
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """The metrics line of a training step."""
     values = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
     values |= {"train/grad_norm": float(grad_norm), "train/lr": state.scheduler.get_last_lr()[0]}
@@ -748,9 +812,13 @@ def _check_resumable(ckpt: Checkpoint, config: RunConfig, store: FeatureStore) -
 
 
 def _write_run_files(
-    run_dir: Path, config: RunConfig, store: FeatureStore, info: DistInfo, device: torch.device,
+    run_dir: Path,
+    config: RunConfig,
+    store: FeatureStore,
+    info: DistInfo,
+    device: torch.device,
     store_source: str | None,
-) -> None:  # fmt: skip
+) -> None:
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     run_info = {
         "package_version": package_version(),

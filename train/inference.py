@@ -61,5 +61,8 @@ def warn_if_other_store(ckpt: Checkpoint, store: FeatureStore) -> None:
         logger.warning(
             "checkpoint was trained on store %s (fingerprint %s), running on %s (fingerprint %s); "
             "normalisation uses the checkpoint's statistics",
-            ckpt.store_url, ckpt.store_fingerprint[:12], store.url, store.fingerprint[:12],
-        )  # fmt: skip
+            ckpt.store_url,
+            ckpt.store_fingerprint[:12],
+            store.url,
+            store.fingerprint[:12],
+        )

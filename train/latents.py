@@ -315,8 +315,11 @@ def _latent_attrs(
     logvar: bool,
 ) -> dict[str, Any]:
     """Root attributes of a latent store (`complete` aside)."""
-    checkpoint = {"path": str(Path(ckpt_path).resolve()), "sha256": file_sha256(ckpt_path),
-                  "step": codec.checkpoint.step}  # fmt: skip
+    checkpoint = {
+        "path": str(Path(ckpt_path).resolve()),
+        "sha256": file_sha256(ckpt_path),
+        "step": codec.checkpoint.step,
+    }
     return {
         **LATENTS.attrs(),
         ATTR_LATENT_DIM: codec.model.config.latent_dim,
@@ -409,9 +412,13 @@ def read_sequence_latents(
 
 
 def decode_store(
-    ckpt_path: Path, latents_url: str | Path, out: str | Path, world: bool = False,
-    device: str = "auto", storage_options: dict | None = None,
-) -> zarr.Group:  # fmt: skip
+    ckpt_path: Path,
+    latents_url: str | Path,
+    out: str | Path,
+    world: bool = False,
+    device: str = "auto",
+    storage_options: dict | None = None,
+) -> zarr.Group:
     """Decode the mean latents of a latent store into world features (or world motion) at `out`;
     `storage_options` (fsspec) apply to both when they are URLs."""
     latents = open_latents(latents_url, storage_options)

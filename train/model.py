@@ -98,8 +98,15 @@ class MotionVAEConfig:
     chosen by `python -m benchmarks quality --data real`, see BENCHMARKS.md)."""
 
     def __post_init__(self) -> None:
-        for name in ("input_dim", "hidden_dim", "latent_dim", "blocks_per_stage", "kernel_size",
-                     "seq_len", "linear_decoder_kernel"):  # fmt: skip
+        for name in (
+            "input_dim",
+            "hidden_dim",
+            "latent_dim",
+            "blocks_per_stage",
+            "kernel_size",
+            "seq_len",
+            "linear_decoder_kernel",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"MotionVAEConfig.{name} must be a positive int, found {value!r}")
@@ -350,8 +357,9 @@ class MotionVAE(nn.Module):
             frames_dim = FRAMES_PER_LATENT * self.config.input_dim  # a latent's 4 frames, flat
             self.linear_encoder = _LinearPath(frames_dim, 2 * self.config.latent_dim)
             self.linear_decoder = _linear_decoder(self.config)
-        logger.debug("MotionVAE %s: %d parameters", dataclasses.asdict(self.config),
-                     self.num_parameters())  # fmt: skip
+        logger.debug(
+            "MotionVAE %s: %d parameters", dataclasses.asdict(self.config), self.num_parameters()
+        )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -438,8 +446,14 @@ class MotionVAE(nn.Module):
         """
         num_latents = self.config.num_latents if num_latents is None else num_latents
         p = next(self.parameters())
-        z = torch.randn(n, num_latents, self.config.latent_dim, generator=generator,
-                        device=p.device, dtype=p.dtype)  # fmt: skip
+        z = torch.randn(
+            n,
+            num_latents,
+            self.config.latent_dim,
+            generator=generator,
+            device=p.device,
+            dtype=p.dtype,
+        )
         return self.decode(z)
 
     def encode_sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

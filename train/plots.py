@@ -49,13 +49,21 @@ def read_metrics(path: Path) -> list[dict]:
 
 # The panels of the loss plot: (title, y label, log scale, does a metrics term belong here).
 _LOSS_PANELS = (
-    ("loss: total and reconstruction", "MSE of normalised features\n(total: weighted sum)",
-     True, lambda term: term in ("total", "recon") or term.startswith("mse/")),
-    ("loss: world terms", "mean error (unit in each name)", True,
-     lambda term: term.startswith(("world/", "head_frame/"))),
+    (
+        "loss: total and reconstruction",
+        "MSE of normalised features\n(total: weighted sum)",
+        True,
+        lambda term: term in ("total", "recon") or term.startswith("mse/"),
+    ),
+    (
+        "loss: world terms",
+        "mean error (unit in each name)",
+        True,
+        lambda term: term.startswith(("world/", "head_frame/")),
+    ),
     ("KL divergence", "KL (nats per latent dim)", True, lambda term: term == "kl"),
     ("validation MPJPE", "MPJPE (mm)", False, lambda term: term.startswith("mpjpe_")),
-)  # fmt: skip
+)
 _SPLIT_STYLES = {"train": {"ls": "-"}, "val": {"ls": "--", "marker": "o"}}
 _SPLIT_NAMES = {"train": "training", "val": "validation"}
 # Series with at most this many points are drawn with markers: a short run is still visible.
@@ -113,8 +121,9 @@ def loss_figure(rows: Sequence[Mapping]) -> plt.Figure | None:
     last_step = max(
         step for splits in series.values() for pts in splits.values() for step, _ in pts
     )
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(9, 2.6 * len(panels)), sharex=True, squeeze=False
+    )
     for ax, ((title, ylabel, log, _), terms) in zip(axes[:, 0], panels):
         colours = _term_colours(terms)
         splits = set()
@@ -283,10 +292,17 @@ def plot_error_by_frame(
         T = max(T, len(values))
         ax.plot(np.arange(len(values)), values, label=label, lw=1.5)
     for t in range(0, T + 1, frames_per_latent):
-        ax.axvline(t - 0.5, color="0.8", lw=0.6, ls=":", zorder=0,
-                   label="latent boundary" if t == 0 else None)  # fmt: skip
-    ax.set(xlabel="frame index inside the window", ylabel="MPJPE (mm)",
-           title="error by frame position")  # fmt: skip
+        ax.axvline(
+            t - 0.5,
+            color="0.8",
+            lw=0.6,
+            ls=":",
+            zorder=0,
+            label="latent boundary" if t == 0 else None,
+        )
+    ax.set(
+        xlabel="frame index inside the window", ylabel="MPJPE (mm)", title="error by frame position"
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-0.5, T - 0.5)
     ax.set_ylim(bottom=0)
@@ -313,8 +329,13 @@ def per_joint_figure(
             raise ValueError(
                 f"{label}: one value per joint ({len(names)}) expected, found {values.shape}"
             )
-    fig, axes = plt.subplots(1, len(errors), figsize=(3.6 * len(errors) + 1, 0.26 * len(names)
-                             + 1.3), sharey=True, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(errors),
+        figsize=(3.6 * len(errors) + 1, 0.26 * len(names) + 1.3),
+        sharey=True,
+        squeeze=False,
+    )
     y = np.arange(len(names))
     colours = _term_colours(list(errors))
     for ax, (label, values) in zip(axes[0], errors.items()):
@@ -352,8 +373,10 @@ def skeleton_animation(
     fig = plt.figure(figsize=(4.2, 4.2))
     ax = _new_skeleton_axes(fig, 111, half, z_range, relative=False)
     trails = [ax.plot([], [], [], color=c, lw=1, alpha=0.6)[0] for c in (GT_COLOR, PRED_COLOR)]
-    lines = [(_bone_lines(ax, gt_m[0], GT_COLOR), gt_m),
-             (_bone_lines(ax, pred_m[0], PRED_COLOR, alpha=0.8), pred_m)]  # fmt: skip
+    lines = [
+        (_bone_lines(ax, gt_m[0], GT_COLOR), gt_m),
+        (_bone_lines(ax, pred_m[0], PRED_COLOR, alpha=0.8), pred_m),
+    ]
     fig.legend(handles=_legend_handles(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     caption = fig.suptitle("", fontsize=8)
     fig.subplots_adjust(left=0.05, right=0.92, bottom=0.1, top=0.95)

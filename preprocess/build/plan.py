@@ -251,16 +251,31 @@ def make_plan(
     splits = assign_splits((p.participant for p in sequences), config.split, config.split_seed)
     timestamps = tuple(stored_timestamps(p.timestamp_ns, config.fps) for p in sequences)
     plan = BuildPlan(
-        config, data, discovery, tuple(usable), problems,
-        _discrepancies(usable, stitch, period_ns, config), period_ns, source_fps,
-        config.fps or source_fps, tuple(sequences), timestamps, splits, stitch,
-    )  # fmt: skip
+        config,
+        data,
+        discovery,
+        tuple(usable),
+        problems,
+        _discrepancies(usable, stitch, period_ns, config),
+        period_ns,
+        source_fps,
+        config.fps or source_fps,
+        tuple(sequences),
+        timestamps,
+        splits,
+        stitch,
+    )
     logger.info(
         "%d usable clips -> %d sequences, %d frames at %.3f fps (source %.3f fps); %d gaps, "
         "%d overlapping frames dropped",
-        len(usable), len(plan.sequences), plan.num_frames, plan.fps, plan.source_fps,
-        plan.stitch.gaps, plan.stitch.dropped_frames,
-    )  # fmt: skip
+        len(usable),
+        len(plan.sequences),
+        plan.num_frames,
+        plan.fps,
+        plan.source_fps,
+        plan.stitch.gaps,
+        plan.stitch.dropped_frames,
+    )
     return plan
 
 

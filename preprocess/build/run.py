@@ -73,9 +73,12 @@ def _build_locked(
         raise BuildError(not_visible_message(error, data, paths)) from None
     except (OSError, RuntimeError) as error:
         full = disk_full_error(
-            error, paths.build_dir, space.needed_bytes(paths.build_dir),
-            f"building {paths.out}", disk_full_advice(paths, config),
-        )  # fmt: skip
+            error,
+            paths.build_dir,
+            space.needed_bytes(paths.build_dir),
+            f"building {paths.out}",
+            disk_full_advice(paths, config),
+        )
         if full is None:
             raise
         raise BuildError(str(full)) from error

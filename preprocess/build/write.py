@@ -123,9 +123,12 @@ def _open_staging(
             if all(a.shape[0] == plan.num_frames for a in arrays.values()):
                 logger.info(
                     "continuing the store in %s at frame %d of %d (sequence %d of %d)",
-                    paths.staging, done.rows_written, plan.num_frames, done.next_sequence,
+                    paths.staging,
+                    done.rows_written,
+                    plan.num_frames,
+                    done.next_sequence,
                     len(plan.sequences),
-                )  # fmt: skip
+                )
                 return root, arrays, done
         except (KeyError, ValueError, zarr.errors.BaseZarrError) as error:
             logger.warning("cannot continue the store in %s (%s)", paths.staging, error)
@@ -239,9 +242,12 @@ def _write_frames(
     )
     moments = done.moments
     with tqdm(
-        total=plan.num_frames, initial=done.rows_written, unit="frame", desc="features",
+        total=plan.num_frames,
+        initial=done.rows_written,
+        unit="frame",
+        desc="features",
         disable=not progress,
-    ) as bar:  # fmt: skip
+    ) as bar:
         for index, arrays in zip(range(first, len(plan.sequences)), computed, strict=True):
             sequence, length, start = plan.sequences[index], lengths[index], starts[index]
             _check_computed(sequence, length, arrays)
@@ -278,9 +284,14 @@ def _write_stats(
     stats = root.create_group(shared.store.STATS_GROUP, overwrite=True)
     for name, values in ((shared.store.STATS_MEAN, mean), (shared.store.STATS_STD, std)):
         array = shared.store.create_store_array(
-            stats, name, shape=(FEATURE_DIM,), chunks=(FEATURE_DIM,), dtype="float64",
-            dimension_names=("feature",), fill_value=0.0,
-        )  # fmt: skip
+            stats,
+            name,
+            shape=(FEATURE_DIM,),
+            chunks=(FEATURE_DIM,),
+            dtype="float64",
+            dimension_names=("feature",),
+            fill_value=0.0,
+        )
         array[:] = values
     stats.attrs.update(
         {

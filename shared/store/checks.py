@@ -300,9 +300,9 @@ def display_path(url: str) -> str:
 _DIFFERENCES = ((HP, HP_DOT), (JP, JV))
 
 
-def seam_problem(features: ChunkMemmapArray, frame: int, sequence_starts: frozenset[int]) -> (
-    str | None
-):  # fmt: skip
+def seam_problem(
+    features: ChunkMemmapArray, frame: int, sequence_starts: frozenset[int]
+) -> str | None:
     """Whether frame `frame` (the first of a chunk) continues frame `frame - 1` (the last of the
     chunk before): `hp_dot` and `jv` at a frame are the steps of `hp` and `jp` from the frame
     before, exactly up to float32 rounding, so a chunk swapped with another, moved, or

@@ -184,9 +184,11 @@ class FeatureStore:
         if (last - first <= 1).all() and mapped[first].all() and mapped[last].all():
             return  # warm: every chunk of these windows is mapped (windows within two chunks)
         missing = {
-            i for a, b in zip(first.tolist(), last.tolist()) for i in range(a, b + 1)
+            i
+            for a, b in zip(first.tolist(), last.tolist())
+            for i in range(a, b + 1)
             if not mapped[i]
-        }  # fmt: skip
+        }
         self.chunk_source.prefetch(self.features, sorted(missing))
 
     @property
@@ -198,9 +200,14 @@ class FeatureStore:
         # worker; the chunk files were checked when this one was opened.
         return (
             _reopen,
-            (self.url, self._memory_map_requested, self._storage_options,
-             self._check_chunks_on_use, self.chunk_source),
-        )  # fmt: skip
+            (
+                self.url,
+                self._memory_map_requested,
+                self._storage_options,
+                self._check_chunks_on_use,
+                self.chunk_source,
+            ),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -210,13 +217,20 @@ class FeatureStore:
 
 
 def _reopen(
-    url: str, memory_map: bool, storage_options: dict | None, check_chunks_on_use: bool,
+    url: str,
+    memory_map: bool,
+    storage_options: dict | None,
+    check_chunks_on_use: bool,
     chunk_source: ChunkSource | None,
-) -> FeatureStore:  # fmt: skip
+) -> FeatureStore:
     return open_store(
-        url, memory_map=memory_map, storage_options=storage_options, check_chunk_files=False,
-        check_chunks_on_use=check_chunks_on_use, chunk_source=chunk_source,
-    )  # fmt: skip
+        url,
+        memory_map=memory_map,
+        storage_options=storage_options,
+        check_chunk_files=False,
+        check_chunks_on_use=check_chunks_on_use,
+        chunk_source=chunk_source,
+    )
 
 
 def _frame_arrays(group: zarr.Group, url: str) -> dict[str, zarr.Array]:
@@ -305,9 +319,10 @@ def _check_root_attrs(attrs: Mapping[str, Any], url: str) -> None:
 def _read_sequences(group: zarr.Group, url: str, num_frames: int) -> tuple[SequenceRecord, ...]:
     where = f"store {url}"
     records = read_metadata(
-        url, f"{SEQUENCES_GROUP}/zarr.json",
+        url,
+        f"{SEQUENCES_GROUP}/zarr.json",
         lambda: table_from_json(read_table(group, TABLE_COLUMNS, where, REBUILD_HINT), where),
-    )  # fmt: skip
+    )
     frame = 0
     for r in records:
         if r.start != frame or r.length <= 0:
@@ -379,9 +394,14 @@ def open_store(
     storage_options = url_options(url, storage_options)
     group = read_metadata(url, "zarr.json", partial(_open_group, url, storage_options))
     return FeatureStore(
-        url, group, memory_map, storage_options, check_chunk_files, check_chunks_on_use,
+        url,
+        group,
+        memory_map,
+        storage_options,
+        check_chunk_files,
+        check_chunks_on_use,
         chunk_source,
-    )  # fmt: skip
+    )
 
 
 def _open_group(url: str, storage_options: dict[str, Any] | None) -> zarr.Group:

@@ -127,9 +127,11 @@ class ChunkMemmapArray:
                     "%s has %d chunk files but this process may keep only %d of them mapped "
                     "(open-file limit); window reads will be slower: raise the limit, e.g. "
                     "`ulimit -n %d`",
-                    self.array_dir, self.num_chunks, len(self._maps),
+                    self.array_dir,
+                    self.num_chunks,
+                    len(self._maps),
                     3 * self.num_chunks + OPEN_FILES_RESERVE,
-                )  # fmt: skip
+                )
             self.drop_map(next(iter(self._maps)))  # evict the oldest
         source = self.chunk_source
         chunk = self.map_chunk_file(index) if source is None else source.map_chunk(self, index)
@@ -161,9 +163,11 @@ class ChunkMemmapArray:
         first = index * self.chunk_frames
         key = "/".join(self.chunk_path(index).relative_to(self.array_dir).parts)
         return ChunkName(
-            self.array_path, (index, *(0 for _ in self.row_shape)), f"{self.array_path}/{key}",
+            self.array_path,
+            (index, *(0 for _ in self.row_shape)),
+            f"{self.array_path}/{key}",
             (first, min(first + self.chunk_frames, self.shape[0]) - 1),
-        )  # fmt: skip
+        )
 
     def verify_chunk(self, index: int) -> str | None:
         """What is wrong with chunk `index`'s file (its crc32c does not match its bytes; a float
@@ -357,6 +361,11 @@ def memmap_array(
     if chunk_shape[1:] != tuple(array.shape[1:]):
         return None
     return ChunkMemmapArray(
-        array_dir, array.shape, chunk_shape[0], array.dtype, checksum_bytes, array_path=array.path,
+        array_dir,
+        array.shape,
+        chunk_shape[0],
+        array.dtype,
+        checksum_bytes,
+        array_path=array.path,
         chunk_source=chunk_source,
-    )  # fmt: skip
+    )

@@ -246,7 +246,13 @@ def create_store_array(
     build, by `pull` when it re-encodes a compressed array as raw chunks, and by the latent and
     decoded stores (`train.latents`; `chunks="auto"` for their small tables)."""
     return parent.create_array(
-        name, shape=shape, chunks=chunks, dtype=dtype, compressors=store_compressors(zstd_level),
-        fill_value=fill_value, dimension_names=dimension_names, config=ARRAY_CONFIG,
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=store_compressors(zstd_level),
+        fill_value=fill_value,
+        dimension_names=dimension_names,
+        config=ARRAY_CONFIG,
         overwrite=overwrite,
-    )  # fmt: skip
+    )

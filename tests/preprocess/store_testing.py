@@ -97,9 +97,13 @@ def write_variant(
 
 def _write_unreadable(dst: h5py.File, key: str, shape: tuple, dtype: np.dtype) -> None:
     ds = dst.create_dataset(
-        key, shape=shape, dtype=dtype, chunks=shape if shape[0] else None,
-        compression=UNREGISTERED_FILTER_ID, allow_unknown_filter=True,
-    )  # fmt: skip
+        key,
+        shape=shape,
+        dtype=dtype,
+        chunks=shape if shape[0] else None,
+        compression=UNREGISTERED_FILTER_ID,
+        allow_unknown_filter=True,
+    )
     if shape[0]:
         ds.id.write_direct_chunk((0,) * len(shape), b"not a compressed chunk" * 8)
 

@@ -35,11 +35,17 @@ def _variants(clip: Path, raw: dict) -> dict[str, tuple[dict, dict, tuple[str, .
     jumping = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
     jumping[20, 4] = jumping[19, 4] + (5.0, 0.0, 0.0)  # 5 m in one 30 fps frame: 150 m/s
     slow = raw[nymeria_format.KEY_TIMESTAMP_NS][0] + np.arange(n, dtype=np.int64) * 2_000_000_000
-    empty = {key: raw[key][:0] for key in (
-        nymeria_format.KEY_TIMESTAMP_NS, nymeria_format.KEY_CPF_TRANSLATION,
-        nymeria_format.KEY_CPF_ORIENTATION, nymeria_format.KEY_JOINT_TRANSLATION,
-        nymeria_format.KEY_JOINT_ORIENTATION, nymeria_format.KEY_CONTACT_INFORMATION,
-    )}  # fmt: skip
+    empty = {
+        key: raw[key][:0]
+        for key in (
+            nymeria_format.KEY_TIMESTAMP_NS,
+            nymeria_format.KEY_CPF_TRANSLATION,
+            nymeria_format.KEY_CPF_ORIENTATION,
+            nymeria_format.KEY_JOINT_TRANSLATION,
+            nymeria_format.KEY_JOINT_ORIENTATION,
+            nymeria_format.KEY_CONTACT_INFORMATION,
+        )
+    }
     return {
         "missing_key": ({nymeria_format.KEY_JOINT_TRANSLATION: None}, {}, ()),
         "out_of_range": ({nymeria_format.KEY_JOINT_TRANSLATION: absurd}, {}, ()),

@@ -56,9 +56,18 @@ def cluster_store(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFact
     out = tmp_path_factory.mktemp("cluster") / "nymeria.zarr"
     result = CliRunner().invoke(
         main,
-        ["build", str(synthetic_dataset), "--out", str(out), "--workers", "2",
-         "--chunk-frames", str(CHUNK_FRAMES), "--no-progress"],
-    )  # fmt: skip
+        [
+            "build",
+            str(synthetic_dataset),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--chunk-frames",
+            str(CHUNK_FRAMES),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "18 used, 0 skipped" in result.output
     return out
@@ -95,9 +104,12 @@ def test_cluster_build_sizes_chunks_and_attributes(cluster_store: Path, syntheti
     assert attrs[shared.store.ATTR_PACKAGE_VERSION] == metadata.version("nymeria-mvae")
     assert attrs[shared.store.ATTR_GIT_REVISION]
     assert attrs[shared.store.ATTR_SOURCE] == {
-        "root": str(synthetic_dataset.resolve()), "file_count": 18, "files_used": 18,
-        "ignored": [], "other_files": {},
-    }  # fmt: skip
+        "root": str(synthetic_dataset.resolve()),
+        "file_count": 18,
+        "files_used": 18,
+        "ignored": [],
+        "other_files": {},
+    }
     assert attrs[shared.store.ATTR_PROBLEMS] == attrs[shared.store.ATTR_DISCREPANCIES] == []
     stitching = attrs[shared.store.ATTR_STITCHING]
     assert stitching["gaps"] == stitching["dropped_frames"] == stitching["filled_frames"] == 0
@@ -327,9 +339,18 @@ def test_build_on_an_existing_cluster(cluster_store: Path, synthetic_dataset: Pa
     ) as cluster:
         result = CliRunner().invoke(
             main,
-            ["build", str(synthetic_dataset), "--out", str(out), "--scheduler",
-             cluster.scheduler_address, "--chunk-frames", str(CHUNK_FRAMES), "--no-progress"],
-        )  # fmt: skip
+            [
+                "build",
+                str(synthetic_dataset),
+                "--out",
+                str(out),
+                "--scheduler",
+                cluster.scheduler_address,
+                "--chunk-frames",
+                str(CHUNK_FRAMES),
+                "--no-progress",
+            ],
+        )
     assert result.exit_code == 0, result.output
     assert content_files(out) == content_files(cluster_store)
     assert (

@@ -62,11 +62,26 @@ def _build(
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.run(
-        [sys.executable, "-m", "preprocess", "build", str(data), "--out", str(out), "--scheduler",
-         "synchronous", "--no-progress", *extra],
-        cwd=REPO_ROOT, check=False, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "preprocess",
+            "build",
+            str(data),
+            "--out",
+            str(out),
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
         preexec_fn=None if limit_bytes is None else limit,
-    )  # fmt: skip
+    )
 
 
 def _error_line(stderr: str) -> str:
@@ -147,11 +162,27 @@ def test_build_killed_while_writing_frames_resumes_there(synthetic_dataset, tmp_
     paths = BuildPaths(out)
     marker = tmp_path / "stalled"
     process = subprocess.Popen(
-        [sys.executable, "-c", STALLING_BUILD, "4", str(marker), "build", str(synthetic_dataset),
-         "--out", str(out), "--scheduler", "synchronous", "--no-progress",
-         "--chunk-frames", str(CHUNK_FRAMES)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            STALLING_BUILD,
+            "4",
+            str(marker),
+            "build",
+            str(synthetic_dataset),
+            "--out",
+            str(out),
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+            "--chunk-frames",
+            str(CHUNK_FRAMES),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(marker.exists, "the fourth progress record", process)
     finally:

@@ -63,16 +63,29 @@ class Cluster:
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         process = subprocess.Popen(
-            list(args), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
-        )  # fmt: skip
+            list(args),
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         self.processes.append(process)
         return process
 
     def scheduler(self, **config: str) -> str:
         port = free_port()
-        self.start(sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                   "--port", str(port), "--no-dashboard", env=config)  # fmt: skip
+        self.start(
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+            env=config,
+        )
         self.address = f"tcp://127.0.0.1:{port}"
         deadline = time.monotonic() + POLL_TIMEOUT_S
         while True:
@@ -87,9 +100,20 @@ class Cluster:
     def worker(
         self, *extra: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
     ) -> None:
-        self.start(*prefix, sys.executable, "-m", "distributed.cli.dask_worker", self.address,
-                   "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1", *extra,
-                   env=env)  # fmt: skip
+        self.start(
+            *prefix,
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            self.address,
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--host",
+            "127.0.0.1",
+            *extra,
+            env=env,
+        )
 
     def wait_for_workers(self, count: int) -> None:
         deadline = time.monotonic() + POLL_TIMEOUT_S
@@ -129,8 +153,11 @@ def build_args(data: Path, out: Path, scheduler: str, *extra: str) -> list[str]:
 def start_build(data: Path, out: Path, scheduler: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "preprocess", *build_args(data, out, scheduler, *extra)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def error_line(output: str) -> str:

@@ -138,13 +138,24 @@ def test_a_seeded_fuzz_campaign_has_no_crash_and_no_bad_publication(
     names, ...) beside byte damage: each file is used, refused or listed, and the published
     store passes verify and holds nothing implausible."""
     report = run_campaign(
-        clips, tmp_path, files=CAMPAIGN_FILES, batch=CAMPAIGN_FILES, seed=1,
+        clips,
+        tmp_path,
+        files=CAMPAIGN_FILES,
+        batch=CAMPAIGN_FILES,
+        seed=1,
         build=lambda data, out: _in_process(
-            "build", str(data), "--out", str(out), "--scheduler", "synchronous",
-            "--no-progress", "--split", "1,0,0",
+            "build",
+            str(data),
+            "--out",
+            str(out),
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+            "--split",
+            "1,0,0",
         ),
         verify=lambda store: _in_process("verify", str(store), "--no-progress"),
-    )  # fmt: skip
+    )
     assert report.crashes == [] and report.bad_publications == []
     assert report.files == CAMPAIGN_FILES == sum(report.outcomes.values()) and report.published == 1
     assert len(report.mutations) >= 15 and len(report.outcomes) >= 10, report

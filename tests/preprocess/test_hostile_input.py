@@ -57,9 +57,13 @@ def test_exporter_files_with_skipped_frames_are_used_and_filled(tmp_path: Path):
     filled by interpolation on the 30 fps grid, every frame the attributes declare stored."""
     data = tmp_path / "hdf5"
     synth.generate_dataset(
-        data, recordings=3, clips_per_recording=3, seed=5, video_size=None,
+        data,
+        recordings=3,
+        clips_per_recording=3,
+        seed=5,
+        video_size=None,
         drop_frame_probability=0.03,
-    )  # fmt: skip
+    )
     full = tmp_path / "full"
     synth.generate_dataset(full, recordings=3, clips_per_recording=3, seed=5, video_size=None)
     summary = synchronous_build(data, tmp_path / "s.zarr", max_fill_frames=8)
@@ -177,9 +181,12 @@ def test_problem_records_name_key_and_frame(synthetic_dataset: Path, tmp_path: P
     problem = read_clip(tmp_path, "x_00000.h5").problem
     assert (problem.kind, problem.key, problem.frame) == ("not_rotation", "cpf_orientation", 12)
     assert problem.to_json() == {
-        "file": "x_00000.h5", "kind": "not_rotation", "reason": problem.reason,
-        "key": "cpf_orientation", "frame": 12,
-    }  # fmt: skip
+        "file": "x_00000.h5",
+        "kind": "not_rotation",
+        "reason": problem.reason,
+        "key": "cpf_orientation",
+        "frame": 12,
+    }
 
 
 # --- frame rates and holes ----------------------------------------------------------------------
@@ -236,8 +243,11 @@ def test_a_10_s_hole_inside_a_clip_splits_it_with_and_without_fps(
     holed = {nymeria_format.KEY_TIMESTAMP_NS: ts}
     write_variant(synthetic_dataset / raw["file"], root / raw["file"], holed)
     later = clips[2][nymeria_format.KEY_TIMESTAMP_NS] + 10 * 10**9  # ... so clip 2 starts later
-    write_variant(synthetic_dataset / clips[2]["file"], root / clips[2]["file"],
-                  {nymeria_format.KEY_TIMESTAMP_NS: later})  # fmt: skip
+    write_variant(
+        synthetic_dataset / clips[2]["file"],
+        root / clips[2]["file"],
+        {nymeria_format.KEY_TIMESTAMP_NS: later},
+    )
     held = sum(len(c[nymeria_format.KEY_TIMESTAMP_NS]) for cs in recordings.values() for c in cs)
     for fps in (None, 30.0):
         summary = synchronous_build(root, tmp_path / f"{fps}.zarr", fps=fps)
@@ -324,15 +334,21 @@ def test_values_that_overflow_float32_or_timestamps_that_wrap_are_refused(
     first, second = (clips[0] for clips in recordings.values())
     contact = first[nymeria_format.KEY_CONTACT_INFORMATION].astype(np.float64)
     contact[7, 2] = 1e39
-    write_variant(synthetic_dataset / first["file"], root / first["file"],
-                  {nymeria_format.KEY_CONTACT_INFORMATION: contact})  # fmt: skip
+    write_variant(
+        synthetic_dataset / first["file"],
+        root / first["file"],
+        {nymeria_format.KEY_CONTACT_INFORMATION: contact},
+    )
     n = len(second[nymeria_format.KEY_TIMESTAMP_NS])
     period = nymeria_format.EXPORTER_FRAME_PERIOD_NS
     with np.errstate(over="ignore"):
         wrapped = np.int64(np.iinfo(np.int64).max - 3 * period) + np.arange(n) * np.int64(period)
     assert (np.diff(wrapped) > 0).all() and wrapped[4] < 0  # what the old check saw
-    write_variant(synthetic_dataset / second["file"], root / second["file"],
-                  {nymeria_format.KEY_TIMESTAMP_NS: wrapped})  # fmt: skip
+    write_variant(
+        synthetic_dataset / second["file"],
+        root / second["file"],
+        {nymeria_format.KEY_TIMESTAMP_NS: wrapped},
+    )
 
     out = tmp_path / "s.zarr"
     result = cli_build(root, out)
@@ -398,8 +414,9 @@ def test_unwritten_chunks_and_impossible_speeds_are_refused(
         written[: half // 8 * 8] = cpf[: half // 8 * 8]
     jumping = raw[nymeria_format.KEY_JOINT_TRANSLATION].copy()
     jumping[half::2, 9, 1] += 99_000.0  # +-99 km every other frame
-    write_variant(donor, tmp_path / "jumps_00000.h5",
-                  {nymeria_format.KEY_JOINT_TRANSLATION: jumping})  # fmt: skip
+    write_variant(
+        donor, tmp_path / "jumps_00000.h5", {nymeria_format.KEY_JOINT_TRANSLATION: jumping}
+    )
     holes = read_clip(tmp_path, "holes_00000.h5").problem
     assert (holes.kind, holes.key, holes.frame) == (
         "unwritten_data",

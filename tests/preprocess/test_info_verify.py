@@ -66,8 +66,11 @@ def test_info_text_through_subprocess(built):
     _, out = built
     result = subprocess.run(
         [sys.executable, "-m", "preprocess", "info", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"nymeria-motion-features v{shared.store.SCHEMA_VERSION}" in result.stdout
     assert "6 from 4 participants" in result.stdout and "bytes/frame" in result.stdout
 
@@ -150,8 +153,21 @@ def test_verify_detects_wrong_stats(built, tmp_path: Path):
 
 
 def _train_cli(store: Path, run: Path):
-    args = ["fit", "--store", str(store), "--out", str(run), "--steps", "2", "--batch-size", "2",
-            "--device", "cpu", "--num-workers", "0"]  # fmt: skip
+    args = [
+        "fit",
+        "--store",
+        str(store),
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+    ]
     return CliRunner().invoke(train_main, args)
 
 
@@ -254,9 +270,13 @@ def test_verify_refuses_untrusted_metadata_in_one_line_before_reading_chunks(bui
         try:
             result = subprocess.run(
                 [sys.executable, "-m", "preprocess", "verify", str(store), "--no-progress"],
-                cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, preexec_fn=limit,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                preexec_fn=limit,
                 check=False,
-            )  # fmt: skip
+            )
         except subprocess.TimeoutExpired:
             pytest.fail(f"{name}: verify still running after 60 s")
         assert result.returncode == 1, (name, result.stderr[-2000:])

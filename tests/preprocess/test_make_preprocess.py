@@ -19,10 +19,21 @@ def _make_preprocess(tmp_path: Path, *variables: str) -> subprocess.CompletedPro
     synthetic clips in tmp_path/synthetic, the store at tmp_path/store.zarr."""
     venv = Path(sys.prefix)
     env = {k: v for k, v in os.environ.items() if k not in ("DATA", "STORE", "SYNTH_DATA")}
-    command = ["make", "--no-print-directory", "-C", str(ROOT), "-o", str(venv / ".installed"),
-               "preprocess", f"VENV={venv}", f"SYNTH_DATA={tmp_path / 'synthetic'}",
-               f"STORE={tmp_path / 'store.zarr'}", "SYNTH_ARGS=--recordings 3 --no-video",
-               "WORKERS=1", *variables]  # fmt: skip
+    command = [
+        "make",
+        "--no-print-directory",
+        "-C",
+        str(ROOT),
+        "-o",
+        str(venv / ".installed"),
+        "preprocess",
+        f"VENV={venv}",
+        f"SYNTH_DATA={tmp_path / 'synthetic'}",
+        f"STORE={tmp_path / 'store.zarr'}",
+        "SYNTH_ARGS=--recordings 3 --no-video",
+        "WORKERS=1",
+        *variables,
+    ]
     return subprocess.run(
         command, check=False, capture_output=True, text=True, env=env, timeout=600
     )

@@ -76,10 +76,28 @@ def test_a_build_killed_while_publishing_leaves_a_store_and_is_finished_next(
     out = tmp_path / "store.zarr"
     shutil.copytree(old, out)
     killed = subprocess.run(
-        [sys.executable, "-c", KILLING_BUILD, step, mode, "build", str(data), "--out", str(out),
-         "--scheduler", "synchronous", "--no-progress", "--overwrite", *SPLIT],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            KILLING_BUILD,
+            step,
+            mode,
+            "build",
+            str(data),
+            "--out",
+            str(out),
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+            "--overwrite",
+            *SPLIT,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     if (mode, step) == ("fallback", "moved aside"):
         assert not out.exists()  # no atomic exchange: missing between the two renames ...

@@ -65,10 +65,23 @@ def start_build(
     else:
         launcher = ["-c", STALLING_BUILD, str(stop_after)]
     return subprocess.Popen(
-        [sys.executable, *launcher, "build", str(data), "--out", str(out),
-         "--scheduler", "synchronous", "--no-progress", *extra],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            *launcher,
+            "build",
+            str(data),
+            "--out",
+            str(out),
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, what: str, process: subprocess.Popen) -> None:

@@ -85,17 +85,24 @@ def _one_line_failure(code: int, output: str) -> str:
 def _run(args: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """`python -m preprocess ARGS` in a subprocess, hang-guarded."""
     return subprocess.run(
-        [sys.executable, "-m", "preprocess", *args], check=False, capture_output=True, text=True,
-        timeout=HANG_GUARD_S, env={**os.environ, **S3_ENV, **(env or {})}, **kwargs,
-    )  # fmt: skip
+        [sys.executable, "-m", "preprocess", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        env={**os.environ, **S3_ENV, **(env or {})},
+        **kwargs,
+    )
 
 
 def _killed_midway(args: list[str], started: callable) -> None:
     """Run `python -m preprocess ARGS` and SIGKILL it once `started()` is true."""
     process = subprocess.Popen(
         [sys.executable, "-m", "preprocess", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **S3_ENV},
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **S3_ENV},
+    )
     deadline = time.monotonic() + 60
     try:
         while not started():
@@ -323,8 +330,9 @@ def test_hostile_http_listing_and_stray_objects_write_nothing_outside_dest(store
     assert _tree(work) == {"inner", "inner/dest.zarr"} | {
         f"inner/dest.zarr/{k}" for k in _tree(dest)
     }
-    assert _files(dest) == {k: v for k, v in _files(served).items()
-                            if k != "stray.bin" and not k.endswith("index.html")}  # fmt: skip
+    assert _files(dest) == {
+        k: v for k, v in _files(served).items() if k != "stray.bin" and not k.endswith("index.html")
+    }
 
 
 def test_hostile_s3_keys_and_manifest_are_refused(stores, s3_env, tmp_path):
@@ -378,10 +386,20 @@ def test_crafted_huge_shape_fails_in_one_line_with_bounded_memory(stores, tmp_pa
     code = limit + "from preprocess.cli import main; main()"
     with http_server(served.parent) as base:
         result = subprocess.run(
-            [sys.executable, "-c", code, "pull", f"{base}/x.zarr", str(tmp_path / "d"),
-             "--no-progress"],
-            check=False, capture_output=True, text=True, timeout=HANG_GUARD_S,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                code,
+                "pull",
+                f"{base}/x.zarr",
+                str(tmp_path / "d"),
+                "--no-progress",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_S,
+        )
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "refused" in lines[0] and "MemoryError" not in lines[0], lines
@@ -395,8 +413,13 @@ def test_a_stalled_endpoint_fails_in_bounded_time_with_one_line(protocol, tmp_pa
             args = ["pull", f"{base}/x.zarr", str(tmp_path / "d")]
         else:
             options = {"endpoint_url": base, "key": "testing", "secret": "testing"}
-            args = ["pull", "s3://team/x.zarr", str(tmp_path / "d"),
-                    "--storage-options", json.dumps(options)]  # fmt: skip
+            args = [
+                "pull",
+                "s3://team/x.zarr",
+                str(tmp_path / "d"),
+                "--storage-options",
+                json.dumps(options),
+            ]
         result = _run([*args, "--timeout", "0.5", "--no-progress"])
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -147,8 +147,11 @@ def test_a_clip_at_another_rate_keeps_its_own_period():
 def test_plan_sequences_orders_recordings_and_counts():
     other = "20230608_s0_maria_garcia_act0_abcdef"
     clips = [
-        clip("x.h5", 0, 5, other), clip("a.h5", 0, 10), clip("c.h5", 20, 5), clip("d.h5", 22, 5)
-    ]  # fmt: skip
+        clip("x.h5", 0, 5, other),
+        clip("a.h5", 0, 10),
+        clip("c.h5", 20, 5),
+        clip("d.h5", 22, 5),
+    ]
     plans, report = plan_sequences(clips, P)
     assert [p.name for p in plans] == [REC, f"{REC}#1", other]
     assert (report.recordings, report.sequences, report.gaps, report.dropped_frames) == (2, 3, 1, 3)

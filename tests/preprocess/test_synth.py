@@ -190,9 +190,13 @@ def test_exporter_like_files_skip_frames_and_omit_the_video(tmp_path: Path) -> N
     `video_size=None`: no egoview_RGB, as later exporter versions."""
     full = synth.generate_dataset(tmp_path / "full", recordings=2, clips_per_recording=2, seed=3)
     dropped = synth.generate_dataset(
-        tmp_path / "dropped", recordings=2, clips_per_recording=2, seed=3,
-        video_size=None, drop_frame_probability=0.1,
-    )  # fmt: skip
+        tmp_path / "dropped",
+        recordings=2,
+        clips_per_recording=2,
+        seed=3,
+        video_size=None,
+        drop_frame_probability=0.1,
+    )
     held, declared = 0, 0
     for path_full, path_dropped in zip(full, dropped, strict=True):
         attrs_full, arrays_full = read_clip(path_full)

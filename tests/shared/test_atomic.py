@@ -56,8 +56,12 @@ def test_concurrent_writers_get_distinct_temp_files(tmp_path: Path) -> None:
 
 def _dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(child.stdout)
 
 

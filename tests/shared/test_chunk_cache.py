@@ -46,11 +46,24 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for compression in ("none", "zstd"):
         built[compression] = root / f"{compression}.zarr"
         subprocess.run(
-            [sys.executable, "-m", "preprocess", "build", str(root / "hdf5"), "--out",
-             str(built[compression]), "--scheduler", "synchronous", "--chunk-frames",
-             str(CHUNK_FRAMES), "--compression", compression],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "preprocess",
+                "build",
+                str(root / "hdf5"),
+                "--out",
+                str(built[compression]),
+                "--scheduler",
+                "synchronous",
+                "--chunk-frames",
+                str(CHUNK_FRAMES),
+                "--compression",
+                compression,
+            ],
+            check=True,
+            capture_output=True,
+        )
     return built
 
 
@@ -106,9 +119,7 @@ def test_a_compressed_store_is_decoded_into_raw_memory_mapped_chunks(stores, buc
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])
-def test_a_damaged_remote_chunk_is_named_and_never_cached(
-    stores, bucket, tmp_path, compression
-):  # fmt: skip
+def test_a_damaged_remote_chunk_is_named_and_never_cached(stores, bucket, tmp_path, compression):
     fs = s3_filesystem(bucket)
     url = f"s3://team/{compression}.zarr"
     key = f"{url}/{FEATURES}/c/5/0"
@@ -250,9 +261,7 @@ def test_chunks_evicted_by_another_reader_are_unmapped_at_its_next_map(stores, b
     np.testing.assert_array_equal(early, local.read_features(0, 10 * CHUNK_FRAMES))
 
 
-def test_a_store_over_http_is_read_through_the_cache_retrying_dropped_connections(
-    stores, tmp_path
-):  # fmt: skip
+def test_a_store_over_http_is_read_through_the_cache_retrying_dropped_connections(stores, tmp_path):
     local = open_store(stores["none"])
     with flaky_http_server(stores["none"].parent) as (base, gets):
         cached = open_cached_store(f"{base}/none.zarr", tmp_path)
@@ -263,9 +272,7 @@ def test_a_store_over_http_is_read_through_the_cache_retrying_dropped_connection
     assert all(gets[f"/none.zarr/{FEATURES}/c/{i}/0"] == 2 for i in chunks)
 
 
-def test_metadata_declaring_a_huge_array_is_refused_before_anything_is_allocated(
-    bucket, tmp_path
-):  # fmt: skip
+def test_metadata_declaring_a_huge_array_is_refused_before_anything_is_allocated(bucket, tmp_path):
     fs = s3_filesystem(bucket)
     key = f"team/none.zarr/{FEATURES}/zarr.json"
     good = fs.cat_file(key)

@@ -72,10 +72,20 @@ def test_options_carry_the_dataclass_defaults_docs_and_types():
     assert "--mode [fast|exact]" in help_text and "--verbose-log / --no-verbose-log" in help_text
     assert "--name" not in help_text  # no default: the command's own argument
     out = run("--steps", "3", "--rate", "2.5", "--mode", "fast", "--verbose-log")
-    assert out["config"] == {"name": "x", "steps": 3, "rate": 2.5, "mode": "fast",
-                             "verbose_log": True}  # fmt: skip
-    assert run()["config"] == {"name": "x", "steps": 10, "rate": None, "mode": "exact",
-                               "verbose_log": False}  # fmt: skip
+    assert out["config"] == {
+        "name": "x",
+        "steps": 3,
+        "rate": 2.5,
+        "mode": "fast",
+        "verbose_log": True,
+    }
+    assert run()["config"] == {
+        "name": "x",
+        "steps": 10,
+        "rate": None,
+        "mode": "exact",
+        "verbose_log": False,
+    }
     result = CliRunner().invoke(command, ["--mode", "slow"])
     assert result.exit_code == 2 and "'slow' is not one of 'fast', 'exact'" in result.output
 
@@ -143,8 +153,18 @@ def test_both_clis_have_version_and_verbose(cli: str, tmp_path: Path):
     ).stdout
     assert "-v, --verbose" in help_text
     # A missing store is a usage error naming it, in every command that reads one.
-    read = {"preprocess": ["-v", "info"], "train": ["-v", "decode", "--ckpt", __file__,
-            "--out", str(tmp_path / "o.zarr"), "--latents"]}[cli]  # fmt: skip
+    read = {
+        "preprocess": ["-v", "info"],
+        "train": [
+            "-v",
+            "decode",
+            "--ckpt",
+            __file__,
+            "--out",
+            str(tmp_path / "o.zarr"),
+            "--latents",
+        ],
+    }[cli]
     result = subprocess.run(
         [sys.executable, "-m", cli, *read, str(tmp_path / "missing.zarr")],
         capture_output=True,
@@ -252,8 +272,10 @@ def run_sectioned(*args: str) -> dict:
 
 
 def test_one_sectioned_file_shape_and_the_older_shapes_read_the_same(tmp_path: Path):
-    expected = {"maths": {"name": "x", "rate": 2.0, "order": 3},
-                "running": {"workers": 4, "timeout": 5.0}}  # fmt: skip
+    expected = {
+        "maths": {"name": "x", "rate": 2.0, "order": 3},
+        "running": {"workers": 4, "timeout": 5.0},
+    }
     files = {
         "sections.toml": "[maths]\nrate = 2\norder = 3\n[running]\nworkers = 4\n",
         "flat.json": '{"rate": 2, "order": 3, "workers": 4}',  # a `preprocess build` file
@@ -279,8 +301,10 @@ def test_precedence_defaults_saved_file_command_line(tmp_path: Path):
     config = tmp_path / "c.toml"
     config.write_text("[maths]\norder = 5\n[running]\nworkers = 6\n")
     out = run_sectioned("--saved", str(saved), "--config", str(config), "--workers", "7")
-    assert out == {"maths": {"name": "x", "rate": 2.0, "order": 5},
-                   "running": {"workers": 7, "timeout": 5.0}}  # fmt: skip
+    assert out == {
+        "maths": {"name": "x", "rate": 2.0, "order": 5},
+        "running": {"workers": 7, "timeout": 5.0},
+    }
     # A value from any layer is checked as the option's own, and names the option.
     result = CliRunner().invoke(sectioned, ["--config", str(config), "--order", "0"])
     assert result.exit_code == 2 and "Maths.order must be >= 1, found 0 (--order)" in result.output
@@ -292,8 +316,11 @@ def test_two_sections_cannot_share_a_field_or_an_option():
         rate: float = 3.0
         """Another rate."""
 
-    with pytest.raises(TypeError, match=r"\[maths\] \(Maths\) and \[other\] \(Rated\) share the "
-                                        r"field names \['rate'\]"):  # fmt: skip
+    with pytest.raises(
+        TypeError,
+        match=r"\[maths\] \(Maths\) and \[other\] \(Rated\) share the "
+        r"field names \['rate'\]",
+    ):
         ConfigSections(Section("maths", Maths, True), Section("other", Rated, False))
     with pytest.raises(TypeError, match=r"share the option names \['--rate'\]"):
         ConfigSections(

@@ -117,9 +117,12 @@ def test_a_bug_in_a_command_keeps_its_traceback(group, tmp_path):
     script = _BUGGY_RUN.format(error=error)
     args = [module.__name__, function, *command, str(tmp_path)]
     result = subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
-    )  # fmt: skip
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, result.stderr
     assert "Traceback (most recent call last):" in lines, result.stderr
@@ -154,10 +157,21 @@ def test_a_checkpoint_of_a_newer_version_is_one_line_not_a_traceback(tmp_path):
     newer = {"model": {"hidden_dim": 16, "warp_factor": 9}, "train": {}}
     zeros = torch.zeros(FEATURE_DIM)
     ckpt = Checkpoint(
-        step=1, best_val=1.0, model={}, optimizer={}, scheduler={}, config=newer,
-        layout=layout_description(), stats_mean=zeros, stats_std=zeros + 1, stats_count=1,
-        stats_window_frames=152, store_url="s.zarr", store_fingerprint="f", package_version="9.0",
-    )  # fmt: skip
+        step=1,
+        best_val=1.0,
+        model={},
+        optimizer={},
+        scheduler={},
+        config=newer,
+        layout=layout_description(),
+        stats_mean=zeros,
+        stats_std=zeros + 1,
+        stats_count=1,
+        stats_window_frames=152,
+        store_url="s.zarr",
+        store_fingerprint="f",
+        package_version="9.0",
+    )
     save_checkpoint(tmp_path / "newer.pt", ckpt)
     args = ["eval", "--ckpt", tmp_path / "newer.pt", "--store", tmp_path, "--out", tmp_path / "e"]
     result = CliRunner().invoke(train.cli.main, [str(a) for a in args])

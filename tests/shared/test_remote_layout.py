@@ -66,10 +66,12 @@ def test_manifest_round_trip_and_tampering():
     assert parse_manifest(json.dumps(document).encode(), FP, "m") == objects
     with pytest.raises(LayoutError, match="fingerprint"):
         parse_manifest(json.dumps(document).encode(), "f" * 64, "m")
-    for key, entry in (("../../x", {"size": 1, "crc32c": "00000000"}),
-                       ("zarr.json", {"size": -1, "crc32c": "00000000"}),
-                       ("zarr.json", {"size": 1.5, "crc32c": "00000000"}),
-                       ("zarr.json", {"size": 1, "crc32c": "xyz"})):  # fmt: skip
+    for key, entry in (
+        ("../../x", {"size": 1, "crc32c": "00000000"}),
+        ("zarr.json", {"size": -1, "crc32c": "00000000"}),
+        ("zarr.json", {"size": 1.5, "crc32c": "00000000"}),
+        ("zarr.json", {"size": 1, "crc32c": "xyz"}),
+    ):
         bad = {**document, "objects": {**document["objects"], key: entry}}
         with pytest.raises(LayoutError):
             parse_manifest(json.dumps(bad).encode(), FP, "m")

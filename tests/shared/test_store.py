@@ -59,9 +59,14 @@ def write_store(
     compressors = shared.store.store_compressors(zstd_level)
     for name, (values, chunks) in arrays.items():
         array = root.create_array(
-            name, shape=values.shape, chunks=chunks, dtype=values.dtype,
-            compressors=compressors, fill_value=0, config=shared.store.ARRAY_CONFIG,
-        )  # fmt: skip
+            name,
+            shape=values.shape,
+            chunks=chunks,
+            dtype=values.dtype,
+            compressors=compressors,
+            fill_value=0,
+            config=shared.store.ARRAY_CONFIG,
+        )
         array[:] = values
     starts = np.concatenate([[0], np.cumsum(lengths)])
     records = [
@@ -197,8 +202,10 @@ def test_every_chunk_stays_mapped_within_the_open_file_limit(tmp_path):
     def run(soft: int, hard: int) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-c", LIMITED_OPEN, str(path), str(soft), str(hard)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
 
     raised = run(300, 4096)  # room to raise: one map per chunk, no warning
     soft_after, total, maps = raised.stdout.split()
@@ -273,9 +280,14 @@ def test_all_zero_chunks_are_written(tmp_path):
     path = tmp_path / "zeros.zarr"
     root = zarr.open_group(path, mode="w", zarr_format=3)
     contact = root.create_array(
-        "contact", shape=(32, 4), chunks=(16, 4), dtype="float32", fill_value=0,
-        compressors=shared.store.store_compressors(), config=shared.store.ARRAY_CONFIG,
-    )  # fmt: skip
+        "contact",
+        shape=(32, 4),
+        chunks=(16, 4),
+        dtype="float32",
+        fill_value=0,
+        compressors=shared.store.store_compressors(),
+        config=shared.store.ARRAY_CONFIG,
+    )
     contact[:] = np.concatenate([np.ones((16, 4)), np.zeros((16, 4))])  # chunk 1: fill only
     assert (path / "contact" / "c" / "1" / "0").is_file()
 

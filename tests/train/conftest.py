@@ -19,10 +19,20 @@ def feature_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synth.generate_dataset(root / "hdf5", recordings=6, seed=1, clips_per_recording=4)
     store = root / "nymeria.zarr"
     subprocess.run(
-        [sys.executable, "-m", "preprocess", "build", str(root / "hdf5"), "--out", str(store),
-         "--scheduler", "synchronous"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "preprocess",
+            "build",
+            str(root / "hdf5"),
+            "--out",
+            str(store),
+            "--scheduler",
+            "synchronous",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return store
 
 

@@ -232,9 +232,11 @@ def test_latents_do_not_depend_on_where_the_motion_is_in_the_world(codec):
     R = yaw_matrix(np.array(1.1), (0.0, 0.0, 1.0))
     shift = np.array([5.0, -7.0, 0.0])
     moved = WorldMotion(
-        motion.cpf_translation @ R.T + shift, R @ motion.cpf_orientation,
-        motion.joint_translation @ R.T + shift, R @ motion.joint_orientation,
-    )  # fmt: skip
+        motion.cpf_translation @ R.T + shift,
+        R @ motion.cpf_orientation,
+        motion.joint_translation @ R.T + shift,
+        R @ motion.joint_orientation,
+    )
     latents, latents_moved = codec.encode_world(*arrays(motion)), codec.encode_world(*arrays(moved))
     torch.testing.assert_close(latents.mean, latents_moved.mean, atol=1e-4, rtol=1e-4)
     # Each window's stored transform brings the decoded motion back to where the motion was.
@@ -248,8 +250,12 @@ def test_bad_motion_is_refused_with_the_shapes_expected(codec):
     motion = world_motion(10)
     expected = r"joint_translation \(\[B,\] T, 23, 3\).*found.*joint_translation \(10, 22, 3\)"
     with pytest.raises(ValueError, match=expected):
-        codec.encode_world(motion.cpf_translation, motion.cpf_orientation,
-                           motion.joint_translation[:, :22], motion.joint_orientation)  # fmt: skip
+        codec.encode_world(
+            motion.cpf_translation,
+            motion.cpf_orientation,
+            motion.joint_translation[:, :22],
+            motion.joint_orientation,
+        )
     with pytest.raises(ValueError, match="features must be"):
         codec.encode_features(np.zeros((10, 290), dtype=np.float32))
 

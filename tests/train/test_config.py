@@ -101,9 +101,12 @@ def test_the_features_loss_is_read_under_its_old_name_seed(tmp_path):
 
 @pytest.mark.parametrize(
     ("section", "name"),
-    [("train", "foot_contact_weight"), ("train", "head_orientation_weight"),
-     ("model", "linear_path")],
-)  # fmt: skip
+    [
+        ("train", "foot_contact_weight"),
+        ("train", "head_orientation_weight"),
+        ("model", "linear_path"),
+    ],
+)
 def test_a_run_saved_before_a_field_existed_trains_without_it(section, name):
     from train.config import ADDED_MODEL_FIELDS, ADDED_TRAIN_FIELDS, saved_config
 

@@ -102,10 +102,23 @@ def test_compressed_store_over_a_url_gives_the_same_windows(feature_store, tmp_p
     source = local.attrs["source"]["root"]
     compressed = tmp_path / "zstd.zarr"
     subprocess.run(
-        [sys.executable, "-m", "preprocess", "build", source, "--out", str(compressed),
-         "--compression", "zstd", "--scheduler", "synchronous", "--no-progress"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "preprocess",
+            "build",
+            source,
+            "--out",
+            str(compressed),
+            "--compression",
+            "zstd",
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
+    )
     remote = open_store(compressed.as_uri())
     assert not remote.is_memory_mapped and local.is_memory_mapped
     assert remote.fingerprint == local.fingerprint

@@ -117,11 +117,14 @@ def _limited(limit_bytes: int):
 
 def _run(args: list[str], limit_bytes: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "train", *args], check=False, capture_output=True, text=True,
+        [sys.executable, "-m", "train", *args],
+        check=False,
+        capture_output=True,
+        text=True,
         timeout=300,
         preexec_fn=None if limit_bytes is None else _limited(limit_bytes),
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -134,9 +137,26 @@ def test_disk_full_at_the_first_checkpoint_keeps_the_run_and_encode_leaves_nothi
     feature_store, tmp_path
 ):
     run = tmp_path / "run"
-    fit = ["fit", "--store", str(feature_store), "--out", str(run), "--num-workers", "0",
-           "--val-windows", "4", *TINY_MODEL, "--steps", "6", "--val-every", "3",
-           "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+    fit = [
+        "fit",
+        "--store",
+        str(feature_store),
+        "--out",
+        str(run),
+        "--num-workers",
+        "0",
+        "--val-windows",
+        "4",
+        *TINY_MODEL,
+        "--steps",
+        "6",
+        "--val-every",
+        "3",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     # Room for the model alone (the step-0 checkpoint), not for model + Adam state (step 3).
     tiny = MotionVAEConfig(hidden_dim=32, latent_dim=16, blocks_per_stage=1)  # TINY_MODEL
     params = 4 * MotionVAE(tiny).num_parameters()  # bytes of the TINY_MODEL parameters

@@ -40,11 +40,23 @@ from train.metrics import (
 SEQ_LEN = 32
 LATENT_DIM = 8
 TINY = {
-    "model": {"hidden_dim": 16, "latent_dim": LATENT_DIM, "blocks_per_stage": 1,
-              "seq_len": SEQ_LEN},
-    "train": {"steps": 4, "batch_size": 4, "num_workers": 0, "val_every": 2, "log_every": 1,
-              "val_windows": 4, "warmup_steps": 1, "device": "cpu"},
-}  # fmt: skip
+    "model": {
+        "hidden_dim": 16,
+        "latent_dim": LATENT_DIM,
+        "blocks_per_stage": 1,
+        "seq_len": SEQ_LEN,
+    },
+    "train": {
+        "steps": 4,
+        "batch_size": 4,
+        "num_workers": 0,
+        "val_every": 2,
+        "log_every": 1,
+        "val_windows": 4,
+        "warmup_steps": 1,
+        "device": "cpu",
+    },
+}
 
 
 def invoke(main, args: list[str]) -> Result:
@@ -59,8 +71,18 @@ def run(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e")
     paths = {"data": root / "data", "store": root / "store.zarr", "run": root / "run"}
     invoke(preprocess_main, ["synth", paths["data"], "--recordings", 6, "--seed", 0])
-    invoke(preprocess_main, ["build", paths["data"], "--out", paths["store"],
-                             "--scheduler", "synchronous", "--no-progress"])  # fmt: skip
+    invoke(
+        preprocess_main,
+        [
+            "build",
+            paths["data"],
+            "--out",
+            paths["store"],
+            "--scheduler",
+            "synchronous",
+            "--no-progress",
+        ],
+    )
     config = root / "tiny.json"
     config.write_text(json.dumps(TINY))
     invoke(
@@ -73,9 +95,25 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
 def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
     out = tmp_path / "eval"
-    result = invoke(train_main, ["eval", "--ckpt", run["ckpt"], "--store", run["store"],
-                                 "--split", "val", "--out", out, "--max-windows", 6, "--animate",
-                                 "--device", "cpu"])  # fmt: skip
+    result = invoke(
+        train_main,
+        [
+            "eval",
+            "--ckpt",
+            run["ckpt"],
+            "--store",
+            run["store"],
+            "--split",
+            "val",
+            "--out",
+            out,
+            "--max-windows",
+            6,
+            "--animate",
+            "--device",
+            "cpu",
+        ],
+    )
     assert "PA-MPJPE" in result.output and "foot skating" in result.output
     mpjpe_line = next(ln for ln in result.output.splitlines() if ln.startswith("MPJPE, head"))
     assert re.search(r"\s\d+\.\d$", mpjpe_line), mpjpe_line  # mm to 0.1
@@ -101,9 +139,14 @@ def test_eval_writes_finite_metrics_and_pictures(run, tmp_path):
     )
 
     assert set(meta["pictures"]) == {
-        "skeletons_window0.png", "skeletons_window1.png", "skeletons_window2.png",
-        "error_by_frame.png", "per_joint_error.png", "loss_curves.png", "reconstruction.gif",
-    }  # fmt: skip
+        "skeletons_window0.png",
+        "skeletons_window1.png",
+        "skeletons_window2.png",
+        "error_by_frame.png",
+        "per_joint_error.png",
+        "loss_curves.png",
+        "reconstruction.gif",
+    }
     for name in meta["pictures"]:
         assert (out / name).stat().st_size > 5_000, name
         if name.endswith(".png"):
@@ -115,8 +158,12 @@ def test_table_gives_millimetres_and_degrees_to_a_tenth_and_keeps_small_values()
     metrics = {"mpjpe_world_mm": 148.71234, "head_rot_error_deg": 3.04999, "kl": 0.0123456,
                "foot_skating_gt_mm_per_frame": 0.031234, "world/position_m": 0.149876,
                "pa_mpjpe_mm": None}  # fmt: skip
-    rows = {label: line[len(label) :].strip() for line in format_table(metrics).splitlines()
-            for label in TABLE_ROWS.values() if line.startswith(label)}  # fmt: skip
+    rows = {
+        label: line[len(label) :].strip()
+        for line in format_table(metrics).splitlines()
+        for label in TABLE_ROWS.values()
+        if line.startswith(label)
+    }
     assert rows == {
         TABLE_ROWS["mpjpe_world_mm"]: "148.7",
         TABLE_ROWS["head_rot_error_deg"]: "3.0",
@@ -135,17 +182,39 @@ def test_eval_rejects_an_incomplete_store(run, tmp_path):
     )
     group = zarr.open_group(str(store), mode="r+")
     group.attrs["complete"] = False
-    result = CliRunner().invoke(train_main, ["eval", "--ckpt", str(run["ckpt"]),
-                                             "--store", str(store),
-                                             "--out", str(tmp_path / "eval")])  # fmt: skip
+    result = CliRunner().invoke(
+        train_main,
+        [
+            "eval",
+            "--ckpt",
+            str(run["ckpt"]),
+            "--store",
+            str(store),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert result.exit_code != 0 and "incomplete" in result.output
 
 
 @pytest.fixture(scope="module")
 def latents(run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latents") / "latents.zarr"
-    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out,
-                        "--logvar", "--device", "cpu"])  # fmt: skip
+    invoke(
+        train_main,
+        [
+            "encode",
+            "--ckpt",
+            run["ckpt"],
+            "--store",
+            run["store"],
+            "--out",
+            out,
+            "--logvar",
+            "--device",
+            "cpu",
+        ],
+    )
     return out
 
 
@@ -226,10 +295,37 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
     """decode --world (encode --split val) against the store's world motion, on the full windows,
     gives the world MPJPE and head position error that `train eval` reports for those windows."""
     latents, world_out = tmp_path / "val.zarr", tmp_path / "world.zarr"
-    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", latents,
-                        "--split", "val", "--device", "cpu"])  # fmt: skip
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out,
-                        "--world", "--device", "cpu"])  # fmt: skip
+    invoke(
+        train_main,
+        [
+            "encode",
+            "--ckpt",
+            run["ckpt"],
+            "--store",
+            run["store"],
+            "--out",
+            latents,
+            "--split",
+            "val",
+            "--device",
+            "cpu",
+        ],
+    )
+    invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            run["ckpt"],
+            "--latents",
+            latents,
+            "--out",
+            world_out,
+            "--world",
+            "--device",
+            "cpu",
+        ],
+    )
     store, group, world = (
         open_store(run["store"]),
         zarr.open_group(str(latents)),
@@ -262,8 +358,14 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
     mpjpe_mm, head_mm = mean_mm(pred_joints, gt_joints), mean_mm(pred_head, gt_head)
 
     index = WindowIndex(records, SEQ_LEN)
-    metrics = evaluate(run["ckpt"], str(run["store"]), "val", tmp_path / "eval", device="cpu",
-                       windows=index.number(sequence[full], first[full]))  # fmt: skip
+    metrics = evaluate(
+        run["ckpt"],
+        str(run["store"]),
+        "val",
+        tmp_path / "eval",
+        device="cpu",
+        windows=index.number(sequence[full], first[full]),
+    )
     assert metrics[META]["num_windows"] == full.sum() > 10
     assert mpjpe_mm == pytest.approx(metrics["mpjpe_world_mm"], rel=1e-4)
     assert head_mm == pytest.approx(metrics["head_pos_error_mm"], rel=1e-4)
@@ -271,10 +373,35 @@ def test_decoded_world_error_equals_what_eval_reports_on_the_same_windows(run, t
 
 def test_decode_features_and_world_agree_and_keep_every_frame(run, latents, tmp_path):
     features_out, world_out = tmp_path / "features.zarr", tmp_path / "world.zarr"
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents,
-                        "--out", features_out, "--device", "cpu"])  # fmt: skip
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", world_out,
-                        "--world", "--device", "cpu"])  # fmt: skip
+    invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            run["ckpt"],
+            "--latents",
+            latents,
+            "--out",
+            features_out,
+            "--device",
+            "cpu",
+        ],
+    )
+    invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            run["ckpt"],
+            "--latents",
+            latents,
+            "--out",
+            world_out,
+            "--world",
+            "--device",
+            "cpu",
+        ],
+    )
     decoded, world = (
         zarr.open_group(str(features_out), mode="r"),
         zarr.open_group(str(world_out), mode="r"),
@@ -305,11 +432,41 @@ def test_sequences_shorter_than_a_window_and_overlapping_windows(run, tmp_path):
     codec = MotionCodec.from_checkpoint(run["ckpt"], device="cpu")
     for window, hop in ((640, 640), (32, 20)):
         latents, world_out = tmp_path / f"l{window}.zarr", tmp_path / f"w{window}.zarr"
-        invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"],
-                            "--out", latents, "--split", "test", "--window", window, "--hop", hop,
-                            "--device", "cpu"])  # fmt: skip
-        invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents,
-                            "--out", world_out, "--world", "--device", "cpu"])  # fmt: skip
+        invoke(
+            train_main,
+            [
+                "encode",
+                "--ckpt",
+                run["ckpt"],
+                "--store",
+                run["store"],
+                "--out",
+                latents,
+                "--split",
+                "test",
+                "--window",
+                window,
+                "--hop",
+                hop,
+                "--device",
+                "cpu",
+            ],
+        )
+        invoke(
+            train_main,
+            [
+                "decode",
+                "--ckpt",
+                run["ckpt"],
+                "--latents",
+                latents,
+                "--out",
+                world_out,
+                "--world",
+                "--device",
+                "cpu",
+            ],
+        )
         group, world = zarr.open_group(str(latents)), zarr.open_group(str(world_out))
         assert group["mean"].shape[1] == window // 4
         if window > max(r.length for r in records):  # one padded window per sequence
@@ -329,41 +486,79 @@ def test_sequences_shorter_than_a_window_and_overlapping_windows(run, tmp_path):
             world["cpf_orientation"][rows], motion.cpf_orientation.numpy(), atol=1e-5
         )
 
-    result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]),
-                                             "--store", str(run["store"]),
-                                             "--out", str(tmp_path / "bad.zarr"),
-                                             "--hop", "40"])  # fmt: skip
+    result = CliRunner().invoke(
+        train_main,
+        [
+            "encode",
+            "--ckpt",
+            str(run["ckpt"]),
+            "--store",
+            str(run["store"]),
+            "--out",
+            str(tmp_path / "bad.zarr"),
+            "--hop",
+            "40",
+        ],
+    )
     assert result.exit_code != 0 and "hop_frames must be in 1..window_frames=32" in result.output
     assert not (tmp_path / "bad.zarr").exists()
 
 
 def test_encode_and_decode_refuse_bad_outputs_and_inputs(run, latents, tmp_path):
-    result = CliRunner().invoke(train_main, ["encode", "--ckpt", str(run["ckpt"]),
-                                             "--store", str(run["store"]),
-                                             "--out", str(latents)])  # fmt: skip
+    result = CliRunner().invoke(
+        train_main,
+        ["encode", "--ckpt", str(run["ckpt"]), "--store", str(run["store"]), "--out", str(latents)],
+    )
     assert result.exit_code != 0 and "already exists" in result.output
 
     other_ckpt = tmp_path / "other.pt"
     payload = torch.load(run["ckpt"], weights_only=True)
     payload["step"] += 1
     torch.save(payload, other_ckpt)
-    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(other_ckpt),
-                                             "--latents", str(latents),
-                                             "--out", str(tmp_path / "x.zarr")])  # fmt: skip
+    result = CliRunner().invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            str(other_ckpt),
+            "--latents",
+            str(latents),
+            "--out",
+            str(tmp_path / "x.zarr"),
+        ],
+    )
     assert result.exit_code != 0 and "decode with the checkpoint that encoded it" in result.output
 
-    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]),
-                                             "--latents", str(run["store"]),
-                                             "--out", str(tmp_path / "y.zarr")])  # fmt: skip
+    result = CliRunner().invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            str(run["ckpt"]),
+            "--latents",
+            str(run["store"]),
+            "--out",
+            str(tmp_path / "y.zarr"),
+        ],
+    )
     assert result.exit_code != 0 and "nymeria-motion-latents" in result.output
 
     old = tmp_path / "v1.zarr"
     shutil.copytree(latents, old)
     group = zarr.open_group(str(old), mode="r+")
     group.attrs["schema"] = {"name": "nymeria-motion-latents", "version": 1}
-    result = CliRunner().invoke(train_main, ["decode", "--ckpt", str(run["ckpt"]),
-                                             "--latents", str(old),
-                                             "--out", str(tmp_path / "z.zarr")])  # fmt: skip
+    result = CliRunner().invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            str(run["ckpt"]),
+            "--latents",
+            str(old),
+            "--out",
+            str(tmp_path / "z.zarr"),
+        ],
+    )
     assert result.exit_code != 0
     assert (
         "schema version 1 (one pass per whole sequence" in result.output
@@ -412,8 +607,21 @@ def test_a_failed_encode_or_decode_leaves_nothing_and_the_rerun_succeeds(
         with pytest.raises(RuntimeError, match="injected failure"):
             latent_store.encode_store(run["ckpt"], str(run["store"]), out, device="cpu")
     assert list(tmp_path.iterdir()) == []  # neither `out` nor its partial directory
-    invoke(train_main, ["encode", "--ckpt", run["ckpt"], "--store", run["store"], "--out", out,
-                        "--logvar", "--device", "cpu"])  # fmt: skip
+    invoke(
+        train_main,
+        [
+            "encode",
+            "--ckpt",
+            run["ckpt"],
+            "--store",
+            run["store"],
+            "--out",
+            out,
+            "--logvar",
+            "--device",
+            "cpu",
+        ],
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latents.zarr"]
     rerun, first = zarr.open_group(str(out), mode="r"), zarr.open_group(str(latents), mode="r")
     assert rerun.attrs["complete"] is True
@@ -462,8 +670,20 @@ def test_train_info_describes_latent_and_decoded_stores(run, latents, tmp_path):
     assert "means and log-variances" in text and store.fingerprint[:16] in text
 
     decoded = tmp_path / "decoded.zarr"
-    invoke(train_main, ["decode", "--ckpt", run["ckpt"], "--latents", latents, "--out", decoded,
-                        "--device", "cpu"])  # fmt: skip
+    invoke(
+        train_main,
+        [
+            "decode",
+            "--ckpt",
+            run["ckpt"],
+            "--latents",
+            latents,
+            "--out",
+            decoded,
+            "--device",
+            "cpu",
+        ],
+    )
     info = json.loads(invoke(train_main, ["info", decoded, "--json"]).output)
     assert info["kind"] == "decoded store" and info["contents"] == "features"
     assert info["arrays"] == {"features": [store.num_frames, FEATURE_DIM]}

@@ -32,8 +32,19 @@ VALIDATION_LINE = (
 
 
 def _fit_args(store: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--store", str(store), "--out", str(run), "--num-workers", "0",
-            "--val-windows", "8", *TINY_MODEL, *extra]  # fmt: skip
+    return [
+        "fit",
+        "--store",
+        str(store),
+        "--out",
+        str(run),
+        "--num-workers",
+        "0",
+        "--val-windows",
+        "8",
+        *TINY_MODEL,
+        *extra,
+    ]
 
 
 def _train_losses(run: Path) -> dict[int, float]:
@@ -43,9 +54,26 @@ def _train_losses(run: Path) -> dict[int, float]:
 
 def test_short_fit_lowers_the_loss_and_writes_a_loadable_checkpoint(feature_store, tmp_path):
     run = tmp_path / "run"
-    args = _fit_args(feature_store, run, "--steps", "300", "--batch-size", "16", "--lr", "5e-3",
-                     "--hidden-dim", "64", "--seq-len", "32", "--warmup-steps", "10",
-                     "--log-every", "10", "--val-every", "150")  # fmt: skip
+    args = _fit_args(
+        feature_store,
+        run,
+        "--steps",
+        "300",
+        "--batch-size",
+        "16",
+        "--lr",
+        "5e-3",
+        "--hidden-dim",
+        "64",
+        "--seq-len",
+        "32",
+        "--warmup-steps",
+        "10",
+        "--log-every",
+        "10",
+        "--val-every",
+        "150",
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "MPJPE head frame" in result.output
@@ -74,8 +102,20 @@ def test_each_validation_prints_a_line_and_a_short_run_warms_up_decays_and_logs(
     feature_store, tmp_path, caplog
 ):
     run = tmp_path / "run"
-    args = _fit_args(feature_store, run, "--steps", "6", "--val-every", "3", "--batch-size", "2",
-                     "--seq-len", "32", "--device", "cpu")  # fmt: skip
+    args = _fit_args(
+        feature_store,
+        run,
+        "--steps",
+        "6",
+        "--val-every",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--device",
+        "cpu",
+    )
     # --warmup-steps 500 and --log-every 50 by default: longer than the run.
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -230,8 +270,12 @@ def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
     )
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, *_fit_args(feature_store, killed, *common)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [*cmd, *_fit_args(feature_store, killed, *common)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = killed / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -267,10 +311,30 @@ def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
 
 def test_ddp_two_processes_on_cpu(feature_store, tmp_path):
     run = tmp_path / "ddp"
-    fit = _fit_args(feature_store, run, "--steps", "6", "--val-every", "3", "--log-every", "1",
-                    "--batch-size", "4", "--device", "cpu")  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "train", *fit]  # fmt: skip
+    fit = _fit_args(
+        feature_store,
+        run,
+        "--steps",
+        "6",
+        "--val-every",
+        "3",
+        "--log-every",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "train",
+        *fit,
+    ]
     out = subprocess.run(
         cmd,
         capture_output=True,
@@ -287,8 +351,23 @@ def test_ddp_two_processes_on_cpu(feature_store, tmp_path):
 
 
 def _two_steps(feature_store: Path, run: Path, *extra: str) -> dict[int, float]:
-    args = _fit_args(feature_store, run, "--steps", "2", "--batch-size", "4", "--seq-len", "32",
-                     "--log-every", "1", "--val-every", "2", "--device", "cpu", *extra)  # fmt: skip
+    args = _fit_args(
+        feature_store,
+        run,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--log-every",
+        "1",
+        "--val-every",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return _train_losses(run)

@@ -52,11 +52,22 @@ def small_chunk_store(feature_store: Path) -> Path:
     store = feature_store.parent / f"chunks{CHUNK_FRAMES}.zarr"
     if not store.exists():
         subprocess.run(
-            [sys.executable, "-m", "preprocess", "build", str(feature_store.parent / "hdf5"),
-             "--out", str(store), "--scheduler", "synchronous", "--chunk-frames",
-             str(CHUNK_FRAMES)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "preprocess",
+                "build",
+                str(feature_store.parent / "hdf5"),
+                "--out",
+                str(store),
+                "--scheduler",
+                "synchronous",
+                "--chunk-frames",
+                str(CHUNK_FRAMES),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return store
 
 
@@ -79,10 +90,32 @@ def test_fit_from_s3_reads_only_the_chunks_it_uses(small_chunk_store, tmp_path, 
     with _pushed(small_chunk_store, monkeypatch) as (options, fs, url):
 
         def fit(run: Path, workers: str) -> None:
-            args = ["fit", "--store", url, "--storage-options", json.dumps(options),
-                    "--cache-dir", str(cache), "--out", str(run), "--num-workers", workers,
-                    "--batch-size", "4", "--val-windows", "8", "--steps", "3", "--log-every",
-                    "1", "--val-every", "3", "--seq-len", "32", *TINY_MODEL]  # fmt: skip
+            args = [
+                "fit",
+                "--store",
+                url,
+                "--storage-options",
+                json.dumps(options),
+                "--cache-dir",
+                str(cache),
+                "--out",
+                str(run),
+                "--num-workers",
+                workers,
+                "--batch-size",
+                "4",
+                "--val-windows",
+                "8",
+                "--steps",
+                "3",
+                "--log-every",
+                "1",
+                "--val-every",
+                "3",
+                "--seq-len",
+                "32",
+                *TINY_MODEL,
+            ]
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 0, result.output
 
@@ -102,8 +135,18 @@ def test_fit_from_s3_reads_only_the_chunks_it_uses(small_chunk_store, tmp_path, 
         ckpt = str(tmp_path / "first" / "checkpoints" / "last.pt")
         s3 = ["--storage-options", json.dumps(options)]
         latents = "s3://team/latents.zarr"
-        encode = ["encode", "--ckpt", ckpt, "--store", url, "--cache-dir", str(cache),
-                  "--out", latents, *s3]  # fmt: skip
+        encode = [
+            "encode",
+            "--ckpt",
+            ckpt,
+            "--store",
+            url,
+            "--cache-dir",
+            str(cache),
+            "--out",
+            latents,
+            *s3,
+        ]
         result = CliRunner().invoke(main, encode)
         assert result.exit_code == 0, result.output
         decoded = tmp_path / "decoded.zarr"
@@ -139,10 +182,30 @@ def test_a_damaged_remote_chunk_stops_fit_with_one_line_from_a_loader_worker(
             data = bytearray(fs.cat_file(key))
             data[10] ^= 0xFF
             fs.pipe_file(key, bytes(data))
-        args = ["fit", "--store", url, "--storage-options", json.dumps(options),
-                "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
-                "--num-workers", "1", "--batch-size", "4", "--val-windows", "8", "--steps",
-                "3", "--val-every", "3", "--seq-len", "32", *TINY_MODEL]  # fmt: skip
+        args = [
+            "fit",
+            "--store",
+            url,
+            "--storage-options",
+            json.dumps(options),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+            "--num-workers",
+            "1",
+            "--batch-size",
+            "4",
+            "--val-windows",
+            "8",
+            "--steps",
+            "3",
+            "--val-every",
+            "3",
+            "--seq-len",
+            "32",
+            *TINY_MODEL,
+        ]
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]

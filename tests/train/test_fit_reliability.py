@@ -43,17 +43,41 @@ def chunked_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synth.generate_dataset(root / "hdf5", recordings=4, seed=1, clips_per_recording=4)
     store = root / "store.zarr"
     subprocess.run(
-        [sys.executable, "-m", "preprocess", "build", str(root / "hdf5"), "--out", str(store),
-         "--scheduler", "synchronous", "--chunk-frames", str(CHUNK_FRAMES)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "preprocess",
+            "build",
+            str(root / "hdf5"),
+            "--out",
+            str(store),
+            "--scheduler",
+            "synchronous",
+            "--chunk-frames",
+            str(CHUNK_FRAMES),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return store
 
 
 def _fit_args(store: Path | None, run: Path, *extra: str) -> list[str]:
     store_args = [] if store is None else ["--store", str(store)]
-    return ["fit", *store_args, "--out", str(run), "--val-windows", "8", "--seq-len",
-            str(SEQ_LEN), "--batch-size", "8", *TINY_MODEL, *extra]  # fmt: skip
+    return [
+        "fit",
+        *store_args,
+        "--out",
+        str(run),
+        "--val-windows",
+        "8",
+        "--seq-len",
+        str(SEQ_LEN),
+        "--batch-size",
+        "8",
+        *TINY_MODEL,
+        *extra,
+    ]
 
 
 def _inner_train_chunk(store: Path) -> int:
@@ -112,8 +136,9 @@ def test_damaged_chunk_stops_fit_with_one_line(chunked_store, tmp_path, damage):
 def test_no_chunk_check_trains_on_the_damage(chunked_store, tmp_path):
     store = _copy(chunked_store, tmp_path)
     DAMAGE["swapped chunks"](store, _inner_train_chunk(store))  # finite, plausible values
-    args = _fit_args(store, tmp_path / "run", "--steps", "20", "--num-workers", "0",
-                     "--no-chunk-check")  # fmt: skip
+    args = _fit_args(
+        store, tmp_path / "run", "--steps", "20", "--num-workers", "0", "--no-chunk-check"
+    )
     assert CliRunner().invoke(main, args).exit_code == 0
 
 
@@ -128,8 +153,19 @@ def test_exploding_loss_stops_naming_the_batch_frames(chunked_store, tmp_path):
     rows = slice(k * CHUNK_FRAMES, (k + 1) * CHUNK_FRAMES)
     features[rows] = features[rows] * 1000
     run = tmp_path / "run"
-    args = _fit_args(store, run, "--steps", str(step + 5), "--val-every", "1000", "--seed",
-                     str(seed), "--num-workers", "0", "--no-chunk-check")  # fmt: skip
+    args = _fit_args(
+        store,
+        run,
+        "--steps",
+        str(step + 5),
+        "--val-every",
+        "1000",
+        "--seed",
+        str(seed),
+        "--num-workers",
+        "0",
+        "--no-chunk-check",
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     error = next(line for line in result.output.splitlines() if line.startswith("Error:"))
@@ -167,8 +203,18 @@ def test_ckpt_every_saves_between_validations(chunked_store, tmp_path, monkeypat
         "save_checkpoint",
         lambda path, ckpt: saved.append(ckpt.step) or real_save(path, ckpt),
     )
-    args = _fit_args(chunked_store, tmp_path / "run", "--steps", "7", "--val-every", "6",
-                     "--ckpt-every", "2", "--num-workers", "0")  # fmt: skip
+    args = _fit_args(
+        chunked_store,
+        tmp_path / "run",
+        "--steps",
+        "7",
+        "--val-every",
+        "6",
+        "--ckpt-every",
+        "2",
+        "--num-workers",
+        "0",
+    )
     assert CliRunner().invoke(main, args).exit_code == 0
     assert saved == [0, 2, 4, 6, 7]  # step 0 at the start, 6 by validation, 7 at the end
 
@@ -178,8 +224,13 @@ def _start(args: list[str], stderr: Path) -> subprocess.Popen:
     the loader workers too)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with stderr.open("w") as err:
-        return subprocess.Popen([sys.executable, "-m", "train", *args], env=env, stderr=err,
-                                stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "train", *args],
+            env=env,
+            stderr=err,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
@@ -204,8 +255,18 @@ def _resume_command(stderr: str) -> list[str]:
 @pytest.mark.slow
 def test_ctrl_c_then_sigterm_checkpoint_and_print_the_resume_command(chunked_store, tmp_path):
     run, err = tmp_path / "run", tmp_path / "stderr.txt"
-    args = _fit_args(chunked_store, run, "--steps", "100000", "--val-every", "100000",
-                     "--log-every", "1", "--num-workers", "1")  # fmt: skip
+    args = _fit_args(
+        chunked_store,
+        run,
+        "--steps",
+        "100000",
+        "--val-every",
+        "100000",
+        "--log-every",
+        "1",
+        "--num-workers",
+        "1",
+    )
     proc = _start(args, err)
     _wait_for(lambda: _training(run), proc, "training started")
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole process group
@@ -223,8 +284,11 @@ def test_ctrl_c_then_sigterm_checkpoint_and_print_the_resume_command(chunked_sto
     resuming = f"resuming at step {stopped[1]} of 100000"
     _wait_for(lambda: resuming in err.read_text(), proc, "the resumed run's first line")
     first_lines = (run / "metrics.jsonl").read_text().count("\n")
-    _wait_for(lambda: (run / "metrics.jsonl").read_text().count("\n") > first_lines, proc,
-              "a resumed step")  # fmt: skip
+    _wait_for(
+        lambda: (run / "metrics.jsonl").read_text().count("\n") > first_lines,
+        proc,
+        "a resumed step",
+    )
     proc.send_signal(signal.SIGTERM)  # a scheduler's stop: this process only
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     stderr = err.read_text()
@@ -239,16 +303,31 @@ def test_ctrl_c_then_sigterm_checkpoint_and_print_the_resume_command(chunked_sto
 def test_a_second_signal_aborts_at_once_and_keeps_the_last_checkpoint(chunked_store, tmp_path):
     run, err = tmp_path / "run", tmp_path / "stderr.txt"
     never = "100000"
-    args = _fit_args(chunked_store, run, "--steps", never, "--val-every", never, "--ckpt-every",
-                     never, "--log-every", "1", "--num-workers", "0")  # fmt: skip
+    args = _fit_args(
+        chunked_store,
+        run,
+        "--steps",
+        never,
+        "--val-every",
+        never,
+        "--ckpt-every",
+        never,
+        "--log-every",
+        "1",
+        "--num-workers",
+        "0",
+    )
     proc = _start(args, err)
     _wait_for(lambda: _training(run), proc, "training started")
     os.kill(proc.pid, signal.SIGINT)
     os.kill(proc.pid, signal.SIGTERM)  # both reach the handlers before the step ends
     assert proc.wait(timeout=120) == 128 + signal.SIGINT
     stderr = err.read_text()
-    assert re.search(r"aborted at once by a second SIGINT during step \d+ of 100000: \S+ holds "
-                     r"step 0; resume with: ", stderr), stderr[-2000:]  # fmt: skip
+    assert re.search(
+        r"aborted at once by a second SIGINT during step \d+ of 100000: \S+ holds "
+        r"step 0; resume with: ",
+        stderr,
+    ), stderr[-2000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt").step == 0
 
 
@@ -259,8 +338,12 @@ def test_resume_without_store_uses_the_runs_store_and_cleans_dead_temp_files(
     args = _fit_args(chunked_store, run, "--steps", "2", "--num-workers", "0")
     assert CliRunner().invoke(main, args).exit_code == 0
     checkpoints = run / "checkpoints"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     live = temp_path_for(checkpoints / "last.pt")  # this process's: alive
     live.write_bytes(b"x")
     leftovers = [
@@ -278,8 +361,9 @@ def test_resume_without_store_uses_the_runs_store_and_cleans_dead_temp_files(
 
 
 def test_resume_and_out_must_name_the_same_run(tmp_path):
-    result = CliRunner().invoke(main, ["fit", "--resume", str(tmp_path / "a"), "--out",
-                                       str(tmp_path / "b")])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["fit", "--resume", str(tmp_path / "a"), "--out", str(tmp_path / "b")]
+    )
     assert result.exit_code == 2 and "--resume" in result.output and "--out" in result.output
     result = CliRunner().invoke(main, ["fit"])
     assert result.exit_code == 2 and "--out" in result.output
@@ -287,8 +371,12 @@ def test_resume_and_out_must_name_the_same_run(tmp_path):
 
 def test_hostile_checkpoint_is_refused_without_torchs_unsafe_advice(chunked_store, tmp_path):
     run = tmp_path / "run"
-    assert CliRunner().invoke(main, _fit_args(chunked_store, run, "--steps", "1",
-                                              "--num-workers", "0")).exit_code == 0  # fmt: skip
+    assert (
+        CliRunner()
+        .invoke(main, _fit_args(chunked_store, run, "--steps", "1", "--num-workers", "0"))
+        .exit_code
+        == 0
+    )
     hostile = _hostile_checkpoints(tmp_path)["zip whose pickle runs code"]
     assert zipfile.is_zipfile(hostile)
     shutil.copyfile(hostile, run / "checkpoints" / "last.pt")

@@ -30,8 +30,9 @@ def _batch(B: int, T: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 def _hand_loss(recon, target, mean, logvar, mask, lambda_kl):
     """The definition, written out with loops in float64 numpy."""
-    recon, target, mean, logvar, mask = (np.asarray(a, dtype=np.float64)
-                                         for a in (recon, target, mean, logvar, mask))  # fmt: skip
+    recon, target, mean, logvar, mask = (
+        np.asarray(a, dtype=np.float64) for a in (recon, target, mean, logvar, mask)
+    )
     B, T, _ = target.shape
     N = mean.shape[1]
     out = {}
@@ -73,8 +74,15 @@ def test_matches_hand_computation() -> None:
 def test_keys_and_defaults() -> None:
     recon, target, mean, logvar = _batch(2, 8)
     losses = vae_loss(recon, target, mean, logvar)
-    assert set(losses) == {"mse/head_6D", "mse/head_3D", "mse/joint_3D", "mse/joint_6D",
-                           "recon", "kl", "total"}  # fmt: skip
+    assert set(losses) == {
+        "mse/head_6D",
+        "mse/head_3D",
+        "mse/joint_3D",
+        "mse/joint_6D",
+        "recon",
+        "kl",
+        "total",
+    }
     all_valid = vae_loss(recon, target, mean, logvar, torch.ones(2, 8, dtype=torch.bool))
     for key in losses:
         assert torch.equal(losses[key], all_valid[key])
@@ -148,9 +156,13 @@ def test_bf16_inputs_are_summed_in_float32() -> None:
 
 @pytest.mark.parametrize(
     "change, message",
-    [("recon", "recon .* and target"), ("mean", "mean .* and logvar"), ("mask", "mask must be"),
-     ("dim", "294-D")],
-)  # fmt: skip
+    [
+        ("recon", "recon .* and target"),
+        ("mean", "mean .* and logvar"),
+        ("mask", "mask must be"),
+        ("dim", "294-D"),
+    ],
+)
 def test_rejects_mismatched_shapes(change: str, message: str) -> None:
     recon, target, mean, logvar = _batch(2, 8)
     mask = torch.ones(2, 8, dtype=torch.bool)
@@ -270,10 +282,15 @@ def test_training_loss_does_not_depend_on_where_the_window_is_in_the_world():
     from train.model import MotionVAE, MotionVAEConfig
 
     world = _canonical_windows(B=2, T=32, planted_feet=True).float()  # any world windows will do
-    moved = apply_rigid(world, yaw_matrix(torch.tensor([0.7, -2.0]), (0.0, 0.0, 1.0)).float(),
-                        torch.tensor([[40.0, -7.0, 0.0], [-3.0, 12.0, 0.0]]))  # fmt: skip
-    config = RunConfig(MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32),
-                       TrainConfig(loss="world", foot_contact_weight=1.0))  # fmt: skip
+    moved = apply_rigid(
+        world,
+        yaw_matrix(torch.tensor([0.7, -2.0]), (0.0, 0.0, 1.0)).float(),
+        torch.tensor([[40.0, -7.0, 0.0], [-3.0, 12.0, 0.0]]),
+    )
+    config = RunConfig(
+        MotionVAEConfig(hidden_dim=32, latent_dim=8, blocks_per_stage=1, seq_len=32),
+        TrainConfig(loss="world", foot_contact_weight=1.0),
+    )
     stats = NormStats(np.zeros(FEATURE_DIM), np.ones(FEATURE_DIM), 1, 32)
     normalizer = Normalizer(stats, "cpu")
     model = MotionVAE(config.model).eval()

@@ -75,9 +75,17 @@ def errors(recon_world_motion, target_world_motion, mask=None):
 def test_identity_gives_zero_error():
     motion = walking_motion()
     m = errors(motion, motion)
-    for key in ("mpjpe_head_mm", "mpjpe_world_mm", "pa_mpjpe_mm", "head_pos_error_mm",
-                "head_rot_error_deg", "mpjre_deg", "accel_error_mm_per_frame2",
-                "head_drift_pos_mm", "head_drift_rot_deg"):  # fmt: skip
+    for key in (
+        "mpjpe_head_mm",
+        "mpjpe_world_mm",
+        "pa_mpjpe_mm",
+        "head_pos_error_mm",
+        "head_rot_error_deg",
+        "mpjre_deg",
+        "accel_error_mm_per_frame2",
+        "head_drift_pos_mm",
+        "head_drift_rot_deg",
+    ):
         assert float(m[key]) == pytest.approx(0.0, abs=1e-5), key
     assert torch.allclose(
         m["mpjpe_world_by_frame_mm"], torch.zeros(T, dtype=torch.float64), atol=1e-6
@@ -134,8 +142,10 @@ def test_pa_mpjpe_is_invariant_to_a_similarity_of_the_prediction(seed):
     g = torch.Generator().manual_seed(seed)
     target = torch.randn(3, 5, NUM_JOINTS, 3, generator=g, dtype=torch.float64)
     pred = target + 0.1 * torch.randn(target.shape, generator=g, dtype=torch.float64)
-    R = axis_angle_to_matrix(torch.randn(3, generator=g, dtype=torch.float64),
-                             torch.rand((), generator=g, dtype=torch.float64) * 3)  # fmt: skip
+    R = axis_angle_to_matrix(
+        torch.randn(3, generator=g, dtype=torch.float64),
+        torch.rand((), generator=g, dtype=torch.float64) * 3,
+    )
     scale = 0.5 + 2 * torch.rand((), generator=g, dtype=torch.float64)
     moved = scale * pred @ R.T + torch.randn(3, generator=g, dtype=torch.float64)
     err = (procrustes_align(pred, target) - target).norm(dim=-1)

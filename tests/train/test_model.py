@@ -41,10 +41,13 @@ def randomized(model: MotionVAE, seed: int = 0) -> MotionVAE:
 
 @pytest.fixture(
     scope="module",
-    params=[{"linear_path": False}, {"linear_path": True},
-            {"linear_path": True, "linear_decoder_kernel": 2}],
+    params=[
+        {"linear_path": False},
+        {"linear_path": True},
+        {"linear_path": True, "linear_decoder_kernel": 2},
+    ],
     ids=["conv", "conv+linear_path", "conv+linear_path_k2"],
-)  # fmt: skip
+)
 def small_model(request) -> MotionVAE:
     """The small model, without the linear path, with it, and with its decoder reading the
     previous latent too (randomised): every causality, streaming and shape test holds for all."""
@@ -73,10 +76,13 @@ def test_default_config_matches_design() -> None:
 
 @pytest.mark.parametrize(
     "bad, message",
-    [({"seq_len": 150}, "multiple of 4"), ({"hidden_dim": 0}, "hidden_dim"),
-     ({"logvar_clamp": 0.0}, "logvar_clamp"),
-     ({"linear_decoder_kernel": 0}, "linear_decoder_kernel")],
-)  # fmt: skip
+    [
+        ({"seq_len": 150}, "multiple of 4"),
+        ({"hidden_dim": 0}, "hidden_dim"),
+        ({"logvar_clamp": 0.0}, "logvar_clamp"),
+        ({"linear_decoder_kernel": 0}, "linear_decoder_kernel"),
+    ],
+)
 def test_config_rejects_bad_values(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MotionVAEConfig(**bad)
@@ -196,8 +202,9 @@ def test_latent_receptive_fields_by_gradient(small_model: MotionVAE) -> None:
     r = torch.randn_like(mean)
     covered = torch.zeros(T, dtype=torch.bool)
     for k in range(T // FRAMES_PER_LATENT):
-        (grad,) = torch.autograd.grad((r[:, k] * (mean[:, k] + logvar[:, k])).sum(), x,
-                                      retain_graph=True)  # fmt: skip
+        (grad,) = torch.autograd.grad(
+            (r[:, k] * (mean[:, k] + logvar[:, k])).sum(), x, retain_graph=True
+        )
         per_frame = grad.abs().sum(dim=(0, 2))  # (T,)
         last_own = FRAMES_PER_LATENT * (k + 1) - 1
         assert per_frame[last_own] > 0, f"latent {k} does not read its last frame {last_own}"
@@ -429,8 +436,9 @@ def test_the_linear_decoder_reads_its_latent_and_the_kernel_minus_1_before_it(ke
     """The linear path alone (the conv stack's output projection zeroed): latent j moves the 4
     frames of latents j .. j + kernel - 1 (so blocks can join) and no other frame, at any kernel
     (streaming is in test_streaming_decoder_matches_whole)."""
-    model = randomized(MotionVAE(dataclasses.replace(SMALL, linear_path=True,
-                                                     linear_decoder_kernel=kernel)))  # fmt: skip
+    model = randomized(
+        MotionVAE(dataclasses.replace(SMALL, linear_path=True, linear_decoder_kernel=kernel))
+    )
     with torch.no_grad():
         for p in model.decoder.out_proj.parameters():
             p.zero_()
@@ -454,15 +462,27 @@ def test_a_checkpoint_from_before_the_decoder_kernel_loads_as_it_was_trained(tmp
     from train.config import RunConfig
     from train.inference import load_for_inference
 
-    old = randomized(MotionVAE(dataclasses.replace(SMALL, linear_path=True,
-                                                   linear_decoder_kernel=1)))  # fmt: skip
+    old = randomized(
+        MotionVAE(dataclasses.replace(SMALL, linear_path=True, linear_decoder_kernel=1))
+    )
     config = RunConfig(model=old.config).to_dict()
     del config["model"]["linear_decoder_kernel"]  # as saved before the field existed
-    ckpt = Checkpoint(step=1, best_val=0.0, model=old.state_dict(), optimizer={}, scheduler={},
-                      config=config, layout=layout_description(),
-                      stats_mean=torch.zeros(FEATURE_DIM), stats_std=torch.ones(FEATURE_DIM),
-                      stats_count=1, stats_window_frames=1, store_url="", store_fingerprint="",
-                      package_version="")  # fmt: skip
+    ckpt = Checkpoint(
+        step=1,
+        best_val=0.0,
+        model=old.state_dict(),
+        optimizer={},
+        scheduler={},
+        config=config,
+        layout=layout_description(),
+        stats_mean=torch.zeros(FEATURE_DIM),
+        stats_std=torch.ones(FEATURE_DIM),
+        stats_count=1,
+        stats_window_frames=1,
+        store_url="",
+        store_fingerprint="",
+        package_version="",
+    )
     save_checkpoint(tmp_path / "old.pt", ckpt)
     _, loaded, _ = load_for_inference(tmp_path / "old.pt", torch.device("cpu"))
     assert loaded.config.linear_decoder_kernel == 1
@@ -478,8 +498,9 @@ def test_describe_rows_add_up_to_the_total(linear_path: bool) -> None:
     args = ["describe", "--hidden-dim", "32", "--latent-dim", "16", "--blocks-per-stage", "1"]
     result = CliRunner().invoke(main, [*args, f"--{'' if linear_path else 'no-'}linear-path"])
     assert result.exit_code == 0, result.output
-    config = MotionVAEConfig(hidden_dim=32, latent_dim=16, blocks_per_stage=1,
-                             linear_path=linear_path)  # fmt: skip
+    config = MotionVAEConfig(
+        hidden_dim=32, latent_dim=16, blocks_per_stage=1, linear_path=linear_path
+    )
     total = MotionVAE(config).num_parameters()
     rows, totals = {}, {}
     for line in result.output.splitlines():

@@ -139,8 +139,11 @@ def test_skeleton_panels_share_one_range_follow_the_body_and_label_axes_with_uni
         for get in ("get_xlabel", "get_ylabel", "get_zlabel"):
             assert getattr(ax, get)().endswith("(m)"), (get, getattr(ax, get)())
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
-            inside = [t for t in axis.get_majorticklocs() if min(axis.get_view_interval()) - 1e-9
-                      <= t <= max(axis.get_view_interval()) + 1e-9]  # fmt: skip
+            inside = [
+                t
+                for t in axis.get_majorticklocs()
+                if min(axis.get_view_interval()) - 1e-9 <= t <= max(axis.get_view_interval()) + 1e-9
+            ]
             assert len(inside) <= 4, f"{len(inside)} ticks on one 3D axis overlap"
         colours = {_colour(line) for line in ax.lines}
         assert colours == {mcolors.to_rgba(GT_COLOR), mcolors.to_rgba(PRED_COLOR)}
@@ -187,11 +190,22 @@ def metrics_rows(steps: int, log_every: int, val_every: int) -> list[dict]:
     rows = []
     for step in range(1, steps + 1):
         if step % log_every == 0 or step == steps:
-            rows.append({"step": step, **{f"train/{t}": 1.0 + i / step for i, t in
-                                          enumerate(TERMS)}, "train/lr": 1e-4})  # fmt: skip
+            rows.append(
+                {
+                    "step": step,
+                    **{f"train/{t}": 1.0 + i / step for i, t in enumerate(TERMS)},
+                    "train/lr": 1e-4,
+                }
+            )
         if step % val_every == 0 or step == steps:
-            rows.append({"step": step, **{f"val/{t}": 2.0 + i for i, t in enumerate(TERMS)},
-                         "val/mpjpe_world_mm": 150.0, "val/mpjpe_head_mm": 15.0})  # fmt: skip
+            rows.append(
+                {
+                    "step": step,
+                    **{f"val/{t}": 2.0 + i for i, t in enumerate(TERMS)},
+                    "val/mpjpe_world_mm": 150.0,
+                    "val/mpjpe_head_mm": 15.0,
+                }
+            )
     return rows
 
 
