@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import errno
 import inspect
 import itertools
 import json
@@ -488,9 +489,9 @@ def cli_group(func: Callable) -> Callable:
 
 class UserErrorGroup(click.Group):
     """A group that ends a command's `UserError` as one line, `Error: MESSAGE` on stderr, and
-    exits with its `exit_code`. An `OSError` that names its file (a path under a regular file,
-    a read-only or full disk, no permission) is the user's machine, not the code: one line too,
-    exit 1. Any other exception keeps its traceback."""
+    exits with its `exit_code`. An `OSError` of the machine (`MACHINE_ERRNOS`: no permission,
+    a read-only or full disk, a path under a regular file, a file where a directory goes) that
+    names its file is one line too, exit 1. Any other exception keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -498,9 +499,16 @@ class UserErrorGroup(click.Group):
         except UserError as error:
             raise _one_line(str(error), error.exit_code) from None
         except OSError as error:
-            if error.filename is None:
+            if error.filename is None or error.errno not in MACHINE_ERRNOS:
                 raise
             raise _one_line(str(error), 1) from None
+
+
+# What an OSError naming a file says about the user's machine rather than about the code.
+MACHINE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+     errno.EISDIR, errno.EEXIST}
+)  # fmt: skip
 
 
 def _one_line(message: str, exit_code: int) -> click.ClickException:

@@ -6,7 +6,8 @@ Each command-line group catches `UserError` once (`shared.cli.cli_group`) and pr
 message as one line, `Error: ...` on stderr, exiting with the error's `exit_code`; any other
 exception (a `ValueError` from numpy, a `KeyError`, ...) is a bug and keeps its traceback. So a
 third-party error that means bad input (h5py, zarr or json on a user's file) is translated into
-a `UserError` where the file is read, naming the file or key, never by a broad catch in a CLI.
+a `UserError` where the file is read, naming the file or key, never by a broad catch in a CLI
+(the one exception: `shared.cli.MACHINE_ERRNOS`).
 
 Subclasses keep the standard base their callers catch (`InputError` is a `ValueError`,
 `MissingInputError` a `FileNotFoundError`, `OutputExistsError` a `FileExistsError`), so code

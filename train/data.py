@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from shared.errors import InputError
 from shared.features import CanonicalFrame, canonicalize, mirror_features
 from shared.layout import FEATURE_DIM
 from shared.store import FeatureStore, NormStats, SequenceRecord, StoreError, open_store
@@ -58,7 +59,7 @@ class WindowIndex:
 
     def __post_init__(self) -> None:
         if not self.sequences:
-            raise ValueError("WindowIndex needs at least one sequence; the split is empty")
+            raise InputError("WindowIndex needs at least one sequence; the split is empty")
 
     # Per-sequence arrays, derived once: locate() runs for every batch, and a real dataset
     # has thousands of sequences.

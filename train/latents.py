@@ -408,7 +408,14 @@ def read_sequence_latents(
 
     frame = CanonicalFrame(read(f"{WINDOWS}/R_canon_world"), read(f"{WINDOWS}/offset_world"))
     logvar = read(LOGVAR) if LOGVAR in group else None
-    return MotionLatents(read(MEAN), logvar, frame, plan)
+    mean = read(MEAN)
+    if tuple(mean.shape[:2]) != (plan.num_windows, plan.latents_per_window):
+        raise InputError(
+            f"latent store: array {MEAN!r} of sequence {sequence.name!r} holds latents of shape "
+            f"{tuple(mean.shape)}, but its plan is {plan.num_windows} windows of "
+            f"{plan.latents_per_window} latents; write it again with `train encode`"
+        )
+    return MotionLatents(mean, logvar, frame, plan)
 
 
 def decode_store(

@@ -131,6 +131,16 @@ class BuildStart:
     """Replace an existing store at --out; without --resume, an interrupted build is discarded."""
 
 
+# The order in which stores have always recorded `build_config` (one dataclass before the
+# sections): kept so that a store is byte-identical whichever version built it. Fields added
+# later follow, in section order.
+RECORDED_ORDER = (
+    "data", "out", "workers", "scheduler", "worker_timeout", "connect_timeout", "fps",
+    "max_fill_frames", "split", "split_seed", "chunk_frames", "compression", "window_frames",
+    "stats_stride", "std_floor", "stitch_tolerance", "rotation_atol", "strict",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class BuildConfig(BuildStart, BuildRuntime, BuildSettings):
     """Every option of a build: the config sections `BuildSettings` and `BuildRuntime`
@@ -162,7 +172,8 @@ class BuildConfig(BuildStart, BuildRuntime, BuildSettings):
             values["workers"] = self.workers or default_workers()
         values["split"] = list(self.split)
         values["stats_stride"] = self.stride_frames
-        return values
+        first = [name for name in RECORDED_ORDER if name in values]
+        return {name: values[name] for name in [*first, *(k for k in values if k not in first)]}
 
 
 def describe_executor(config: BuildConfig) -> str:

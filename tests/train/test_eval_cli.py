@@ -585,6 +585,23 @@ def test_a_damaged_latent_chunk_is_named_and_nothing_is_decoded(run, latents, tm
     assert not out.exists()
 
 
+def test_latents_of_another_shape_than_their_plan_are_one_line_naming_the_array(
+    run, latents, tmp_path
+):
+    resized = tmp_path / "resized.zarr"
+    shutil.copytree(latents, resized)
+    mean = zarr.open_group(str(resized), mode="r+")["mean"]
+    mean.resize((mean.shape[0], mean.shape[1] - 1, *mean.shape[2:]))
+    out = tmp_path / "decoded.zarr"
+    args = ["decode", "--ckpt", str(run["ckpt"]), "--latents", str(resized), "--out", str(out)]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 1, result.output
+    last = result.output.splitlines()[-1]
+    assert last.startswith("Error: latent store: array 'mean' of sequence "), result.output
+    assert "write it again with `train encode`" in result.output
+    assert not out.exists()
+
+
 def _fail_on_second_call(monkeypatch, owner, name: str) -> None:
     """Make `owner.<name>` raise on its second call (after one sequence went through)."""
     original, calls = getattr(owner, name), []
