@@ -19,12 +19,9 @@ before the issue-20 checks), built and verified the same way (skip with `--basel
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -45,42 +42,6 @@ def code_of(ref: str, into: Path) -> Path:
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
-
-
-def cli_at(code: Path) -> tuple[Callable, Callable]:
-    """`build(data, out)` and `verify(store)` running the CLI of the code in `code`."""
-
-    def run(args: list[str]) -> tuple[int, str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "preprocess", *args],
-            cwd=code,
-            capture_output=True,
-            text=True,
-            timeout=fuzz.BUILD_TIMEOUT_S,
-            check=False,
-            env={**os.environ, "PYTHONPATH": str(code)},
-        )
-        return result.returncode, result.stdout + result.stderr
-
-    def build(data: Path, out: Path) -> tuple[int, str]:
-        return run(
-            [
-                "build",
-                str(data),
-                "--out",
-                str(out),
-                "--scheduler",
-                "synchronous",
-                "--no-progress",
-                "--split",
-                fuzz.SPLIT,
-            ]
-        )
-
-    def verify(store: Path) -> tuple[int, str]:
-        return run(["verify", str(store), "--no-progress"])
-
-    return build, verify
 
 
 def _row(label: str, ours: object, baseline: object) -> str:
@@ -107,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         ours = fuzz.run_campaign(templates, workdir / "ours", **campaign)
         baseline = None
         if args.baseline_ref:
-            build, verify = cli_at(code_of(args.baseline_ref, workdir / "baseline_code"))
+            build, verify = fuzz.cli_at(code_of(args.baseline_ref, workdir / "baseline_code"))
             baseline = fuzz.run_campaign(
                 templates, workdir / "baseline", **campaign, build=build, verify=verify
             )

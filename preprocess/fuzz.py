@@ -349,7 +349,8 @@ def run_campaign(
     each build and its store.
     `build(data, out)` and `verify(store)` return (exit status, output); by default the real
     CLI in a subprocess."""
-    build, verify = build or cli_build, verify or cli_verify
+    default_build, default_verify = cli_at()
+    build, verify = build or default_build, verify or default_verify
     report, started = CampaignReport(), time.perf_counter()
     for first in range(0, files, batch):
         data, out = workdir / f"data{first}", workdir / f"store{first}.zarr"
@@ -438,34 +439,31 @@ def implausible_values(store: FeatureStore) -> list[str]:
     return found
 
 
-def _run(args: list[str]) -> tuple[int, str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "preprocess", *args],
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-        check=False,
-    )
-    return result.returncode, result.stdout + result.stderr
+# How the campaign builds a mutated tree: in one process, everything in train.
+BUILD_OPTIONS = ("--scheduler", "synchronous", "--no-progress", "--split", SPLIT)
 
 
-def cli_build(data: Path, out: Path) -> tuple[int, str]:
-    """`preprocess build` in a subprocess: (exit status, output)."""
-    return _run(
-        [
-            "build",
-            str(data),
-            "--out",
-            str(out),
-            "--scheduler",
-            "synchronous",
-            "--no-progress",
-            "--split",
-            SPLIT,
-        ]
-    )
+def cli_at(code: Path | None = None) -> tuple[Callable, Callable]:
+    """`build(data, out)` and `verify(store)`: `preprocess build` / `verify` in a subprocess,
+    each giving (exit status, output), run from the checkout at `code` (another revision,
+    benchmarks.bench_fuzz) or, without, from this code."""
+    where = {} if code is None else {"cwd": code, "env": {**os.environ, "PYTHONPATH": str(code)}}
 
+    def run(args: list[str]) -> tuple[int, str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "preprocess", *args],
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+            **where,
+        )
+        return result.returncode, result.stdout + result.stderr
 
-def cli_verify(store: Path) -> tuple[int, str]:
-    """`preprocess verify` in a subprocess: (exit status, output)."""
-    return _run(["verify", str(store), "--no-progress"])
+    def build(data: Path, out: Path) -> tuple[int, str]:
+        return run(["build", str(data), "--out", str(out), *BUILD_OPTIONS])
+
+    def verify(store: Path) -> tuple[int, str]:
+        return run(["verify", str(store), "--no-progress"])
+
+    return build, verify

@@ -19,7 +19,7 @@ from store_testing import cli_build
 import shared.store
 from preprocess import nymeria_format, synth
 from preprocess.cli import main
-from preprocess.fuzz import corrupt, implausible_values, run_campaign
+from preprocess.fuzz import BUILD_OPTIONS, corrupt, implausible_values, run_campaign
 from preprocess.read_clip import MAX_ABS_POSITION_M, PROBLEM_KINDS, read_clip
 from shared.rotations import is_rotation
 from shared.store import open_store
@@ -143,17 +143,7 @@ def test_a_seeded_fuzz_campaign_has_no_crash_and_no_bad_publication(
         files=CAMPAIGN_FILES,
         batch=CAMPAIGN_FILES,
         seed=1,
-        build=lambda data, out: _in_process(
-            "build",
-            str(data),
-            "--out",
-            str(out),
-            "--scheduler",
-            "synchronous",
-            "--no-progress",
-            "--split",
-            "1,0,0",
-        ),
+        build=lambda data, out: _in_process("build", str(data), "--out", str(out), *BUILD_OPTIONS),
         verify=lambda store: _in_process("verify", str(store), "--no-progress"),
     )
     assert report.crashes == [] and report.bad_publications == []
