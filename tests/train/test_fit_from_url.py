@@ -6,8 +6,6 @@ the cache. `encode` copies the store into the cache once and writes latents to t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,27 +45,11 @@ def _chunks_of_split(store, split: str) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def small_chunk_store(feature_store: Path) -> Path:
+def small_chunk_store(feature_store: Path, build_store) -> Path:
     """The session's feature store built again with CHUNK_FRAMES-frame chunks."""
     store = feature_store.parent / f"chunks{CHUNK_FRAMES}.zarr"
     if not store.exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "preprocess",
-                "build",
-                str(feature_store.parent / "hdf5"),
-                "--out",
-                str(store),
-                "--scheduler",
-                "synchronous",
-                "--chunk-frames",
-                str(CHUNK_FRAMES),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        build_store(feature_store.parent / "hdf5", store, "--chunk-frames", str(CHUNK_FRAMES))
     return store
 
 

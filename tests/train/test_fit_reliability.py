@@ -36,30 +36,12 @@ SEQ_LEN = 32
 
 
 @pytest.fixture(scope="module")
-def chunked_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def chunked_store(tmp_path_factory: pytest.TempPathFactory, build_store) -> Path:
     """A store of 4 synthetic recordings in 64-frame chunks (a few dozen chunks, train sequences
     spanning many), built by the real CLI. Read-only: tests damage copies."""
     root = tmp_path_factory.mktemp("chunked_store")
     synth.generate_dataset(root / "hdf5", recordings=4, seed=1, clips_per_recording=4)
-    store = root / "store.zarr"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "preprocess",
-            "build",
-            str(root / "hdf5"),
-            "--out",
-            str(store),
-            "--scheduler",
-            "synchronous",
-            "--chunk-frames",
-            str(CHUNK_FRAMES),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return store
+    return build_store(root / "hdf5", root / "store.zarr", "--chunk-frames", str(CHUNK_FRAMES))
 
 
 def _fit_args(store: Path | None, run: Path, *extra: str) -> list[str]:
