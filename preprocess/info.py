@@ -50,14 +50,9 @@ def store_info(store: FeatureStore, storage_options: dict | None = None) -> dict
 
 def format_info(info: dict) -> str:
     """Human-readable `info`."""
-    schema = info["schema"]
     lines = [
         f"store        {info['url']}",
-        (
-            f"schema       {schema['name']} v{schema['version']} "
-            f"(package {info['package_version']}, git {info['git_revision']}, "
-            f"created {info['created']})"
-        ),
+        shared.store.describe_schema(info),
         f"fingerprint  {info['fingerprint']}",
         (
             f"frames       {info['frames']} at {info['fps']:g} fps = {info['hours']:.3f} h "

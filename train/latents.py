@@ -79,6 +79,7 @@ from shared.store import (
     SequenceRecord,
     check_root_attrs,
     create_store_array,
+    describe_schema,
     is_checksum_error,
     open_store,
     read_metadata,
@@ -566,14 +567,7 @@ def _decoded_info(group: zarr.Group) -> dict:
 
 def format_store_info(info: dict) -> str:
     """`store_info` as text, one property a line."""
-    schema = info["schema"]
-    lines = [
-        f"store        {info['url']} ({info['kind']})",
-        (
-            f"schema       {schema['name']} v{schema['version']} (package "
-            f"{info['package_version']}, git {info['git_revision']}, created {info['created']})"
-        ),
-    ]
+    lines = [f"store        {info['url']} ({info['kind']})", describe_schema(info)]
     if info["kind"] == STORE_KINDS[LATENT_SCHEMA][0]:
         lines += _format_latent_info(info)
     else:

@@ -262,6 +262,16 @@ def table_to_json(records: Sequence[SequenceRecord]) -> dict[str, list]:
     }
 
 
+def describe_schema(info: Mapping[str, Any]) -> str:
+    """The `schema` line of `preprocess info` and `train info`: schema, version and provenance,
+    from a store's description (keys schema, package_version, git_revision, created)."""
+    schema = info["schema"]
+    return (
+        f"schema       {schema['name']} v{schema['version']} (package "
+        f"{info['package_version']}, git {info['git_revision']}, created {info['created']})"
+    )
+
+
 def table_from_json(table: Mapping[str, Any], where: str) -> tuple[SequenceRecord, ...]:
     """Inverse of `table_to_json` on a table `read_table` checked, checking splits."""
     records = tuple(
