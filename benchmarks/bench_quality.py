@@ -192,6 +192,22 @@ ROWS = {
         },
         model={"linear_path": True, "linear_decoder_kernel": 2},
     ),
+    "world_w03_head_foot_linear_mirror_join": Row(
+        "the default with world loss 0.3/3",
+        {
+            **_W01_HEAD,
+            "world_position_weight": 0.3,
+            "world_velocity_weight": 3.0,
+            "foot_contact_weight": 1.0,
+            "mirror_prob": 0.5,
+        },
+        model={"linear_path": True, "linear_decoder_kernel": 2},
+    ),
+    "world_w01_head_foot_linear_mirror_join_speed": Row(
+        "the default + speed changes 0.5 (resampled, 0.8-1.25x)",
+        {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5, "speed_prob": 0.5},
+        model={"linear_path": True, "linear_decoder_kernel": 2},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
@@ -202,7 +218,7 @@ ROWS = {
 ROWS = {
     key: replace(
         row,
-        train={"mirror_prob": 0.0, "world_acceleration_weight": 0.0, **row.train},
+        train={"mirror_prob": 0.0, "world_acceleration_weight": 0.0, "speed_prob": 0.0} | row.train,
         model={"linear_decoder_kernel": 1, **row.model},
     )
     for key, row in ROWS.items()

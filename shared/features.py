@@ -16,6 +16,7 @@ Conventions (Nymeria; see README "Conventions"): world Z up; the CPF looks along
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -348,3 +349,57 @@ def mirror_features(features: Array) -> Array:
     xp = _xp(features)
     index = _MIRROR_SOURCE if xp is np else xp.as_tensor(_MIRROR_SOURCE, device=features.device)
     return features[..., index] * as_like(_MIRROR_SIGN, features)
+
+
+def resample_input_frames(num_frames: int, speed_max: float) -> int:
+    """Input frames `resample_features` needs for `num_frames` at up to `speed_max`: the spline's
+    frame before input time 1, the motion until time 1 + num_frames * speed_max and two after."""
+    return math.floor(1 + num_frames * speed_max) + 3
+
+
+def resample_features(features: Array, speed: Array, num_frames: int) -> Array:
+    """World-feature windows (B, T_in, 294) played `speed` (B,) times as fast: (B, num_frames, 294).
+
+    Output frame j is the motion at input time 1 + (j + 1) * speed frames: the absolute fields
+    (`hr`, `hp`, `jp`, `jr`) interpolated by a Catmull-Rom spline through the input frames
+    (rotations by their 6D, re-orthonormalised by Gram-Schmidt), the velocity fields (`hr_dot`,
+    `hp_dot`, `jv`) differenced afresh from them, so that a frame's velocity is its motion since
+    the previous *output* frame (output frame -1, at input time 1: every output frame has a true
+    velocity, and the spline has an input frame on either side). The input must hold
+    `resample_input_frames(num_frames, max(speed))` frames. An integer speed reads input frames
+    only: `speed` 1 gives input frames 2..num_frames + 1 with their velocities.
+    """
+    _check_dim(features)
+    xp = _xp(features)
+    B, T_in, _ = features.shape
+    tau = 1 + as_like(speed, features)[:, None] * as_like(np.arange(num_frames + 1), features)
+    if T_in < resample_input_frames(num_frames, float(speed.max())):
+        raise ValueError(
+            f"resampling {num_frames} frames at speed up to {float(speed.max()):.3g} needs "
+            f"{resample_input_frames(num_frames, float(speed.max()))} input frames, found {T_in}"
+        )
+    floor = xp.floor(tau)  # (B, T + 1)
+    before = floor.long() if xp is not np else floor.astype(np.int64)
+    take = np.take_along_axis if xp is np else xp.take_along_dim
+    p0, p1, p2, p3 = (
+        take(features, (before + k).clip(0, T_in - 1)[..., None], 1) for k in (-1, 0, 1, 2)
+    )
+    w = (tau - floor)[..., None]
+    # Catmull-Rom: through the input frames with continuous velocity (linear interpolation
+    # would move at a constant velocity between frames and change it all at once at each).
+    x = p1 + 0.5 * w * (
+        p2 - p0 + w * (2 * p0 - 5 * p1 + 4 * p2 - p3 + w * (3 * (p1 - p2) + p3 - p0))
+    )
+    R_head = rot6d_to_matrix(x[..., HR])  # (B, T + 1, 3, 3)
+    hp, jp = x[..., HP], x[..., JP]
+    jr = matrix_to_6d(rot6d_to_matrix(x[..., JR].reshape(B, num_frames + 1, NUM_JOINTS, 6)))
+    fields = (
+        matrix_to_6d(R_head[:, 1:]),
+        matrix_to_6d(relative(R_head[:, :-1], R_head[:, 1:])),
+        hp[:, 1:],
+        hp[:, 1:] - hp[:, :-1],
+        jp[:, 1:],
+        jp[:, 1:] - jp[:, :-1],
+        jr[:, 1:].reshape(B, num_frames, 6 * NUM_JOINTS),
+    )
+    return xp.concatenate(fields, -1)

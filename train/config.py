@@ -78,6 +78,13 @@ class TrainConfig:
     """Probability that a training window is replaced by its left/right mirror image (the world
     reflected, Left*/Right* segments swapped: shared.features.mirror_features), drawn per window
     and step; 0 trains on the windows as stored."""
+    speed_prob: float = 0.0
+    """Probability that a training window is played at another speed, drawn log-uniformly in
+    [1 / speed_max, speed_max] (resampled: train.data.resample_speeds), per window and step; 0
+    trains on the windows as recorded."""
+    speed_max: float = 1.25
+    """The fastest speed `speed_prob` plays a window at, and 1 / speed_max the slowest (>= 1);
+    windows are read speed_max times as long, so sequences shorter than that pad."""
     head_blend: float = 0.95
     """'world' loss: weight of the integrated head deltas (hp_dot, hr_dot) against the absolute
     head pose (hp, hr) when decoding the head trajectory; 0 absolute, 1 pure integration
@@ -105,7 +112,9 @@ class TrainConfig:
         ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)!r}")
-        for name in ("min_lr_ratio", "mirror_prob", "head_blend"):
+        if not self.speed_max >= 1.0:
+            raise ValueError(f"TrainConfig.speed_max must be >= 1, found {self.speed_max!r}")
+        for name in ("min_lr_ratio", "mirror_prob", "speed_prob", "head_blend"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
                     f"TrainConfig.{name} must be in [0, 1], found {getattr(self, name)!r}"
@@ -177,6 +186,7 @@ ADDED_TRAIN_FIELDS = {
     "head_orientation_weight": 0.0,
     "mirror_prob": 0.0,
     "world_acceleration_weight": 0.0,
+    "speed_prob": 0.0,
 }
 
 

@@ -11,6 +11,7 @@ on the training device (`prepare_batch`), never in the workers.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from collections import deque
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shared.errors import InputError
-from shared.features import CanonicalFrame, canonicalize, mirror_features
+from shared.features import CanonicalFrame, canonicalize, mirror_features, resample_features
 from shared.layout import FEATURE_DIM
 from shared.store import FeatureStore, NormStats, SequenceRecord, StoreError, open_store
 
@@ -262,6 +263,26 @@ def mirror_some(batch: WindowBatch, probability: float) -> WindowBatch:
     x = batch.features
     flip = torch.rand(x.shape[0], device=x.device) < probability
     return batch._replace(features=torch.where(flip[:, None, None], mirror_features(x), x))
+
+
+def resample_speeds(
+    batch: WindowBatch, probability: float, speed_max: float, window_frames: int
+) -> WindowBatch:
+    """Windows read `resample_input_frames(window_frames, speed_max)` long -> `window_frames`
+    long, each played, with `probability`, at a speed drawn log-uniformly in [1 / speed_max,
+    speed_max] (`shared.features.resample_features`: a spline, velocities differenced afresh),
+    else at its own speed. Draws from torch's global generator, like `mirror_some`; a frame is
+    valid if the input frames it reads are. `probability` 0: the batch as read."""
+    if probability <= 0:
+        return batch
+    x = batch.features
+    draw = torch.rand(x.shape[0], device=x.device) < probability
+    log_speed = (2 * torch.rand(x.shape[0], device=x.device) - 1) * math.log(speed_max)
+    speed = torch.where(draw, log_speed.exp(), torch.ones_like(log_speed))
+    times = 1 + speed[:, None] * torch.arange(1, window_frames + 1, device=x.device)
+    last_read = (times.floor().long() + 2).clamp(max=x.shape[1] - 1)  # the spline's last frame
+    mask = batch.mask.gather(1, last_read)  # valid frames are a prefix
+    return batch._replace(features=resample_features(x, speed, window_frames), mask=mask)
 
 
 def prepare_batch(batch: WindowBatch, normalizer: Normalizer) -> PreparedBatch:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from shared.atomic import remove_dead_temp_files
 from shared.errors import InputError, MissingInputError, OutputExistsError, UserError
+from shared.features import resample_input_frames
 from shared.layout import field_of_dim
 from shared.provenance import git_revision, package_version
 from shared.store import ChunkDamageError, FeatureStore, open_store
@@ -54,6 +55,7 @@ from train.data import (
     mirror_some,
     prepare_batch,
     read_windows,
+    resample_speeds,
 )
 from train.device import resolve_device
 from train.evaluate import evaluate_batch
@@ -650,10 +652,13 @@ class TrainBatches:
         device: torch.device,
     ) -> None:
         cfg = config.train
+        read_frames = config.model.seq_len
+        if cfg.speed_prob > 0:  # read long enough to play the window faster
+            read_frames = resample_input_frames(read_frames, cfg.speed_max)
         dataset = TrainWindows(
             store,
             "train",
-            config.model.seq_len,
+            read_frames,
             cfg.batch_size,
             cfg.seed,
             info.rank,
@@ -714,6 +719,7 @@ def _train_step(
     cfg = config.train
     batch = batches.next()
     torch.manual_seed(_step_seed(cfg.seed, info.rank, state.step))
+    batch = resample_speeds(batch, cfg.speed_prob, cfg.speed_max, config.model.seq_len)
     prep = prepare_batch(mirror_some(batch, cfg.mirror_prob), normalizer)
     with batches.autocast:
         out = train_model(prep.x)

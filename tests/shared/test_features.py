@@ -263,3 +263,67 @@ def test_mirror_keeps_a_symmetric_pose_and_moves_a_raised_right_hand_to_the_left
     hands = mirrored.joint_translation[0]
     np.testing.assert_allclose(hands[JOINT_INDEX["LeftHand"]], [0.0, 0.3, 0.5], atol=1e-9)
     np.testing.assert_allclose(hands[JOINT_INDEX["RightHand"]], [0.0, -0.3, -0.6], atol=1e-9)
+
+
+def _smooth_motion(times: np.ndarray):
+    """World motion as smooth functions of time (frames), sampled at `times`: head pose, joints."""
+    u = np.asarray(times, dtype=np.float64)
+    z, x = np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0])
+    t_head = np.stack([np.sin(0.05 * u), np.cos(0.04 * u), 1.6 + 0.02 * np.sin(0.2 * u)], -1)
+    R_head = axis_angle_to_matrix(np.broadcast_to(z, (len(u), 3)), 0.03 * u)
+    j = np.arange(NUM_JOINTS)
+    offsets = 0.4 * np.stack(
+        [np.sin(0.1 * u[:, None] + j), np.cos(0.08 * u[:, None] + 2 * j), -np.ones((len(u), 23))],
+        -1,
+    )
+    p_joints = t_head[:, None] + (R_head[:, None] @ offsets[..., None])[..., 0]
+    R_joints = axis_angle_to_matrix(
+        np.broadcast_to(x, (len(u), NUM_JOINTS, 3)), 0.01 * u[:, None] * (1 + j % 5)
+    )
+    return t_head, R_head, p_joints, R_joints
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_resampling_at_integer_speeds_gives_the_features_of_the_subsampled_motion(seed):
+    from shared.features import resample_features
+
+    motion = random_motion(seed, T=25)
+    features = world_to_features(*motion)
+    # Speed 1: input frames 2..21 as they were (velocities included).
+    same = resample_features(features[None], np.array([1.0]), 20)[0]
+    np.testing.assert_allclose(same, features[2:22], atol=1e-9)
+    # Speed 2: every other frame, velocities over two input frames: the subsampled recording's.
+    faster = resample_features(features[None], np.array([2.0]), 10)[0]
+    expected = world_to_features(*(m[1::2] for m in motion))[1:11]
+    np.testing.assert_allclose(faster, expected, atol=1e-9)
+    # Batched in torch (float32), each window at its own speed.
+    both = resample_features(
+        torch.from_numpy(np.stack([features] * 2)).float(), torch.tensor([2.0, 1.0]), 10
+    )
+    np.testing.assert_allclose(both[0].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(both[1].numpy(), features[2:12], atol=1e-5)
+
+
+def test_resampling_a_smooth_motion_at_half_speed_approximates_the_denser_recording():
+    from shared.features import resample_features
+
+    recorded = world_to_features(*_smooth_motion(np.arange(-2, 80, 2)))  # every other frame
+    slowed = resample_features(recorded[None], np.array([0.5]), 60)[0]  # time 1 + (j + 1) / 2
+    expected = world_to_features(*_smooth_motion(np.arange(0, 61)))[1:]
+    error = np.abs(slowed - expected).max(0)
+    assert error.max() < 1e-4  # a spline through samples of a smooth motion
+    # The velocities are per output frame: half the recorded per-frame motion.
+    speed = np.abs(expected[:, HP_DOT]).max()
+    assert np.abs(recorded[:, HP_DOT]).max() > 1.9 * speed and error[HP_DOT].max() < speed / 1000
+    valid = rot6d_to_matrix(slowed[:, HR])
+    np.testing.assert_allclose(np.linalg.det(valid), 1.0, atol=1e-9)
+
+
+def test_resampling_past_the_input_is_an_error_naming_the_lengths():
+    from shared.features import resample_features
+
+    features = world_to_features(*random_motion(0, T=20))
+    with pytest.raises(
+        ValueError, match="16 frames at speed up to 1.25 needs 24 input frames, found 20"
+    ):
+        resample_features(features[None], np.array([1.25]), 16)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.features import HEAD_FORWARD_AXIS, WORLD_UP_AXIS
-from shared.layout import HP, HR
+from shared.layout import FEATURE_DIM, HP, HP_DOT, HR
 from shared.rotations import rot6d_to_matrix, yaw_of
 from shared.store import SequenceRecord, open_store
 from train.data import (
@@ -147,3 +147,46 @@ def test_mirror_some_flips_a_seeded_subset_of_windows_into_their_mirror_image(fe
     assert torch.equal(mirror_some(batch, 0.5).features, half.features)  # seeded: resumable
     assert torch.equal(mirror_some(batch, 1.0).features, mirrored)
     assert torch.equal(half.mask, batch.mask) and torch.equal(half.sequence, batch.sequence)
+
+
+def test_resample_speeds_plays_a_seeded_subset_of_windows_at_other_speeds(feature_store):
+    from shared.features import resample_input_frames
+    from train.data import resample_speeds
+
+    store = open_store(feature_store)
+    read = resample_input_frames(32, 1.5)
+    index = WindowIndex(store.split("train"), read)
+    batch = read_windows(store, index, np.arange(0, index.num_windows, 7)[:16])
+    assert resample_speeds(batch, 0.0, 1.5, 32) is batch
+    torch.manual_seed(3)
+    half = resample_speeds(batch, 0.5, 1.5, 32)
+    assert half.features.shape == (16, 32, FEATURE_DIM) and half.mask.shape == (16, 32)
+    # A window left at its speed is input frames 2..33 (velocities differenced again: rounding).
+    as_read = (half.features - batch.features[:, 2:34]).abs().flatten(1).amax(1) < 1e-5
+    assert 0 < int(as_read.sum()) < 16
+    # A resampled one is still motion: its velocities are the differences of its positions.
+    played = half.features[~as_read]
+    torch.testing.assert_close(
+        played[:, 1:, HP_DOT], played[:, 1:, HP] - played[:, :-1, HP], rtol=0, atol=1e-5
+    )
+    torch.manual_seed(3)
+    assert torch.equal(resample_speeds(batch, 0.5, 1.5, 32).features, half.features)  # seeded
+    assert torch.equal(half.sequence, batch.sequence)
+
+
+def test_resample_speeds_masks_frames_that_read_past_a_short_sequence(feature_store):
+    from shared.features import resample_input_frames
+    from train.data import resample_speeds
+
+    store = open_store(feature_store)
+    sequences = store.split("train")
+    longest = max(s.length for s in sequences)
+    index = WindowIndex(sequences, resample_input_frames(longest, 1.5))  # every window padded
+    batch = read_windows(store, index, np.arange(min(index.num_windows, 8)))
+    # At speed 1 output frame j is input frame j + 2; its spline reads up to input frame j + 4.
+    same_speed = resample_speeds(batch, 1.0, 1.0, longest)
+    torch.testing.assert_close(same_speed.mask.sum(1), (batch.mask.sum(1) - 4).clamp(max=longest))
+    torch.manual_seed(0)
+    played = resample_speeds(batch, 1.0, 1.5, longest)
+    assert (played.mask.sum(1) > 0).all()
+    assert (played.mask[:, :-1] >= played.mask[:, 1:]).all()  # still a prefix

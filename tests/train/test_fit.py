@@ -256,7 +256,9 @@ def test_killed_run_resumes_to_the_same_losses(feature_store, tmp_path):
         "4",
         "--warmup-steps",
         "10",
-        "--mirror-prob",  # the augmentation draws from the per-step seed: resumable too
+        "--mirror-prob",  # the augmentations draw from the per-step seed: resumable too
+        "0.5",
+        "--speed-prob",
         "0.5",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
