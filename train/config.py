@@ -191,8 +191,9 @@ ADDED_TRAIN_FIELDS = {
 
 
 # Model fields added after runs were saved: a model from before `linear_path` has none, one
-# from before `linear_decoder_kernel` decodes each latent's 4 frames from that latent alone.
-ADDED_MODEL_FIELDS = {"linear_path": False, "linear_decoder_kernel": 1}
+# from before `linear_decoder_kernel` decodes each latent's 4 frames from that latent alone,
+# one from before `decoder_out_kernel` projects each frame's last hidden state alone.
+ADDED_MODEL_FIELDS = {"linear_path": False, "linear_decoder_kernel": 1, "decoder_out_kernel": 1}
 
 
 def saved_config(data: dict) -> dict:

@@ -97,6 +97,11 @@ class MotionVAEConfig:
     join; 1 reads its own latent only (the linear path of runs saved before this field; 2 was
     chosen by `python -m benchmarks quality --data real`, see BENCHMARKS.md)."""
 
+    decoder_out_kernel: int = 1
+    """Frames the decoder's output projection reads: the frame's own last hidden state and the
+    kernel - 1 before it (a causal conv at the frame rate, across the 4-frame seams); 1, a
+    per-frame projection, is the seed's (and every run's saved before the field)."""
+
     def __post_init__(self) -> None:
         for name in (
             "input_dim",
@@ -106,6 +111,7 @@ class MotionVAEConfig:
             "kernel_size",
             "seq_len",
             "linear_decoder_kernel",
+            "decoder_out_kernel",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -303,14 +309,19 @@ class _CausalConvStack(nn.Module):
     """
 
     def __init__(
-        self, config: MotionVAEConfig, in_dim: int, out_dim: int, resample: type[nn.Module]
+        self,
+        config: MotionVAEConfig,
+        in_dim: int,
+        out_dim: int,
+        resample: type[nn.Module],
+        out_kernel: int = 1,
     ):
         super().__init__()
         C = config.hidden_dim
         self.in_proj = CausalConv1d(in_dim, C, config.kernel_size)
         self.layers = _stages(C, config.blocks_per_stage, config.kernel_size, resample)
         self.norm_out = nn.LayerNorm(C)
-        self.out_proj = CausalConv1d(C, out_dim, kernel_size=1)
+        self.out_proj = CausalConv1d(C, out_dim, kernel_size=out_kernel)
         _init_output_projection(self.out_proj)
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
@@ -331,7 +342,13 @@ class MotionDecoder(_CausalConvStack):
     """(B, N, latent_dim) latents -> (B, 4N, input_dim) frames."""
 
     def __init__(self, config: MotionVAEConfig):
-        super().__init__(config, config.latent_dim, config.input_dim, CausalUpsample)
+        super().__init__(
+            config,
+            config.latent_dim,
+            config.input_dim,
+            CausalUpsample,
+            out_kernel=config.decoder_out_kernel,
+        )
 
 
 class VAEOutput(TypedDict):

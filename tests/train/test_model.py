@@ -45,12 +45,14 @@ def randomized(model: MotionVAE, seed: int = 0) -> MotionVAE:
         {"linear_path": False},
         {"linear_path": True},
         {"linear_path": True, "linear_decoder_kernel": 2},
+        {"linear_path": True, "linear_decoder_kernel": 2, "decoder_out_kernel": 4},
     ],
-    ids=["conv", "conv+linear_path", "conv+linear_path_k2"],
+    ids=["conv", "conv+linear_path", "conv+linear_path_k2", "conv+linear_path_k2+out4"],
 )
 def small_model(request) -> MotionVAE:
-    """The small model, without the linear path, with it, and with its decoder reading the
-    previous latent too (randomised): every causality, streaming and shape test holds for all."""
+    """The small model, without the linear path, with it, with its decoder reading the previous
+    latent too, and with a decoder output projection reading 4 frames (randomised): every
+    causality, streaming and shape test holds for all."""
     torch.manual_seed(0)
     return randomized(MotionVAE(dataclasses.replace(SMALL, **request.param)))
 
@@ -81,6 +83,7 @@ def test_default_config_matches_design() -> None:
         ({"hidden_dim": 0}, "hidden_dim"),
         ({"logvar_clamp": 0.0}, "logvar_clamp"),
         ({"linear_decoder_kernel": 0}, "linear_decoder_kernel"),
+        ({"decoder_out_kernel": 0}, "decoder_out_kernel"),
     ],
 )
 def test_config_rejects_bad_values(bad: dict, message: str) -> None:
