@@ -213,6 +213,11 @@ ROWS = {
         {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
         model={"linear_path": True, "linear_decoder_kernel": 2, "decoder_out_kernel": 4},
     ),
+    "world_w01_head3_foot_linear_mirror_join": Row(
+        "the default with head-frame weight 3",
+        {**_W01_HEAD, "head_frame_weight": 3.0, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
+        model={"linear_path": True, "linear_decoder_kernel": 2},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
@@ -340,6 +345,35 @@ def print_seams(keys: list[str], store: Path, workdir: Path, args: argparse.Name
         print(f"{key}: jerk (mm/frame^3) by the block place of the last frame read, {label}")
         for name, values in seam_jerk(row_dir, store, windows, args.max_windows).items():
             print(f"  {name:<26}" + "".join(f"{v:8.2f}" for v in values))
+
+
+def print_gap(keys: list[str], store: Path, workdir: Path, args: argparse.Namespace) -> None:
+    """`--gap`: each row's last checkpoint on evenly spaced windows of the motion it trained on
+    (train split), of the val split and on the evaluation sets, side by side: what the model
+    fits against what it generalises to."""
+    print(f"{'row / windows':<44}" + "".join(f"{h:>13}" for _, h, _ in COLUMNS))
+    for key in keys:
+        run_dir = workdir / key
+        sets = {"train split": None, "val split": None}
+        sets |= evaluation_windows(store, args, read_seq_len(run_dir))
+        print(key)
+        for label, windows in sets.items():
+            split = label.removesuffix(" split") if label.endswith(" split") else "test"
+            with mock.patch("train.evaluate.tqdm", lambda it, **k: it):
+                metrics = evaluate(
+                    run_dir / "checkpoints" / "last.pt",
+                    str(store),
+                    split,
+                    run_dir / "eval_gap" / label.replace(" ", "_"),
+                    max_windows=args.max_windows,
+                    device="cpu",
+                    windows=windows,
+                )
+            metrics = derived(metrics)
+            cells = (
+                "n/a" if metrics.get(k) is None else fmt.format(metrics[k]) for k, _, fmt in COLUMNS
+            )
+            print(f"  {label:<42}" + "".join(f"{c:>13}" for c in cells), flush=True)
 
 
 def read_seq_len(run_dir: Path) -> int:
@@ -561,7 +595,7 @@ def print_motion_comparison(real: Path, workdir: Path, args: argparse.Namespace)
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    for flag in ("collect", "seams"):
+    for flag in ("collect", "seams", "gap"):
         if getattr(args, flag) and args.workdir is None:
             parser.error(f"--{flag} reads the rows' results from --workdir: give it")
     if args.rows == "all":
@@ -580,6 +614,9 @@ def main(argv: list[str] | None = None) -> None:
         keys = args.rows.split(",")
         if args.seams:
             print_seams(keys, store, workdir, args)
+            return
+        if args.gap:
+            print_gap(keys, store, workdir, args)
             return
         if args.data == "real" and not args.collect:
             print_motion_comparison(store, workdir, args)
@@ -676,6 +713,12 @@ def _parser() -> argparse.ArgumentParser:
         help="train nothing: print the jerk of each row's last checkpoint in --workdir by the "
         "place in its 4-frame latent block (seam_jerk), on --max-windows windows",
     )
+    parser.add_argument(
+        "--gap",
+        action="store_true",
+        help="train nothing: each row's last checkpoint in --workdir on windows of the train "
+        "and val splits beside the evaluation sets (fitting against generalising)",
+    )
     return parser
 
 
@@ -689,7 +732,7 @@ def _store(args: argparse.Namespace, workdir: Path) -> Path | None:
         except realmotion.RealDataMissing as error:
             print(f"quality --data real: skipped: {error}")
             return None
-    if not store.exists() and not (args.collect or args.seams):
+    if not store.exists() and not (args.collect or args.seams or args.gap):
         store = build_store(workdir, args.recordings, args.participants, args.seed)
     return store
 
