@@ -380,15 +380,22 @@ def resample_features(features: Array, speed: Array, num_frames: int) -> Array:
         )
     floor = xp.floor(tau)  # (B, T + 1)
     before = floor.long() if xp is not np else floor.astype(np.int64)
-    take = np.take_along_axis if xp is np else xp.take_along_dim
+    # Whole frames by row number in the flattened batch: one copy of each read frame.
+    rows = features.reshape(B * T_in, -1)
+    first_row = before[:, :1] * 0 + as_like(np.arange(B)[:, None] * T_in, before)
     p0, p1, p2, p3 = (
-        take(features, (before + k).clip(0, T_in - 1)[..., None], 1) for k in (-1, 0, 1, 2)
+        rows[((before + k).clip(0, T_in - 1) + first_row).reshape(-1)].reshape(B, -1, FEATURE_DIM)
+        for k in (-1, 0, 1, 2)
     )
     w = (tau - floor)[..., None]
     # Catmull-Rom: through the input frames with continuous velocity (linear interpolation
     # would move at a constant velocity between frames and change it all at once at each).
-    x = p1 + 0.5 * w * (
-        p2 - p0 + w * (2 * p0 - 5 * p1 + 4 * p2 - p3 + w * (3 * (p1 - p2) + p3 - p0))
+    w2, w3 = w * w, w * w * w
+    x = (
+        (w2 - 0.5 * (w + w3)) * p0
+        + (1 - 2.5 * w2 + 1.5 * w3) * p1
+        + (0.5 * w + 2 * w2 - 1.5 * w3) * p2
+        + 0.5 * (w3 - w2) * p3
     )
     R_head = rot6d_to_matrix(x[..., HR])  # (B, T + 1, 3, 3)
     hp, jp = x[..., HP], x[..., JP]
