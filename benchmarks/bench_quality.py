@@ -223,6 +223,11 @@ ROWS = {
         {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5, "weight_decay": 0.1},
         model={"linear_path": True, "linear_decoder_kernel": 2},
     ),
+    "world_w01_head3_foot_linear_mirror_join_out4": Row(
+        "the default with head-frame weight 3 and the output projection reading 4 frames",
+        {**_W01_HEAD, "head_frame_weight": 3.0, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
+        model={"linear_path": True, "linear_decoder_kernel": 2, "decoder_out_kernel": 4},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
