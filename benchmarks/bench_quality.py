@@ -240,6 +240,18 @@ ROWS = {
         },
         model={"linear_path": True, "linear_decoder_kernel": 2, "lambda_kl": 3e-4},
     ),
+    "world_w03_head3_foot3_linear_mirror_join": Row(
+        "the default with every metre term x 3",
+        {
+            **_W01_HEAD,
+            "world_position_weight": 0.3,
+            "world_velocity_weight": 3.0,
+            "head_frame_weight": 3.0,
+            "foot_contact_weight": 3.0,
+            "mirror_prob": 0.5,
+        },
+        model={"linear_path": True, "linear_decoder_kernel": 2},
+    ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
         {**_W01_HEAD, "foot_contact_weight": 1.0, "head_orientation_weight": 0.3},
