@@ -52,7 +52,7 @@ demo: $(STAMP)
 	$(BIN)/python -m preprocess build $(DEMO_DIR)/hdf5 --out $(DEMO_DIR)/nymeria.zarr
 	$(BIN)/python -m preprocess info $(DEMO_DIR)/nymeria.zarr
 	$(BIN)/python -m train fit --store $(DEMO_DIR)/nymeria.zarr --out $(DEMO_RUN) --steps $(DEMO_STEPS) \
-		--hidden-dim $(DEMO_WIDTH) --latent-dim $(DEMO_LATENT) --batch-size 16 --lr 1e-3 \
+		--hidden-dim $(DEMO_WIDTH) --latent-dim $(DEMO_LATENT) --batch-size 16 --lr 2e-3 \
 		--warmup-steps 50 --val-every 250 --val-windows 64 --num-workers 0
 	@echo "demo model: width $(DEMO_WIDTH) / latent $(DEMO_LATENT) (default 512 / 768), $(DEMO_STEPS) steps;" \
 		"val = a participant never trained on; pictures in $(DEMO_RUN)/eval"

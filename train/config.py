@@ -58,14 +58,17 @@ class TrainConfig:
     absolute head pose (the seed design's loss, exactly; 'seed' is its old name). 'world': the
     same plus the position and velocity error of world joints and head in metres, world motion
     decoded with head_blend (chosen by `python -m benchmarks quality`, see BENCHMARKS.md)."""
-    world_position_weight: float = 0.1
-    """'world' loss: weight of the mean world joint + head position error (metres)."""
-    world_velocity_weight: float = 1.0
+    world_position_weight: float = 0.3
+    """'world' loss: weight of the mean world joint + head position error (metres). The four
+    metre terms' defaults (0.3, 3, 3, 3) are three times their first values (0.1, 1, 1, 1): the
+    feature MSE weighs less against them (`python -m benchmarks quality --data real`, see
+    BENCHMARKS.md)."""
+    world_velocity_weight: float = 3.0
     """'world' loss: weight of the mean world joint + head velocity error (metres/frame)."""
-    head_frame_weight: float = 1.0
+    head_frame_weight: float = 3.0
     """'world' loss: weight of the mean error of the joints in the head frame (metres); keeps the
     head's orientation right, which the world terms alone trade against the joints."""
-    foot_contact_weight: float = 1.0
+    foot_contact_weight: float = 3.0
     """'world' loss: weight of the mean world velocity error of the foot joints on the steps the
     true foot is planted (metres/frame); ties the head's motion to the legs, against skating."""
     head_orientation_weight: float = 0.0

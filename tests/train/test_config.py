@@ -75,7 +75,7 @@ def test_a_saved_run_keeps_the_loss_it_was_trained_with():
     config = RunConfig.from_dict(saved_config(before_loss))
     assert config.train.loss == "features" and config.train.decode_head_blend == 0.0
     today = RunConfig().to_dict()
-    assert saved_config(today) == today and RunConfig().train.head_frame_weight == 1.0
+    assert saved_config(today) == today and RunConfig().train.head_frame_weight == 3.0
 
 
 def test_the_features_loss_is_read_under_its_old_name_seed(tmp_path):
