@@ -105,6 +105,9 @@ _W01 = {
     **_NEW_TERMS_OFF,
 }  # fmt: skip
 _W01_HEAD = {**_W01, "head_frame_weight": 1.0, "head_blend": 0.95}
+# The kernel-2 default's loss and model, which the later rows vary.
+_JOIN_TRAIN = {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5}
+_JOIN_MODEL = {"linear_path": True, "linear_decoder_kernel": 2}
 ROWS = {
     "seed": Row("seed design (non-causal, seed loss)", {"loss": "features"}, reference_model=True),
     "causal_seed": Row("causal, seed loss", {"loss": "features"}),
@@ -205,28 +208,28 @@ ROWS = {
     ),
     "world_w01_head_foot_linear_mirror_join_speed": Row(
         "the default + speed changes 0.5 (resampled, 0.8-1.25x)",
-        {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5, "speed_prob": 0.5},
-        model={"linear_path": True, "linear_decoder_kernel": 2},
+        {**_JOIN_TRAIN, "speed_prob": 0.5},
+        model=_JOIN_MODEL,
     ),
     "world_w01_head_foot_linear_mirror_join_out4": Row(
         "the default + decoder output projection reading 4 frames",
-        {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
-        model={"linear_path": True, "linear_decoder_kernel": 2, "decoder_out_kernel": 4},
+        _JOIN_TRAIN,
+        model={**_JOIN_MODEL, "decoder_out_kernel": 4},
     ),
     "world_w01_head3_foot_linear_mirror_join": Row(
         "the default with head-frame weight 3",
-        {**_W01_HEAD, "head_frame_weight": 3.0, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
-        model={"linear_path": True, "linear_decoder_kernel": 2},
+        {**_JOIN_TRAIN, "head_frame_weight": 3.0},
+        model=_JOIN_MODEL,
     ),
     "world_w01_head_foot_linear_mirror_join_wd01": Row(
         "the default with weight decay 0.1",
-        {**_W01_HEAD, "foot_contact_weight": 1.0, "mirror_prob": 0.5, "weight_decay": 0.1},
-        model={"linear_path": True, "linear_decoder_kernel": 2},
+        {**_JOIN_TRAIN, "weight_decay": 0.1},
+        model=_JOIN_MODEL,
     ),
     "world_w01_head3_foot_linear_mirror_join_out4": Row(
         "the default with head-frame weight 3 and the output projection reading 4 frames",
-        {**_W01_HEAD, "head_frame_weight": 3.0, "foot_contact_weight": 1.0, "mirror_prob": 0.5},
-        model={"linear_path": True, "linear_decoder_kernel": 2, "decoder_out_kernel": 4},
+        {**_JOIN_TRAIN, "head_frame_weight": 3.0},
+        model={**_JOIN_MODEL, "decoder_out_kernel": 4},
     ),
     "world_w03_head3_foot3_linear_mirror_join_kl3": Row(
         "the default with every metre term and the KL x 3 (the feature MSE / 3)",
@@ -238,7 +241,7 @@ ROWS = {
             "foot_contact_weight": 3.0,
             "mirror_prob": 0.5,
         },
-        model={"linear_path": True, "linear_decoder_kernel": 2, "lambda_kl": 3e-4},
+        model={**_JOIN_MODEL, "lambda_kl": 3e-4},
     ),
     "world_w03_head3_foot3_linear_mirror_join": Row(
         "the same with every metre term x 3 (default)",
@@ -250,7 +253,7 @@ ROWS = {
             "foot_contact_weight": 3.0,
             "mirror_prob": 0.5,
         },
-        model={"linear_path": True, "linear_decoder_kernel": 2},
+        model=_JOIN_MODEL,
     ),
     "world_w01_head_foot_rot": Row(
         "causal, world loss 0.1/1 + head-frame 1 + foot contact 1 + head orientation 0.3",
